@@ -1,0 +1,193 @@
+//! [`Call`]: one idempotent call, built by the attribute or by hand.
+
+use std::borrow::Cow;
+use std::fmt::Display;
+use std::future::Future;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::{CachingShape, PlainShape, ResultShape};
+use crate::engine;
+use crate::error::Error;
+use crate::record::Fingerprint;
+use crate::store::StoreHandle;
+
+/// One idempotent call: its scope and key, and the options of the `#[idempotent]` attribute.
+///
+/// This is the non-macro entry point, for code that cannot use the attribute (closures, code
+/// generated elsewhere, keys known only inside a loop). Options left unset take the defaults
+/// of the [`Config`](crate::Config) given to [`init`](crate::init).
+///
+/// ```
+/// # use idem_runtime as idem;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), idem::Error> {
+/// use std::time::Duration;
+///
+/// let first = idem::Call::new("billing::invoice", "inv-42")
+///     .ttl(Duration::from_secs(3600))
+///     .run(async { 42_u64 })
+///     .await?;
+/// assert_eq!(first.value, 42);
+/// assert!(!first.replayed());
+///
+/// // The same key again: the body does not run, the stored value comes back.
+/// let again = idem::Call::new("billing::invoice", "inv-42")
+///     .run::<u64, _>(async { unreachable!("the first result is replayed") })
+///     .await?;
+/// assert_eq!(again.value, 42);
+/// assert!(again.replayed());
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "a Call does nothing until one of its run methods is awaited"]
+#[derive(Debug)]
+pub struct Call {
+    pub(crate) scope: Cow<'static, str>,
+    pub(crate) key: String,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) lease: Option<Duration>,
+    pub(crate) wait: Option<Duration>,
+    pub(crate) fingerprint: Option<Result<Fingerprint, String>>,
+    pub(crate) store: Option<StoreHandle>,
+    pub(crate) heartbeat: bool,
+}
+
+impl Call {
+    /// A call of `scope` (the namespace, such as the function's path) with `key`.
+    pub fn new(scope: impl Into<Cow<'static, str>>, key: impl Display) -> Self {
+        Call {
+            scope: scope.into(),
+            key: key.to_string(),
+            ttl: None,
+            lease: None,
+            wait: None,
+            fingerprint: None,
+            store: None,
+            heartbeat: true,
+        }
+    }
+
+    /// How long a completed result is kept and replayed.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// How long the claim lives without renewal; renewed every `lease / 3` while the body runs.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// How long a duplicate waits for the in-flight call; zero rejects it at once with
+    /// [`Error::InProgress`].
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = Some(wait);
+        self
+    }
+
+    /// The request this key stands for: stored as a hash, so that the same key with another
+    /// request is [`Error::KeyMismatch`] instead of a wrong replay.
+    pub fn fingerprint<T: Serialize + ?Sized>(mut self, request: &T) -> Self {
+        self.fingerprint = Some(Fingerprint::of(request).map_err(|e| e.to_string()));
+        self
+    }
+
+    /// Runs this call on `store` instead of the configured one.
+    pub fn store(mut self, store: impl Into<StoreHandle>) -> Self {
+        self.store = Some(store.into());
+        self
+    }
+
+    /// Turns the lease renewal off (on by default). Without it a body that runs longer than
+    /// its lease loses its claim: for tests of lease expiry, rarely anything else.
+    pub fn heartbeat(mut self, on: bool) -> Self {
+        self.heartbeat = on;
+        self
+    }
+
+    /// Runs `body` once for this key and stores its value; replays the stored value to every
+    /// later or concurrent call.
+    pub async fn run<T, F>(self, body: F) -> Result<Outcome<T>, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Future<Output = T>,
+    {
+        engine::execute(self, body, PlainShape::new()).await
+    }
+
+    /// Runs a fallible `body`: an `Ok` value is stored and replayed, an `Err` is returned and
+    /// releases the key, so that a retry runs the body again.
+    pub async fn run_result<T, E, F>(self, body: F) -> Result<Outcome<Result<T, E>>, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Future<Output = Result<T, E>>,
+    {
+        engine::execute(self, body, ResultShape::new()).await
+    }
+
+    /// Like [`run_result`](Call::run_result), but the errors for which `cache_err` returns
+    /// true are permanent: stored and replayed like a value.
+    pub async fn run_result_caching<T, E, F, P>(
+        self,
+        cache_err: P,
+        body: F,
+    ) -> Result<Outcome<Result<T, E>>, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned,
+        F: Future<Output = Result<T, E>>,
+        P: FnOnce(&E) -> bool,
+    {
+        engine::execute(self, body, CachingShape::new(cache_err)).await
+    }
+}
+
+/// Runs `body` once per key; see [`Call`].
+pub async fn run<T, F>(call: Call, body: F) -> Result<Outcome<T>, Error>
+where
+    T: Serialize + DeserializeOwned,
+    F: Future<Output = T>,
+{
+    call.run(body).await
+}
+
+/// The value of a call and how it was obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome<T> {
+    /// The function's value: its own, or the one stored by an earlier call.
+    pub value: T,
+    /// Whether the body ran, and what became of its result.
+    pub status: Status,
+}
+
+impl<T> Outcome<T> {
+    /// True when the value was replayed from the store and the body did not run.
+    pub fn replayed(&self) -> bool {
+        matches!(self.status, Status::Replayed | Status::Waited)
+    }
+}
+
+/// How a call obtained its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Status {
+    /// The body ran and its result was stored (or, for a released error, not kept).
+    Executed,
+    /// A stored result was replayed; the body did not run.
+    Replayed,
+    /// The call waited for a concurrent call with the same key and replayed its result.
+    Waited,
+    /// The body ran, but the claim had been lost (its lease expired and another call took the
+    /// key) so the result was not stored: the fencing rule kept the other call's record.
+    LeaseLost,
+    /// The body ran, but storing its result failed after retries: the result is returned
+    /// anyway, and a later call may run the body again once the lease ends.
+    NotStored,
+    /// The store was unavailable and the configuration is fail-open: the body ran without
+    /// idempotency protection.
+    Unprotected,
+}

@@ -1,0 +1,318 @@
+//! The stored payload: a versioned envelope around the serialized result.
+//!
+//! The envelope is JSON, so that `redis-cli GET` shows what was stored:
+//! `{"v":1,"codec":"json","fp":"<sha-256 hex>"|null,"ok":<value>}` (or `"err":` for a
+//! cached error).
+
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::record::Fingerprint;
+
+/// The envelope format written by this version.
+const VERSION: u32 = 1;
+const CODEC: &str = "json";
+
+/// Which side of a `Result` a record holds.
+#[derive(Clone, Copy)]
+pub(crate) enum Side {
+    Ok,
+    Err,
+}
+
+/// A decoded envelope; the value is still raw.
+pub(crate) struct Envelope<'a> {
+    pub(crate) fingerprint: Option<Fingerprint>,
+    pub(crate) side: Side,
+    pub(crate) value: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    v: u32,
+    codec: &'a str,
+    fp: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    ok: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    err: Option<&'a RawValue>,
+}
+
+/// A field that is present is `Some`, even when its value is `null` (a stored `()` or
+/// `None`); only a missing field is `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Reads an envelope; the error says why the bytes are not one.
+pub(crate) fn open(bytes: &[u8]) -> Result<Envelope<'_>, String> {
+    let wire: Wire<'_> =
+        serde_json::from_slice(bytes).map_err(|e| format!("not an idem envelope: {e}"))?;
+    if wire.v != VERSION {
+        return Err(format!(
+            "envelope version {} is not supported (this idem reads version {VERSION})",
+            wire.v
+        ));
+    }
+    if wire.codec != CODEC {
+        return Err(format!("codec `{}` is not supported", wire.codec));
+    }
+    let fingerprint = match wire.fp {
+        None => None,
+        Some(hex) => Some(
+            Fingerprint::from_hex(hex)
+                .ok_or_else(|| format!("fingerprint `{hex}` is not valid"))?,
+        ),
+    };
+    let (side, value) = match (wire.ok, wire.err) {
+        (Some(value), None) => (Side::Ok, value),
+        (None, Some(value)) => (Side::Err, value),
+        _ => return Err("the envelope must hold exactly one of `ok` and `err`".to_owned()),
+    };
+    Ok(Envelope {
+        fingerprint,
+        side,
+        value,
+    })
+}
+
+/// Writes an envelope around `value`.
+pub(crate) fn seal<V: Serialize + ?Sized>(
+    fingerprint: Option<&Fingerprint>,
+    side: Side,
+    value: &V,
+) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"{\"v\":1,\"codec\":\"json\",\"fp\":");
+    match fingerprint {
+        Some(fp) => {
+            out.push(b'"');
+            out.extend_from_slice(fp.to_hex().as_bytes());
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(match side {
+        Side::Ok => b",\"ok\":",
+        Side::Err => b",\"err\":",
+    });
+    serde_json::to_writer(&mut out, value).map_err(|e| e.to_string())?;
+    out.push(b'}');
+    Ok(out)
+}
+
+fn decode<T: DeserializeOwned>(raw: &RawValue) -> Result<T, String> {
+    serde_json::from_str(raw.get()).map_err(|e| e.to_string())
+}
+
+/// What to do with a body's result.
+pub(crate) enum Seal {
+    /// Store these bytes and replay them.
+    Store(Vec<u8>),
+    /// Do not store: release the key so that a retry runs again (a transient error).
+    Release,
+    /// The result cannot be serialized; it is returned and the key released.
+    Unstorable(String),
+}
+
+/// How one kind of function result is stored and replayed.
+pub(crate) trait Shape<R> {
+    /// Decides what to store for `value`.
+    fn seal(&mut self, value: &R, fingerprint: Option<&Fingerprint>) -> Seal;
+    /// Rebuilds a stored result.
+    fn open(&self, envelope: &Envelope<'_>) -> Result<R, String>;
+    /// The Rust type a record is decoded as, for [`Error::Decode`](crate::Error::Decode).
+    fn type_name(&self) -> &'static str;
+}
+
+fn seal_or_report<V: Serialize>(fp: Option<&Fingerprint>, side: Side, value: &V) -> Seal {
+    match seal(fp, side, value) {
+        Ok(bytes) => Seal::Store(bytes),
+        Err(reason) => Seal::Unstorable(reason),
+    }
+}
+
+/// A plain value: always stored.
+pub(crate) struct PlainShape<T>(PhantomData<fn() -> T>);
+
+impl<T> PlainShape<T> {
+    pub(crate) fn new() -> Self {
+        PlainShape(PhantomData)
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Shape<T> for PlainShape<T> {
+    fn seal(&mut self, value: &T, fp: Option<&Fingerprint>) -> Seal {
+        seal_or_report(fp, Side::Ok, value)
+    }
+
+    fn open(&self, envelope: &Envelope<'_>) -> Result<T, String> {
+        match envelope.side {
+            Side::Ok => decode(envelope.value),
+            Side::Err => {
+                Err("the record holds an error, but this function returns no Result".into())
+            }
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
+    }
+}
+
+/// A `Result` whose errors are transient: `Ok` stored, `Err` released.
+pub(crate) struct ResultShape<T, E>(PhantomData<fn() -> (T, E)>);
+
+impl<T, E> ResultShape<T, E> {
+    pub(crate) fn new() -> Self {
+        ResultShape(PhantomData)
+    }
+}
+
+impl<T: Serialize + DeserializeOwned, E> Shape<Result<T, E>> for ResultShape<T, E> {
+    fn seal(&mut self, value: &Result<T, E>, fp: Option<&Fingerprint>) -> Seal {
+        match value {
+            Ok(value) => seal_or_report(fp, Side::Ok, value),
+            Err(_) => Seal::Release,
+        }
+    }
+
+    fn open(&self, envelope: &Envelope<'_>) -> Result<Result<T, E>, String> {
+        match envelope.side {
+            Side::Ok => decode(envelope.value).map(Ok),
+            Side::Err => {
+                Err("the record holds an error, but this function does not cache errors".into())
+            }
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
+    }
+}
+
+/// A `Result` with `cache_err`: `Ok` stored, `Err` stored when the predicate says it is
+/// permanent.
+pub(crate) struct CachingShape<T, E, P> {
+    cache_err: Option<P>,
+    types: PhantomData<fn() -> (T, E)>,
+}
+
+impl<T, E, P> CachingShape<T, E, P> {
+    pub(crate) fn new(cache_err: P) -> Self {
+        CachingShape {
+            cache_err: Some(cache_err),
+            types: PhantomData,
+        }
+    }
+}
+
+impl<T, E, P> Shape<Result<T, E>> for CachingShape<T, E, P>
+where
+    T: Serialize + DeserializeOwned,
+    E: Serialize + DeserializeOwned,
+    P: FnOnce(&E) -> bool,
+{
+    fn seal(&mut self, value: &Result<T, E>, fp: Option<&Fingerprint>) -> Seal {
+        match value {
+            Ok(value) => seal_or_report(fp, Side::Ok, value),
+            Err(error)
+                if self
+                    .cache_err
+                    .take()
+                    .is_some_and(|permanent| permanent(error)) =>
+            {
+                seal_or_report(fp, Side::Err, error)
+            }
+            Err(_) => Seal::Release,
+        }
+    }
+
+    fn open(&self, envelope: &Envelope<'_>) -> Result<Result<T, E>, String> {
+        match envelope.side {
+            Side::Ok => decode(envelope.value).map(Ok),
+            Side::Err => decode(envelope.value).map(Err),
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<Result<T, E>>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trips_and_is_readable() {
+        let fp = Fingerprint::of_bytes(b"req");
+        let bytes = seal(Some(&fp), Side::Ok, &vec![1, 2, 3]).unwrap();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(
+            text.starts_with("{\"v\":1,\"codec\":\"json\",\"fp\":\""),
+            "{text}"
+        );
+        assert!(text.ends_with(",\"ok\":[1,2,3]}"), "{text}");
+        let envelope = open(&bytes).unwrap();
+        assert_eq!(envelope.fingerprint, Some(fp));
+        assert_eq!(
+            PlainShape::<Vec<u8>>::new().open(&envelope).unwrap(),
+            vec![1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn null_values_are_values() {
+        for bytes in [
+            seal(None, Side::Ok, &()).unwrap(),
+            seal(None, Side::Ok, &None::<u8>).unwrap(),
+        ] {
+            let envelope = open(&bytes).unwrap();
+            assert_eq!(envelope.value.get(), "null");
+        }
+    }
+
+    #[test]
+    fn bad_envelopes_are_reported() {
+        for (bytes, expect) in [
+            (&b"garbage"[..], "not an idem envelope"),
+            (
+                b"{\"v\":2,\"codec\":\"json\",\"fp\":null,\"ok\":1}",
+                "version 2",
+            ),
+            (
+                b"{\"v\":1,\"codec\":\"cbor\",\"fp\":null,\"ok\":1}",
+                "codec `cbor`",
+            ),
+            (
+                b"{\"v\":1,\"codec\":\"json\",\"fp\":\"zz\",\"ok\":1}",
+                "fingerprint",
+            ),
+            (b"{\"v\":1,\"codec\":\"json\",\"fp\":null}", "exactly one"),
+        ] {
+            let error = open(bytes).err().expect("must fail");
+            assert!(error.contains(expect), "{error}");
+        }
+    }
+
+    #[test]
+    fn caching_shape_stores_only_permanent_errors() {
+        let mut shape = CachingShape::<u8, String, _>::new(|e: &String| e == "permanent");
+        assert!(matches!(
+            shape.seal(&Err("transient".into()), None),
+            Seal::Release
+        ));
+        let mut shape = CachingShape::<u8, String, _>::new(|e: &String| e == "permanent");
+        let Seal::Store(bytes) = shape.seal(&Err("permanent".into()), None) else {
+            panic!("a permanent error is stored")
+        };
+        assert_eq!(
+            shape.open(&open(&bytes).unwrap()).unwrap(),
+            Err("permanent".into())
+        );
+    }
+}

@@ -1,0 +1,378 @@
+//! [`Config`]: which store idem uses and how, from code, the environment or a config file.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::error::Error;
+
+/// What a call does when the store is unavailable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Refuse the call with [`Error::Store`]; the body does not run. The default: a charge that
+    /// cannot be protected is not made.
+    #[default]
+    Closed,
+    /// Run the body without protection, with a warning and the `fail_open` counter.
+    Open,
+}
+
+/// The configuration of idem, given to [`init`](crate::init) once at start-up.
+///
+/// Build it in code, read it from the `IDEM_*` environment variables with
+/// [`Config::from_env`], or deserialize it from an application's own config file (durations
+/// are strings such as `"30s"`):
+///
+/// ```
+/// # use idem_runtime as idem;
+/// let config = idem::Config::default()
+///     .store("memory")
+///     .prefix("shop")
+///     .hash_keys(true);
+/// assert_eq!(config.store, "memory");
+///
+/// let from_file: idem::Config =
+///     serde_json::from_str(r#"{ "store": "memory", "ttl": "7d", "fail_mode": "open" }"#).unwrap();
+/// assert_eq!(from_file.ttl, std::time::Duration::from_secs(7 * 24 * 3600));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {
+    /// The store: `memory`, `redis://…`, `rediss://…` or `redis+cluster://…`.
+    pub store: String,
+    /// The first part of every key.
+    pub prefix: String,
+    /// What a call does when the store is unavailable.
+    pub fail_mode: FailMode,
+    /// Whether every key is stored as its SHA-256.
+    pub hash_keys: bool,
+    /// How many connections the store keeps.
+    pub pool_size: usize,
+    #[serde(deserialize_with = "duration_text")]
+    /// How long connecting to the store may take.
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "duration_text")]
+    /// How long one store command may take.
+    pub command_timeout: Duration,
+    /// How many records the memory store holds at most.
+    pub memory_capacity: usize,
+    #[serde(deserialize_with = "duration_text")]
+    /// The retention of completed results, for functions that set no `ttl`.
+    pub ttl: Duration,
+    #[serde(deserialize_with = "duration_text")]
+    /// The lease, for functions that set no `lease`.
+    pub lease: Duration,
+    #[serde(deserialize_with = "duration_text")]
+    /// The wait, for functions that set no `wait`.
+    pub wait: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            store: "memory".to_owned(),
+            prefix: "idem".to_owned(),
+            fail_mode: FailMode::Closed,
+            hash_keys: false,
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(2),
+            memory_capacity: 100_000,
+            ttl: Duration::from_secs(24 * 3600),
+            lease: Duration::from_secs(30),
+            wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The environment variables [`Config::from_env`] reads.
+pub const ENV_VARS: &[&str] = &[
+    "IDEM_STORE",
+    "IDEM_PREFIX",
+    "IDEM_FAIL_MODE",
+    "IDEM_HASH_KEYS",
+    "IDEM_POOL_SIZE",
+    "IDEM_CONNECT_TIMEOUT",
+    "IDEM_COMMAND_TIMEOUT",
+    "IDEM_MEMORY_CAPACITY",
+    "IDEM_TTL",
+    "IDEM_LEASE",
+    "IDEM_WAIT",
+];
+
+const STORE_FORMS: &str = "`memory`, `redis://host:6379/0`, `rediss://host:6380/0` or `redis+cluster://host1:port1,host2:port2`";
+
+/// Which backend a store URL names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StoreKind {
+    Memory,
+    Redis,
+    RedisCluster,
+}
+
+pub(crate) fn store_kind(url: &str) -> Option<StoreKind> {
+    let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
+    match scheme {
+        "memory" => Some(StoreKind::Memory),
+        "redis" | "rediss" | "redis+unix" | "unix" => Some(StoreKind::Redis),
+        "redis+cluster" | "rediss+cluster" => Some(StoreKind::RedisCluster),
+        _ => None,
+    }
+}
+
+impl Config {
+    /// Reads the `IDEM_*` environment variables over the defaults:
+    ///
+    /// | variable | meaning | default |
+    /// |---|---|---|
+    /// | `IDEM_STORE` | `memory`, `redis://host:6379/0`, `rediss://…`, `redis+cluster://h1:p1,h2:p2` | `memory` |
+    /// | `IDEM_PREFIX` | the first part of every key | `idem` |
+    /// | `IDEM_FAIL_MODE` | `closed` or `open` | `closed` |
+    /// | `IDEM_HASH_KEYS` | `true` to store every key as its SHA-256 | `false` |
+    /// | `IDEM_POOL_SIZE` | connections to the store | `16` |
+    /// | `IDEM_CONNECT_TIMEOUT`, `IDEM_COMMAND_TIMEOUT` | durations such as `5s`, `250ms` | `5s`, `2s` |
+    /// | `IDEM_MEMORY_CAPACITY` | records the memory store holds at most | `100000` |
+    /// | `IDEM_TTL`, `IDEM_LEASE`, `IDEM_WAIT` | defaults for functions that set none | `24h`, `30s`, `10s` |
+    ///
+    /// A malformed value is [`Error::Config`] naming the variable and what it accepts.
+    pub fn from_env() -> Result<Config, Error> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`from_env`](Config::from_env), reading the variables through `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
+        let mut config = Config::default();
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        if let Some(store) = get("IDEM_STORE") {
+            config.store = store.trim().to_owned();
+            check_store(&config.store, "IDEM_STORE")?;
+        }
+        if let Some(prefix) = get("IDEM_PREFIX") {
+            config.prefix = prefix;
+        }
+        if let Some(mode) = get("IDEM_FAIL_MODE") {
+            config.fail_mode = match mode.trim().to_ascii_lowercase().as_str() {
+                "closed" => FailMode::Closed,
+                "open" => FailMode::Open,
+                _ => return Err(bad_var("IDEM_FAIL_MODE", &mode, "`closed` or `open`")),
+            };
+        }
+        if let Some(flag) = get("IDEM_HASH_KEYS") {
+            config.hash_keys = match flag.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(bad_var("IDEM_HASH_KEYS", &flag, "`true` or `false`")),
+            };
+        }
+        let count = |name: &str, value: String| -> Result<usize, Error> {
+            match value.trim().parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(bad_var(name, &value, "a whole number greater than 0")),
+            }
+        };
+        if let Some(v) = get("IDEM_POOL_SIZE") {
+            config.pool_size = count("IDEM_POOL_SIZE", v)?;
+        }
+        if let Some(v) = get("IDEM_MEMORY_CAPACITY") {
+            config.memory_capacity = count("IDEM_MEMORY_CAPACITY", v)?;
+        }
+        for (name, slot) in [
+            ("IDEM_CONNECT_TIMEOUT", &mut config.connect_timeout),
+            ("IDEM_COMMAND_TIMEOUT", &mut config.command_timeout),
+            ("IDEM_TTL", &mut config.ttl),
+            ("IDEM_LEASE", &mut config.lease),
+            ("IDEM_WAIT", &mut config.wait),
+        ] {
+            if let Some(v) = get(name) {
+                *slot = humantime::parse_duration(v.trim()).map_err(|_| {
+                    bad_var(name, &v, "a duration such as `250ms`, `30s`, `24h` or `7d`")
+                })?;
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The store: `memory`, `redis://…`, `rediss://…` or `redis+cluster://…`.
+    pub fn store(mut self, url: impl Into<String>) -> Self {
+        self.store = url.into();
+        self
+    }
+
+    /// The first part of every key, so that services sharing a store keep apart.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// What a call does when the store is unavailable.
+    pub fn fail_mode(mut self, mode: FailMode) -> Self {
+        self.fail_mode = mode;
+        self
+    }
+
+    /// Store every key as its SHA-256 (no personal data in the store's key space).
+    pub fn hash_keys(mut self, on: bool) -> Self {
+        self.hash_keys = on;
+        self
+    }
+
+    /// How many connections the store keeps.
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// How long connecting to the store may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one store command may take before it is [`Error::Store`].
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// How many records the memory store holds at most; when full it refuses new claims.
+    pub fn memory_capacity(mut self, records: usize) -> Self {
+        self.memory_capacity = records;
+        self
+    }
+
+    /// The retention of completed results for functions that set no `ttl`.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The lease for functions that set no `lease`.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The wait for functions that set no `wait`.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Checks the values that have limits; [`init`](crate::init) calls it.
+    pub fn validate(&self) -> Result<(), Error> {
+        check_store(&self.store, "store")?;
+        if self.prefix.is_empty() {
+            return Err(Error::Config("prefix must not be empty".into()));
+        }
+        if self.pool_size == 0 || self.memory_capacity == 0 {
+            return Err(Error::Config(
+                "pool_size and memory_capacity must be greater than 0".into(),
+            ));
+        }
+        check_expiry("ttl", self.ttl)?;
+        check_expiry("lease", self.lease)?;
+        if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
+            return Err(Error::Config("timeouts must be greater than 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A ttl or lease must be at least a millisecond: stores expire by whole milliseconds and a
+/// record never lives without an expiry.
+pub(crate) fn check_expiry(what: &str, value: Duration) -> Result<(), Error> {
+    if value < Duration::from_millis(1) {
+        return Err(Error::Config(format!(
+            "{what} must be at least 1ms, got {value:?}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_store(url: &str, name: &str) -> Result<(), Error> {
+    match store_kind(url) {
+        Some(_) => Ok(()),
+        None => Err(bad_var(name, url, STORE_FORMS)),
+    }
+}
+
+fn bad_var(name: &str, value: &str, expected: &str) -> Error {
+    Error::Config(format!(
+        "{name}=`{value}` is not valid; expected {expected}"
+    ))
+}
+
+fn duration_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration; expected one such as `250ms`, `30s`, `24h` or `7d`"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(vars: &[(&str, &str)]) -> Result<Config, Error> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let config = from(&[
+            ("IDEM_STORE", "redis://127.0.0.1:7000/1"),
+            ("IDEM_PREFIX", "shop"),
+            ("IDEM_FAIL_MODE", "open"),
+            ("IDEM_POOL_SIZE", "4"),
+            ("IDEM_COMMAND_TIMEOUT", "250ms"),
+            ("IDEM_TTL", "7d"),
+        ])
+        .unwrap();
+        assert_eq!(config.store, "redis://127.0.0.1:7000/1");
+        assert_eq!(config.prefix, "shop");
+        assert_eq!(config.fail_mode, FailMode::Open);
+        assert_eq!(config.pool_size, 4);
+        assert_eq!(config.command_timeout, Duration::from_millis(250));
+        assert_eq!(config.ttl, Duration::from_secs(7 * 86400));
+        assert_eq!(from(&[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn malformed_variables_name_the_variable_and_the_forms() {
+        for (name, value, expect) in [
+            ("IDEM_STORE", "mysql://x", "redis+cluster://"),
+            ("IDEM_FAIL_MODE", "sometimes", "`closed` or `open`"),
+            ("IDEM_POOL_SIZE", "0", "greater than 0"),
+            ("IDEM_TTL", "forever", "`24h`"),
+            ("IDEM_HASH_KEYS", "maybe", "`true` or `false`"),
+        ] {
+            let error = from(&[(name, value)]).unwrap_err().to_string();
+            assert!(error.contains(name) && error.contains(value), "{error}");
+            assert!(error.contains(expect), "{error}");
+        }
+    }
+
+    #[test]
+    fn deserializes_from_a_config_file() {
+        let config: Config =
+            serde_json::from_str(r#"{"store":"memory","lease":"5s","hash_keys":true}"#).unwrap();
+        assert_eq!(config.lease, Duration::from_secs(5));
+        assert!(config.hash_keys);
+        let error = serde_json::from_str::<Config>(r#"{"ttl":"soon"}"#).unwrap_err();
+        assert!(
+            error.to_string().contains("`soon` is not a duration"),
+            "{error}"
+        );
+        assert!(serde_json::from_str::<Config>(r#"{"stroe":"memory"}"#).is_err());
+    }
+}

@@ -1,0 +1,171 @@
+//! Which store and settings a call runs with: [`init`], [`with_store`], or the memory default.
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::config::{Config, FailMode, StoreKind, store_kind};
+use crate::error::Error;
+use crate::store::StoreHandle;
+use crate::store::memory::MemoryStore;
+
+/// The settings of a configured idem that are not the store itself.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) prefix: String,
+    pub(crate) fail_mode: FailMode,
+    pub(crate) hash_keys: bool,
+    pub(crate) ttl: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) wait: Duration,
+}
+
+impl Settings {
+    fn of(config: &Config) -> Self {
+        Settings {
+            prefix: config.prefix.clone(),
+            fail_mode: config.fail_mode,
+            hash_keys: config.hash_keys,
+            ttl: config.ttl,
+            lease: config.lease,
+            wait: config.wait,
+        }
+    }
+}
+
+/// A configured idem: a store and the settings calls run with.
+///
+/// [`init`] makes one the process-wide default; [`Idem::scope`] runs a future with another
+/// one (tests, multi-tenant services). Cloning it is cheap.
+#[derive(Debug, Clone)]
+pub struct Idem {
+    pub(crate) store: StoreHandle,
+    pub(crate) settings: Arc<Settings>,
+}
+
+tokio::task_local! {
+    static SCOPED: Idem;
+}
+
+static GLOBAL: OnceLock<Idem> = OnceLock::new();
+static FALLBACK: OnceLock<Idem> = OnceLock::new();
+
+impl Idem {
+    /// Builds the store named by `config` and checks that it answers.
+    ///
+    /// Fails with [`Error::Config`] for an invalid configuration, or with [`Error::Store`] when
+    /// the store cannot be reached within the connect timeout.
+    pub async fn connect(config: &Config) -> Result<Idem, Error> {
+        config.validate()?;
+        let store = match store_kind(&config.store) {
+            Some(StoreKind::Memory) => {
+                StoreHandle::new(MemoryStore::with_capacity(config.memory_capacity))
+            }
+            Some(StoreKind::Redis | StoreKind::RedisCluster) => connect_redis(config).await?,
+            None => unreachable!("validate() accepts only known store kinds"),
+        };
+        Ok(Idem::with_settings(store, config))
+    }
+
+    /// An idem over an existing `store`, with the other settings of `config`.
+    pub fn with_settings(store: impl Into<StoreHandle>, config: &Config) -> Idem {
+        Idem {
+            store: store.into(),
+            settings: Arc::new(Settings::of(config)),
+        }
+    }
+
+    /// The store calls run on.
+    pub fn store(&self) -> &StoreHandle {
+        &self.store
+    }
+
+    /// Runs `future` with this idem instead of the process-wide one. Calls made by the future
+    /// itself use it; tasks it spawns do not (they fall back to the process-wide one).
+    pub fn scope<F: Future>(&self, future: F) -> impl Future<Output = F::Output> {
+        SCOPED.scope(self.clone(), future)
+    }
+
+    /// The idem a call made here would use: the innermost [`scope`](Idem::scope), else the one
+    /// given to [`init`], else the in-process memory default.
+    pub fn current() -> Idem {
+        SCOPED
+            .try_with(Idem::clone)
+            .ok()
+            .or_else(|| GLOBAL.get().cloned())
+            .unwrap_or_else(fallback)
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+async fn connect_redis(config: &Config) -> Result<StoreHandle, Error> {
+    Err(Error::Config(format!(
+        "store `{}` needs the `redis` feature of idem (enable it in Cargo.toml)",
+        config.store
+    )))
+}
+
+#[cfg(feature = "redis")]
+async fn connect_redis(config: &Config) -> Result<StoreHandle, Error> {
+    crate::store::redis::RedisStore::connect(config)
+        .await
+        .map(StoreHandle::new)
+}
+
+fn fallback() -> Idem {
+    FALLBACK
+        .get_or_init(|| {
+            tracing::warn!(
+                "idem::init was not called: using an in-process memory store, so calls are \
+                 idempotent within this process only"
+            );
+            let config = Config::default();
+            Idem::with_settings(MemoryStore::with_capacity(config.memory_capacity), &config)
+        })
+        .clone()
+}
+
+/// Configures idem for the whole process: call it once at start-up, before the first
+/// idempotent call.
+///
+/// ```
+/// # use idem_runtime as idem;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), idem::Error> {
+/// idem::init(idem::Config::from_env()?).await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Fails with [`Error::Config`] for an invalid configuration, [`Error::Store`] when the store
+/// does not answer, and [`Error::AlreadyInitialized`] the second time. Without `init`, calls
+/// use an in-process [`MemoryStore`] and warn once that the guarantee is per-process.
+pub async fn init(config: Config) -> Result<(), Error> {
+    let idem = Idem::connect(&config).await?;
+    GLOBAL.set(idem).map_err(|_| Error::AlreadyInitialized)
+}
+
+/// Runs `future` with `store` instead of the configured one (the other settings stay those of
+/// [`Idem::current`]).
+///
+/// ```
+/// # use idem_runtime as idem;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), idem::Error> {
+/// let store = idem::MemoryStore::new();
+/// let outcome = idem::with_store(store, idem::Call::new("doc", "k").run(async { 1 })).await?;
+/// assert_eq!(outcome.value, 1);
+/// # Ok(())
+/// # }
+/// ```
+pub fn with_store<F: Future>(
+    store: impl Into<StoreHandle>,
+    future: F,
+) -> impl Future<Output = F::Output> {
+    let current = Idem::current();
+    let scoped = Idem {
+        store: store.into(),
+        settings: current.settings,
+    };
+    SCOPED.scope(scoped, future)
+}

@@ -1,0 +1,318 @@
+//! The state machine of one call: claim or replay or wait, run under a renewed lease, then
+//! complete or release, fenced by the claim's token.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::call::{Call, Outcome, Status};
+use crate::codec::{self, Seal, Shape};
+use crate::config::{FailMode, check_expiry};
+use crate::context::Idem;
+use crate::error::{Error, StoreError};
+use crate::key;
+use crate::observe::{self, Outcome as Counted, timed};
+use crate::record::{Claim, Fingerprint, Record};
+use crate::store::{Fence, StoreHandle};
+
+/// How often and how long a successful result's store write is retried before the result is
+/// returned unstored.
+const COMPLETE_RETRIES: [Duration; 3] = [
+    Duration::from_millis(10),
+    Duration::from_millis(50),
+    Duration::from_millis(200),
+];
+
+pub(crate) async fn execute<R, F, S>(call: Call, body: F, shape: S) -> Result<Outcome<R>, Error>
+where
+    F: Future<Output = R>,
+    S: Shape<R>,
+{
+    let idem = Idem::current();
+    let settings = &idem.settings;
+    let key = key::store_key(&settings.prefix, &call.scope, &call.key, settings.hash_keys);
+    let span = tracing::debug_span!(
+        "idem",
+        scope = %call.scope,
+        key = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        span.record("key", key::log_form(&key));
+    }
+    let fingerprint = match call.fingerprint {
+        None => None,
+        Some(Ok(fp)) => Some(fp),
+        Some(Err(reason)) => return Err(Error::Fingerprint { key, reason }),
+    };
+    let ttl = call.ttl.unwrap_or(settings.ttl);
+    let lease = call.lease.unwrap_or(settings.lease);
+    check_expiry("ttl", ttl)?;
+    check_expiry("lease", lease)?;
+    let run = Run {
+        store: call.store.unwrap_or_else(|| idem.store.clone()),
+        claim: Claim::new(fingerprint),
+        key,
+        ttl,
+        lease,
+        wait: call.wait.unwrap_or(settings.wait),
+        heartbeat: call.heartbeat,
+        fail_mode: settings.fail_mode,
+    };
+    let result = run.go(body, shape).instrument(span.clone()).await;
+    let counted = match &result {
+        Ok(outcome) => match outcome.status {
+            Status::Executed => Counted::Executed,
+            Status::Replayed => Counted::Replayed,
+            Status::Waited => Counted::Waited,
+            Status::LeaseLost => Counted::LeaseLost,
+            Status::NotStored => Counted::StoreError,
+            Status::Unprotected => Counted::FailOpen,
+        },
+        Err(Error::InProgress { .. }) => Counted::Rejected,
+        Err(Error::KeyMismatch { .. }) => Counted::Mismatch,
+        Err(Error::Decode { .. }) => Counted::DecodeError,
+        Err(_) => Counted::StoreError,
+    };
+    span.record("outcome", counted.label());
+    observe::count(&call.scope, counted);
+    result
+}
+
+/// One call, resolved against its store and settings.
+struct Run {
+    store: StoreHandle,
+    key: String,
+    claim: Claim,
+    ttl: Duration,
+    lease: Duration,
+    wait: Duration,
+    heartbeat: bool,
+    fail_mode: FailMode,
+}
+
+/// What the claim step decided.
+enum Decision<R> {
+    Hold,
+    Replay(R, Status),
+    Unprotected(StoreError),
+}
+
+impl Run {
+    async fn go<R, F, S>(self, body: F, mut shape: S) -> Result<Outcome<R>, Error>
+    where
+        F: Future<Output = R>,
+        S: Shape<R>,
+    {
+        match self.claim_or_replay(&shape).await? {
+            Decision::Replay(value, status) => Ok(Outcome { value, status }),
+            Decision::Unprotected(error) => {
+                tracing::warn!(key = %self.key, %error, "idem store unavailable; running without idempotency (fail-open)");
+                let value = body.await;
+                Ok(Outcome {
+                    value,
+                    status: Status::Unprotected,
+                })
+            }
+            Decision::Hold => self.hold(body, &mut shape).await,
+        }
+    }
+
+    /// Claims the key, or replays its result, or waits for the call that holds it.
+    async fn claim_or_replay<R, S: Shape<R>>(&self, shape: &S) -> Result<Decision<R>, Error> {
+        let deadline = Instant::now() + self.wait;
+        let mut waited = false;
+        loop {
+            let found = timed(
+                "claim",
+                self.store.claim(&self.key, &self.claim, self.lease),
+            )
+            .await;
+            let holder = match found {
+                Err(error) => return self.unavailable(error),
+                Ok(None) => return Ok(Decision::Hold),
+                Ok(Some(Record::Completed(bytes))) => {
+                    let status = if waited {
+                        Status::Waited
+                    } else {
+                        Status::Replayed
+                    };
+                    return self
+                        .replay(&bytes, shape)
+                        .map(|v| Decision::Replay(v, status));
+                }
+                Ok(Some(Record::InProgress(holder))) => holder,
+            };
+            if mismatch(self.claim.fingerprint.as_ref(), holder.fingerprint.as_ref()) {
+                return Err(self.key_mismatch());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::InProgress {
+                    key: self.key.clone(),
+                });
+            }
+            if let Err(error) =
+                timed("wait", self.store.wait(&self.key, &holder, deadline - now)).await
+            {
+                return self.unavailable(error);
+            }
+            waited = true;
+        }
+    }
+
+    fn unavailable<R>(&self, error: StoreError) -> Result<Decision<R>, Error> {
+        match self.fail_mode {
+            FailMode::Open => Ok(Decision::Unprotected(error)),
+            FailMode::Closed => Err(Error::Store {
+                key: self.key.clone(),
+                source: error,
+            }),
+        }
+    }
+
+    fn key_mismatch(&self) -> Error {
+        Error::KeyMismatch {
+            key: self.key.clone(),
+        }
+    }
+
+    fn replay<R, S: Shape<R>>(&self, bytes: &[u8], shape: &S) -> Result<R, Error> {
+        let decode_error = |reason| Error::Decode {
+            key: self.key.clone(),
+            expected: shape.type_name(),
+            reason,
+        };
+        let envelope = codec::open(bytes).map_err(decode_error)?;
+        if mismatch(
+            self.claim.fingerprint.as_ref(),
+            envelope.fingerprint.as_ref(),
+        ) {
+            return Err(self.key_mismatch());
+        }
+        shape.open(&envelope).map_err(decode_error)
+    }
+
+    /// Runs the body under the claim, then stores or releases its result.
+    async fn hold<R, F, S>(self, body: F, shape: &mut S) -> Result<Outcome<R>, Error>
+    where
+        F: Future<Output = R>,
+        S: Shape<R>,
+    {
+        let mut holding = Holding { run: Some(self) };
+        let run = holding
+            .run
+            .as_ref()
+            .expect("held until the end of the call");
+        let value = run.with_heartbeat(body).await;
+        let status = match shape.seal(&value, run.claim.fingerprint.as_ref()) {
+            Seal::Release => {
+                run.release().await;
+                Status::Executed
+            }
+            Seal::Unstorable(reason) => {
+                tracing::error!(key = %run.key, %reason, "idem cannot serialize the result; it is returned unstored and the key released");
+                run.release().await;
+                Status::NotStored
+            }
+            Seal::Store(payload) => run.complete(&payload).await,
+        };
+        holding.run = None;
+        Ok(Outcome { value, status })
+    }
+
+    /// Drives the body, renewing the lease every `lease / 3` while it runs.
+    async fn with_heartbeat<F: Future>(&self, body: F) -> F::Output {
+        if !self.heartbeat {
+            return body.await;
+        }
+        let beat = async {
+            let period = self.lease / 3;
+            loop {
+                tokio::time::sleep(period).await;
+                match timed(
+                    "renew",
+                    self.store.renew(&self.key, &self.claim, self.lease),
+                )
+                .await
+                {
+                    Ok(Fence::Held) => {}
+                    Ok(Fence::Lost) => {
+                        tracing::warn!(key = %self.key, "idem lease lost while the body runs; its result will not be stored");
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(key = %self.key, %error, "idem lease renewal failed; retrying");
+                    }
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            biased;
+            value = body => value,
+            () = beat => unreachable!("the heartbeat never ends"),
+        }
+    }
+
+    async fn complete(&self, payload: &[u8]) -> Status {
+        let mut retries = COMPLETE_RETRIES.iter();
+        loop {
+            match timed(
+                "complete",
+                self.store
+                    .complete(&self.key, &self.claim, payload, self.ttl),
+            )
+            .await
+            {
+                Ok(Fence::Held) => return Status::Executed,
+                Ok(Fence::Lost) => {
+                    tracing::warn!(key = %self.key, "idem lease lost before completion: another call holds the key, so this result is returned but not stored");
+                    return Status::LeaseLost;
+                }
+                Err(error) => match retries.next() {
+                    Some(pause) => tokio::time::sleep(*pause).await,
+                    None => {
+                        tracing::error!(key = %self.key, %error, "idem could not store a successful result; it is returned unstored");
+                        return Status::NotStored;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn release(&self) {
+        match timed("release", self.store.release(&self.key, &self.claim)).await {
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(key = %self.key, %error, "idem could not release its claim; it ends with its lease")
+            }
+        }
+    }
+}
+
+/// Two fingerprints disagree only when both are known.
+fn mismatch(mine: Option<&Fingerprint>, stored: Option<&Fingerprint>) -> bool {
+    matches!((mine, stored), (Some(a), Some(b)) if a != b)
+}
+
+/// Releases the claim when the call ends early: the body panicked or the future was dropped.
+struct Holding {
+    run: Option<Run>,
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        let Some(run) = self.run.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { run.release().await });
+            }
+            Err(_) => {
+                tracing::warn!(key = %run.key, "idem call dropped outside a tokio runtime; its claim ends with its lease")
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The errors of idem: what went wrong with idempotency, never with the user's own code.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+/// What can go wrong when a call runs through idem.
+///
+/// Every variant is a failure of the idempotency machinery, not of the wrapped function: a
+/// function returning `Result<T, E>` receives these through `E: From<idem::Error>`, and a
+/// function returning a plain `T` becomes `Result<T, idem::Error>`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store could not be reached or failed, so the call did not run (fail-closed mode).
+    #[error("the idempotency store failed for key `{key}`, so the call did not run: {source}")]
+    Store {
+        /// The store key of the call.
+        key: String,
+        /// What the store reported.
+        #[source]
+        source: StoreError,
+    },
+
+    /// Another call with the same key is running, and this one did not wait (or waited for
+    /// longer than its `wait` allowed). Retry later; HTTP services answer 409.
+    #[error("a call with key `{key}` is already in progress; retry later")]
+    InProgress {
+        /// The store key of the call.
+        key: String,
+    },
+
+    /// The key was used before with a different request (another fingerprint). The stored
+    /// result belongs to that other request and is not replayed; HTTP services answer 422.
+    #[error(
+        "key `{key}` was already used with a different request (fingerprint mismatch); use a new key for a new request"
+    )]
+    KeyMismatch {
+        /// The store key of the call.
+        key: String,
+    },
+
+    /// The stored record cannot be read as the function's return type: corrupt bytes, or a
+    /// return type that changed since the record was written. The body is not re-run.
+    #[error("the record stored under `{key}` cannot be decoded as `{expected}`: {reason}")]
+    Decode {
+        /// The store key of the record.
+        key: String,
+        /// The Rust type the caller expected.
+        expected: &'static str,
+        /// What the decoder reported.
+        reason: String,
+    },
+
+    /// The fingerprint value could not be serialized, so the call did not run.
+    #[error("the fingerprint of key `{key}` cannot be serialized: {reason}")]
+    Fingerprint {
+        /// The store key of the call.
+        key: String,
+        /// What the serializer reported.
+        reason: String,
+    },
+
+    /// The configuration is invalid: the message names the setting and what it accepts.
+    #[error("invalid idem configuration: {0}")]
+    Config(String),
+
+    /// [`init`](crate::init) was called a second time.
+    #[error("idem is already initialized; call idem::init once at start-up")]
+    AlreadyInitialized,
+}
+
+/// What kind of failure a [`StoreError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The backend could not be reached (connection refused, reset, DNS, TLS).
+    Unavailable,
+    /// The backend did not answer in time.
+    Timeout,
+    /// The backend answered something this store did not expect.
+    Protocol,
+    /// The store is full and refuses new records.
+    Full,
+    /// Anything else the backend reported.
+    Other,
+}
+
+/// A failure reported by a [`Store`](crate::Store).
+///
+/// Store implementations build one with [`StoreError::new`], attaching the backend's own error
+/// as the source with [`StoreError::with_source`].
+#[derive(Debug)]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    message: String,
+    source: Option<Box<dyn StdError + Send + Sync + 'static>>,
+}
+
+impl StoreError {
+    /// A store error of `kind`, described by `message`.
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        StoreError {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the backend's error as the cause.
+    pub fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for StoreError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}

@@ -1,0 +1,155 @@
+//! The support the `#[idempotent]` attribute's generated code calls. Not a public API: it
+//! changes with the macro, and users reach it only through generated code.
+
+use std::fmt::Display;
+use std::future::Future;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use crate::call::Call;
+pub use crate::error::Error;
+pub use crate::store::StoreHandle;
+pub use core::time::Duration;
+
+/// The key of a call whose `key =` is one `Display` value.
+pub fn key<K: Display + ?Sized>(key: &K) -> String {
+    key.to_string()
+}
+
+/// Builds the key of a call whose `key =` is a tuple: the parts joined by `:`, each part's `\`
+/// and `:` escaped, so that `("a:b", "c")` and `("a", "b:c")` are different keys.
+#[derive(Default)]
+pub struct KeyBuilder {
+    buf: String,
+    parts: usize,
+}
+
+impl KeyBuilder {
+    /// An empty key.
+    pub fn new() -> Self {
+        KeyBuilder::default()
+    }
+
+    /// Appends one part.
+    pub fn part<K: Display + ?Sized>(mut self, part: &K) -> Self {
+        if self.parts > 0 {
+            self.buf.push(':');
+        }
+        self.parts += 1;
+        for ch in part.to_string().chars() {
+            if ch == '\\' || ch == ':' {
+                self.buf.push('\\');
+            }
+            self.buf.push(ch);
+        }
+        self
+    }
+
+    /// The finished key.
+    pub fn finish(self) -> String {
+        self.buf
+    }
+}
+
+/// Compile-time check that a function's stored type can be stored: `Serialize +
+/// DeserializeOwned`. The macro calls it with the span of the return type.
+#[diagnostic::on_unimplemented(
+    message = "the return type of an #[idempotent] function must be `Serialize + DeserializeOwned`",
+    note = "idem stores the result and replays it to later callers: derive `serde::Serialize` and `serde::Deserialize` for `{Self}`"
+)]
+pub trait Storable: Serialize + DeserializeOwned {}
+impl<T: Serialize + DeserializeOwned> Storable for T {}
+
+/// Zero-cost assertion that `T` can be stored and replayed.
+pub fn assert_storable<T: Storable>() {}
+
+/// Zero-cost assertion that the error type can carry idempotency failures.
+pub fn assert_error_type<E: From<Error>>() {}
+
+/// Zero-cost assertion that a `cache_err = true` error type can be stored.
+pub fn assert_cacheable_error<E: Storable>() {}
+
+/// The `Ok` and `Err` types of a function returning any `Result` (also aliases such as
+/// `io::Result<T>`).
+pub trait ResultLike: Sized {
+    /// The success type.
+    type Ok;
+    /// The error type.
+    type Err;
+    /// Into a plain `Result`.
+    fn into_result(self) -> Result<Self::Ok, Self::Err>;
+    /// From a plain `Result`.
+    fn from_result(result: Result<Self::Ok, Self::Err>) -> Self;
+}
+
+impl<T, E> ResultLike for Result<T, E> {
+    type Ok = T;
+    type Err = E;
+    fn into_result(self) -> Self {
+        self
+    }
+    fn from_result(result: Self) -> Self {
+        result
+    }
+}
+
+/// Runs a function returning a plain `T` (rewritten to `Result<T, idem::Error>`).
+pub async fn run_plain<T, F>(call: Call, body: F) -> Result<T, Error>
+where
+    T: Serialize + DeserializeOwned,
+    F: Future<Output = T>,
+{
+    call.run(body).await.map(|outcome| outcome.value)
+}
+
+/// Runs a function returning `Result<T, E>`: `Ok` is stored, `Err` releases the key.
+pub async fn run_result<R, F>(call: Call, body: F) -> R
+where
+    R: ResultLike,
+    R::Ok: Serialize + DeserializeOwned,
+    R::Err: From<Error>,
+    F: Future<Output = R>,
+{
+    let body = async move { body.await.into_result() };
+    R::from_result(match call.run_result(body).await {
+        Ok(outcome) => outcome.value,
+        Err(error) => Err(R::Err::from(error)),
+    })
+}
+
+/// Runs a function returning `Result<T, E>` with `cache_err`: `Ok` is stored, and so is every
+/// `Err` for which `cache_err` returns true; other errors release the key.
+pub async fn run_result_caching<R, F, P>(call: Call, cache_err: P, body: F) -> R
+where
+    R: ResultLike,
+    R::Ok: Serialize + DeserializeOwned,
+    R::Err: Serialize + DeserializeOwned + From<Error>,
+    F: Future<Output = R>,
+    P: FnOnce(&R::Err) -> bool,
+{
+    let body = async move { body.await.into_result() };
+    R::from_result(match call.run_result_caching(cache_err, body).await {
+        Ok(outcome) => outcome.value,
+        Err(error) => Err(R::Err::from(error)),
+    })
+}
+
+/// `cache_err = true`: every error is permanent.
+pub fn cache_every_error<E>(_: &E) -> bool {
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuple_parts_are_escaped() {
+        let a = KeyBuilder::new().part("a:b").part("c").finish();
+        let b = KeyBuilder::new().part("a").part("b:c").finish();
+        assert_ne!(a, b);
+        assert_eq!(a, r"a\:b:c");
+        assert_eq!(KeyBuilder::new().part(&7).part("x\\").finish(), r"7:x\\");
+    }
+}

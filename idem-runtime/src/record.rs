@@ -1,0 +1,175 @@
+//! The record a store keeps per key, and the claim that marks a call in progress.
+
+use std::fmt;
+
+/// The random token of one claim: the fencing token that makes complete, release and renew
+/// compare-and-set operations. 128 random bits, so two claims never share one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Token(u128);
+
+impl Token {
+    /// A new random token.
+    pub fn random() -> Self {
+        Token(rand::random())
+    }
+
+    /// The token as 32 lowercase hex digits.
+    pub fn to_hex(self) -> String {
+        format!("{:032x}", self.0)
+    }
+
+    fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 32 {
+            return None;
+        }
+        u128::from_str_radix(s, 16).ok().map(Token)
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token({:032x})", self.0)
+    }
+}
+
+/// The SHA-256 hash of a request, stored with its record so that the same key sent with a
+/// different request is detected ([`Error::KeyMismatch`](crate::Error::KeyMismatch)).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of `bytes` (SHA-256).
+    pub fn of_bytes(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        Fingerprint(sha2::Sha256::digest(bytes).into())
+    }
+
+    /// The fingerprint of a value: SHA-256 of its JSON serialization.
+    pub fn of<T: serde::Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        serde_json::to_vec(value).map(|bytes| Fingerprint::of_bytes(&bytes))
+    }
+
+    /// The fingerprint as 64 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses 64 hex digits back into a fingerprint.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(s, &mut bytes).ok()?;
+        Some(Fingerprint(bytes))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({})", self.to_hex())
+    }
+}
+
+/// A call's claim on a key: the record of a call in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The fencing token of this claim.
+    pub token: Token,
+    /// The fingerprint of the request that made the claim, if the function has one.
+    pub fingerprint: Option<Fingerprint>,
+}
+
+/// The prefix of a claim's byte form: a completed payload (a JSON envelope) never starts
+/// with it.
+const CLAIM_MARK: &str = "claim:1:";
+
+impl Claim {
+    /// A new claim with a random token.
+    pub fn new(fingerprint: Option<Fingerprint>) -> Self {
+        Claim {
+            token: Token::random(),
+            fingerprint,
+        }
+    }
+
+    /// The byte form of the claim, for stores that keep records as bytes:
+    /// `claim:1:<token>:<fingerprint or ->`. Two claims have the same byte form exactly when
+    /// they are equal, so a store can fence by comparing bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let fp = self
+            .fingerprint
+            .map_or_else(|| "-".to_owned(), |f| f.to_hex());
+        format!("{CLAIM_MARK}{}:{fp}", self.token.to_hex()).into_bytes()
+    }
+
+    /// Reads the byte form written by [`Claim::to_bytes`]; `None` if `bytes` is not a claim.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Claim> {
+        let text = std::str::from_utf8(bytes).ok()?.strip_prefix(CLAIM_MARK)?;
+        let (token, fp) = text.split_once(':')?;
+        let fingerprint = match fp {
+            "-" => None,
+            hex => Some(Fingerprint::from_hex(hex)?),
+        };
+        Some(Claim {
+            token: Token::from_hex(token)?,
+            fingerprint,
+        })
+    }
+}
+
+/// What a store holds under a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A call is running; its claim expires with its lease unless renewed.
+    InProgress(Claim),
+    /// A call completed; the payload is the encoded envelope of its result, replayed until the
+    /// retention ttl ends.
+    Completed(Vec<u8>),
+}
+
+impl Record {
+    /// Reads a record from its byte form: a claim's bytes are [`Record::InProgress`], anything
+    /// else is a completed payload (which the engine decodes, reporting corrupt bytes as
+    /// [`Error::Decode`](crate::Error::Decode)).
+    pub fn from_bytes(bytes: Vec<u8>) -> Record {
+        match Claim::from_bytes(&bytes) {
+            Some(claim) => Record::InProgress(claim),
+            None => Record::Completed(bytes),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_bytes_round_trip() {
+        let with_fp = Claim::new(Some(Fingerprint::of_bytes(b"request")));
+        let without = Claim::new(None);
+        for claim in [with_fp, without] {
+            let bytes = claim.to_bytes();
+            assert_eq!(Claim::from_bytes(&bytes), Some(claim.clone()));
+            assert_eq!(Record::from_bytes(bytes), Record::InProgress(claim));
+        }
+    }
+
+    #[test]
+    fn anything_else_is_a_payload() {
+        for bytes in [
+            &b"{\"v\":1}"[..],
+            b"claim:1:zz:-",
+            b"claim:1:",
+            b"",
+            b"\xff\xfe",
+        ] {
+            assert_eq!(
+                Record::from_bytes(bytes.to_vec()),
+                Record::Completed(bytes.to_vec())
+            );
+        }
+    }
+
+    #[test]
+    fn tokens_differ() {
+        assert_ne!(Token::random(), Token::random());
+    }
+}

@@ -1,0 +1,116 @@
+//! The [`Store`] trait and the stores that implement it.
+
+use std::future::Future;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::StoreError;
+use crate::record::{Claim, Record};
+
+pub mod memory;
+
+/// The future a [`Store`] operation returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Whether a fenced write found its claim still holding the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// The claim held the key and the write was applied.
+    Held,
+    /// The key is no longer held by the claim (its lease expired, another call claimed it, or
+    /// it was completed or released): nothing was written.
+    Lost,
+}
+
+/// A backend that keeps one [`Record`] per key with an expiry.
+///
+/// The engine drives the state machine; a store only has to make each operation atomic on one
+/// key, decide expiry by its own clock, and never keep a record without an expiry. Implement
+/// it to bring another backend, and prove it with the conformance suite in `idem::testing`.
+///
+/// Fenced operations ([`complete`](Store::complete), [`release`](Store::release),
+/// [`renew`](Store::renew)) apply only while `claim` still holds the key (compare-and-set on the
+/// claim) and report [`Fence::Lost`] otherwise.
+pub trait Store: Send + Sync + 'static {
+    /// Claims `key` for `claim` with expiry `lease` if no record holds it and returns `None`;
+    /// otherwise leaves the record unchanged and returns it.
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<Record>>;
+
+    /// Replaces `claim` by the completed `payload` with expiry `ttl`, and wakes the waiters.
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        payload: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Fence>;
+
+    /// Deletes `claim`, so that the next call runs again, and wakes the waiters.
+    fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence>;
+
+    /// Extends the expiry of `claim` to `lease` from now.
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        lease: Duration,
+    ) -> StoreFuture<'a, Fence>;
+
+    /// Waits until `key` is no longer held by `holder` (completed, released, expired or
+    /// claimed anew) or `timeout` has passed. It may return early; the caller looks again.
+    fn wait<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a Claim,
+        timeout: Duration,
+    ) -> StoreFuture<'a, ()>;
+
+    /// A short description for logs and examples, such as `memory` or `redis://host:6379/0`.
+    fn describe(&self) -> String;
+}
+
+/// A shared handle to any [`Store`]: what [`with_store`](crate::with_store), the `store = `
+/// option and [`Config`](crate::Config) produce. Cloning it is cheap.
+#[derive(Clone)]
+pub struct StoreHandle(Arc<dyn Store>);
+
+impl StoreHandle {
+    /// Wraps a store.
+    pub fn new<S: Store>(store: S) -> Self {
+        StoreHandle(Arc::new(store))
+    }
+
+    /// Wraps a store that is already shared.
+    pub fn from_arc(store: Arc<dyn Store>) -> Self {
+        StoreHandle(store)
+    }
+}
+
+impl<S: Store> From<S> for StoreHandle {
+    fn from(store: S) -> Self {
+        StoreHandle::new(store)
+    }
+}
+
+impl Deref for StoreHandle {
+    type Target = dyn Store;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl std::fmt::Debug for StoreHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StoreHandle")
+            .field(&self.0.describe())
+            .finish()
+    }
+}

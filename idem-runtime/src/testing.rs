@@ -1,0 +1,742 @@
+//! The store conformance suite: the behaviour every [`Store`](crate::Store) must show, as
+//! async functions that panic with a description of what went wrong.
+//!
+//! Run all of it against a store with [`conformance_tests!`](crate::conformance_tests), which
+//! writes one `#[tokio::test]` per case (the calling crate needs `tokio` with the `macros` and
+//! `rt-multi-thread` features as a dev-dependency):
+//!
+//! ```ignore
+//! // tests/my_store.rs
+//! idem::conformance_tests!(my_store, async { (MyStore::connect().await, ()) });
+//! ```
+//!
+//! The async expression returns the store and a guard kept alive for the test (a server
+//! process, a temporary directory; `()` when there is nothing to keep). Every case uses keys
+//! of its own random scope, so a store shared between cases or runs gives the same results.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Barrier, oneshot};
+use tokio::time::Instant;
+
+use crate::{Call, Claim, Error, Fence, Record, Status, StoreHandle};
+
+/// The names of every case, in the order [`conformance_tests!`](crate::conformance_tests) runs
+/// them.
+pub const CASES: &[&str] = &[
+    "exactly_once_under_concurrency",
+    "many_keys_with_duplicates",
+    "replays_equal_values",
+    "fingerprint_mismatch",
+    "waiter_gets_result",
+    "reject_without_wait",
+    "lease_expiry_fences_late_completion",
+    "renewal_keeps_long_body_exclusive",
+    "errors_release_and_cache_err_stores",
+    "panic_releases_claim",
+    "dropped_future_releases_claim",
+    "corrupt_record_is_decode_error",
+    "ttl_expiry_runs_again",
+    "fenced_operations",
+    "long_and_hashed_keys",
+];
+
+/// A scope no other case or run uses.
+fn scope(case: &str) -> String {
+    format!("conformance::{case}::{:016x}", rand::random::<u64>())
+}
+
+fn call(store: &StoreHandle, scope: &str, key: impl std::fmt::Display) -> Call {
+    Call::new(scope.to_owned(), key).store(store.clone())
+}
+
+/// 64 concurrent callers of one key: the body runs once and all get the same value.
+pub async fn exactly_once_under_concurrency(store: StoreHandle) {
+    const CALLERS: usize = 64;
+    let scope = scope("exactly_once");
+    let runs = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(Barrier::new(CALLERS));
+    let mut tasks = Vec::new();
+    for caller in 0..CALLERS {
+        let (store, scope, runs, start) =
+            (store.clone(), scope.clone(), runs.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            call(&store, &scope, "order-1")
+                .wait(Duration::from_secs(10))
+                .run(async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    format!("receipt by caller {caller}")
+                })
+                .await
+        }));
+    }
+    let mut values = HashSet::new();
+    let mut executed = 0;
+    for task in tasks {
+        let outcome = task
+            .await
+            .expect("caller task")
+            .expect("every caller gets the value");
+        executed += usize::from(outcome.status == Status::Executed);
+        values.insert(outcome.value);
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the body must run exactly once for 64 callers"
+    );
+    assert_eq!(executed, 1, "exactly one caller reports Executed");
+    assert_eq!(
+        values.len(),
+        1,
+        "every caller gets the same value: {values:?}"
+    );
+}
+
+/// 10,000 calls over 1,000 keys with random duplicates from 8 tasks: one execution per key.
+pub async fn many_keys_with_duplicates(store: StoreHandle) {
+    const KEYS: u64 = 1_000;
+    const CALLS: usize = 10_000;
+    const TASKS: usize = 8;
+    let scope = scope("many_keys");
+    let runs = Arc::new(Mutex::new(HashMap::<u64, usize>::new()));
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let (store, scope, runs) = (store.clone(), scope.clone(), runs.clone());
+        tasks.push(tokio::spawn(async move {
+            // Every key is called at least once across the tasks, the rest are random
+            // duplicates.
+            let mut seed = 0x9e37_79b9_7f4a_7c15_u64 ^ task as u64;
+            for i in 0..CALLS / TASKS {
+                let key = if i < KEYS as usize / TASKS {
+                    (task + i * TASKS) as u64
+                } else {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed % KEYS
+                };
+                let runs = runs.clone();
+                let outcome = call(&store, &scope, key)
+                    .run(async move {
+                        *runs.lock().unwrap().entry(key).or_default() += 1;
+                        key * 3
+                    })
+                    .await
+                    .expect("call succeeds");
+                assert_eq!(outcome.value, key * 3, "key {key} replays its own value");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("caller task");
+    }
+    let runs = runs.lock().unwrap();
+    assert_eq!(runs.len() as u64, KEYS, "every key ran");
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "keys executed more than once: {twice:?}");
+}
+
+type Mutex<T> = std::sync::Mutex<T>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Nested {
+    id: u64,
+    name: String,
+    tags: Vec<String>,
+    parent: Option<Box<Nested>>,
+    scores: BTreeMap<String, f64>,
+}
+
+async fn replay_equal<T>(store: &StoreHandle, scope: &str, key: &str, value: T)
+where
+    T: Serialize + DeserializeOwned + Clone + PartialEq + std::fmt::Debug + Send + 'static,
+{
+    let first = call(store, scope, key)
+        .run(std::future::ready(value.clone()))
+        .await
+        .expect("first call");
+    assert_eq!(first.status, Status::Executed, "{key}: the first call runs");
+    let runs = AtomicUsize::new(0);
+    let again = call(store, scope, key)
+        .run(async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            value.clone()
+        })
+        .await
+        .expect("replay");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "{key}: the replay does not run the body"
+    );
+    assert_eq!(again.status, Status::Replayed, "{key}");
+    assert_eq!(
+        again.value, value,
+        "{key}: the replayed value equals the original"
+    );
+}
+
+/// `()`, `None`, `0`, `false`, empty collections and nested structs replay as themselves.
+pub async fn replays_equal_values(store: StoreHandle) {
+    let scope = scope("replay");
+    replay_equal(&store, &scope, "unit", ()).await;
+    replay_equal(&store, &scope, "none", Option::<u32>::None).await;
+    replay_equal(&store, &scope, "some-zero", Some(0_u32)).await;
+    replay_equal(&store, &scope, "zero", 0_i64).await;
+    replay_equal(&store, &scope, "false", false).await;
+    replay_equal(&store, &scope, "empty-string", String::new()).await;
+    replay_equal(&store, &scope, "empty-vec", Vec::<u8>::new()).await;
+    replay_equal(&store, &scope, "empty-map", BTreeMap::<String, u8>::new()).await;
+    replay_equal(&store, &scope, "unicode", "ключ 🔑 \"quoted\"\n".to_owned()).await;
+    let leaf = Nested {
+        id: 2,
+        name: "leaf".into(),
+        tags: vec![],
+        parent: None,
+        scores: BTreeMap::new(),
+    };
+    let tree = Nested {
+        id: 1,
+        name: "root".into(),
+        tags: vec!["a".into(), "b".into()],
+        parent: Some(Box::new(leaf)),
+        scores: [("x".to_owned(), 0.5)].into_iter().collect(),
+    };
+    replay_equal(&store, &scope, "nested", tree).await;
+    replay_equal(&store, &scope, "result-ok", Result::<u8, String>::Ok(0)).await;
+}
+
+/// The same key with another fingerprint is `KeyMismatch`, both against a completed record
+/// and against one in progress; the same fingerprint replays.
+pub async fn fingerprint_mismatch(store: StoreHandle) {
+    let scope = scope("fingerprint");
+    let first = call(&store, &scope, "k")
+        .fingerprint(&("alice", 100))
+        .run(async { 1_u8 })
+        .await
+        .expect("first");
+    assert_eq!(first.status, Status::Executed);
+    let same = call(&store, &scope, "k")
+        .fingerprint(&("alice", 100))
+        .run(async { 2_u8 })
+        .await
+        .expect("same request");
+    assert_eq!((same.value, same.status), (1, Status::Replayed));
+    let other = call(&store, &scope, "k")
+        .fingerprint(&("alice", 999))
+        .run(async { 3_u8 })
+        .await;
+    assert!(
+        matches!(other, Err(Error::KeyMismatch { .. })),
+        "another request: {other:?}"
+    );
+
+    // In progress: the duplicate with another request is refused without waiting.
+    let (finish, holder) = start_held(&store, &scope, "busy", |c| c.fingerprint("request-a")).await;
+    let started = Instant::now();
+    let other = call(&store, &scope, "busy")
+        .fingerprint("request-b")
+        .wait(Duration::from_secs(10))
+        .run(async { 8_u32 })
+        .await;
+    assert!(
+        matches!(other, Err(Error::KeyMismatch { .. })),
+        "in progress: {other:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a mismatch does not wait"
+    );
+    finish.send(7).unwrap();
+    assert_eq!(holder.await.unwrap().unwrap().value, 7);
+}
+
+/// Starts a call on `key` whose body waits for the returned sender; returns once it holds the
+/// key.
+async fn start_held(
+    store: &StoreHandle,
+    scope: &str,
+    key: &str,
+    configure: impl FnOnce(Call) -> Call,
+) -> (
+    oneshot::Sender<u32>,
+    tokio::task::JoinHandle<Result<crate::Outcome<u32>, Error>>,
+) {
+    let (finish, finished) = oneshot::channel::<u32>();
+    let (started, is_started) = oneshot::channel::<()>();
+    let request = configure(call(store, scope, key));
+    let task = tokio::spawn(request.run(async move {
+        let _ = started.send(());
+        finished.await.unwrap_or(0)
+    }));
+    is_started.await.expect("the held call starts its body");
+    (finish, task)
+}
+
+/// A duplicate that arrives while the first call runs waits and gets its result.
+pub async fn waiter_gets_result(store: StoreHandle) {
+    let scope = scope("waiter");
+    let (finish, first) = start_held(&store, &scope, "k", |c| c).await;
+    let waiter = {
+        let (store, scope) = (store.clone(), scope.clone());
+        tokio::spawn(async move {
+            call(&store, &scope, "k")
+                .wait(Duration::from_secs(10))
+                .run(async { panic!("the waiter must not run the body") })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    finish.send(41).unwrap();
+    assert_eq!(first.await.unwrap().unwrap().status, Status::Executed);
+    let waited = waiter
+        .await
+        .expect("waiter task")
+        .expect("waiter gets the result");
+    assert_eq!((waited.value, waited.status), (41, Status::Waited));
+}
+
+/// `wait = 0` rejects a duplicate at once; a short wait gives up with `InProgress`.
+pub async fn reject_without_wait(store: StoreHandle) {
+    let scope = scope("reject");
+    let (finish, first) = start_held(&store, &scope, "k", |c| c).await;
+    let started = Instant::now();
+    let rejected = call(&store, &scope, "k")
+        .wait(Duration::ZERO)
+        .run(async { 1_u32 })
+        .await;
+    assert!(
+        matches!(rejected, Err(Error::InProgress { .. })),
+        "{rejected:?}"
+    );
+    let waited = call(&store, &scope, "k")
+        .wait(Duration::from_millis(200))
+        .run(async { 1_u32 })
+        .await;
+    assert!(
+        matches!(waited, Err(Error::InProgress { .. })),
+        "{waited:?}"
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(200) && elapsed < Duration::from_secs(3),
+        "the waiter gives up after its wait, took {elapsed:?}"
+    );
+    finish.send(5).unwrap();
+    assert_eq!(first.await.unwrap().unwrap().value, 5);
+}
+
+/// With renewal off, a claim whose lease ends is taken by a second caller that runs; the
+/// first caller's late completion is fenced out (`LeaseLost`, own value returned) and the
+/// second caller's record is kept.
+pub async fn lease_expiry_fences_late_completion(store: StoreHandle) {
+    let scope = scope("fencing");
+    let lease = Duration::from_millis(300);
+    let (finish, first) =
+        start_held(&store, &scope, "k", |c| c.lease(lease).heartbeat(false)).await;
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let second = call(&store, &scope, "k")
+        .wait(Duration::ZERO)
+        .run(async { 2_u32 })
+        .await
+        .expect("second caller");
+    assert_eq!(
+        second.status,
+        Status::Executed,
+        "after the lease ends a second caller runs"
+    );
+    finish.send(1).unwrap();
+    let first = first
+        .await
+        .unwrap()
+        .expect("the late caller still gets its own result");
+    assert_eq!((first.value, first.status), (1, Status::LeaseLost));
+    let third = call(&store, &scope, "k")
+        .run(async { 3_u32 })
+        .await
+        .unwrap();
+    assert_eq!(
+        (third.value, third.status),
+        (2, Status::Replayed),
+        "the second caller's record is kept"
+    );
+}
+
+/// With renewal on, a body running three times its lease keeps the key: a duplicate waits
+/// and the body runs once.
+pub async fn renewal_keeps_long_body_exclusive(store: StoreHandle) {
+    let scope = scope("renewal");
+    let lease = Duration::from_millis(300);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let body = |runs: Arc<AtomicUsize>| async move {
+        runs.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(lease * 3).await;
+        9_u32
+    };
+    let first = tokio::spawn(
+        call(&store, &scope, "k")
+            .lease(lease)
+            .run(body(runs.clone())),
+    );
+    tokio::time::sleep(lease + lease / 2).await;
+    let second = call(&store, &scope, "k")
+        .lease(lease)
+        .wait(Duration::from_secs(10))
+        .run(body(runs.clone()))
+        .await
+        .expect("duplicate");
+    assert_eq!(first.await.unwrap().unwrap().status, Status::Executed);
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "renewal keeps the key: the body runs once"
+    );
+    assert_eq!((second.value, second.status), (9, Status::Waited));
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum PayError {
+    Declined,
+    Timeout,
+}
+
+/// `Err` releases the key (a retry runs again); with `cache_err` a permanent error is stored
+/// and replayed.
+pub async fn errors_release_and_cache_err_stores(store: StoreHandle) {
+    let scope = scope("errors");
+    let runs = AtomicUsize::new(0);
+    let failing = || async {
+        runs.fetch_add(1, Ordering::SeqCst);
+        Err::<u32, _>(PayError::Timeout)
+    };
+    for _ in 0..2 {
+        let outcome = call(&store, &scope, "transient")
+            .run_result(failing())
+            .await
+            .unwrap();
+        assert_eq!(outcome.value, Err(PayError::Timeout));
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "a released error runs again on retry"
+    );
+    let ok = call(&store, &scope, "transient")
+        .run_result(async { Ok::<_, PayError>(3_u32) })
+        .await
+        .unwrap();
+    assert_eq!((ok.value, ok.status), (Ok(3), Status::Executed));
+
+    let permanent = |e: &PayError| *e == PayError::Declined;
+    let declined = call(&store, &scope, "declined")
+        .run_result_caching(permanent, async { Err::<u32, _>(PayError::Declined) })
+        .await
+        .unwrap();
+    assert_eq!(
+        (declined.value, declined.status),
+        (Err(PayError::Declined), Status::Executed)
+    );
+    let replay = call(&store, &scope, "declined")
+        .run_result_caching(permanent, async { Ok::<u32, PayError>(1) })
+        .await
+        .unwrap();
+    assert_eq!(
+        (replay.value, replay.status),
+        (Err(PayError::Declined), Status::Replayed)
+    );
+    let timeout = call(&store, &scope, "timeout")
+        .run_result_caching(permanent, async { Err::<u32, _>(PayError::Timeout) })
+        .await
+        .unwrap();
+    assert_eq!(timeout.value, Err(PayError::Timeout));
+    let retried = call(&store, &scope, "timeout")
+        .run_result_caching(permanent, async { Ok::<u32, PayError>(4) })
+        .await
+        .unwrap();
+    assert_eq!(
+        (retried.value, retried.status),
+        (Ok(4), Status::Executed),
+        "a transient error is not cached"
+    );
+}
+
+/// Asserts that the next call on `key` runs, long before the 30 s lease could have ended.
+async fn runs_again_at_once(store: &StoreHandle, scope: &str, key: &str) {
+    let started = Instant::now();
+    let next = call(store, scope, key)
+        .wait(Duration::from_secs(5))
+        .run(async { 2_u32 })
+        .await
+        .expect("the next call runs");
+    assert_eq!(next.status, Status::Executed, "the claim was released");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "released at once, not at lease end"
+    );
+}
+
+/// A panicking body releases its claim at once.
+pub async fn panic_releases_claim(store: StoreHandle) {
+    let scope = scope("panic");
+    let request = call(&store, &scope, "k").lease(Duration::from_secs(30));
+    let panicked =
+        tokio::spawn(request.run::<u32, _>(async {
+            panic!("the body panics (this panic is expected by the test)")
+        }))
+        .await;
+    assert!(panicked.unwrap_err().is_panic());
+    runs_again_at_once(&store, &scope, "k").await;
+}
+
+/// A call whose future is dropped while the body runs (client gone, timeout) releases its
+/// claim at once.
+pub async fn dropped_future_releases_claim(store: StoreHandle) {
+    let scope = scope("dropped");
+    let (started, is_started) = oneshot::channel::<()>();
+    let request = call(&store, &scope, "k")
+        .lease(Duration::from_secs(30))
+        .run(async move {
+            let _ = started.send(());
+            std::future::pending::<u32>().await
+        });
+    let timed_out = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::join!(request, async { is_started.await.expect("body started") }).0
+    })
+    .await;
+    assert!(
+        timed_out.is_err(),
+        "the body never ends, so the timeout drops the call"
+    );
+    runs_again_at_once(&store, &scope, "k").await;
+}
+
+/// Corrupt bytes and a record of another type are `Error::Decode` naming the key and the
+/// expected type; the body does not run.
+pub async fn corrupt_record_is_decode_error(store: StoreHandle) {
+    let scope = scope("corrupt");
+    // Write garbage through the store itself, as a broken writer would.
+    let key = format!("idem:{scope}:garbage");
+    let writer = Claim::new(None);
+    assert_eq!(
+        store
+            .claim(&key, &writer, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .complete(&key, &writer, b"\x00not json", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Fence::Held
+    );
+    let runs = AtomicUsize::new(0);
+    let result = Call::new(scope.clone(), "garbage")
+        .store(store.clone())
+        .run(async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            1_u32
+        })
+        .await;
+    match result {
+        Err(Error::Decode {
+            key: k, expected, ..
+        }) => {
+            assert_eq!(k, key);
+            assert_eq!(expected, "u32");
+        }
+        other => panic!("a corrupt record must be Error::Decode, got {other:?}"),
+    }
+    // A record of another type: the return type changed since it was written.
+    call(&store, &scope, "typed")
+        .run(async { "text".to_owned() })
+        .await
+        .unwrap();
+    let changed = call(&store, &scope, "typed").run(async { 1_u32 }).await;
+    assert!(
+        matches!(
+            &changed,
+            Err(Error::Decode {
+                expected: "u32",
+                ..
+            })
+        ),
+        "{changed:?}"
+    );
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "the body never runs over an unreadable record"
+    );
+}
+
+/// A completed record ends with its ttl; the key then runs again.
+pub async fn ttl_expiry_runs_again(store: StoreHandle) {
+    let scope = scope("ttl");
+    let ttl = Duration::from_millis(200);
+    let first = call(&store, &scope, "k")
+        .ttl(ttl)
+        .run(async { 1_u32 })
+        .await
+        .unwrap();
+    assert_eq!(first.status, Status::Executed);
+    let replay = call(&store, &scope, "k")
+        .ttl(ttl)
+        .run(async { 2_u32 })
+        .await
+        .unwrap();
+    assert_eq!((replay.value, replay.status), (1, Status::Replayed));
+    tokio::time::sleep(ttl + Duration::from_millis(150)).await;
+    let again = call(&store, &scope, "k")
+        .ttl(ttl)
+        .run(async { 3_u32 })
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.value, again.status),
+        (3, Status::Executed),
+        "the record expired"
+    );
+}
+
+/// Complete, release and renew apply only for the claim that holds the key.
+pub async fn fenced_operations(store: StoreHandle) {
+    let key = format!("idem:{}:k", scope("fenced"));
+    let lease = Duration::from_secs(10);
+    let holder = Claim::new(None);
+    let stranger = Claim::new(None);
+    assert_eq!(store.claim(&key, &holder, lease).await.unwrap(), None);
+    assert_eq!(
+        store.claim(&key, &stranger, lease).await.unwrap(),
+        Some(Record::InProgress(holder.clone())),
+        "a second claim sees the holder and changes nothing"
+    );
+    assert_eq!(
+        store.renew(&key, &stranger, lease).await.unwrap(),
+        Fence::Lost
+    );
+    assert_eq!(store.release(&key, &stranger).await.unwrap(), Fence::Lost);
+    assert_eq!(
+        store.complete(&key, &stranger, b"x", lease).await.unwrap(),
+        Fence::Lost
+    );
+    assert_eq!(
+        store.renew(&key, &holder, lease).await.unwrap(),
+        Fence::Held
+    );
+    assert_eq!(
+        store.complete(&key, &holder, b"done", lease).await.unwrap(),
+        Fence::Held
+    );
+    assert_eq!(
+        store.release(&key, &holder).await.unwrap(),
+        Fence::Lost,
+        "a completed record is not released"
+    );
+    assert_eq!(
+        store.claim(&key, &stranger, lease).await.unwrap(),
+        Some(Record::Completed(b"done".to_vec()))
+    );
+
+    let released = format!("{key}:released");
+    assert_eq!(store.claim(&released, &holder, lease).await.unwrap(), None);
+    assert_eq!(
+        store.release(&released, &holder).await.unwrap(),
+        Fence::Held
+    );
+    assert_eq!(
+        store.claim(&released, &stranger, lease).await.unwrap(),
+        None,
+        "a released key is free"
+    );
+    assert_eq!(
+        store.release(&released, &stranger).await.unwrap(),
+        Fence::Held
+    );
+}
+
+/// Long keys, keys with control characters and `#` keys are stored hashed, and stay distinct.
+pub async fn long_and_hashed_keys(store: StoreHandle) {
+    let scope = scope("keys");
+    let long_a = format!("{}a", "k".repeat(10_000));
+    let long_b = format!("{}b", "k".repeat(10_000));
+    let keys = [
+        long_a.as_str(),
+        long_b.as_str(),
+        "line\nbreak",
+        "line\rbreak",
+        "#hash",
+        "plain",
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        let first = call(&store, &scope, key)
+            .run(async move { i })
+            .await
+            .unwrap();
+        assert_eq!(
+            (first.value, first.status),
+            (i, Status::Executed),
+            "key {i} is its own"
+        );
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let again = call(&store, &scope, key)
+            .run(async { usize::MAX })
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.value, again.status),
+            (i, Status::Replayed),
+            "key {i} replays its own value"
+        );
+    }
+}
+
+/// Writes one `#[tokio::test]` per conformance case (see [`testing`](crate::testing)).
+///
+/// `$make` is an async expression returning `(store, guard)`: the store (anything
+/// `Into<StoreHandle>`) and a value kept alive until the case ends.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::conformance_tests!(@cases $make;
+                exactly_once_under_concurrency,
+                many_keys_with_duplicates,
+                replays_equal_values,
+                fingerprint_mismatch,
+                waiter_gets_result,
+                reject_without_wait,
+                lease_expiry_fences_late_completion,
+                renewal_keeps_long_body_exclusive,
+                errors_release_and_cache_err_stores,
+                panic_releases_claim,
+                dropped_future_releases_claim,
+                corrupt_record_is_decode_error,
+                ttl_expiry_runs_again,
+                fenced_operations,
+                long_and_hashed_keys,
+            );
+        }
+    };
+    (@cases $make:expr; $($case:ident,)*) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let (store, _guard) = $make.await;
+                $crate::testing::$case($crate::StoreHandle::from(store)).await;
+            }
+        )*
+    };
+}
