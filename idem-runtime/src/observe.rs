@@ -39,7 +39,10 @@ impl Outcome {
     }
 }
 
-#[allow(clippy::ptr_arg, reason = "a borrowed static scope becomes a label without allocating")]
+#[allow(
+    clippy::ptr_arg,
+    reason = "a borrowed static scope becomes a label without allocating"
+)]
 pub(crate) fn count(scope: &Cow<'static, str>, outcome: Outcome) {
     let scope = match scope {
         Cow::Borrowed(s) => metrics::SharedString::const_str(s),

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::{Entry as Slot, RandomState};
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ struct Inner {
     shards: Vec<Mutex<HashMap<String, Entry>>>,
     hasher: RandomState,
     capacity: usize,
+    /// Records held across all shards, expired ones not yet dropped included.
+    records: AtomicUsize,
 }
 
 struct Entry {
@@ -77,13 +80,14 @@ impl MemoryStore {
                 shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 hasher: RandomState::new(),
                 capacity: capacity.max(1),
+                records: AtomicUsize::new(0),
             }),
         }
     }
 
     /// How many records it holds, expired ones not yet dropped included.
     pub fn len(&self) -> usize {
-        self.inner.shards.iter().map(|s| lock(s).len()).sum()
+        self.inner.records.load(Ordering::Relaxed)
     }
 
     /// Whether it holds no record.
@@ -113,33 +117,66 @@ impl MemoryStore {
         Fence::Held
     }
 
-    /// Room for one more record in `shard`, dropping expired records when it is full.
-    fn make_room(
+    /// Claims `key` if it is free and the store has room.
+    fn try_claim(
         &self,
-        shard: &mut HashMap<String, Entry>,
-        now: Instant,
-    ) -> Result<(), StoreError> {
-        let limit = self.inner.capacity.div_ceil(SHARDS);
-        if shard.len() < limit {
-            return Ok(());
-        }
-        shard.retain(|_, e| {
-            let live = e.live(now);
-            if !live {
-                e.wake();
+        key: &str,
+        claim: &Claim,
+        lease: Duration,
+    ) -> Result<Option<Record>, StoreError> {
+        let now = Instant::now();
+        let mut shard = self.shard(key);
+        match shard.get_mut(key) {
+            Some(entry) if entry.live(now) => Ok(Some(entry.record.clone())),
+            Some(expired) => {
+                // The lease or ttl ended: the key is free, and whoever waited on the old
+                // holder looks again.
+                expired.wake();
+                expired.record = Record::InProgress(claim.clone());
+                expired.expires_at = now + lease;
+                Ok(None)
             }
-            live
-        });
-        if shard.len() < limit {
-            return Ok(());
+            None if self.len() >= self.inner.capacity => Err(self.full()),
+            None => {
+                self.inner.records.fetch_add(1, Ordering::Relaxed);
+                let entry = Entry {
+                    record: Record::InProgress(claim.clone()),
+                    expires_at: now + lease,
+                    waiters: None,
+                };
+                shard.insert(key.to_owned(), entry);
+                Ok(None)
+            }
         }
-        Err(StoreError::new(
+    }
+
+    /// Drops every expired record, one shard at a time.
+    fn sweep(&self) {
+        let now = Instant::now();
+        for shard in &self.inner.shards {
+            let mut shard = lock(shard);
+            let before = shard.len();
+            shard.retain(|_, entry| {
+                let live = entry.live(now);
+                if !live {
+                    entry.wake();
+                }
+                live
+            });
+            self.inner
+                .records
+                .fetch_sub(before - shard.len(), Ordering::Relaxed);
+        }
+    }
+
+    fn full(&self) -> StoreError {
+        StoreError::new(
             StoreErrorKind::Full,
             format!(
                 "the memory store is full ({} records); raise memory_capacity or shorten the ttl",
                 self.inner.capacity
             ),
-        ))
+        )
     }
 }
 
@@ -158,29 +195,12 @@ impl Store for MemoryStore {
         claim: &'a Claim,
         lease: Duration,
     ) -> StoreFuture<'a, Option<Record>> {
-        let now = Instant::now();
-        let mut shard = self.shard(key);
-        let result = match shard.get_mut(key) {
-            Some(entry) if entry.live(now) => Ok(Some(entry.record.clone())),
-            Some(expired) => {
-                // The lease or ttl ended: the key is free, and whoever waited on the old
-                // holder looks again.
-                expired.wake();
-                expired.record = Record::InProgress(claim.clone());
-                expired.expires_at = now + lease;
-                Ok(None)
+        let result = match self.try_claim(key, claim, lease) {
+            Err(full) if full.kind() == StoreErrorKind::Full => {
+                self.sweep();
+                self.try_claim(key, claim, lease)
             }
-            None => self.make_room(&mut shard, now).map(|()| {
-                shard.insert(
-                    key.to_owned(),
-                    Entry {
-                        record: Record::InProgress(claim.clone()),
-                        expires_at: now + lease,
-                        waiters: None,
-                    },
-                );
-                None
-            }),
+            result => result,
         };
         Box::pin(std::future::ready(result))
     }
@@ -207,6 +227,7 @@ impl Store for MemoryStore {
         let fence = self.fenced(key, claim, |slot| {
             if let Slot::Occupied(slot) = slot {
                 slot.remove().wake();
+                self.inner.records.fetch_sub(1, Ordering::Relaxed);
             }
         });
         Box::pin(std::future::ready(Ok(fence)))

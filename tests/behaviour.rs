@@ -1,0 +1,303 @@
+//! Behaviour that depends on the configuration rather than on the store: fail modes, key
+//! namespacing and hashing, metrics.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use idem::{
+    Call, Claim, Config, Error, FailMode, Fence, Idem, MemoryStore, Record, Status, Store,
+    StoreError, StoreErrorKind, StoreFuture,
+};
+
+/// A store whose backend is down: every operation fails.
+struct DownStore;
+
+fn down<T>() -> StoreFuture<'static, T> {
+    Box::pin(async {
+        Err(StoreError::new(
+            StoreErrorKind::Unavailable,
+            "connection refused",
+        ))
+    })
+}
+
+impl Store for DownStore {
+    fn claim<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a Claim,
+        _: Duration,
+    ) -> StoreFuture<'a, Option<Record>> {
+        down()
+    }
+    fn complete<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a Claim,
+        _: &'a [u8],
+        _: Duration,
+    ) -> StoreFuture<'a, Fence> {
+        down()
+    }
+    fn release<'a>(&'a self, _: &'a str, _: &'a Claim) -> StoreFuture<'a, Fence> {
+        down()
+    }
+    fn renew<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, Fence> {
+        down()
+    }
+    fn wait<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, ()> {
+        down()
+    }
+    fn describe(&self) -> String {
+        "down".into()
+    }
+}
+
+/// A memory store that remembers the keys it was asked for.
+#[derive(Clone, Default)]
+struct Recording {
+    inner: MemoryStore,
+    keys: Arc<Mutex<Vec<String>>>,
+}
+
+impl Store for Recording {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<Record>> {
+        self.keys.lock().unwrap().push(key.to_owned());
+        self.inner.claim(key, claim, lease)
+    }
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        payload: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Fence> {
+        self.inner.complete(key, claim, payload, ttl)
+    }
+    fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
+        self.inner.release(key, claim)
+    }
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        lease: Duration,
+    ) -> StoreFuture<'a, Fence> {
+        self.inner.renew(key, claim, lease)
+    }
+    fn wait<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a Claim,
+        timeout: Duration,
+    ) -> StoreFuture<'a, ()> {
+        self.inner.wait(key, holder, timeout)
+    }
+    fn describe(&self) -> String {
+        "recording".into()
+    }
+}
+
+#[tokio::test]
+async fn store_down_fails_closed_by_default() {
+    let runs = AtomicUsize::new(0);
+    let result = Call::new("pay", "k")
+        .store(DownStore)
+        .run(async { runs.fetch_add(1, Ordering::SeqCst) })
+        .await;
+    match result {
+        Err(Error::Store { key, source }) => {
+            assert_eq!(key, "idem:pay:k");
+            assert_eq!(source.kind(), StoreErrorKind::Unavailable);
+        }
+        other => panic!("expected Error::Store, got {other:?}"),
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "fail-closed never runs the body"
+    );
+}
+
+#[tokio::test]
+async fn store_down_fails_open_when_configured() {
+    let idem = Idem::with_settings(DownStore, &Config::default().fail_mode(FailMode::Open));
+    let runs = AtomicUsize::new(0);
+    let outcome = idem
+        .scope(Call::new("pay", "k").run(async { runs.fetch_add(1, Ordering::SeqCst) + 10 }))
+        .await
+        .expect("fail-open runs the body");
+    assert_eq!((outcome.value, outcome.status), (10, Status::Unprotected));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn keys_are_namespaced_and_hashed_on_request() {
+    let store = Recording::default();
+    let plain = Idem::with_settings(store.clone(), &Config::default().prefix("shop"));
+    plain
+        .scope(Call::new("orders::create", "alice@example.com").run(async { 1 }))
+        .await
+        .unwrap();
+    let hashed = Idem::with_settings(
+        store.clone(),
+        &Config::default().prefix("shop").hash_keys(true),
+    );
+    hashed
+        .scope(Call::new("orders::create", "alice@example.com").run(async { 2 }))
+        .await
+        .unwrap();
+    let keys = store.keys.lock().unwrap().clone();
+    assert_eq!(keys[0], "shop:orders::create:alice@example.com");
+    let digest = keys[1]
+        .strip_prefix("shop:orders::create:#")
+        .expect("hashed key");
+    assert_eq!(digest.len(), 64);
+    assert!(digest.chars().all(|c| c.is_ascii_hexdigit()));
+}
+
+#[tokio::test]
+async fn with_store_overrides_the_configured_store() {
+    let store = MemoryStore::new();
+    let first = idem::with_store(store.clone(), Call::new("s", "k").run(async { 1 }))
+        .await
+        .unwrap();
+    assert_eq!(first.status, Status::Executed);
+    let again = idem::with_store(store.clone(), Call::new("s", "k").run(async { 2 }))
+        .await
+        .unwrap();
+    assert_eq!((again.value, again.status), (1, Status::Replayed));
+    // Another store has no record of it.
+    let elsewhere = idem::with_store(MemoryStore::new(), Call::new("s", "k").run(async { 3 }))
+        .await
+        .unwrap();
+    assert_eq!((elsewhere.value, elsewhere.status), (3, Status::Executed));
+    assert_eq!(store.len(), 1);
+}
+
+#[tokio::test]
+async fn full_memory_store_refuses_new_claims_but_replays() {
+    let store = MemoryStore::with_capacity(16);
+    for key in 0..16 {
+        Call::new("s", key)
+            .store(store.clone())
+            .run(async move { key })
+            .await
+            .unwrap();
+    }
+    let refused = Call::new("s", 99)
+        .store(store.clone())
+        .run(async { 99 })
+        .await;
+    match refused {
+        Err(Error::Store { source, .. }) => {
+            assert_eq!(source.kind(), StoreErrorKind::Full);
+            assert!(source.to_string().contains("memory_capacity"), "{source}");
+        }
+        other => panic!("a full store refuses a new key, got {other:?}"),
+    }
+    let replay = Call::new("s", 3)
+        .store(store.clone())
+        .run(async { 0 })
+        .await
+        .unwrap();
+    assert_eq!(
+        (replay.value, replay.status),
+        (3, Status::Replayed),
+        "existing records still replay"
+    );
+}
+
+#[tokio::test]
+async fn invalid_durations_are_errors_not_panics() {
+    let zero_ttl = Call::new("s", "k")
+        .ttl(Duration::ZERO)
+        .store(MemoryStore::new())
+        .run(async { 1 })
+        .await;
+    assert!(
+        matches!(&zero_ttl, Err(Error::Config(m)) if m.contains("ttl")),
+        "{zero_ttl:?}"
+    );
+    let zero_lease = Call::new("s", "k")
+        .lease(Duration::ZERO)
+        .store(MemoryStore::new())
+        .run(async { 1 })
+        .await;
+    assert!(
+        matches!(&zero_lease, Err(Error::Config(m)) if m.contains("lease")),
+        "{zero_lease:?}"
+    );
+}
+
+#[test]
+fn metrics_count_every_outcome() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let store = MemoryStore::new();
+            let call = |key: &str| Call::new("metered", key.to_owned()).store(store.clone());
+            call("a").run(async { 1 }).await.unwrap();
+            call("a").run(async { 1 }).await.unwrap();
+            call("a").run(async { 1 }).await.unwrap();
+            call("b").fingerprint("x").run(async { 1 }).await.unwrap();
+            call("b")
+                .fingerprint("y")
+                .run(async { 1 })
+                .await
+                .unwrap_err();
+            Call::new("metered", "c")
+                .store(DownStore)
+                .run(async { 1 })
+                .await
+                .unwrap_err();
+        });
+    });
+    let mut counts = std::collections::HashMap::new();
+    let mut store_ops = 0;
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        match (key.name(), value) {
+            ("idem_calls_total", DebugValue::Counter(n)) => {
+                let label = |name: &str| {
+                    key.labels()
+                        .find(|l| l.key() == name)
+                        .map(|l| l.value().to_owned())
+                };
+                assert_eq!(label("scope").as_deref(), Some("metered"));
+                counts.insert(label("outcome").unwrap(), n);
+            }
+            ("idem_store_seconds", DebugValue::Histogram(samples)) => store_ops += samples.len(),
+            _ => {}
+        }
+    }
+    let expect = [
+        ("executed", 2),
+        ("replayed", 2),
+        ("mismatch", 1),
+        ("store_error", 1),
+    ];
+    for (outcome, n) in expect {
+        assert_eq!(
+            counts.get(outcome),
+            Some(&n),
+            "outcome {outcome}: {counts:?}"
+        );
+    }
+    assert_eq!(counts.len(), expect.len(), "no other outcome: {counts:?}");
+    // Claims: 6 calls; completes: 2 first calls.
+    assert_eq!(store_ops, 8, "one latency sample per store operation");
+}
