@@ -8,10 +8,13 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
-#[derive(Default, Clone)]
-struct Spans(Arc<Mutex<Vec<Vec<(String, String)>>>>);
+/// The fields of one span, in the order they were recorded; the first is its id.
+type SpanFields = Vec<(String, String)>;
 
-struct Fields<'a>(&'a mut Vec<(String, String)>);
+#[derive(Default, Clone)]
+struct Spans(Arc<Mutex<Vec<SpanFields>>>);
+
+struct Fields<'a>(&'a mut SpanFields);
 
 impl Visit for Fields<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {

@@ -64,11 +64,27 @@ impl<T: Serialize + DeserializeOwned> Storable for T {}
 /// Zero-cost assertion that `T` can be stored and replayed.
 pub fn assert_storable<T: Storable>() {}
 
-/// Zero-cost assertion that the error type can carry idempotency failures.
-pub fn assert_error_type<E: From<Error>>() {}
+/// Compile-time check that a function's error type can carry idempotency failures.
+#[diagnostic::on_unimplemented(
+    message = "the error type of an #[idempotent] function must implement `From<idem::Error>`",
+    note = "idempotency failures (store down, call in progress, key mismatch) are returned as `{Self}`: add a variant such as `#[error(transparent)] Idempotency(#[from] idem::Error)`"
+)]
+pub trait ErrorType: From<Error> {}
+impl<E: From<Error>> ErrorType for E {}
 
-/// Zero-cost assertion that a `cache_err = true` error type can be stored.
-pub fn assert_cacheable_error<E: Storable>() {}
+/// Compile-time check that a `cache_err` error type can be stored.
+#[diagnostic::on_unimplemented(
+    message = "with `cache_err`, the error type of an #[idempotent] function must be `Serialize + DeserializeOwned`",
+    note = "idem stores permanent errors and replays them: derive `serde::Serialize` and `serde::Deserialize` for `{Self}`"
+)]
+pub trait CacheableError: Serialize + DeserializeOwned {}
+impl<E: Serialize + DeserializeOwned> CacheableError for E {}
+
+/// Zero-cost assertion that the error type can carry idempotency failures.
+pub fn assert_error_type<E: ErrorType>() {}
+
+/// Zero-cost assertion that a `cache_err` error type can be stored.
+pub fn assert_cacheable_error<E: CacheableError>() {}
 
 /// The `Ok` and `Err` types of a function returning any `Result` (also aliases such as
 /// `io::Result<T>`).
@@ -103,19 +119,28 @@ where
     call.run(body).await.map(|outcome| outcome.value)
 }
 
-/// Runs a function returning `Result<T, E>`: `Ok` is stored, `Err` releases the key.
-pub async fn run_result<R, F>(call: Call, body: F) -> R
+/// Runs a function returning `Result<T, E>`: `Ok` is stored, `Err` releases the key. The
+/// idempotency failure, if any, is turned into `E` by [`lift`], which the macro spans at the
+/// error type so that a missing `From<idem::Error>` is reported there, once.
+pub async fn try_run_result<R, F>(call: Call, body: F) -> Result<R, Error>
 where
     R: ResultLike,
     R::Ok: Serialize + DeserializeOwned,
-    R::Err: From<Error>,
     F: Future<Output = R>,
 {
     let body = async move { body.await.into_result() };
-    R::from_result(match call.run_result(body).await {
-        Ok(outcome) => outcome.value,
-        Err(error) => Err(R::Err::from(error)),
-    })
+    call.run_result(body)
+        .await
+        .map(|outcome| R::from_result(outcome.value))
+}
+
+/// The function's own result, or the idempotency failure converted into its error type.
+pub fn lift<R>(result: Result<R, Error>) -> R
+where
+    R: ResultLike,
+    R::Err: From<Error>,
+{
+    result.unwrap_or_else(|error| R::from_result(Err(R::Err::from(error))))
 }
 
 /// Runs a function returning `Result<T, E>` with `cache_err`: `Ok` is stored, and so is every

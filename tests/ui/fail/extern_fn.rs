@@ -1,0 +1,10 @@
+use idem::idempotent;
+
+#[idempotent(key = id)]
+extern "C" fn charge(id: u64) -> u64 {
+    id
+}
+
+fn main() {
+    charge(1);
+}

@@ -1,0 +1,10 @@
+use idem::idempotent;
+
+#[idempotent(key = id)]
+fn charge(id: u64) -> u64 {
+    id
+}
+
+fn main() {
+    charge(1);
+}
