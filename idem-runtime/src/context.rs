@@ -53,7 +53,7 @@ static FALLBACK: OnceLock<Idem> = OnceLock::new();
 impl Idem {
     /// Builds the store named by `config` and checks that it answers.
     ///
-    /// Fails with [`Error::Config`] for an invalid configuration, or with [`Error::Store`] when
+    /// Fails with [`Error::Config`] for an invalid configuration, or with [`Error::Connect`] when
     /// the store cannot be reached within the connect timeout.
     pub async fn connect(config: &Config) -> Result<Idem, Error> {
         config.validate()?;
@@ -137,7 +137,7 @@ fn fallback() -> Idem {
 /// # }
 /// ```
 ///
-/// Fails with [`Error::Config`] for an invalid configuration, [`Error::Store`] when the store
+/// Fails with [`Error::Config`] for an invalid configuration, [`Error::Connect`] when the store
 /// does not answer, and [`Error::AlreadyInitialized`] the second time. Without `init`, calls
 /// use an in-process [`MemoryStore`] and warn once that the guarantee is per-process.
 pub async fn init(config: Config) -> Result<(), Error> {

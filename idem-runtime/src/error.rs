@@ -21,6 +21,17 @@ pub enum Error {
         source: StoreError,
     },
 
+    /// The store could not be reached when idem was set up ([`init`](crate::init),
+    /// [`Idem::connect`](crate::Idem::connect), a store's own `connect`).
+    #[error("cannot connect to the idempotency store at {store}: {source}")]
+    Connect {
+        /// The store, as its URL without credentials.
+        store: String,
+        /// What the store reported.
+        #[source]
+        source: StoreError,
+    },
+
     /// Another call with the same key is running, and this one did not wait (or waited for
     /// longer than its `wait` allowed). Retry later; HTTP services answer 409.
     #[error("a call with key `{key}` is already in progress; retry later")]
@@ -67,6 +78,13 @@ pub enum Error {
     /// [`init`](crate::init) was called a second time.
     #[error("idem is already initialized; call idem::init once at start-up")]
     AlreadyInitialized,
+}
+
+/// Lets functions returning `std::io::Result<T>` carry idempotency failures.
+impl From<Error> for std::io::Error {
+    fn from(error: Error) -> Self {
+        std::io::Error::other(error)
+    }
 }
 
 /// What kind of failure a [`StoreError`] is.

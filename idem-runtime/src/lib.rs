@@ -27,6 +27,9 @@ mod observe;
 mod record;
 pub mod store;
 
+#[cfg(feature = "axum")]
+pub mod http;
+
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -41,4 +44,6 @@ pub use error::{Error, StoreError, StoreErrorKind};
 pub use observe::{CALLS_TOTAL, STORE_SECONDS};
 pub use record::{Claim, Fingerprint, Record, Token};
 pub use store::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use store::redis::RedisStore;
 pub use store::{Fence, Store, StoreFuture, StoreHandle};

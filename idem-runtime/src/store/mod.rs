@@ -10,6 +10,8 @@ use crate::error::StoreError;
 use crate::record::{Claim, Record};
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// The future a [`Store`] operation returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;

@@ -1,0 +1,95 @@
+//! How redis-rs and pool errors become [`StoreError`]s.
+
+use std::time::Duration;
+
+use deadpool::managed::{PoolError, TimeoutType};
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+use crate::error::{StoreError, StoreErrorKind};
+
+/// Whether the connection that reported `error` must be replaced.
+pub(super) fn breaks_connection(error: &RedisError) -> bool {
+    error.is_unrecoverable_error() || error.is_io_error()
+}
+
+/// Whether `error` is the server refusing the credentials.
+pub(super) fn is_auth(error: &RedisError) -> bool {
+    error.kind() == ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("NOAUTH" | "WRONGPASS"))
+}
+
+/// The store error for a failed command on the Redis at `url`.
+pub(super) fn command(error: RedisError, url: &str) -> StoreError {
+    let kind = kind_of(&error);
+    let message = match kind {
+        StoreErrorKind::Unavailable => format!("Redis at {url} is unavailable"),
+        StoreErrorKind::Timeout => format!("Redis at {url} timed out"),
+        StoreErrorKind::Full => format!("Redis at {url} is out of memory"),
+        StoreErrorKind::Protocol => format!("Redis at {url} answered something unexpected"),
+        _ => format!("Redis at {url} failed the command"),
+    };
+    StoreError::new(kind, message).with_source(error)
+}
+
+/// The store error for a command that did not answer within `after`.
+pub(super) fn timed_out(url: &str, after: Duration) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Timeout,
+        format!("Redis at {url} did not answer within {after:?} (command_timeout)"),
+    )
+}
+
+/// The store error for a connection to the Redis at `url` that could not be taken from the
+/// pool.
+pub(super) fn checkout(error: PoolError<RedisError>, url: &str, pool_size: usize) -> StoreError {
+    match error {
+        PoolError::Timeout(TimeoutType::Wait) => StoreError::new(
+            StoreErrorKind::Timeout,
+            format!(
+                "no connection to Redis at {url} was free in time (all {pool_size} of pool_size are busy)"
+            ),
+        ),
+        PoolError::Timeout(_) => StoreError::new(
+            StoreErrorKind::Timeout,
+            format!("connecting to Redis at {url} took longer than connect_timeout"),
+        ),
+        PoolError::Backend(error) => {
+            let kind = match kind_of(&error) {
+                StoreErrorKind::Timeout => StoreErrorKind::Timeout,
+                _ => StoreErrorKind::Unavailable,
+            };
+            StoreError::new(kind, format!("cannot connect to Redis at {url}")).with_source(error)
+        }
+        PoolError::Closed => StoreError::new(
+            StoreErrorKind::Unavailable,
+            format!("the pool of connections to Redis at {url} is closed"),
+        ),
+        other => StoreError::new(
+            StoreErrorKind::Other,
+            format!("the pool of connections to Redis at {url} failed: {other}"),
+        ),
+    }
+}
+
+fn kind_of(error: &RedisError) -> StoreErrorKind {
+    if error.is_timeout() {
+        return StoreErrorKind::Timeout;
+    }
+    if error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal() {
+        return StoreErrorKind::Unavailable;
+    }
+    match error.kind() {
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ReadOnly,
+        )
+        | ErrorKind::AuthenticationFailed => StoreErrorKind::Unavailable,
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => StoreErrorKind::Protocol,
+        _ if error.code() == Some("OOM") => StoreErrorKind::Full,
+        _ if error.code() == Some("WRONGTYPE") => StoreErrorKind::Protocol,
+        _ => StoreErrorKind::Other,
+    }
+}

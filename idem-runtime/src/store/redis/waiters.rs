@@ -1,0 +1,288 @@
+//! Waking the calls that wait for an in-flight call, by pub/sub instead of polling.
+//!
+//! The complete and release scripts publish on the channel named like the key. One subscriber
+//! connection per store (RESP3, messages delivered as pushes) carries the subscriptions of all
+//! its waiters: a channel is subscribed while at least one waiter of this process waits on it,
+//! and a message wakes all of them through a [`Notify`]. A waiter subscribes first and looks at
+//! the key afterwards (the caller's job), so a completion cannot fall between the look and the
+//! subscription.
+//!
+//! When the subscriber connection closes, every waiter is woken (it looks again, and the next
+//! wait connects anew); when it cannot be made at all, waiters fall back to short sleeps.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, RedisError, Value};
+use tokio::sync::Notify;
+
+/// The waiters of one store and its subscriber connection.
+pub(super) struct Hub {
+    board: Arc<Mutex<Board>>,
+    /// Held while (un)subscribing, so that the commands reach the server in the order the
+    /// board decided them.
+    listener: tokio::sync::Mutex<Option<Listener>>,
+    client: Client,
+    config: AsyncConnectionConfig,
+    command_timeout: Duration,
+}
+
+/// What the push handler and the waiters share.
+#[derive(Default)]
+struct Board {
+    channels: HashMap<String, Channel>,
+    /// Which subscriber connection is current: pushes of an older one are ignored.
+    generation: u64,
+}
+
+struct Channel {
+    waiters: usize,
+    wake: Arc<Notify>,
+    /// Whether the current subscriber connection is subscribed to it.
+    subscribed: bool,
+}
+
+struct Listener {
+    conn: MultiplexedConnection,
+    alive: Arc<AtomicBool>,
+}
+
+impl Board {
+    /// Forgets every subscription: the connection that held them is gone or being replaced.
+    fn forget(&mut self) {
+        self.generation += 1;
+        self.channels.retain(|_, channel| {
+            channel.subscribed = false;
+            channel.waiters > 0
+        });
+    }
+
+    /// Forgets every subscription and wakes every waiter, so that each looks at its key again
+    /// (and subscribes anew if it still has to wait).
+    fn reset(&mut self) {
+        self.forget();
+        for channel in self.channels.values() {
+            channel.wake.notify_waiters();
+        }
+    }
+}
+
+fn lock(board: &Mutex<Board>) -> MutexGuard<'_, Board> {
+    // Every change to the board is complete before anything can panic, so a poisoned lock
+    // still guards consistent data.
+    board
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One waiter's registration on a channel; dropping it lets the channel be unsubscribed.
+pub(super) struct Ticket {
+    hub: Arc<Hub>,
+    channel: String,
+    wake: Arc<Notify>,
+}
+
+impl Ticket {
+    /// What wakes this waiter.
+    pub(super) fn wake(&self) -> &Notify {
+        &self.wake
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut board = lock(&self.hub.board);
+        let Some(channel) = board.channels.get_mut(&self.channel) else {
+            return;
+        };
+        channel.waiters -= 1;
+        if channel.waiters > 0 {
+            return;
+        }
+        if !channel.subscribed {
+            board.channels.remove(&self.channel);
+            return;
+        }
+        drop(board);
+        // Unsubscribing is a round trip; without a runtime the subscription stays until the
+        // next waiter of the channel reuses it or the connection closes.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let hub = self.hub.clone();
+            let channel = std::mem::take(&mut self.channel);
+            runtime.spawn(async move { hub.unsubscribe(channel).await });
+        }
+    }
+}
+
+impl Hub {
+    pub(super) fn new(
+        client: Client,
+        config: AsyncConnectionConfig,
+        command_timeout: Duration,
+    ) -> Self {
+        Hub {
+            board: Arc::default(),
+            listener: tokio::sync::Mutex::new(None),
+            client,
+            config,
+            command_timeout,
+        }
+    }
+
+    /// Registers a waiter on `channel`. Enable a `notified()` of [`Ticket::wake`] before
+    /// [`listen`](Hub::listen)ing and looking at the key.
+    pub(super) fn register(self: &Arc<Self>, channel: &str) -> Ticket {
+        let mut board = lock(&self.board);
+        let entry = board
+            .channels
+            .entry(channel.to_owned())
+            .or_insert_with(|| Channel {
+                waiters: 0,
+                wake: Arc::default(),
+                subscribed: false,
+            });
+        entry.waiters += 1;
+        Ticket {
+            hub: self.clone(),
+            channel: channel.to_owned(),
+            wake: entry.wake.clone(),
+        }
+    }
+
+    /// Makes sure the subscriber connection is subscribed to the ticket's channel.
+    pub(super) async fn listen(&self, ticket: &Ticket) -> Result<(), RedisError> {
+        let mut listener = self.listener.lock().await;
+        if let Some(current) = listener.as_ref() {
+            let board = lock(&self.board);
+            let subscribed = board
+                .channels
+                .get(&ticket.channel)
+                .is_some_and(|c| c.subscribed);
+            if subscribed && current.alive.load(Ordering::Acquire) {
+                return Ok(());
+            }
+        }
+        let mut conn = match listener.as_ref() {
+            Some(current) if current.alive.load(Ordering::Acquire) => current.conn.clone(),
+            _ => {
+                let fresh = self.connect().await?;
+                let conn = fresh.conn.clone();
+                *listener = Some(fresh);
+                conn
+            }
+        };
+        match tokio::time::timeout(self.command_timeout, conn.subscribe(&ticket.channel)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                self.abandon(&mut listener);
+                return Err(error);
+            }
+            Err(_) => {
+                self.abandon(&mut listener);
+                return Err(RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "SUBSCRIBE did not answer within command_timeout",
+                )));
+            }
+        }
+        let mut board = lock(&self.board);
+        let alive = listener
+            .as_ref()
+            .is_some_and(|l| l.alive.load(Ordering::Acquire));
+        if let (true, Some(channel)) = (alive, board.channels.get_mut(&ticket.channel)) {
+            channel.subscribed = true;
+        }
+        Ok(())
+    }
+
+    /// Unsubscribes from `channel` if no waiter came back to it meanwhile.
+    async fn unsubscribe(&self, channel: String) {
+        let mut listener = self.listener.lock().await;
+        {
+            let mut board = lock(&self.board);
+            match board.channels.get(&channel) {
+                Some(c) if c.waiters == 0 && c.subscribed => {}
+                Some(c) if c.waiters == 0 => {
+                    board.channels.remove(&channel);
+                    return;
+                }
+                _ => return,
+            }
+        }
+        let Some(current) = listener.as_ref() else {
+            return;
+        };
+        let mut conn = current.conn.clone();
+        let done = tokio::time::timeout(self.command_timeout, conn.unsubscribe(&channel)).await;
+        if !matches!(done, Ok(Ok(()))) {
+            // The connection's subscriptions are now unknown: start over on a new one.
+            self.abandon(&mut listener);
+            return;
+        }
+        let mut board = lock(&self.board);
+        if let Some(c) = board.channels.get_mut(&channel) {
+            if c.waiters == 0 {
+                board.channels.remove(&channel);
+            } else {
+                // A waiter registered meanwhile: it subscribes again once it gets the listener.
+                c.subscribed = false;
+            }
+        }
+    }
+
+    /// Drops the subscriber connection and wakes every waiter.
+    fn abandon(&self, listener: &mut Option<Listener>) {
+        let mut board = lock(&self.board);
+        board.reset();
+        *listener = None;
+    }
+
+    /// A new subscriber connection, whose pushes wake the waiters of the board.
+    async fn connect(&self) -> Result<Listener, RedisError> {
+        let alive = Arc::new(AtomicBool::new(true));
+        let generation = {
+            let mut board = lock(&self.board);
+            board.forget();
+            board.generation
+        };
+        let board = Arc::downgrade(&self.board);
+        let flag = alive.clone();
+        let config = self.config.clone().set_push_sender(move |push: PushInfo| {
+            if let Some(board) = board.upgrade() {
+                let mut board = lock(&board);
+                if board.generation == generation {
+                    on_push(&mut board, &flag, push);
+                }
+            }
+            Ok::<(), Infallible>(())
+        });
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok(Listener { conn, alive })
+    }
+}
+
+fn on_push(board: &mut Board, alive: &AtomicBool, push: PushInfo) {
+    match push.kind {
+        PushKind::Message => {
+            let channel = match push.data.first() {
+                Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes),
+                _ => return,
+            };
+            if let Some(channel) = board.channels.get(channel.as_ref()) {
+                channel.wake.notify_waiters();
+            }
+        }
+        PushKind::Disconnection => {
+            alive.store(false, Ordering::Release);
+            board.reset();
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,714 @@
+//! `RedisStore` on real `redis-server` processes started by the tests: round trips counted
+//! by the server, waiting by pub/sub, expiry by Redis, and the faults a deployment meets
+//! (kill, restart, pause, freeze, script flush, corrupt records, bad credentials).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use idem::{
+    Call, Claim, Config, Error, FailMode, Fence, Idem, RedisStore, Status, Store, StoreErrorKind,
+};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use support::redis::{RedisServer, free_port};
+
+/// A store on `server` with short timeouts, so that fault tests end quickly.
+async fn store_on(server: &RedisServer, command_timeout: Duration) -> RedisStore {
+    let config = Config::default()
+        .store(server.url())
+        .command_timeout(command_timeout)
+        .connect_timeout(Duration::from_millis(500));
+    RedisStore::connect(&config)
+        .await
+        .expect("connect to the test's redis-server")
+}
+
+/// The store key of `key` in `scope` with the default prefix.
+fn store_key(scope: &str, key: &str) -> String {
+    format!("idem:{scope}:{key}")
+}
+
+/// Polls `check` until it holds, for at most `within`.
+async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn subscribers(server: &RedisServer, channel: &str) -> u64 {
+    let (_, count): (String, u64) = server.cmd(&["PUBSUB", "NUMSUB", channel]);
+    count
+}
+
+fn calls(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs
+        .iter()
+        .map(|(name, n)| (name.to_string(), *n))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_is_one_command_and_a_first_call_two() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).await.unwrap();
+    // Warm up the pool's connection, so that only the calls' own commands are counted.
+    Call::new("rt", "warm-up")
+        .store(store.clone())
+        .run(async { 0 })
+        .await
+        .unwrap();
+
+    let monitor = server.monitor();
+    let first = Call::new("rt", "order-1")
+        .store(store.clone())
+        .run(async { 1 })
+        .await
+        .unwrap();
+    assert_eq!(first.status, Status::Executed);
+    assert_eq!(
+        monitor.stop(),
+        calls(&[("set", 1), ("evalsha", 1)]),
+        "a first call is SET NX GET (claim) and EVALSHA (complete)"
+    );
+
+    let monitor = server.monitor();
+    let replay = Call::new("rt", "order-1")
+        .store(store.clone())
+        .run(async { 2 })
+        .await
+        .unwrap();
+    assert_eq!((replay.value, replay.status), (1, Status::Replayed));
+    assert_eq!(
+        monitor.stop(),
+        calls(&[("set", 1)]),
+        "a replay is one SET NX GET"
+    );
+
+    // Many calls on one pooled connection: still no PING, no GET, nothing else.
+    let monitor = server.monitor();
+    for i in 0..50 {
+        let key = format!("bulk-{}", i % 25);
+        Call::new("rt", key)
+            .store(store.clone())
+            .run(async move { i })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        monitor.stop(),
+        calls(&[("set", 50), ("evalsha", 25)]),
+        "25 first calls and 25 replays"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_call_on_a_new_store_is_two_commands_too() {
+    // `connect` loads the scripts, so even the first complete is a single EVALSHA.
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).await.unwrap();
+    let monitor = server.monitor();
+    let first = Call::new("rt", "first")
+        .store(store.clone())
+        .run(async { 1 })
+        .await
+        .unwrap();
+    assert_eq!(first.status, Status::Executed);
+    assert_eq!(monitor.stop(), calls(&[("set", 1), ("evalsha", 1)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_are_reloaded_after_script_flush() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).await.unwrap();
+    Call::new("flush", "a")
+        .store(store.clone())
+        .run(async { 1 })
+        .await
+        .unwrap();
+
+    let _: () = server.cmd(&["SCRIPT", "FLUSH"]);
+    let monitor = server.monitor();
+    let second = Call::new("flush", "b")
+        .store(store.clone())
+        .run(async { 2 })
+        .await
+        .unwrap();
+    assert_eq!(second.status, Status::Executed, "the completion was stored");
+    assert_eq!(
+        monitor.stop(),
+        calls(&[("set", 1), ("evalsha", 2), ("script|load", 1)]),
+        "EVALSHA answered NOSCRIPT, the script was loaded and run again"
+    );
+    let replay = Call::new("flush", "b")
+        .store(store.clone())
+        .run(async { 3 })
+        .await
+        .unwrap();
+    assert_eq!((replay.value, replay.status), (2, Status::Replayed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_overwritten_with_garbage_is_a_decode_error() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).await.unwrap();
+    Call::new("garbage", "k")
+        .store(store.clone())
+        .run(async { 1_u64 })
+        .await
+        .unwrap();
+    let key = store_key("garbage", "k");
+    assert_eq!(server.keys(), vec![key.clone()]);
+    let _: () = server.cmd_bytes("SET", &[key.as_bytes(), b"\xff{not an envelope"]);
+
+    let runs = AtomicUsize::new(0);
+    let result = Call::new("garbage", "k")
+        .store(store.clone())
+        .run(async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            2_u64
+        })
+        .await;
+    match result {
+        Err(Error::Decode {
+            key: k, expected, ..
+        }) => {
+            assert_eq!(k, key);
+            assert_eq!(expected, "u64");
+        }
+        other => panic!("expected Error::Decode, got {other:?}"),
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "the body is not re-run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_always_carry_a_redis_expiry() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).await.unwrap();
+    let key = store_key("expiry", "k");
+    let (running_tx, running_rx) = oneshot::channel();
+    let (finish_tx, finish_rx) = oneshot::channel::<()>();
+    let call = tokio::spawn({
+        let store = store.clone();
+        async move {
+            Call::new("expiry", "k")
+                .store(store)
+                .lease(Duration::from_secs(30))
+                .ttl(Duration::from_secs(3600))
+                .run(async move {
+                    running_tx.send(()).unwrap();
+                    finish_rx.await.unwrap();
+                    "done".to_owned()
+                })
+                .await
+        }
+    });
+    running_rx.await.unwrap();
+    let lease_left: i64 = server.cmd(&["PTTL", &key]);
+    assert!(
+        (1..=30_000).contains(&lease_left),
+        "an in-progress claim expires with its lease: PTTL {lease_left}"
+    );
+    let stored: Vec<u8> = server.cmd(&["GET", &key]);
+    assert!(stored.starts_with(b"claim:1:"), "the record is the claim");
+
+    finish_tx.send(()).unwrap();
+    assert_eq!(call.await.unwrap().unwrap().status, Status::Executed);
+    let ttl_left: i64 = server.cmd(&["PTTL", &key]);
+    assert!(
+        (3_590_000..=3_600_000).contains(&ttl_left),
+        "a completed record expires with its ttl: PTTL {ttl_left}"
+    );
+    let stored: String = server.cmd(&["GET", &key]);
+    assert!(
+        stored.contains("done"),
+        "the record is readable JSON: {stored}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_is_woken_by_the_completion_within_milliseconds() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).await.unwrap();
+    let mut delays = Vec::new();
+    for round in 0..20 {
+        delays.push(woken_after_completion(&server, &store, &format!("wake:{round}")).await);
+    }
+    delays.sort();
+    let median = delays[delays.len() / 2];
+    let max = delays[delays.len() - 1];
+    println!("waiter wake-up after completion: median {median:?}, max {max:?}");
+    // A poll every 50 ms would have a median near 25 ms.
+    assert!(
+        median < Duration::from_millis(10),
+        "median wake-up {median:?}"
+    );
+    assert!(max < Duration::from_millis(500), "slowest wake-up {max:?}");
+
+    // The subscriptions end with their waiters.
+    eventually("no subscription is left", Duration::from_secs(5), || {
+        let channels: Vec<String> = server.cmd(&["PUBSUB", "CHANNELS"]);
+        channels.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_sends_a_bounded_number_of_commands_not_a_poll() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).await.unwrap();
+    // Warm up the pool's connection and the subscriber connection.
+    Call::new("waiting", "warm-up")
+        .store(store.clone())
+        .run(async { 0 })
+        .await
+        .unwrap();
+    woken_after_completion(&server, &store, "waiting:warm-up-wait").await;
+    let key = store_key("waiting", "k");
+    let (running_tx, running_rx) = oneshot::channel();
+    let (finish_tx, finish_rx) = oneshot::channel::<()>();
+
+    let monitor = server.monitor();
+    let holder = tokio::spawn({
+        let store = store.clone();
+        async move {
+            Call::new("waiting", "k")
+                .store(store)
+                .run(async move {
+                    running_tx.send(()).unwrap();
+                    finish_rx.await.unwrap();
+                    "held".to_owned()
+                })
+                .await
+        }
+    });
+    running_rx.await.unwrap();
+    let waiter = tokio::spawn({
+        let store = store.clone();
+        async move {
+            Call::new("waiting", "k")
+                .store(store)
+                .wait(Duration::from_secs(10))
+                .run(async { "waiter ran".to_owned() })
+                .await
+        }
+    });
+    eventually("the waiter subscribed", Duration::from_secs(5), || {
+        subscribers(&server, &key) == 1
+    })
+    .await;
+    // The holder keeps the key for a while: a polling waiter would send commands meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during_wait = monitor.stop();
+    assert_eq!(
+        during_wait,
+        calls(&[("set", 2), ("evalsha", 1), ("subscribe", 1)]),
+        "while the holder runs: two claims, one look at the lease, one subscription, no poll"
+    );
+
+    let monitor = server.monitor();
+    finish_tx.send(()).unwrap();
+    assert_eq!(holder.await.unwrap().unwrap().status, Status::Executed);
+    let waited = waiter.await.unwrap().unwrap();
+    assert_eq!(
+        (waited.value.as_str(), waited.status),
+        ("held", Status::Waited)
+    );
+    let mut after = monitor.stop();
+    // The subscription ends in the background once nobody waits on the key.
+    after.remove("unsubscribe");
+    assert_eq!(
+        after,
+        calls(&[("set", 1), ("evalsha", 1)]),
+        "the holder completes, and the woken waiter claims once more and replays"
+    );
+}
+
+/// Claims `key`, waits on it in a task, completes it once the waiter subscribed, and returns
+/// how long after the completion the waiter returned.
+async fn woken_after_completion(server: &RedisServer, store: &RedisStore, key: &str) -> Duration {
+    let holder = Claim::new(None);
+    assert_eq!(
+        store
+            .claim(key, &holder, Duration::from_secs(30))
+            .await
+            .unwrap(),
+        None
+    );
+    let waiter = tokio::spawn({
+        let (store, key, holder) = (store.clone(), key.to_owned(), holder.clone());
+        async move {
+            store
+                .wait(&key, &holder, Duration::from_secs(10))
+                .await
+                .unwrap();
+            Instant::now()
+        }
+    });
+    eventually("the waiter subscribed", Duration::from_secs(5), || {
+        subscribers(server, key) == 1
+    })
+    .await;
+    let completed_at = Instant::now();
+    let fence = store
+        .complete(key, &holder, b"done", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(fence, Fence::Held);
+    waiter.await.unwrap() - completed_at
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_returns_when_a_crashed_holders_lease_ends() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).await.unwrap();
+    // A holder that claimed and then died: no completion, no message, only its lease.
+    let crashed = Claim::new(None);
+    let key = store_key("crash", "k");
+    let lease = Duration::from_millis(400);
+    assert_eq!(store.claim(&key, &crashed, lease).await.unwrap(), None);
+    let started = Instant::now();
+    store
+        .wait(&key, &crashed, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(1500),
+        "the wait ends with the lease ({lease:?}), not the timeout: {waited:?}"
+    );
+
+    // Through the engine: a duplicate of the crashed call runs once the lease is over.
+    let crashed = Claim::new(None);
+    assert_eq!(store.claim(&key, &crashed, lease).await.unwrap(), None);
+    let started = Instant::now();
+    let outcome = Call::new("crash", "k")
+        .store(store.clone())
+        .wait(Duration::from_secs(10))
+        .run(async { "ran after the crash".to_owned() })
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, Status::Executed);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_the_body_runs_the_caller_keeps_its_result_and_calls_recover_after_restart() {
+    let mut server = RedisServer::start();
+    let store = store_on(&server, Duration::from_millis(300)).await;
+    let (running_tx, running_rx) = oneshot::channel();
+    let (finish_tx, finish_rx) = oneshot::channel::<()>();
+    let call = tokio::spawn({
+        let store = store.clone();
+        async move {
+            Call::new("kill", "k")
+                .store(store)
+                .run(async move {
+                    running_tx.send(()).unwrap();
+                    finish_rx.await.unwrap();
+                    7
+                })
+                .await
+        }
+    });
+    running_rx.await.unwrap();
+    server.kill();
+    finish_tx.send(()).unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("no hang")
+        .unwrap()
+        .expect("a successful result is returned even though it cannot be stored");
+    assert_eq!((outcome.value, outcome.status), (7, Status::NotStored));
+
+    // While Redis is down: Error::Store at once (fail closed), the body does not run.
+    let runs = AtomicUsize::new(0);
+    let started = Instant::now();
+    let down = Call::new("kill", "other")
+        .store(store.clone())
+        .run(async {
+            runs.fetch_add(1, Ordering::SeqCst);
+        })
+        .await;
+    match down {
+        Err(Error::Store { source, .. }) => {
+            assert_eq!(source.kind(), StoreErrorKind::Unavailable, "{source}")
+        }
+        other => panic!("expected Error::Store, got {other:?}"),
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Back up (empty, and without the scripts): the same store works again.
+    server.restart();
+    let again = Call::new("kill", "k")
+        .store(store.clone())
+        .run(async { 8 })
+        .await
+        .unwrap();
+    assert_eq!((again.value, again.status), (8, Status::Executed));
+    let replay = Call::new("kill", "k")
+        .store(store.clone())
+        .run(async { 9 })
+        .await
+        .unwrap();
+    assert_eq!((replay.value, replay.status), (8, Status::Replayed));
+
+    // And waiters are woken by pub/sub again, on a new subscriber connection.
+    let delay = woken_after_completion(&server, &store, "kill:wait").await;
+    assert!(
+        delay < Duration::from_millis(200),
+        "woken by the message: {delay:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_longer_than_the_lease_lets_a_second_caller_run_and_fences_out_the_first() {
+    let server = RedisServer::start();
+    let store = store_on(&server, Duration::from_millis(100)).await;
+    let (running_tx, running_rx) = oneshot::channel();
+    let (finish_tx, finish_rx) = oneshot::channel::<()>();
+    let first = tokio::spawn({
+        let store = store.clone();
+        async move {
+            Call::new("pause", "k")
+                .store(store)
+                .lease(Duration::from_millis(300))
+                .run(async move {
+                    running_tx.send(()).unwrap();
+                    finish_rx.await.unwrap();
+                    "first".to_owned()
+                })
+                .await
+        }
+    });
+    running_rx.await.unwrap();
+
+    // Nothing answers for a second: the first caller cannot renew, its lease runs out.
+    server.pause(Duration::from_millis(1000));
+    tokio::task::block_in_place(|| server.wait_unpaused());
+
+    let second = Call::new("pause", "k")
+        .store(store.clone())
+        .lease(Duration::from_secs(10))
+        .run(async { "second".to_owned() })
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.value.as_str(), second.status),
+        ("second", Status::Executed),
+        "the expired claim does not block the second caller"
+    );
+
+    finish_tx.send(()).unwrap();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(
+        (first.value.as_str(), first.status),
+        ("first", Status::LeaseLost),
+        "the late completion is fenced out; the first caller still gets its own value"
+    );
+    let replay = Call::new("pause", "k")
+        .store(store.clone())
+        .run(async { "third".to_owned() })
+        .await
+        .unwrap();
+    assert_eq!(
+        (replay.value.as_str(), replay.status),
+        ("second", Status::Replayed),
+        "the second caller's record was kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_times_out_and_calls_work_again_after_it_resumes() {
+    let server = RedisServer::start();
+    let store = store_on(&server, Duration::from_millis(200)).await;
+    Call::new("freeze", "warm-up")
+        .store(store.clone())
+        .run(async { 0 })
+        .await
+        .unwrap();
+
+    server.freeze();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let frozen = Call::new("freeze", "k")
+        .store(store.clone())
+        .lease(Duration::from_secs(30))
+        .run({
+            let runs = runs.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .await;
+    let took = started.elapsed();
+    server.thaw();
+    match frozen {
+        Err(Error::Store { source, .. }) => {
+            assert_eq!(source.kind(), StoreErrorKind::Timeout, "{source}")
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    assert!(
+        took < Duration::from_secs(1),
+        "bounded by command_timeout: {took:?}"
+    );
+
+    // The timed-out claim reaches the server late, and is undone right after it: the key is
+    // free at once rather than blocked for its 30 s lease.
+    let key = store_key("freeze", "k");
+    eventually("the late claim is undone", Duration::from_secs(5), || {
+        let exists: i64 = server.cmd(&["EXISTS", &key]);
+        exists == 0
+    })
+    .await;
+    let again = Call::new("freeze", "k")
+        .store(store.clone())
+        .wait(Duration::ZERO)
+        .run({
+            let runs = runs.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(again.status, Status::Executed);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_fails_quickly_and_clearly() {
+    let quick = |url: String| {
+        Config::default()
+            .store(url)
+            .connect_timeout(Duration::from_millis(500))
+    };
+
+    // Nothing listens on the port.
+    let url = format!("redis://127.0.0.1:{}/0", free_port());
+    let started = Instant::now();
+    match RedisStore::connect(&quick(url.clone())).await {
+        Err(Error::Connect { source, .. }) => {
+            assert_eq!(source.kind(), StoreErrorKind::Unavailable);
+            assert!(source.to_string().contains(&url), "{source}");
+        }
+        other => panic!("expected Error::Connect, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A wrong password, and no password, are configuration errors that do not echo it.
+    let server = RedisServer::with_password("right-secret");
+    for url in [
+        format!("redis://:wrong-secret@127.0.0.1:{}/0", server.port()),
+        format!("redis://127.0.0.1:{}/0", server.port()),
+    ] {
+        match RedisStore::connect(&quick(url.clone())).await {
+            Err(Error::Config(message)) => {
+                assert!(message.contains("credentials"), "{message}");
+                assert!(
+                    !message.contains("secret"),
+                    "the password leaked: {message}"
+                );
+            }
+            other => panic!("{url}: expected Error::Config, got {other:?}"),
+        }
+    }
+    let right = RedisStore::connect(&quick(server.url()))
+        .await
+        .expect("the right password");
+    assert_eq!(
+        right.describe(),
+        format!("redis://127.0.0.1:{}/0", server.port())
+    );
+    assert!(!format!("{right:?}").contains("secret"));
+
+    // A server that accepts the connection and never answers.
+    let frozen = RedisServer::start();
+    frozen.freeze();
+    let started = Instant::now();
+    match RedisStore::connect(&quick(frozen.url())).await {
+        Err(Error::Connect { source, .. }) => {
+            assert_eq!(source.kind(), StoreErrorKind::Timeout, "{source}")
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    frozen.thaw();
+
+    // URLs that do not parse, or name no single Redis.
+    for url in [
+        "redis://127.0.0.1:notaport/0",
+        "redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+        "http://127.0.0.1",
+    ] {
+        assert!(
+            matches!(
+                RedisStore::connect(&quick(url.into())).await,
+                Err(Error::Config(_))
+            ),
+            "{url}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_fail_open_runs_unprotected_and_fail_closed_refuses() {
+    let mut server = RedisServer::start();
+    let store = store_on(&server, Duration::from_millis(200)).await;
+    server.kill();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let body = |runs: Arc<AtomicUsize>| async move {
+        runs.fetch_add(1, Ordering::SeqCst);
+        "ran".to_owned()
+    };
+
+    let open = Idem::with_settings(store.clone(), &Config::default().fail_mode(FailMode::Open));
+    let outcome = open
+        .scope(Call::new("down", "k").run(body(runs.clone())))
+        .await
+        .unwrap();
+    assert_eq!(
+        (outcome.value.as_str(), outcome.status),
+        ("ran", Status::Unprotected)
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    let closed = Idem::with_settings(store.clone(), &Config::default());
+    let refused = closed
+        .scope(Call::new("down", "k").run(body(runs.clone())))
+        .await;
+    assert!(matches!(refused, Err(Error::Store { .. })), "{refused:?}");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "fail-closed does not run the body"
+    );
+}

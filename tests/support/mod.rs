@@ -1,0 +1,5 @@
+//! Helpers shared by the integration tests. Each test file uses a part of them.
+#![allow(dead_code)]
+
+pub mod harness;
+pub mod redis;
