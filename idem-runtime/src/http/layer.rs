@@ -1,0 +1,412 @@
+//! [`IdempotencyLayer`]: the settings of the layer, set by a builder.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{HeaderName, Method, StatusCode, header};
+use tower::Layer;
+
+use super::IDEMPOTENCY_KEY;
+use super::service::Idempotency;
+use crate::store::StoreHandle;
+
+/// The default of [`IdempotencyLayer::max_request_body`] and
+/// [`IdempotencyLayer::max_response_body`]: 1 MiB.
+const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+
+/// Names the client of a request: keys of different principals never meet.
+pub(crate) type Principal = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// A [`tower::Layer`] that makes an HTTP service idempotent per `Idempotency-Key` header; the
+/// [module documentation](super) gives the rules.
+///
+/// Build it with [`new`](IdempotencyLayer::new) and the builder methods, then hand it to
+/// `axum::Router::layer`, `route_layer`, a `MethodRouter`, or `tower::ServiceBuilder`. Options
+/// left unset take the defaults of the [`Config`](crate::Config) given to
+/// [`init`](crate::init) (ttl, lease, wait, store, fail mode, key prefix).
+///
+/// ```
+/// # use idem_runtime as idem;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+///
+/// use axum::{Router, routing::post};
+/// use http::{Request, StatusCode};
+/// use http_body_util::BodyExt;
+/// use idem::http::IdempotencyLayer;
+/// use tower::ServiceExt;
+///
+/// let runs = Arc::new(AtomicUsize::new(0));
+/// let counter = runs.clone();
+/// let app = Router::new()
+///     .route("/orders", post(move |body: String| async move {
+///         let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+///         (StatusCode::CREATED, format!("order {n}: {body}"))
+///     }))
+///     .layer(IdempotencyLayer::new().store(idem::MemoryStore::new()));
+///
+/// let order = || {
+///     Request::post("/orders")
+///         .header("idempotency-key", "8e03978e-40d5-43e8")
+///         .body(axum::body::Body::from("2 books"))
+///         .unwrap()
+/// };
+/// let first = app.clone().oneshot(order()).await.unwrap();
+/// assert_eq!(first.status(), StatusCode::CREATED);
+/// assert!(first.headers().get("idempotent-replayed").is_none());
+///
+/// // The client retries (a timeout, a dropped connection): the stored response comes back.
+/// let retry = app.oneshot(order()).await.unwrap();
+/// assert_eq!(retry.status(), StatusCode::CREATED);
+/// assert_eq!(retry.headers()["idempotent-replayed"], "true");
+/// let body = retry.into_body().collect().await.unwrap().to_bytes();
+/// assert_eq!(body, "order 1: 2 books");
+/// assert_eq!(runs.load(Ordering::SeqCst), 1);
+/// # }
+/// ```
+#[derive(Clone)]
+#[must_use = "a layer does nothing until it wraps a service"]
+pub struct IdempotencyLayer {
+    pub(crate) settings: Settings,
+}
+
+/// What [`IdempotencyLayer`]'s builder sets; shared by every clone of the service.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) header: HeaderName,
+    pub(crate) required: bool,
+    pub(crate) scope: Cow<'static, str>,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) lease: Option<Duration>,
+    pub(crate) wait: Option<Duration>,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) max_request_body: usize,
+    pub(crate) max_response_body: usize,
+    pub(crate) fingerprint_headers: Vec<HeaderName>,
+    pub(crate) replay_headers: Vec<HeaderName>,
+    pub(crate) release_server_errors: bool,
+    pub(crate) principal: Option<Principal>,
+    pub(crate) store: Option<StoreHandle>,
+}
+
+impl Settings {
+    /// Whether a response with `status` is stored and replayed (otherwise the key is released).
+    pub(crate) fn stores(&self, status: StatusCode) -> bool {
+        if status.is_server_error() {
+            return !self.release_server_errors;
+        }
+        !(status.is_informational()
+            || status == StatusCode::REQUEST_TIMEOUT
+            || status == StatusCode::TOO_MANY_REQUESTS)
+    }
+}
+
+impl Default for IdempotencyLayer {
+    fn default() -> Self {
+        IdempotencyLayer::new()
+    }
+}
+
+impl IdempotencyLayer {
+    /// A layer with the defaults: header `Idempotency-Key`, optional, methods `POST` and
+    /// `PATCH`, 1 MiB body limits, `5xx` released, `Content-Type` and `Location` replayed, no
+    /// principal (one namespace for every client: set [`principal`](Self::principal) for an
+    /// API with more than one client), and the ttl, lease, wait and store of the configuration.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// let layer = idem::http::IdempotencyLayer::new();
+    /// # let _ = layer;
+    /// ```
+    pub fn new() -> Self {
+        IdempotencyLayer {
+            settings: Settings {
+                header: IDEMPOTENCY_KEY,
+                required: false,
+                scope: Cow::Borrowed("http"),
+                ttl: None,
+                lease: None,
+                wait: None,
+                methods: vec![Method::POST, Method::PATCH],
+                max_request_body: DEFAULT_MAX_BODY,
+                max_response_body: DEFAULT_MAX_BODY,
+                fingerprint_headers: Vec::new(),
+                replay_headers: vec![header::CONTENT_TYPE, header::LOCATION],
+                release_server_errors: true,
+                principal: None,
+                store: None,
+            },
+        }
+    }
+
+    /// The request header that carries the key (default `Idempotency-Key`).
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// use http::HeaderName;
+    ///
+    /// let layer = idem::http::IdempotencyLayer::new()
+    ///     .header(HeaderName::from_static("x-request-id"));
+    /// # let _ = layer;
+    /// ```
+    pub fn header(mut self, name: HeaderName) -> Self {
+        self.settings.header = name;
+        self
+    }
+
+    /// Whether a request of a covered method must carry a key: a request without one is
+    /// answered `400` and the service is not called. Default `false`: such requests pass
+    /// through unprotected.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// let layer = idem::http::IdempotencyLayer::new().required(true);
+    /// # let _ = layer;
+    /// ```
+    pub fn required(mut self, required: bool) -> Self {
+        self.settings.required = required;
+        self
+    }
+
+    /// The namespace of this layer's keys in the store (default `http`). Two layers share keys
+    /// only when they share a scope and a principal; within one scope, the same key on another
+    /// route is another request (`422`).
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// let layer = idem::http::IdempotencyLayer::new().scope("billing-api");
+    /// # let _ = layer;
+    /// ```
+    pub fn scope(mut self, scope: impl Into<Cow<'static, str>>) -> Self {
+        self.settings.scope = scope.into();
+        self
+    }
+
+    /// How long a stored response is replayed (default: the configured `ttl`, 24h). At least
+    /// 1ms; a smaller value makes every keyed request a `500`.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// use std::time::Duration;
+    ///
+    /// let layer = idem::http::IdempotencyLayer::new().ttl(Duration::from_secs(3600));
+    /// # let _ = layer;
+    /// ```
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.settings.ttl = Some(ttl);
+        self
+    }
+
+    /// How long the claim of a running request lives without renewal (default: the configured
+    /// `lease`, 30s). It is renewed every `lease / 3` while the service runs, so this bounds
+    /// only how long a crashed process blocks its keys.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// use std::time::Duration;
+    ///
+    /// let layer = idem::http::IdempotencyLayer::new().lease(Duration::from_secs(10));
+    /// # let _ = layer;
+    /// ```
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.settings.lease = Some(lease);
+        self
+    }
+
+    /// How long a request waits for a running request with the same key before it is answered
+    /// `409` (default: the configured `wait`, 10s). When the running request completes within
+    /// that time, its response is replayed.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// use std::time::Duration;
+    ///
+    /// let layer = idem::http::IdempotencyLayer::new().wait(Duration::from_secs(2));
+    /// # let _ = layer;
+    /// ```
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.settings.wait = Some(wait);
+        self
+    }
+
+    /// Answers `409` at once to a request whose key is in flight, instead of waiting for it:
+    /// the same as `wait(Duration::ZERO)`.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// let layer = idem::http::IdempotencyLayer::new().reject_in_flight();
+    /// # let _ = layer;
+    /// ```
+    pub fn reject_in_flight(self) -> Self {
+        self.wait(Duration::ZERO)
+    }
+
+    /// The methods the layer applies to (default `POST` and `PATCH`); requests with other
+    /// methods pass through untouched, key or not.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// use http::Method;
+    ///
+    /// let layer = idem::http::IdempotencyLayer::new()
+    ///     .methods([Method::POST, Method::PUT, Method::PATCH, Method::DELETE]);
+    /// # let _ = layer;
+    /// ```
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.settings.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// The largest request body (in bytes) of a keyed request (default 1 MiB). The body is read
+    /// into memory to be fingerprinted, so a larger one (by its `Content-Length`, or while
+    /// it streams) is answered `413` and the service is not called.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// let layer = idem::http::IdempotencyLayer::new().max_request_body(64 * 1024);
+    /// # let _ = layer;
+    /// ```
+    pub fn max_request_body(mut self, bytes: usize) -> Self {
+        self.settings.max_request_body = bytes;
+        self
+    }
+
+    /// The largest response body (in bytes) the layer stores (default 1 MiB). A larger response
+    /// is returned to the client in full (streamed on from where the layer stopped reading) but
+    /// not stored: the key is released, a warning is logged, and a retry runs the service
+    /// again. Keep idempotent responses small (a created resource's id and `Location`).
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// let layer = idem::http::IdempotencyLayer::new().max_response_body(256 * 1024);
+    /// # let _ = layer;
+    /// ```
+    pub fn max_response_body(mut self, bytes: usize) -> Self {
+        self.settings.max_response_body = bytes;
+        self
+    }
+
+    /// Request headers that are part of the request's identity, beside the method, the path
+    /// and query, and the body (default: none): the same key sent with another value of one of
+    /// them is `422`.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// use http::HeaderName;
+    ///
+    /// let layer = idem::http::IdempotencyLayer::new()
+    ///     .fingerprint_headers([http::header::CONTENT_TYPE, HeaderName::from_static("x-account")]);
+    /// # let _ = layer;
+    /// ```
+    pub fn fingerprint_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.settings.fingerprint_headers = names.into_iter().collect();
+        self
+    }
+
+    /// Response headers that are stored and replayed with the status and body (default
+    /// `Content-Type` and `Location`); this list replaces the default. Other headers (dates,
+    /// request ids, cookies) are sent with the first response only.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// use http::header;
+    ///
+    /// let layer = idem::http::IdempotencyLayer::new()
+    ///     .replay_headers([header::CONTENT_TYPE, header::LOCATION, header::ETAG]);
+    /// # let _ = layer;
+    /// ```
+    pub fn replay_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.settings.replay_headers = names.into_iter().collect();
+        self
+    }
+
+    /// Whether a `5xx` response releases the key so that a retry runs the service again
+    /// (default `true`). With `false`, `5xx` responses are stored and replayed like the others.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// let layer = idem::http::IdempotencyLayer::new().release_server_errors(false);
+    /// # let _ = layer;
+    /// ```
+    pub fn release_server_errors(mut self, release: bool) -> Self {
+        self.settings.release_server_errors = release;
+        self
+    }
+
+    /// Names the client of each request: the authenticated user, the API key, the tenant.
+    /// Keys are scoped by it, so two clients sending the same key get their own responses and
+    /// never each other's. The name is hashed (SHA-256) before it reaches the store.
+    ///
+    /// A request for which it returns `None` (not authenticated) passes through untouched:
+    /// nothing is stored or replayed for it, and the service's own authentication answers it.
+    /// Without a principal, all clients share one namespace: fine for a single client or an
+    /// internal service, wrong for a public API.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// let layer = idem::http::IdempotencyLayer::new().principal(|request| {
+    ///     let token = request.headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    ///     token.strip_prefix("Bearer ").map(str::to_owned)
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn principal<F>(mut self, principal: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.settings.principal = Some(Arc::new(principal));
+        self
+    }
+
+    /// Runs on `store` instead of the configured one.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// let layer = idem::http::IdempotencyLayer::new().store(idem::MemoryStore::new());
+    /// # let _ = layer;
+    /// ```
+    pub fn store(mut self, store: impl Into<StoreHandle>) -> Self {
+        self.settings.store = Some(store.into());
+        self
+    }
+}
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = Idempotency<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency::new(inner, Arc::new(self.settings.clone()))
+    }
+}
+
+impl fmt::Debug for IdempotencyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.settings.fmt(f)
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyLayer")
+            .field("header", &self.header)
+            .field("required", &self.required)
+            .field("scope", &self.scope)
+            .field("ttl", &self.ttl)
+            .field("lease", &self.lease)
+            .field("wait", &self.wait)
+            .field("methods", &self.methods)
+            .field("max_request_body", &self.max_request_body)
+            .field("max_response_body", &self.max_response_body)
+            .field("fingerprint_headers", &self.fingerprint_headers)
+            .field("replay_headers", &self.replay_headers)
+            .field("release_server_errors", &self.release_server_errors)
+            .field("principal", &self.principal.as_ref().map(|_| "Fn(&Parts)"))
+            .field("store", &self.store)
+            .finish()
+    }
+}

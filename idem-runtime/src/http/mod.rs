@@ -1,0 +1,95 @@
+//! The `Idempotency-Key` HTTP layer: any tower HTTP service (an axum `Router`, a route, a
+//! hyper service) made idempotent per request key, with the same engine and stores as
+//! `#[idempotent]`. Needs the `axum` feature.
+//!
+//! It follows the IETF draft `draft-ietf-httpapi-idempotency-key-header`:
+//!
+//! | the request | the answer |
+//! |---|---|
+//! | a method the layer does not cover (default: all but `POST` and `PATCH`) | passed through untouched |
+//! | no key, layer [optional](IdempotencyLayer::required) (the default) | passed through untouched |
+//! | no key, layer [required](IdempotencyLayer::required) | `400`, the service is not called |
+//! | a key longer than 255 bytes, empty, not printable ASCII, or sent twice | `400` |
+//! | a request body over [`max_request_body`](IdempotencyLayer::max_request_body) | `413`, the service is not called |
+//! | the first request with a key | the service runs; its response is stored (see below) and returned |
+//! | the same key while that request runs | waits, then replays its response; or `409` after the [wait](IdempotencyLayer::wait), at once with [`reject_in_flight`](IdempotencyLayer::reject_in_flight) |
+//! | the same key again, the same request | the stored status, [named headers](IdempotencyLayer::replay_headers) and body, with `Idempotent-Replayed: true` |
+//! | the same key with another request (method, path and query, body, [named headers](IdempotencyLayer::fingerprint_headers)) | `422` |
+//! | the store unavailable | `503` (fail closed); with `Config::fail_mode(FailMode::Open)` the service runs unprotected |
+//!
+//! **What is stored.** `2xx`, `3xx` and `4xx` responses are stored and replayed, except `408`
+//! and `429` (they say "try again later", so replaying them would be wrong). `5xx` responses
+//! release the key, so a retry runs the service again
+//! ([configurable](IdempotencyLayer::release_server_errors)). A response whose body is larger
+//! than [`max_response_body`](IdempotencyLayer::max_response_body), or that has trailers, is
+//! returned to the client in full but not stored: the key is released, a warning is logged, and
+//! a retry runs the service again. The stored body is text when it is UTF-8, base64 otherwise.
+//!
+//! **Who may replay.** Keys are scoped by the [principal](IdempotencyLayer::principal) the
+//! application names for each request (the authenticated user, the API key, the tenant), so a
+//! client can never receive another client's response by reusing or guessing its key.
+//! Principals are hashed before they reach the store's key space.
+//!
+//! **Errors** are `application/problem+json` bodies (RFC 9457) with `type`, `title`, `status`,
+//! `detail` and a stable `code`: `missing-key`, `invalid-key`, `body-too-large`,
+//! `body-unreadable`, `in-progress`, `key-mismatch`, `store-unavailable`, `internal`.
+//!
+//! ```
+//! # use idem_runtime as idem;
+//! use std::time::Duration;
+//!
+//! use axum::{Router, routing::post};
+//! use idem::http::IdempotencyLayer;
+//!
+//! async fn create_order(body: String) -> (http::StatusCode, String) {
+//!     (http::StatusCode::CREATED, format!("order for {body}"))
+//! }
+//!
+//! let app: Router = Router::new()
+//!     .route("/orders", post(create_order))
+//!     .layer(
+//!         IdempotencyLayer::new()
+//!             .required(true)
+//!             .ttl(Duration::from_secs(24 * 3600))
+//!             .principal(|request| {
+//!                 request
+//!                     .headers
+//!                     .get(http::header::AUTHORIZATION)?
+//!                     .to_str()
+//!                     .ok()
+//!                     .map(str::to_owned)
+//!             }),
+//!     );
+//! # let _ = app;
+//! ```
+
+mod body;
+mod layer;
+mod problem;
+mod replay;
+mod request;
+mod service;
+
+pub use body::{RequestBody, ResponseBody};
+pub use layer::IdempotencyLayer;
+pub use service::{Idempotency, ResponseFuture};
+
+use http::HeaderName;
+
+/// `Idempotency-Key`: the request header that carries the key, unless
+/// [`IdempotencyLayer::header`] names another.
+///
+/// ```
+/// # use idem_runtime as idem;
+/// assert_eq!(idem::http::IDEMPOTENCY_KEY.as_str(), "idempotency-key");
+/// ```
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// `Idempotent-Replayed`: set to `true` on a response that was replayed from the store (the
+/// service did not run for this request).
+///
+/// ```
+/// # use idem_runtime as idem;
+/// assert_eq!(idem::http::IDEMPOTENT_REPLAYED.as_str(), "idempotent-replayed");
+/// ```
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");

@@ -1,0 +1,135 @@
+//! The layer's own answers: `application/problem+json` bodies (RFC 9457).
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body::Body;
+use serde::Serialize;
+
+use super::body::ResponseBody;
+
+/// A request the layer answers itself, without a stored response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Problem {
+    /// The layer requires a key and the request has none.
+    MissingKey(String),
+    /// The key header is not a valid key.
+    InvalidKey(String),
+    /// The request body is larger than the layer reads.
+    BodyTooLarge(usize),
+    /// The request body could not be read.
+    BodyUnreadable,
+    /// A request with this key is running.
+    InProgress,
+    /// The key was used with another request.
+    KeyMismatch,
+    /// The store failed and the configuration is fail-closed.
+    StoreUnavailable,
+    /// Something the client cannot fix (a corrupt record, an invalid configuration).
+    Internal,
+}
+
+#[derive(Serialize)]
+struct ProblemJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    code: &'static str,
+}
+
+impl Problem {
+    fn status(&self) -> StatusCode {
+        match self {
+            Problem::MissingKey(_) | Problem::InvalidKey(_) | Problem::BodyUnreadable => {
+                StatusCode::BAD_REQUEST
+            }
+            Problem::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Problem::InProgress => StatusCode::CONFLICT,
+            Problem::KeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            Problem::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable name of the problem, for clients that branch on more than the status.
+    fn code(&self) -> &'static str {
+        match self {
+            Problem::MissingKey(_) => "missing-key",
+            Problem::InvalidKey(_) => "invalid-key",
+            Problem::BodyTooLarge(_) => "body-too-large",
+            Problem::BodyUnreadable => "body-unreadable",
+            Problem::InProgress => "in-progress",
+            Problem::KeyMismatch => "key-mismatch",
+            Problem::StoreUnavailable => "store-unavailable",
+            Problem::Internal => "internal",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Problem::MissingKey(header) => {
+                format!("this request requires an {header} header; send a unique key, such as a UUID, and send the same key again when you retry")
+            }
+            Problem::InvalidKey(why) => why.clone(),
+            Problem::BodyTooLarge(limit) => format!(
+                "a request with an idempotency key may have a body of at most {limit} bytes"
+            ),
+            Problem::BodyUnreadable => "the request body could not be read".to_owned(),
+            Problem::InProgress => "a request with this idempotency key is still being processed; retry later".to_owned(),
+            Problem::KeyMismatch => "this idempotency key was already used with a different request (method, path, body or headers); use a new key for a new request".to_owned(),
+            Problem::StoreUnavailable => "the idempotency store is unavailable, so the request was not processed; retry later".to_owned(),
+            Problem::Internal => "the request could not be processed".to_owned(),
+        }
+    }
+
+    /// The `application/problem+json` response. `type` is `about:blank`: the status and the
+    /// `code` extension member say what happened.
+    pub(crate) fn into_response<B: Body>(self) -> Response<ResponseBody<B>> {
+        let status = self.status();
+        let detail = self.detail();
+        let json = serde_json::to_vec(&ProblemJson {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: &detail,
+            code: self.code(),
+        })
+        .unwrap_or_default();
+        let mut response = Response::new(ResponseBody::read(Bytes::from(json), None));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn problem_bodies_follow_rfc_9457() {
+        let response = Problem::KeyMismatch.into_response::<http_body_util::Empty<Bytes>>();
+        assert_eq!(response.status(), 422);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["type"], "about:blank");
+        assert_eq!(json["title"], "Unprocessable Entity");
+        assert_eq!(json["status"], 422);
+        assert_eq!(json["code"], "key-mismatch");
+        assert!(
+            json["detail"]
+                .as_str()
+                .unwrap()
+                .contains("different request")
+        );
+    }
+}

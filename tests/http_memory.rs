@@ -1,0 +1,106 @@
+//! The `Idempotency-Key` layer on the memory store: the whole HTTP suite, and what the layer
+//! does when its store is down.
+
+mod http_common;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use http_common::{App, layer};
+use idem::{
+    Claim, Config, FailMode, Fence, Idem, MemoryStore, Record, Store, StoreError, StoreErrorKind,
+    StoreFuture, StoreHandle,
+};
+
+http_suite!(async { (MemoryStore::new(), ()) });
+
+/// A store whose backend is down: every operation fails.
+struct DownStore;
+
+fn down<T>() -> StoreFuture<'static, T> {
+    Box::pin(async {
+        Err(StoreError::new(
+            StoreErrorKind::Unavailable,
+            "connection refused",
+        ))
+    })
+}
+
+impl Store for DownStore {
+    fn claim<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a Claim,
+        _: Duration,
+    ) -> StoreFuture<'a, Option<Record>> {
+        down()
+    }
+    fn complete<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a Claim,
+        _: &'a [u8],
+        _: Duration,
+    ) -> StoreFuture<'a, Fence> {
+        down()
+    }
+    fn release<'a>(&'a self, _: &'a str, _: &'a Claim) -> StoreFuture<'a, Fence> {
+        down()
+    }
+    fn renew<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, Fence> {
+        down()
+    }
+    fn wait<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, ()> {
+        down()
+    }
+    fn describe(&self) -> String {
+        "down".into()
+    }
+}
+
+/// The store down, fail-closed (the default): 503, and the handler does not run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_down_is_503_when_failing_closed() {
+    let app = App::serve(layer(&StoreHandle::new(DownStore))).await;
+    let reply = app
+        .post("/orders")
+        .key("k-down")
+        .auth("alice")
+        .body("x")
+        .send()
+        .await;
+    let detail = reply.assert_problem(503, "store-unavailable");
+    assert!(detail.contains("unavailable"), "{detail}");
+    assert_eq!(app.runs(), 0);
+}
+
+/// The store down, fail-open by configuration: the handler runs, unprotected, on every retry.
+/// The layer takes its store and fail mode from the `Idem` the request runs under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_down_runs_unprotected_when_failing_open() {
+    let open = Idem::with_settings(DownStore, &Config::default().fail_mode(FailMode::Open));
+    let layer = idem::http::IdempotencyLayer::new()
+        .required(true)
+        .principal(http_common::bearer);
+    let app = App::serve_router(move |router| {
+        router.layer(layer).layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let open = open.clone();
+                async move { open.scope(next.run(request)).await }
+            },
+        ))
+    })
+    .await;
+    for run in 1..=2 {
+        let reply = app
+            .post("/orders")
+            .key("k-open")
+            .auth("alice")
+            .body("x")
+            .send()
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED);
+        assert!(!reply.replayed());
+        assert_eq!(app.runs(), run);
+    }
+}

@@ -1,0 +1,17 @@
+//! The `Idempotency-Key` layer on Redis: the whole HTTP suite, each case on a `redis-server`
+//! of its own.
+
+mod http_common;
+mod support;
+
+use support::redis::RedisServer;
+
+async fn redis_store() -> (idem::RedisStore, RedisServer) {
+    let server = RedisServer::start();
+    let store = idem::RedisStore::open(&server.url())
+        .await
+        .expect("connect to the test's redis-server");
+    (store, server)
+}
+
+http_suite!(redis_store());
