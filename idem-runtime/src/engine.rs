@@ -133,7 +133,7 @@ impl Run {
             let holder = match found {
                 Err(error) => return self.unavailable(error),
                 Ok(None) => return Ok(Decision::Hold),
-                Ok(Some(Record::Completed(bytes))) => {
+                Ok(Some(Record::Completed { payload: bytes, .. })) => {
                     let status = if waited {
                         Status::Waited
                     } else {

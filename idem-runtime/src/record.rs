@@ -1,6 +1,7 @@
 //! The record a store keeps per key, and the claim that marks a call in progress.
 
 use std::fmt;
+use std::time::Duration;
 
 /// The random token of one claim: the fencing token that makes complete, release and renew
 /// compare-and-set operations. 128 random bits, so two claims never share one.
@@ -122,17 +123,26 @@ pub enum Record {
     InProgress(Claim),
     /// A call completed; the payload is the encoded envelope of its result, replayed until the
     /// retention ttl ends.
-    Completed(Vec<u8>),
+    Completed {
+        /// The encoded envelope of the result.
+        payload: Vec<u8>,
+        /// How long the record still lives, when the store can tell without another round
+        /// trip (an in-process cache keeps a replay no longer than this); `None` if unknown.
+        expires_in: Option<Duration>,
+    },
 }
 
 impl Record {
-    /// Reads a record from its byte form: a claim's bytes are [`Record::InProgress`], anything
-    /// else is a completed payload (which the engine decodes, reporting corrupt bytes as
+    /// Reads a record from its byte form (with no known expiry): a claim's bytes are
+    /// [`Record::InProgress`], anything else is a completed payload (which the engine decodes, reporting corrupt bytes as
     /// [`Error::Decode`](crate::Error::Decode)).
     pub fn from_bytes(bytes: Vec<u8>) -> Record {
         match Claim::from_bytes(&bytes) {
             Some(claim) => Record::InProgress(claim),
-            None => Record::Completed(bytes),
+            None => Record::Completed {
+                payload: bytes,
+                expires_in: None,
+            },
         }
     }
 }
@@ -163,7 +173,10 @@ mod tests {
         ] {
             assert_eq!(
                 Record::from_bytes(bytes.to_vec()),
-                Record::Completed(bytes.to_vec())
+                Record::Completed {
+                    payload: bytes.to_vec(),
+                    expires_in: None
+                }
             );
         }
     }

@@ -642,10 +642,18 @@ pub async fn fenced_operations(store: StoreHandle) {
         Fence::Lost,
         "a completed record is not released"
     );
-    assert_eq!(
-        store.claim(&key, &stranger, lease).await.unwrap(),
-        Some(Record::Completed(b"done".to_vec()))
-    );
+    match store.claim(&key, &stranger, lease).await.unwrap() {
+        Some(Record::Completed {
+            payload,
+            expires_in,
+        }) => {
+            assert_eq!(payload, b"done", "the completed payload is returned as written");
+            if let Some(left) = expires_in {
+                assert!(left <= lease, "a reported expiry is within the ttl: {left:?}");
+            }
+        }
+        other => panic!("a completed record is returned to a later claim, got {other:?}"),
+    }
 
     let released = format!("{key}:released");
     assert_eq!(store.claim(&released, &holder, lease).await.unwrap(), None);

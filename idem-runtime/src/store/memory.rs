@@ -127,7 +127,13 @@ impl MemoryStore {
         let now = Instant::now();
         let mut shard = self.shard(key);
         match shard.get_mut(key) {
-            Some(entry) if entry.live(now) => Ok(Some(entry.record.clone())),
+            Some(entry) if entry.live(now) => Ok(Some(match &entry.record {
+                Record::Completed { payload, .. } => Record::Completed {
+                    payload: payload.clone(),
+                    expires_in: Some(entry.expires_at - now),
+                },
+                held => held.clone(),
+            })),
             Some(expired) => {
                 // The lease or ttl ended: the key is free, and whoever waited on the old
                 // holder looks again.
@@ -215,7 +221,10 @@ impl Store for MemoryStore {
         let fence = self.fenced(key, claim, |slot| {
             if let Slot::Occupied(mut slot) = slot {
                 let entry = slot.get_mut();
-                entry.record = Record::Completed(payload.to_vec());
+                entry.record = Record::Completed {
+                    payload: payload.to_vec(),
+                    expires_in: None,
+                };
                 entry.expires_at = Instant::now() + ttl;
                 entry.wake();
             }
