@@ -647,9 +647,15 @@ pub async fn fenced_operations(store: StoreHandle) {
             payload,
             expires_in,
         }) => {
-            assert_eq!(payload, b"done", "the completed payload is returned as written");
+            assert_eq!(
+                payload, b"done",
+                "the completed payload is returned as written"
+            );
             if let Some(left) = expires_in {
-                assert!(left <= lease, "a reported expiry is within the ttl: {left:?}");
+                assert!(
+                    left <= lease,
+                    "a reported expiry is within the ttl: {left:?}"
+                );
             }
         }
         other => panic!("a completed record is returned to a later claim, got {other:?}"),
