@@ -324,8 +324,11 @@ async fn waiting_sends_a_bounded_number_of_commands_not_a_poll() {
         ("held", Status::Waited)
     );
     let mut after = monitor.stop();
-    // The subscription ends in the background once nobody waits on the key.
+    // The subscription ends in the background once nobody waits on the key. On a busy machine
+    // the woken waiter may claim before the holder's connection is back in the pool, and the
+    // pool then opens a second connection: its HELLO handshake is not a round trip of a call.
     after.remove("unsubscribe");
+    after.remove("hello");
     assert_eq!(
         after,
         calls(&[("set", 1), ("evalsha", 1)]),
@@ -666,7 +669,7 @@ async fn connect_fails_quickly_and_clearly() {
     // URLs that do not parse, or name no single Redis.
     for url in [
         "redis://127.0.0.1:notaport/0",
-        "redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+        "redis+cluster://127.0.0.1:notaport,127.0.0.1:alsonot",
         "http://127.0.0.1",
     ] {
         assert!(

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests. Each test file uses a part of them.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod harness;
 pub mod redis;

@@ -18,6 +18,30 @@ pub(super) fn is_auth(error: &RedisError) -> bool {
         || matches!(error.code(), Some("NOAUTH" | "WRONGPASS"))
 }
 
+/// Whether `error` is a server refusing cluster commands: `redis+cluster://` naming a server
+/// that is not in a Redis Cluster.
+pub(super) fn is_not_a_cluster(error: &RedisError) -> bool {
+    error.to_string().contains("cluster support disabled")
+}
+
+/// The store error for a write that fewer than `min_replicas` replicas acknowledged in time.
+pub(super) fn not_replicated(
+    url: &str,
+    what: &str,
+    acked: i64,
+    wanted: usize,
+    within: Duration,
+) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Unavailable,
+        format!(
+            "Redis at {url} stored the {what}, but only {acked} of the {wanted} replicas that \
+             min_replicas asks for acknowledged it within {within:?} (replica_timeout); a \
+             failover could lose it"
+        ),
+    )
+}
+
 /// The store error for a failed command on the Redis at `url`.
 pub(super) fn command(error: RedisError, url: &str) -> StoreError {
     let kind = kind_of(&error);

@@ -1,23 +1,27 @@
-//! [`RedisStore`]: the store shared by processes and machines, on Redis 7.0 or later.
+//! [`RedisStore`]: the store shared by processes and machines, on Redis 7.0 or later, one
+//! server or a Redis Cluster.
 //!
-//! Every operation touches one key, so each is atomic and single-slot (Redis Cluster ready):
+//! Every operation touches one key, so each is atomic and single-slot (no `CROSSSLOT` on a
+//! Cluster, where it runs on the master of the key's slot):
 //!
 //! | operation | Redis | round trips |
 //! |---|---|---|
 //! | claim (or read the record) | `SET key claim NX PX lease GET` | 1 |
-//! | complete | script: compare with the claim, `SET payload PX ttl`, `PUBLISH` | 1 |
-//! | release | script: compare with the claim, `DEL`, `PUBLISH` | 1 |
+//! | complete | script: compare with the claim, `SET payload PX ttl`, `(S)PUBLISH` | 1 |
+//! | release | script: compare with the claim, `DEL`, `(S)PUBLISH` | 1 |
 //! | renew | script: compare with the claim, `PEXPIRE` | 1 |
-//! | wait | `SUBSCRIBE` (once per key and process), script: compare and `PTTL` | 2 |
+//! | wait | `(S)SUBSCRIBE` (once per key and process), script: compare and `PTTL` | 2 |
 //!
-//! So a replay costs one round trip and a first call two. Connections come from a pool that
-//! checks them without a round trip (see `links.rs`), scripts run by SHA and reload themselves
-//! after `SCRIPT FLUSH` or a restart (see `scripts.rs`), and waiters are woken by pub/sub (see
-//! `waiters.rs`).
+//! So a replay costs one round trip and a first call two. With `min_replicas`, claim and
+//! complete send `WAIT` in the same round trip, right behind their write. Connections come
+//! from a pool that checks them without a round trip (see `links.rs`), over one server or a
+//! Cluster (see `servers.rs`); scripts run by SHA and are loaded again where a server lacks
+//! them (see `scripts.rs`); waiters are woken by pub/sub (see `waiters.rs`).
 
 mod failure;
 mod links;
 mod scripts;
+mod servers;
 mod waiters;
 
 use std::fmt;
@@ -26,19 +30,18 @@ use std::time::Duration;
 
 use deadpool::Runtime;
 use deadpool::managed::QueueMode;
-use redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, FromRedisValue,
-    IntoConnectionInfo, ProtocolVersion,
-};
+use redis::aio::ConnectionLike;
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, ServerErrorKind, Value};
 use tokio::time::Instant;
 
-use crate::config::{Config, StoreKind, store_kind};
+use crate::config::Config;
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::record::{Claim, Record};
 use crate::store::{Fence, Store, StoreFuture};
 
 use self::links::{Links, Pool};
-use self::scripts::{SCRIPTS, SOURCES};
+use self::scripts::{Lua, Scripts};
+use self::servers::{Conn, Target, Timeouts};
 use self::waiters::Hub;
 
 /// How long after the holder's lease ends a waiter looks again, for Redis to have expired it.
@@ -47,8 +50,14 @@ const LEASE_GRACE: Duration = Duration::from_millis(2);
 /// How long a waiter sleeps between looks when pub/sub is unavailable.
 const FALLBACK_POLL: Duration = Duration::from_millis(50);
 
-/// A [`Store`] on Redis 7.0 or later: exactly-once across every process and machine that
-/// shares the server.
+/// How long a waiter on a Cluster sleeps at most between looks. A completion is published on
+/// the node that runs the script; while its slot migrates (the script runs on the importing
+/// node after an `ASK`, the subscription stays on the migrating node until the slot is handed
+/// over) or fails over, that can be a node the waiter is not subscribed on.
+const CLUSTER_RELOOK: Duration = Duration::from_millis(250);
+
+/// A [`Store`] on Redis 7.0 or later, one server or a Redis Cluster: exactly-once across
+/// every process and machine that shares it.
 ///
 /// Build it with [`RedisStore::connect`] from a [`Config`] (or let [`init`](crate::init) do it
 /// for `IDEM_STORE=redis://…`), or with [`RedisStore::open`] from a URL:
@@ -58,6 +67,7 @@ const FALLBACK_POLL: Duration = Duration::from_millis(50);
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), idem::Error> {
 /// let store = idem::RedisStore::open("redis://127.0.0.1:6379/0").await?;
+/// let cluster = idem::RedisStore::open("redis+cluster://10.0.0.1:7000,10.0.0.2:7000").await?;
 /// let outcome = idem::Call::new("billing::invoice", "inv-42")
 ///     .store(store.clone())
 ///     .run(async { 42_u64 })
@@ -68,8 +78,12 @@ const FALLBACK_POLL: Duration = Duration::from_millis(50);
 ///
 /// URLs: `redis://[user:password@]host[:port][/db]`, `rediss://…` for TLS (certificates are
 /// checked against the system's roots, or the file named by `SSL_CERT_FILE`),
-/// `redis+unix:///path/to/socket[?db=N]`. Connections speak RESP3. The store keeps up to
-/// `pool_size` connections for commands, plus one for the pub/sub that wakes waiting calls.
+/// `redis+unix:///path/to/socket[?db=N]`, and for a Redis Cluster
+/// `redis+cluster://[user:password@]host1:port1,host2:port2,…` (`rediss+cluster://…` with TLS),
+/// naming any of its nodes: the others are discovered. Connections speak RESP3. The store keeps
+/// up to `pool_size` connections for commands, plus one for the pub/sub that wakes waiting
+/// calls; on a Cluster each of them is a Cluster connection, which holds one connection per
+/// node, follows `MOVED`/`ASK` redirections and failovers, and reconnects nodes by itself.
 ///
 /// Records are plain strings (`GET key` in `redis-cli` shows the JSON envelope of a result)
 /// with a Redis expiry: the lease while a call runs, the ttl once it completed. Each store
@@ -77,6 +91,15 @@ const FALLBACK_POLL: Duration = Duration::from_millis(50);
 /// be made) and fails with [`StoreErrorKind::Timeout`] or [`StoreErrorKind::Unavailable`]
 /// instead of hanging; broken connections are replaced by the next operations, so calls work
 /// again as soon as Redis is back.
+///
+/// Redis replicates asynchronously: a claim or a result that a master acknowledged but had not
+/// yet sent to its replica is lost if the master fails and the replica takes over (the key is
+/// then free, or back in progress, and can run again). With `min_replicas = n`
+/// ([`Config::min_replicas`]) a claim and a completion are acknowledged only once `n` replicas
+/// have them (`WAIT n replica_timeout`, sent in the same round trip as the write); when fewer
+/// answer in time the claim is withdrawn and the call fails with
+/// [`StoreErrorKind::Unavailable`] (the body does not run), and a result is reported as not
+/// stored (the caller still gets it).
 ///
 /// Cloning it is cheap and shares the connections.
 #[derive(Clone)]
@@ -87,35 +110,48 @@ pub struct RedisStore {
 struct Shared {
     pool: Pool,
     hub: Arc<Hub>,
+    scripts: &'static Scripts,
+    cluster: bool,
     url: String,
     pool_size: usize,
     command_timeout: Duration,
+    replicas: Option<Replicas>,
+}
+
+/// How many replicas must acknowledge a claim or a result (`min_replicas`) and how long a
+/// write waits for them (`replica_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Replicas {
+    count: usize,
+    timeout: Duration,
 }
 
 impl RedisStore {
-    /// Connects to the Redis named by `config.store` with the pool size and timeouts of
-    /// `config`, and checks that it answers.
+    /// Connects to the Redis (or Redis Cluster) named by `config.store` with the pool size,
+    /// timeouts and `min_replicas` of `config`, and checks that it answers.
     ///
     /// Fails with [`Error::Config`] for a URL that does not parse or names no Redis, for
-    /// credentials the server refuses, and for a server older than Redis 7.0; with
-    /// [`Error::Connect`] when the server cannot be reached or does not answer within
-    /// `connect_timeout`.
+    /// credentials the server refuses, for a server older than Redis 7.0, and for a URL of the
+    /// wrong kind (`redis://` naming a Cluster node, `redis+cluster://` naming a server that is
+    /// not in a Cluster); with [`Error::Connect`] when the server cannot be reached or does not
+    /// answer within `connect_timeout`.
     pub async fn connect(config: &Config) -> Result<RedisStore, Error> {
-        let info = parse_url(&config.store)?;
-        let url = describe(&info);
-        if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+        let target = Target::parse(&config.store)?;
+        if target.tls {
             install_crypto_provider();
         }
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(settings))
-            .map_err(|e| Error::Config(format!("store `{url}`: {e}")))?;
-        let connection = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(None);
-        let pool = Pool::builder(Links::new(client.clone(), connection.clone()))
+        let replicas = (config.min_replicas > 0).then_some(Replicas {
+            count: config.min_replicas,
+            timeout: config.replica_timeout,
+        });
+        let timeouts = Timeouts {
+            connect: config.connect_timeout,
+            attempt: config.command_timeout + replicas.map_or(Duration::ZERO, |r| r.timeout),
+        };
+        let url = target.url;
+        let servers = Arc::new(target.servers);
+        let cluster = servers.is_cluster();
+        let pool = Pool::builder(Links::new(servers.clone(), timeouts))
             .max_size(config.pool_size)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(config.command_timeout))
@@ -126,10 +162,17 @@ impl RedisStore {
         let store = RedisStore {
             shared: Arc::new(Shared {
                 pool,
-                hub: Arc::new(Hub::new(client, connection, config.command_timeout)),
+                hub: Arc::new(Hub::new(servers, timeouts, config.command_timeout)),
+                scripts: if cluster {
+                    &scripts::CLUSTER
+                } else {
+                    &scripts::NODE
+                },
+                cluster,
                 url,
                 pool_size: config.pool_size,
                 command_timeout: config.command_timeout,
+                replicas,
             }),
         };
         store.check(config.connect_timeout).await?;
@@ -142,8 +185,9 @@ impl RedisStore {
         RedisStore::connect(&Config::default().store(url)).await
     }
 
-    /// Checks that the server answers, runs Redis 7.0 or later, and has the scripts loaded:
-    /// one pipelined round trip on a new connection.
+    /// Checks that the servers answer, run Redis 7.0 or later, are of the kind the URL says,
+    /// and have the scripts loaded: one pipelined round trip on one server; on a Cluster, one
+    /// round trip per command to every master, all at once.
     async fn check(&self, connect_timeout: Duration) -> Result<(), Error> {
         let url = &self.shared.url;
         let unreachable = |source: StoreError| Error::Connect {
@@ -152,20 +196,11 @@ impl RedisStore {
         };
         let answer = tokio::time::timeout(connect_timeout, async {
             let mut link = self.shared.pool.get().await.map_err(Checked::Pool)?;
-            let mut pipe = redis::pipe();
-            pipe.cmd("INFO").arg("server");
-            for source in SOURCES {
-                pipe.cmd("SCRIPT").arg("LOAD").arg(source).ignore();
-            }
-            let (info,): (String,) = pipe
-                .query_async(&mut link.conn)
-                .await
-                .map_err(Checked::Command)?;
-            Ok::<String, Checked>(info)
+            self.inspect(&mut link.conn).await.map_err(Checked::Command)
         })
         .await;
-        let info = match answer {
-            Ok(Ok(info)) => info,
+        let infos = match answer {
+            Ok(Ok(infos)) => infos,
             Err(_) => {
                 return Err(unreachable(StoreError::new(
                     StoreErrorKind::Timeout,
@@ -182,6 +217,14 @@ impl RedisStore {
                     "Redis at {url} refused the credentials ({e}); check the user and password in the store URL"
                 )));
             }
+            Ok(Err(Checked::Pool(deadpool::managed::PoolError::Backend(e))))
+            | Ok(Err(Checked::Command(e)))
+                if failure::is_not_a_cluster(&e) =>
+            {
+                return Err(Error::Config(format!(
+                    "Redis at {url} is not part of a Redis Cluster ({e}); name a single server with redis://host:port/db"
+                )));
+            }
             Ok(Err(Checked::Pool(e))) => {
                 return Err(unreachable(failure::checkout(
                     e,
@@ -191,50 +234,91 @@ impl RedisStore {
             }
             Ok(Err(Checked::Command(e))) => return Err(unreachable(failure::command(e, url))),
         };
-        match server_version(&info) {
-            Some((major, _)) if major >= 7 => Ok(()),
-            Some((major, minor)) => Err(Error::Config(format!(
-                "Redis at {url} runs version {major}.{minor}; RedisStore needs Redis 7.0 or later (SET … NX GET)"
-            ))),
-            None => Err(Error::Config(format!(
-                "Redis at {url} does not report its version; RedisStore needs Redis 7.0 or later"
-            ))),
+        for info in &infos {
+            match server_version(info) {
+                Some((major, _)) if major >= 7 => {}
+                Some((major, minor)) => {
+                    return Err(Error::Config(format!(
+                        "Redis at {url} runs version {major}.{minor}; RedisStore needs Redis 7.0 or later (SET … NX GET)"
+                    )));
+                }
+                None => {
+                    return Err(Error::Config(format!(
+                        "Redis at {url} does not report its version; RedisStore needs Redis 7.0 or later"
+                    )));
+                }
+            }
+            if !self.shared.cluster && info.lines().any(|l| l.trim() == "redis_mode:cluster") {
+                return Err(Error::Config(format!(
+                    "Redis at {url} is a node of a Redis Cluster; name the cluster with redis+cluster://host1:port1,host2:port2"
+                )));
+            }
         }
+        Ok(())
     }
 
-    /// Runs one request on a pooled connection, within the command timeout.
-    async fn query<T: FromRedisValue>(&self, request: Request<'_>) -> Result<T, StoreError> {
-        self.query_or_undo(request, None).await
+    /// `INFO server` of every master, after loading the scripts on them.
+    async fn inspect(&self, conn: &mut Conn) -> RedisResult<Vec<String>> {
+        let scripts = self.shared.scripts.all();
+        if let Conn::Node(node) = conn {
+            let mut pipe = redis::pipe();
+            pipe.cmd("INFO").arg("server");
+            for lua in scripts {
+                pipe.cmd("SCRIPT").arg("LOAD").arg(lua.source).ignore();
+            }
+            let (info,): (String,) = pipe.query_async(node).await?;
+            return Ok(vec![info]);
+        }
+        let on_every_master = |cmd: Cmd| {
+            let mut conn = conn.clone();
+            async move { conn.on_every_master(cmd).await.and_then(per_node) }
+        };
+        let load = |lua: &Lua| {
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(lua.source);
+            on_every_master(load)
+        };
+        let mut info = redis::cmd("INFO");
+        info.arg("server");
+        let [complete, release, renew, peek] = scripts;
+        let (infos, complete, release, renew, peek) = tokio::join!(
+            on_every_master(info),
+            load(complete),
+            load(release),
+            load(renew),
+            load(peek),
+        );
+        for loaded in [complete, release, renew, peek] {
+            loaded?;
+        }
+        infos?
+            .into_iter()
+            .map(|value| String::from_redis_value(value).map_err(Into::into))
+            .collect()
     }
 
-    /// Like [`query`](RedisStore::query); when the request times out, `undo` is sent after it
-    /// on the same connection, so that the server runs it after the request if the request
-    /// still arrives.
-    async fn query_or_undo<T: FromRedisValue>(
+    /// Runs `request` on a pooled connection within the command timeout; with `replicated`
+    /// and `min_replicas` set, `WAIT` follows in the same round trip (and the timeout grows by
+    /// `replica_timeout`). Returns the answer and how many replicas acknowledged.
+    ///
+    /// When the request times out, `undo` is sent after it on the same connection, so that the
+    /// server runs it after the request if the request still arrives.
+    async fn query(
         &self,
         request: Request<'_>,
+        replicated: bool,
         undo: Option<Undo>,
-    ) -> Result<T, StoreError> {
+    ) -> Result<(Value, Option<i64>), StoreError> {
         let shared = &self.shared;
+        let replicas = shared.replicas.filter(|_| replicated);
+        let within = shared.command_timeout + replicas.map_or(Duration::ZERO, |r| r.timeout);
         let mut link = shared
             .pool
             .get()
             .await
             .map_err(|e| failure::checkout(e, &shared.url, shared.pool_size))?;
-        let sent = match &request {
-            Request::Command(cmd) => {
-                tokio::time::timeout(shared.command_timeout, cmd.query_async(&mut link.conn)).await
-            }
-            Request::Script(invocation) => {
-                tokio::time::timeout(
-                    shared.command_timeout,
-                    invocation.invoke_async(&mut link.conn),
-                )
-                .await
-            }
-        };
-        match sent {
-            Ok(Ok(value)) => Ok(value),
+        match tokio::time::timeout(within, send(&mut link.conn, &request, replicas)).await {
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(error)) => {
                 if failure::breaks_connection(&error) {
                     link.discard();
@@ -247,31 +331,154 @@ impl RedisStore {
                 if let Some(undo) = undo {
                     undo.send(link.conn.clone());
                 }
-                Err(failure::timed_out(&shared.url, shared.command_timeout))
+                Err(failure::timed_out(&shared.url, within))
             }
         }
     }
 
+    /// Runs a fenced script: 1 is [`Fence::Held`].
     async fn fenced(&self, request: Request<'_>) -> Result<Fence, StoreError> {
-        match self.query::<i64>(request).await? {
+        let (answer, _) = self.query(request, false, None).await?;
+        self.fence(answer)
+    }
+
+    fn fence(&self, answer: Value) -> Result<Fence, StoreError> {
+        match self.parse::<i64>(answer)? {
             1 => Ok(Fence::Held),
             _ => Ok(Fence::Lost),
         }
     }
 
+    fn parse<T: FromRedisValue>(&self, answer: Value) -> Result<T, StoreError> {
+        T::from_redis_value(answer).map_err(|e| failure::command(e.into(), &self.shared.url))
+    }
+
+    /// Checks that `min_replicas` replicas acknowledged a write.
+    fn replicated(&self, acked: Option<i64>, what: &str) -> Result<(), StoreError> {
+        match (self.shared.replicas, acked) {
+            (Some(replicas), Some(acked)) if acked < replicas.count as i64 => {
+                Err(failure::not_replicated(
+                    &self.shared.url,
+                    what,
+                    acked,
+                    replicas.count,
+                    replicas.timeout,
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The lease left to `holder` on `key`, or `None` when it no longer holds the key.
     async fn lease_left(&self, key: &str, holder: &Claim) -> Result<Option<Duration>, StoreError> {
-        let mut invocation = SCRIPTS.peek.prepare_invoke();
-        invocation.key(key).arg(holder.to_bytes());
-        let left: i64 = self.query(Request::Script(invocation)).await?;
+        let request = Request::script(&self.shared.scripts.peek, key, &[&holder.to_bytes()]);
+        let (answer, _) = self.query(request, false, None).await?;
+        let left: i64 = self.parse(answer)?;
         Ok(u64::try_from(left).ok().map(Duration::from_millis))
     }
 }
 
-/// What [`RedisStore::query`] sends.
-enum Request<'a> {
-    Command(redis::Cmd),
-    Script(redis::ScriptInvocation<'a>),
+/// What [`RedisStore::query`] sends: a command, and for a script the script to load where the
+/// server answers `NOSCRIPT`.
+struct Request<'a> {
+    cmd: Cmd,
+    script: Option<(&'static Lua, &'a str)>,
+}
+
+impl<'a> Request<'a> {
+    fn command(cmd: Cmd) -> Self {
+        Request { cmd, script: None }
+    }
+
+    /// `EVALSHA sha 1 key args…`.
+    fn script(lua: &'static Lua, key: &'a str, args: &[&[u8]]) -> Self {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(lua.sha()).arg(1).arg(key);
+        for arg in args {
+            cmd.arg(*arg);
+        }
+        Request {
+            cmd,
+            script: Some((lua, key)),
+        }
+    }
+}
+
+/// Sends `request`, followed by `WAIT` when `replicas` is set (one round trip: on a Cluster the
+/// pair goes to the master of the request's key, and a redirection resends both), and sends
+/// it again once if the server lacks the script.
+///
+/// On one server the script is loaded (`SCRIPT LOAD`) and `EVALSHA` sent again. On a Cluster
+/// the script is sent whole (`EVAL`, which also caches it): while a failover or a migration is
+/// under way the client's map of the slots can be behind, so a separate `SCRIPT LOAD` could
+/// reach another node than the one that finally runs the script.
+async fn send(
+    conn: &mut Conn,
+    request: &Request<'_>,
+    replicas: Option<Replicas>,
+) -> RedisResult<(Value, Option<i64>)> {
+    let mut eval = None;
+    let mut loaded = false;
+    loop {
+        let cmd = eval.as_ref().unwrap_or(&request.cmd);
+        let (answer, acked) = match replicas {
+            None => (conn.req_packed_command(cmd).await?, None),
+            Some(replicas) => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(cmd.clone())
+                    .cmd("WAIT")
+                    .arg(replicas.count)
+                    .arg(millis(replicas.timeout));
+                let mut answers = conn.req_packed_commands(&pipe, 0, 2).await?.into_iter();
+                let answer = answers.next().unwrap_or(Value::Nil);
+                (answer, answers.next())
+            }
+        };
+        match (answer.extract_error(), request.script) {
+            (Err(error), Some((lua, key)))
+                if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) && !loaded =>
+            {
+                loaded = true;
+                if let Conn::Cluster(_) = conn {
+                    eval = Some(evaluate(lua, &request.cmd));
+                } else {
+                    let mut load = redis::cmd("SCRIPT");
+                    load.arg("LOAD").arg(lua.source);
+                    conn.on_master_of(key, load).await?.extract_error()?;
+                }
+            }
+            (Err(error), _) => return Err(error),
+            (Ok(answer), _) => {
+                let acked = match acked {
+                    Some(value) => Some(i64::from_redis_value(value.extract_error()?)?),
+                    None => None,
+                };
+                return Ok((answer, acked));
+            }
+        }
+    }
+}
+
+/// `EVAL source …` with the keys and arguments of `EVALSHA sha …`.
+fn evaluate(lua: &Lua, evalsha: &Cmd) -> Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(lua.source);
+    for arg in evalsha.args_iter().skip(2) {
+        if let redis::Arg::Simple(bytes) = arg {
+            cmd.arg(bytes);
+        }
+    }
+    cmd
+}
+
+/// The answers of a command sent to every master (a map of node to answer on a Cluster), each
+/// checked for an error.
+fn per_node(answer: Value) -> RedisResult<Vec<Value>> {
+    let answers = match answer {
+        Value::Map(pairs) => pairs.into_iter().map(|(_, answer)| answer).collect(),
+        one => vec![one],
+    };
+    answers.into_iter().map(Value::extract_error).collect()
 }
 
 /// Releases a claim whose `SET` timed out: the server may still apply the `SET` (a paused or
@@ -281,20 +488,19 @@ enum Request<'a> {
 struct Undo {
     key: String,
     claim: Vec<u8>,
+    scripts: &'static Scripts,
     /// How long the undo is worth trying: the claim ends with its lease anyway.
     within: Duration,
 }
 
 impl Undo {
-    fn send(self, mut conn: redis::aio::MultiplexedConnection) {
+    fn send(self, mut conn: Conn) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         runtime.spawn(async move {
-            let mut invocation = SCRIPTS.release.prepare_invoke();
-            invocation.key(&self.key).arg(&self.claim);
-            let undone =
-                tokio::time::timeout(self.within, invocation.invoke_async::<i64>(&mut conn)).await;
+            let request = Request::script(&self.scripts.release, &self.key, &[&self.claim]);
+            let undone = tokio::time::timeout(self.within, send(&mut conn, &request, None)).await;
             tracing::debug!(?undone, "idem released a claim whose SET timed out");
         });
     }
@@ -321,22 +527,36 @@ impl Store for RedisStore {
         lease: Duration,
     ) -> StoreFuture<'a, Option<Record>> {
         Box::pin(async move {
+            let mine = claim.to_bytes();
             let mut cmd = redis::cmd("SET");
             cmd.arg(key)
-                .arg(claim.to_bytes())
+                .arg(&mine)
                 .arg("NX")
                 .arg("PX")
                 .arg(millis(lease))
                 .arg("GET");
             let undo = Undo {
                 key: key.to_owned(),
-                claim: claim.to_bytes(),
+                claim: mine.clone(),
+                scripts: self.shared.scripts,
                 within: lease,
             };
-            let found: Option<Vec<u8>> = self
-                .query_or_undo(Request::Command(cmd), Some(undo))
-                .await?;
-            Ok(found.map(Record::from_bytes))
+            let (answer, acked) = self.query(Request::command(cmd), true, Some(undo)).await?;
+            match self.parse::<Option<Vec<u8>>>(answer)? {
+                // Our own claim is found when the cluster client sent the SET again after the
+                // first one was applied but its answer lost: the key is ours either way.
+                Some(found) if found != mine => Ok(Some(Record::from_bytes(found))),
+                _ => match self.replicated(acked, "claim") {
+                    Ok(()) => Ok(None),
+                    Err(error) => {
+                        // Not durable, so not ours to run on: free the key for a retry.
+                        if let Err(undo) = self.release(key, claim).await {
+                            tracing::debug!(%undo, "idem could not withdraw an unreplicated claim; it ends with its lease");
+                        }
+                        Err(error)
+                    }
+                },
+            }
         })
     }
 
@@ -348,21 +568,24 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> StoreFuture<'a, Fence> {
         Box::pin(async move {
-            let mut invocation = SCRIPTS.complete.prepare_invoke();
-            invocation
-                .key(key)
-                .arg(claim.to_bytes())
-                .arg(payload)
-                .arg(millis(ttl));
-            self.fenced(Request::Script(invocation)).await
+            let ttl = millis(ttl).to_string();
+            let request = Request::script(
+                &self.shared.scripts.complete,
+                key,
+                &[&claim.to_bytes(), payload, ttl.as_bytes()],
+            );
+            let (answer, acked) = self.query(request, true, None).await?;
+            match self.fence(answer)? {
+                Fence::Held => self.replicated(acked, "result").map(|()| Fence::Held),
+                Fence::Lost => Ok(Fence::Lost),
+            }
         })
     }
 
     fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
         Box::pin(async move {
-            let mut invocation = SCRIPTS.release.prepare_invoke();
-            invocation.key(key).arg(claim.to_bytes());
-            self.fenced(Request::Script(invocation)).await
+            let request = Request::script(&self.shared.scripts.release, key, &[&claim.to_bytes()]);
+            self.fenced(request).await
         })
     }
 
@@ -373,9 +596,13 @@ impl Store for RedisStore {
         lease: Duration,
     ) -> StoreFuture<'a, Fence> {
         Box::pin(async move {
-            let mut invocation = SCRIPTS.renew.prepare_invoke();
-            invocation.key(key).arg(claim.to_bytes()).arg(millis(lease));
-            self.fenced(Request::Script(invocation)).await
+            let lease = millis(lease).to_string();
+            let request = Request::script(
+                &self.shared.scripts.renew,
+                key,
+                &[&claim.to_bytes(), lease.as_bytes()],
+            );
+            self.fenced(request).await
         })
     }
 
@@ -408,6 +635,9 @@ impl Store for RedisStore {
             if !listening {
                 until = until.min(Instant::now() + FALLBACK_POLL);
             }
+            if self.shared.cluster {
+                until = until.min(Instant::now() + CLUSTER_RELOOK);
+            }
             let _ = tokio::time::timeout_at(until, woken).await;
             Ok(())
         })
@@ -423,76 +653,12 @@ impl fmt::Debug for RedisStore {
         let status = self.shared.pool.status();
         f.debug_struct("RedisStore")
             .field("url", &self.shared.url)
+            .field("cluster", &self.shared.cluster)
             .field("pool_size", &status.max_size)
             .field("connections", &status.size)
             .field("command_timeout", &self.shared.command_timeout)
+            .field("min_replicas", &self.shared.replicas.map_or(0, |r| r.count))
             .finish()
-    }
-}
-
-/// Parses a store URL naming one Redis server.
-fn parse_url(url: &str) -> Result<ConnectionInfo, Error> {
-    match store_kind(url) {
-        Some(StoreKind::Redis) => {}
-        Some(StoreKind::RedisCluster) => {
-            return Err(Error::Config(format!(
-                "store `{}`: Redis Cluster is not supported by RedisStore yet; name one server with redis://host:port/db",
-                redact(url)
-            )));
-        }
-        _ => {
-            return Err(Error::Config(format!(
-                "store `{}` is not a Redis URL; expected redis://host:port/db, rediss://host:port/db or redis+unix:///path",
-                redact(url)
-            )));
-        }
-    }
-    url.into_connection_info().map_err(|e| {
-        Error::Config(format!(
-            "store `{}` is not a valid Redis URL ({e}); expected redis://[user:password@]host[:port][/db]",
-            redact(url)
-        ))
-    })
-}
-
-/// The URL of a connection without its password.
-fn describe(info: &ConnectionInfo) -> String {
-    let settings = info.redis_settings();
-    let user = settings
-        .username()
-        .map(|u| format!("{u}@"))
-        .unwrap_or_default();
-    let db = settings.db();
-    match info.addr() {
-        ConnectionAddr::Tcp(host, port) => format!("redis://{user}{}:{port}/{db}", bracket(host)),
-        ConnectionAddr::TcpTls { host, port, .. } => {
-            format!("rediss://{user}{}:{port}/{db}", bracket(host))
-        }
-        ConnectionAddr::Unix(path) => format!("redis+unix://{}?db={db}", path.display()),
-        other => format!("redis://{user}{other}/{db}"),
-    }
-}
-
-fn bracket(host: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    }
-}
-
-/// A URL that may not parse, with anything between `://` and `@` dropped but the user.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            format!("{scheme}://{user}@{host}{path}")
-        }
-        None => url.to_owned(),
     }
 }
 
@@ -519,41 +685,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn descriptions_leave_out_the_password() {
-        for (url, described) in [
-            ("redis://127.0.0.1:7000/2", "redis://127.0.0.1:7000/2"),
-            ("redis://:secret@localhost:7000", "redis://localhost:7000/0"),
-            ("redis://app:secret@localhost/3", "app@localhost:6379/3"),
-            (
-                "rediss://app:secret@cache.internal:6380/0",
-                "rediss://app@cache.internal:6380/0",
-            ),
-            (
-                "redis+unix:///run/redis.sock",
-                "redis+unix:///run/redis.sock?db=0",
-            ),
-        ] {
-            let text = describe(&parse_url(url).unwrap());
-            assert!(text.ends_with(described), "{url} → {text}");
-            assert!(!text.contains("secret"), "{text}");
-        }
-    }
-
-    #[test]
-    fn bad_urls_are_config_errors_without_the_password() {
-        for url in [
-            "redis://:secret@host:notaport/0",
-            "redis+cluster://a:secret@h1:7000,h2:7001",
-            "http://user:secret@host",
-        ] {
-            match parse_url(url) {
-                Err(Error::Config(message)) => assert!(!message.contains("secret"), "{message}"),
-                other => panic!("{url}: expected a config error, got {other:?}"),
-            }
-        }
-    }
-
-    #[test]
     fn versions_are_read_from_info() {
         let info = "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n";
         assert_eq!(server_version(info), Some((7, 0)));
@@ -565,5 +696,38 @@ mod tests {
     fn expiries_are_whole_positive_milliseconds() {
         assert_eq!(millis(Duration::from_micros(10)), 1);
         assert_eq!(millis(Duration::from_secs(30)), 30_000);
+    }
+
+    #[test]
+    fn a_script_missing_on_a_node_is_sent_whole_with_the_same_keys_and_arguments() {
+        let lua = &scripts::CLUSTER.renew;
+        let request = Request::script(lua, "idem:s:k", &[b"claim", b"30000"]);
+        let eval = evaluate(lua, &request.cmd);
+        let words: Vec<Vec<u8>> = eval
+            .args_iter()
+            .filter_map(|arg| match arg {
+                redis::Arg::Simple(bytes) => Some(bytes.to_vec()),
+                _ => None,
+            })
+            .collect();
+        let expected: Vec<&[u8]> = vec![
+            b"EVAL",
+            lua.source.as_bytes(),
+            b"1",
+            b"idem:s:k",
+            b"claim",
+            b"30000",
+        ];
+        assert_eq!(words, expected);
+    }
+
+    #[test]
+    fn answers_of_every_master_are_checked_one_by_one() {
+        let ok = Value::Map(vec![
+            (Value::BulkString(b"a:1".to_vec()), Value::Okay),
+            (Value::BulkString(b"b:2".to_vec()), Value::Int(1)),
+        ]);
+        assert_eq!(per_node(ok).unwrap(), vec![Value::Okay, Value::Int(1)]);
+        assert_eq!(per_node(Value::Int(3)).unwrap(), vec![Value::Int(3)]);
     }
 }

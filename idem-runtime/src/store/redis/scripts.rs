@@ -3,12 +3,15 @@
 //! Each script touches one key (`KEYS[1]`) and applies its write only while the key holds
 //! exactly the claim's bytes (`ARGV[1]`): the compare-and-set that fences a holder whose lease
 //! ended. Completing and releasing publish on the channel named like the key, which wakes the
-//! waiters (see `waiters.rs`); a channel named like its key hashes to the key's slot, so the
-//! scripts stay single-slot for Redis Cluster.
+//! waiters (see `waiters.rs`). A channel named like its key hashes to the key's slot, so on a
+//! Redis Cluster the scripts stay single-slot and publish with `SPUBLISH` (sharded pub/sub:
+//! the message stays within the key's shard instead of being broadcast to every node); on one
+//! server they use `PUBLISH`, which redis-rs's single-server connection can subscribe to.
 //!
-//! They are sent by SHA1 (`EVALSHA`): [`redis::Script`] loads the source again when the server
-//! answers `NOSCRIPT` (after `SCRIPT FLUSH` or a restart), and [`RedisStore::connect`] loads
-//! them up front so that the first call costs no extra round trip.
+//! They are sent by SHA1 (`EVALSHA`); the store loads the source again when the server
+//! answers `NOSCRIPT` (after `SCRIPT FLUSH`, a restart, or on a node that joined the cluster
+//! later), and [`RedisStore::connect`] loads them up front so that the first call costs no
+//! extra round trip.
 //!
 //! [`RedisStore::connect`]: super::RedisStore::connect
 
@@ -16,25 +19,45 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// `ARGV`: claim bytes, payload, ttl in ms. Returns 1 when the claim held the key.
-const COMPLETE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+/// `ARGV`: claim bytes, payload, ttl in ms. Returns 1 when the claim held the key, and also
+/// when the key already holds this very payload: a completion sent again after its answer was
+/// lost (a retry over a new connection) finds its own result and stores it again, so that it
+/// is not mistaken for a lost lease and a following `WAIT` covers it.
+macro_rules! complete {
+    ($publish:literal) => {
+        concat!(
+            r"
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] or held == ARGV[2] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  redis.call('PUBLISH', KEYS[1], 'complete')
+  redis.call('",
+            $publish,
+            r"', KEYS[1], 'complete')
   return 1
 end
 return 0
-";
+"
+        )
+    };
+}
 
 /// `ARGV`: claim bytes. Returns 1 when the claim held the key.
-const RELEASE: &str = r"
+macro_rules! release {
+    ($publish:literal) => {
+        concat!(
+            r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', KEYS[1], 'release')
+  redis.call('",
+            $publish,
+            r"', KEYS[1], 'release')
   return 1
 end
 return 0
-";
+"
+        )
+    };
+}
 
 /// `ARGV`: claim bytes, lease in ms. Returns 1 when the claim held the key.
 const RENEW: &str = r"
@@ -53,20 +76,81 @@ end
 return -2
 ";
 
-/// The scripts, with their SHA1 computed once.
-pub(super) struct Scripts {
-    pub(super) complete: Script,
-    pub(super) release: Script,
-    pub(super) renew: Script,
-    pub(super) peek: Script,
+/// One script: its source and its SHA1, computed once.
+pub(super) struct Lua {
+    pub(super) source: &'static str,
+    pub(super) script: Script,
 }
 
-pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    complete: Script::new(COMPLETE),
-    release: Script::new(RELEASE),
-    renew: Script::new(RENEW),
-    peek: Script::new(PEEK),
+impl Lua {
+    fn new(source: &'static str) -> Lua {
+        Lua {
+            source,
+            script: Script::new(source),
+        }
+    }
+
+    /// The SHA1 that `EVALSHA` names.
+    pub(super) fn sha(&self) -> &str {
+        self.script.get_hash()
+    }
+}
+
+/// The scripts of one kind of deployment.
+pub(super) struct Scripts {
+    pub(super) complete: Lua,
+    pub(super) release: Lua,
+    pub(super) renew: Lua,
+    pub(super) peek: Lua,
+}
+
+impl Scripts {
+    /// Every script, for `SCRIPT LOAD` at connect time.
+    pub(super) fn all(&self) -> [&Lua; 4] {
+        [&self.complete, &self.release, &self.renew, &self.peek]
+    }
+}
+
+/// The scripts for one Redis server: they wake waiters with `PUBLISH`.
+pub(super) static NODE: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    complete: Lua::new(complete!("PUBLISH")),
+    release: Lua::new(release!("PUBLISH")),
+    renew: Lua::new(RENEW),
+    peek: Lua::new(PEEK),
 });
 
-/// The sources, for `SCRIPT LOAD` at connect time.
-pub(super) const SOURCES: [&str; 4] = [COMPLETE, RELEASE, RENEW, PEEK];
+/// The scripts for a Redis Cluster: they wake waiters with `SPUBLISH`, within the key's shard.
+pub(super) static CLUSTER: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    complete: Lua::new(complete!("SPUBLISH")),
+    release: Lua::new(release!("SPUBLISH")),
+    renew: Lua::new(RENEW),
+    peek: Lua::new(PEEK),
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_scripts_publish_within_the_shard() {
+        assert!(
+            NODE.complete
+                .source
+                .contains("redis.call('PUBLISH', KEYS[1]")
+        );
+        assert!(
+            CLUSTER
+                .complete
+                .source
+                .contains("redis.call('SPUBLISH', KEYS[1]")
+        );
+        assert!(
+            CLUSTER
+                .release
+                .source
+                .contains("redis.call('SPUBLISH', KEYS[1]")
+        );
+        assert_ne!(NODE.complete.sha(), CLUSTER.complete.sha());
+        assert_eq!(NODE.renew.sha(), CLUSTER.renew.sha());
+    }
+}

@@ -7,8 +7,17 @@
 //! the key afterwards (the caller's job), so a completion cannot fall between the look and the
 //! subscription.
 //!
+//! On one server the subscriber is a multiplexed connection and subscribes with `SUBSCRIBE`.
+//! On a Redis Cluster it is a Cluster connection and subscribes with `SSUBSCRIBE` (sharded
+//! pub/sub), which redis-rs sends to the node of the channel's slot, the node that runs the
+//! key's scripts and their `SPUBLISH`.
+//!
 //! When the subscriber connection closes, every waiter is woken (it looks again, and the next
-//! wait connects anew); when it cannot be made at all, waiters fall back to short sleeps.
+//! wait connects anew); when it cannot be made at all, waiters fall back to short sleeps. A
+//! Cluster connection that loses one node reconnects it by itself, so it is kept: its waiters
+//! are woken and subscribe again. A node that stops serving a channel's slot (the slot moved
+//! to another master) unsubscribes its subscribers (`sunsubscribe` push): the channel's
+//! waiters are woken too, and subscribe again where the slot now is.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -16,9 +25,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, RedisError, Value};
+use redis::{PushInfo, PushKind, RedisError, Value};
 use tokio::sync::Notify;
+
+use super::servers::{Conn, Servers, Timeouts};
 
 /// The waiters of one store and its subscriber connection.
 pub(super) struct Hub {
@@ -26,8 +36,8 @@ pub(super) struct Hub {
     /// Held while (un)subscribing, so that the commands reach the server in the order the
     /// board decided them.
     listener: tokio::sync::Mutex<Option<Listener>>,
-    client: Client,
-    config: AsyncConnectionConfig,
+    servers: Arc<Servers>,
+    timeouts: Timeouts,
     command_timeout: Duration,
 }
 
@@ -47,7 +57,7 @@ struct Channel {
 }
 
 struct Listener {
-    conn: MultiplexedConnection,
+    conn: Conn,
     alive: Arc<AtomicBool>,
 }
 
@@ -65,6 +75,20 @@ impl Board {
     /// (and subscribes anew if it still has to wait).
     fn reset(&mut self) {
         self.forget();
+        self.wake_all();
+    }
+
+    /// Marks every channel unsubscribed and wakes every waiter, keeping the connection (a
+    /// Cluster connection that lost one node): each waiter looks again and subscribes anew.
+    fn resubscribe(&mut self) {
+        self.channels.retain(|_, channel| {
+            channel.subscribed = false;
+            channel.waiters > 0
+        });
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
         for channel in self.channels.values() {
             channel.wake.notify_waiters();
         }
@@ -120,15 +144,15 @@ impl Drop for Ticket {
 
 impl Hub {
     pub(super) fn new(
-        client: Client,
-        config: AsyncConnectionConfig,
+        servers: Arc<Servers>,
+        timeouts: Timeouts,
         command_timeout: Duration,
     ) -> Self {
         Hub {
             board: Arc::default(),
             listener: tokio::sync::Mutex::new(None),
-            client,
-            config,
+            servers,
+            timeouts,
             command_timeout,
         }
     }
@@ -185,7 +209,7 @@ impl Hub {
                 self.abandon(&mut listener);
                 return Err(RedisError::from(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    "SUBSCRIBE did not answer within command_timeout",
+                    "(S)SUBSCRIBE did not answer within command_timeout",
                 )));
             }
         }
@@ -251,34 +275,40 @@ impl Hub {
         };
         let board = Arc::downgrade(&self.board);
         let flag = alive.clone();
-        let config = self.config.clone().set_push_sender(move |push: PushInfo| {
+        let cluster = self.servers.is_cluster();
+        let on_push = move |push: PushInfo| {
             if let Some(board) = board.upgrade() {
                 let mut board = lock(&board);
                 if board.generation == generation {
-                    on_push(&mut board, &flag, push);
+                    on_push(&mut board, &flag, cluster, push);
                 }
             }
             Ok::<(), Infallible>(())
-        });
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        };
+        let conn = self.servers.subscriber(self.timeouts, on_push).await?;
         Ok(Listener { conn, alive })
     }
 }
 
-fn on_push(board: &mut Board, alive: &AtomicBool, push: PushInfo) {
+fn on_push(board: &mut Board, alive: &AtomicBool, cluster: bool, push: PushInfo) {
+    let channel = || match push.data.first() {
+        Some(Value::BulkString(bytes)) => Some(String::from_utf8_lossy(bytes)),
+        _ => None,
+    };
     match push.kind {
-        PushKind::Message => {
-            let channel = match push.data.first() {
-                Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes),
-                _ => return,
-            };
-            if let Some(channel) = board.channels.get(channel.as_ref()) {
+        PushKind::Message | PushKind::SMessage => {
+            if let Some(channel) = channel().and_then(|name| board.channels.get(name.as_ref())) {
                 channel.wake.notify_waiters();
             }
         }
+        PushKind::SUnsubscribe => {
+            if let Some(channel) = channel().and_then(|name| board.channels.get_mut(name.as_ref()))
+            {
+                channel.subscribed = false;
+                channel.wake.notify_waiters();
+            }
+        }
+        PushKind::Disconnection if cluster => board.resubscribe(),
         PushKind::Disconnection => {
             alive.store(false, Ordering::Release);
             board.reset();
