@@ -67,6 +67,15 @@ pub struct Config {
     #[serde(deserialize_with = "duration_text")]
     /// The wait, for functions that set no `wait`.
     pub wait: Duration,
+    /// How many replicas must acknowledge a claim or a result before the Redis store counts
+    /// it as stored; `0` (the default) does not wait. See [`Config::min_replicas`].
+    pub min_replicas: usize,
+    #[serde(deserialize_with = "duration_text")]
+    /// How long a write waits for `min_replicas` replicas. See [`Config::replica_timeout`].
+    pub replica_timeout: Duration,
+    /// How many completed records this process keeps in its local cache, in front of the
+    /// store; `0` turns the cache off. See [`Config::local_cache`].
+    pub local_cache: usize,
 }
 
 impl Default for Config {
@@ -83,6 +92,9 @@ impl Default for Config {
             ttl: Duration::from_secs(24 * 3600),
             lease: Duration::from_secs(30),
             wait: Duration::from_secs(10),
+            min_replicas: 0,
+            replica_timeout: Duration::from_secs(1),
+            local_cache: 0,
         }
     }
 }
@@ -100,6 +112,9 @@ pub const ENV_VARS: &[&str] = &[
     "IDEM_TTL",
     "IDEM_LEASE",
     "IDEM_WAIT",
+    "IDEM_MIN_REPLICAS",
+    "IDEM_REPLICA_TIMEOUT",
+    "IDEM_LOCAL_CACHE",
 ];
 
 const STORE_FORMS: &str = "`memory`, `redis://host:6379/0`, `rediss://host:6380/0` or `redis+cluster://host1:port1,host2:port2`";
@@ -135,6 +150,9 @@ impl Config {
     /// | `IDEM_CONNECT_TIMEOUT`, `IDEM_COMMAND_TIMEOUT` | durations such as `5s`, `250ms` | `5s`, `2s` |
     /// | `IDEM_MEMORY_CAPACITY` | records the memory store holds at most | `100000` |
     /// | `IDEM_TTL`, `IDEM_LEASE`, `IDEM_WAIT` | defaults for functions that set none | `24h`, `30s`, `10s` |
+    /// | `IDEM_MIN_REPLICAS` | replicas that must acknowledge a claim or a result (Redis) | `0` |
+    /// | `IDEM_REPLICA_TIMEOUT` | how long a write waits for them | `1s` |
+    /// | `IDEM_LOCAL_CACHE` | completed records kept in process, in front of the store (`0` is off) | `0` |
     ///
     /// A malformed value is [`Error::Config`] naming the variable and what it accepts.
     pub fn from_env() -> Result<Config, Error> {
@@ -178,12 +196,31 @@ impl Config {
         if let Some(v) = get("IDEM_MEMORY_CAPACITY") {
             config.memory_capacity = count("IDEM_MEMORY_CAPACITY", v)?;
         }
+        if let Some(v) = get("IDEM_LOCAL_CACHE") {
+            config.local_cache = v.trim().parse().map_err(|_| {
+                bad_var(
+                    "IDEM_LOCAL_CACHE",
+                    &v,
+                    "a whole number of records (0 turns the local cache off)",
+                )
+            })?;
+        }
+        if let Some(v) = get("IDEM_MIN_REPLICAS") {
+            config.min_replicas = v.trim().parse().map_err(|_| {
+                bad_var(
+                    "IDEM_MIN_REPLICAS",
+                    &v,
+                    "a whole number of replicas (0 does not wait for replicas)",
+                )
+            })?;
+        }
         for (name, slot) in [
             ("IDEM_CONNECT_TIMEOUT", &mut config.connect_timeout),
             ("IDEM_COMMAND_TIMEOUT", &mut config.command_timeout),
             ("IDEM_TTL", &mut config.ttl),
             ("IDEM_LEASE", &mut config.lease),
             ("IDEM_WAIT", &mut config.wait),
+            ("IDEM_REPLICA_TIMEOUT", &mut config.replica_timeout),
         ] {
             if let Some(v) = get(name) {
                 *slot = humantime::parse_duration(v.trim()).map_err(|_| {
@@ -261,6 +298,66 @@ impl Config {
         self
     }
 
+    /// How many replicas must acknowledge a claim or a result before the Redis store counts it
+    /// as stored (`WAIT`, sent in the same round trip as the write); `0`, the default, does not
+    /// wait.
+    ///
+    /// Redis replicates asynchronously, so without it a failover can lose a claim or a result
+    /// that the master acknowledged but had not yet sent to the replica that takes over: the
+    /// key can then run again. With it, a claim that too few replicas acknowledged within
+    /// [`replica_timeout`](Config::replica_timeout) is withdrawn and the call fails with
+    /// [`Error::Store`] (the body does not run), and a result that too few acknowledged is
+    /// returned to the caller but reported as not stored. Every claim and completion then
+    /// waits for a replica's acknowledgement, and calls fail while fewer replicas than this are
+    /// connected. The memory store ignores it.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// # use std::time::Duration;
+    /// let config = idem::Config::default()
+    ///     .store("redis+cluster://10.0.0.1:7000,10.0.0.2:7000")
+    ///     .min_replicas(1)
+    ///     .replica_timeout(Duration::from_millis(250));
+    /// assert_eq!(config.min_replicas, 1);
+    /// ```
+    pub fn min_replicas(mut self, replicas: usize) -> Self {
+        self.min_replicas = replicas;
+        self
+    }
+
+    /// How long a claim or a completion waits for [`min_replicas`](Config::min_replicas)
+    /// replicas to acknowledge it; at least 1 ms. Operations that wait may take this much
+    /// longer than `command_timeout`.
+    pub fn replica_timeout(mut self, timeout: Duration) -> Self {
+        self.replica_timeout = timeout;
+        self
+    }
+
+    /// Keeps up to `entries` completed records in this process, in front of the store, so
+    /// that replaying a recent result costs no round trip; `0` (the default) turns the local
+    /// cache off.
+    ///
+    /// A cached record is never replayed after the store's record has expired: its lifetime
+    /// is counted from before the store was asked for it. Only completed records are cached
+    /// (a call in progress is always looked up in the store), and a replay from the cache is
+    /// checked against the caller's fingerprint like a replay from the store. The cache
+    /// serves the calls that run on the configured store; a call given another store (the
+    /// `store =` option, [`with_store`](crate::with_store)) skips it.
+    ///
+    /// The price: a record removed from the store by anything but its expiry (`DEL`,
+    /// `FLUSHDB`, eviction, a restart without persistence) is still replayed by a process that
+    /// cached it, until the record would have expired.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// let config = idem::Config::default().local_cache(10_000);
+    /// assert_eq!(config.local_cache, 10_000);
+    /// ```
+    pub fn local_cache(mut self, entries: usize) -> Self {
+        self.local_cache = entries;
+        self
+    }
+
     /// Checks the values that have limits; [`init`](crate::init) calls it.
     pub fn validate(&self) -> Result<(), Error> {
         check_store(&self.store, "store")?;
@@ -276,6 +373,10 @@ impl Config {
         check_expiry("lease", self.lease)?;
         if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
             return Err(Error::Config("timeouts must be greater than 0".into()));
+        }
+        if self.min_replicas > 0 {
+            // `WAIT n 0` would block until the replicas answer, however long that takes.
+            check_expiry("replica_timeout", self.replica_timeout)?;
         }
         Ok(())
     }
@@ -374,5 +475,73 @@ mod tests {
             "{error}"
         );
         assert!(serde_json::from_str::<Config>(r#"{"stroe":"memory"}"#).is_err());
+    }
+
+    #[test]
+    fn local_cache_is_off_by_default_and_set_by_env_file_or_code() {
+        assert_eq!(Config::default().local_cache, 0);
+        assert_eq!(
+            from(&[("IDEM_LOCAL_CACHE", "5000")]).unwrap().local_cache,
+            5000
+        );
+        assert_eq!(from(&[("IDEM_LOCAL_CACHE", "0")]).unwrap().local_cache, 0);
+        let error = from(&[("IDEM_LOCAL_CACHE", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("IDEM_LOCAL_CACHE") && error.contains("whole number"),
+            "{error}"
+        );
+        let file: Config = serde_json::from_str(r#"{"local_cache":64}"#).unwrap();
+        assert_eq!(file.local_cache, 64);
+        assert_eq!(Config::default().local_cache(8).local_cache, 8);
+    }
+
+    #[test]
+    fn min_replicas_is_off_by_default_and_set_by_env_file_or_code() {
+        let default = Config::default();
+        assert_eq!(
+            (default.min_replicas, default.replica_timeout),
+            (0, Duration::from_secs(1))
+        );
+        let config = from(&[
+            ("IDEM_MIN_REPLICAS", "2"),
+            ("IDEM_REPLICA_TIMEOUT", "250ms"),
+        ])
+        .unwrap();
+        assert_eq!(config.min_replicas, 2);
+        assert_eq!(config.replica_timeout, Duration::from_millis(250));
+        for (name, value, expect) in [
+            ("IDEM_MIN_REPLICAS", "one", "whole number of replicas"),
+            ("IDEM_MIN_REPLICAS", "-1", "whole number of replicas"),
+            ("IDEM_REPLICA_TIMEOUT", "soon", "a duration"),
+        ] {
+            let error = from(&[(name, value)]).unwrap_err().to_string();
+            assert!(error.contains(name) && error.contains(expect), "{error}");
+        }
+        let error = from(&[("IDEM_MIN_REPLICAS", "1"), ("IDEM_REPLICA_TIMEOUT", "0s")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("replica_timeout must be at least 1ms"),
+            "{error}"
+        );
+        assert!(
+            from(&[("IDEM_REPLICA_TIMEOUT", "0s")]).is_ok(),
+            "unused without min_replicas"
+        );
+        let file: Config =
+            serde_json::from_str(r#"{"min_replicas":1,"replica_timeout":"2s"}"#).unwrap();
+        assert_eq!(
+            (file.min_replicas, file.replica_timeout),
+            (1, Duration::from_secs(2))
+        );
+        let built = Config::default()
+            .min_replicas(1)
+            .replica_timeout(Duration::from_millis(100));
+        assert_eq!(
+            (built.min_replicas, built.replica_timeout),
+            (1, Duration::from_millis(100))
+        );
     }
 }

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::cache::LocalCache;
 use crate::config::{Config, FailMode, StoreKind, store_kind};
 use crate::error::Error;
 use crate::store::StoreHandle;
@@ -41,6 +42,8 @@ impl Settings {
 pub struct Idem {
     pub(crate) store: StoreHandle,
     pub(crate) settings: Arc<Settings>,
+    /// The local cache in front of `store` (`Config::local_cache`), if it is on.
+    pub(crate) local: Option<LocalCache>,
 }
 
 tokio::task_local! {
@@ -67,11 +70,13 @@ impl Idem {
         Ok(Idem::with_settings(store, config))
     }
 
-    /// An idem over an existing `store`, with the other settings of `config`.
+    /// An idem over an existing `store`, with the other settings of `config` (and a local
+    /// cache of its own in front of `store` when `config.local_cache` is not 0).
     pub fn with_settings(store: impl Into<StoreHandle>, config: &Config) -> Idem {
         Idem {
             store: store.into(),
             settings: Arc::new(Settings::of(config)),
+            local: (config.local_cache > 0).then(|| LocalCache::new(config.local_cache)),
         }
     }
 
@@ -146,7 +151,7 @@ pub async fn init(config: Config) -> Result<(), Error> {
 }
 
 /// Runs `future` with `store` instead of the configured one (the other settings stay those of
-/// [`Idem::current`]).
+/// [`Idem::current`]; the local cache, which belongs to the configured store, is not used).
 ///
 /// ```
 /// # use idem_runtime as idem;
@@ -166,6 +171,7 @@ pub fn with_store<F: Future>(
     let scoped = Idem {
         store: store.into(),
         settings: current.settings,
+        local: None,
     };
     SCOPED.scope(scoped, future)
 }

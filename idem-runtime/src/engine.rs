@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::cache::LocalCache;
 use crate::call::{Call, Outcome, Status};
 use crate::codec::{self, Seal, Shape};
 use crate::config::{FailMode, check_expiry};
@@ -30,8 +31,11 @@ where
     F: Future<Output = R>,
     S: Shape<R>,
 {
-    let idem = Idem::current();
-    let settings = &idem.settings;
+    let Idem {
+        store: configured,
+        settings,
+        local,
+    } = Idem::current();
     let key = key::store_key(&settings.prefix, &call.scope, &call.key, settings.hash_keys);
     let span = tracing::debug_span!(
         "idem",
@@ -51,17 +55,41 @@ where
     let lease = call.lease.unwrap_or(settings.lease);
     check_expiry("ttl", ttl)?;
     check_expiry("lease", lease)?;
-    let run = Run {
-        store: call.store.unwrap_or_else(|| idem.store.clone()),
-        claim: Claim::new(fingerprint),
-        key,
-        ttl,
-        lease,
-        wait: call.wait.unwrap_or(settings.wait),
-        heartbeat: call.heartbeat,
-        fail_mode: settings.fail_mode,
+    // The local cache holds records of the configured store only.
+    let local = match call.store {
+        None => local,
+        Some(_) => None,
     };
-    let result = run.go(body, shape).instrument(span.clone()).await;
+    let result = match local.as_ref().and_then(|cache| cache.get(&key)) {
+        Some(cached) => {
+            let replayed = span.in_scope(|| {
+                open(&key, fingerprint.as_ref(), &cached.payload, &shape).map(|value| Outcome {
+                    value,
+                    status: Status::Replayed,
+                })
+            });
+            // A replay from the cache never waits: let a loop of them yield to the other
+            // tasks now and then, as tokio's own resources do.
+            tokio::task::consume_budget().await;
+            replayed
+        }
+        None => {
+            let run = Run {
+                store: call.store.unwrap_or(configured),
+                claim: Claim::new(fingerprint),
+                key,
+                ttl,
+                lease,
+                wait: call.wait.unwrap_or(settings.wait),
+                heartbeat: call.heartbeat,
+                fail_mode: settings.fail_mode,
+                local,
+            };
+            // Boxed, so that this future stays small: callers move it around whole, and a
+            // replay from the local cache should not pay for copying the store path's state.
+            Box::pin(run.go(body, shape).instrument(span.clone())).await
+        }
+    };
     let counted = match &result {
         Ok(outcome) => match outcome.status {
             Status::Executed => Counted::Executed,
@@ -91,6 +119,8 @@ struct Run {
     wait: Duration,
     heartbeat: bool,
     fail_mode: FailMode,
+    /// Where completed records are kept in process, if the local cache is on.
+    local: Option<LocalCache>,
 }
 
 /// What the claim step decided.
@@ -116,7 +146,10 @@ impl Run {
                     status: Status::Unprotected,
                 })
             }
-            Decision::Hold => self.hold(body, &mut shape).await,
+            // Boxed: running the body (lease renewal, completion retries) is most of this
+            // future's size, and an unboxed one would be copied whole on every call, replays
+            // included, where it costs more than the rest of the replay.
+            Decision::Hold => Box::pin(self.hold(body, &mut shape)).await,
         }
     }
 
@@ -125,6 +158,7 @@ impl Run {
         let deadline = Instant::now() + self.wait;
         let mut waited = false;
         loop {
+            let sent = self.local.as_ref().map(|_| Instant::now());
             let found = timed(
                 "claim",
                 self.store.claim(&self.key, &self.claim, self.lease),
@@ -133,15 +167,20 @@ impl Run {
             let holder = match found {
                 Err(error) => return self.unavailable(error),
                 Ok(None) => return Ok(Decision::Hold),
-                Ok(Some(Record::Completed { payload: bytes, .. })) => {
+                Ok(Some(Record::Completed {
+                    payload: bytes,
+                    expires_in,
+                })) => {
                     let status = if waited {
                         Status::Waited
                     } else {
                         Status::Replayed
                     };
-                    return self
-                        .replay(&bytes, shape)
-                        .map(|v| Decision::Replay(v, status));
+                    let value = self.replay(&bytes, shape)?;
+                    if let (Some(cache), Some(sent), Some(left)) = (&self.local, sent, expires_in) {
+                        cache.keep(&self.key, bytes, sent, left);
+                    }
+                    return Ok(Decision::Replay(value, status));
                 }
                 Ok(Some(Record::InProgress(holder))) => holder,
             };
@@ -180,19 +219,7 @@ impl Run {
     }
 
     fn replay<R, S: Shape<R>>(&self, bytes: &[u8], shape: &S) -> Result<R, Error> {
-        let decode_error = |reason| Error::Decode {
-            key: self.key.clone(),
-            expected: shape.type_name(),
-            reason,
-        };
-        let envelope = codec::open(bytes).map_err(decode_error)?;
-        if mismatch(
-            self.claim.fingerprint.as_ref(),
-            envelope.fingerprint.as_ref(),
-        ) {
-            return Err(self.key_mismatch());
-        }
-        shape.open(&envelope).map_err(decode_error)
+        open(&self.key, self.claim.fingerprint.as_ref(), bytes, shape)
     }
 
     /// Runs the body under the claim, then stores or releases its result.
@@ -217,7 +244,7 @@ impl Run {
                 run.release().await;
                 Status::NotStored
             }
-            Seal::Store(payload) => run.complete(&payload).await,
+            Seal::Store(payload) => run.complete(payload).await,
         };
         holding.run = None;
         Ok(Outcome { value, status })
@@ -257,17 +284,23 @@ impl Run {
         }
     }
 
-    async fn complete(&self, payload: &[u8]) -> Status {
+    async fn complete(&self, payload: Vec<u8>) -> Status {
         let mut retries = COMPLETE_RETRIES.iter();
         loop {
+            let sent = self.local.as_ref().map(|_| Instant::now());
             match timed(
                 "complete",
                 self.store
-                    .complete(&self.key, &self.claim, payload, self.ttl),
+                    .complete(&self.key, &self.claim, &payload, self.ttl),
             )
             .await
             {
-                Ok(Fence::Held) => return Status::Executed,
+                Ok(Fence::Held) => {
+                    if let (Some(cache), Some(sent)) = (&self.local, sent) {
+                        cache.keep(&self.key, payload, sent, self.ttl);
+                    }
+                    return Status::Executed;
+                }
                 Ok(Fence::Lost) => {
                     tracing::warn!(key = %self.key, "idem lease lost before completion: another call holds the key, so this result is returned but not stored");
                     return Status::LeaseLost;
@@ -291,6 +324,36 @@ impl Run {
             }
         }
     }
+}
+
+/// Decodes the envelope stored for `key` (by the store or the local cache), after checking
+/// that it was stored for the same request as the caller's.
+fn open<R, S: Shape<R>>(
+    key: &str,
+    fingerprint: Option<&Fingerprint>,
+    bytes: &[u8],
+    shape: &S,
+) -> Result<R, Error> {
+    // The envelope as this version writes it, read in place: the common case.
+    if let Some(envelope) = codec::open_written(bytes)
+        && !mismatch(fingerprint, envelope.fingerprint.as_ref())
+        && let Ok(value) = shape.open(&envelope)
+    {
+        return Ok(value);
+    }
+    // Anything else (another layout, corrupt bytes, another request): the full parse decides.
+    let decode_error = |reason| Error::Decode {
+        key: key.to_owned(),
+        expected: shape.type_name(),
+        reason,
+    };
+    let envelope = codec::open(bytes).map_err(decode_error)?;
+    if mismatch(fingerprint, envelope.fingerprint.as_ref()) {
+        return Err(Error::KeyMismatch {
+            key: key.to_owned(),
+        });
+    }
+    shape.open(&envelope).map_err(decode_error)
 }
 
 /// Two fingerprints disagree only when both are known.

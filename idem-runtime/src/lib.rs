@@ -16,6 +16,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod cache;
 mod call;
 mod codec;
 mod config;

@@ -16,7 +16,15 @@ impl Token {
 
     /// The token as 32 lowercase hex digits.
     pub fn to_hex(self) -> String {
-        format!("{:032x}", self.0)
+        String::from_utf8(self.hex_digits().to_vec()).expect("hex digits are ASCII")
+    }
+
+    /// The 32 lowercase hex digits, without the formatting machinery: claims are written on
+    /// every call.
+    fn hex_digits(self) -> [u8; 32] {
+        let mut digits = [0u8; 32];
+        hex::encode_to_slice(self.0.to_be_bytes(), &mut digits).expect("16 bytes are 32 digits");
+        digits
     }
 
     fn from_hex(s: &str) -> Option<Self> {
@@ -95,10 +103,19 @@ impl Claim {
     /// `claim:1:<token>:<fingerprint or ->`. Two claims have the same byte form exactly when
     /// they are equal, so a store can fence by comparing bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let fp = self
-            .fingerprint
-            .map_or_else(|| "-".to_owned(), |f| f.to_hex());
-        format!("{CLAIM_MARK}{}:{fp}", self.token.to_hex()).into_bytes()
+        let mut out = Vec::with_capacity(CLAIM_MARK.len() + 32 + 1 + 64);
+        out.extend_from_slice(CLAIM_MARK.as_bytes());
+        out.extend_from_slice(&self.token.hex_digits());
+        out.push(b':');
+        match &self.fingerprint {
+            Some(fp) => {
+                let mut digits = [0u8; 64];
+                hex::encode_to_slice(fp.0, &mut digits).expect("32 bytes are 64 digits");
+                out.extend_from_slice(&digits);
+            }
+            None => out.push(b'-'),
+        }
+        out
     }
 
     /// Reads the byte form written by [`Claim::to_bytes`]; `None` if `bytes` is not a claim.
@@ -179,6 +196,31 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn claim_bytes_are_the_documented_form() {
+        let claim = Claim {
+            token: Token(0xab),
+            fingerprint: None,
+        };
+        assert_eq!(
+            claim.to_bytes(),
+            b"claim:1:000000000000000000000000000000ab:-".to_vec()
+        );
+        assert_eq!(
+            Token(u128::MAX - 1).to_hex(),
+            format!("{:032x}", u128::MAX - 1)
+        );
+        let fp = Fingerprint::of_bytes(b"request");
+        let with_fp = Claim {
+            token: Token(1),
+            fingerprint: Some(fp),
+        };
+        assert_eq!(
+            with_fp.to_bytes(),
+            format!("claim:1:{:032x}:{}", 1, fp.to_hex()).into_bytes()
+        );
     }
 
     #[test]

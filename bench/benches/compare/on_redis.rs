@@ -1,0 +1,492 @@
+//! The Redis rows: idem on `RedisStore` against raw commands on one multiplexed connection,
+//! the hand-written pattern and the peers, with one caller and with 64.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use idem::{Config, Idem};
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+
+use crate::measure::{Plan, latency, latency_pair, throughput, throughput_pair};
+use crate::naive;
+use crate::peers::{self, CachedStore, PeerStore};
+use crate::report::{Quantity, Report, Target};
+use crate::workload::{TTL, below, charge, direct, fresh, store_key};
+
+/// Concurrent callers of the throughput rows.
+pub const CALLERS: usize = 64;
+
+/// Keys of the replay rows: replays ask for one of them at random.
+const REPLAYED: u64 = 1_024;
+
+/// What the Redis rows share.
+pub struct Setup {
+    /// A connection of the benchmark's own, for the raw commands.
+    pub conn: MultiplexedConnection,
+    /// idem with the default configuration.
+    pub idem: Idem,
+    /// idem with a local cache (and another prefix).
+    pub cached: Idem,
+    pub cached_crate: CachedStore,
+    pub idempotent_crate: PeerStore,
+}
+
+impl Setup {
+    pub async fn new(url: &str) -> Setup {
+        let client = redis::Client::open(url).expect("the server's URL");
+        // Long commands (FLUSHALL, pipelines of 10k SETs) outlast redis-rs's default timeout.
+        let config =
+            AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .expect("connect to the benchmark's redis-server");
+        let config = Config::default().store(url);
+        let idem = Idem::connect(&config).await.expect("idem: connect");
+        // Its own prefix: its replays come from records it completed itself, the ones its
+        // local cache holds (RedisStore does not report the lifetime of the records it
+        // replays, so those are not cached).
+        let cached = Idem::connect(&config.clone().prefix("l1").local_cache(100_000))
+            .await
+            .expect("idem: connect");
+        let setup = Setup {
+            conn,
+            idem,
+            cached,
+            cached_crate: peers::cached_store(url).await,
+            idempotent_crate: peers::idempotent_store(url).await,
+        };
+        for order in 0..REPLAYED {
+            setup.idem.scope(charge(order)).await.unwrap();
+            setup.cached.scope(charge(order)).await.unwrap();
+            peers::cached_fill(&setup.cached_crate, order).await;
+            peers::idempotent_call(&setup.idempotent_crate, order).await;
+            naive::charge(&mut setup.conn.clone(), order).await;
+        }
+        setup
+    }
+}
+
+async fn raw_get(conn: &mut MultiplexedConnection, key: &str) {
+    let value: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("GET");
+    assert!(black_box(value).is_some(), "the key is stored");
+}
+
+fn nanos(stats: &crate::measure::Stats) -> Quantity {
+    Quantity::Nanos(stats.median)
+}
+
+/// One caller: each call waits for the previous one.
+pub async fn one_caller(report: &mut Report, plan: &Plan, setup: &Setup) {
+    report.section("Redis, one caller (latency)");
+    let key = store_key(7);
+    let mut conn = setup.conn.clone();
+
+    let (get, replay) = setup
+        .idem
+        .scope(latency_pair(
+            plan,
+            async || raw_get(&mut conn, &key).await,
+            async || {
+                black_box(charge(black_box(7)).await.unwrap());
+            },
+        ))
+        .await;
+    report.add(
+        "replay",
+        (nanos(&replay), Some(replay)),
+        Some(("raw GET", nanos(&get), Some(get.clone()))),
+        Some(Target::RatioAtMost(1.3)),
+    );
+
+    let mut conn = setup.conn.clone();
+    let (get, first) = setup
+        .idem
+        .scope(latency_pair(
+            plan,
+            async || raw_get(&mut conn, &key).await,
+            async || {
+                black_box(charge(fresh()).await.unwrap());
+            },
+        ))
+        .await;
+    report.add(
+        "first call",
+        (nanos(&first), Some(first.clone())),
+        Some(("raw GET", nanos(&get), Some(get))),
+        Some(Target::RatioAtMost(2.6)),
+    );
+
+    let mut conn = setup.conn.clone();
+    let (two, first) = setup
+        .idem
+        .scope(latency_pair(
+            plan,
+            async || {
+                raw_get(&mut conn, &key).await;
+                raw_get(&mut conn, &key).await;
+            },
+            async || {
+                black_box(charge(fresh()).await.unwrap());
+            },
+        ))
+        .await;
+    report.add(
+        "first call",
+        (nanos(&first), Some(first)),
+        Some(("2 raw GETs in a row", nanos(&two), Some(two))),
+        None,
+    );
+
+    let (base, replay) = setup
+        .cached
+        .scope(latency_pair(
+            plan,
+            async || {
+                black_box(direct(black_box(7)).await);
+            },
+            async || {
+                black_box(charge(black_box(7)).await.unwrap());
+            },
+        ))
+        .await;
+    report.add(
+        "replay from the local cache (L1)",
+        (nanos(&replay), Some(replay)),
+        Some(("direct call", nanos(&base), Some(base))),
+        Some(Target::OverheadAtMost(300.0)),
+    );
+
+    let mut conn = setup.conn.clone();
+    let (hand, first) = setup
+        .idem
+        .scope(latency_pair(
+            plan,
+            async || {
+                black_box(naive::charge(&mut conn, fresh()).await);
+            },
+            async || {
+                black_box(charge(fresh()).await.unwrap());
+            },
+        ))
+        .await;
+    report.add(
+        "first call",
+        (nanos(&first), Some(first)),
+        Some(("hand-written pattern", nanos(&hand), Some(hand))),
+        None,
+    );
+
+    let crate_store = setup.cached_crate.clone();
+    let (peer, replay) = setup
+        .idem
+        .scope(latency_pair(
+            plan,
+            async || {
+                black_box(peers::cached_read(&crate_store, below(REPLAYED)).await);
+            },
+            async || {
+                black_box(charge(below(REPLAYED)).await.unwrap());
+            },
+        ))
+        .await;
+    report.add(
+        "replay",
+        (nanos(&replay), Some(replay)),
+        Some(("`cached` read", nanos(&peer), Some(peer))),
+        Some(Target::RatioAtMost(1.0)),
+    );
+
+    let peer_store = setup.idempotent_crate.clone();
+    let (peer, replay) = setup
+        .idem
+        .scope(latency_pair(
+            plan,
+            async || {
+                black_box(peers::idempotent_call(&peer_store, below(REPLAYED)).await);
+            },
+            async || {
+                black_box(charge(below(REPLAYED)).await.unwrap());
+            },
+        ))
+        .await;
+    report.add(
+        "replay",
+        (nanos(&replay), Some(replay)),
+        Some(("`idempotent` replay", nanos(&peer), Some(peer))),
+        Some(Target::RatioAtMost(1.0)),
+    );
+
+    let (peer, first) = setup
+        .idem
+        .scope(latency_pair(
+            plan,
+            async || {
+                black_box(peers::idempotent_call(&peer_store, fresh()).await);
+            },
+            async || {
+                black_box(charge(fresh()).await.unwrap());
+            },
+        ))
+        .await;
+    report.add(
+        "first call",
+        (nanos(&first), Some(first)),
+        Some(("`idempotent` first call", nanos(&peer), Some(peer))),
+        Some(Target::RatioAtMost(1.0)),
+    );
+}
+
+fn rate(stats: &crate::measure::Stats) -> Quantity {
+    Quantity::PerSecond(stats.median)
+}
+
+/// 64 callers at once, on one client thread.
+pub async fn concurrent(report: &mut Report, plan: &Plan, setup: &Setup) {
+    report.section("Redis, 64 concurrent callers (calls/s)");
+    let raw = {
+        let conn = setup.conn.clone();
+        move || {
+            let mut conn = conn.clone();
+            async move { raw_get(&mut conn, &store_key(below(REPLAYED))).await }
+        }
+    };
+    let replay = {
+        let idem = setup.idem.clone();
+        move || {
+            let idem = idem.clone();
+            async move {
+                black_box(idem.scope(charge(below(REPLAYED))).await.unwrap());
+            }
+        }
+    };
+    let first = {
+        let idem = setup.idem.clone();
+        move || {
+            let idem = idem.clone();
+            async move {
+                black_box(idem.scope(charge(fresh())).await.unwrap());
+            }
+        }
+    };
+
+    let (gets, replays) = throughput_pair(plan, CALLERS, raw.clone(), replay.clone()).await;
+    report.add(
+        "replays/s",
+        (rate(&replays), Some(replays)),
+        Some(("raw GETs/s", rate(&gets), Some(gets))),
+        Some(Target::RatioAtLeast(0.8)),
+    );
+    let (gets, firsts) = throughput_pair(plan, CALLERS, raw.clone(), first.clone()).await;
+    report.add(
+        "first calls/s",
+        (rate(&firsts), Some(firsts)),
+        Some(("raw GETs/s", rate(&gets), Some(gets))),
+        Some(Target::RatioAtLeast(0.4)),
+    );
+
+    let hand = {
+        let conn = setup.conn.clone();
+        move || {
+            let mut conn = conn.clone();
+            async move {
+                black_box(naive::charge(&mut conn, fresh()).await);
+            }
+        }
+    };
+    let (hands, firsts) = throughput_pair(plan, CALLERS, hand, first.clone()).await;
+    report.add(
+        "first calls/s",
+        (rate(&firsts), Some(firsts)),
+        Some(("hand-written pattern", rate(&hands), Some(hands))),
+        Some(Target::RatioAtLeast(2.0)),
+    );
+
+    let crate_read = {
+        let store = setup.cached_crate.clone();
+        move || {
+            let store = store.clone();
+            async move {
+                black_box(peers::cached_read(&store, below(REPLAYED)).await);
+            }
+        }
+    };
+    let (peer, replays) = throughput_pair(plan, CALLERS, crate_read, replay.clone()).await;
+    report.add(
+        "replays/s",
+        (rate(&replays), Some(replays)),
+        Some(("`cached` reads/s", rate(&peer), Some(peer))),
+        Some(Target::RatioAtLeast(1.0)),
+    );
+
+    let peer_replay = {
+        let store = setup.idempotent_crate.clone();
+        move || {
+            let store = store.clone();
+            async move {
+                black_box(peers::idempotent_call(&store, below(REPLAYED)).await);
+            }
+        }
+    };
+    let (peer, replays) = throughput_pair(plan, CALLERS, peer_replay, replay.clone()).await;
+    report.add(
+        "replays/s",
+        (rate(&replays), Some(replays)),
+        Some(("`idempotent` replays/s", rate(&peer), Some(peer))),
+        Some(Target::RatioAtLeast(1.0)),
+    );
+
+    let peer_first = {
+        let store = setup.idempotent_crate.clone();
+        move || {
+            let store = store.clone();
+            async move {
+                black_box(peers::idempotent_call(&store, fresh()).await);
+            }
+        }
+    };
+    let (peer, firsts) = throughput_pair(plan, CALLERS, peer_first, first.clone()).await;
+    report.add(
+        "first calls/s",
+        (rate(&firsts), Some(firsts)),
+        Some(("`idempotent` first calls/s", rate(&peer), Some(peer))),
+        Some(Target::RatioAtLeast(1.0)),
+    );
+
+    let local = {
+        let idem = setup.cached.clone();
+        move || {
+            let idem = idem.clone();
+            async move {
+                black_box(idem.scope(charge(below(REPLAYED))).await.unwrap());
+            }
+        }
+    };
+    let replays = throughput(plan, CALLERS, local).await;
+    report.add(
+        "replays/s from the local cache (L1)",
+        (rate(&replays), Some(replays)),
+        None,
+        None,
+    );
+}
+
+/// The cost of a replay of a random live key with 1k, 100k and 1M live keys, and the bytes of
+/// one record.
+pub async fn scaling(report: &mut Report, plan: &Plan, setup: &Setup) {
+    report.section("Redis, scaling: replay of a random live key");
+    let mut conn = setup.conn.clone();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    wait_for_lazy_free(&mut conn).await;
+    // Every key holds the record idem wrote for order 0.
+    setup.idem.scope(charge(0)).await.unwrap();
+    let record: Vec<u8> = redis::cmd("GET")
+        .arg(store_key(0))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let before = used_memory(&mut conn).await;
+    let mut filled = 1;
+    let mut first = None;
+    for (live, label) in [(1_000u64, "1k"), (100_000, "100k"), (1_000_000, "1M")] {
+        while filled < live {
+            let mut pipe = redis::pipe();
+            for order in filled..live.min(filled + 10_000) {
+                pipe.cmd("SET")
+                    .arg(store_key(order))
+                    .arg(&record)
+                    .arg("PX")
+                    .arg(TTL.as_millis() as u64)
+                    .ignore();
+            }
+            let _: () = pipe.query_async(&mut conn).await.unwrap();
+            filled = live.min(filled + 10_000);
+        }
+        let cost = setup
+            .idem
+            .scope(latency(plan, async || {
+                black_box(charge(below(live)).await.unwrap());
+            }))
+            .await;
+        let base = first.get_or_insert_with(|| cost.clone()).clone();
+        if live == 1_000 {
+            report.add(
+                &format!("{label} live keys"),
+                (nanos(&cost), Some(cost)),
+                None,
+                None,
+            );
+        } else {
+            report.add(
+                &format!("{label} live keys"),
+                (nanos(&cost), Some(cost)),
+                Some(("with 1k keys", nanos(&base), Some(base))),
+                Some(Target::RatioAtMost(1.5)),
+            );
+        }
+    }
+    let after = used_memory(&mut conn).await;
+
+    report.section("Bytes per stored record");
+    let usage: i64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(store_key(500_000))
+        .arg("SAMPLES")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    report.add(
+        &format!(
+            "Redis, `MEMORY USAGE` of one record ({}-byte key, {}-byte value)",
+            store_key(500_000).len(),
+            record.len()
+        ),
+        (Quantity::Bytes(usage as f64), None),
+        None,
+        None,
+    );
+    report.add(
+        "Redis, `used_memory` growth per record (1M records)",
+        (Quantity::Bytes((after - before) as f64 / 999_999.0), None),
+        None,
+        None,
+    );
+}
+
+/// Waits until the server has freed what it frees in the background, so that `used_memory`
+/// counts the records only.
+async fn wait_for_lazy_free(conn: &mut MultiplexedConnection) {
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(conn)
+            .await
+            .unwrap();
+        let pending = info
+            .lines()
+            .find_map(|line| line.strip_prefix("lazyfree_pending_objects:"))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap_or(0));
+        if pending == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn used_memory(conn: &mut MultiplexedConnection) -> i64 {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("INFO memory reports used_memory")
+}
