@@ -5,54 +5,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use idem::testing::DownStore;
 use idem::{
     Call, Claim, Config, Error, FailMode, Fence, Idem, MemoryStore, Record, Status, Store,
-    StoreError, StoreErrorKind, StoreFuture,
+    StoreErrorKind, StoreFuture,
 };
-
-/// A store whose backend is down: every operation fails.
-struct DownStore;
-
-fn down<T>() -> StoreFuture<'static, T> {
-    Box::pin(async {
-        Err(StoreError::new(
-            StoreErrorKind::Unavailable,
-            "connection refused",
-        ))
-    })
-}
-
-impl Store for DownStore {
-    fn claim<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a Claim,
-        _: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
-        down()
-    }
-    fn complete<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a Claim,
-        _: &'a [u8],
-        _: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        down()
-    }
-    fn release<'a>(&'a self, _: &'a str, _: &'a Claim) -> StoreFuture<'a, Fence> {
-        down()
-    }
-    fn renew<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, Fence> {
-        down()
-    }
-    fn wait<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, ()> {
-        down()
-    }
-    fn describe(&self) -> String {
-        "down".into()
-    }
-}
 
 /// A memory store that remembers the keys it was asked for.
 #[derive(Clone, Default)]

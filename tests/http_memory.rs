@@ -3,60 +3,12 @@
 
 mod http_common;
 
-use std::time::Duration;
-
 use http::StatusCode;
 use http_common::{App, layer};
-use idem::{
-    Claim, Config, FailMode, Fence, Idem, MemoryStore, Record, Store, StoreError, StoreErrorKind,
-    StoreFuture, StoreHandle,
-};
+use idem::testing::DownStore;
+use idem::{Config, FailMode, Idem, MemoryStore, StoreHandle};
 
 http_suite!(async { (MemoryStore::new(), ()) });
-
-/// A store whose backend is down: every operation fails.
-struct DownStore;
-
-fn down<T>() -> StoreFuture<'static, T> {
-    Box::pin(async {
-        Err(StoreError::new(
-            StoreErrorKind::Unavailable,
-            "connection refused",
-        ))
-    })
-}
-
-impl Store for DownStore {
-    fn claim<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a Claim,
-        _: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
-        down()
-    }
-    fn complete<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a Claim,
-        _: &'a [u8],
-        _: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        down()
-    }
-    fn release<'a>(&'a self, _: &'a str, _: &'a Claim) -> StoreFuture<'a, Fence> {
-        down()
-    }
-    fn renew<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, Fence> {
-        down()
-    }
-    fn wait<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, ()> {
-        down()
-    }
-    fn describe(&self) -> String {
-        "down".into()
-    }
-}
 
 /// The store down, fail-closed (the default): 503, and the handler does not run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

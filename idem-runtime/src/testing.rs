@@ -24,7 +24,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Barrier, oneshot};
 use tokio::time::Instant;
 
-use crate::{Call, Claim, Error, Fence, Record, Status, StoreHandle};
+use crate::{
+    Call, Claim, Error, Fence, Record, Status, Store, StoreError, StoreErrorKind, StoreFuture,
+    StoreHandle,
+};
 
 /// The names of every case, in the order [`conformance_tests!`](crate::conformance_tests) runs
 /// them.
@@ -712,6 +715,53 @@ pub async fn long_and_hashed_keys(store: StoreHandle) {
             (i, Status::Replayed),
             "key {i} replays its own value"
         );
+    }
+}
+
+/// A store whose backend is down: every operation fails with
+/// [`StoreErrorKind::Unavailable`]. For testing what a service does when its store is
+/// unreachable (fail-closed, fail-open, HTTP 503).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DownStore;
+
+fn down<T>() -> StoreFuture<'static, T> {
+    Box::pin(async {
+        Err(StoreError::new(
+            StoreErrorKind::Unavailable,
+            "connection refused",
+        ))
+    })
+}
+
+impl Store for DownStore {
+    fn claim<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a Claim,
+        _: Duration,
+    ) -> StoreFuture<'a, Option<Record>> {
+        down()
+    }
+    fn complete<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a Claim,
+        _: &'a [u8],
+        _: Duration,
+    ) -> StoreFuture<'a, Fence> {
+        down()
+    }
+    fn release<'a>(&'a self, _: &'a str, _: &'a Claim) -> StoreFuture<'a, Fence> {
+        down()
+    }
+    fn renew<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, Fence> {
+        down()
+    }
+    fn wait<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, ()> {
+        down()
+    }
+    fn describe(&self) -> String {
+        "down".into()
     }
 }
 

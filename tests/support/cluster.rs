@@ -10,13 +10,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::ErrorKind;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use redis::{FromRedisValue, Value};
 
-use super::redis::free_port;
+use super::redis::{Monitor, free_port, make_certificates};
 
 /// How long a started node may take to answer `PING`.
 const STARTUP: Duration = Duration::from_secs(10);
@@ -767,116 +767,8 @@ impl Node {
             .expect("connected")
             .1
             .clone();
-        let mut conn = self.connection();
-        conn.set_read_timeout(None).expect("no read timeout");
-        conn.send_packed_command(&redis::cmd("MONITOR").get_packed_command())
-            .expect("send MONITOR");
-        assert_eq!(
-            conn.recv_response().expect("MONITOR answers"),
-            Value::Okay,
-            "MONITOR answers OK"
-        );
-        let marker = format!(
-            "idem-cluster-monitor-end-{}",
-            NODES.fetch_add(1, Ordering::Relaxed)
-        );
-        let (lines_tx, lines) = mpsc::channel();
-        let end = marker.clone();
-        std::thread::spawn(move || {
-            while let Ok(Value::SimpleString(line)) = conn.recv_response() {
-                let last = line.contains(&end);
-                if lines_tx.send(line).is_err() || last {
-                    break;
-                }
-            }
-        });
-        Monitor {
-            node: self,
-            skip,
-            marker,
-            lines,
-        }
-    }
-}
-
-/// Writes a CA (`ca.pem`) and a certificate for 127.0.0.1 signed by it (`server.pem`,
-/// `server.key`) into `dir`, with the `openssl` command.
-fn make_certificates(dir: &std::path::Path) {
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .expect("write the certificate extensions");
-    for args in [
-        "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=idem-cluster-ca -keyout ca.key -out ca.pem",
-        "req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr",
-        "x509 -req -days 2 -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -extfile san.ext -out server.pem",
-    ] {
-        let output = match Command::new("openssl")
-            .args(args.split(' '))
-            .current_dir(dir)
-            .output()
-        {
-            Ok(output) => output,
-            Err(e) if e.kind() == ErrorKind::NotFound => panic!(
-                "the TLS cluster test makes its certificates with `openssl`, which was not found; \
-                 install it with `sudo apt-get install openssl` (Debian/Ubuntu)"
-            ),
-            Err(e) => panic!("cannot run openssl: {e}"),
-        };
-        assert!(
-            output.status.success(),
-            "openssl {args} failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-}
-
-/// A recording of the commands clients sent to one node: see [`Node::monitor`].
-pub struct Monitor<'a> {
-    node: &'a Node,
-    skip: String,
-    marker: String,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Monitor<'_> {
-    /// Stops the recording and counts the commands by name (`set`, `evalsha`, `script|load`…).
-    pub fn stop(self) -> BTreeMap<String, u64> {
-        let _: String = self.node.cmd(&["ECHO", &self.marker]);
-        let mut counts = BTreeMap::new();
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(10))
-                .expect("MONITOR reports the end marker");
-            if line.contains(&self.marker) {
-                return counts;
-            }
-            // `1700000000.123456 [0 127.0.0.1:40000] "SET" "key" …`; `[0 lua]` inside scripts.
-            let Some((client, command)) = line
-                .split_once(" [")
-                .and_then(|(_, rest)| rest.split_once("] "))
-            else {
-                continue;
-            };
-            let client = client.split_once(' ').map_or(client, |(_, addr)| addr);
-            if client == "lua" || client == self.skip {
-                continue;
-            }
-            let mut words = command
-                .split('"')
-                .skip(1)
-                .step_by(2)
-                .map(str::to_ascii_lowercase);
-            let mut name = words.next().unwrap_or_default();
-            if matches!(
-                name.as_str(),
-                "script" | "client" | "config" | "cluster" | "pubsub"
-            ) {
-                name = format!("{name}|{}", words.next().unwrap_or_default());
-            }
-            *counts.entry(name).or_default() += 1;
-        }
+        Monitor::start(self.connection(), skip, move |marker| {
+            let _: String = self.cmd(&["ECHO", marker]);
+        })
     }
 }

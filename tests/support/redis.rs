@@ -293,35 +293,11 @@ impl RedisServer {
     /// Starts recording the commands clients send (`MONITOR`), leaving out the harness's own
     /// and the ones scripts run inside the server.
     pub fn monitor(&self) -> Monitor<'_> {
-        let skip = self.control_addr();
-        let mut conn = self.connection();
-        // The recording thread waits for commands as long as the test runs.
-        conn.set_read_timeout(None).expect("no read timeout");
-        conn.send_packed_command(&redis::cmd("MONITOR").get_packed_command())
-            .expect("send MONITOR");
-        let ok = conn.recv_response().expect("MONITOR answers");
-        assert_eq!(ok, Value::Okay, "MONITOR answers OK");
-        let marker = format!(
-            "idem-monitor-end-{}",
-            SERVERS.fetch_add(1, Ordering::Relaxed)
-        );
-        let (lines_tx, lines) = mpsc::channel();
-        let end = marker.clone();
-        std::thread::spawn(move || {
-            while let Ok(Value::SimpleString(line)) = conn.recv_response() {
-                let last = line.contains(&end);
-                if lines_tx.send(line).is_err() || last {
-                    break;
-                }
-            }
-        });
-        Monitor {
-            server: self,
-            skip,
-            marker,
-            lines,
-        }
+        Monitor::start(self.connection(), self.control_addr(), move |marker| {
+            let _: String = self.cmd(&["ECHO", marker]);
+        })
     }
+
     /// Pauses every client for `duration` (`CLIENT PAUSE ms ALL`); returns at once.
     pub fn pause(&self, duration: Duration) {
         let ms = duration.as_millis().to_string();
@@ -367,7 +343,7 @@ impl Drop for RedisServer {
 
 /// Writes a CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by it (`server.pem`,
 /// `server.key`) into `dir`, with the `openssl` command.
-fn make_certificates(dir: &std::path::Path) {
+pub fn make_certificates(dir: &std::path::Path) {
     std::fs::write(
         dir.join("san.ext"),
         "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
@@ -385,8 +361,8 @@ fn make_certificates(dir: &std::path::Path) {
         {
             Ok(output) => output,
             Err(e) if e.kind() == ErrorKind::NotFound => panic!(
-                "the TLS test makes its certificates with `openssl`, which was not found; install \
-                 it with `sudo apt-get install openssl` (Debian/Ubuntu)"
+                "the TLS tests make their certificates with `openssl`, which was not found; \
+                 install it with `sudo apt-get install openssl` (Debian/Ubuntu)"
             ),
             Err(e) => panic!("cannot run openssl: {e}"),
         };
@@ -398,18 +374,54 @@ fn make_certificates(dir: &std::path::Path) {
     }
 }
 
-/// A recording of the commands clients sent: see [`RedisServer::monitor`].
+/// A recording of the commands clients sent to one server or cluster node: see
+/// [`RedisServer::monitor`] and `Node::monitor`.
 pub struct Monitor<'a> {
-    server: &'a RedisServer,
+    /// Sends the end marker through the harness's own connection.
+    echo: Box<dyn Fn(&str) + 'a>,
     skip: String,
     marker: String,
     lines: mpsc::Receiver<String>,
 }
 
-impl Monitor<'_> {
+static MONITORS: AtomicUsize = AtomicUsize::new(0);
+
+impl<'a> Monitor<'a> {
+    /// Starts `MONITOR` on `conn`, leaving out the commands of the client at address `skip`
+    /// (the harness's own) and those scripts run inside the server; `echo` sends a marker
+    /// through that client, so that [`stop`](Monitor::stop) knows where the recording ends.
+    pub fn start(mut conn: redis::Connection, skip: String, echo: impl Fn(&str) + 'a) -> Self {
+        // The recording thread waits for commands as long as the test runs.
+        conn.set_read_timeout(None).expect("no read timeout");
+        conn.send_packed_command(&redis::cmd("MONITOR").get_packed_command())
+            .expect("send MONITOR");
+        let ok = conn.recv_response().expect("MONITOR answers");
+        assert_eq!(ok, Value::Okay, "MONITOR answers OK");
+        let marker = format!(
+            "idem-monitor-end-{}",
+            MONITORS.fetch_add(1, Ordering::Relaxed)
+        );
+        let (lines_tx, lines) = mpsc::channel();
+        let end = marker.clone();
+        std::thread::spawn(move || {
+            while let Ok(Value::SimpleString(line)) = conn.recv_response() {
+                let last = line.contains(&end);
+                if lines_tx.send(line).is_err() || last {
+                    break;
+                }
+            }
+        });
+        Monitor {
+            echo: Box::new(echo),
+            skip,
+            marker,
+            lines,
+        }
+    }
+
     /// Stops the recording and counts the commands by name (`set`, `evalsha`, `script|load`…).
     pub fn stop(self) -> BTreeMap<String, u64> {
-        let _: String = self.server.cmd(&["ECHO", &self.marker]);
+        (self.echo)(&self.marker);
         let mut counts = BTreeMap::new();
         loop {
             let line = self
@@ -436,7 +448,10 @@ impl Monitor<'_> {
                 .step_by(2)
                 .map(str::to_ascii_lowercase);
             let mut name = words.next().unwrap_or_default();
-            if matches!(name.as_str(), "script" | "client" | "config" | "pubsub") {
+            if matches!(
+                name.as_str(),
+                "script" | "client" | "config" | "cluster" | "pubsub"
+            ) {
                 name = format!("{name}|{}", words.next().unwrap_or_default());
             }
             *counts.entry(name).or_default() += 1;
