@@ -417,7 +417,11 @@ mod on_redis {
             charge(&idem, "o-1", 10).await.unwrap(),
             (10, Status::Executed)
         );
-        assert_eq!(monitor.stop(), calls(&[("set", 1), ("evalsha", 1)]));
+        assert_eq!(
+            monitor.stop(),
+            calls(&[("set", 1), ("pttl", 1), ("evalsha", 1)]),
+            "with the cache on, a claim asks for the record's lifetime in the same round trip"
+        );
 
         let monitor = server.monitor();
         for _ in 0..5 {
@@ -474,7 +478,7 @@ mod on_redis {
         }
         assert_eq!(
             monitor.stop(),
-            calls(&[("set", 3)]),
+            calls(&[("set", 3), ("pttl", 3)]),
             "each duplicate asked Redis"
         );
 
@@ -518,6 +522,61 @@ mod on_redis {
         let monitor = server.monitor();
         let again = call(3).await.unwrap();
         assert_eq!((again.value, again.status), (3, Status::Executed));
-        assert_eq!(monitor.stop(), calls(&[("set", 1), ("evalsha", 1)]));
+        assert_eq!(
+            monitor.stop(),
+            calls(&[("set", 1), ("pttl", 1), ("evalsha", 1)])
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_completed_by_another_process_is_cached_until_redis_expires_it() {
+        let server = RedisServer::start();
+        // Another process, without a cache, completes the record with a 300 ms ttl.
+        let elsewhere = Idem::with_settings(
+            RedisStore::open(&server.url()).await.unwrap(),
+            &Config::default(),
+        );
+        async fn call(idem: &Idem, amount: u32) -> Result<idem::Outcome<u32>, Error> {
+            idem.scope(
+                Call::new("shop::charge", "o-1")
+                    .ttl(Duration::from_millis(300))
+                    .fingerprint("pay")
+                    .run(async move { amount }),
+            )
+            .await
+        }
+        assert_eq!(call(&elsewhere, 1).await.unwrap().status, Status::Executed);
+
+        // The first replay here asks Redis once (the record and its lifetime, one round
+        // trip); the next ones are answered from the cache.
+        let idem = cached_on(&server).await;
+        let monitor = server.monitor();
+        let first = call(&idem, 2).await.unwrap();
+        assert_eq!((first.value, first.status), (1, Status::Replayed));
+        assert_eq!(monitor.stop(), calls(&[("set", 1), ("pttl", 1)]));
+        let monitor = server.monitor();
+        for _ in 0..5 {
+            let again = call(&idem, 3).await.unwrap();
+            assert_eq!((again.value, again.status), (1, Status::Replayed));
+        }
+        assert_eq!(monitor.stop(), calls(&[]), "five replays, no command");
+        let mismatch = idem
+            .scope(
+                Call::new("shop::charge", "o-1")
+                    .fingerprint("pay more")
+                    .run(async { 4_u32 }),
+            )
+            .await;
+        assert!(
+            matches!(mismatch, Err(Error::KeyMismatch { .. })),
+            "{mismatch:?}"
+        );
+
+        // The cached copy ends no later than Redis's record: once that expired, the key runs.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let key: Option<String> = server.cmd(&["GET", "idem:shop::charge:o-1"]);
+        assert_eq!(key, None, "Redis expired the record");
+        let after = call(&idem, 5).await.unwrap();
+        assert_eq!((after.value, after.status), (5, Status::Executed));
     }
 }

@@ -715,3 +715,86 @@ async fn with_redis_down_fail_open_runs_unprotected_and_fail_closed_refuses() {
         "fail-closed does not run the body"
     );
 }
+
+/// The store's command connections, by id: the clients whose last command was one of a call's.
+fn command_connections(server: &RedisServer) -> Vec<String> {
+    let list: String = server.cmd(&["CLIENT", "LIST"]);
+    list.lines()
+        .filter(|line| line.contains(" cmd=set ") || line.contains(" cmd=evalsha "))
+        .filter_map(|line| line.split_whitespace().next()?.strip_prefix("id="))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_share_pool_size_connections_and_a_killed_one_is_replaced() {
+    let server = RedisServer::start();
+    let config = Config::default()
+        .store(server.url())
+        .pool_size(2)
+        .connect_timeout(Duration::from_millis(500));
+    let store = RedisStore::connect(&config).await.unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let burst = |round: usize| {
+        let tasks: Vec<_> = (0..256)
+            .map(|i| {
+                let (store, runs) = (store.clone(), runs.clone());
+                tokio::spawn(async move {
+                    Call::new("shared", format!("order-{}", i % 64))
+                        .store(store)
+                        .run(async move {
+                            runs.fetch_add(1, Ordering::SeqCst);
+                            round
+                        })
+                        .await
+                })
+            })
+            .collect();
+        async move {
+            let mut outcomes = Vec::new();
+            for task in tasks {
+                outcomes.push(task.await.unwrap());
+            }
+            outcomes
+        }
+    };
+
+    // 256 calls at once on 64 keys: every key runs once, and all of them went over the
+    // store's two connections (made when it connected), none more.
+    for outcome in burst(1).await {
+        assert_eq!(outcome.unwrap().value, 1);
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 64);
+    let shared = command_connections(&server);
+    assert_eq!(shared.len(), 2, "the calls used {shared:?}");
+
+    // Both connections are killed under the store: the following calls make new ones. A call
+    // dealt to a connection before the store learned of its end fails (Unavailable), and
+    // nothing runs twice.
+    for id in &shared {
+        let _: i64 = server.cmd(&["CLIENT", "KILL", "ID", id]);
+    }
+    let mut failed = 0;
+    for outcome in burst(2).await {
+        match outcome {
+            Ok(outcome) => assert_eq!((outcome.value, outcome.status), (1, Status::Replayed)),
+            Err(Error::Store { source, .. }) => {
+                assert_eq!(source.kind(), StoreErrorKind::Unavailable, "{source}");
+                failed += 1;
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert!(failed < 256, "no call got through after the kill");
+    for outcome in burst(3).await {
+        let outcome = outcome.expect("the replaced connections serve every call");
+        assert_eq!((outcome.value, outcome.status), (1, Status::Replayed));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 64, "a key ran twice");
+    let replaced = command_connections(&server);
+    assert_eq!(replaced.len(), 2, "the calls used {replaced:?}");
+    assert!(
+        replaced.iter().all(|id| !shared.contains(id)),
+        "{shared:?} → {replaced:?}"
+    );
+}

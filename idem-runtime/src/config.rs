@@ -48,7 +48,8 @@ pub struct Config {
     pub fail_mode: FailMode,
     /// Whether every key is stored as its SHA-256.
     pub hash_keys: bool,
-    /// How many connections the store keeps.
+    /// How many connections the store keeps. Each is multiplexed: every call shares them, and
+    /// any number of commands are in flight on one at once.
     pub pool_size: usize,
     #[serde(deserialize_with = "duration_text")]
     /// How long connecting to the store may take.
@@ -256,7 +257,7 @@ impl Config {
         self
     }
 
-    /// How many connections the store keeps.
+    /// How many connections the store keeps; see [`Config::pool_size`](Config#structfield.pool_size).
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
         self

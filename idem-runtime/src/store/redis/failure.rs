@@ -1,11 +1,12 @@
-//! How redis-rs and pool errors become [`StoreError`]s.
+//! How redis-rs and connection errors become [`StoreError`]s.
 
 use std::time::Duration;
 
-use deadpool::managed::{PoolError, TimeoutType};
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 use crate::error::{StoreError, StoreErrorKind};
+
+use super::links::Unlinked;
 
 /// Whether the connection that reported `error` must be replaced.
 pub(super) fn breaks_connection(error: &RedisError) -> bool {
@@ -63,35 +64,20 @@ pub(super) fn timed_out(url: &str, after: Duration) -> StoreError {
     )
 }
 
-/// The store error for a connection to the Redis at `url` that could not be taken from the
-/// pool.
-pub(super) fn checkout(error: PoolError<RedisError>, url: &str, pool_size: usize) -> StoreError {
+/// The store error for a connection to the Redis at `url` that could not be made.
+pub(super) fn unlinked(error: Unlinked, url: &str) -> StoreError {
     match error {
-        PoolError::Timeout(TimeoutType::Wait) => StoreError::new(
+        Unlinked::TimedOut(within) => StoreError::new(
             StoreErrorKind::Timeout,
-            format!(
-                "no connection to Redis at {url} was free in time (all {pool_size} of pool_size are busy)"
-            ),
+            format!("connecting to Redis at {url} took longer than {within:?} (connect_timeout)"),
         ),
-        PoolError::Timeout(_) => StoreError::new(
-            StoreErrorKind::Timeout,
-            format!("connecting to Redis at {url} took longer than connect_timeout"),
-        ),
-        PoolError::Backend(error) => {
+        Unlinked::Failed(error) => {
             let kind = match kind_of(&error) {
                 StoreErrorKind::Timeout => StoreErrorKind::Timeout,
                 _ => StoreErrorKind::Unavailable,
             };
             StoreError::new(kind, format!("cannot connect to Redis at {url}")).with_source(error)
         }
-        PoolError::Closed => StoreError::new(
-            StoreErrorKind::Unavailable,
-            format!("the pool of connections to Redis at {url} is closed"),
-        ),
-        other => StoreError::new(
-            StoreErrorKind::Other,
-            format!("the pool of connections to Redis at {url} failed: {other}"),
-        ),
     }
 }
 

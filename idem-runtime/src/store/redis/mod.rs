@@ -13,8 +13,8 @@
 //! | wait | `(S)SUBSCRIBE` (once per key and process), script: compare and `PTTL` | 2 |
 //!
 //! So a replay costs one round trip and a first call two. With `min_replicas`, claim and
-//! complete send `WAIT` in the same round trip, right behind their write. Connections come
-//! from a pool that checks them without a round trip (see `links.rs`), over one server or a
+//! complete send `WAIT` in the same round trip, right behind their write. Operations share a
+//! few multiplexed connections, which pipeline concurrent commands (see `links.rs`), over one server or a
 //! Cluster (see `servers.rs`); scripts run by SHA and are loaded again where a server lacks
 //! them (see `scripts.rs`); waiters are woken by pub/sub (see `waiters.rs`).
 
@@ -28,8 +28,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool::Runtime;
-use deadpool::managed::QueueMode;
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, ServerErrorKind, Value};
 use tokio::time::Instant;
@@ -39,7 +37,7 @@ use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::record::{Claim, Record};
 use crate::store::{Fence, Store, StoreFuture};
 
-use self::links::{Links, Pool};
+use self::links::{Links, Unlinked};
 use self::scripts::{Lua, Scripts};
 use self::servers::{Conn, Target, Timeouts};
 use self::waiters::Hub;
@@ -81,8 +79,9 @@ const CLUSTER_RELOOK: Duration = Duration::from_millis(250);
 /// `redis+unix:///path/to/socket[?db=N]`, and for a Redis Cluster
 /// `redis+cluster://[user:password@]host1:port1,host2:port2,…` (`rediss+cluster://…` with TLS),
 /// naming any of its nodes: the others are discovered. Connections speak RESP3. The store keeps
-/// up to `pool_size` connections for commands, plus one for the pub/sub that wakes waiting
-/// calls; on a Cluster each of them is a Cluster connection, which holds one connection per
+/// `pool_size` multiplexed connections for commands, shared by all its operations at once (a
+/// command never waits for a free connection: concurrent commands are pipelined on them),
+/// plus one for the pub/sub that wakes waiting calls; on a Cluster each of them is a Cluster connection, which holds one connection per
 /// node, follows `MOVED`/`ASK` redirections and failovers, and reconnects nodes by itself.
 ///
 /// Records are plain strings (`GET key` in `redis-cli` shows the JSON envelope of a result)
@@ -108,7 +107,7 @@ pub struct RedisStore {
 }
 
 struct Shared {
-    pool: Pool,
+    links: Links,
     hub: Arc<Hub>,
     scripts: &'static Scripts,
     cluster: bool,
@@ -116,6 +115,9 @@ struct Shared {
     pool_size: usize,
     command_timeout: Duration,
     replicas: Option<Replicas>,
+    /// Whether a claim that finds a completed record also asks for its remaining lifetime, for
+    /// the local cache.
+    report_expiry: bool,
 }
 
 /// How many replicas must acknowledge a claim or a result (`min_replicas`) and how long a
@@ -151,17 +153,10 @@ impl RedisStore {
         let url = target.url;
         let servers = Arc::new(target.servers);
         let cluster = servers.is_cluster();
-        let pool = Pool::builder(Links::new(servers.clone(), timeouts))
-            .max_size(config.pool_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(config.command_timeout))
-            .create_timeout(Some(config.connect_timeout))
-            .queue_mode(QueueMode::Lifo)
-            .build()
-            .map_err(|e| Error::Config(format!("store `{url}`: {e}")))?;
+        let links = Links::new(servers.clone(), timeouts, config.pool_size);
         let store = RedisStore {
             shared: Arc::new(Shared {
-                pool,
+                links,
                 hub: Arc::new(Hub::new(servers, timeouts, config.command_timeout)),
                 scripts: if cluster {
                     &scripts::CLUSTER
@@ -173,6 +168,7 @@ impl RedisStore {
                 pool_size: config.pool_size,
                 command_timeout: config.command_timeout,
                 replicas,
+                report_expiry: config.local_cache > 0,
             }),
         };
         store.check(config.connect_timeout).await?;
@@ -195,7 +191,7 @@ impl RedisStore {
             source,
         };
         let answer = tokio::time::timeout(connect_timeout, async {
-            let mut link = self.shared.pool.get().await.map_err(Checked::Pool)?;
+            let mut link = self.shared.links.fill().await.map_err(Checked::Link)?;
             self.inspect(&mut link.conn).await.map_err(Checked::Command)
         })
         .await;
@@ -209,29 +205,21 @@ impl RedisStore {
                     ),
                 )));
             }
-            Ok(Err(Checked::Pool(deadpool::managed::PoolError::Backend(e))))
-            | Ok(Err(Checked::Command(e)))
+            Ok(Err(Checked::Link(Unlinked::Failed(e)) | Checked::Command(e)))
                 if failure::is_auth(&e) =>
             {
                 return Err(Error::Config(format!(
                     "Redis at {url} refused the credentials ({e}); check the user and password in the store URL"
                 )));
             }
-            Ok(Err(Checked::Pool(deadpool::managed::PoolError::Backend(e))))
-            | Ok(Err(Checked::Command(e)))
+            Ok(Err(Checked::Link(Unlinked::Failed(e)) | Checked::Command(e)))
                 if failure::is_not_a_cluster(&e) =>
             {
                 return Err(Error::Config(format!(
                     "Redis at {url} is not part of a Redis Cluster ({e}); name a single server with redis://host:port/db"
                 )));
             }
-            Ok(Err(Checked::Pool(e))) => {
-                return Err(unreachable(failure::checkout(
-                    e,
-                    url,
-                    self.shared.pool_size,
-                )));
-            }
+            Ok(Err(Checked::Link(e))) => return Err(unreachable(failure::unlinked(e, url))),
             Ok(Err(Checked::Command(e))) => return Err(unreachable(failure::command(e, url))),
         };
         for info in &infos {
@@ -297,26 +285,26 @@ impl RedisStore {
             .collect()
     }
 
-    /// Runs `request` on a pooled connection within the command timeout; with `replicated`
-    /// and `min_replicas` set, `WAIT` follows in the same round trip (and the timeout grows by
-    /// `replica_timeout`). Returns the answer and how many replicas acknowledged.
+    /// Runs `request` on one of the shared connections within the command timeout; with
+    /// `request.replicated` and `min_replicas` set, `WAIT` follows in the same round trip (and
+    /// the timeout grows by `replica_timeout`).
     ///
-    /// When the request times out, `undo` is sent after it on the same connection, so that the
-    /// server runs it after the request if the request still arrives.
+    /// When the request times out, `undo` (the claim bytes of a `SET`, and its lease) is
+    /// released right after it on the same connection, so that the server runs the release
+    /// after the request if the request still arrives.
     async fn query(
         &self,
         request: Request<'_>,
-        replicated: bool,
-        undo: Option<Undo>,
-    ) -> Result<(Value, Option<i64>), StoreError> {
+        undo: Option<(&[u8], Duration)>,
+    ) -> Result<Answer, StoreError> {
         let shared = &self.shared;
-        let replicas = shared.replicas.filter(|_| replicated);
+        let replicas = shared.replicas.filter(|_| request.replicated);
         let within = shared.command_timeout + replicas.map_or(Duration::ZERO, |r| r.timeout);
         let mut link = shared
-            .pool
+            .links
             .get()
             .await
-            .map_err(|e| failure::checkout(e, &shared.url, shared.pool_size))?;
+            .map_err(|e| failure::unlinked(e, &shared.url))?;
         match tokio::time::timeout(within, send(&mut link.conn, &request, replicas)).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(error)) => {
@@ -326,9 +314,16 @@ impl RedisStore {
                 Err(failure::command(error, &shared.url))
             }
             Err(_) => {
-                // The answer may still come; a connection in that state is not reused.
+                // The server may be gone without a word (a dead peer sends no reset): the next
+                // operation on this connection's place makes a new one.
                 link.discard();
-                if let Some(undo) = undo {
+                if let Some((claim, lease)) = undo {
+                    let undo = Undo {
+                        key: request.key.to_owned(),
+                        claim: claim.to_vec(),
+                        scripts: shared.scripts,
+                        within: lease,
+                    };
                     undo.send(link.conn.clone());
                 }
                 Err(failure::timed_out(&shared.url, within))
@@ -338,8 +333,8 @@ impl RedisStore {
 
     /// Runs a fenced script: 1 is [`Fence::Held`].
     async fn fenced(&self, request: Request<'_>) -> Result<Fence, StoreError> {
-        let (answer, _) = self.query(request, false, None).await?;
-        self.fence(answer)
+        let answer = self.query(request, None).await?;
+        self.fence(answer.value)
     }
 
     fn fence(&self, answer: Value) -> Result<Fence, StoreError> {
@@ -372,22 +367,33 @@ impl RedisStore {
     /// The lease left to `holder` on `key`, or `None` when it no longer holds the key.
     async fn lease_left(&self, key: &str, holder: &Claim) -> Result<Option<Duration>, StoreError> {
         let request = Request::script(&self.shared.scripts.peek, key, &[&holder.to_bytes()]);
-        let (answer, _) = self.query(request, false, None).await?;
-        let left: i64 = self.parse(answer)?;
+        let answer = self.query(request, None).await?;
+        let left: i64 = self.parse(answer.value)?;
         Ok(u64::try_from(left).ok().map(Duration::from_millis))
     }
 }
 
-/// What [`RedisStore::query`] sends: a command, and for a script the script to load where the
-/// server answers `NOSCRIPT`.
+/// What [`RedisStore::query`] sends: a command on one key; for a script, the script to load
+/// where the server answers `NOSCRIPT`; and what follows the command in the same round trip.
 struct Request<'a> {
     cmd: Cmd,
-    script: Option<(&'static Lua, &'a str)>,
+    key: &'a str,
+    script: Option<&'static Lua>,
+    /// `WAIT` for `min_replicas` follows (when it is set).
+    replicated: bool,
+    /// `PTTL key` follows: the lifetime left to the record the command found.
+    expiry: bool,
 }
 
 impl<'a> Request<'a> {
-    fn command(cmd: Cmd) -> Self {
-        Request { cmd, script: None }
+    fn command(cmd: Cmd, key: &'a str) -> Self {
+        Request {
+            cmd,
+            key,
+            script: None,
+            replicated: false,
+            expiry: false,
+        }
     }
 
     /// `EVALSHA sha 1 key args…`.
@@ -398,15 +404,37 @@ impl<'a> Request<'a> {
             cmd.arg(*arg);
         }
         Request {
-            cmd,
-            script: Some((lua, key)),
+            script: Some(lua),
+            ..Request::command(cmd, key)
         }
+    }
+
+    fn replicated(self) -> Self {
+        Request {
+            replicated: true,
+            ..self
+        }
+    }
+
+    fn with_expiry(self, expiry: bool) -> Self {
+        Request { expiry, ..self }
     }
 }
 
-/// Sends `request`, followed by `WAIT` when `replicas` is set (one round trip: on a Cluster the
-/// pair goes to the master of the request's key, and a redirection resends both), and sends
-/// it again once if the server lacks the script.
+/// The answers to a [`Request`].
+struct Answer {
+    /// The command's.
+    value: Value,
+    /// `PTTL`'s, when asked: milliseconds, or negative when the key has no expiry or is gone.
+    expiry: Option<i64>,
+    /// `WAIT`'s, when sent: how many replicas acknowledged.
+    acked: Option<i64>,
+}
+
+/// Sends `request`, followed by `PTTL` when it asks for the expiry and by `WAIT` when
+/// `replicas` is set (one round trip: on a Cluster they all go to the master of the request's
+/// key, and a redirection resends them whole), and sends it again once if the server lacks
+/// the script.
 ///
 /// On one server the script is loaded (`SCRIPT LOAD`) and `EVALSHA` sent again. On a Cluster
 /// the script is sent whole (`EVAL`, which also caches it): while a failover or a migration is
@@ -416,26 +444,32 @@ async fn send(
     conn: &mut Conn,
     request: &Request<'_>,
     replicas: Option<Replicas>,
-) -> RedisResult<(Value, Option<i64>)> {
+) -> RedisResult<Answer> {
     let mut eval = None;
     let mut loaded = false;
     loop {
         let cmd = eval.as_ref().unwrap_or(&request.cmd);
-        let (answer, acked) = match replicas {
-            None => (conn.req_packed_command(cmd).await?, None),
-            Some(replicas) => {
-                let mut pipe = redis::pipe();
-                pipe.add_command(cmd.clone())
-                    .cmd("WAIT")
+        let (answer, expiry, acked) = if replicas.is_none() && !request.expiry {
+            (conn.req_packed_command(cmd).await?, None, None)
+        } else {
+            let mut pipe = redis::pipe();
+            pipe.add_command(cmd.clone());
+            if request.expiry {
+                pipe.cmd("PTTL").arg(request.key);
+            }
+            if let Some(replicas) = replicas {
+                pipe.cmd("WAIT")
                     .arg(replicas.count)
                     .arg(millis(replicas.timeout));
-                let mut answers = conn.req_packed_commands(&pipe, 0, 2).await?.into_iter();
-                let answer = answers.next().unwrap_or(Value::Nil);
-                (answer, answers.next())
             }
+            let sent = 1 + usize::from(request.expiry) + usize::from(replicas.is_some());
+            let mut answers = conn.req_packed_commands(&pipe, 0, sent).await?.into_iter();
+            let answer = answers.next().unwrap_or(Value::Nil);
+            let expiry = if request.expiry { answers.next() } else { None };
+            (answer, expiry, answers.next())
         };
         match (answer.extract_error(), request.script) {
-            (Err(error), Some((lua, key)))
+            (Err(error), Some(lua))
                 if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) && !loaded =>
             {
                 loaded = true;
@@ -444,16 +478,24 @@ async fn send(
                 } else {
                     let mut load = redis::cmd("SCRIPT");
                     load.arg("LOAD").arg(lua.source);
-                    conn.on_master_of(key, load).await?.extract_error()?;
+                    conn.on_master_of(request.key, load)
+                        .await?
+                        .extract_error()?;
                 }
             }
             (Err(error), _) => return Err(error),
-            (Ok(answer), _) => {
-                let acked = match acked {
-                    Some(value) => Some(i64::from_redis_value(value.extract_error()?)?),
-                    None => None,
+            (Ok(value), _) => {
+                let number = |answer: Option<Value>| -> RedisResult<Option<i64>> {
+                    match answer {
+                        Some(answer) => Ok(Some(i64::from_redis_value(answer.extract_error()?)?)),
+                        None => Ok(None),
+                    }
                 };
-                return Ok((answer, acked));
+                return Ok(Answer {
+                    value,
+                    expiry: number(expiry)?,
+                    acked: number(acked)?,
+                });
             }
         }
     }
@@ -501,6 +543,7 @@ impl Undo {
         runtime.spawn(async move {
             let request = Request::script(&self.scripts.release, &self.key, &[&self.claim]);
             let undone = tokio::time::timeout(self.within, send(&mut conn, &request, None)).await;
+            let undone = undone.map(|answer| answer.map(|answer| answer.value));
             tracing::debug!(?undone, "idem released a claim whose SET timed out");
         });
     }
@@ -508,7 +551,7 @@ impl Undo {
 
 /// Why the start-up check failed.
 enum Checked {
-    Pool(deadpool::managed::PoolError<redis::RedisError>),
+    Link(Unlinked),
     Command(redis::RedisError),
 }
 
@@ -535,18 +578,24 @@ impl Store for RedisStore {
                 .arg("PX")
                 .arg(millis(lease))
                 .arg("GET");
-            let undo = Undo {
-                key: key.to_owned(),
-                claim: mine.clone(),
-                scripts: self.shared.scripts,
-                within: lease,
-            };
-            let (answer, acked) = self.query(Request::command(cmd), true, Some(undo)).await?;
-            match self.parse::<Option<Vec<u8>>>(answer)? {
+            let request = Request::command(cmd, key)
+                .replicated()
+                .with_expiry(self.shared.report_expiry);
+            let answer = self.query(request, Some((&mine, lease))).await?;
+            match self.parse::<Option<Vec<u8>>>(answer.value)? {
                 // Our own claim is found when the cluster client sent the SET again after the
                 // first one was applied but its answer lost: the key is ours either way.
-                Some(found) if found != mine => Ok(Some(Record::from_bytes(found))),
-                _ => match self.replicated(acked, "claim") {
+                Some(found) if found != mine => Ok(Some(match Record::from_bytes(found) {
+                    Record::Completed { payload, .. } => Record::Completed {
+                        payload,
+                        expires_in: answer
+                            .expiry
+                            .and_then(|ms| u64::try_from(ms).ok())
+                            .map(Duration::from_millis),
+                    },
+                    in_progress => in_progress,
+                })),
+                _ => match self.replicated(answer.acked, "claim") {
                     Ok(()) => Ok(None),
                     Err(error) => {
                         // Not durable, so not ours to run on: free the key for a retry.
@@ -574,9 +623,11 @@ impl Store for RedisStore {
                 key,
                 &[&claim.to_bytes(), payload, ttl.as_bytes()],
             );
-            let (answer, acked) = self.query(request, true, None).await?;
-            match self.fence(answer)? {
-                Fence::Held => self.replicated(acked, "result").map(|()| Fence::Held),
+            let answer = self.query(request.replicated(), None).await?;
+            match self.fence(answer.value)? {
+                Fence::Held => self
+                    .replicated(answer.acked, "result")
+                    .map(|()| Fence::Held),
                 Fence::Lost => Ok(Fence::Lost),
             }
         })
@@ -650,12 +701,10 @@ impl Store for RedisStore {
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let status = self.shared.pool.status();
         f.debug_struct("RedisStore")
             .field("url", &self.shared.url)
             .field("cluster", &self.shared.cluster)
-            .field("pool_size", &status.max_size)
-            .field("connections", &status.size)
+            .field("pool_size", &self.shared.pool_size)
             .field("command_timeout", &self.shared.command_timeout)
             .field("min_replicas", &self.shared.replicas.map_or(0, |r| r.count))
             .finish()
