@@ -267,7 +267,7 @@ fn expand(args: Args, function: ItemFn) -> TokenStream {
         #vis #sig {
             #(#inner)*
             #(#checks)*
-            let #call = #private::Call::new(#scope, #key) #(#options)*;
+            let #call = #private::call(#scope, #key) #(#options)*;
             #run
         }
     }

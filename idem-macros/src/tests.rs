@@ -223,7 +223,7 @@ fn scope_defaults_to_the_function_path() {
     let out = expand("key = 1", "async fn r#type() {}");
     assert!(out.contains(r#"module_path ! () , "::" , "type""#), "{out}");
     let out = expand(r#"key = 1, scope = "billing""#, "async fn f() {}");
-    assert!(out.contains(r#"Call :: new ("billing""#), "{out}");
+    assert!(out.contains(r#"__private :: call ("billing""#), "{out}");
 }
 
 #[test]

@@ -58,9 +58,14 @@ pub struct Call {
 impl Call {
     /// A call of `scope` (the namespace, such as the function's path) with `key`.
     pub fn new(scope: impl Into<Cow<'static, str>>, key: impl Display) -> Self {
+        Call::keyed(scope.into(), key.to_string())
+    }
+
+    /// A call whose key is rendered already.
+    pub(crate) fn keyed(scope: Cow<'static, str>, key: String) -> Self {
         Call {
-            scope: scope.into(),
-            key: key.to_string(),
+            scope,
+            key,
             ttl: None,
             lease: None,
             wait: None,
@@ -111,48 +116,53 @@ impl Call {
 
     /// Runs `body` once for this key and stores its value; replays the stored value to every
     /// later or concurrent call.
-    pub async fn run<T, F>(self, body: F) -> Result<Outcome<T>, Error>
+    pub fn run<T, F>(self, body: F) -> impl Future<Output = Result<Outcome<T>, Error>>
     where
         T: Serialize + DeserializeOwned,
         F: Future<Output = T>,
     {
-        engine::execute(self, body, PlainShape::new()).await
+        // The engine's future itself, not one wrapped around it: a call's future is moved
+        // whole on every call, and each layer adds to what is copied.
+        engine::execute(self, body, PlainShape::new())
     }
 
     /// Runs a fallible `body`: an `Ok` value is stored and replayed, an `Err` is returned and
     /// releases the key, so that a retry runs the body again.
-    pub async fn run_result<T, E, F>(self, body: F) -> Result<Outcome<Result<T, E>>, Error>
+    pub fn run_result<T, E, F>(
+        self,
+        body: F,
+    ) -> impl Future<Output = Result<Outcome<Result<T, E>>, Error>>
     where
         T: Serialize + DeserializeOwned,
         F: Future<Output = Result<T, E>>,
     {
-        engine::execute(self, body, ResultShape::new()).await
+        engine::execute(self, body, ResultShape::new())
     }
 
     /// Like [`run_result`](Call::run_result), but the errors for which `cache_err` returns
     /// true are permanent: stored and replayed like a value.
-    pub async fn run_result_caching<T, E, F, P>(
+    pub fn run_result_caching<T, E, F, P>(
         self,
         cache_err: P,
         body: F,
-    ) -> Result<Outcome<Result<T, E>>, Error>
+    ) -> impl Future<Output = Result<Outcome<Result<T, E>>, Error>>
     where
         T: Serialize + DeserializeOwned,
         E: Serialize + DeserializeOwned,
         F: Future<Output = Result<T, E>>,
         P: FnOnce(&E) -> bool,
     {
-        engine::execute(self, body, CachingShape::new(cache_err)).await
+        engine::execute(self, body, CachingShape::new(cache_err))
     }
 }
 
 /// Runs `body` once per key; see [`Call`].
-pub async fn run<T, F>(call: Call, body: F) -> Result<Outcome<T>, Error>
+pub fn run<T, F>(call: Call, body: F) -> impl Future<Output = Result<Outcome<T>, Error>>
 where
     T: Serialize + DeserializeOwned,
     F: Future<Output = T>,
 {
-    call.run(body).await
+    call.run(body)
 }
 
 /// The value of a call and how it was obtained.

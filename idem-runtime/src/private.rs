@@ -12,6 +12,12 @@ pub use crate::error::Error;
 pub use crate::store::StoreHandle;
 pub use core::time::Duration;
 
+/// The call of an `#[idempotent]` function: its key is built as a `String` already (by
+/// [`key`] or [`KeyBuilder`]), which the call takes as it is.
+pub fn call(scope: &'static str, key: String) -> Call {
+    Call::keyed(scope.into(), key)
+}
+
 /// The key of a call whose `key =` is one `Display` value.
 pub fn key<K: Display + ?Sized>(key: &K) -> String {
     key.to_string()

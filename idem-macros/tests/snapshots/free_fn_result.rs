@@ -14,7 +14,7 @@ pub async fn charge(req: &ChargeRequest) -> Result<Receipt, PaymentError> {
 pub async fn charge(req: &ChargeRequest) -> Result<Receipt, PaymentError> {
     ::idem::__private::assert_storable::<Receipt>();
     ::idem::__private::assert_error_type::<PaymentError>();
-    let __idem_call = ::idem::__private::Call::new(
+    let __idem_call = ::idem::__private::call(
             ::core::concat!(::core::module_path!(), "::", "charge"),
             ::idem::__private::key(&(req.order_id)),
         )

@@ -23,7 +23,7 @@ where
 {
     ::idem::__private::assert_storable::<T>();
     ::idem::__private::assert_error_type::<S::Error>();
-    let __idem_call = ::idem::__private::Call::new(
+    let __idem_call = ::idem::__private::call(
             ::core::concat!(::core::module_path!(), "::", "load"),
             ::idem::__private::key(&(id)),
         )

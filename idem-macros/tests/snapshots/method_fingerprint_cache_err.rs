@@ -23,7 +23,7 @@ async fn transfer(&mut self, transfer: &Transfer) -> Result<Receipt, LedgerError
     ::idem::__private::assert_storable::<Receipt>();
     ::idem::__private::assert_error_type::<LedgerError>();
     ::idem::__private::assert_cacheable_error::<LedgerError>();
-    let __idem_call = ::idem::__private::Call::new(
+    let __idem_call = ::idem::__private::call(
             ::core::concat!(::core::module_path!(), "::", "transfer"),
             ::idem::__private::key(&(transfer.id)),
         )

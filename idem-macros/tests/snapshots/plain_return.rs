@@ -13,7 +13,7 @@ async fn send_welcome(
     mailer: &Mailer,
 ) -> ::core::result::Result<EmailId, ::idem::__private::Error> {
     ::idem::__private::assert_storable::<EmailId>();
-    let __idem_call = ::idem::__private::Call::new(
+    let __idem_call = ::idem::__private::call(
             ::core::concat!(::core::module_path!(), "::", "send_welcome"),
             ::idem::__private::key(&(user_id)),
         )

@@ -16,7 +16,7 @@ async fn submit(tenant: &str, req: Order) -> io::Result<OrderId> {
 // expansion
 async fn submit(tenant: &str, req: Order) -> io::Result<OrderId> {
     my_app::reexports::idem::__private::assert_storable::<OrderId>();
-    let __idem_call = my_app::reexports::idem::__private::Call::new(
+    let __idem_call = my_app::reexports::idem::__private::call(
             "orders::submit",
             my_app::reexports::idem::__private::KeyBuilder::new()
                 .part(&(tenant))
