@@ -44,8 +44,8 @@ struct Shared {
 
 /// One completed record, as the store holds it, and when the cached copy stops being served.
 pub(crate) struct Cached {
-    /// The encoded envelope of the result.
-    pub(crate) payload: Box<[u8]>,
+    /// The encoded envelope of the result, checked to be UTF-8 (as every envelope is).
+    pub(crate) payload: Box<str>,
     deadline: Instant,
 }
 
@@ -93,10 +93,14 @@ impl LocalCache {
         if deadline <= Instant::now() {
             return;
         }
+        // Not an envelope: left to the store, whose replay reports it.
+        let Ok(payload) = String::from_utf8(payload) else {
+            return;
+        };
         self.0.entries.insert(
             key.to_owned(),
             Arc::new(Cached {
-                payload: payload.into_boxed_slice(),
+                payload: payload.into_boxed_str(),
                 deadline,
             }),
         );
@@ -121,7 +125,7 @@ mod tests {
         let cache = LocalCache::new(10);
         let sent = Instant::now();
         cache.keep("k", b"payload".to_vec(), sent, Duration::from_millis(100));
-        assert_eq!(&*cache.get("k").expect("cached").payload, b"payload");
+        assert_eq!(&*cache.get("k").expect("cached").payload, "payload");
         assert!(cache.get("other").is_none());
         tokio::time::advance(Duration::from_millis(99)).await;
         assert!(
@@ -164,10 +168,19 @@ mod tests {
             Duration::from_secs(60),
         );
         tokio::time::advance(Duration::from_millis(20)).await;
-        assert_eq!(
-            &*cache.get("k").expect("the newer deadline").payload,
-            b"new"
+        assert_eq!(&*cache.get("k").expect("the newer deadline").payload, "new");
+    }
+
+    #[tokio::test]
+    async fn bytes_that_are_no_envelope_are_not_kept() {
+        let cache = LocalCache::new(10);
+        cache.keep(
+            "k",
+            b"\xff\xfe".to_vec(),
+            Instant::now(),
+            Duration::from_secs(60),
         );
+        assert!(cache.get("k").is_none());
     }
 
     #[tokio::test]

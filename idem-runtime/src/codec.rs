@@ -17,7 +17,7 @@ const VERSION: u32 = 1;
 const CODEC: &str = "json";
 
 /// How every envelope written by this version begins (see [`seal`]).
-const HEAD: &[u8] = b"{\"v\":1,\"codec\":\"json\",\"fp\":";
+const HEAD: &str = r#"{"v":1,"codec":"json","fp":"#;
 
 /// Which side of a `Result` a record holds.
 #[derive(Clone, Copy)]
@@ -30,7 +30,7 @@ pub(crate) enum Side {
 pub(crate) struct Envelope<'a> {
     pub(crate) fingerprint: Option<Fingerprint>,
     pub(crate) side: Side,
-    pub(crate) value: &'a [u8],
+    pub(crate) value: &'a str,
 }
 
 #[derive(Deserialize)]
@@ -78,7 +78,7 @@ pub(crate) fn open(bytes: &[u8]) -> Result<Envelope<'_>, String> {
     Ok(Envelope {
         fingerprint,
         side,
-        value: value.get().as_bytes(),
+        value: value.get(),
     })
 }
 
@@ -89,24 +89,23 @@ pub(crate) fn open(bytes: &[u8]) -> Result<Envelope<'_>, String> {
 /// The value is not checked here: it is the text between the side's field and the closing
 /// brace, and decoding it fails unless it is exactly one JSON value, so a caller that fails
 /// to decode it must let [`open`] decide.
-pub(crate) fn open_written(bytes: &[u8]) -> Option<Envelope<'_>> {
-    let rest = bytes.strip_prefix(HEAD)?;
-    let (fingerprint, rest) = match rest.strip_prefix(b"null") {
+pub(crate) fn open_written(text: &str) -> Option<Envelope<'_>> {
+    let rest = text.strip_prefix(HEAD)?;
+    let (fingerprint, rest) = match rest.strip_prefix("null") {
         Some(rest) => (None, rest),
         None => {
-            let (hex, rest) = rest.strip_prefix(b"\"")?.split_at_checked(64)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            (Some(Fingerprint::from_hex(hex)?), rest.strip_prefix(b"\"")?)
+            let (hex, rest) = rest.strip_prefix('"')?.split_at_checked(64)?;
+            (Some(Fingerprint::from_hex(hex)?), rest.strip_prefix('"')?)
         }
     };
-    let (side, rest) = match rest.strip_prefix(b",\"ok\":") {
+    let (side, rest) = match rest.strip_prefix(r#","ok":"#) {
         Some(rest) => (Side::Ok, rest),
-        None => (Side::Err, rest.strip_prefix(b",\"err\":")?),
+        None => (Side::Err, rest.strip_prefix(r#","err":"#)?),
     };
     Some(Envelope {
         fingerprint,
         side,
-        value: rest.strip_suffix(b"}")?,
+        value: rest.strip_suffix('}')?,
     })
 }
 
@@ -117,7 +116,7 @@ pub(crate) fn seal<V: Serialize + ?Sized>(
     value: &V,
 ) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(128);
-    out.extend_from_slice(HEAD);
+    out.extend_from_slice(HEAD.as_bytes());
     match fingerprint {
         Some(fp) => {
             out.push(b'"');
@@ -135,9 +134,9 @@ pub(crate) fn seal<V: Serialize + ?Sized>(
     Ok(out)
 }
 
-fn decode<T: DeserializeOwned>(json: &[u8]) -> Result<T, String> {
-    // One check of the whole text is cheaper than serde_json's check of each string in it.
-    let json = std::str::from_utf8(json).map_err(|e| format!("not UTF-8: {e}"))?;
+fn decode<T: DeserializeOwned>(json: &str) -> Result<T, String> {
+    // Parsed as text checked once (by the caller, with the rest of the envelope), which is
+    // cheaper than serde_json's check of each string in it.
     serde_json::from_str(json).map_err(|e| e.to_string())
 }
 
@@ -305,7 +304,7 @@ mod tests {
             seal(None, Side::Ok, &None::<u8>).unwrap(),
         ] {
             let envelope = open(&bytes).unwrap();
-            assert_eq!(envelope.value, b"null");
+            assert_eq!(envelope.value, "null");
         }
     }
 
@@ -354,11 +353,11 @@ mod tests {
         let fp = Fingerprint::of_bytes(b"req");
         for (fingerprint, side) in [(Some(&fp), Side::Ok), (None, Side::Err)] {
             let bytes = seal(fingerprint, side, &("x", [1, 2])).unwrap();
-            let quick = open_written(&bytes).expect("as written");
+            let quick = open_written(std::str::from_utf8(&bytes).unwrap()).expect("as written");
             let parsed = open(&bytes).unwrap();
             assert_eq!(quick.fingerprint, parsed.fingerprint);
             assert_eq!(quick.value, parsed.value);
-            assert_eq!(quick.value, b"[\"x\",[1,2]]");
+            assert_eq!(quick.value, r#"["x",[1,2]]"#);
             assert!(matches!(
                 (quick.side, parsed.side),
                 (Side::Ok, Side::Ok) | (Side::Err, Side::Err)
@@ -376,14 +375,14 @@ mod tests {
             b"{\"v\":1,\"codec\":\"json\",\"fp\":nul",
         ] {
             assert!(
-                open_written(bytes).is_none(),
+                open_written(std::str::from_utf8(bytes).unwrap()).is_none(),
                 "{}",
                 String::from_utf8_lossy(bytes)
             );
         }
         // Laid out as written but not one value: decoding fails, so the parser decides.
         let two = b"{\"v\":1,\"codec\":\"json\",\"fp\":null,\"ok\":1,\"err\":2}";
-        let quick = open_written(two).expect("the layout matches");
+        let quick = open_written(std::str::from_utf8(two).unwrap()).expect("the layout matches");
         assert!(PlainShape::<u8>::new().open(&quick).is_err());
         assert!(open(two).is_err());
     }

@@ -94,11 +94,21 @@ impl Idem {
     /// The idem a call made here would use: the innermost [`scope`](Idem::scope), else the one
     /// given to [`init`], else the in-process memory default.
     pub fn current() -> Idem {
-        SCOPED
-            .try_with(Idem::clone)
-            .ok()
-            .or_else(|| GLOBAL.get().cloned())
-            .unwrap_or_else(fallback)
+        Idem::with_current(Idem::clone)
+    }
+
+    /// Runs `f` with a reference to the idem a call made here would use (see
+    /// [`current`](Idem::current)), without cloning it.
+    pub(crate) fn with_current<R>(f: impl FnOnce(&Idem) -> R) -> R {
+        let mut f = Some(f);
+        if let Ok(Some(done)) = SCOPED.try_with(|idem| f.take().map(|f| f(idem))) {
+            return done;
+        }
+        let f = f.take().expect("not called: no scoped idem");
+        match GLOBAL.get() {
+            Some(idem) => f(idem),
+            None => f(fallback()),
+        }
     }
 }
 
@@ -117,17 +127,15 @@ async fn connect_redis(config: &Config) -> Result<StoreHandle, Error> {
         .map(StoreHandle::new)
 }
 
-fn fallback() -> Idem {
-    FALLBACK
-        .get_or_init(|| {
-            tracing::warn!(
-                "idem::init was not called: using an in-process memory store, so calls are \
+fn fallback() -> &'static Idem {
+    FALLBACK.get_or_init(|| {
+        tracing::warn!(
+            "idem::init was not called: using an in-process memory store, so calls are \
                  idempotent within this process only"
-            );
-            let config = Config::default();
-            Idem::with_settings(MemoryStore::with_capacity(config.memory_capacity), &config)
-        })
-        .clone()
+        );
+        let config = Config::default();
+        Idem::with_settings(MemoryStore::with_capacity(config.memory_capacity), &config)
+    })
 }
 
 /// Configures idem for the whole process: call it once at start-up, before the first

@@ -7,7 +7,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::cache::LocalCache;
+use std::sync::Arc;
+
+use crate::cache::{Cached, LocalCache};
 use crate::call::{Call, Outcome, Status};
 use crate::codec::{self, Seal, Shape};
 use crate::config::{FailMode, check_expiry};
@@ -31,12 +33,22 @@ where
     F: Future<Output = R>,
     S: Shape<R>,
 {
-    let Idem {
-        store: configured,
-        settings,
-        local,
-    } = Idem::current();
-    let key = key::store_key(&settings.prefix, &call.scope, &call.key, settings.hash_keys);
+    // Looked up while the current idem is borrowed: a replay from the local cache takes no
+    // reference to the store, the settings or the cache.
+    let (key, found) = Idem::with_current(|current| {
+        let settings = &current.settings;
+        let key = key::store_key(&settings.prefix, &call.scope, &call.key, settings.hash_keys);
+        // The local cache holds records of the configured store only.
+        let cached = match (&call.store, &current.local) {
+            (None, Some(cache)) => cache.get(&key),
+            _ => None,
+        };
+        let found = match cached {
+            Some(cached) => Found::Cached(cached, settings.ttl, settings.lease),
+            None => Found::Store(current.clone()),
+        };
+        (key, found)
+    });
     let span = tracing::debug_span!(
         "idem",
         scope = %call.scope,
@@ -51,21 +63,22 @@ where
         Some(Ok(fp)) => Some(fp),
         Some(Err(reason)) => return Err(Error::Fingerprint { key, reason }),
     };
-    let ttl = call.ttl.unwrap_or(settings.ttl);
-    let lease = call.lease.unwrap_or(settings.lease);
+    let (ttl, lease) = match &found {
+        Found::Cached(_, ttl, lease) => (*ttl, *lease),
+        Found::Store(current) => (current.settings.ttl, current.settings.lease),
+    };
+    let ttl = call.ttl.unwrap_or(ttl);
+    let lease = call.lease.unwrap_or(lease);
     check_expiry("ttl", ttl)?;
     check_expiry("lease", lease)?;
-    // The local cache holds records of the configured store only.
-    let local = match call.store {
-        None => local,
-        Some(_) => None,
-    };
-    let result = match local.as_ref().and_then(|cache| cache.get(&key)) {
-        Some(cached) => {
+    let result = match found {
+        Found::Cached(cached, ..) => {
             let replayed = span.in_scope(|| {
-                open(&key, fingerprint.as_ref(), &cached.payload, &shape).map(|value| Outcome {
-                    value,
-                    status: Status::Replayed,
+                open_text(&key, fingerprint.as_ref(), &cached.payload, &shape).map(|value| {
+                    Outcome {
+                        value,
+                        status: Status::Replayed,
+                    }
                 })
             });
             // A replay from the cache never waits: let a loop of them yield to the other
@@ -73,7 +86,13 @@ where
             tokio::task::consume_budget().await;
             replayed
         }
-        None => {
+        Found::Store(Idem {
+            store: configured,
+            settings,
+            local,
+        }) => {
+            // The local cache holds records of the configured store only.
+            let local = local.filter(|_| call.store.is_none());
             let run = Run {
                 store: call.store.unwrap_or(configured),
                 claim: Claim::new(fingerprint),
@@ -107,6 +126,13 @@ where
     span.record("outcome", counted.label());
     observe::count(&call.scope, counted);
     result
+}
+
+/// Where a call's record was found before it ran: in the local cache (with the configured
+/// ttl and lease, which are still checked), or not, and then it goes to the store of `Idem`.
+enum Found {
+    Cached(Arc<Cached>, Duration, Duration),
+    Store(Idem),
 }
 
 /// One call, resolved against its store and settings.
@@ -334,13 +360,38 @@ fn open<R, S: Shape<R>>(
     bytes: &[u8],
     shape: &S,
 ) -> Result<R, Error> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => open_text(key, fingerprint, text, shape),
+        Err(_) => parse(key, fingerprint, bytes, shape),
+    }
+}
+
+/// [`open`] for an envelope known to be UTF-8 (the local cache checks it once, when it keeps
+/// the record).
+fn open_text<R, S: Shape<R>>(
+    key: &str,
+    fingerprint: Option<&Fingerprint>,
+    text: &str,
+    shape: &S,
+) -> Result<R, Error> {
     // The envelope as this version writes it, read in place: the common case.
-    if let Some(envelope) = codec::open_written(bytes)
+    if let Some(envelope) = codec::open_written(text)
         && !mismatch(fingerprint, envelope.fingerprint.as_ref())
         && let Ok(value) = shape.open(&envelope)
     {
         return Ok(value);
     }
+    parse(key, fingerprint, text.as_bytes(), shape)
+}
+
+/// [`open`] by a full parse of the envelope, which decides every case but the common one.
+#[cold]
+fn parse<R, S: Shape<R>>(
+    key: &str,
+    fingerprint: Option<&Fingerprint>,
+    bytes: &[u8],
+    shape: &S,
+) -> Result<R, Error> {
     // Anything else (another layout, corrupt bytes, another request): the full parse decides.
     let decode_error = |reason| Error::Decode {
         key: key.to_owned(),

@@ -4,7 +4,11 @@
 //! cargo bench --manifest-path bench/Cargo.toml --bench compare            # the table
 //! cargo bench --manifest-path bench/Cargo.toml --bench compare -- --json  # JSON instead
 //! cargo bench --manifest-path bench/Cargo.toml --bench compare -- --quick # a short check
+//! cargo bench --manifest-path bench/Cargo.toml --bench compare -- --only concurrent # one part
 //! ```
+//!
+//! `--only` runs one part (`memory`, `redis`, `concurrent`, `floor`, `waiters`, `scaling`,
+//! `bytes`), for profiling it.
 //!
 //! It starts a `redis-server` of its own on a free loopback port (and stops it at the end),
 //! runs every comparison on one current-thread tokio runtime (the client uses one core, the
@@ -45,6 +49,11 @@ fn main() {
         return;
     }
     let quick = flag("--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|at| args.get(at + 1).cloned());
+    let part = |name: &str| only.as_deref().is_none_or(|only| only == name);
     let plan = if quick { Plan::quick() } else { Plan::full() };
     let started = Instant::now();
 
@@ -76,17 +85,31 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     runtime.block_on(async {
-        memory::one_caller(&mut report, &plan).await;
+        if part("memory") {
+            memory::one_caller(&mut report, &plan).await;
+        }
         let setup = on_redis::Setup::new(&server.url()).await;
-        on_redis::one_caller(&mut report, &plan, &setup).await;
-        on_redis::concurrent(&mut report, &plan, &setup).await;
-        floor::rows(&mut report, &plan, &setup.conn).await;
-        let memory = Idem::with_settings(memory::roomy_store(), &Config::default());
-        waiters::rows(&mut report, &memory, &setup.idem, quick).await;
-        memory::scaling(&mut report, &plan).await;
-        on_redis::scaling(&mut report, &plan, &setup).await;
+        if part("redis") {
+            on_redis::one_caller(&mut report, &plan, &setup).await;
+        }
+        if part("concurrent") {
+            on_redis::concurrent(&mut report, &plan, &setup).await;
+        }
+        if part("floor") {
+            floor::rows(&mut report, &plan, &setup.conn).await;
+        }
+        if part("waiters") {
+            let memory = Idem::with_settings(memory::roomy_store(), &Config::default());
+            waiters::rows(&mut report, &memory, &setup.idem, quick).await;
+        }
+        if part("scaling") {
+            memory::scaling(&mut report, &plan).await;
+            on_redis::scaling(&mut report, &plan, &setup).await;
+        }
     });
-    child::rows(&mut report);
+    if part("bytes") {
+        child::rows(&mut report);
+    }
     report.context.push(("load at end".into(), load()));
     report.context.push((
         "run time".into(),
