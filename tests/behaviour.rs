@@ -209,7 +209,12 @@ fn metrics_count_every_outcome() {
             let call = |key: &str| Call::new("metered", key.to_owned()).store(store.clone());
             call("a").run(async { 1 }).await.unwrap();
             call("a").run(async { 1 }).await.unwrap();
-            call("a").run(async { 1 }).await.unwrap();
+            // A scope built at run time counts under the same labels.
+            Call::new(String::from("metered"), "a")
+                .store(store.clone())
+                .run(async { 1 })
+                .await
+                .unwrap();
             call("b").fingerprint("x").run(async { 1 }).await.unwrap();
             call("b")
                 .fingerprint("y")

@@ -1,7 +1,10 @@
 //! The metrics idem reports (see the crate docs for the names).
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
 use std::time::Instant;
 
 /// The counter of calls by scope and outcome.
@@ -10,7 +13,7 @@ pub const CALLS_TOTAL: &str = "idem_calls_total";
 pub const STORE_SECONDS: &str = "idem_store_seconds";
 
 /// How a call ended, as the `outcome` label of [`CALLS_TOTAL`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Outcome {
     Executed,
     Replayed,
@@ -39,16 +42,102 @@ impl Outcome {
     }
 }
 
+/// Where the `idem_calls_total` counters are registered from.
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// How many counter keys a thread keeps at most (a program has as many static scopes as
+/// idempotent functions; a key beyond this is built for each call).
+const KEPT_KEYS: usize = 4_096;
+
+thread_local! {
+    /// The counter keys of static scopes (by the scope's address and length) and outcomes,
+    /// built once per thread: counting a call then allocates nothing and hashes no label.
+    static KEYS: RefCell<HashMap<(usize, usize, Outcome), metrics::Key, Mix>> =
+        const { RefCell::new(HashMap::with_hasher(Mix)) };
+}
+
+/// A hasher for [`KEYS`]: its keys are an address, a length and an outcome, from this
+/// process, so a multiply-rotate mix spreads them well enough, at a few instructions where
+/// SipHash costs a hundred.
+#[derive(Clone, Copy, Default)]
+struct Mix;
+
+impl BuildHasher for Mix {
+    type Hasher = Mixer;
+    fn build_hasher(&self) -> Mixer {
+        Mixer(0)
+    }
+}
+
+struct Mixer(u64);
+
+impl Hasher for Mixer {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, word: usize) {
+        self.write_u64(word as u64);
+    }
+}
+
+fn key_of(scope: metrics::SharedString, outcome: Outcome) -> metrics::Key {
+    metrics::Key::from_parts(
+        CALLS_TOTAL,
+        vec![
+            metrics::Label::new("scope", scope),
+            metrics::Label::from_static_parts("outcome", outcome.label()),
+        ],
+    )
+}
+
+fn increment(key: &metrics::Key) {
+    metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1);
+}
+
+/// Counts a call of `scope` that ended with `outcome` in `idem_calls_total`.
 #[allow(
     clippy::ptr_arg,
     reason = "a borrowed static scope becomes a label without allocating"
 )]
 pub(crate) fn count(scope: &Cow<'static, str>, outcome: Outcome) {
     let scope = match scope {
-        Cow::Borrowed(s) => metrics::SharedString::const_str(s),
-        Cow::Owned(s) => metrics::SharedString::from(s.clone()),
+        Cow::Borrowed(scope) => scope,
+        Cow::Owned(scope) => return increment(&key_of(scope.clone().into(), outcome)),
     };
-    metrics::counter!(CALLS_TOTAL, "scope" => scope, "outcome" => outcome.label()).increment(1);
+    let at = (scope.as_ptr() as usize, scope.len(), outcome);
+    let counted = KEYS.try_with(|keys| {
+        // Borrowed already only when a recorder, while counting, made an idempotent call.
+        let Ok(mut keys) = keys.try_borrow_mut() else {
+            return false;
+        };
+        if let Some(key) = keys.get(&at) {
+            increment(key);
+            return true;
+        }
+        if keys.len() >= KEPT_KEYS {
+            return false;
+        }
+        let key = keys
+            .entry(at)
+            .or_insert_with(|| key_of(metrics::SharedString::const_str(scope), outcome));
+        increment(key);
+        true
+    });
+    if counted != Ok(true) {
+        increment(&key_of(metrics::SharedString::const_str(scope), outcome));
+    }
 }
 
 /// Runs one store operation and records its latency.
