@@ -398,8 +398,9 @@ impl<'a> Request<'a> {
 
     /// `EVALSHA sha 1 key args…`.
     fn script(lua: &'static Lua, key: &'a str, args: &[&[u8]]) -> Self {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(lua.sha()).arg(1).arg(key);
+        let data = args.iter().map(|arg| arg.len()).sum::<usize>() + key.len() + 64;
+        let mut cmd = sized(args.len() + 4, data);
+        cmd.arg("EVALSHA").arg(lua.sha()).arg(1).arg(key);
         for arg in args {
             cmd.arg(*arg);
         }
@@ -501,6 +502,12 @@ async fn send(
     }
 }
 
+/// An empty command with room for `words` words of `bytes` bytes in all: built in place, it
+/// costs no reallocation (growing from empty cost a tenth of a replay's client time).
+fn sized(words: usize, bytes: usize) -> Cmd {
+    Cmd::with_capacity(words, bytes)
+}
+
 /// `EVAL source …` with the keys and arguments of `EVALSHA sha …`.
 fn evaluate(lua: &Lua, evalsha: &Cmd) -> Cmd {
     let mut cmd = redis::cmd("EVAL");
@@ -571,8 +578,9 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, Option<Record>> {
         Box::pin(async move {
             let mine = claim.to_bytes();
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(key)
+            let mut cmd = sized(7, key.len() + mine.len() + 32);
+            cmd.arg("SET")
+                .arg(key)
                 .arg(&mine)
                 .arg("NX")
                 .arg("PX")
