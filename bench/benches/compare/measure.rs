@@ -12,8 +12,13 @@ use serde::Serialize;
 /// How long and how often to sample.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
-    /// Samples of each measured thing.
+    /// Throughput samples of each measured thing.
     pub samples: usize,
+    /// Latency samples of each measured thing: more and shorter than the throughput ones,
+    /// because one caller's round trips on this VM swing between regimes (10 µs to 150 µs
+    /// on loopback) within a second, and the median of many short samples taken in turn
+    /// with the baseline moves much less than the one of a few long ones.
+    pub latency_samples: usize,
     /// The length of one latency sample (a batch of calls timed together).
     pub sample_time: Duration,
     /// The length of one throughput sample.
@@ -27,7 +32,8 @@ impl Plan {
     pub fn full() -> Self {
         Plan {
             samples: 11,
-            sample_time: Duration::from_millis(40),
+            latency_samples: 41,
+            sample_time: Duration::from_millis(10),
             burst_time: Duration::from_millis(250),
             warmup: Duration::from_millis(150),
         }
@@ -37,7 +43,8 @@ impl Plan {
     pub fn quick() -> Self {
         Plan {
             samples: 3,
-            sample_time: Duration::from_millis(10),
+            latency_samples: 5,
+            sample_time: Duration::from_millis(5),
             burst_time: Duration::from_millis(50),
             warmup: Duration::from_millis(20),
         }
@@ -53,6 +60,12 @@ pub struct Stats {
     pub min: f64,
     pub max: f64,
     pub samples: usize,
+    /// For a thing sampled in turn with a baseline: the median of its samples each divided
+    /// by the baseline's sample taken just before it, and of their differences. Each pair is
+    /// measured within a few milliseconds, so a change of the machine's speed between
+    /// pairs cancels out; the table's ratio and overhead are these.
+    pub paired_ratio: Option<f64>,
+    pub paired_difference: Option<f64>,
 }
 
 impl Stats {
@@ -64,6 +77,19 @@ impl Stats {
             min: values[0],
             max: values[values.len() - 1],
             samples: values.len(),
+            paired_ratio: None,
+            paired_difference: None,
+        }
+    }
+
+    /// The stats of `subject` with its pairing to `base`, sample by sample.
+    fn paired(base: &[f64], subject: Vec<f64>) -> Stats {
+        let ratios = Stats::of(base.iter().zip(&subject).map(|(b, s)| s / b).collect());
+        let differences = Stats::of(base.iter().zip(&subject).map(|(b, s)| s - b).collect());
+        Stats {
+            paired_ratio: Some(ratios.median),
+            paired_difference: Some(differences.median),
+            ..Stats::of(subject)
         }
     }
 }
@@ -109,8 +135,8 @@ async fn sample<F: AsyncFnMut()>(op: &mut F, n: u64) -> f64 {
 /// The latency (ns per call) of `op`, one caller.
 pub async fn latency<F: AsyncFnMut()>(plan: &Plan, mut op: F) -> Stats {
     let n = batch_size(&mut op, plan).await;
-    let mut values = Vec::with_capacity(plan.samples);
-    for _ in 0..plan.samples {
+    let mut values = Vec::with_capacity(plan.latency_samples);
+    for _ in 0..plan.latency_samples {
         values.push(sample(&mut op, n).await);
     }
     Stats::of(values)
@@ -125,11 +151,12 @@ pub async fn latency_pair<B: AsyncFnMut(), S: AsyncFnMut()>(
     let nb = batch_size(&mut base, plan).await;
     let ns = batch_size(&mut subject, plan).await;
     let (mut b, mut s) = (Vec::new(), Vec::new());
-    for _ in 0..plan.samples {
+    for _ in 0..plan.latency_samples {
         b.push(sample(&mut base, nb).await);
         s.push(sample(&mut subject, ns).await);
     }
-    (Stats::of(b), Stats::of(s))
+    let subject = Stats::paired(&b, s);
+    (Stats::of(b), subject)
 }
 
 /// An operation that many callers run at once.
@@ -189,7 +216,8 @@ pub async fn throughput_pair<B: Op, S: Op>(
         b.push(burst(&base, callers, plan.burst_time).await);
         s.push(burst(&subject, callers, plan.burst_time).await);
     }
-    (Stats::of(b), Stats::of(s))
+    let subject = Stats::paired(&b, s);
+    (Stats::of(b), subject)
 }
 
 /// The throughput (calls/s) of `op` with `callers` concurrent callers.

@@ -81,9 +81,9 @@ pub struct Row {
     pub stats: Option<Stats>,
     pub baseline: Option<Baseline>,
     pub target: Option<Target>,
-    /// idem / baseline.
+    /// idem / baseline (for things sampled in turn, the median of the per-pair ratios).
     pub ratio: Option<f64>,
-    /// idem − baseline, for latencies.
+    /// idem − baseline, for latencies (likewise paired).
     pub overhead_ns: Option<f64>,
     /// Whether the target is met (no target: none).
     pub met: Option<bool>,
@@ -133,11 +133,17 @@ impl Report {
             value,
             stats,
         });
-        let ratio = baseline
-            .as_ref()
-            .map(|base| idem.value() / base.value.value());
-        let overhead_ns = match (&baseline, idem) {
-            (Some(base), Quantity::Nanos(ns)) => Some(ns - base.value.value()),
+        // Sampled in turn with the baseline: the median of the per-pair ratios (differences).
+        let paired = stats.as_ref().filter(|_| baseline.is_some());
+        let ratio = match paired.and_then(|s| s.paired_ratio) {
+            Some(ratio) => Some(ratio),
+            None => baseline
+                .as_ref()
+                .map(|base| idem.value() / base.value.value()),
+        };
+        let overhead_ns = match (&baseline, idem, paired.and_then(|s| s.paired_difference)) {
+            (Some(_), Quantity::Nanos(_), Some(difference)) => Some(difference),
+            (Some(base), Quantity::Nanos(ns), None) => Some(ns - base.value.value()),
             _ => None,
         };
         let met = target.map(|target| match target {
