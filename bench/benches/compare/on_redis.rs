@@ -44,9 +44,8 @@ impl Setup {
             .expect("connect to the benchmark's redis-server");
         let config = Config::default().store(url);
         let idem = Idem::connect(&config).await.expect("idem: connect");
-        // Its own prefix: its replays come from records it completed itself, the ones its
-        // local cache holds (RedisStore does not report the lifetime of the records it
-        // replays, so those are not cached).
+        // Its own prefix, and the local cache on: its replays come from the cache (records it
+        // completed itself, or replayed once from Redis with their remaining lifetime).
         let cached = Idem::connect(&config.clone().prefix("l1").local_cache(100_000))
             .await
             .expect("idem: connect");

@@ -1,5 +1,6 @@
-//! The connections that carry a store's commands: a few multiplexed connections, shared by
-//! every operation at once.
+//! The connections that carry a store's commands: to one server, a few multiplexed
+//! connections shared by every operation at once; to a Cluster, Cluster connections lent to
+//! one operation at a time.
 //!
 //! A redis-rs [`MultiplexedConnection`](redis::aio::MultiplexedConnection) (and a Cluster
 //! connection, which holds one per node) pipelines the commands of all its clones: an
@@ -20,7 +21,14 @@
 //!
 //! A Cluster connection is never flagged: it holds one connection per node and repairs them
 //! itself (a node whose socket closed is reconnected, a moved slot is looked up again), so
-//! replacing it whole would only cost a new discovery of the cluster.
+//! replacing it whole would only cost a new discovery of the cluster. It is not shared
+//! between concurrent operations either: redis-rs follows an `ASK` redirection (a slot being
+//! migrated) by sending `ASKING` to the target node and, once that is answered, the
+//! command; another operation's command sent on the same node connection in between takes
+//! the one-shot `ASKING`, and the redirected command bounces between the two nodes until its
+//! retries run out (seen in the slot-migration test with one shared Cluster connection). So
+//! an operation holds its Cluster connection, and `pool_size` Cluster connections carry that
+//! many operations at once.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,6 +39,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use redis::{PushInfo, PushKind, RedisError};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::servers::{Conn, Servers, Timeouts};
 
@@ -69,15 +78,36 @@ pub(super) struct Links {
     timeouts: Timeouts,
     places: Box<[Place]>,
     next: AtomicUsize,
+    /// Whether an operation holds its connection alone (Cluster connections).
+    exclusive: bool,
+}
+
+/// A connection handed to one operation; with exclusive use, the operation holds it until
+/// this is dropped.
+pub(super) struct Lent<'a> {
+    pub(super) link: Link,
+    /// The connection's permit, with exclusive use: the operation keeps it while it runs.
+    pub(super) held: Option<SemaphorePermit<'a>>,
 }
 
 /// One of the store's connections, once made.
-#[derive(Default)]
 struct Place {
     link: Mutex<Option<Link>>,
     /// Held while a connection for this place is being made, so that operations dealt to a
     /// broken place make one new connection between them, not one each.
     connecting: tokio::sync::Mutex<()>,
+    /// One permit: held by the operation using the connection, with exclusive use.
+    user: Semaphore,
+}
+
+impl Default for Place {
+    fn default() -> Self {
+        Place {
+            link: Mutex::default(),
+            connecting: tokio::sync::Mutex::default(),
+            user: Semaphore::new(1),
+        }
+    }
 }
 
 impl Place {
@@ -93,21 +123,47 @@ impl Place {
 
 impl Links {
     /// `count` (at least one) connections to `servers` (which must speak RESP3), made with
-    /// `timeouts` when first needed.
-    pub(super) fn new(servers: Arc<Servers>, timeouts: Timeouts, count: usize) -> Self {
+    /// `timeouts` when first needed; each used by one operation at a time if `exclusive`.
+    pub(super) fn new(
+        servers: Arc<Servers>,
+        timeouts: Timeouts,
+        count: usize,
+        exclusive: bool,
+    ) -> Self {
         Links {
             servers,
             timeouts,
             places: (0..count.max(1)).map(|_| Place::default()).collect(),
             next: AtomicUsize::new(0),
+            exclusive,
         }
     }
 
     /// A connection for one operation: the next place's, made first if it has none or a
-    /// broken one.
-    pub(super) async fn get(&self) -> Result<Link, Unlinked> {
-        let at = self.next.fetch_add(1, Ordering::Relaxed) % self.places.len();
-        self.at(at).await
+    /// broken one. With exclusive use, the first free place from there on, or else the next
+    /// place's once its operation is done.
+    pub(super) async fn get(&self) -> Result<Lent<'_>, Unlinked> {
+        let next = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut at = next % self.places.len();
+        let mut held = None;
+        if self.exclusive {
+            let free = (0..self.places.len())
+                .map(|step| (next + step) % self.places.len())
+                .find_map(|at| Some((at, self.places[at].user.try_acquire().ok()?)));
+            held = Some(match free {
+                Some((free, permit)) => {
+                    at = free;
+                    permit
+                }
+                None => self.places[at]
+                    .user
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed"),
+            });
+        }
+        let link = self.at(at).await?;
+        Ok(Lent { link, held })
     }
 
     /// Makes every connection now, all at once; the first one's failure is returned (the

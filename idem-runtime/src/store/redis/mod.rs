@@ -37,10 +37,16 @@ use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::record::{Claim, Record};
 use crate::store::{Fence, Store, StoreFuture};
 
-use self::links::{Links, Unlinked};
+use self::links::{Lent, Links, Unlinked};
 use self::scripts::{Lua, Scripts};
 use self::servers::{Conn, Target, Timeouts};
 use self::waiters::Hub;
+
+/// The connections kept to one server by default: multiplexed and shared, one is enough.
+const NODE_POOL: usize = 1;
+
+/// The Cluster connections kept by default: each carries one operation at a time.
+const CLUSTER_POOL: usize = 16;
 
 /// How long after the holder's lease ends a waiter looks again, for Redis to have expired it.
 const LEASE_GRACE: Duration = Duration::from_millis(2);
@@ -78,10 +84,11 @@ const CLUSTER_RELOOK: Duration = Duration::from_millis(250);
 /// checked against the system's roots, or the file named by `SSL_CERT_FILE`),
 /// `redis+unix:///path/to/socket[?db=N]`, and for a Redis Cluster
 /// `redis+cluster://[user:password@]host1:port1,host2:port2,…` (`rediss+cluster://…` with TLS),
-/// naming any of its nodes: the others are discovered. Connections speak RESP3. The store keeps
-/// `pool_size` multiplexed connections for commands, shared by all its operations at once (a
-/// command never waits for a free connection: concurrent commands are pipelined on them),
-/// plus one for the pub/sub that wakes waiting calls; on a Cluster each of them is a Cluster connection, which holds one connection per
+/// naming any of its nodes: the others are discovered. Connections speak RESP3. To one server
+/// the store keeps `pool_size` (default 1) multiplexed connections for commands, shared by all
+/// its operations at once (a command never waits for a free connection: concurrent commands
+/// are pipelined on them); to a Cluster, `pool_size` (default 16) Cluster connections, each
+/// carrying one operation at a time; plus one for the pub/sub that wakes waiting calls; on a Cluster each of them is a Cluster connection, which holds one connection per
 /// node, follows `MOVED`/`ASK` redirections and failovers, and reconnects nodes by itself.
 ///
 /// Records are plain strings (`GET key` in `redis-cli` shows the JSON envelope of a result)
@@ -153,7 +160,10 @@ impl RedisStore {
         let url = target.url;
         let servers = Arc::new(target.servers);
         let cluster = servers.is_cluster();
-        let links = Links::new(servers.clone(), timeouts, config.pool_size);
+        let pool_size = config
+            .pool_size
+            .unwrap_or(if cluster { CLUSTER_POOL } else { NODE_POOL });
+        let links = Links::new(servers.clone(), timeouts, pool_size, cluster);
         let store = RedisStore {
             shared: Arc::new(Shared {
                 links,
@@ -165,7 +175,7 @@ impl RedisStore {
                 },
                 cluster,
                 url,
-                pool_size: config.pool_size,
+                pool_size,
                 command_timeout: config.command_timeout,
                 replicas,
                 report_expiry: config.local_cache > 0,
@@ -300,7 +310,11 @@ impl RedisStore {
         let shared = &self.shared;
         let replicas = shared.replicas.filter(|_| request.replicated);
         let within = shared.command_timeout + replicas.map_or(Duration::ZERO, |r| r.timeout);
-        let mut link = shared
+        // `_held` (not `_`): a Cluster connection stays this operation's until it returns.
+        let Lent {
+            mut link,
+            held: _held,
+        } = shared
             .links
             .get()
             .await
