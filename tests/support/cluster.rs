@@ -16,10 +16,8 @@ use std::time::{Duration, Instant};
 
 use redis::{FromRedisValue, Value};
 
-use super::redis::{Monitor, free_port, make_certificates};
+use super::redis::{Monitor, free_port, make_certificates, spawn_and_wait};
 
-/// How long a started node may take to answer `PING`.
-const STARTUP: Duration = Duration::from_secs(10);
 /// How long the cluster may take to agree on its slots after a change.
 const CONVERGE: Duration = Duration::from_secs(30);
 /// Slots of a Redis Cluster.
@@ -499,7 +497,7 @@ impl Node {
                 .arg(certificates.join("ca.pem"))
                 .args(["--tls-auth-clients", "no"]);
         }
-        let child = match command
+        command
             .arg("--port")
             .arg(self.port.to_string())
             .arg("--cluster-port")
@@ -521,42 +519,18 @@ impl Node {
             .arg("--dir")
             .arg(&self.dir)
             .arg("--logfile")
-            .arg(self.dir.join("redis.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(child) => child,
-            Err(e) if e.kind() == ErrorKind::NotFound => panic!("{INSTALL} (`{binary}`: {e})"),
-            Err(e) => panic!("cannot start `{binary}`: {e}"),
-        };
-        self.child = Some(child);
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                if self.log().contains("Address already in use") {
-                    return false;
-                }
-                panic!(
-                    "redis-server exited at start-up ({status}):\n{}",
-                    self.log()
-                );
+            .arg(self.dir.join("redis.log"));
+        match spawn_and_wait(
+            &mut command,
+            &binary,
+            || self.log(),
+            || self.try_cmd::<String>(&["PING"]).is_ok(),
+        ) {
+            Some(child) => {
+                self.child = Some(child);
+                true
             }
-            if self.try_cmd::<String>(&["PING"]).is_ok() {
-                return true;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING within {STARTUP:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            None => false,
         }
     }
 

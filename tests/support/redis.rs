@@ -112,42 +112,12 @@ impl RedisServer {
                 .arg(self.dir.join("ca.pem"))
                 .args(["--tls-auth-clients", "no"]);
         }
-        let child = match command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(child) => child,
-            Err(e) if e.kind() == ErrorKind::NotFound => panic!("{INSTALL} (`{binary}`: {e})"),
-            Err(e) => panic!("cannot start `{binary}`: {e}"),
-        };
-        self.child = Some(child);
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                if self.log().contains("Address already in use") {
-                    return false;
-                }
-                panic!(
-                    "redis-server exited at start-up ({status}):\n{}",
-                    self.log()
-                );
+        match spawn_and_wait(&mut command, &binary, || self.log(), || self.answers()) {
+            Some(child) => {
+                self.child = Some(child);
+                true
             }
-            if self.answers() {
-                return true;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING within {STARTUP:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            None => false,
         }
     }
 
@@ -456,6 +426,49 @@ impl<'a> Monitor<'a> {
             }
             *counts.entry(name).or_default() += 1;
         }
+    }
+}
+
+/// Starts `command` (a `redis-server` command line; `binary` names it in messages) and waits
+/// until `answers` holds. `None` when the server could not bind its port (another process took
+/// it: pick another and try again). Panics with the server's log when it exits for another
+/// reason or does not answer within the start-up time.
+pub fn spawn_and_wait(
+    command: &mut Command,
+    binary: &str,
+    log: impl Fn() -> String,
+    answers: impl Fn() -> bool,
+) -> Option<Child> {
+    let mut child = match command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) if e.kind() == ErrorKind::NotFound => panic!("{INSTALL} (`{binary}`: {e})"),
+        Err(e) => panic!("cannot start `{binary}`: {e}"),
+    };
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        if let Some(status) = child.try_wait().ok().flatten() {
+            if log().contains("Address already in use") {
+                return None;
+            }
+            panic!("redis-server exited at start-up ({status}):\n{}", log());
+        }
+        if answers() {
+            return Some(child);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "redis-server did not answer PING within {STARTUP:?}:\n{}",
+                log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
