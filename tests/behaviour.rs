@@ -242,7 +242,11 @@ fn metrics_count_every_outcome() {
                 assert_eq!(label("scope").as_deref(), Some("metered"));
                 counts.insert(label("outcome").unwrap(), n);
             }
-            ("idem_store_seconds", DebugValue::Histogram(samples)) => store_ops += samples.len(),
+            ("idem_store_seconds", DebugValue::Histogram(samples)) => {
+                let op = key.labels().find(|l| l.key() == "op").map(|l| l.value());
+                assert!(matches!(op, Some("claim" | "complete")), "{op:?}");
+                store_ops += samples.len();
+            }
             _ => {}
         }
     }

@@ -16,7 +16,7 @@ use crate::config::{FailMode, check_expiry};
 use crate::context::Idem;
 use crate::error::{Error, StoreError};
 use crate::key;
-use crate::observe::{self, Outcome as Counted, timed};
+use crate::observe::{self, Outcome as Counted, StoreOp, timed};
 use crate::record::{Claim, Fingerprint, Record};
 use crate::store::{Fence, StoreHandle};
 
@@ -186,7 +186,7 @@ impl Run {
         loop {
             let sent = self.local.as_ref().map(|_| Instant::now());
             let found = timed(
-                "claim",
+                StoreOp::Claim,
                 self.store.claim(&self.key, &self.claim, self.lease),
             )
             .await;
@@ -219,8 +219,11 @@ impl Run {
                     key: self.key.clone(),
                 });
             }
-            if let Err(error) =
-                timed("wait", self.store.wait(&self.key, &holder, deadline - now)).await
+            if let Err(error) = timed(
+                StoreOp::Wait,
+                self.store.wait(&self.key, &holder, deadline - now),
+            )
+            .await
             {
                 return self.unavailable(error);
             }
@@ -286,7 +289,7 @@ impl Run {
             loop {
                 tokio::time::sleep(period).await;
                 match timed(
-                    "renew",
+                    StoreOp::Renew,
                     self.store.renew(&self.key, &self.claim, self.lease),
                 )
                 .await
@@ -315,7 +318,7 @@ impl Run {
         loop {
             let sent = self.local.as_ref().map(|_| Instant::now());
             match timed(
-                "complete",
+                StoreOp::Complete,
                 self.store
                     .complete(&self.key, &self.claim, &payload, self.ttl),
             )
@@ -343,7 +346,7 @@ impl Run {
     }
 
     async fn release(&self) {
-        match timed("release", self.store.release(&self.key, &self.claim)).await {
+        match timed(StoreOp::Release, self.store.release(&self.key, &self.claim)).await {
             Ok(_) => {}
             Err(error) => {
                 tracing::warn!(key = %self.key, %error, "idem could not release its claim; it ends with its lease")
