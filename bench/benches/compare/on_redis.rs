@@ -1,6 +1,7 @@
 //! The Redis rows: idem on `RedisStore` against raw commands on one multiplexed connection,
 //! the hand-written pattern and the peers, with one caller and with 64.
 
+use std::future::Future;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use idem::{Config, Idem};
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 
-use crate::measure::{Plan, latency, latency_pair, throughput, throughput_pair};
+use crate::measure::{Op, Plan, latency, latency_pair, throughput, throughput_pair};
 use crate::naive;
 use crate::peers::{self, CachedStore, PeerStore};
 use crate::report::{Quantity, Report, Target};
@@ -245,127 +246,119 @@ fn rate(stats: &crate::measure::Stats) -> Quantity {
     Quantity::PerSecond(stats.median)
 }
 
+/// An operation for 64 callers: `call` run with a clone of `with` (a connection, a store, an
+/// idem) each time.
+fn each<W, F, Fut>(with: W, call: F) -> impl Op + Clone
+where
+    W: Clone + Send + Sync + 'static,
+    F: Fn(W) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    move || call(with.clone())
+}
+
+/// Adds a row comparing `subject`'s calls per second with `base`'s (sampled in turn), judged
+/// by `at_least`.
+async fn rate_row(
+    report: &mut Report,
+    plan: &Plan,
+    (row, base_name): (&str, &str),
+    base: impl Op,
+    subject: impl Op,
+    at_least: f64,
+) {
+    let (base, subject) = throughput_pair(plan, CALLERS, base, subject).await;
+    report.add(
+        row,
+        (rate(&subject), Some(subject)),
+        Some((base_name, rate(&base), Some(base))),
+        Some(Target::RatioAtLeast(at_least)),
+    );
+}
+
 /// 64 callers at once, on one client thread.
 pub async fn concurrent(report: &mut Report, plan: &Plan, setup: &Setup) {
     report.section("Redis, 64 concurrent callers (calls/s)");
-    let raw = {
-        let conn = setup.conn.clone();
-        move || {
-            let mut conn = conn.clone();
-            async move { raw_get(&mut conn, &store_key(below(REPLAYED))).await }
-        }
-    };
-    let replay = {
-        let idem = setup.idem.clone();
-        move || {
-            let idem = idem.clone();
-            async move {
-                black_box(idem.scope(charge(below(REPLAYED))).await.unwrap());
-            }
-        }
-    };
-    let first = {
-        let idem = setup.idem.clone();
-        move || {
-            let idem = idem.clone();
-            async move {
-                black_box(idem.scope(charge(fresh())).await.unwrap());
-            }
-        }
-    };
+    let raw = each(setup.conn.clone(), |mut conn| async move {
+        raw_get(&mut conn, &store_key(below(REPLAYED))).await
+    });
+    let replay = each(setup.idem.clone(), |idem| async move {
+        black_box(idem.scope(charge(below(REPLAYED))).await.unwrap());
+    });
+    let first = each(setup.idem.clone(), |idem| async move {
+        black_box(idem.scope(charge(fresh())).await.unwrap());
+    });
+    let hand = each(setup.conn.clone(), |mut conn| async move {
+        black_box(naive::charge(&mut conn, fresh()).await);
+    });
+    let crate_read = each(setup.cached_crate.clone(), |store| async move {
+        black_box(peers::cached_read(&store, below(REPLAYED)).await);
+    });
+    let peer_replay = each(setup.idempotent_crate.clone(), |store| async move {
+        black_box(peers::idempotent_call(&store, below(REPLAYED)).await);
+    });
+    let peer_first = each(setup.idempotent_crate.clone(), |store| async move {
+        black_box(peers::idempotent_call(&store, fresh()).await);
+    });
+    let local = each(setup.cached.clone(), |idem| async move {
+        black_box(idem.scope(charge(below(REPLAYED))).await.unwrap());
+    });
 
-    let (gets, replays) = throughput_pair(plan, CALLERS, raw.clone(), replay.clone()).await;
-    report.add(
-        "replays/s",
-        (rate(&replays), Some(replays)),
-        Some(("raw GETs/s", rate(&gets), Some(gets))),
-        Some(Target::RatioAtLeast(0.8)),
-    );
-    let (gets, firsts) = throughput_pair(plan, CALLERS, raw.clone(), first.clone()).await;
-    report.add(
-        "first calls/s",
-        (rate(&firsts), Some(firsts)),
-        Some(("raw GETs/s", rate(&gets), Some(gets))),
-        Some(Target::RatioAtLeast(0.4)),
-    );
+    rate_row(
+        report,
+        plan,
+        ("replays/s", "raw GETs/s"),
+        raw.clone(),
+        replay.clone(),
+        0.8,
+    )
+    .await;
+    rate_row(
+        report,
+        plan,
+        ("first calls/s", "raw GETs/s"),
+        raw,
+        first.clone(),
+        0.4,
+    )
+    .await;
+    rate_row(
+        report,
+        plan,
+        ("first calls/s", "hand-written pattern"),
+        hand,
+        first.clone(),
+        2.0,
+    )
+    .await;
+    rate_row(
+        report,
+        plan,
+        ("replays/s", "`cached` reads/s"),
+        crate_read,
+        replay.clone(),
+        1.0,
+    )
+    .await;
+    rate_row(
+        report,
+        plan,
+        ("replays/s", "`idempotent` replays/s"),
+        peer_replay,
+        replay,
+        1.0,
+    )
+    .await;
+    rate_row(
+        report,
+        plan,
+        ("first calls/s", "`idempotent` first calls/s"),
+        peer_first,
+        first,
+        1.0,
+    )
+    .await;
 
-    let hand = {
-        let conn = setup.conn.clone();
-        move || {
-            let mut conn = conn.clone();
-            async move {
-                black_box(naive::charge(&mut conn, fresh()).await);
-            }
-        }
-    };
-    let (hands, firsts) = throughput_pair(plan, CALLERS, hand, first.clone()).await;
-    report.add(
-        "first calls/s",
-        (rate(&firsts), Some(firsts)),
-        Some(("hand-written pattern", rate(&hands), Some(hands))),
-        Some(Target::RatioAtLeast(2.0)),
-    );
-
-    let crate_read = {
-        let store = setup.cached_crate.clone();
-        move || {
-            let store = store.clone();
-            async move {
-                black_box(peers::cached_read(&store, below(REPLAYED)).await);
-            }
-        }
-    };
-    let (peer, replays) = throughput_pair(plan, CALLERS, crate_read, replay.clone()).await;
-    report.add(
-        "replays/s",
-        (rate(&replays), Some(replays)),
-        Some(("`cached` reads/s", rate(&peer), Some(peer))),
-        Some(Target::RatioAtLeast(1.0)),
-    );
-
-    let peer_replay = {
-        let store = setup.idempotent_crate.clone();
-        move || {
-            let store = store.clone();
-            async move {
-                black_box(peers::idempotent_call(&store, below(REPLAYED)).await);
-            }
-        }
-    };
-    let (peer, replays) = throughput_pair(plan, CALLERS, peer_replay, replay.clone()).await;
-    report.add(
-        "replays/s",
-        (rate(&replays), Some(replays)),
-        Some(("`idempotent` replays/s", rate(&peer), Some(peer))),
-        Some(Target::RatioAtLeast(1.0)),
-    );
-
-    let peer_first = {
-        let store = setup.idempotent_crate.clone();
-        move || {
-            let store = store.clone();
-            async move {
-                black_box(peers::idempotent_call(&store, fresh()).await);
-            }
-        }
-    };
-    let (peer, firsts) = throughput_pair(plan, CALLERS, peer_first, first.clone()).await;
-    report.add(
-        "first calls/s",
-        (rate(&firsts), Some(firsts)),
-        Some(("`idempotent` first calls/s", rate(&peer), Some(peer))),
-        Some(Target::RatioAtLeast(1.0)),
-    );
-
-    let local = {
-        let idem = setup.cached.clone();
-        move || {
-            let idem = idem.clone();
-            async move {
-                black_box(idem.scope(charge(below(REPLAYED))).await.unwrap());
-            }
-        }
-    };
     let replays = throughput(plan, CALLERS, local).await;
     report.add(
         "replays/s from the local cache (L1)",
