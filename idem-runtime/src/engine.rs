@@ -2,12 +2,11 @@
 //! complete or release, fenced by the claim's token.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::Instrument;
-
-use std::sync::Arc;
 
 use crate::cache::{Cached, LocalCache};
 use crate::call::{Call, Outcome, Status};
@@ -35,7 +34,7 @@ where
 {
     // Looked up while the current idem is borrowed: a replay from the local cache takes no
     // reference to the store, the settings or the cache.
-    let (key, found) = Idem::with_current(|current| {
+    let (key, ttl, lease, found) = Idem::with_current(|current| {
         let settings = &current.settings;
         let key = key::store_key(&settings.prefix, &call.scope, &call.key, settings.hash_keys);
         // The local cache holds records of the configured store only.
@@ -44,10 +43,10 @@ where
             _ => None,
         };
         let found = match cached {
-            Some(cached) => Found::Cached(cached, settings.ttl, settings.lease),
+            Some(cached) => Found::Cached(cached),
             None => Found::Store(current.clone()),
         };
-        (key, found)
+        (key, settings.ttl, settings.lease, found)
     });
     let span = tracing::debug_span!(
         "idem",
@@ -63,16 +62,12 @@ where
         Some(Ok(fp)) => Some(fp),
         Some(Err(reason)) => return Err(Error::Fingerprint { key, reason }),
     };
-    let (ttl, lease) = match &found {
-        Found::Cached(_, ttl, lease) => (*ttl, *lease),
-        Found::Store(current) => (current.settings.ttl, current.settings.lease),
-    };
     let ttl = call.ttl.unwrap_or(ttl);
     let lease = call.lease.unwrap_or(lease);
     check_expiry("ttl", ttl)?;
     check_expiry("lease", lease)?;
     let result = match found {
-        Found::Cached(cached, ..) => {
+        Found::Cached(cached) => {
             let replayed = span.in_scope(|| {
                 open_text(&key, fingerprint.as_ref(), &cached.payload, &shape).map(|value| {
                     Outcome {
@@ -128,10 +123,10 @@ where
     result
 }
 
-/// Where a call's record was found before it ran: in the local cache (with the configured
-/// ttl and lease, which are still checked), or not, and then it goes to the store of `Idem`.
+/// Where a call's record was found before it ran: in the local cache, or not, and then the
+/// call goes to the store of `Idem`.
 enum Found {
-    Cached(Arc<Cached>, Duration, Duration),
+    Cached(Arc<Cached>),
     Store(Idem),
 }
 

@@ -42,7 +42,7 @@ impl Outcome {
     }
 }
 
-/// Where the `idem_calls_total` counters are registered from.
+/// Where idem's counters and histograms are registered from.
 static METADATA: metrics::Metadata<'static> =
     metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 

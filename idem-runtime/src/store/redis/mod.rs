@@ -13,10 +13,11 @@
 //! | wait | `(S)SUBSCRIBE` (once per key and process), script: compare and `PTTL` | 2 |
 //!
 //! So a replay costs one round trip and a first call two. With `min_replicas`, claim and
-//! complete send `WAIT` in the same round trip, right behind their write. Operations share a
-//! few multiplexed connections, which pipeline concurrent commands (see `links.rs`), over one server or a
-//! Cluster (see `servers.rs`); scripts run by SHA and are loaded again where a server lacks
-//! them (see `scripts.rs`); waiters are woken by pub/sub (see `waiters.rs`).
+//! complete send `WAIT` in the same round trip, right behind their write. Commands go over a
+//! few connections (see `links.rs`): shared and pipelined to one server, one operation at a
+//! time per Cluster connection (see `servers.rs`); scripts run by SHA and are loaded again
+//! where a server lacks them (see `scripts.rs`); waiters are woken by pub/sub (see
+//! `waiters.rs`).
 
 mod failure;
 mod links;
@@ -88,8 +89,9 @@ const CLUSTER_RELOOK: Duration = Duration::from_millis(250);
 /// the store keeps `pool_size` (default 1) multiplexed connections for commands, shared by all
 /// its operations at once (a command never waits for a free connection: concurrent commands
 /// are pipelined on them); to a Cluster, `pool_size` (default 16) Cluster connections, each
-/// carrying one operation at a time; plus one for the pub/sub that wakes waiting calls; on a Cluster each of them is a Cluster connection, which holds one connection per
-/// node, follows `MOVED`/`ASK` redirections and failovers, and reconnects nodes by itself.
+/// carrying one operation at a time; plus one for the pub/sub that wakes waiting calls. A
+/// Cluster connection holds one connection per node, follows `MOVED`/`ASK` redirections and
+/// failovers, and reconnects nodes by itself.
 ///
 /// Records are plain strings (`GET key` in `redis-cli` shows the JSON envelope of a result)
 /// with a Redis expiry: the lease while a call runs, the ttl once it completed. Each store
@@ -413,7 +415,8 @@ impl<'a> Request<'a> {
     /// `EVALSHA sha 1 key args…`.
     fn script(lua: &'static Lua, key: &'a str, args: &[&[u8]]) -> Self {
         let data = args.iter().map(|arg| arg.len()).sum::<usize>() + key.len() + 64;
-        let mut cmd = sized(args.len() + 4, data);
+        // Room made up front: a command grown from empty reallocates on nearly every word.
+        let mut cmd = Cmd::with_capacity(args.len() + 4, data);
         cmd.arg("EVALSHA").arg(lua.sha()).arg(1).arg(key);
         for arg in args {
             cmd.arg(*arg);
@@ -516,12 +519,6 @@ async fn send(
     }
 }
 
-/// An empty command with room for `words` words of `bytes` bytes in all: built in place, it
-/// costs no reallocation (growing from empty cost a tenth of a replay's client time).
-fn sized(words: usize, bytes: usize) -> Cmd {
-    Cmd::with_capacity(words, bytes)
-}
-
 /// `EVAL source …` with the keys and arguments of `EVALSHA sha …`.
 fn evaluate(lua: &Lua, evalsha: &Cmd) -> Cmd {
     let mut cmd = redis::cmd("EVAL");
@@ -592,7 +589,7 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, Option<Record>> {
         Box::pin(async move {
             let mine = claim.to_bytes();
-            let mut cmd = sized(7, key.len() + mine.len() + 32);
+            let mut cmd = Cmd::with_capacity(7, key.len() + mine.len() + 32);
             cmd.arg("SET")
                 .arg(key)
                 .arg(&mine)
