@@ -87,10 +87,11 @@ pub async fn rows(report: &mut Report, plan: &Plan, conn: &MultiplexedConnection
         async || replay(&mut b).await,
     )
     .await;
-    report.add(
+    report.add_pair(
         "replay: SET NX PX GET",
-        (Quantity::Nanos(hand.median), Some(hand)),
-        Some(("raw GET", Quantity::Nanos(base.median), Some(base))),
+        "raw GET",
+        (base, hand),
+        Quantity::Nanos,
         None,
     );
     let (mut a, mut b) = (conn.clone(), conn.clone());
@@ -100,10 +101,11 @@ pub async fn rows(report: &mut Report, plan: &Plan, conn: &MultiplexedConnection
         async || first(&mut b, &payload).await,
     )
     .await;
-    report.add(
+    report.add_pair(
         "first call: SET NX PX GET + EVALSHA",
-        (Quantity::Nanos(hand.median), Some(hand)),
-        Some(("raw GET", Quantity::Nanos(base.median), Some(base))),
+        "raw GET",
+        (base, hand),
+        Quantity::Nanos,
         None,
     );
 
@@ -129,18 +131,20 @@ pub async fn rows(report: &mut Report, plan: &Plan, conn: &MultiplexedConnection
             async move { first(&mut conn, &payload).await }
         }
     };
-    let (base, hand) = throughput_pair(plan, CALLERS, gets.clone(), replays).await;
-    report.add(
+    let pair = throughput_pair(plan, CALLERS, gets.clone(), replays).await;
+    report.add_pair(
         "64 callers: replays/s",
-        (Quantity::PerSecond(hand.median), Some(hand)),
-        Some(("raw GETs/s", Quantity::PerSecond(base.median), Some(base))),
+        "raw GETs/s",
+        pair,
+        Quantity::PerSecond,
         None,
     );
-    let (base, hand) = throughput_pair(plan, CALLERS, gets, firsts).await;
-    report.add(
+    let pair = throughput_pair(plan, CALLERS, gets, firsts).await;
+    report.add_pair(
         "64 callers: first calls/s",
-        (Quantity::PerSecond(hand.median), Some(hand)),
-        Some(("raw GETs/s", Quantity::PerSecond(base.median), Some(base))),
+        "raw GETs/s",
+        pair,
+        Quantity::PerSecond,
         None,
     );
 }

@@ -34,10 +34,11 @@ pub async fn one_caller(report: &mut Report, plan: &Plan) {
             },
         ))
         .await;
-    report.add(
+    report.add_pair(
         "replay, small struct",
-        (Quantity::Nanos(replay.median), Some(replay)),
-        Some(("direct call", Quantity::Nanos(base.median), Some(base))),
+        "direct call",
+        (base, replay),
+        Quantity::Nanos,
         Some(Target::OverheadAtMost(1_000.0)),
     );
 
@@ -52,10 +53,11 @@ pub async fn one_caller(report: &mut Report, plan: &Plan) {
             },
         ))
         .await;
-    report.add(
+    report.add_pair(
         "first call",
-        (Quantity::Nanos(first.median), Some(first)),
-        Some(("direct call", Quantity::Nanos(base.median), Some(base))),
+        "direct call",
+        (base, first),
+        Quantity::Nanos,
         None,
     );
 
@@ -70,10 +72,11 @@ pub async fn one_caller(report: &mut Report, plan: &Plan) {
             },
         ))
         .await;
-    report.add(
+    report.add_pair(
         "replay from the local cache (L1)",
-        (Quantity::Nanos(replay.median), Some(replay)),
-        Some(("direct call", Quantity::Nanos(base.median), Some(base))),
+        "direct call",
+        (base, replay),
+        Quantity::Nanos,
         Some(Target::OverheadAtMost(300.0)),
     );
 
@@ -89,10 +92,11 @@ pub async fn one_caller(report: &mut Report, plan: &Plan) {
         },
     )
     .await;
-    report.add(
+    report.add_pair(
         "for scale: decoding the receipt's JSON alone",
-        (Quantity::Nanos(decode.median), Some(decode)),
-        Some(("direct call", Quantity::Nanos(base.median), Some(base))),
+        "direct call",
+        (base, decode),
+        Quantity::Nanos,
         None,
     );
 }

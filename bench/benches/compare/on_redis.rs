@@ -97,10 +97,11 @@ pub async fn one_caller(report: &mut Report, plan: &Plan, setup: &Setup) {
             },
         ))
         .await;
-    report.add(
+    report.add_pair(
         "replay",
-        (nanos(&replay), Some(replay)),
-        Some(("raw GET", nanos(&get), Some(get.clone()))),
+        "raw GET",
+        (get, replay),
+        Quantity::Nanos,
         Some(Target::RatioAtMost(1.3)),
     );
 
@@ -115,10 +116,11 @@ pub async fn one_caller(report: &mut Report, plan: &Plan, setup: &Setup) {
             },
         ))
         .await;
-    report.add(
+    report.add_pair(
         "first call",
-        (nanos(&first), Some(first.clone())),
-        Some(("raw GET", nanos(&get), Some(get))),
+        "raw GET",
+        (get, first),
+        Quantity::Nanos,
         Some(Target::RatioAtMost(2.6)),
     );
 
@@ -136,10 +138,11 @@ pub async fn one_caller(report: &mut Report, plan: &Plan, setup: &Setup) {
             },
         ))
         .await;
-    report.add(
+    report.add_pair(
         "first call",
-        (nanos(&first), Some(first)),
-        Some(("2 raw GETs in a row", nanos(&two), Some(two))),
+        "2 raw GETs in a row",
+        (two, first),
+        Quantity::Nanos,
         None,
     );
 
@@ -155,10 +158,11 @@ pub async fn one_caller(report: &mut Report, plan: &Plan, setup: &Setup) {
             },
         ))
         .await;
-    report.add(
+    report.add_pair(
         "replay from the local cache (L1)",
-        (nanos(&replay), Some(replay)),
-        Some(("direct call", nanos(&base), Some(base))),
+        "direct call",
+        (base, replay),
+        Quantity::Nanos,
         Some(Target::OverheadAtMost(300.0)),
     );
 
@@ -175,10 +179,11 @@ pub async fn one_caller(report: &mut Report, plan: &Plan, setup: &Setup) {
             },
         ))
         .await;
-    report.add(
+    report.add_pair(
         "first call",
-        (nanos(&first), Some(first)),
-        Some(("hand-written pattern", nanos(&hand), Some(hand))),
+        "hand-written pattern",
+        (hand, first),
+        Quantity::Nanos,
         None,
     );
 
@@ -195,10 +200,11 @@ pub async fn one_caller(report: &mut Report, plan: &Plan, setup: &Setup) {
             },
         ))
         .await;
-    report.add(
+    report.add_pair(
         "replay",
-        (nanos(&replay), Some(replay)),
-        Some(("`cached` read", nanos(&peer), Some(peer))),
+        "`cached` read",
+        (peer, replay),
+        Quantity::Nanos,
         Some(Target::RatioAtMost(1.0)),
     );
 
@@ -215,10 +221,11 @@ pub async fn one_caller(report: &mut Report, plan: &Plan, setup: &Setup) {
             },
         ))
         .await;
-    report.add(
+    report.add_pair(
         "replay",
-        (nanos(&replay), Some(replay)),
-        Some(("`idempotent` replay", nanos(&peer), Some(peer))),
+        "`idempotent` replay",
+        (peer, replay),
+        Quantity::Nanos,
         Some(Target::RatioAtMost(1.0)),
     );
 
@@ -234,10 +241,11 @@ pub async fn one_caller(report: &mut Report, plan: &Plan, setup: &Setup) {
             },
         ))
         .await;
-    report.add(
+    report.add_pair(
         "first call",
-        (nanos(&first), Some(first)),
-        Some(("`idempotent` first call", nanos(&peer), Some(peer))),
+        "`idempotent` first call",
+        (peer, first),
+        Quantity::Nanos,
         Some(Target::RatioAtMost(1.0)),
     );
 }
@@ -267,13 +275,9 @@ async fn rate_row(
     subject: impl Op,
     at_least: f64,
 ) {
-    let (base, subject) = throughput_pair(plan, CALLERS, base, subject).await;
-    report.add(
-        row,
-        (rate(&subject), Some(subject)),
-        Some((base_name, rate(&base), Some(base))),
-        Some(Target::RatioAtLeast(at_least)),
-    );
+    let pair = throughput_pair(plan, CALLERS, base, subject).await;
+    let target = Some(Target::RatioAtLeast(at_least));
+    report.add_pair(row, base_name, pair, Quantity::PerSecond, target);
 }
 
 /// 64 callers at once, on one client thread.

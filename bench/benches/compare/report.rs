@@ -175,6 +175,24 @@ impl Report {
         self.rows.push(row);
     }
 
+    /// Adds a row comparing `subject` with `base`, sampled in turn (see `measure`), each in
+    /// `unit` (`Quantity::Nanos` or `Quantity::PerSecond`).
+    pub fn add_pair(
+        &mut self,
+        row: &str,
+        base_name: &str,
+        (base, subject): (Stats, Stats),
+        unit: fn(f64) -> Quantity,
+        target: Option<Target>,
+    ) {
+        self.add(
+            row,
+            (unit(subject.median), Some(subject)),
+            Some((base_name, unit(base.median), Some(base))),
+            target,
+        );
+    }
+
     /// The table, in Markdown.
     pub fn table(&self) -> String {
         let header = ["measure", "idem", "baseline", "measured", "target", "met"];
