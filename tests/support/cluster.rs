@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use redis::{FromRedisValue, Value};
 
-use super::redis::{Monitor, free_port, make_certificates, spawn_and_wait};
+use super::redis::{Monitor, connect, free_port, make_certificates, spawn_and_wait};
 
 /// How long the cluster may take to agree on its slots after a change.
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -611,13 +611,7 @@ impl Node {
 
     /// A new connection of the test's own to the node.
     pub fn connection(&self) -> redis::Connection {
-        let client = redis::Client::open(self.url()).expect("the node's URL");
-        let conn = client
-            .get_connection_with_timeout(Duration::from_secs(5))
-            .expect("connect to the test's cluster node");
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("set a read timeout");
-        conn
+        connect(&self.url())
     }
 
     /// Runs one command on the harness's connection to this node, as

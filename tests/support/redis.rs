@@ -205,13 +205,7 @@ impl RedisServer {
 
     /// A new connection of the test's own to the server.
     pub fn connection(&self) -> redis::Connection {
-        let client = redis::Client::open(self.url()).expect("the server's URL");
-        let conn = client
-            .get_connection_with_timeout(Duration::from_secs(5))
-            .expect("connect to the test's redis-server");
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("set a read timeout");
-        conn
+        connect(&self.url())
     }
 
     /// Runs one command on the harness's connection, as `redis-cli -p <port> <args…>` would.
@@ -427,6 +421,18 @@ impl<'a> Monitor<'a> {
             *counts.entry(name).or_default() += 1;
         }
     }
+}
+
+/// A connection of the test's own to the server at `url`, with timeouts so that a stuck server
+/// fails the test instead of hanging it.
+pub fn connect(url: &str) -> redis::Connection {
+    let client = redis::Client::open(url).expect("the server's URL");
+    let conn = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to the test's redis-server at {url}: {e}"));
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("set a read timeout");
+    conn
 }
 
 /// Starts `command` (a `redis-server` command line; `binary` names it in messages) and waits
