@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use support::cluster::{Node, RedisCluster};
 
 const SCOPE: &str = "billing::charge";
+/// `SCOPE` as it stands in store keys (`::` is written `.`).
+const STORED_SCOPE: &str = "billing.charge";
 /// Calls in flight at once.
 const CONCURRENCY: usize = 32;
 
@@ -185,7 +187,7 @@ async fn the_server_cost_of_a_call_on_a_cluster() {
         .run(async { sample })
         .await
         .unwrap();
-    let sample_key = format!("idem:{SCOPE}:order-00000000");
+    let sample_key = format!("idem:{STORED_SCOPE}:order-00000000");
     let owner = cluster.owner_of_key(&sample_key);
     let payload: Vec<u8> = owner.cmd(&["GET", sample_key.as_str()]);
     let record_usage: u64 = owner.cmd(&["MEMORY", "USAGE", sample_key.as_str()]);
@@ -204,7 +206,7 @@ async fn the_server_cost_of_a_call_on_a_cluster() {
 
     let keys: Arc<Vec<String>> = Arc::new(
         (1..=n)
-            .map(|i| format!("idem:{SCOPE}:order-{i:08}"))
+            .map(|i| format!("idem:{STORED_SCOPE}:order-{i:08}"))
             .collect(),
     );
     let claims: Arc<Vec<Claim>> = Arc::new(

@@ -517,7 +517,7 @@ mod on_redis {
 
         // Once Redis has expired the record, the cache does not serve it either.
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let key: Option<String> = server.cmd(&["GET", "idem:shop::charge:o-1"]);
+        let key: Option<String> = server.cmd(&["GET", "idem:shop.charge:o-1"]);
         assert_eq!(key, None, "Redis expired the record");
         let monitor = server.monitor();
         let again = call(3).await.unwrap();
@@ -574,7 +574,7 @@ mod on_redis {
 
         // The cached copy ends no later than Redis's record: once that expired, the key runs.
         tokio::time::sleep(Duration::from_millis(350)).await;
-        let key: Option<String> = server.cmd(&["GET", "idem:shop::charge:o-1"]);
+        let key: Option<String> = server.cmd(&["GET", "idem:shop.charge:o-1"]);
         assert_eq!(key, None, "Redis expired the record");
         let after = call(&idem, 5).await.unwrap();
         assert_eq!((after.value, after.status), (5, Status::Executed));

@@ -57,11 +57,27 @@ pub struct Call {
 
 impl Call {
     /// A call of `scope` (the namespace, such as the function's path) with `key`.
+    ///
+    /// The key is one part: `Call::new("s", "a:b")` and a call keyed by the parts `("a", "b")`
+    /// (see [`Call::with_parts`]) are different keys.
     pub fn new(scope: impl Into<Cow<'static, str>>, key: impl Display) -> Self {
-        Call::keyed(scope.into(), key.to_string())
+        Call::keyed(scope.into(), crate::key::one_part(key.to_string()))
     }
 
-    /// A call whose key is rendered already.
+    /// A call of `scope` whose key is made of several parts, like the tuple `key = (a, b)` of
+    /// the attribute: two calls share a key only when they have the same parts.
+    pub fn with_parts<K: Display>(
+        scope: impl Into<Cow<'static, str>>,
+        parts: impl IntoIterator<Item = K>,
+    ) -> Self {
+        let mut key = crate::key::Parts::default();
+        for part in parts {
+            key.push(&part.to_string());
+        }
+        Call::keyed(scope.into(), key.finish())
+    }
+
+    /// A call whose key is encoded already (see `key.rs`).
     pub(crate) fn keyed(scope: Cow<'static, str>, key: String) -> Self {
         Call {
             scope,
@@ -194,8 +210,10 @@ pub enum Status {
     /// The body ran, but the claim had been lost (its lease expired and another call took the
     /// key) so the result was not stored: the fencing rule kept the other call's record.
     LeaseLost,
-    /// The body ran, but storing its result failed after retries: the result is returned
-    /// anyway, and a later call may run the body again once the lease ends.
+    /// The body ran, but its result was not stored: storing it failed after retries (a later
+    /// call may then run the body again once the lease ends), or the result cannot be stored
+    /// so that it reads back as its type (later calls get
+    /// [`Error::Unstorable`](crate::Error::Unstorable)). The result is returned either way.
     NotStored,
     /// The store was unavailable and the configuration is fail-open: the body ran without
     /// idempotency protection.

@@ -1,49 +1,182 @@
-//! Store keys: `prefix:scope:key`, with long, unprintable or private keys hashed.
+//! Store keys: an injective encoding of (prefix, scope, key parts), readable when short and
+//! printable, hashed otherwise.
+//!
+//! The format, which is part of what is stored:
+//!
+//! ```text
+//! store key  = prefix ":" scope ":" key
+//! prefix     = path(prefix)
+//! scope      = path(scope)  | "#" hex(sha256(scope))            hashed: long, unprintable or "#…"
+//! key        = part *(":" part) | "#" hex(sha256(parts joined))  hashed: long, unprintable, "#…" or hash_keys
+//!              (a key of no parts, `key = ()`, is the empty key: the one part "")
+//! path(s)    = s with "\" → "\\", "." → "\.", "::" → ".", any other ":" → "\:"
+//! part(s)    = s with "\" → "\\", ":" → "\:"
+//! ```
+//!
+//! So `app::charge` with key `order-7` is `idem:app.charge:order-7`, and the tuple key
+//! `("a", "b")` is `a:b` while the single key `"a:b"` is `a\:b`. Neither the prefix nor the
+//! scope ever holds an unescaped `:`, so the first two unescaped colons split a store key back
+//! into its three parts, and each part is decoded by reversing its rule: two different inputs
+//! never share a store key (up to SHA-256 collisions). A readable scope or key never starts
+//! with `#`: one that would is hashed, so a readable form never equals a hashed one.
 
 use sha2::{Digest, Sha256};
 
-/// Keys longer than this (in bytes) are stored as their hash.
+/// Keys longer than this (in bytes, once encoded) are stored as their hash.
 pub(crate) const MAX_KEY_BYTES: usize = 200;
 
-/// The store key of `key` in `scope`.
-///
-/// The key is kept readable when it is short and printable; otherwise (or with `hash_all`)
-/// it is replaced by `#` and the SHA-256 of the key in hex, so that keys stay bounded and no
-/// personal data needs to appear in the store's key space. A key that itself starts with `#`
-/// is hashed too, so that a readable key can never collide with a hashed one.
+/// Scopes longer than this (in bytes) are stored as their hash.
+pub(crate) const MAX_SCOPE_BYTES: usize = 200;
+
+/// The store key of the encoded key `key` (see [`Parts`]) in `scope`.
 pub(crate) fn store_key(prefix: &str, scope: &str, key: &str, hash_all: bool) -> String {
-    let hash = hash_all
-        || key.len() > MAX_KEY_BYTES
-        || key.starts_with('#')
-        || key.chars().any(char::is_control);
     let mut out = String::with_capacity(prefix.len() + scope.len() + key.len().min(65) + 2);
-    out.push_str(prefix);
+    push_path(&mut out, prefix);
     out.push(':');
-    out.push_str(scope);
+    if must_hash(scope, MAX_SCOPE_BYTES) {
+        push_hash(&mut out, scope);
+    } else {
+        push_path(&mut out, scope);
+    }
     out.push(':');
-    if hash {
-        out.push('#');
-        out.push_str(&hex::encode(Sha256::digest(key.as_bytes())));
+    if hash_all || must_hash(key, MAX_KEY_BYTES) {
+        push_hash(&mut out, key);
     } else {
         out.push_str(key);
     }
     out
 }
 
-/// A short, non-reversible form of a store key for logs and spans.
-pub(crate) fn log_form(store_key: &str) -> String {
-    hex::encode(&Sha256::digest(store_key.as_bytes())[..8])
+/// Whether a scope or an encoded key is stored as its hash rather than as itself.
+fn must_hash(text: &str, limit: usize) -> bool {
+    text.len() > limit || text.starts_with('#') || text.chars().any(char::is_control)
+}
+
+fn push_hash(out: &mut String, text: &str) {
+    out.push('#');
+    out.push_str(&hex::encode(Sha256::digest(text.as_bytes())));
+}
+
+/// Appends `text` by the path rule: Rust paths stay readable (`a::b` is `a.b`), and no `:`
+/// is left unescaped.
+fn push_path(out: &mut String, text: &str) {
+    if !text.contains([':', '.', '\\']) {
+        out.push_str(text);
+        return;
+    }
+    let mut chars = text.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match ch {
+            ':' if chars.next_if_eq(&':').is_some() => out.push('.'),
+            ':' | '.' | '\\' => {
+                out.push('\\');
+                out.push(ch);
+            }
+            _ => out.push(ch),
+        }
+    }
+}
+
+/// Appends one key part by the part rule: `\` and `:` escaped.
+fn push_part(out: &mut String, part: &str) {
+    for ch in part.chars() {
+        if ch == '\\' || ch == ':' {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+}
+
+/// The encoded key of a call: its parts, each escaped, joined by `:`. A key of one part (the
+/// `key = expr` of the attribute, [`Call::new`](crate::Call::new)) is a tuple of one.
+#[derive(Debug, Default)]
+pub(crate) struct Parts {
+    encoded: String,
+    count: usize,
+}
+
+impl Parts {
+    /// Appends one part.
+    pub(crate) fn push(&mut self, part: &str) {
+        if self.count > 0 {
+            self.encoded.push(':');
+        }
+        self.count += 1;
+        push_part(&mut self.encoded, part);
+    }
+
+    /// The encoded key.
+    pub(crate) fn finish(self) -> String {
+        self.encoded
+    }
+}
+
+/// The encoded key of a single part, reusing `part`'s allocation when it needs no escape.
+pub(crate) fn one_part(part: String) -> String {
+    if !part.contains([':', '\\']) {
+        return part;
+    }
+    let mut parts = Parts::default();
+    parts.push(&part);
+    parts.finish()
+}
+
+/// The encoded key of `parts`.
+#[cfg(test)]
+pub(crate) fn of_parts(parts: &[&str]) -> String {
+    let mut encoded = Parts::default();
+    for part in parts {
+        encoded.push(part);
+    }
+    encoded.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn single(prefix: &str, scope: &str, key: &str) -> String {
+        store_key(prefix, scope, &one_part(key.to_owned()), false)
+    }
 
     #[test]
     fn short_printable_keys_stay_readable() {
         assert_eq!(
-            store_key("idem", "shop::charge", "order-1", false),
-            "idem:shop::charge:order-1"
+            single("idem", "shop::charge", "order-1"),
+            "idem:shop.charge:order-1"
+        );
+        assert_eq!(
+            store_key("idem", "s", &of_parts(&["a", "b"]), false),
+            "idem:s:a:b"
+        );
+    }
+
+    #[test]
+    fn the_documented_escapes() {
+        assert_eq!(single("p", r"a:b.c\d:::e", "k"), r"p:a\:b\.c\\d.\:e:k");
+        assert_eq!(single("p:q", "s", r"x:y\z"), r"p\:q:s:x\:y\\z");
+        assert_eq!(
+            store_key("p", "s", &of_parts(&["a:b", "", r"\"]), false),
+            r"p:s:a\:b::\\"
+        );
+    }
+
+    #[test]
+    fn a_scope_ending_in_a_colon_cannot_reach_a_nested_scope() {
+        // The two collisions of the old `prefix:scope:key` format.
+        assert_ne!(
+            single("idem", "billing", "refund:7"),
+            single("idem", "billing:refund", "7")
+        );
+        assert_ne!(
+            single("idem", "app::charge", "refund::7"),
+            single("idem", "app::charge::refund", "7")
+        );
+        assert_ne!(
+            single("idem", "s", "a:b"),
+            store_key("idem", "s", &of_parts(&["a", "b"]), false)
         );
     }
 
@@ -56,14 +189,94 @@ mod tests {
             ("#x", false),
             ("alice@example.com", true),
         ] {
-            let stored = store_key("p", "s", key, hash_all);
+            let stored = store_key("p", "s", &one_part(key.to_owned()), hash_all);
             let hashed = stored.strip_prefix("p:s:#").expect("hashed");
             assert_eq!(hashed.len(), 64);
             assert!(!stored.contains(key));
         }
-        assert_ne!(
-            store_key("p", "s", "a\nb", false),
-            store_key("p", "s", "a\nc", false)
+        assert_ne!(single("p", "s", "a\nb"), single("p", "s", "a\nc"));
+        let scope = "s".repeat(MAX_SCOPE_BYTES + 1);
+        let stored = single("p", &scope, "k");
+        assert!(
+            stored.starts_with("p:#") && stored.ends_with(":k"),
+            "{stored}"
         );
+        assert_eq!(stored.len(), "p:#:k".len() + 64);
+    }
+
+    /// What a call's key is made of: one value, or a tuple of them.
+    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+    enum Key {
+        One(String),
+        Tuple(Vec<String>),
+    }
+
+    impl Key {
+        /// The parts the key stands for: a single key is a tuple of one, and a tuple of none
+        /// is the empty key, by design.
+        fn parts(&self) -> Vec<String> {
+            match self {
+                Key::One(key) => vec![key.clone()],
+                Key::Tuple(parts) if parts.is_empty() => vec![String::new()],
+                Key::Tuple(parts) => parts.clone(),
+            }
+        }
+
+        fn encode(&self) -> String {
+            match self {
+                Key::One(key) => one_part(key.clone()),
+                Key::Tuple(parts) => {
+                    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+                    of_parts(&parts)
+                }
+            }
+        }
+    }
+
+    /// Text over the characters the encoding treats specially, short enough that a
+    /// non-injective encoding shows collisions within a few cases (the old `prefix:scope:key`
+    /// format fails this test at once); now and then other characters or a long text.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => "[:.a\\\\]{0,4}",
+            2 => "[:.a#{}\\\\\n\u{7f}é]{0,8}",
+            1 => "[a:.]{190,210}",
+            1 => any::<String>(),
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = Key> {
+        prop_oneof![
+            text().prop_map(Key::One),
+            proptest::collection::vec(text(), 0..5).prop_map(Key::Tuple),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Distinct (prefix, scope, key) never share a store key, with or without `hash_keys`.
+        #[test]
+        fn distinct_inputs_never_share_a_store_key(
+            inputs in proptest::collection::vec((text(), text(), key()), 1..64),
+            hash_all in any::<bool>(),
+        ) {
+            let mut seen: HashMap<String, (String, String, Vec<String>)> = HashMap::new();
+            for (prefix, scope, key) in inputs {
+                let stored = store_key(&prefix, &scope, &key.encode(), hash_all);
+                let input = (prefix, scope, key.parts());
+                if let Some(earlier) = seen.get(&stored) {
+                    prop_assert_eq!(earlier, &input, "two inputs share {:?}", stored);
+                }
+                seen.insert(stored, input);
+            }
+        }
+
+        /// Keys stay bounded whatever their input.
+        #[test]
+        fn store_keys_are_bounded(prefix in "[a-z]{1,16}", scope in text(), key in key()) {
+            let stored = store_key(&prefix, &scope, &key.encode(), false);
+            prop_assert!(stored.len() <= 2 * 16 + 2 + 2 * MAX_SCOPE_BYTES + MAX_KEY_BYTES + 2);
+        }
     }
 }

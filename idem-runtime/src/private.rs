@@ -18,17 +18,17 @@ pub fn call(scope: &'static str, key: String) -> Call {
     Call::keyed(scope.into(), key)
 }
 
-/// The key of a call whose `key =` is one `Display` value.
+/// The key of a call whose `key =` is one `Display` value: a tuple of one part.
 pub fn key<K: Display + ?Sized>(key: &K) -> String {
-    key.to_string()
+    crate::key::one_part(key.to_string())
 }
 
-/// Builds the key of a call whose `key =` is a tuple: the parts joined by `:`, each part's `\`
-/// and `:` escaped, so that `("a:b", "c")` and `("a", "b:c")` are different keys.
+/// Builds the key of a call whose `key =` is a tuple: each part escaped and joined (see the
+/// store key format in `key.rs`), so that `("a:b", "c")`, `("a", "b:c")` and `"a:b:c"` are
+/// three different keys.
 #[derive(Default)]
 pub struct KeyBuilder {
-    buf: String,
-    parts: usize,
+    parts: crate::key::Parts,
 }
 
 impl KeyBuilder {
@@ -39,22 +39,13 @@ impl KeyBuilder {
 
     /// Appends one part.
     pub fn part<K: Display + ?Sized>(mut self, part: &K) -> Self {
-        if self.parts > 0 {
-            self.buf.push(':');
-        }
-        self.parts += 1;
-        for ch in part.to_string().chars() {
-            if ch == '\\' || ch == ':' {
-                self.buf.push('\\');
-            }
-            self.buf.push(ch);
-        }
+        self.parts.push(&part.to_string());
         self
     }
 
     /// The finished key.
     pub fn finish(self) -> String {
-        self.buf
+        self.parts.finish()
     }
 }
 
@@ -182,5 +173,7 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a, r"a\:b:c");
         assert_eq!(KeyBuilder::new().part(&7).part("x\\").finish(), r"7:x\\");
+        assert_eq!(key("a:b"), r"a\:b");
+        assert_eq!(key("a:b"), KeyBuilder::new().part("a:b").finish());
     }
 }

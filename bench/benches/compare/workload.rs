@@ -44,9 +44,9 @@ pub async fn charge(order: u64) -> Receipt {
     receipt(order)
 }
 
-/// The store key idem uses for `order` (default prefix).
+/// The store key idem uses for `order` (default prefix; `::` in a scope is stored as `.`).
 pub fn store_key(order: u64) -> String {
-    format!("idem:{SCOPE}:{order}")
+    format!("idem:bench.charge:{order}")
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(1_000_000_000);

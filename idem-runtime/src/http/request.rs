@@ -109,7 +109,7 @@ fn unquote(inner: &[u8]) -> Result<Vec<u8>, BadKey> {
 }
 
 /// The namespace of a principal's keys: a hash, so that API keys and user names stay out of
-/// the store, and of fixed length, so that `tag:key` of two principals never collide.
+/// the store. It is the first part of the call's key, the client's key the second.
 pub(crate) fn principal_tag(principal: Option<&str>) -> String {
     match principal {
         // No principal configured: one namespace, which no hash can equal.

@@ -142,8 +142,8 @@ where
     };
 
     let print = RequestPrint::of(&parts, &data, &settings.fingerprint_headers);
-    let mut call =
-        Call::new(settings.scope.clone(), format_args!("{principal}:{key}")).fingerprint(&print);
+    let mut call = Call::with_parts(settings.scope.clone(), [principal.as_str(), key.as_str()])
+        .fingerprint(&print);
     if let Some(ttl) = settings.ttl {
         call = call.ttl(ttl);
     }
