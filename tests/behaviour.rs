@@ -16,6 +16,8 @@ use idem::{
 struct Recording {
     inner: MemoryStore,
     keys: Arc<Mutex<Vec<String>>>,
+    /// Completions fail as if the store went down after the claim.
+    fail_writes: bool,
 }
 
 impl Store for Recording {
@@ -35,6 +37,11 @@ impl Store for Recording {
         payload: &'a [u8],
         ttl: Duration,
     ) -> StoreFuture<'a, Fence> {
+        if self.fail_writes {
+            return Box::pin(async {
+                Err(idem::StoreError::new(StoreErrorKind::Unavailable, "gone"))
+            });
+        }
         self.inner.complete(key, claim, payload, ttl)
     }
     fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
@@ -111,9 +118,9 @@ async fn keys_are_namespaced_and_hashed_on_request() {
         .await
         .unwrap();
     let keys = store.keys.lock().unwrap().clone();
-    assert_eq!(keys[0], "shop:orders::create:alice@example.com");
+    assert_eq!(keys[0], "shop:orders.create:alice@example.com");
     let digest = keys[1]
-        .strip_prefix("shop:orders::create:#")
+        .strip_prefix("shop:orders.create:#")
         .expect("hashed key");
     assert_eq!(digest.len(), 64);
     assert!(digest.chars().all(|c| c.is_ascii_hexdigit()));
@@ -191,6 +198,100 @@ async fn invalid_durations_are_errors_not_panics() {
         matches!(&zero_lease, Err(Error::Config(m)) if m.contains("lease")),
         "{zero_lease:?}"
     );
+    // One minimum for a lease, in the words of the attribute's compile error.
+    let short_lease = Call::new("s", "k")
+        .lease(Duration::from_millis(2))
+        .store(MemoryStore::new())
+        .run(async { 1 })
+        .await;
+    assert!(
+        matches!(&short_lease, Err(Error::Config(m)) if m.contains(
+            "`lease` must be at least 3ms: a lease is renewed every lease / 3 while the body runs"
+        )),
+        "{short_lease:?}"
+    );
+    let error = Config::default()
+        .lease(Duration::from_millis(2))
+        .validate()
+        .unwrap_err();
+    assert!(error.to_string().contains("at least 3ms"), "{error}");
+    let ok = Call::new("s", "k3")
+        .lease(Duration::from_millis(3))
+        .store(MemoryStore::new())
+        .run(async { 1 })
+        .await;
+    assert_eq!(ok.unwrap().value, 1);
+}
+
+/// Every failure that is not the store's has its own `outcome` label, so that a dashboard can
+/// tell a bad deployment from a down store.
+#[test]
+fn metrics_tell_each_failure_apart() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use std::collections::HashMap;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let store = MemoryStore::new();
+            let call = |key: &str| Call::new("labels", key.to_owned()).store(store.clone());
+            call("ttl")
+                .ttl(Duration::ZERO)
+                .run(async { 1 })
+                .await
+                .unwrap_err();
+            let unprintable: HashMap<(u8, u8), u8> = [((1, 2), 3)].into();
+            call("fp")
+                .fingerprint(&unprintable)
+                .run(async { 1 })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                call("nan").run(async { f64::NAN }).await.unwrap().status,
+                Status::NotStored
+            );
+            call("nan").run(async { 1.0 }).await.unwrap_err();
+            let writes_fail = Recording {
+                fail_writes: true,
+                ..Recording::default()
+            };
+            let unstored = Call::new("labels", "w")
+                .store(writes_fail)
+                .run(async { 1 })
+                .await
+                .unwrap();
+            assert_eq!(unstored.status, Status::NotStored);
+            Call::new("labels", "down")
+                .store(DownStore)
+                .run(async { 1 })
+                .await
+                .unwrap_err();
+        });
+    });
+    let mut counts = HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        if let ("idem_calls_total", DebugValue::Counter(n)) = (key.name(), value) {
+            let outcome = key.labels().find(|l| l.key() == "outcome").unwrap();
+            counts.insert(outcome.value().to_owned(), n);
+        }
+    }
+    let expect: HashMap<String, u64> = [
+        ("config_error", 1),
+        ("fingerprint_error", 1),
+        ("unstorable", 2),
+        ("not_stored", 1),
+        ("store_error", 1),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(counts, expect);
 }
 
 #[test]

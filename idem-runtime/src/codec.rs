@@ -2,7 +2,9 @@
 //!
 //! The envelope is JSON, so that `redis-cli GET` shows what was stored:
 //! `{"v":1,"codec":"json","fp":"<sha-256 hex>"|null,"ok":<value>}` (or `"err":` for a
-//! cached error).
+//! cached error). A result that could not be stored so that it reads back as its type leaves
+//! `"unstorable":{"type":"<Rust type>","reason":"<why>"}` in place of the value, so that later
+//! calls learn why instead of running the body again.
 
 use std::marker::PhantomData;
 
@@ -19,11 +21,14 @@ const CODEC: &str = "json";
 /// How every envelope written by this version begins (see [`seal`]).
 const HEAD: &str = r#"{"v":1,"codec":"json","fp":"#;
 
-/// Which side of a `Result` a record holds.
-#[derive(Clone, Copy)]
+/// Which side of a `Result` a record holds, or that it holds no value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Side {
     Ok,
     Err,
+    /// The first call's result could not be stored; the value is a JSON object with the
+    /// `type` and the `reason`.
+    Unstorable,
 }
 
 /// A decoded envelope; the value is still its JSON text.
@@ -42,6 +47,18 @@ struct Wire<'a> {
     ok: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     err: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    unstorable: Option<&'a RawValue>,
+}
+
+/// What an unstorable record says.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Unstorable {
+    /// The Rust type of the result that could not be stored.
+    #[serde(rename = "type")]
+    pub(crate) type_name: String,
+    /// Why it could not.
+    pub(crate) reason: String,
 }
 
 /// A field that is present is `Some`, even when its value is `null` (a stored `()` or
@@ -70,10 +87,15 @@ pub(crate) fn open(bytes: &[u8]) -> Result<Envelope<'_>, String> {
                 .ok_or_else(|| format!("fingerprint `{hex}` is not valid"))?,
         ),
     };
-    let (side, value) = match (wire.ok, wire.err) {
-        (Some(value), None) => (Side::Ok, value),
-        (None, Some(value)) => (Side::Err, value),
-        _ => return Err("the envelope must hold exactly one of `ok` and `err`".to_owned()),
+    let (side, value) = match (wire.ok, wire.err, wire.unstorable) {
+        (Some(value), None, None) => (Side::Ok, value),
+        (None, Some(value), None) => (Side::Err, value),
+        (None, None, Some(value)) => (Side::Unstorable, value),
+        _ => {
+            return Err(
+                "the envelope must hold exactly one of `ok`, `err` and `unstorable`".to_owned(),
+            );
+        }
     };
     Ok(Envelope {
         fingerprint,
@@ -109,12 +131,46 @@ pub(crate) fn open_written(text: &str) -> Option<Envelope<'_>> {
     })
 }
 
-/// Writes an envelope around `value`.
-pub(crate) fn seal<V: Serialize + ?Sized>(
+/// Writes an envelope around `value`, and checks that the value reads back as `V`: a value
+/// that serde_json writes but cannot read (a NaN float becomes `null`, a map with keys that
+/// are not strings fails) must never be stored as a result.
+pub(crate) fn seal<V: Serialize + DeserializeOwned>(
     fingerprint: Option<&Fingerprint>,
     side: Side,
     value: &V,
 ) -> Result<Vec<u8>, String> {
+    let mut out = head(fingerprint, side);
+    let start = out.len();
+    serde_json::to_writer(&mut out, value).map_err(|e| format!("it cannot be serialized: {e}"))?;
+    if let Err(e) = serde_json::from_slice::<V>(&out[start..]) {
+        return Err(format!(
+            "it serializes as `{}`, which does not read back as the type: {e}",
+            String::from_utf8_lossy(&out[start..])
+        ));
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+/// Writes the envelope of a result that could not be stored: later calls with its key get
+/// [`Error::Unstorable`](crate::Error::Unstorable) with the type and the reason.
+pub(crate) fn seal_unstorable(
+    fingerprint: Option<&Fingerprint>,
+    type_name: &str,
+    reason: &str,
+) -> Vec<u8> {
+    let mut out = head(fingerprint, Side::Unstorable);
+    let what = Unstorable {
+        type_name: type_name.to_owned(),
+        reason: reason.to_owned(),
+    };
+    serde_json::to_writer(&mut out, &what).expect("two strings serialize");
+    out.push(b'}');
+    out
+}
+
+/// The envelope up to its value.
+fn head(fingerprint: Option<&Fingerprint>, side: Side) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(HEAD.as_bytes());
     match fingerprint {
@@ -128,11 +184,13 @@ pub(crate) fn seal<V: Serialize + ?Sized>(
     out.extend_from_slice(match side {
         Side::Ok => b",\"ok\":",
         Side::Err => b",\"err\":",
+        Side::Unstorable => b",\"unstorable\":",
     });
-    serde_json::to_writer(&mut out, value).map_err(|e| e.to_string())?;
-    out.push(b'}');
-    Ok(out)
+    out
 }
+
+/// What a shape says of an unstorable record (the engine reports those before asking it).
+const NO_VALUE: &str = "the record holds no value: the first call's result could not be stored";
 
 fn decode<T: DeserializeOwned>(json: &str) -> Result<T, String> {
     // Parsed as text checked once (by the caller, with the rest of the envelope), which is
@@ -146,7 +204,8 @@ pub(crate) enum Seal {
     Store(Vec<u8>),
     /// Do not store: release the key so that a retry runs again (a transient error).
     Release,
-    /// The result cannot be serialized; it is returned and the key released.
+    /// The result cannot be stored so that it reads back as its type (the reason); it is
+    /// returned to its caller, and later calls are told why.
     Unstorable(String),
 }
 
@@ -160,7 +219,11 @@ pub(crate) trait Shape<R> {
     fn type_name(&self) -> &'static str;
 }
 
-fn seal_or_report<V: Serialize>(fp: Option<&Fingerprint>, side: Side, value: &V) -> Seal {
+fn seal_or_report<V: Serialize + DeserializeOwned>(
+    fp: Option<&Fingerprint>,
+    side: Side,
+    value: &V,
+) -> Seal {
     match seal(fp, side, value) {
         Ok(bytes) => Seal::Store(bytes),
         Err(reason) => Seal::Unstorable(reason),
@@ -187,6 +250,7 @@ impl<T: Serialize + DeserializeOwned> Shape<T> for PlainShape<T> {
             Side::Err => {
                 Err("the record holds an error, but this function returns no Result".into())
             }
+            Side::Unstorable => Err(NO_VALUE.into()),
         }
     }
 
@@ -218,6 +282,7 @@ impl<T: Serialize + DeserializeOwned, E> Shape<Result<T, E>> for ResultShape<T, 
             Side::Err => {
                 Err("the record holds an error, but this function does not cache errors".into())
             }
+            Side::Unstorable => Err(NO_VALUE.into()),
         }
     }
 
@@ -267,6 +332,7 @@ where
         match envelope.side {
             Side::Ok => decode(envelope.value).map(Ok),
             Side::Err => decode(envelope.value).map(Err),
+            Side::Unstorable => Err(NO_VALUE.into()),
         }
     }
 
@@ -352,7 +418,7 @@ mod tests {
     fn written_envelopes_are_read_in_place_like_parsed_ones() {
         let fp = Fingerprint::of_bytes(b"req");
         for (fingerprint, side) in [(Some(&fp), Side::Ok), (None, Side::Err)] {
-            let bytes = seal(fingerprint, side, &("x", [1, 2])).unwrap();
+            let bytes = seal(fingerprint, side, &("x".to_owned(), [1, 2])).unwrap();
             let quick = open_written(std::str::from_utf8(&bytes).unwrap()).expect("as written");
             let parsed = open(&bytes).unwrap();
             assert_eq!(quick.fingerprint, parsed.fingerprint);

@@ -370,33 +370,69 @@ impl Config {
     /// Checks the values that have limits; [`init`](crate::init) calls it.
     pub fn validate(&self) -> Result<(), Error> {
         check_store(&self.store, "store")?;
-        if self.prefix.is_empty() {
-            return Err(Error::Config("prefix must not be empty".into()));
+        if self.prefix.is_empty()
+            || self.prefix.len() > MAX_PREFIX_BYTES
+            || self.prefix.chars().any(char::is_control)
+        {
+            return Err(Error::Config(format!(
+                "prefix `{}` is not valid; expected 1 to {MAX_PREFIX_BYTES} bytes of printable text",
+                self.prefix.escape_debug()
+            )));
         }
         if self.pool_size == Some(0) || self.memory_capacity == 0 {
             return Err(Error::Config(
                 "pool_size and memory_capacity must be greater than 0".into(),
             ));
         }
-        check_expiry("ttl", self.ttl)?;
-        check_expiry("lease", self.lease)?;
+        check_ttl(self.ttl)?;
+        check_lease(self.lease)?;
         if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
             return Err(Error::Config("timeouts must be greater than 0".into()));
         }
         if self.min_replicas > 0 {
             // `WAIT n 0` would block until the replicas answer, however long that takes.
-            check_expiry("replica_timeout", self.replica_timeout)?;
+            at_least_1ms(
+                "replica_timeout",
+                "`WAIT` with no timeout blocks until the replicas answer",
+                self.replica_timeout,
+            )?;
         }
         Ok(())
     }
 }
 
-/// A ttl or lease must be at least a millisecond: stores expire by whole milliseconds and a
-/// record never lives without an expiry.
-pub(crate) fn check_expiry(what: &str, value: Duration) -> Result<(), Error> {
+/// The longest prefix: it starts every store key.
+const MAX_PREFIX_BYTES: usize = 64;
+
+/// The shortest lease: it is renewed every `lease / 3`, and stores count in whole
+/// milliseconds. The attribute checks its literals against the same minimum, with the same
+/// words.
+pub(crate) const MIN_LEASE: Duration = Duration::from_millis(3);
+
+/// A ttl must be at least a millisecond: stores expire by whole milliseconds and a record
+/// never lives without an expiry. The attribute checks its literals with the same words.
+pub(crate) fn check_ttl(value: Duration) -> Result<(), Error> {
+    at_least_1ms(
+        "ttl",
+        "a completed record always expires, and stores expire in whole milliseconds",
+        value,
+    )
+}
+
+fn at_least_1ms(what: &str, why: &str, value: Duration) -> Result<(), Error> {
     if value < Duration::from_millis(1) {
         return Err(Error::Config(format!(
-            "{what} must be at least 1ms, got {value:?}"
+            "`{what}` must be at least 1ms: {why} (got {value:?})"
+        )));
+    }
+    Ok(())
+}
+
+/// A lease must be at least [`MIN_LEASE`].
+pub(crate) fn check_lease(value: Duration) -> Result<(), Error> {
+    if value < MIN_LEASE {
+        return Err(Error::Config(format!(
+            "`lease` must be at least 3ms: a lease is renewed every lease / 3 while the body runs (got {value:?})"
         )));
     }
     Ok(())
@@ -532,7 +568,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("replica_timeout must be at least 1ms"),
+            error.contains("`replica_timeout` must be at least 1ms"),
             "{error}"
         );
         assert!(

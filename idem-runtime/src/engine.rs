@@ -10,8 +10,8 @@ use tracing::Instrument;
 
 use crate::cache::{Cached, LocalCache};
 use crate::call::{Call, Outcome, Status};
-use crate::codec::{self, Seal, Shape};
-use crate::config::{FailMode, check_expiry};
+use crate::codec::{self, Seal, Shape, Side};
+use crate::config::{FailMode, check_lease, check_ttl};
 use crate::context::Idem;
 use crate::error::{Error, StoreError};
 use crate::key;
@@ -54,27 +54,40 @@ where
         key = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
+    // Logged as stored: readable when short and printable, hashed otherwise, and with
+    // `hash_keys` hashed always; log lines never hold more of a key than the store does.
     if !span.is_disabled() {
-        span.record("key", key::log_form(&key));
+        span.record("key", key.as_str());
     }
     let fingerprint = match call.fingerprint {
-        None => None,
-        Some(Ok(fp)) => Some(fp),
-        Some(Err(reason)) => return Err(Error::Fingerprint { key, reason }),
+        None => Ok(None),
+        Some(Ok(fp)) => Ok(Some(fp)),
+        Some(Err(reason)) => Err(Error::Fingerprint {
+            key: key.clone(),
+            reason,
+        }),
     };
     let ttl = call.ttl.unwrap_or(ttl);
     let lease = call.lease.unwrap_or(lease);
-    check_expiry("ttl", ttl)?;
-    check_expiry("lease", lease)?;
+    let checked = fingerprint.and_then(|fingerprint| {
+        check_ttl(ttl)?;
+        check_lease(lease)?;
+        Ok(fingerprint)
+    });
+    let fingerprint = match checked {
+        Ok(fingerprint) => fingerprint,
+        Err(error) => {
+            let counted = counted_error(&error);
+            span.record("outcome", counted.label());
+            observe::count(&call.scope, counted);
+            return Err(error);
+        }
+    };
     let result = match found {
         Found::Cached(cached) => {
             let replayed = span.in_scope(|| {
-                open_text(&key, fingerprint.as_ref(), &cached.payload, &shape).map(|value| {
-                    Outcome {
-                        value,
-                        status: Status::Replayed,
-                    }
-                })
+                open_text(&key, fingerprint.as_ref(), &cached.payload, &shape)
+                    .map(|value| Ran::new(value, Status::Replayed))
             });
             // A replay from the cache never waits: let a loop of them yield to the other
             // tasks now and then, as tokio's own resources do.
@@ -105,22 +118,50 @@ where
         }
     };
     let counted = match &result {
-        Ok(outcome) => match outcome.status {
+        Ok(ran) => ran.counted,
+        Err(error) => counted_error(error),
+    };
+    span.record("outcome", counted.label());
+    observe::count(&call.scope, counted);
+    result.map(|ran| ran.outcome)
+}
+
+/// The `outcome` label of a call that failed with `error`.
+fn counted_error(error: &Error) -> Counted {
+    match error {
+        Error::InProgress { .. } => Counted::Rejected,
+        Error::KeyMismatch { .. } => Counted::Mismatch,
+        Error::Decode { .. } => Counted::DecodeError,
+        Error::Unstorable { .. } => Counted::Unstorable,
+        Error::Config(_) => Counted::ConfigError,
+        Error::Fingerprint { .. } => Counted::FingerprintError,
+        Error::Store { .. } | Error::Connect { .. } | Error::AlreadyInitialized => {
+            Counted::StoreError
+        }
+    }
+}
+
+/// How a call that returned a value ended: its outcome, and the label it is counted under.
+struct Ran<R> {
+    outcome: Outcome<R>,
+    counted: Counted,
+}
+
+impl<R> Ran<R> {
+    fn new(value: R, status: Status) -> Self {
+        let counted = match status {
             Status::Executed => Counted::Executed,
             Status::Replayed => Counted::Replayed,
             Status::Waited => Counted::Waited,
             Status::LeaseLost => Counted::LeaseLost,
-            Status::NotStored => Counted::StoreError,
+            Status::NotStored => Counted::NotStored,
             Status::Unprotected => Counted::FailOpen,
-        },
-        Err(Error::InProgress { .. }) => Counted::Rejected,
-        Err(Error::KeyMismatch { .. }) => Counted::Mismatch,
-        Err(Error::Decode { .. }) => Counted::DecodeError,
-        Err(_) => Counted::StoreError,
-    };
-    span.record("outcome", counted.label());
-    observe::count(&call.scope, counted);
-    result
+        };
+        Ran {
+            outcome: Outcome { value, status },
+            counted,
+        }
+    }
 }
 
 /// Where a call's record was found before it ran: in the local cache, or not, and then the
@@ -152,20 +193,17 @@ enum Decision<R> {
 }
 
 impl Run {
-    async fn go<R, F, S>(self, body: F, mut shape: S) -> Result<Outcome<R>, Error>
+    async fn go<R, F, S>(self, body: F, mut shape: S) -> Result<Ran<R>, Error>
     where
         F: Future<Output = R>,
         S: Shape<R>,
     {
         match self.claim_or_replay(&shape).await? {
-            Decision::Replay(value, status) => Ok(Outcome { value, status }),
+            Decision::Replay(value, status) => Ok(Ran::new(value, status)),
             Decision::Unprotected(error) => {
                 tracing::warn!(key = %self.key, %error, "idem store unavailable; running without idempotency (fail-open)");
                 let value = body.await;
-                Ok(Outcome {
-                    value,
-                    status: Status::Unprotected,
-                })
+                Ok(Ran::new(value, Status::Unprotected))
             }
             // Boxed: running the body (lease renewal, completion retries) is most of this
             // future's size, and an unboxed one would be copied whole on every call, replays
@@ -247,7 +285,7 @@ impl Run {
     }
 
     /// Runs the body under the claim, then stores or releases its result.
-    async fn hold<R, F, S>(self, body: F, shape: &mut S) -> Result<Outcome<R>, Error>
+    async fn hold<R, F, S>(self, body: F, shape: &mut S) -> Result<Ran<R>, Error>
     where
         F: Future<Output = R>,
         S: Shape<R>,
@@ -258,20 +296,30 @@ impl Run {
             .as_ref()
             .expect("held until the end of the call");
         let value = run.with_heartbeat(body).await;
-        let status = match shape.seal(&value, run.claim.fingerprint.as_ref()) {
+        let fingerprint = run.claim.fingerprint.as_ref();
+        let ran = match shape.seal(&value, fingerprint) {
             Seal::Release => {
                 run.release().await;
-                Status::Executed
+                Ran::new(value, Status::Executed)
             }
             Seal::Unstorable(reason) => {
-                tracing::error!(key = %run.key, %reason, "idem cannot serialize the result; it is returned unstored and the key released");
-                run.release().await;
-                Status::NotStored
+                tracing::error!(key = %run.key, %reason, type_name = shape.type_name(), "idem cannot store the result so that it reads back as its type; it is returned to this call only, and later calls with its key get Error::Unstorable");
+                // Recorded as such: later calls learn why, instead of running the body again
+                // or failing to decode a record that was written wrong.
+                let marker = codec::seal_unstorable(fingerprint, shape.type_name(), &reason);
+                run.complete(marker).await;
+                Ran {
+                    counted: Counted::Unstorable,
+                    ..Ran::new(value, Status::NotStored)
+                }
             }
-            Seal::Store(payload) => run.complete(payload).await,
+            Seal::Store(payload) => {
+                let status = run.complete(payload).await;
+                Ran::new(value, status)
+            }
         };
         holding.run = None;
-        Ok(Outcome { value, status })
+        Ok(ran)
     }
 
     /// Drives the body, renewing the lease every `lease / 3` while it runs.
@@ -400,6 +448,15 @@ fn parse<R, S: Shape<R>>(
     if mismatch(fingerprint, envelope.fingerprint.as_ref()) {
         return Err(Error::KeyMismatch {
             key: key.to_owned(),
+        });
+    }
+    if envelope.side == Side::Unstorable {
+        let what: codec::Unstorable =
+            serde_json::from_str(envelope.value).map_err(|e| decode_error(e.to_string()))?;
+        return Err(Error::Unstorable {
+            key: key.to_owned(),
+            type_name: what.type_name,
+            reason: what.reason,
         });
     }
     shape.open(&envelope).map_err(decode_error)

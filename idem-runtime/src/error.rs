@@ -62,6 +62,23 @@ pub enum Error {
         reason: String,
     },
 
+    /// The first call with this key ran, but its result could not be stored so that it reads
+    /// back as its type (it does not serialize, or serializes as something that does not
+    /// deserialize, such as a NaN float that JSON writes as `null`). That call got its value;
+    /// later calls get this error, naming the type and the reason, instead of running the body
+    /// again, until the record expires or is forgotten. Fix the type, or use a new key.
+    #[error(
+        "the first call with key `{key}` returned a `{type_name}` that cannot be stored ({reason}); it was returned to that call only, and this key has no value to replay: fix the type or use a new key"
+    )]
+    Unstorable {
+        /// The store key of the call.
+        key: String,
+        /// The Rust type of the first call's result.
+        type_name: String,
+        /// Why it could not be stored.
+        reason: String,
+    },
+
     /// The fingerprint value could not be serialized, so the call did not run.
     #[error("the fingerprint of key `{key}` cannot be serialized: {reason}")]
     Fingerprint {

@@ -6,13 +6,18 @@
 //!
 //! # Metrics
 //! - `idem_calls_total{scope, outcome}`: a counter per call; `outcome` is one of `executed`,
-//!   `replayed`, `waited`, `rejected`, `mismatch`, `store_error`, `lease_lost`, `fail_open`,
-//!   `decode_error`.
+//!   `replayed`, `waited` (the body ran, or a stored result was replayed, at once or after
+//!   waiting); `rejected` ([`Error::InProgress`]), `mismatch` ([`Error::KeyMismatch`]),
+//!   `store_error` ([`Error::Store`]), `fail_open` (ran unprotected); `lease_lost`,
+//!   `not_stored` (ran, result not stored: lease ended, or storing failed), `unstorable` (ran,
+//!   result cannot be stored as its type, or [`Error::Unstorable`]); `decode_error`
+//!   ([`Error::Decode`]); `config_error` ([`Error::Config`]), `fingerprint_error`
+//!   ([`Error::Fingerprint`]).
 //! - `idem_store_seconds{op}`: a histogram of store round-trip time per operation (`claim`,
 //!   `complete`, `release`, `renew`, `wait`).
 //!
-//! Every call also runs in a `tracing` span `idem` (level DEBUG) with the scope, a hash of the
-//! key and the outcome.
+//! Every call also runs in a `tracing` span `idem` (level DEBUG) with the scope, the key as
+//! stored (hashed when long or unprintable, always with `hash_keys`) and the outcome.
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 

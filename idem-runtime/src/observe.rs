@@ -24,6 +24,10 @@ pub(crate) enum Outcome {
     LeaseLost,
     FailOpen,
     DecodeError,
+    NotStored,
+    Unstorable,
+    ConfigError,
+    FingerprintError,
 }
 
 impl Outcome {
@@ -38,6 +42,10 @@ impl Outcome {
             Outcome::LeaseLost => "lease_lost",
             Outcome::FailOpen => "fail_open",
             Outcome::DecodeError => "decode_error",
+            Outcome::NotStored => "not_stored",
+            Outcome::Unstorable => "unstorable",
+            Outcome::ConfigError => "config_error",
+            Outcome::FingerprintError => "fingerprint_error",
         }
     }
 }

@@ -15,6 +15,7 @@
 //! of its own random scope, so a store shared between cases or runs gives the same results.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -47,6 +48,7 @@ pub const CASES: &[&str] = &[
     "ttl_expiry_runs_again",
     "fenced_operations",
     "long_and_hashed_keys",
+    "unstorable_result_is_reported_never_rerun",
 ];
 
 /// A scope no other case or run uses.
@@ -288,8 +290,9 @@ async fn start_held(
 pub async fn waiter_gets_result(store: StoreHandle) {
     let scope = scope("waiter");
     let (finish, first) = start_held(&store, &scope, "k", |c| c).await;
+    let watched = Watched::new(store.clone());
     let waiter = {
-        let (store, scope) = (store.clone(), scope.clone());
+        let (store, scope) = (StoreHandle::new(watched.clone()), scope.clone());
         tokio::spawn(async move {
             call(&store, &scope, "k")
                 .wait(Duration::from_secs(10))
@@ -297,7 +300,9 @@ pub async fn waiter_gets_result(store: StoreHandle) {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The waiter has found the key in progress once it waits: finishing now makes it a
+    // waiter, however slow the machine.
+    watched.waiting().await;
     finish.send(41).unwrap();
     assert_eq!(first.await.unwrap().unwrap().status, Status::Executed);
     let waited = waiter
@@ -526,7 +531,7 @@ pub async fn dropped_future_releases_claim(store: StoreHandle) {
 pub async fn corrupt_record_is_decode_error(store: StoreHandle) {
     let scope = scope("corrupt");
     // Write garbage through the store itself, as a broken writer would.
-    let key = format!("idem:{scope}:garbage");
+    let key = store_key("idem", &scope, "garbage");
     let writer = Claim::new(None);
     assert_eq!(
         store
@@ -718,6 +723,144 @@ pub async fn long_and_hashed_keys(store: StoreHandle) {
     }
 }
 
+/// A result that cannot be stored so that it reads back as its type (a NaN, which JSON writes
+/// as `null`; a map whose keys are not strings, which JSON cannot write) goes to the first
+/// caller as [`Status::NotStored`]; later calls get [`Error::Unstorable`] naming the type and
+/// the reason. The body never runs again, and nothing is replayed as a wrong value.
+pub async fn unstorable_result_is_reported_never_rerun(store: StoreHandle) {
+    let scope = scope("unstorable");
+    let runs = Arc::new(AtomicUsize::new(0));
+    fn counted<T>(runs: &Arc<AtomicUsize>, value: T) -> impl Future<Output = T> + use<T> {
+        let runs = runs.clone();
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            value
+        }
+    }
+    let first = call(&store, &scope, "nan")
+        .run(counted(&runs, f64::NAN))
+        .await
+        .expect("the first caller gets its value");
+    assert!(first.value.is_nan());
+    assert_eq!(first.status, Status::NotStored);
+    let map: HashMap<(u8, u8), u8> = [((1, 2), 3)].into();
+    let first = call(&store, &scope, "map")
+        .run_result(counted(&runs, Ok::<_, String>(map.clone())))
+        .await
+        .expect("the first caller gets its value");
+    assert_eq!((first.value, first.status), (Ok(map), Status::NotStored));
+    for _ in 0..2 {
+        match call(&store, &scope, "nan")
+            .run(counted(&runs, 1.0_f64))
+            .await
+        {
+            Err(Error::Unstorable {
+                type_name, reason, ..
+            }) => {
+                assert_eq!(type_name, "f64");
+                assert!(reason.contains("`null`"), "{reason}");
+            }
+            other => panic!("a NaN record must be Error::Unstorable, got {other:?}"),
+        }
+        let later = call(&store, &scope, "map")
+            .run_result(counted(
+                &runs,
+                Ok::<HashMap<(u8, u8), u8>, String>(HashMap::new()),
+            ))
+            .await;
+        match later {
+            Err(Error::Unstorable {
+                type_name, reason, ..
+            }) => {
+                assert!(type_name.contains("HashMap<(u8, u8), u8>"), "{type_name}");
+                assert!(reason.contains("key must be a string"), "{reason}");
+            }
+            other => panic!("a map record must be Error::Unstorable, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "each body ran once, for its first caller only"
+    );
+}
+
+/// A store that forwards every operation to another and lets a test see when a call waits:
+/// an observable event instead of a sleep, so that a slow machine cannot reorder a test.
+#[derive(Clone)]
+pub struct Watched {
+    inner: StoreHandle,
+    waits: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Watched {
+    /// Forwards to `inner`.
+    pub fn new(inner: impl Into<StoreHandle>) -> Self {
+        Watched {
+            inner: inner.into(),
+            waits: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+
+    /// Returns once some call has started to wait on this store (at once if one already did).
+    pub async fn waiting(&self) {
+        let mut waits = self.waits.subscribe();
+        waits
+            .wait_for(|&n| n > 0)
+            .await
+            .expect("the sender lives in self");
+    }
+}
+
+impl Store for Watched {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<Record>> {
+        self.inner.claim(key, claim, lease)
+    }
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        payload: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Fence> {
+        self.inner.complete(key, claim, payload, ttl)
+    }
+    fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
+        self.inner.release(key, claim)
+    }
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        lease: Duration,
+    ) -> StoreFuture<'a, Fence> {
+        self.inner.renew(key, claim, lease)
+    }
+    fn wait<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a Claim,
+        timeout: Duration,
+    ) -> StoreFuture<'a, ()> {
+        self.waits.send_modify(|n| *n += 1);
+        self.inner.wait(key, holder, timeout)
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// The store key of a call of `scope` with `key` under `prefix`, encoded as every call encodes
+/// it: for tests that look at a store's records directly.
+pub fn store_key(prefix: &str, scope: &str, key: &str) -> String {
+    crate::key::store_key(prefix, scope, &crate::key::one_part(key.to_owned()), false)
+}
+
 /// A store whose backend is down: every operation fails with
 /// [`StoreErrorKind::Unavailable`]. For testing what a service does when its store is
 /// unreachable (fail-closed, fail-open, HTTP 503).
@@ -791,6 +934,7 @@ macro_rules! conformance_tests {
                 ttl_expiry_runs_again,
                 fenced_operations,
                 long_and_hashed_keys,
+                unstorable_result_is_reported_never_rerun,
             );
         }
     };
