@@ -104,6 +104,7 @@ fn main() {
         }
         if part("scaling") {
             memory::scaling(&mut report, &plan).await;
+            memory::refused(&mut report, &plan).await;
             on_redis::scaling(&mut report, &plan, &setup).await;
         }
     });

@@ -170,3 +170,43 @@ pub async fn scaling(report: &mut Report, plan: &Plan) {
         }
     }
 }
+
+/// A claim refused by a full memory store, with 1k and with 100k live records: the cost of a
+/// flood of new keys against a store that cannot take them. A refused claim looks at no record
+/// until one may have expired, so its cost does not grow with the records held.
+pub async fn refused(report: &mut Report, plan: &Plan) {
+    report.section("Memory store, full: a refused claim (a flood of new keys)");
+    let mut first = None;
+    for (live, label) in [(1_000, "1k"), (100_000, "100k")] {
+        let idem = Idem::with_settings(MemoryStore::with_capacity(live), &Config::default());
+        idem.scope(async {
+            for order in 0..live as u64 {
+                charge(order).await.unwrap();
+            }
+            charge(fresh()).await.expect_err("the store is full");
+        })
+        .await;
+        let cost = idem
+            .scope(latency(plan, async || {
+                black_box(charge(fresh()).await.unwrap_err());
+            }))
+            .await;
+        match &first {
+            None => {
+                report.add(
+                    &format!("refused claim, {label} live records"),
+                    (Quantity::Nanos(cost.median), Some(cost.clone())),
+                    None,
+                    None,
+                );
+                first = Some(cost);
+            }
+            Some(base) => report.add(
+                &format!("refused claim, {label} live records"),
+                (Quantity::Nanos(cost.median), Some(cost)),
+                Some(("with 1k", Quantity::Nanos(base.median), Some(base.clone()))),
+                Some(Target::RatioAtMost(2.0)),
+            ),
+        }
+    }
+}

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::{Entry as Slot, RandomState};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -23,9 +23,12 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 /// by [`Notify`] (no polling).
 ///
 /// Its guarantee holds within one process: two processes with a `MemoryStore` each run a key
-/// once each. It holds at most `capacity` records; when full it first drops expired records and
-/// then refuses new claims with a [`StoreErrorKind::Full`] error, so that a completed record
-/// is never evicted early (which would let its key run again). Cloning it shares the records.
+/// once each. It holds at most `capacity` records, exactly, however many tasks claim at once;
+/// when full it first drops expired records and then refuses new claims with a
+/// [`StoreErrorKind::Full`] error, so that a completed record is never evicted early (which
+/// would let its key run again). A full store refuses a claim without looking at its records
+/// until one of them may have expired: a flood of new keys costs no sweep per claim. Cloning
+/// it shares the records.
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
@@ -35,8 +38,19 @@ struct Inner {
     shards: Vec<Mutex<HashMap<String, Entry>>>,
     hasher: RandomState,
     capacity: usize,
-    /// Records held across all shards, expired ones not yet dropped included.
+    /// Records held across all shards, expired ones not yet dropped included. A new record
+    /// reserves its place here before it is inserted, so this never exceeds `capacity`.
     records: AtomicUsize,
+    /// No record expires before this (nanoseconds after `epoch`): a lower bound, lowered by
+    /// every write and raised only by a sweep, so a full store knows when a sweep can free a
+    /// place.
+    next_expiry: AtomicU64,
+    epoch: Instant,
+    /// Held by the one sweep running; other refused claims do not sweep too.
+    sweeping: Mutex<()>,
+    /// How many sweeps ran, for the tests of their cost.
+    #[cfg(test)]
+    sweeps: AtomicUsize,
 }
 
 struct Entry {
@@ -81,6 +95,11 @@ impl MemoryStore {
                 hasher: RandomState::new(),
                 capacity: capacity.max(1),
                 records: AtomicUsize::new(0),
+                next_expiry: AtomicU64::new(u64::MAX),
+                epoch: Instant::now(),
+                sweeping: Mutex::new(()),
+                #[cfg(test)]
+                sweeps: AtomicUsize::new(0),
             }),
         }
     }
@@ -93,6 +112,28 @@ impl MemoryStore {
     /// Whether it holds no record.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// `at` as nanoseconds after the epoch.
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.inner.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Notes that a record now expires at `at`.
+    fn expires(&self, at: Instant) {
+        self.inner
+            .next_expiry
+            .fetch_min(self.nanos(at), Ordering::Relaxed);
+    }
+
+    /// Takes a place for a new record, unless the store is full.
+    fn reserve(&self) -> bool {
+        self.inner
+            .records
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held < self.inner.capacity).then_some(held + 1)
+            })
+            .is_ok()
     }
 
     fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, Entry>> {
@@ -140,38 +181,63 @@ impl MemoryStore {
                 expired.wake();
                 expired.record = Record::InProgress(claim.clone());
                 expired.expires_at = now + lease;
+                self.expires(now + lease);
                 Ok(None)
             }
-            None if self.len() >= self.inner.capacity => Err(self.full()),
+            None if !self.reserve() => Err(self.full()),
             None => {
-                self.inner.records.fetch_add(1, Ordering::Relaxed);
                 let entry = Entry {
                     record: Record::InProgress(claim.clone()),
                     expires_at: now + lease,
                     waiters: None,
                 };
                 shard.insert(key.to_owned(), entry);
+                self.expires(now + lease);
                 Ok(None)
             }
         }
     }
 
-    /// Drops every expired record, one shard at a time.
+    /// Drops the expired records when one may have expired and no other sweep runs; returns
+    /// whether it swept. A full store of live records refuses claims without sweeping.
+    fn sweep_if_due(&self) -> bool {
+        if self.nanos(Instant::now()) < self.inner.next_expiry.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Ok(_sweeping) = self.inner.sweeping.try_lock() else {
+            return false;
+        };
+        self.sweep();
+        true
+    }
+
+    /// Drops every expired record, one shard at a time, and learns the earliest expiry of the
+    /// rest. The bound is reset first: a write during the sweep lowers it again, and every
+    /// record written before is seen by the sweep.
     fn sweep(&self) {
+        #[cfg(test)]
+        self.inner.sweeps.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
+        self.inner.next_expiry.store(u64::MAX, Ordering::Relaxed);
         for shard in &self.inner.shards {
             let mut shard = lock(shard);
             let before = shard.len();
+            let mut earliest = None::<Instant>;
             shard.retain(|_, entry| {
                 let live = entry.live(now);
-                if !live {
+                if live {
+                    earliest = Some(earliest.map_or(entry.expires_at, |e| e.min(entry.expires_at)));
+                } else {
                     entry.wake();
                 }
                 live
             });
             self.inner
                 .records
-                .fetch_sub(before - shard.len(), Ordering::Relaxed);
+                .fetch_sub(before - shard.len(), Ordering::AcqRel);
+            if let Some(earliest) = earliest {
+                self.expires(earliest);
+            }
         }
     }
 
@@ -202,8 +268,7 @@ impl Store for MemoryStore {
         lease: Duration,
     ) -> StoreFuture<'a, Option<Record>> {
         let result = match self.try_claim(key, claim, lease) {
-            Err(full) if full.kind() == StoreErrorKind::Full => {
-                self.sweep();
+            Err(full) if full.kind() == StoreErrorKind::Full && self.sweep_if_due() => {
                 self.try_claim(key, claim, lease)
             }
             result => result,
@@ -226,6 +291,7 @@ impl Store for MemoryStore {
                     expires_in: None,
                 };
                 entry.expires_at = Instant::now() + ttl;
+                self.expires(entry.expires_at);
                 entry.wake();
             }
         });
@@ -236,7 +302,7 @@ impl Store for MemoryStore {
         let fence = self.fenced(key, claim, |slot| {
             if let Slot::Occupied(slot) = slot {
                 slot.remove().wake();
-                self.inner.records.fetch_sub(1, Ordering::Relaxed);
+                self.inner.records.fetch_sub(1, Ordering::AcqRel);
             }
         });
         Box::pin(std::future::ready(Ok(fence)))
@@ -251,6 +317,7 @@ impl Store for MemoryStore {
         let fence = self.fenced(key, claim, |slot| {
             if let Slot::Occupied(mut slot) = slot {
                 slot.get_mut().expires_at = Instant::now() + lease;
+                self.expires(slot.get().expires_at);
             }
         });
         Box::pin(std::future::ready(Ok(fence)))
@@ -301,5 +368,114 @@ impl std::fmt::Debug for MemoryStore {
         f.debug_struct("MemoryStore")
             .field("capacity", &self.inner.capacity)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+
+    /// Polls a memory store's future, which is ready at once.
+    fn now<T>(future: StoreFuture<'_, T>) -> Result<T, StoreError> {
+        let waker = std::task::Waker::noop();
+        match std::pin::pin!(future).poll(&mut std::task::Context::from_waker(waker)) {
+            std::task::Poll::Ready(result) => result,
+            std::task::Poll::Pending => unreachable!("memory store operations are ready at once"),
+        }
+    }
+
+    fn claim_now(
+        store: &MemoryStore,
+        key: &str,
+        lease: Duration,
+    ) -> Result<Option<Record>, StoreError> {
+        now(store.claim(key, &Claim::new(None), lease))
+    }
+
+    /// Threads claim and release keys of their own on a store with room for a few, so that
+    /// nearly every claim races another one for the last place.
+    #[test]
+    fn the_capacity_is_exact_under_a_race_for_the_last_places() {
+        const CAPACITY: usize = 3;
+        const THREADS: usize = 8;
+        const CLAIMS: usize = 20_000;
+        let store = MemoryStore::with_capacity(CAPACITY);
+        let held = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        let start = Barrier::new(THREADS);
+        std::thread::scope(|threads| {
+            for t in 0..THREADS {
+                let (store, held, most, start) = (&store, &held, &most, &start);
+                threads.spawn(move || {
+                    start.wait();
+                    for n in 0..CLAIMS {
+                        let key = format!("{t}-{n}");
+                        let claim = Claim::new(None);
+                        if now(store.claim(&key, &claim, Duration::from_secs(60))).is_err() {
+                            continue;
+                        }
+                        // Counted after the claim and uncounted before the release: never
+                        // more than the records the store holds.
+                        let now_held = held.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now_held.max(store.len()), Ordering::SeqCst);
+                        held.fetch_sub(1, Ordering::SeqCst);
+                        assert_eq!(now(store.release(&key, &claim)).unwrap(), Fence::Held);
+                    }
+                });
+            }
+        });
+        assert!(
+            most.load(Ordering::SeqCst) <= CAPACITY,
+            "{most:?} records held at once"
+        );
+        assert_eq!(store.len(), 0);
+    }
+
+    #[test]
+    fn a_full_store_of_live_records_refuses_without_sweeping() {
+        let store = MemoryStore::with_capacity(1_000);
+        for n in 0..1_000 {
+            claim_now(&store, &format!("live-{n}"), Duration::from_secs(60)).unwrap();
+        }
+        for n in 0..10_000 {
+            let refused = claim_now(&store, &format!("new-{n}"), Duration::from_secs(60));
+            assert_eq!(refused.unwrap_err().kind(), StoreErrorKind::Full);
+        }
+        assert_eq!(store.inner.sweeps.load(Ordering::Relaxed), 0);
+        // A live key still replays (its record is found, not refused).
+        assert!(
+            claim_now(&store, "live-7", Duration::from_secs(60))
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn expired_records_make_room_with_one_sweep() {
+        let store = MemoryStore::with_capacity(100);
+        for n in 0..100 {
+            claim_now(&store, &format!("short-{n}"), Duration::from_millis(5)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        for n in 0..100 {
+            assert_eq!(
+                claim_now(&store, &format!("next-{n}"), Duration::from_secs(60)).unwrap(),
+                None
+            );
+        }
+        assert_eq!(
+            store.inner.sweeps.load(Ordering::Relaxed),
+            1,
+            "one sweep freed every place"
+        );
+        assert_eq!(store.len(), 100);
+        let refused = claim_now(&store, "one-more", Duration::from_secs(60));
+        assert_eq!(refused.unwrap_err().kind(), StoreErrorKind::Full);
+        assert_eq!(
+            store.inner.sweeps.load(Ordering::Relaxed),
+            1,
+            "the new records are live: no sweep"
+        );
     }
 }
