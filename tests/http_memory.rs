@@ -56,3 +56,19 @@ async fn store_down_runs_unprotected_when_failing_open() {
         assert_eq!(app.runs(), run);
     }
 }
+
+#[test]
+#[should_panic(
+    expected = "IdempotencyLayer::ttl: invalid idem configuration: `ttl` must be at least 1ms"
+)]
+fn a_layer_with_a_ttl_below_the_minimum_is_refused_when_built() {
+    let _ = idem::http::IdempotencyLayer::new().ttl(std::time::Duration::ZERO);
+}
+
+#[test]
+#[should_panic(
+    expected = "IdempotencyLayer::lease: invalid idem configuration: `lease` must be at least 3ms"
+)]
+fn a_layer_with_a_lease_below_the_minimum_is_refused_when_built() {
+    let _ = idem::http::IdempotencyLayer::new().lease(std::time::Duration::from_millis(2));
+}

@@ -21,13 +21,7 @@ use crate::attr::{Args, CacheErr, Key, Timing};
 pub(crate) fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     let function = match syn::parse2::<ItemFn>(item.clone()) {
         Ok(function) => function,
-        Err(_) => {
-            let error = Error::new(
-                Span::call_site(),
-                "#[idempotent] can only be used on an `async fn`",
-            );
-            return with_error(item, error);
-        }
+        Err(error) => return with_error(item.clone(), not_a_function(item, error)),
     };
     let args = syn::parse2::<Args>(args);
     let checked = check_signature(&function);
@@ -39,6 +33,37 @@ pub(crate) fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
         }
         (Err(error), Ok(())) | (Ok(_), Err(error)) => with_error(item, error),
     }
+}
+
+/// Why an item that is not an `fn` with a body cannot take the attribute: what it is instead,
+/// at its keyword, or else syn's own error (a function with a syntax error, a bodiless one).
+fn not_a_function(item: TokenStream, error: Error) -> Error {
+    let Ok(item) = syn::parse2::<syn::Item>(item) else {
+        return error;
+    };
+    let (span, what) = match &item {
+        syn::Item::Struct(s) => (s.struct_token.span, "a struct"),
+        syn::Item::Enum(e) => (e.enum_token.span, "an enum"),
+        syn::Item::Union(u) => (u.union_token.span, "a union"),
+        syn::Item::Impl(i) => (
+            i.impl_token.span,
+            "an impl block (put it on each `async fn` inside)",
+        ),
+        syn::Item::Trait(t) => (
+            t.trait_token.span,
+            "a trait (put it on the `async fn`s of an impl)",
+        ),
+        syn::Item::Mod(m) => (m.mod_token.span, "a module"),
+        syn::Item::Const(c) => (c.const_token.span, "a const"),
+        syn::Item::Static(s) => (s.static_token.span, "a static"),
+        syn::Item::Type(t) => (t.type_token.span, "a type alias"),
+        syn::Item::Use(u) => (u.use_token.span, "a use declaration"),
+        _ => return error,
+    };
+    Error::new(
+        span,
+        format!("#[idempotent] can only be used on an `async fn`, not on {what}"),
+    )
 }
 
 /// The original item with the error beside it.

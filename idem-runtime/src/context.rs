@@ -154,6 +154,10 @@ fn fallback() -> &'static Idem {
 /// does not answer, and [`Error::AlreadyInitialized`] the second time. Without `init`, calls
 /// use an in-process [`MemoryStore`] and warn once that the guarantee is per-process.
 pub async fn init(config: Config) -> Result<(), Error> {
+    // Checked before connecting: a second `init` must not open connections it then drops.
+    if GLOBAL.get().is_some() {
+        return Err(Error::AlreadyInitialized);
+    }
     let idem = Idem::connect(&config).await?;
     GLOBAL.set(idem).map_err(|_| Error::AlreadyInitialized)
 }

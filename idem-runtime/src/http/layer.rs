@@ -187,8 +187,7 @@ impl IdempotencyLayer {
         self
     }
 
-    /// How long a stored response is replayed (default: the configured `ttl`, 24h). At least
-    /// 1ms; a smaller value makes every keyed request a `500`.
+    /// How long a stored response is replayed (default: the configured `ttl`, 24h).
     ///
     /// ```
     /// # use idem_runtime as idem;
@@ -197,7 +196,15 @@ impl IdempotencyLayer {
     /// let layer = idem::http::IdempotencyLayer::new().ttl(Duration::from_secs(3600));
     /// # let _ = layer;
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// When `ttl` is shorter than 1ms, as tower's builders panic on a setting no request could
+    /// work with: the layer would otherwise answer `500` to every keyed request.
     pub fn ttl(mut self, ttl: Duration) -> Self {
+        if let Err(error) = crate::config::check_ttl(ttl) {
+            panic!("IdempotencyLayer::ttl: {error}");
+        }
         self.settings.ttl = Some(ttl);
         self
     }
@@ -213,7 +220,15 @@ impl IdempotencyLayer {
     /// let layer = idem::http::IdempotencyLayer::new().lease(Duration::from_secs(10));
     /// # let _ = layer;
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// When `lease` is shorter than 3ms (it is renewed every `lease / 3`), as tower's builders
+    /// panic on a setting no request could work with.
     pub fn lease(mut self, lease: Duration) -> Self {
+        if let Err(error) = crate::config::check_lease(lease) {
+            panic!("IdempotencyLayer::lease: {error}");
+        }
         self.settings.lease = Some(lease);
         self
     }
