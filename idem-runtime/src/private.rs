@@ -56,6 +56,9 @@ impl KeyBuilder {
     note = "idem stores the result and replays it to later callers: derive `serde::Serialize` and `serde::Deserialize` for `{Self}`"
 )]
 pub trait Storable: Serialize + DeserializeOwned {}
+// Not shown in errors: the trait's own message is the one to read, once, rather than one
+// error per missing serde trait.
+#[diagnostic::do_not_recommend]
 impl<T: Serialize + DeserializeOwned> Storable for T {}
 
 /// Zero-cost assertion that `T` can be stored and replayed.
@@ -67,6 +70,9 @@ pub fn assert_storable<T: Storable>() {}
     note = "idempotency failures (store down, call in progress, key mismatch) are returned as `{Self}`: add a variant such as `#[error(transparent)] Idempotency(#[from] idem::Error)`"
 )]
 pub trait ErrorType: From<Error> {}
+// Not shown in errors: the trait's own message is the one to read, once, rather than one
+// error per missing serde trait.
+#[diagnostic::do_not_recommend]
 impl<E: From<Error>> ErrorType for E {}
 
 /// Compile-time check that a `cache_err` error type can be stored.
@@ -75,6 +81,9 @@ impl<E: From<Error>> ErrorType for E {}
     note = "idem stores permanent errors and replays them: derive `serde::Serialize` and `serde::Deserialize` for `{Self}`"
 )]
 pub trait CacheableError: Serialize + DeserializeOwned {}
+// Not shown in errors: the trait's own message is the one to read, once, rather than one
+// error per missing serde trait.
+#[diagnostic::do_not_recommend]
 impl<E: Serialize + DeserializeOwned> CacheableError for E {}
 
 /// Zero-cost assertion that the error type can carry idempotency failures.
