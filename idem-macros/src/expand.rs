@@ -91,6 +91,16 @@ fn check_signature(function: &ItemFn) -> syn::Result<()> {
              `async fn`",
         ));
     }
+    if sig.asyncness.is_none() && rewritten_by_async_trait(sig) {
+        return Err(Error::new(
+            sig.fn_token.span,
+            "#[idempotent] sees this method after #[async_trait] rewrote it into a `fn` \
+             returning `Pin<Box<dyn Future>>`, which it cannot wrap; native `async fn` in \
+             traits (Rust 1.75+) works with #[idempotent] without #[async_trait], or keep \
+             #[async_trait] and put #[idempotent] on an inherent `async fn` that this method \
+             calls",
+        ));
+    }
     if sig.asyncness.is_none() {
         return Err(Error::new(
             sig.fn_token.span,
@@ -99,6 +109,17 @@ fn check_signature(function: &ItemFn) -> syn::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Whether `sig` is an `async fn` that `#[async_trait]` (expanded first, on the impl) turned
+/// into a `fn` returning a boxed future: it names its lifetime `'async_trait`.
+fn rewritten_by_async_trait(sig: &syn::Signature) -> bool {
+    let lifetimes = sig.generics.lifetimes().map(|l| &l.lifetime);
+    let returned = match &sig.output {
+        ReturnType::Type(_, ty) => ty.to_token_stream().to_string(),
+        ReturnType::Default => String::new(),
+    };
+    lifetimes.into_iter().any(|l| l.ident == "async_trait") || returned.contains("'async_trait")
 }
 
 /// What the function returns, as far as the syntax tells.
