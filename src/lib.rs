@@ -35,3 +35,8 @@
 
 pub use idem_macros::idempotent;
 pub use idem_runtime::*;
+
+/// The README's first example, run as a doctest so that it stays a complete program.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

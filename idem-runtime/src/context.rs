@@ -86,8 +86,22 @@ impl Idem {
     }
 
     /// Runs `future` with this idem instead of the process-wide one. Calls made by the future
-    /// itself use it; tasks it spawns do not (they fall back to the process-wide one).
-    pub fn scope<F: Future>(&self, future: F) -> impl Future<Output = F::Output> {
+    /// itself use it; tasks it spawns do not (they fall back to the process-wide one: scope
+    /// them too). The returned future owns a clone of this idem, so it can be spawned:
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let tenant = idem::Idem::connect(&idem::Config::default().prefix("tenant-a")).await?;
+    /// let task = tokio::spawn(tenant.scope(async {
+    ///     idem::Call::new("report", "2026-11").run(async { 42 }).await
+    /// }));
+    /// assert_eq!(task.await??.value, 42);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn scope<F: Future>(&self, future: F) -> impl Future<Output = F::Output> + use<F> {
         SCOPED.scope(self.clone(), future)
     }
 
