@@ -9,8 +9,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec::{CachingShape, PlainShape, ResultShape};
-use crate::engine;
+use crate::engine::{self, Request};
 use crate::error::Error;
+use crate::outcome::Outcome;
 use crate::record::Fingerprint;
 use crate::store::StoreHandle;
 
@@ -44,16 +45,7 @@ use crate::store::StoreHandle;
 /// ```
 #[must_use = "a Call does nothing until one of its run methods is awaited"]
 #[derive(Debug)]
-pub struct Call {
-    pub(crate) scope: Cow<'static, str>,
-    pub(crate) key: String,
-    pub(crate) ttl: Option<Duration>,
-    pub(crate) lease: Option<Duration>,
-    pub(crate) wait: Option<Duration>,
-    pub(crate) fingerprint: Option<Result<Fingerprint, String>>,
-    pub(crate) store: Option<StoreHandle>,
-    pub(crate) heartbeat: bool,
-}
+pub struct Call(Request);
 
 impl Call {
     /// A call of `scope` (the namespace, such as the function's path) with `key`.
@@ -79,7 +71,7 @@ impl Call {
 
     /// A call whose key is encoded already (see `key.rs`).
     pub(crate) fn keyed(scope: Cow<'static, str>, key: String) -> Self {
-        Call {
+        Call(Request {
             scope,
             key,
             ttl: None,
@@ -88,45 +80,45 @@ impl Call {
             fingerprint: None,
             store: None,
             heartbeat: true,
-        }
+        })
     }
 
     /// How long a completed result is kept and replayed.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
+        self.0.ttl = Some(ttl);
         self
     }
 
     /// How long the claim lives without renewal; renewed every `lease / 3` while the body runs.
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = Some(lease);
+        self.0.lease = Some(lease);
         self
     }
 
     /// How long a duplicate waits for the in-flight call; zero rejects it at once with
     /// [`Error::InProgress`].
     pub fn wait(mut self, wait: Duration) -> Self {
-        self.wait = Some(wait);
+        self.0.wait = Some(wait);
         self
     }
 
     /// The request this key stands for: stored as a hash, so that the same key with another
     /// request is [`Error::KeyMismatch`] instead of a wrong replay.
     pub fn fingerprint<T: Serialize + ?Sized>(mut self, request: &T) -> Self {
-        self.fingerprint = Some(Fingerprint::of(request).map_err(|e| e.to_string()));
+        self.0.fingerprint = Some(Fingerprint::of(request).map_err(|e| e.to_string()));
         self
     }
 
     /// Runs this call on `store` instead of the configured one.
     pub fn store(mut self, store: impl Into<StoreHandle>) -> Self {
-        self.store = Some(store.into());
+        self.0.store = Some(store.into());
         self
     }
 
     /// Turns the lease renewal off (on by default). Without it a body that runs longer than
     /// its lease loses its claim: for tests of lease expiry, rarely anything else.
     pub fn heartbeat(mut self, on: bool) -> Self {
-        self.heartbeat = on;
+        self.0.heartbeat = on;
         self
     }
 
@@ -139,7 +131,7 @@ impl Call {
     {
         // The engine's future itself, not one wrapped around it: a call's future is moved
         // whole on every call, and each layer adds to what is copied.
-        engine::execute(self, body, PlainShape::new())
+        engine::execute(self.0, body, PlainShape::new())
     }
 
     /// Runs a fallible `body`: an `Ok` value is stored and replayed, an `Err` is returned and
@@ -152,7 +144,7 @@ impl Call {
         T: Serialize + DeserializeOwned,
         F: Future<Output = Result<T, E>>,
     {
-        engine::execute(self, body, ResultShape::new())
+        engine::execute(self.0, body, ResultShape::new())
     }
 
     /// Like [`run_result`](Call::run_result), but the errors for which `cache_err` returns
@@ -168,54 +160,6 @@ impl Call {
         F: Future<Output = Result<T, E>>,
         P: FnOnce(&E) -> bool,
     {
-        engine::execute(self, body, CachingShape::new(cache_err))
+        engine::execute(self.0, body, CachingShape::new(cache_err))
     }
-}
-
-/// Runs `body` once per key; see [`Call`].
-pub fn run<T, F>(call: Call, body: F) -> impl Future<Output = Result<Outcome<T>, Error>>
-where
-    T: Serialize + DeserializeOwned,
-    F: Future<Output = T>,
-{
-    call.run(body)
-}
-
-/// The value of a call and how it was obtained.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome<T> {
-    /// The function's value: its own, or the one stored by an earlier call.
-    pub value: T,
-    /// Whether the body ran, and what became of its result.
-    pub status: Status,
-}
-
-impl<T> Outcome<T> {
-    /// True when the value was replayed from the store and the body did not run.
-    pub fn replayed(&self) -> bool {
-        matches!(self.status, Status::Replayed | Status::Waited)
-    }
-}
-
-/// How a call obtained its value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Status {
-    /// The body ran and its result was stored (or, for a released error, not kept).
-    Executed,
-    /// A stored result was replayed; the body did not run.
-    Replayed,
-    /// The call waited for a concurrent call with the same key and replayed its result.
-    Waited,
-    /// The body ran, but the claim had been lost (its lease expired and another call took the
-    /// key) so the result was not stored: the fencing rule kept the other call's record.
-    LeaseLost,
-    /// The body ran, but its result was not stored: storing it failed after retries (a later
-    /// call may then run the body again once the lease ends), or the result cannot be stored
-    /// so that it reads back as its type (later calls get
-    /// [`Error::Unstorable`](crate::Error::Unstorable)). The result is returned either way.
-    NotStored,
-    /// The store was unavailable and the configuration is fail-open: the body ran without
-    /// idempotency protection.
-    Unprotected,
 }

@@ -1,6 +1,7 @@
 //! The state machine of one call: claim or replay or wait, run under a renewed lease, then
 //! complete or release, fenced by the claim's token.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,13 +10,13 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::cache::{Cached, LocalCache};
-use crate::call::{Call, Outcome, Status};
 use crate::codec::{self, Seal, Shape, Side};
 use crate::config::{FailMode, check_lease, check_ttl};
 use crate::context::Idem;
 use crate::error::{Error, StoreError};
 use crate::key;
 use crate::observe::{self, Outcome as Counted, StoreOp, timed};
+use crate::outcome::{Outcome, Status};
 use crate::record::{Claim, Fingerprint, Record};
 use crate::store::{Fence, StoreHandle};
 
@@ -27,7 +28,22 @@ const COMPLETE_RETRIES: [Duration; 3] = [
     Duration::from_millis(200),
 ];
 
-pub(crate) async fn execute<R, F, S>(call: Call, body: F, shape: S) -> Result<Outcome<R>, Error>
+/// What one call asks of the engine: a plain value, which [`Call`](crate::Call) builds.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) scope: Cow<'static, str>,
+    /// The encoded key (see `key.rs`).
+    pub(crate) key: String,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) lease: Option<Duration>,
+    pub(crate) wait: Option<Duration>,
+    /// The request's fingerprint, or why it could not be computed.
+    pub(crate) fingerprint: Option<Result<Fingerprint, String>>,
+    pub(crate) store: Option<StoreHandle>,
+    pub(crate) heartbeat: bool,
+}
+
+pub(crate) async fn execute<R, F, S>(call: Request, body: F, shape: S) -> Result<Outcome<R>, Error>
 where
     F: Future<Output = R>,
     S: Shape<R>,

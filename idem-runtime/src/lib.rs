@@ -30,6 +30,7 @@ mod engine;
 mod error;
 mod key;
 mod observe;
+mod outcome;
 mod record;
 pub mod store;
 
@@ -43,11 +44,12 @@ pub mod testing;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use call::{Call, Outcome, Status, run};
+pub use call::Call;
 pub use config::{Config, ENV_VARS, FailMode};
 pub use context::{Idem, init, with_store};
 pub use error::{Error, StoreError, StoreErrorKind};
 pub use observe::{CALLS_TOTAL, STORE_SECONDS};
+pub use outcome::{Outcome, Status};
 pub use record::{Claim, Fingerprint, Record, Token};
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]

@@ -6,19 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
-use http::{HeaderName, Method, StatusCode, header};
+use http::{HeaderName, Method};
 use tower::Layer;
 
-use super::IDEMPOTENCY_KEY;
 use super::service::Idempotency;
+use super::settings::Settings;
 use crate::store::StoreHandle;
-
-/// The default of [`IdempotencyLayer::max_request_body`] and
-/// [`IdempotencyLayer::max_response_body`]: 1 MiB.
-const DEFAULT_MAX_BODY: usize = 1024 * 1024;
-
-/// Names the client of a request: keys of different principals never meet.
-pub(crate) type Principal = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
 /// A [`tower::Layer`] that makes an HTTP service idempotent per `Idempotency-Key` header; the
 /// [module documentation](super) gives the rules.
@@ -75,37 +68,6 @@ pub struct IdempotencyLayer {
     pub(crate) settings: Settings,
 }
 
-/// What [`IdempotencyLayer`]'s builder sets; shared by every clone of the service.
-#[derive(Clone)]
-pub(crate) struct Settings {
-    pub(crate) header: HeaderName,
-    pub(crate) required: bool,
-    pub(crate) scope: Cow<'static, str>,
-    pub(crate) ttl: Option<Duration>,
-    pub(crate) lease: Option<Duration>,
-    pub(crate) wait: Option<Duration>,
-    pub(crate) methods: Vec<Method>,
-    pub(crate) max_request_body: usize,
-    pub(crate) max_response_body: usize,
-    pub(crate) fingerprint_headers: Vec<HeaderName>,
-    pub(crate) replay_headers: Vec<HeaderName>,
-    pub(crate) release_server_errors: bool,
-    pub(crate) principal: Option<Principal>,
-    pub(crate) store: Option<StoreHandle>,
-}
-
-impl Settings {
-    /// Whether a response with `status` is stored and replayed (otherwise the key is released).
-    pub(crate) fn stores(&self, status: StatusCode) -> bool {
-        if status.is_server_error() {
-            return !self.release_server_errors;
-        }
-        !(status.is_informational()
-            || status == StatusCode::REQUEST_TIMEOUT
-            || status == StatusCode::TOO_MANY_REQUESTS)
-    }
-}
-
 impl Default for IdempotencyLayer {
     fn default() -> Self {
         IdempotencyLayer::new()
@@ -125,22 +87,7 @@ impl IdempotencyLayer {
     /// ```
     pub fn new() -> Self {
         IdempotencyLayer {
-            settings: Settings {
-                header: IDEMPOTENCY_KEY,
-                required: false,
-                scope: Cow::Borrowed("http"),
-                ttl: None,
-                lease: None,
-                wait: None,
-                methods: vec![Method::POST, Method::PATCH],
-                max_request_body: DEFAULT_MAX_BODY,
-                max_response_body: DEFAULT_MAX_BODY,
-                fingerprint_headers: Vec::new(),
-                replay_headers: vec![header::CONTENT_TYPE, header::LOCATION],
-                release_server_errors: true,
-                principal: None,
-                store: None,
-            },
+            settings: Settings::default(),
         }
     }
 
@@ -402,26 +349,5 @@ impl<S> Layer<S> for IdempotencyLayer {
 impl fmt::Debug for IdempotencyLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.settings.fmt(f)
-    }
-}
-
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IdempotencyLayer")
-            .field("header", &self.header)
-            .field("required", &self.required)
-            .field("scope", &self.scope)
-            .field("ttl", &self.ttl)
-            .field("lease", &self.lease)
-            .field("wait", &self.wait)
-            .field("methods", &self.methods)
-            .field("max_request_body", &self.max_request_body)
-            .field("max_response_body", &self.max_response_body)
-            .field("fingerprint_headers", &self.fingerprint_headers)
-            .field("replay_headers", &self.replay_headers)
-            .field("release_server_errors", &self.release_server_errors)
-            .field("principal", &self.principal.as_ref().map(|_| "Fn(&Parts)"))
-            .field("store", &self.store)
-            .finish()
     }
 }

@@ -69,6 +69,7 @@ mod problem;
 mod replay;
 mod request;
 mod service;
+mod settings;
 
 pub use body::{RequestBody, ResponseBody};
 pub use layer::IdempotencyLayer;

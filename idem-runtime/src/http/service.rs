@@ -12,12 +12,13 @@ use http_body::Body;
 use tower::Service;
 
 use super::body::{RequestBody, ResponseBody};
-use super::layer::Settings;
 use super::problem::Problem;
 use super::replay::Replay;
 use super::request::{self, Read, RequestPrint};
-use crate::call::{Call, Outcome};
+use super::settings::Settings;
+use crate::call::Call;
 use crate::error::Error;
+use crate::outcome::Outcome;
 
 /// The future of an [`Idempotency`] service: the wrapped service's response, a replayed one,
 /// or a problem.
