@@ -54,6 +54,31 @@ impl<S> Idempotency<S> {
     pub(crate) fn new(inner: S, settings: Arc<Settings>) -> Self {
         Idempotency { inner, settings }
     }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// use idem::http::IdempotencyLayer;
+    /// use tower::{Layer, service_fn};
+    ///
+    /// let inner = service_fn(|_: http::Request<String>| async { Ok::<_, std::convert::Infallible>(()) });
+    /// let service = IdempotencyLayer::new().layer(inner);
+    /// let _inner = service.into_inner();
+    /// ```
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S: fmt::Debug> fmt::Debug for Idempotency<S> {
