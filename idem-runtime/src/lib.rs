@@ -18,6 +18,7 @@
 //!
 //! Every call also runs in a `tracing` span `idem` (level DEBUG) with the scope, the key as
 //! stored (hashed when long or unprintable, always with `hash_keys`) and the outcome.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -34,10 +35,12 @@ mod outcome;
 mod record;
 pub mod store;
 
-#[cfg(feature = "axum")]
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
 #[doc(hidden)]
@@ -53,5 +56,6 @@ pub use outcome::{Outcome, Status};
 pub use record::{Claim, Fingerprint, Record, Token};
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::redis::RedisStore;
 pub use store::{Fence, Store, StoreFuture, StoreHandle};

@@ -1,6 +1,6 @@
 //! The `Idempotency-Key` HTTP layer: any tower HTTP service (an axum `Router`, a route, a
 //! hyper service) made idempotent per request key, with the same engine and stores as
-//! `#[idempotent]`. Needs the `axum` feature.
+//! `#[idempotent]`. Needs the `http` feature (tower and http; axum is not a dependency).
 //!
 //! It follows the IETF draft `draft-ietf-httpapi-idempotency-key-header`:
 //!

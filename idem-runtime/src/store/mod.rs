@@ -11,6 +11,7 @@ use crate::record::{Claim, Record};
 
 pub mod memory;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 
 /// The future a [`Store`] operation returns.

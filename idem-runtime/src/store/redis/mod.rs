@@ -61,8 +61,8 @@ const FALLBACK_POLL: Duration = Duration::from_millis(50);
 /// over) or fails over, that can be a node the waiter is not subscribed on.
 const CLUSTER_RELOOK: Duration = Duration::from_millis(250);
 
-/// A [`Store`] on Redis 7.0 or later, one server or a Redis Cluster: exactly-once across
-/// every process and machine that shares it.
+/// A [`Store`] on Redis 7.0 or later, one server or a Redis Cluster (feature `redis`):
+/// exactly-once across every process and machine that shares it.
 ///
 /// Build it with [`RedisStore::connect`] from a [`Config`] (or let [`init`](crate::init) do it
 /// for `IDEM_STORE=redis://…`), or with [`RedisStore::open`] from a URL:
