@@ -273,6 +273,11 @@ async fn waiting_sends_a_bounded_number_of_commands_not_a_poll() {
         .await
         .unwrap();
     woken_after_completion(&server, &store, "waiting:warm-up-wait").await;
+    // The warm-up's subscription ends in the background: not one of the commands counted.
+    eventually("the warm-up unsubscribed", Duration::from_secs(5), || {
+        subscribers(&server, "waiting:warm-up-wait") == 0
+    })
+    .await;
     let key = store_key("waiting", "k");
     let (running_tx, running_rx) = oneshot::channel();
     let (finish_tx, finish_rx) = oneshot::channel::<()>();

@@ -17,7 +17,8 @@
 //! when a command on it fails with a connection error or times out. The next operation dealt
 //! to that place makes a new connection (one at a time per place); operations already in
 //! flight on the old one finish or fail on it. Checking a connection costs no round trip:
-//! there is no `PING`.
+//! there is no `PING`. Every connection is made, and driven, on idem's own runtime (see
+//! `background.rs`), so none depends on the runtime of the call that happened to make it.
 //!
 //! A Cluster connection is never flagged: it holds one connection per node and repairs them
 //! itself (a node whose socket closed is reconnected, a moved slot is looked up again), so

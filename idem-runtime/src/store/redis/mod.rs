@@ -17,8 +17,10 @@
 //! few connections (see `links.rs`): shared and pipelined to one server, one operation at a
 //! time per Cluster connection (see `servers.rs`); scripts run by SHA and are loaded again
 //! where a server lacks them (see `scripts.rs`); waiters are woken by pub/sub (see
-//! `waiters.rs`).
+//! `waiters.rs`). Every connection is made and driven on idem's own runtime, whichever runtime
+//! the calls come from (see `background.rs`).
 
+mod background;
 mod failure;
 mod links;
 mod scripts;
@@ -98,7 +100,9 @@ const CLUSTER_RELOOK: Duration = Duration::from_millis(250);
 /// operation has a timeout (`command_timeout`; `connect_timeout` more when a connection has to
 /// be made) and fails with [`StoreErrorKind::Timeout`] or [`StoreErrorKind::Unavailable`]
 /// instead of hanging; broken connections are replaced by the next operations, so calls work
-/// again as soon as Redis is back.
+/// again as soon as Redis is back. The connections are driven on a few threads of idem's own,
+/// so a store made on one tokio runtime serves calls on any other, after the first one has
+/// ended too.
 ///
 /// Redis replicates asynchronously: a claim or a result that a master acknowledged but had not
 /// yet sent to its replica is lost if the master fails and the replica takes over (the key is
@@ -554,11 +558,9 @@ struct Undo {
 }
 
 impl Undo {
+    /// Sends the release in the background, on idem's own runtime: the caller's may end first.
     fn send(self, mut conn: Conn) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        runtime.spawn(async move {
+        background::spawn(async move {
             let request = Request::script(&self.scripts.release, &self.key, &[&self.claim]);
             let undone = tokio::time::timeout(self.within, send(&mut conn, &request, None)).await;
             let undone = undone.map(|answer| answer.map(|answer| answer.value));

@@ -24,6 +24,8 @@ use redis::{
 use crate::config::{StoreKind, store_kind};
 use crate::error::Error;
 
+use super::background;
+
 /// The servers of a store.
 pub(super) enum Servers {
     /// One Redis server.
@@ -92,6 +94,9 @@ pub(super) struct Timeouts {
 impl Servers {
     /// A connection for commands. `on_push` receives the pushes of a single-server connection
     /// (a cluster connection handles its own: it reconnects a node whose socket closed).
+    ///
+    /// The connection is made on idem's own runtime (see `background.rs`), so that it lives on
+    /// when the runtime of the call that made it ends.
     pub(super) async fn connect(
         &self,
         timeouts: Timeouts,
@@ -103,25 +108,26 @@ impl Servers {
                     .set_connection_timeout(Some(timeouts.connect))
                     .set_response_timeout(None)
                     .set_push_sender(on_push);
-                client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await
-                    .map(Conn::Node)
+                let client = client.clone();
+                background::run(async move {
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                })
+                .await?
+                .map(Conn::Node)
             }
             Servers::Cluster(client) => {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(timeouts.connect)
                     .set_response_timeout(timeouts.attempt);
-                client
-                    .get_async_connection_with_config(config)
-                    .await
-                    .map(Conn::Cluster)
+                Servers::cluster(client, config).await
             }
         }
     }
 
     /// A connection whose pushes (pub/sub messages, and on one server the closing of the
-    /// socket) all go to `on_push`.
+    /// socket) all go to `on_push`; made on idem's own runtime too.
     pub(super) async fn subscriber(
         &self,
         timeouts: Timeouts,
@@ -134,12 +140,18 @@ impl Servers {
                     .set_connection_timeout(timeouts.connect)
                     .set_response_timeout(timeouts.attempt)
                     .set_push_sender(on_push);
-                client
-                    .get_async_connection_with_config(config)
-                    .await
-                    .map(Conn::Cluster)
+                Servers::cluster(client, config).await
             }
         }
+    }
+
+    /// A Cluster connection made on idem's own runtime: its task, and the node connections it
+    /// makes then and later, run there.
+    async fn cluster(client: &ClusterClient, config: ClusterConfig) -> RedisResult<Conn> {
+        let client = client.clone();
+        background::run(async move { client.get_async_connection_with_config(config).await })
+            .await?
+            .map(Conn::Cluster)
     }
 
     /// Whether this is a Cluster.

@@ -7,6 +7,9 @@
 //! the key afterwards (the caller's job), so a completion cannot fall between the look and the
 //! subscription.
 //!
+//! The subscriber connection is made and driven on idem's own runtime (see `background.rs`), so
+//! it serves the waiters of every runtime, and outlives the one whose waiter made it.
+//!
 //! On one server the subscriber is a multiplexed connection and subscribes with `SUBSCRIBE`.
 //! On a Redis Cluster it is a Cluster connection and subscribes with `SSUBSCRIBE` (sharded
 //! pub/sub), which redis-rs sends to the node of the channel's slot, the node that runs the
@@ -28,6 +31,7 @@ use std::time::Duration;
 use redis::{PushInfo, PushKind, RedisError, Value};
 use tokio::sync::Notify;
 
+use super::background;
 use super::servers::{Conn, Servers, Timeouts};
 
 /// The waiters of one store and its subscriber connection.
@@ -132,13 +136,11 @@ impl Drop for Ticket {
             return;
         }
         drop(board);
-        // Unsubscribing is a round trip; without a runtime the subscription stays until the
-        // next waiter of the channel reuses it or the connection closes.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let hub = self.hub.clone();
-            let channel = std::mem::take(&mut self.channel);
-            runtime.spawn(async move { hub.unsubscribe(channel).await });
-        }
+        // Unsubscribing is a round trip: sent in the background, on idem's own runtime, which
+        // outlives the caller's.
+        let hub = self.hub.clone();
+        let channel = std::mem::take(&mut self.channel);
+        background::spawn(async move { hub.unsubscribe(channel).await });
     }
 }
 
