@@ -1,5 +1,7 @@
-//! A `RedisStore` outlives the runtime it was made on: made (or `idem::init`ed) on one tokio
-//! runtime, it serves calls and waiters on the next one after the first has ended.
+//! A `RedisStore` outlives the runtime it was made on, and never fails a call for a connection
+//! that died while idle: made (or `idem::init`ed) on one tokio runtime, it serves calls and
+//! waiters on the next one after the first has ended; and a connection the server dropped is
+//! replaced without an error.
 
 mod support;
 
@@ -121,5 +123,38 @@ fn init_in_one_runtime_then_calls_from_another() {
                 .unwrap();
             assert_eq!(first.status, Status::Executed);
         });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_server_dropped_while_idle_fail_no_call() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).await.unwrap();
+    assert_eq!(call(&store, "idle", 1).await, (1, Status::Executed));
+    waiter_is_woken(&server, &store, "idem:runtimes:idle-wait-0").await;
+    for round in 1..=5 {
+        // Every client of the server but the harness's own (`SKIPME yes`): the store's command
+        // connection and its subscriber.
+        let killed: u64 = server.cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
+        let _: u64 = server.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        assert!(
+            killed >= 1,
+            "round {round}: the store's connection was killed"
+        );
+        // Right away, and many at once: the store may not have learnt of the kill yet.
+        let replays: Vec<_> = (0..16)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { call(&store, "idle", 2).await })
+            })
+            .collect();
+        for replay in replays {
+            assert_eq!(replay.await.unwrap(), (1, Status::Replayed));
+        }
+        assert_eq!(
+            call(&store, &format!("idle-{round}"), round).await,
+            (round, Status::Executed)
+        );
+        waiter_is_woken(&server, &store, &format!("idem:runtimes:idle-wait-{round}")).await;
     }
 }

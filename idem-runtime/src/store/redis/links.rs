@@ -15,10 +15,13 @@
 //! is replaced when it is known to be broken: the connection itself reports that its socket
 //! closed (redis-rs sends a `Disconnection` push on RESP3 connections), and the store flags it
 //! when a command on it fails with a connection error or times out. The next operation dealt
-//! to that place makes a new connection (one at a time per place); operations already in
-//! flight on the old one finish or fail on it. Checking a connection costs no round trip:
-//! there is no `PING`. Every connection is made, and driven, on idem's own runtime (see
-//! `background.rs`), so none depends on the runtime of the call that happened to make it.
+//! to that place makes a new connection (one at a time per place). An operation that was
+//! dealt a connection the store did not yet know to be closed (the server dropped an idle
+//! client, or a network device an idle socket) fails on it with a connection error, and is
+//! sent once more on the new connection of the same place (see `RedisStore::query`). Checking
+//! a connection costs no round trip: there is no `PING`. Every connection is made, and driven,
+//! on idem's own runtime (see `background.rs`), so none depends on the runtime of the call that
+//! happened to make it.
 //!
 //! A Cluster connection is never flagged: it holds one connection per node and repairs them
 //! itself (a node whose socket closed is reconnected, a moved slot is looked up again), so
@@ -60,6 +63,11 @@ impl Link {
         }
     }
 
+    /// Whether this is a connection to one server (not a Cluster connection).
+    pub(super) fn is_node(&self) -> bool {
+        matches!(self.conn, Conn::Node(_))
+    }
+
     fn is_healthy(&self) -> bool {
         !self.broken.load(Ordering::Acquire)
     }
@@ -89,6 +97,8 @@ pub(super) struct Lent<'a> {
     pub(super) link: Link,
     /// The connection's permit, with exclusive use: the operation keeps it while it runs.
     pub(super) held: Option<SemaphorePermit<'a>>,
+    /// Where the connection is kept, for [`Links::again`].
+    pub(super) place: usize,
 }
 
 /// One of the store's connections, once made.
@@ -164,7 +174,35 @@ impl Links {
             });
         }
         let link = self.at(at).await?;
-        Ok(Lent { link, held })
+        Ok(Lent {
+            link,
+            held,
+            place: at,
+        })
+    }
+
+    /// The connection of `place` once more, made anew if it was discarded: for an operation
+    /// sent again after the connection it was dealt turned out to be closed. (Dealt the next
+    /// place instead, it could meet another connection that closed at the same time, as when
+    /// the server dropped all its clients.)
+    pub(super) async fn again(&self, place: usize) -> Result<Lent<'_>, Unlinked> {
+        let at = place % self.places.len();
+        let held = match self.exclusive {
+            true => Some(
+                self.places[at]
+                    .user
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed"),
+            ),
+            false => None,
+        };
+        let link = self.at(at).await?;
+        Ok(Lent {
+            link,
+            held,
+            place: at,
+        })
     }
 
     /// Makes every connection now, all at once; the first one's failure is returned (the

@@ -100,9 +100,10 @@ const CLUSTER_RELOOK: Duration = Duration::from_millis(250);
 /// operation has a timeout (`command_timeout`; `connect_timeout` more when a connection has to
 /// be made) and fails with [`StoreErrorKind::Timeout`] or [`StoreErrorKind::Unavailable`]
 /// instead of hanging; broken connections are replaced by the next operations, so calls work
-/// again as soon as Redis is back. The connections are driven on a few threads of idem's own,
-/// so a store made on one tokio runtime serves calls on any other, after the first one has
-/// ended too.
+/// again as soon as Redis is back. An operation that finds its connection closed (the server
+/// dropped an idle client, a firewall an idle socket) is sent once more on a new connection
+/// instead of failing. The connections are driven on a few threads of idem's own, so a store
+/// made on one tokio runtime serves calls on any other, after the first one has ended too.
 ///
 /// Redis replicates asynchronously: a claim or a result that a master acknowledged but had not
 /// yet sent to its replica is lost if the master fails and the replica takes over (the key is
@@ -305,6 +306,12 @@ impl RedisStore {
     /// `request.replicated` and `min_replicas` set, `WAIT` follows in the same round trip (and
     /// the timeout grows by `replica_timeout`).
     ///
+    /// When the connection to one server turns out to be closed (see [`failure::resend`]: the
+    /// server dropped it while idle, or it broke before the answer came), the connection is
+    /// replaced and the request sent once more, which every operation of the store allows (it
+    /// then has `within` again, after the new connection is made). A Cluster connection does the
+    /// same by itself: it reconnects the node and sends again.
+    ///
     /// When the request times out, `undo` (the claim bytes of a `SET`, and its lease) is
     /// released right after it on the same connection, so that the server runs the release
     /// after the request if the request still arrives.
@@ -316,37 +323,46 @@ impl RedisStore {
         let shared = &self.shared;
         let replicas = shared.replicas.filter(|_| request.replicated);
         let within = shared.command_timeout + replicas.map_or(Duration::ZERO, |r| r.timeout);
-        // `_held` (not `_`): a Cluster connection stays this operation's until it returns.
-        let Lent {
-            mut link,
-            held: _held,
-        } = shared
-            .links
-            .get()
-            .await
-            .map_err(|e| failure::unlinked(e, &shared.url))?;
-        match tokio::time::timeout(within, send(&mut link.conn, &request, replicas)).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(error)) => {
-                if failure::breaks_connection(&error) {
+        let mut resent = None;
+        loop {
+            let lent = match resent {
+                None => shared.links.get().await,
+                Some(place) => shared.links.again(place).await,
+            };
+            // `_held` (not `_`): a Cluster connection stays this operation's until it returns.
+            let Lent {
+                mut link,
+                held: _held,
+                place,
+            } = lent.map_err(|e| failure::unlinked(e, &shared.url))?;
+            match tokio::time::timeout(within, send(&mut link.conn, &request, replicas)).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(error)) => {
+                    if failure::breaks_connection(&error) {
+                        link.discard();
+                    }
+                    if resent.is_none() && link.is_node() && failure::resend(&error) {
+                        tracing::debug!(%error, "idem found its Redis connection closed; sending the command again on a new one");
+                        resent = Some(place);
+                        continue;
+                    }
+                    return Err(failure::command(error, &shared.url));
+                }
+                Err(_) => {
+                    // The server may be gone without a word (a dead peer sends no reset): the
+                    // next operation on this connection's place makes a new one.
                     link.discard();
+                    if let Some((claim, lease)) = undo {
+                        let undo = Undo {
+                            key: request.key.to_owned(),
+                            claim: claim.to_vec(),
+                            scripts: shared.scripts,
+                            within: lease,
+                        };
+                        undo.send(link.conn.clone());
+                    }
+                    return Err(failure::timed_out(&shared.url, within));
                 }
-                Err(failure::command(error, &shared.url))
-            }
-            Err(_) => {
-                // The server may be gone without a word (a dead peer sends no reset): the next
-                // operation on this connection's place makes a new one.
-                link.discard();
-                if let Some((claim, lease)) = undo {
-                    let undo = Undo {
-                        key: request.key.to_owned(),
-                        claim: claim.to_vec(),
-                        scripts: shared.scripts,
-                        within: lease,
-                    };
-                    undo.send(link.conn.clone());
-                }
-                Err(failure::timed_out(&shared.url, within))
             }
         }
     }
