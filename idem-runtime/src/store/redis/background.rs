@@ -1,23 +1,32 @@
-//! The runtime that drives the store's connections, whichever runtime its calls come from.
+//! Which runtime drives the store's connections: the one its calls come from while there is
+//! only one, else a runtime of idem's own.
 //!
 //! A redis-rs connection is a handle on a task, its driver, that owns the socket: redis-rs
 //! spawns it on the runtime current where the connection is made, and registers the socket
-//! with that runtime's I/O driver. Made on an application's runtime, a connection dies with
-//! it: an `idem::init` inside one `#[tokio::test]`, or an application with a runtime per
-//! thread or per job, would leave the store with dead connections once that runtime ends, and
-//! the next call would fail. So the store makes every connection (the command connections, the
-//! Cluster connections with their node connections, the pub/sub subscriber) on a runtime of
-//! idem's own, started with the first connection and kept for the life of the process. Calls
-//! on any runtime only exchange messages with the drivers (channels work across runtimes) and
-//! time themselves on their own runtime.
+//! with that runtime's I/O driver. Made on an application's runtime, a connection depends on
+//! it: once that runtime ends (an `idem::init` inside one `#[tokio::test]`, an application
+//! with a runtime per job) the connection is dead, and while a current-thread runtime is not
+//! being driven (no `block_on` running) its connections do not move, and calls from any other
+//! runtime wait on them until they time out.
+//!
+//! Driving every connection on idem's own runtime would avoid both, at a price: each command
+//! and each answer then crosses between threads, which doubled the time of a replay on a busy
+//! 2-core machine (a client on one current-thread runtime). So a store makes its connections
+//! on the runtime of the call that needs one, as long as all its calls come from that one
+//! runtime; a call from any other runtime (also after the first one ended) moves the store's
+//! connections for good to a multi-thread runtime of idem's own, started then and kept for
+//! the life of the process (see [`Home`]). Calls on any runtime only exchange messages with
+//! the drivers (channels work across runtimes) and time themselves on their own runtime.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-use tokio::runtime::{Builder, Handle, Runtime};
+use redis::RedisResult;
+use tokio::runtime::{Builder, Handle, Id, Runtime};
 use tokio::task::JoinHandle;
 
 /// The most threads that drive connections. A driver frames and parses the commands of its
@@ -48,19 +57,65 @@ fn handle() -> io::Result<&'static Handle> {
     }
 }
 
+/// Where one store makes its connections: on the runtime of the call that needs one, until a
+/// call comes from another runtime; from then on, on idem's own.
+#[derive(Debug, Default)]
+pub(super) struct Home {
+    /// Whether the store has served calls from more than one runtime.
+    moved: AtomicBool,
+}
+
+/// The runtime a connection was made on; `None` for idem's own.
+pub(super) type MadeOn = Option<Id>;
+
+impl Home {
+    /// Whether a connection made on `made_on` may carry a command of a call made here: one made
+    /// on idem's own runtime always, one made on a caller's runtime for calls on that runtime.
+    /// When it may not, the store's connections move to idem's own runtime, for good.
+    pub(super) fn serves(&self, made_on: MadeOn) -> bool {
+        let Some(made_on) = made_on else {
+            return true;
+        };
+        if current() == Some(made_on) {
+            return true;
+        }
+        self.moved.store(true, Ordering::Release);
+        false
+    }
+
+    /// Makes a connection with `make`: on the caller's runtime while the store has served no
+    /// other, else on idem's own.
+    pub(super) async fn make<T: Send + 'static>(
+        &self,
+        make: impl Future<Output = RedisResult<T>> + Send + 'static,
+    ) -> RedisResult<(T, MadeOn)> {
+        match (self.moved.load(Ordering::Acquire), current()) {
+            (false, Some(here)) => Ok((make.await?, Some(here))),
+            _ => Ok((run(make).await??, None)),
+        }
+    }
+}
+
+/// The runtime of the calling task.
+fn current() -> Option<Id> {
+    Handle::try_current().ok().map(|handle| handle.id())
+}
+
 /// Runs `future` (one that makes a connection) on idem's connection runtime and returns its
 /// output; dropping the returned future stops it there.
-pub(super) async fn run<T: Send + 'static>(
-    future: impl Future<Output = T> + Send + 'static,
-) -> io::Result<T> {
+async fn run<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static) -> io::Result<T> {
     let task = Task(handle()?.spawn(future));
     task.await
         .map_err(|e| io::Error::other(format!("idem's connection task ended early: {e}")))
 }
 
-/// Runs `future` on idem's connection runtime, in the background; nothing if that runtime
-/// cannot start.
-pub(super) fn spawn(future: impl Future<Output = ()> + Send + 'static) {
+/// Runs `future` in the background: on the caller's runtime if `here`, else (or without one)
+/// on idem's connection runtime; nothing if that runtime cannot start.
+pub(super) fn spawn(here: bool, future: impl Future<Output = ()> + Send + 'static) {
+    if here && let Ok(runtime) = Handle::try_current() {
+        drop(runtime.spawn(future));
+        return;
+    }
     match handle() {
         Ok(handle) => drop(handle.spawn(future)),
         Err(error) => tracing::debug!(%error, "idem dropped a background Redis command"),
@@ -96,7 +151,7 @@ mod tests {
         // A task made from the first runtime, like a connection's driver.
         first
             .block_on(run(async move {
-                spawn(async move {
+                spawn(true, async move {
                     while let Some(n) = rx.recv().await {
                         let _ = echo_tx.send(n + 1);
                     }
@@ -110,5 +165,26 @@ mod tests {
             echo_rx.recv().await
         });
         assert_eq!(echoed, Some(42));
+    }
+
+    #[test]
+    fn connections_move_to_idems_runtime_once_a_second_runtime_calls() {
+        let home = Home::default();
+        let make = || async { Ok::<_, redis::RedisError>(()) };
+        let first = Builder::new_current_thread().enable_all().build().unwrap();
+        let (_, made_on) = first.block_on(home.make(make())).unwrap();
+        assert_eq!(
+            made_on,
+            Some(first.handle().id()),
+            "made where the call runs"
+        );
+        assert!(first.block_on(async { home.serves(made_on) }));
+        let second = Builder::new_current_thread().enable_all().build().unwrap();
+        assert!(!second.block_on(async { home.serves(made_on) }));
+        for runtime in [&first, &second] {
+            let (_, made_on) = runtime.block_on(home.make(make())).unwrap();
+            assert_eq!(made_on, None, "made on idem's own runtime from now on");
+            assert!(runtime.block_on(async { home.serves(made_on) }));
+        }
     }
 }

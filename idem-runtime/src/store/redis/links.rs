@@ -19,9 +19,10 @@
 //! dealt a connection the store did not yet know to be closed (the server dropped an idle
 //! client, or a network device an idle socket) fails on it with a connection error, and is
 //! sent once more on the new connection of the same place (see `RedisStore::query`). Checking
-//! a connection costs no round trip: there is no `PING`. Every connection is made, and driven,
-//! on idem's own runtime (see `background.rs`), so none depends on the runtime of the call that
-//! happened to make it.
+//! a connection costs no round trip: there is no `PING`. A connection is made, and driven, on
+//! the runtime of the call that needs it while the store's calls all come from one runtime,
+//! else on idem's own (see `background.rs`): one made on another caller's runtime is replaced
+//! like a broken one.
 //!
 //! A Cluster connection is never flagged: it holds one connection per node and repairs them
 //! itself (a node whose socket closed is reconnected, a moved slot is looked up again), so
@@ -45,6 +46,7 @@ use std::time::Duration;
 use redis::{PushInfo, PushKind, RedisError};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use super::background::{Home, MadeOn};
 use super::servers::{Conn, Servers, Timeouts};
 
 /// A shared connection and whether it is known to be broken.
@@ -52,6 +54,8 @@ use super::servers::{Conn, Servers, Timeouts};
 pub(super) struct Link {
     pub(super) conn: Conn,
     broken: Arc<AtomicBool>,
+    /// The runtime that drives it.
+    made_on: MadeOn,
 }
 
 impl Link {
@@ -84,6 +88,7 @@ pub(super) enum Unlinked {
 /// The connections of a store.
 pub(super) struct Links {
     servers: Arc<Servers>,
+    home: Arc<Home>,
     timeouts: Timeouts,
     places: Box<[Place]>,
     next: AtomicUsize,
@@ -137,12 +142,14 @@ impl Links {
     /// `timeouts` when first needed; each used by one operation at a time if `exclusive`.
     pub(super) fn new(
         servers: Arc<Servers>,
+        home: Arc<Home>,
         timeouts: Timeouts,
         count: usize,
         exclusive: bool,
     ) -> Self {
         Links {
             servers,
+            home,
             timeouts,
             places: (0..count.max(1)).map(|_| Place::default()).collect(),
             next: AtomicUsize::new(0),
@@ -215,11 +222,17 @@ impl Links {
 
     async fn at(&self, at: usize) -> Result<Link, Unlinked> {
         let place = &self.places[at];
-        if let Some(link) = place.healthy() {
+        // A connection driven by another caller's runtime is replaced too (see `Home`).
+        let usable = || {
+            place
+                .healthy()
+                .filter(|link| self.home.serves(link.made_on))
+        };
+        if let Some(link) = usable() {
             return Ok(link);
         }
         let _connecting = place.connecting.lock().await;
-        if let Some(link) = place.healthy() {
+        if let Some(link) = usable() {
             return Ok(link);
         }
         let link = self.create().await?;
@@ -237,8 +250,13 @@ impl Links {
             Ok::<(), Infallible>(())
         };
         let within = self.timeouts.connect;
-        match tokio::time::timeout(within, self.servers.connect(self.timeouts, on_push)).await {
-            Ok(Ok(conn)) => Ok(Link { conn, broken }),
+        let connect = self.servers.connect(self.timeouts, on_push, &self.home);
+        match tokio::time::timeout(within, connect).await {
+            Ok(Ok((conn, made_on))) => Ok(Link {
+                conn,
+                broken,
+                made_on,
+            }),
             Ok(Err(error)) => Err(Unlinked::Failed(error)),
             Err(_) => Err(Unlinked::TimedOut(within)),
         }

@@ -17,8 +17,8 @@
 //! few connections (see `links.rs`): shared and pipelined to one server, one operation at a
 //! time per Cluster connection (see `servers.rs`); scripts run by SHA and are loaded again
 //! where a server lacks them (see `scripts.rs`); waiters are woken by pub/sub (see
-//! `waiters.rs`). Every connection is made and driven on idem's own runtime, whichever runtime
-//! the calls come from (see `background.rs`). `connect` checks the servers before the first
+//! `waiters.rs`). Connections are made and driven on the runtime the calls come from, or on
+//! idem's own once they come from more than one (see `background.rs`). `connect` checks the servers before the first
 //! call, eviction included (see `checks.rs`).
 
 mod background;
@@ -42,6 +42,7 @@ use crate::error::{Error, StoreError};
 use crate::record::{Claim, Record};
 use crate::store::{Fence, Store, StoreFuture};
 
+use self::background::Home;
 use self::links::{Lent, Links};
 use self::scripts::{Lua, Scripts};
 use self::servers::{Conn, Target, Timeouts};
@@ -104,8 +105,9 @@ const CLUSTER_RELOOK: Duration = Duration::from_millis(250);
 /// instead of hanging; broken connections are replaced by the next operations, so calls work
 /// again as soon as Redis is back. An operation that finds its connection closed (the server
 /// dropped an idle client, a firewall an idle socket) is sent once more on a new connection
-/// instead of failing. The connections are driven on a few threads of idem's own, so a store
-/// made on one tokio runtime serves calls on any other, after the first one has ended too.
+/// instead of failing. A store made on one tokio runtime serves calls on any other, after the
+/// first one has ended too: its connections are driven by the runtime of its calls while they
+/// all come from one, and move to a few threads of idem's own once a call comes from another.
 ///
 /// A server that can evict records (`maxmemory` with a policy other than `noeviction`) could
 /// drop a claim or a result and let its call run again: `connect` refuses it unless
@@ -181,11 +183,12 @@ impl RedisStore {
         let pool_size = config
             .pool_size
             .unwrap_or(if cluster { CLUSTER_POOL } else { NODE_POOL });
-        let links = Links::new(servers.clone(), timeouts, pool_size, cluster);
+        let home = Arc::new(Home::default());
+        let links = Links::new(servers.clone(), home.clone(), timeouts, pool_size, cluster);
         let store = RedisStore {
             shared: Arc::new(Shared {
                 links,
-                hub: Arc::new(Hub::new(servers, timeouts, config.command_timeout)),
+                hub: Arc::new(Hub::new(servers, home, timeouts, config.command_timeout)),
                 scripts: if cluster {
                     &scripts::CLUSTER
                 } else {
@@ -475,7 +478,7 @@ struct Undo {
 impl Undo {
     /// Sends the release in the background, on idem's own runtime: the caller's may end first.
     fn send(self, mut conn: Conn) {
-        background::spawn(async move {
+        background::spawn(false, async move {
             let request = Request::script(&self.scripts.release, &self.key, &[&self.claim]);
             let undone = tokio::time::timeout(self.within, send(&mut conn, &request, None)).await;
             let undone = undone.map(|answer| answer.map(|answer| answer.value));
