@@ -29,14 +29,27 @@ use super::links::Unlinked;
 use super::scripts::Lua;
 use super::servers::Conn;
 
-/// What one master told about itself.
+/// What the masters answered to `INFO server` and to `INFO memory`.
 struct Inspected {
+    servers: Vec<Said>,
+    memories: Vec<Said>,
+}
+
+/// One master's answer to an `INFO` command.
+struct Said {
     /// The node's address on a Cluster; `None` on one server.
     node: Option<String>,
-    /// `INFO server`.
-    server: String,
-    /// `INFO memory`.
-    memory: String,
+    info: String,
+}
+
+impl Said {
+    /// `Redis at <url>`, with the node on a Cluster: the subject of a message about it.
+    fn at(&self, url: &str) -> String {
+        match &self.node {
+            Some(node) => format!("Redis at {url} (node {node})"),
+            None => format!("Redis at {url}"),
+        }
+    }
 }
 
 /// Why the start-up check failed.
@@ -76,8 +89,8 @@ impl RedisStore {
             self.inspect(&mut link.conn).await.map_err(Checked::Command)
         })
         .await;
-        let masters = match answer {
-            Ok(Ok(masters)) => masters,
+        let inspected = match answer {
+            Ok(Ok(inspected)) => inspected,
             Err(_) => {
                 return Err(unreachable(StoreError::new(
                     StoreErrorKind::Timeout,
@@ -103,13 +116,9 @@ impl RedisStore {
             Ok(Err(Checked::Link(e))) => return Err(unreachable(failure::unlinked(e, url))),
             Ok(Err(Checked::Command(e))) => return Err(unreachable(failure::command(e, url))),
         };
-        let mut evicting = Vec::new();
-        for master in &masters {
-            let at = match &master.node {
-                Some(node) => format!("Redis at {url} (node {node})"),
-                None => format!("Redis at {url}"),
-            };
-            match server_version(&master.server) {
+        for server in &inspected.servers {
+            let at = server.at(url);
+            match server_version(&server.info) {
                 Some((major, _)) if major >= 7 => {}
                 Some((major, minor)) => {
                     return Err(Error::Config(format!(
@@ -122,12 +131,16 @@ impl RedisStore {
                     )));
                 }
             }
-            if !self.shared.cluster && info_field(&master.server, "redis_mode") == Some("cluster") {
+            if !self.shared.cluster && info_field(&server.info, "redis_mode") == Some("cluster") {
                 return Err(Error::Config(format!(
                     "{at} is a node of a Redis Cluster; name the cluster with redis+cluster://host1:port1,host2:port2"
                 )));
             }
-            match eviction(&master.memory) {
+        }
+        let mut evicting = Vec::new();
+        for memory in &inspected.memories {
+            let at = memory.at(url);
+            match eviction(&memory.info) {
                 Eviction::Never => {}
                 Eviction::Possible { maxmemory, policy } => evicting.push(format!(
                     "{at} has maxmemory {maxmemory} bytes and maxmemory-policy {policy}"
@@ -158,7 +171,7 @@ impl RedisStore {
     }
 
     /// `INFO server` and `INFO memory` of every master, after loading the scripts on them.
-    async fn inspect(&self, conn: &mut Conn) -> RedisResult<Vec<Inspected>> {
+    async fn inspect(&self, conn: &mut Conn) -> RedisResult<Inspected> {
         let scripts = self.shared.scripts.all();
         if let Conn::Node(node) = conn {
             let mut pipe = redis::pipe();
@@ -168,11 +181,11 @@ impl RedisStore {
                 pipe.cmd("SCRIPT").arg("LOAD").arg(lua.source).ignore();
             }
             let (server, memory): (String, String) = pipe.query_async(node).await?;
-            return Ok(vec![Inspected {
-                node: None,
-                server,
-                memory,
-            }]);
+            let said = |info| vec![Said { node: None, info }];
+            return Ok(Inspected {
+                servers: said(server),
+                memories: said(memory),
+            });
         }
         let on_every_master = |cmd: Cmd| {
             let mut conn = conn.clone();
@@ -200,20 +213,21 @@ impl RedisStore {
         for loaded in [complete, release, renew, peek] {
             loaded?;
         }
-        let memories = memories?;
-        let mut masters = Vec::new();
-        for (node, server) in servers? {
-            let memory = match memories.iter().find(|(other, _)| *other == node) {
-                Some((_, memory)) => String::from_redis_value(memory.clone())?,
-                None => String::new(),
-            };
-            masters.push(Inspected {
-                node,
-                server: String::from_redis_value(server)?,
-                memory,
-            });
-        }
-        Ok(masters)
+        let said = |answers: Vec<(Option<String>, Value)>| -> RedisResult<Vec<Said>> {
+            answers
+                .into_iter()
+                .map(|(node, info)| {
+                    Ok(Said {
+                        node,
+                        info: String::from_redis_value(info)?,
+                    })
+                })
+                .collect()
+        };
+        Ok(Inspected {
+            servers: said(servers?)?,
+            memories: said(memories?)?,
+        })
     }
 }
 
