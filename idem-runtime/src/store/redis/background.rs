@@ -10,13 +10,13 @@
 //! runtime wait on them until they time out.
 //!
 //! Driving every connection on idem's own runtime would avoid both, at a price: each command
-//! and each answer then crosses between threads, which doubled the time of a replay on a busy
-//! 2-core machine (a client on one current-thread runtime). So a store makes its connections
-//! on the runtime of the call that needs one, as long as all its calls come from that one
-//! runtime; a call from any other runtime (also after the first one ended) moves the store's
-//! connections for good to a multi-thread runtime of idem's own, started then and kept for
-//! the life of the process (see [`Home`]). Calls on any runtime only exchange messages with
-//! the drivers (channels work across runtimes) and time themselves on their own runtime.
+//! and each answer would then cross between threads, two wake-ups of another thread per round
+//! trip, on the hot path of every call. So a store makes its connections on the runtime of the
+//! call that needs one, as long as all its calls come from that one runtime; a call from any
+//! other runtime (also after the first one ended) moves the store's connections for good to a
+//! multi-thread runtime of idem's own, started then and kept for the life of the process (see
+//! [`Home`]). Calls on any runtime only exchange messages with the drivers (channels work
+//! across runtimes) and time themselves on their own runtime.
 
 use std::future::Future;
 use std::io;
