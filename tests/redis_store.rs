@@ -273,6 +273,11 @@ async fn waiting_sends_a_bounded_number_of_commands_not_a_poll() {
         .await
         .unwrap();
     woken_after_completion(&server, &store, "waiting:warm-up-wait").await;
+    // The warm-up's subscription ends in the background: not one of the commands counted.
+    eventually("the warm-up unsubscribed", Duration::from_secs(5), || {
+        subscribers(&server, "waiting:warm-up-wait") == 0
+    })
+    .await;
     let key = store_key("waiting", "k");
     let (running_tx, running_rx) = oneshot::channel();
     let (finish_tx, finish_rx) = oneshot::channel::<()>();
@@ -769,23 +774,15 @@ async fn concurrent_calls_share_pool_size_connections_and_a_killed_one_is_replac
     assert_eq!(shared.len(), 2, "the calls used {shared:?}");
 
     // Both connections are killed under the store: the following calls make new ones. A call
-    // dealt to a connection before the store learned of its end fails (Unavailable), and
-    // nothing runs twice.
+    // dealt to a connection before the store learned of its end is sent again on the new
+    // connection of its place: no call fails, and nothing runs twice.
     for id in &shared {
         let _: i64 = server.cmd(&["CLIENT", "KILL", "ID", id]);
     }
-    let mut failed = 0;
     for outcome in burst(2).await {
-        match outcome {
-            Ok(outcome) => assert_eq!((outcome.value, outcome.status), (1, Status::Replayed)),
-            Err(Error::Store { source, .. }) => {
-                assert_eq!(source.kind(), StoreErrorKind::Unavailable, "{source}");
-                failed += 1;
-            }
-            Err(other) => panic!("unexpected error: {other}"),
-        }
+        let outcome = outcome.expect("a call on a killed connection is sent again");
+        assert_eq!((outcome.value, outcome.status), (1, Status::Replayed));
     }
-    assert!(failed < 256, "no call got through after the kill");
     for outcome in burst(3).await {
         let outcome = outcome.expect("the replaced connections serve every call");
         assert_eq!((outcome.value, outcome.status), (1, Status::Replayed));

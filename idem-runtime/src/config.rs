@@ -85,6 +85,10 @@ pub struct Config {
     /// How many completed records this process keeps in its local cache, in front of the
     /// store; `0` turns the cache off. See [`Config::local_cache`].
     pub local_cache: usize,
+    /// Whether the Redis store accepts a server that can evict records (`maxmemory` with a
+    /// policy other than `noeviction`); `false` (the default) refuses it. See
+    /// [`Config::allow_eviction`].
+    pub allow_eviction: bool,
 }
 
 impl Default for Config {
@@ -104,6 +108,7 @@ impl Default for Config {
             min_replicas: 0,
             replica_timeout: Duration::from_secs(1),
             local_cache: 0,
+            allow_eviction: false,
         }
     }
 }
@@ -124,6 +129,7 @@ pub const ENV_VARS: &[&str] = &[
     "IDEM_MIN_REPLICAS",
     "IDEM_REPLICA_TIMEOUT",
     "IDEM_LOCAL_CACHE",
+    "IDEM_ALLOW_EVICTION",
 ];
 
 const STORE_FORMS: &str = "`memory`, `redis://host:6379/0`, `rediss://host:6380/0` or `redis+cluster://host1:port1,host2:port2`";
@@ -162,6 +168,7 @@ impl Config {
     /// | `IDEM_MIN_REPLICAS` | replicas that must acknowledge a claim or a result (Redis) | `0` |
     /// | `IDEM_REPLICA_TIMEOUT` | how long a write waits for them | `1s` |
     /// | `IDEM_LOCAL_CACHE` | completed records kept in process, in front of the store (`0` is off) | `0` |
+    /// | `IDEM_ALLOW_EVICTION` | `true` to accept a Redis that can evict records | `false` |
     ///
     /// A malformed value is [`Error::Config`] naming the variable and what it accepts.
     pub fn from_env() -> Result<Config, Error> {
@@ -191,6 +198,13 @@ impl Config {
                 "1" | "true" | "yes" | "on" => true,
                 "0" | "false" | "no" | "off" => false,
                 _ => return Err(bad_var("IDEM_HASH_KEYS", &flag, "`true` or `false`")),
+            };
+        }
+        if let Some(flag) = get("IDEM_ALLOW_EVICTION") {
+            config.allow_eviction = match flag.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(bad_var("IDEM_ALLOW_EVICTION", &flag, "`true` or `false`")),
             };
         }
         let count = |name: &str, value: String| -> Result<usize, Error> {
@@ -367,6 +381,28 @@ impl Config {
         self
     }
 
+    /// Accepts a Redis that can evict records (`IDEM_ALLOW_EVICTION=1`); off by default.
+    ///
+    /// A Redis with `maxmemory` set and any `maxmemory-policy` but `noeviction` evicts records
+    /// when it is full, idem's too (each has an expiry, so the `volatile-*` policies pick them
+    /// as well): an evicted claim or result lets its call run again, silently. So
+    /// `RedisStore::connect` (and so [`init`](crate::init)) reads `maxmemory` and
+    /// `maxmemory_policy` from `INFO memory` of the server (of every master of a Cluster) and
+    /// refuses such a server with [`Error::Config`]. With this on, it connects and logs one
+    /// warning instead. The memory store ignores it.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// let config = idem::Config::default()
+    ///     .store("redis://cache.internal:6379/0")
+    ///     .allow_eviction(true);
+    /// assert!(config.allow_eviction);
+    /// ```
+    pub fn allow_eviction(mut self, allow: bool) -> Self {
+        self.allow_eviction = allow;
+        self
+    }
+
     /// Checks the values that have limits; [`init`](crate::init) calls it.
     pub fn validate(&self) -> Result<(), Error> {
         check_store(&self.store, "store")?;
@@ -540,6 +576,36 @@ mod tests {
         let file: Config = serde_json::from_str(r#"{"local_cache":64}"#).unwrap();
         assert_eq!(file.local_cache, 64);
         assert_eq!(Config::default().local_cache(8).local_cache, 8);
+    }
+
+    #[test]
+    fn allow_eviction_is_off_by_default_and_set_by_env_file_or_code() {
+        assert!(!Config::default().allow_eviction);
+        assert!(ENV_VARS.contains(&"IDEM_ALLOW_EVICTION"));
+        for on in ["1", "true", "YES", "on"] {
+            assert!(
+                from(&[("IDEM_ALLOW_EVICTION", on)]).unwrap().allow_eviction,
+                "{on}"
+            );
+        }
+        for off in ["0", "false", "no", "Off"] {
+            assert!(
+                !from(&[("IDEM_ALLOW_EVICTION", off)])
+                    .unwrap()
+                    .allow_eviction,
+                "{off}"
+            );
+        }
+        let error = from(&[("IDEM_ALLOW_EVICTION", "sometimes")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("IDEM_ALLOW_EVICTION") && error.contains("`true` or `false`"),
+            "{error}"
+        );
+        let file: Config = serde_json::from_str(r#"{"allow_eviction":true}"#).unwrap();
+        assert!(file.allow_eviction);
+        assert!(Config::default().allow_eviction(true).allow_eviction);
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct RedisServer {
     password: Option<String>,
     /// The TLS port, when the server also listens with TLS (see [`RedisServer::with_tls`]).
     tls_port: Option<u16>,
+    /// More command-line options (see [`RedisServer::with_args`]).
+    args: Vec<String>,
     child: Option<Child>,
     /// The harness's own connection and its client address, which [`Monitor`] leaves out.
     control: Mutex<Option<(redis::Connection, String)>>,
@@ -40,22 +42,28 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server without password.
     pub fn start() -> RedisServer {
-        RedisServer::launch_new(None, false)
+        RedisServer::launch_new(None, false, &[])
+    }
+
+    /// Starts a server with more command-line options, such as
+    /// `["--maxmemory", "2mb", "--maxmemory-policy", "allkeys-lru"]`.
+    pub fn with_args(args: &[&str]) -> RedisServer {
+        RedisServer::launch_new(None, false, args)
     }
 
     /// Starts a server that requires `password` (`requirepass`).
     pub fn with_password(password: &str) -> RedisServer {
-        RedisServer::launch_new(Some(password.to_owned()), false)
+        RedisServer::launch_new(Some(password.to_owned()), false, &[])
     }
 
     /// Starts a server that also listens with TLS on [`tls_url`](RedisServer::tls_url), with a
     /// certificate for `127.0.0.1` signed by a CA of its own ([`tls_ca`](RedisServer::tls_ca)).
     /// The harness itself keeps using the plain port.
     pub fn with_tls() -> RedisServer {
-        RedisServer::launch_new(None, true)
+        RedisServer::launch_new(None, true, &[])
     }
 
-    fn launch_new(password: Option<String>, tls: bool) -> RedisServer {
+    fn launch_new(password: Option<String>, tls: bool, args: &[&str]) -> RedisServer {
         let n = SERVERS.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("idem-redis-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the server's temporary directory");
@@ -64,6 +72,7 @@ impl RedisServer {
             dir,
             password,
             tls_port: None,
+            args: args.iter().map(|arg| arg.to_string()).collect(),
             child: None,
             control: Mutex::new(None),
         };
@@ -100,6 +109,7 @@ impl RedisServer {
         if let Some(password) = &self.password {
             command.args(["--requirepass", password]);
         }
+        command.args(&self.args);
         if let Some(tls_port) = self.tls_port {
             command
                 .arg("--tls-port")

@@ -13,6 +13,20 @@ pub(super) fn breaks_connection(error: &RedisError) -> bool {
     error.is_unrecoverable_error() || error.is_io_error()
 }
 
+/// Whether an operation that failed with `error` on a single-server connection is sent once
+/// more, on a new connection: the connection was found closed (its socket or its driver gone)
+/// before the answer came. Not a timeout (the server may be alive and slow, and a timed-out
+/// claim is undone instead), not an error the server answered.
+///
+/// Sending an operation twice is safe for every operation of the store, even if the first one
+/// reached the server: a claim that finds its own token counts as claimed, a completion that
+/// finds its own result counts as held (see `scripts.rs`), a renewal extends the lease again, a
+/// release that finds the key already gone reports a lost fence (which a release ignores), and
+/// the look at a lease only reads.
+pub(super) fn resend(error: &RedisError) -> bool {
+    error.is_connection_dropped() && !error.is_timeout()
+}
+
 /// Whether `error` is the server refusing the credentials.
 pub(super) fn is_auth(error: &RedisError) -> bool {
     error.kind() == ErrorKind::AuthenticationFailed
@@ -101,5 +115,28 @@ fn kind_of(error: &RedisError) -> StoreErrorKind {
         _ if error.code() == Some("OOM") => StoreErrorKind::Full,
         _ if error.code() == Some("WRONGTYPE") => StoreErrorKind::Protocol,
         _ => StoreErrorKind::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[test]
+    fn operations_are_sent_again_after_a_closed_connection_only() {
+        let io = |kind: io::ErrorKind| RedisError::from(io::Error::from(kind));
+        for kind in [
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::UnexpectedEof,
+            io::ErrorKind::NotConnected,
+        ] {
+            assert!(resend(&io(kind)), "{kind:?}");
+        }
+        assert!(!resend(&io(io::ErrorKind::TimedOut)));
+        let answered = RedisError::from((ErrorKind::Server(ServerErrorKind::NoScript), "NOSCRIPT"));
+        assert!(!resend(&answered));
     }
 }

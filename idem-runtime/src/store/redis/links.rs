@@ -15,9 +15,14 @@
 //! is replaced when it is known to be broken: the connection itself reports that its socket
 //! closed (redis-rs sends a `Disconnection` push on RESP3 connections), and the store flags it
 //! when a command on it fails with a connection error or times out. The next operation dealt
-//! to that place makes a new connection (one at a time per place); operations already in
-//! flight on the old one finish or fail on it. Checking a connection costs no round trip:
-//! there is no `PING`.
+//! to that place makes a new connection (one at a time per place). An operation that was
+//! dealt a connection the store did not yet know to be closed (the server dropped an idle
+//! client, or a network device an idle socket) fails on it with a connection error, and is
+//! sent once more on the new connection of the same place (see `RedisStore::query`). Checking
+//! a connection costs no round trip: there is no `PING`. A connection is made, and driven, on
+//! the runtime of the call that needs it while the store's calls all come from one runtime,
+//! else on idem's own (see `background.rs`): one made on another caller's runtime is replaced
+//! like a broken one.
 //!
 //! A Cluster connection is never flagged: it holds one connection per node and repairs them
 //! itself (a node whose socket closed is reconnected, a moved slot is looked up again), so
@@ -41,6 +46,7 @@ use std::time::Duration;
 use redis::{PushInfo, PushKind, RedisError};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use super::background::{Home, MadeOn};
 use super::servers::{Conn, Servers, Timeouts};
 
 /// A shared connection and whether it is known to be broken.
@@ -48,6 +54,8 @@ use super::servers::{Conn, Servers, Timeouts};
 pub(super) struct Link {
     pub(super) conn: Conn,
     broken: Arc<AtomicBool>,
+    /// The runtime that drives it.
+    made_on: MadeOn,
 }
 
 impl Link {
@@ -57,6 +65,11 @@ impl Link {
         if matches!(self.conn, Conn::Node(_)) {
             self.broken.store(true, Ordering::Release);
         }
+    }
+
+    /// Whether this is a connection to one server (not a Cluster connection).
+    pub(super) fn is_node(&self) -> bool {
+        matches!(self.conn, Conn::Node(_))
     }
 
     fn is_healthy(&self) -> bool {
@@ -75,6 +88,7 @@ pub(super) enum Unlinked {
 /// The connections of a store.
 pub(super) struct Links {
     servers: Arc<Servers>,
+    home: Arc<Home>,
     timeouts: Timeouts,
     places: Box<[Place]>,
     next: AtomicUsize,
@@ -88,6 +102,8 @@ pub(super) struct Lent<'a> {
     pub(super) link: Link,
     /// The connection's permit, with exclusive use: the operation keeps it while it runs.
     pub(super) held: Option<SemaphorePermit<'a>>,
+    /// Where the connection is kept, for [`Links::again`].
+    pub(super) place: usize,
 }
 
 /// One of the store's connections, once made.
@@ -126,12 +142,14 @@ impl Links {
     /// `timeouts` when first needed; each used by one operation at a time if `exclusive`.
     pub(super) fn new(
         servers: Arc<Servers>,
+        home: Arc<Home>,
         timeouts: Timeouts,
         count: usize,
         exclusive: bool,
     ) -> Self {
         Links {
             servers,
+            home,
             timeouts,
             places: (0..count.max(1)).map(|_| Place::default()).collect(),
             next: AtomicUsize::new(0),
@@ -163,7 +181,35 @@ impl Links {
             });
         }
         let link = self.at(at).await?;
-        Ok(Lent { link, held })
+        Ok(Lent {
+            link,
+            held,
+            place: at,
+        })
+    }
+
+    /// The connection of `place` once more, made anew if it was discarded: for an operation
+    /// sent again after the connection it was dealt turned out to be closed. (Dealt the next
+    /// place instead, it could meet another connection that closed at the same time, as when
+    /// the server dropped all its clients.)
+    pub(super) async fn again(&self, place: usize) -> Result<Lent<'_>, Unlinked> {
+        let at = place % self.places.len();
+        let held = match self.exclusive {
+            true => Some(
+                self.places[at]
+                    .user
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed"),
+            ),
+            false => None,
+        };
+        let link = self.at(at).await?;
+        Ok(Lent {
+            link,
+            held,
+            place: at,
+        })
     }
 
     /// Makes every connection now, all at once; the first one's failure is returned (the
@@ -176,11 +222,17 @@ impl Links {
 
     async fn at(&self, at: usize) -> Result<Link, Unlinked> {
         let place = &self.places[at];
-        if let Some(link) = place.healthy() {
+        // A connection driven by another caller's runtime is replaced too (see `Home`).
+        let usable = || {
+            place
+                .healthy()
+                .filter(|link| self.home.serves(link.made_on))
+        };
+        if let Some(link) = usable() {
             return Ok(link);
         }
         let _connecting = place.connecting.lock().await;
-        if let Some(link) = place.healthy() {
+        if let Some(link) = usable() {
             return Ok(link);
         }
         let link = self.create().await?;
@@ -198,8 +250,13 @@ impl Links {
             Ok::<(), Infallible>(())
         };
         let within = self.timeouts.connect;
-        match tokio::time::timeout(within, self.servers.connect(self.timeouts, on_push)).await {
-            Ok(Ok(conn)) => Ok(Link { conn, broken }),
+        let connect = self.servers.connect(self.timeouts, on_push, &self.home);
+        match tokio::time::timeout(within, connect).await {
+            Ok(Ok((conn, made_on))) => Ok(Link {
+                conn,
+                broken,
+                made_on,
+            }),
             Ok(Err(error)) => Err(Unlinked::Failed(error)),
             Err(_) => Err(Unlinked::TimedOut(within)),
         }

@@ -17,8 +17,12 @@
 //! few connections (see `links.rs`): shared and pipelined to one server, one operation at a
 //! time per Cluster connection (see `servers.rs`); scripts run by SHA and are loaded again
 //! where a server lacks them (see `scripts.rs`); waiters are woken by pub/sub (see
-//! `waiters.rs`).
+//! `waiters.rs`). Connections are made and driven on the runtime the calls come from, or on
+//! idem's own once they come from more than one (see `background.rs`). `connect` checks the servers before the first
+//! call, eviction included (see `checks.rs`).
 
+mod background;
+mod checks;
 mod failure;
 mod links;
 mod scripts;
@@ -34,11 +38,12 @@ use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, ServerErrorKind, Value}
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::error::{Error, StoreError, StoreErrorKind};
+use crate::error::{Error, StoreError};
 use crate::record::{Claim, Record};
 use crate::store::{Fence, Store, StoreFuture};
 
-use self::links::{Lent, Links, Unlinked};
+use self::background::Home;
+use self::links::{Lent, Links};
 use self::scripts::{Lua, Scripts};
 use self::servers::{Conn, Target, Timeouts};
 use self::waiters::Hub;
@@ -98,7 +103,15 @@ const CLUSTER_RELOOK: Duration = Duration::from_millis(250);
 /// operation has a timeout (`command_timeout`; `connect_timeout` more when a connection has to
 /// be made) and fails with [`StoreErrorKind::Timeout`] or [`StoreErrorKind::Unavailable`]
 /// instead of hanging; broken connections are replaced by the next operations, so calls work
-/// again as soon as Redis is back.
+/// again as soon as Redis is back. An operation that finds its connection closed (the server
+/// dropped an idle client, a firewall an idle socket) is sent once more on a new connection
+/// instead of failing. A store made on one tokio runtime serves calls on any other, after the
+/// first one has ended too: its connections are driven by the runtime of its calls while they
+/// all come from one, and move to a few threads of idem's own once a call comes from another.
+///
+/// A server that can evict records (`maxmemory` with a policy other than `noeviction`) could
+/// drop a claim or a result and let its call run again: `connect` refuses it unless
+/// [`Config::allow_eviction`] accepts the risk.
 ///
 /// Redis replicates asynchronously: a claim or a result that a master acknowledged but had not
 /// yet sent to its replica is lost if the master fails and the replica takes over (the key is
@@ -110,6 +123,9 @@ const CLUSTER_RELOOK: Duration = Duration::from_millis(250);
 /// stored (the caller still gets it).
 ///
 /// Cloning it is cheap and shares the connections.
+///
+/// [`StoreErrorKind::Timeout`]: crate::StoreErrorKind::Timeout
+/// [`StoreErrorKind::Unavailable`]: crate::StoreErrorKind::Unavailable
 #[derive(Clone)]
 pub struct RedisStore {
     shared: Arc<Shared>,
@@ -142,10 +158,12 @@ impl RedisStore {
     /// timeouts and `min_replicas` of `config`, and checks that it answers.
     ///
     /// Fails with [`Error::Config`] for a URL that does not parse or names no Redis, for
-    /// credentials the server refuses, for a server older than Redis 7.0, and for a URL of the
+    /// credentials the server refuses, for a server older than Redis 7.0, for a URL of the
     /// wrong kind (`redis://` naming a Cluster node, `redis+cluster://` naming a server that is
-    /// not in a Cluster); with [`Error::Connect`] when the server cannot be reached or does not
-    /// answer within `connect_timeout`.
+    /// not in a Cluster), and for a server (or a Cluster master) that can evict records
+    /// (`maxmemory` with a policy other than `noeviction`) unless
+    /// [`allow_eviction`](Config::allow_eviction) accepts it; with [`Error::Connect`] when the
+    /// server cannot be reached or does not answer within `connect_timeout`.
     pub async fn connect(config: &Config) -> Result<RedisStore, Error> {
         let target = Target::parse(&config.store)?;
         if target.tls {
@@ -165,11 +183,12 @@ impl RedisStore {
         let pool_size = config
             .pool_size
             .unwrap_or(if cluster { CLUSTER_POOL } else { NODE_POOL });
-        let links = Links::new(servers.clone(), timeouts, pool_size, cluster);
+        let home = Arc::new(Home::default());
+        let links = Links::new(servers.clone(), home.clone(), timeouts, pool_size, cluster);
         let store = RedisStore {
             shared: Arc::new(Shared {
                 links,
-                hub: Arc::new(Hub::new(servers, timeouts, config.command_timeout)),
+                hub: Arc::new(Hub::new(servers, home, timeouts, config.command_timeout)),
                 scripts: if cluster {
                     &scripts::CLUSTER
                 } else {
@@ -183,7 +202,9 @@ impl RedisStore {
                 report_expiry: config.local_cache > 0,
             }),
         };
-        store.check(config.connect_timeout).await?;
+        store
+            .check(config.connect_timeout, config.allow_eviction)
+            .await?;
         Ok(store)
     }
 
@@ -193,113 +214,15 @@ impl RedisStore {
         RedisStore::connect(&Config::default().store(url)).await
     }
 
-    /// Checks that the servers answer, run Redis 7.0 or later, are of the kind the URL says,
-    /// and have the scripts loaded: one pipelined round trip on one server; on a Cluster, one
-    /// round trip per command to every master, all at once.
-    async fn check(&self, connect_timeout: Duration) -> Result<(), Error> {
-        let url = &self.shared.url;
-        let unreachable = |source: StoreError| Error::Connect {
-            store: url.clone(),
-            source,
-        };
-        let answer = tokio::time::timeout(connect_timeout, async {
-            let mut link = self.shared.links.fill().await.map_err(Checked::Link)?;
-            self.inspect(&mut link.conn).await.map_err(Checked::Command)
-        })
-        .await;
-        let infos = match answer {
-            Ok(Ok(infos)) => infos,
-            Err(_) => {
-                return Err(unreachable(StoreError::new(
-                    StoreErrorKind::Timeout,
-                    format!(
-                        "Redis at {url} did not answer within {connect_timeout:?} (connect_timeout)"
-                    ),
-                )));
-            }
-            Ok(Err(Checked::Link(Unlinked::Failed(e)) | Checked::Command(e)))
-                if failure::is_auth(&e) =>
-            {
-                return Err(Error::Config(format!(
-                    "Redis at {url} refused the credentials ({e}); check the user and password in the store URL"
-                )));
-            }
-            Ok(Err(Checked::Link(Unlinked::Failed(e)) | Checked::Command(e)))
-                if failure::is_not_a_cluster(&e) =>
-            {
-                return Err(Error::Config(format!(
-                    "Redis at {url} is not part of a Redis Cluster ({e}); name a single server with redis://host:port/db"
-                )));
-            }
-            Ok(Err(Checked::Link(e))) => return Err(unreachable(failure::unlinked(e, url))),
-            Ok(Err(Checked::Command(e))) => return Err(unreachable(failure::command(e, url))),
-        };
-        for info in &infos {
-            match server_version(info) {
-                Some((major, _)) if major >= 7 => {}
-                Some((major, minor)) => {
-                    return Err(Error::Config(format!(
-                        "Redis at {url} runs version {major}.{minor}; RedisStore needs Redis 7.0 or later (SET … NX GET)"
-                    )));
-                }
-                None => {
-                    return Err(Error::Config(format!(
-                        "Redis at {url} does not report its version; RedisStore needs Redis 7.0 or later"
-                    )));
-                }
-            }
-            if !self.shared.cluster && info.lines().any(|l| l.trim() == "redis_mode:cluster") {
-                return Err(Error::Config(format!(
-                    "Redis at {url} is a node of a Redis Cluster; name the cluster with redis+cluster://host1:port1,host2:port2"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// `INFO server` of every master, after loading the scripts on them.
-    async fn inspect(&self, conn: &mut Conn) -> RedisResult<Vec<String>> {
-        let scripts = self.shared.scripts.all();
-        if let Conn::Node(node) = conn {
-            let mut pipe = redis::pipe();
-            pipe.cmd("INFO").arg("server");
-            for lua in scripts {
-                pipe.cmd("SCRIPT").arg("LOAD").arg(lua.source).ignore();
-            }
-            let (info,): (String,) = pipe.query_async(node).await?;
-            return Ok(vec![info]);
-        }
-        let on_every_master = |cmd: Cmd| {
-            let mut conn = conn.clone();
-            async move { conn.on_every_master(cmd).await.and_then(per_node) }
-        };
-        let load = |lua: &Lua| {
-            let mut load = redis::cmd("SCRIPT");
-            load.arg("LOAD").arg(lua.source);
-            on_every_master(load)
-        };
-        let mut info = redis::cmd("INFO");
-        info.arg("server");
-        let [complete, release, renew, peek] = scripts;
-        let (infos, complete, release, renew, peek) = tokio::join!(
-            on_every_master(info),
-            load(complete),
-            load(release),
-            load(renew),
-            load(peek),
-        );
-        for loaded in [complete, release, renew, peek] {
-            loaded?;
-        }
-        infos?
-            .into_iter()
-            .map(|value| String::from_redis_value(value).map_err(Into::into))
-            .collect()
-    }
-
     /// Runs `request` on one of the shared connections within the command timeout; with
     /// `request.replicated` and `min_replicas` set, `WAIT` follows in the same round trip (and
     /// the timeout grows by `replica_timeout`).
+    ///
+    /// When the connection to one server turns out to be closed (see [`failure::resend`]: the
+    /// server dropped it while idle, or it broke before the answer came), the connection is
+    /// replaced and the request sent once more, which every operation of the store allows (it
+    /// then has `within` again, after the new connection is made). A Cluster connection does the
+    /// same by itself: it reconnects the node and sends again.
     ///
     /// When the request times out, `undo` (the claim bytes of a `SET`, and its lease) is
     /// released right after it on the same connection, so that the server runs the release
@@ -312,37 +235,46 @@ impl RedisStore {
         let shared = &self.shared;
         let replicas = shared.replicas.filter(|_| request.replicated);
         let within = shared.command_timeout + replicas.map_or(Duration::ZERO, |r| r.timeout);
-        // `_held` (not `_`): a Cluster connection stays this operation's until it returns.
-        let Lent {
-            mut link,
-            held: _held,
-        } = shared
-            .links
-            .get()
-            .await
-            .map_err(|e| failure::unlinked(e, &shared.url))?;
-        match tokio::time::timeout(within, send(&mut link.conn, &request, replicas)).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(error)) => {
-                if failure::breaks_connection(&error) {
+        let mut resent = None;
+        loop {
+            let lent = match resent {
+                None => shared.links.get().await,
+                Some(place) => shared.links.again(place).await,
+            };
+            // `_held` (not `_`): a Cluster connection stays this operation's until it returns.
+            let Lent {
+                mut link,
+                held: _held,
+                place,
+            } = lent.map_err(|e| failure::unlinked(e, &shared.url))?;
+            match tokio::time::timeout(within, send(&mut link.conn, &request, replicas)).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(error)) => {
+                    if failure::breaks_connection(&error) {
+                        link.discard();
+                    }
+                    if resent.is_none() && link.is_node() && failure::resend(&error) {
+                        tracing::debug!(%error, "idem found its Redis connection closed; sending the command again on a new one");
+                        resent = Some(place);
+                        continue;
+                    }
+                    return Err(failure::command(error, &shared.url));
+                }
+                Err(_) => {
+                    // The server may be gone without a word (a dead peer sends no reset): the
+                    // next operation on this connection's place makes a new one.
                     link.discard();
+                    if let Some((claim, lease)) = undo {
+                        let undo = Undo {
+                            key: request.key.to_owned(),
+                            claim: claim.to_vec(),
+                            scripts: shared.scripts,
+                            within: lease,
+                        };
+                        undo.send(link.conn.clone());
+                    }
+                    return Err(failure::timed_out(&shared.url, within));
                 }
-                Err(failure::command(error, &shared.url))
-            }
-            Err(_) => {
-                // The server may be gone without a word (a dead peer sends no reset): the next
-                // operation on this connection's place makes a new one.
-                link.discard();
-                if let Some((claim, lease)) = undo {
-                    let undo = Undo {
-                        key: request.key.to_owned(),
-                        claim: claim.to_vec(),
-                        scripts: shared.scripts,
-                        within: lease,
-                    };
-                    undo.send(link.conn.clone());
-                }
-                Err(failure::timed_out(&shared.url, within))
             }
         }
     }
@@ -531,16 +463,6 @@ fn evaluate(lua: &Lua, evalsha: &Cmd) -> Cmd {
     cmd
 }
 
-/// The answers of a command sent to every master (a map of node to answer on a Cluster), each
-/// checked for an error.
-fn per_node(answer: Value) -> RedisResult<Vec<Value>> {
-    let answers = match answer {
-        Value::Map(pairs) => pairs.into_iter().map(|(_, answer)| answer).collect(),
-        one => vec![one],
-    };
-    answers.into_iter().map(Value::extract_error).collect()
-}
-
 /// Releases a claim whose `SET` timed out: the server may still apply the `SET` (a paused or
 /// frozen server answers late), and the caller has already given up on it. Sent on the
 /// connection of the `SET`, so it runs after it; fenced by the claim, so it deletes nothing
@@ -554,23 +476,15 @@ struct Undo {
 }
 
 impl Undo {
+    /// Sends the release in the background, on idem's own runtime: the caller's may end first.
     fn send(self, mut conn: Conn) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        runtime.spawn(async move {
+        background::spawn(false, async move {
             let request = Request::script(&self.scripts.release, &self.key, &[&self.claim]);
             let undone = tokio::time::timeout(self.within, send(&mut conn, &request, None)).await;
             let undone = undone.map(|answer| answer.map(|answer| answer.value));
             tracing::debug!(?undone, "idem released a claim whose SET timed out");
         });
     }
-}
-
-/// Why the start-up check failed.
-enum Checked {
-    Link(Unlinked),
-    Command(redis::RedisError),
 }
 
 /// Whole milliseconds, at least one: Redis expiries are in milliseconds and never zero.
@@ -730,15 +644,6 @@ impl fmt::Debug for RedisStore {
     }
 }
 
-/// `(major, minor)` of the `redis_version` line of `INFO server`.
-fn server_version(info: &str) -> Option<(u32, u32)> {
-    let version = info
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("redis_version:"))?;
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
-    Some((parts.next()??, parts.next().flatten().unwrap_or(0)))
-}
-
 /// redis-rs builds its TLS configuration on the process-wide rustls provider: install ring
 /// unless the application chose one.
 fn install_crypto_provider() {
@@ -751,14 +656,6 @@ fn install_crypto_provider() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn versions_are_read_from_info() {
-        let info = "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n";
-        assert_eq!(server_version(info), Some((7, 0)));
-        assert_eq!(server_version("redis_version:6.2.14\r\n"), Some((6, 2)));
-        assert_eq!(server_version("# Server\r\n"), None);
-    }
 
     #[test]
     fn expiries_are_whole_positive_milliseconds() {
@@ -787,15 +684,5 @@ mod tests {
             b"30000",
         ];
         assert_eq!(words, expected);
-    }
-
-    #[test]
-    fn answers_of_every_master_are_checked_one_by_one() {
-        let ok = Value::Map(vec![
-            (Value::BulkString(b"a:1".to_vec()), Value::Okay),
-            (Value::BulkString(b"b:2".to_vec()), Value::Int(1)),
-        ]);
-        assert_eq!(per_node(ok).unwrap(), vec![Value::Okay, Value::Int(1)]);
-        assert_eq!(per_node(Value::Int(3)).unwrap(), vec![Value::Int(3)]);
     }
 }

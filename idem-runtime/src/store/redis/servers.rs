@@ -24,6 +24,8 @@ use redis::{
 use crate::config::{StoreKind, store_kind};
 use crate::error::Error;
 
+use super::background::{Home, MadeOn};
+
 /// The servers of a store.
 pub(super) enum Servers {
     /// One Redis server.
@@ -90,56 +92,70 @@ pub(super) struct Timeouts {
 }
 
 impl Servers {
-    /// A connection for commands. `on_push` receives the pushes of a single-server connection
-    /// (a cluster connection handles its own: it reconnects a node whose socket closed).
+    /// A connection for commands, and the runtime it was made on (see [`Home`]). `on_push`
+    /// receives the pushes of a single-server connection (a cluster connection handles its own:
+    /// it reconnects a node whose socket closed).
     pub(super) async fn connect(
         &self,
         timeouts: Timeouts,
         on_push: impl redis::aio::AsyncPushSender,
-    ) -> RedisResult<Conn> {
+        home: &Home,
+    ) -> RedisResult<(Conn, MadeOn)> {
         match self {
             Servers::Node(client) => {
                 let config = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(timeouts.connect))
                     .set_response_timeout(None)
                     .set_push_sender(on_push);
-                client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await
-                    .map(Conn::Node)
+                let client = client.clone();
+                let make = async move {
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                };
+                let (conn, made_on) = home.make(make).await?;
+                Ok((Conn::Node(conn), made_on))
             }
             Servers::Cluster(client) => {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(timeouts.connect)
                     .set_response_timeout(timeouts.attempt);
-                client
-                    .get_async_connection_with_config(config)
-                    .await
-                    .map(Conn::Cluster)
+                Servers::cluster(client, config, home).await
             }
         }
     }
 
     /// A connection whose pushes (pub/sub messages, and on one server the closing of the
-    /// socket) all go to `on_push`.
+    /// socket) all go to `on_push`, and the runtime it was made on.
     pub(super) async fn subscriber(
         &self,
         timeouts: Timeouts,
         on_push: impl redis::aio::AsyncPushSender,
-    ) -> RedisResult<Conn> {
+        home: &Home,
+    ) -> RedisResult<(Conn, MadeOn)> {
         match self {
-            Servers::Node(_) => self.connect(timeouts, on_push).await,
+            Servers::Node(_) => self.connect(timeouts, on_push, home).await,
             Servers::Cluster(client) => {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(timeouts.connect)
                     .set_response_timeout(timeouts.attempt)
                     .set_push_sender(on_push);
-                client
-                    .get_async_connection_with_config(config)
-                    .await
-                    .map(Conn::Cluster)
+                Servers::cluster(client, config, home).await
             }
         }
+    }
+
+    /// A Cluster connection: its task, and the node connections it makes then and later, run
+    /// on the runtime it is made on.
+    async fn cluster(
+        client: &ClusterClient,
+        config: ClusterConfig,
+        home: &Home,
+    ) -> RedisResult<(Conn, MadeOn)> {
+        let client = client.clone();
+        let make = async move { client.get_async_connection_with_config(config).await };
+        let (conn, made_on) = home.make(make).await?;
+        Ok((Conn::Cluster(conn), made_on))
     }
 
     /// Whether this is a Cluster.

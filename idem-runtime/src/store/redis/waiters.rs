@@ -7,6 +7,10 @@
 //! the key afterwards (the caller's job), so a completion cannot fall between the look and the
 //! subscription.
 //!
+//! The subscriber connection is made and driven like the command connections (see
+//! `background.rs`): on the runtime of the waiter that needs it while the store's calls all
+//! come from one runtime, else on idem's own, so that it serves the waiters of every runtime.
+//!
 //! On one server the subscriber is a multiplexed connection and subscribes with `SUBSCRIBE`.
 //! On a Redis Cluster it is a Cluster connection and subscribes with `SSUBSCRIBE` (sharded
 //! pub/sub), which redis-rs sends to the node of the channel's slot, the node that runs the
@@ -28,6 +32,8 @@ use std::time::Duration;
 use redis::{PushInfo, PushKind, RedisError, Value};
 use tokio::sync::Notify;
 
+use super::background::{self, Home, MadeOn};
+use super::failure;
 use super::servers::{Conn, Servers, Timeouts};
 
 /// The waiters of one store and its subscriber connection.
@@ -37,6 +43,7 @@ pub(super) struct Hub {
     /// board decided them.
     listener: tokio::sync::Mutex<Option<Listener>>,
     servers: Arc<Servers>,
+    home: Arc<Home>,
     timeouts: Timeouts,
     command_timeout: Duration,
 }
@@ -59,6 +66,8 @@ struct Channel {
 struct Listener {
     conn: Conn,
     alive: Arc<AtomicBool>,
+    /// The runtime that drives it.
+    made_on: MadeOn,
 }
 
 impl Board {
@@ -89,8 +98,15 @@ impl Board {
     }
 
     fn wake_all(&self) {
-        for channel in self.channels.values() {
-            channel.wake.notify_waiters();
+        self.wake_all_but(None);
+    }
+
+    /// Wakes the waiters of every channel but `spare`.
+    fn wake_all_but(&self, spare: Option<&str>) {
+        for (name, channel) in &self.channels {
+            if spare != Some(name.as_str()) {
+                channel.wake.notify_waiters();
+            }
         }
     }
 }
@@ -132,19 +148,18 @@ impl Drop for Ticket {
             return;
         }
         drop(board);
-        // Unsubscribing is a round trip; without a runtime the subscription stays until the
-        // next waiter of the channel reuses it or the connection closes.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let hub = self.hub.clone();
-            let channel = std::mem::take(&mut self.channel);
-            runtime.spawn(async move { hub.unsubscribe(channel).await });
-        }
+        // Unsubscribing is a round trip: sent in the background, on the caller's runtime (or,
+        // without one, on idem's own).
+        let hub = self.hub.clone();
+        let channel = std::mem::take(&mut self.channel);
+        background::spawn(true, async move { hub.unsubscribe(channel).await });
     }
 }
 
 impl Hub {
     pub(super) fn new(
         servers: Arc<Servers>,
+        home: Arc<Home>,
         timeouts: Timeouts,
         command_timeout: Duration,
     ) -> Self {
@@ -152,6 +167,7 @@ impl Hub {
             board: Arc::default(),
             listener: tokio::sync::Mutex::new(None),
             servers,
+            home,
             timeouts,
             command_timeout,
         }
@@ -178,14 +194,46 @@ impl Hub {
     }
 
     /// Makes sure the subscriber connection is subscribed to the ticket's channel.
+    ///
+    /// A subscriber made on another caller's runtime is replaced first (see `Home`), and one
+    /// found closed while subscribing is replaced once and the subscription sent again, as
+    /// commands are (its waiters are woken either way, and subscribe again on the new one).
     pub(super) async fn listen(&self, ticket: &Ticket) -> Result<(), RedisError> {
+        let channel = ticket.channel.as_str();
         let mut listener = self.listener.lock().await;
+        if listener
+            .as_ref()
+            .is_some_and(|current| !self.home.serves(current.made_on))
+        {
+            self.replace(&mut listener, channel);
+        }
+        let mut resent = false;
+        loop {
+            match self.subscribe(&mut listener, channel).await {
+                Err(error) if !resent && failure::resend(&error) => resent = true,
+                Err(error) => {
+                    // Not subscribed: the channel's other waiters look again too.
+                    if let Some(waiting) = lock(&self.board).channels.get(channel) {
+                        waiting.wake.notify_waiters();
+                    }
+                    return Err(error);
+                }
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    /// Subscribes `listener` (made first if there is none or it closed) to `channel`, unless it
+    /// is already; drops it when the subscription fails, waking the waiters of the other
+    /// channels (the caller subscribes `channel` again, or wakes its waiters).
+    async fn subscribe(
+        &self,
+        listener: &mut Option<Listener>,
+        channel: &str,
+    ) -> Result<(), RedisError> {
         if let Some(current) = listener.as_ref() {
             let board = lock(&self.board);
-            let subscribed = board
-                .channels
-                .get(&ticket.channel)
-                .is_some_and(|c| c.subscribed);
+            let subscribed = board.channels.get(channel).is_some_and(|c| c.subscribed);
             if subscribed && current.alive.load(Ordering::Acquire) {
                 return Ok(());
             }
@@ -199,14 +247,14 @@ impl Hub {
                 conn
             }
         };
-        match tokio::time::timeout(self.command_timeout, conn.subscribe(&ticket.channel)).await {
+        match tokio::time::timeout(self.command_timeout, conn.subscribe(channel)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                self.abandon(&mut listener);
+                self.replace(listener, channel);
                 return Err(error);
             }
             Err(_) => {
-                self.abandon(&mut listener);
+                self.replace(listener, channel);
                 return Err(RedisError::from(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "(S)SUBSCRIBE did not answer within command_timeout",
@@ -217,7 +265,7 @@ impl Hub {
         let alive = listener
             .as_ref()
             .is_some_and(|l| l.alive.load(Ordering::Acquire));
-        if let (true, Some(channel)) = (alive, board.channels.get_mut(&ticket.channel)) {
+        if let (true, Some(channel)) = (alive, board.channels.get_mut(channel)) {
             channel.subscribed = true;
         }
         Ok(())
@@ -265,6 +313,15 @@ impl Hub {
         *listener = None;
     }
 
+    /// Drops the subscriber connection and wakes the waiters of every channel but `spare`,
+    /// whose waiter is subscribing: waking it would only make it look at its key once more.
+    fn replace(&self, listener: &mut Option<Listener>, spare: &str) {
+        let mut board = lock(&self.board);
+        board.forget();
+        board.wake_all_but(Some(spare));
+        *listener = None;
+    }
+
     /// A new subscriber connection, whose pushes wake the waiters of the board.
     async fn connect(&self) -> Result<Listener, RedisError> {
         let alive = Arc::new(AtomicBool::new(true));
@@ -285,8 +342,15 @@ impl Hub {
             }
             Ok::<(), Infallible>(())
         };
-        let conn = self.servers.subscriber(self.timeouts, on_push).await?;
-        Ok(Listener { conn, alive })
+        let (conn, made_on) = self
+            .servers
+            .subscriber(self.timeouts, on_push, &self.home)
+            .await?;
+        Ok(Listener {
+            conn,
+            alive,
+            made_on,
+        })
     }
 }
 
