@@ -1,4 +1,4 @@
-//! The store conformance suite: the behaviour every [`Store`](crate::Store) must show, as
+//! The store conformance suite: the behaviour every [`Store`] must show, as
 //! async functions that panic with a description of what went wrong.
 //!
 //! Run all of it against a store with [`conformance_tests!`](crate::conformance_tests), which
