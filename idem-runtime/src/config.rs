@@ -496,6 +496,23 @@ fn duration_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration,
     })
 }
 
+/// A [`RedisStore`](crate::RedisStore)'s options from the store URL and the Redis settings.
+#[cfg(feature = "redis")]
+impl From<&Config> for crate::store::redis::RedisOptions {
+    fn from(config: &Config) -> Self {
+        let mut options = crate::store::redis::RedisOptions::new(config.store.clone())
+            .connect_timeout(config.connect_timeout)
+            .command_timeout(config.command_timeout)
+            .min_replicas(config.min_replicas)
+            .replica_timeout(config.replica_timeout)
+            .allow_eviction(config.allow_eviction);
+        if let Some(connections) = config.pool_size {
+            options = options.pool_size(connections);
+        }
+        options
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -234,11 +234,14 @@ impl Run {
         let mut waited = false;
         loop {
             let sent = self.local.as_ref().map(|_| Instant::now());
-            let found = timed(
-                StoreOp::Claim,
-                self.store.claim(&self.key, &self.claim, self.lease),
-            )
-            .await;
+            // With a local cache, a replay says how long its record still lives.
+            let claimed = match self.local {
+                Some(_) => self
+                    .store
+                    .claim_with_expiry(&self.key, &self.claim, self.lease),
+                None => self.store.claim(&self.key, &self.claim, self.lease),
+            };
+            let found = timed(StoreOp::Claim, claimed).await;
             let holder = match found {
                 Err(error) => return self.unavailable(error),
                 Ok(None) => return Ok(Decision::Hold),

@@ -46,6 +46,19 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
     ) -> StoreFuture<'a, Option<Record>>;
 
+    /// Like [`claim`](Store::claim), and a completed record it finds tells how long it still
+    /// lives ([`Record::Completed::expires_in`]), for the local cache. The engine calls this
+    /// one when a local cache is on. Stores that report the lifetime anyway need not override
+    /// it; one that reports it at a cost (a Redis `PTTL`) pays only here.
+    fn claim_with_expiry<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<Record>> {
+        self.claim(key, claim, lease)
+    }
+
     /// Replaces `claim` by the completed `payload` with expiry `ttl`, and wakes the waiters.
     fn complete<'a>(
         &'a self,

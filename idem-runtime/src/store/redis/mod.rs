@@ -25,6 +25,7 @@ mod background;
 mod checks;
 mod failure;
 mod links;
+mod options;
 mod scripts;
 mod servers;
 mod waiters;
@@ -37,12 +38,13 @@ use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, ServerErrorKind, Value};
 use tokio::time::Instant;
 
-use crate::config::Config;
 use crate::error::{Error, StoreError};
 use crate::record::{Claim, Record};
 use crate::store::{Fence, Store, StoreFuture};
 
 use self::background::Home;
+pub use self::options::RedisOptions;
+
 use self::links::{Lent, Links};
 use self::scripts::{Lua, Scripts};
 use self::servers::{Conn, Target, Timeouts};
@@ -140,9 +142,6 @@ struct Shared {
     pool_size: usize,
     command_timeout: Duration,
     replicas: Option<Replicas>,
-    /// Whether a claim that finds a completed record also asks for its remaining lifetime, for
-    /// the local cache.
-    report_expiry: bool,
 }
 
 /// How many replicas must acknowledge a claim or a result (`min_replicas`) and how long a
@@ -154,33 +153,68 @@ struct Replicas {
 }
 
 impl RedisStore {
-    /// Connects to the Redis (or Redis Cluster) named by `config.store` with the pool size,
-    /// timeouts and `min_replicas` of `config`, and checks that it answers.
+    /// Connects to the Redis (or Redis Cluster) named by `options` and checks that it answers.
+    /// `options` is a [`RedisOptions`], a URL, or the application's [`Config`](crate::Config)
+    /// (`&config`), which names the store and its settings.
     ///
     /// Fails with [`Error::Config`] for a URL that does not parse or names no Redis, for
     /// credentials the server refuses, for a server older than Redis 7.0, for a URL of the
     /// wrong kind (`redis://` naming a Cluster node, `redis+cluster://` naming a server that is
-    /// not in a Cluster), and for a server (or a Cluster master) that can evict records
-    /// (`maxmemory` with a policy other than `noeviction`) unless
-    /// [`allow_eviction`](Config::allow_eviction) accepts it; with [`Error::Connect`] when the
-    /// server cannot be reached or does not answer within `connect_timeout`.
-    pub async fn connect(config: &Config) -> Result<RedisStore, Error> {
-        let target = Target::parse(&config.store)?;
+    /// not in a Cluster), and for a server that may evict records unless
+    /// [`allow_eviction`](RedisOptions::allow_eviction) accepts it; with [`Error::Connect`] when
+    /// the server cannot be reached or does not answer within `connect_timeout`.
+    pub async fn connect(options: impl Into<RedisOptions>) -> Result<RedisStore, Error> {
+        let options = options.into();
+        let target = Target::parse(&options.url)?;
+        RedisStore::start(target, &options).await
+    }
+
+    /// Connects to the Redis at `url` with the default options; see
+    /// [`connect`](RedisStore::connect).
+    pub async fn open(url: &str) -> Result<RedisStore, Error> {
+        RedisStore::connect(url).await
+    }
+
+    /// A store on the server an application's own `redis::Client` names, with its address,
+    /// credentials and TLS settings; `options` gives the rest (its URL is not used). The store
+    /// makes its own connections from it, speaking RESP3 (for the pushes that wake waiting
+    /// calls).
+    pub async fn from_client(
+        client: &redis::Client,
+        options: RedisOptions,
+    ) -> Result<RedisStore, Error> {
+        let target = Target::from_client(client)?;
+        RedisStore::start(target, &options).await
+    }
+
+    /// A store on the Redis Cluster an application's own `ClusterClient` reaches; `options`
+    /// gives the rest (its URL is not used). Waiting calls are woken by sharded pub/sub when
+    /// the client speaks RESP3 (`ClusterClientBuilder::use_protocol`), and look again every
+    /// 50 ms otherwise. The client's own retry settings apply.
+    pub async fn from_cluster_client(
+        client: redis::cluster::ClusterClient,
+        options: RedisOptions,
+    ) -> Result<RedisStore, Error> {
+        let target = Target::from_cluster_client(client);
+        RedisStore::start(target, &options).await
+    }
+
+    async fn start(target: Target, options: &RedisOptions) -> Result<RedisStore, Error> {
         if target.tls {
             install_crypto_provider();
         }
-        let replicas = (config.min_replicas > 0).then_some(Replicas {
-            count: config.min_replicas,
-            timeout: config.replica_timeout,
+        let replicas = (options.min_replicas > 0).then_some(Replicas {
+            count: options.min_replicas,
+            timeout: options.replica_timeout,
         });
         let timeouts = Timeouts {
-            connect: config.connect_timeout,
-            attempt: config.command_timeout + replicas.map_or(Duration::ZERO, |r| r.timeout),
+            connect: options.connect_timeout,
+            attempt: options.command_timeout + replicas.map_or(Duration::ZERO, |r| r.timeout),
         };
         let url = target.url;
         let servers = Arc::new(target.servers);
         let cluster = servers.is_cluster();
-        let pool_size = config
+        let pool_size = options
             .pool_size
             .unwrap_or(if cluster { CLUSTER_POOL } else { NODE_POOL });
         let home = Arc::new(Home::default());
@@ -188,7 +222,7 @@ impl RedisStore {
         let store = RedisStore {
             shared: Arc::new(Shared {
                 links,
-                hub: Arc::new(Hub::new(servers, home, timeouts, config.command_timeout)),
+                hub: Arc::new(Hub::new(servers, home, timeouts, options.command_timeout)),
                 scripts: if cluster {
                     &scripts::CLUSTER
                 } else {
@@ -197,21 +231,14 @@ impl RedisStore {
                 cluster,
                 url,
                 pool_size,
-                command_timeout: config.command_timeout,
+                command_timeout: options.command_timeout,
                 replicas,
-                report_expiry: config.local_cache > 0,
             }),
         };
         store
-            .check(config.connect_timeout, config.allow_eviction)
+            .check(options.connect_timeout, options.allow_eviction)
             .await?;
         Ok(store)
-    }
-
-    /// Connects to the Redis at `url` with the default pool size and timeouts; see
-    /// [`connect`](RedisStore::connect).
-    pub async fn open(url: &str) -> Result<RedisStore, Error> {
-        RedisStore::connect(&Config::default().store(url)).await
     }
 
     /// Runs `request` on one of the shared connections within the command timeout; with
@@ -494,6 +521,53 @@ fn millis(duration: Duration) -> u64 {
         .max(1)
 }
 
+impl RedisStore {
+    /// `SET key claim NX PX lease GET`, and `PTTL key` in the same round trip when `expiry`.
+    async fn claim_or_read(
+        &self,
+        key: &str,
+        claim: &Claim,
+        lease: Duration,
+        expiry: bool,
+    ) -> Result<Option<Record>, StoreError> {
+        let mine = claim.to_bytes();
+        let mut cmd = Cmd::with_capacity(7, key.len() + mine.len() + 32);
+        cmd.arg("SET")
+            .arg(key)
+            .arg(&mine)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(lease))
+            .arg("GET");
+        let request = Request::command(cmd, key).replicated().with_expiry(expiry);
+        let answer = self.query(request, Some((&mine, lease))).await?;
+        match self.parse::<Option<Vec<u8>>>(answer.value)? {
+            // Our own claim is found when the cluster client sent the SET again after the
+            // first one was applied but its answer lost: the key is ours either way.
+            Some(found) if found != mine => Ok(Some(match Record::from_bytes(found) {
+                Record::Completed { payload, .. } => Record::Completed {
+                    payload,
+                    expires_in: answer
+                        .expiry
+                        .and_then(|ms| u64::try_from(ms).ok())
+                        .map(Duration::from_millis),
+                },
+                in_progress => in_progress,
+            })),
+            _ => match self.replicated(answer.acked, "claim") {
+                Ok(()) => Ok(None),
+                Err(error) => {
+                    // Not durable, so not ours to run on: free the key for a retry.
+                    if let Err(undo) = self.release(key, claim).await {
+                        tracing::debug!(%undo, "idem could not withdraw an unreplicated claim; it ends with its lease");
+                    }
+                    Err(error)
+                }
+            },
+        }
+    }
+}
+
 impl Store for RedisStore {
     fn claim<'a>(
         &'a self,
@@ -501,45 +575,18 @@ impl Store for RedisStore {
         claim: &'a Claim,
         lease: Duration,
     ) -> StoreFuture<'a, Option<Record>> {
-        Box::pin(async move {
-            let mine = claim.to_bytes();
-            let mut cmd = Cmd::with_capacity(7, key.len() + mine.len() + 32);
-            cmd.arg("SET")
-                .arg(key)
-                .arg(&mine)
-                .arg("NX")
-                .arg("PX")
-                .arg(millis(lease))
-                .arg("GET");
-            let request = Request::command(cmd, key)
-                .replicated()
-                .with_expiry(self.shared.report_expiry);
-            let answer = self.query(request, Some((&mine, lease))).await?;
-            match self.parse::<Option<Vec<u8>>>(answer.value)? {
-                // Our own claim is found when the cluster client sent the SET again after the
-                // first one was applied but its answer lost: the key is ours either way.
-                Some(found) if found != mine => Ok(Some(match Record::from_bytes(found) {
-                    Record::Completed { payload, .. } => Record::Completed {
-                        payload,
-                        expires_in: answer
-                            .expiry
-                            .and_then(|ms| u64::try_from(ms).ok())
-                            .map(Duration::from_millis),
-                    },
-                    in_progress => in_progress,
-                })),
-                _ => match self.replicated(answer.acked, "claim") {
-                    Ok(()) => Ok(None),
-                    Err(error) => {
-                        // Not durable, so not ours to run on: free the key for a retry.
-                        if let Err(undo) = self.release(key, claim).await {
-                            tracing::debug!(%undo, "idem could not withdraw an unreplicated claim; it ends with its lease");
-                        }
-                        Err(error)
-                    }
-                },
-            }
-        })
+        Box::pin(self.claim_or_read(key, claim, lease, false))
+    }
+
+    /// The claim with `PTTL key` in the same round trip: a completed record comes with the
+    /// lifetime it has left.
+    fn claim_with_expiry<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<Record>> {
+        Box::pin(self.claim_or_read(key, claim, lease, true))
     }
 
     fn complete<'a>(

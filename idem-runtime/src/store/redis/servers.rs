@@ -52,6 +52,33 @@ const RETRY_MAX_WAIT_MS: u64 = 200;
 const RETRIES: u32 = 32;
 
 impl Target {
+    /// The server an application's client names, spoken to in RESP3.
+    pub(super) fn from_client(client: &Client) -> Result<Target, Error> {
+        let info = client.get_connection_info().clone();
+        let described = describe(&info);
+        let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(settings))
+            .map_err(|e| Error::Config(format!("store `{described}`: {e}")))?;
+        Ok(Target {
+            servers: Servers::Node(Box::new(client)),
+            url: described,
+            tls,
+        })
+    }
+
+    /// The Cluster an application's client reaches, as that client is set up.
+    pub(super) fn from_cluster_client(client: ClusterClient) -> Target {
+        Target {
+            servers: Servers::Cluster(Box::new(client)),
+            url: "redis+cluster://(an application's ClusterClient)".to_owned(),
+            tls: true,
+        }
+    }
+
     /// Reads a store URL.
     pub(super) fn parse(url: &str) -> Result<Target, Error> {
         match store_kind(url) {
