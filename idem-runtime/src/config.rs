@@ -40,7 +40,8 @@ pub enum FailMode {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Config {
-    /// The store: `memory`, `redis://…`, `rediss://…` or `redis+cluster://…`.
+    /// The store: `memory`, `redis://…`, `rediss://…`, `redis+cluster://…` or
+    /// `postgres://…`.
     pub store: String,
     /// The first part of every key.
     pub prefix: String,
@@ -85,6 +86,12 @@ pub struct Config {
     /// How many completed records this process keeps in its local cache, in front of the
     /// store; `0` turns the cache off. See [`Config::local_cache`].
     pub local_cache: usize,
+    /// The schema of the PostgreSQL store's table.
+    pub pg_schema: String,
+    /// The PostgreSQL store's table.
+    pub pg_table: String,
+    /// Whether connecting to PostgreSQL creates the table when it is missing.
+    pub pg_create_table: bool,
 }
 
 impl Default for Config {
@@ -104,6 +111,9 @@ impl Default for Config {
             min_replicas: 0,
             replica_timeout: Duration::from_secs(1),
             local_cache: 0,
+            pg_schema: "public".to_owned(),
+            pg_table: "idem_records".to_owned(),
+            pg_create_table: true,
         }
     }
 }
@@ -124,9 +134,12 @@ pub const ENV_VARS: &[&str] = &[
     "IDEM_MIN_REPLICAS",
     "IDEM_REPLICA_TIMEOUT",
     "IDEM_LOCAL_CACHE",
+    "IDEM_PG_SCHEMA",
+    "IDEM_PG_TABLE",
+    "IDEM_PG_CREATE_TABLE",
 ];
 
-const STORE_FORMS: &str = "`memory`, `redis://host:6379/0`, `rediss://host:6380/0` or `redis+cluster://host1:port1,host2:port2`";
+const STORE_FORMS: &str = "`memory`, `redis://host:6379/0`, `rediss://host:6380/0`, `redis+cluster://host1:port1,host2:port2` or `postgres://user:password@host:5432/db`";
 
 /// Which backend a store URL names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +147,7 @@ pub(crate) enum StoreKind {
     Memory,
     Redis,
     RedisCluster,
+    Postgres,
 }
 
 pub(crate) fn store_kind(url: &str) -> Option<StoreKind> {
@@ -142,6 +156,7 @@ pub(crate) fn store_kind(url: &str) -> Option<StoreKind> {
         "memory" => Some(StoreKind::Memory),
         "redis" | "rediss" | "redis+unix" | "unix" => Some(StoreKind::Redis),
         "redis+cluster" | "rediss+cluster" => Some(StoreKind::RedisCluster),
+        "postgres" | "postgresql" => Some(StoreKind::Postgres),
         _ => None,
     }
 }
@@ -151,17 +166,19 @@ impl Config {
     ///
     /// | variable | meaning | default |
     /// |---|---|---|
-    /// | `IDEM_STORE` | `memory`, `redis://host:6379/0`, `rediss://…`, `redis+cluster://h1:p1,h2:p2` | `memory` |
+    /// | `IDEM_STORE` | `memory`, `redis://host:6379/0`, `rediss://…`, `redis+cluster://h1:p1,h2:p2`, `postgres://user:pass@host:5432/db` | `memory` |
     /// | `IDEM_PREFIX` | the first part of every key | `idem` |
     /// | `IDEM_FAIL_MODE` | `closed` or `open` | `closed` |
     /// | `IDEM_HASH_KEYS` | `true` to store every key as its SHA-256 | `false` |
-    /// | `IDEM_POOL_SIZE` | connections to the store | 1 (one server), 16 (Cluster) |
+    /// | `IDEM_POOL_SIZE` | connections to the store | 1 (one server), 16 (Cluster), 10 (PostgreSQL) |
     /// | `IDEM_CONNECT_TIMEOUT`, `IDEM_COMMAND_TIMEOUT` | durations such as `5s`, `250ms` | `5s`, `2s` |
     /// | `IDEM_MEMORY_CAPACITY` | records the memory store holds at most | `100000` |
     /// | `IDEM_TTL`, `IDEM_LEASE`, `IDEM_WAIT` | defaults for functions that set none | `24h`, `30s`, `10s` |
     /// | `IDEM_MIN_REPLICAS` | replicas that must acknowledge a claim or a result (Redis) | `0` |
     /// | `IDEM_REPLICA_TIMEOUT` | how long a write waits for them | `1s` |
     /// | `IDEM_LOCAL_CACHE` | completed records kept in process, in front of the store (`0` is off) | `0` |
+    /// | `IDEM_PG_SCHEMA`, `IDEM_PG_TABLE` | the PostgreSQL store's table | `public`, `idem_records` |
+    /// | `IDEM_PG_CREATE_TABLE` | `false` to refuse a missing table instead of creating it | `true` |
     ///
     /// A malformed value is [`Error::Config`] naming the variable and what it accepts.
     pub fn from_env() -> Result<Config, Error> {
@@ -186,12 +203,24 @@ impl Config {
                 _ => return Err(bad_var("IDEM_FAIL_MODE", &mode, "`closed` or `open`")),
             };
         }
-        if let Some(flag) = get("IDEM_HASH_KEYS") {
-            config.hash_keys = match flag.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => true,
-                "0" | "false" | "no" | "off" => false,
-                _ => return Err(bad_var("IDEM_HASH_KEYS", &flag, "`true` or `false`")),
-            };
+        let flag = |name: &str, value: String| -> Result<bool, Error> {
+            match value.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(bad_var(name, &value, "`true` or `false`")),
+            }
+        };
+        if let Some(v) = get("IDEM_HASH_KEYS") {
+            config.hash_keys = flag("IDEM_HASH_KEYS", v)?;
+        }
+        if let Some(v) = get("IDEM_PG_CREATE_TABLE") {
+            config.pg_create_table = flag("IDEM_PG_CREATE_TABLE", v)?;
+        }
+        if let Some(v) = get("IDEM_PG_SCHEMA") {
+            config.pg_schema = v.trim().to_owned();
+        }
+        if let Some(v) = get("IDEM_PG_TABLE") {
+            config.pg_table = v.trim().to_owned();
         }
         let count = |name: &str, value: String| -> Result<usize, Error> {
             match value.trim().parse::<usize>() {
@@ -241,7 +270,8 @@ impl Config {
         Ok(config)
     }
 
-    /// The store: `memory`, `redis://…`, `rediss://…` or `redis+cluster://…`.
+    /// The store: `memory`, `redis://…`, `rediss://…`, `redis+cluster://…` or
+    /// `postgres://…`.
     pub fn store(mut self, url: impl Into<String>) -> Self {
         self.store = url.into();
         self
@@ -364,6 +394,25 @@ impl Config {
     /// ```
     pub fn local_cache(mut self, entries: usize) -> Self {
         self.local_cache = entries;
+        self
+    }
+
+    /// The schema of the PostgreSQL store's table (`public` by default).
+    pub fn pg_schema(mut self, schema: impl Into<String>) -> Self {
+        self.pg_schema = schema.into();
+        self
+    }
+
+    /// The PostgreSQL store's table (`idem_records` by default).
+    pub fn pg_table(mut self, table: impl Into<String>) -> Self {
+        self.pg_table = table.into();
+        self
+    }
+
+    /// Whether connecting to PostgreSQL creates a missing table (the default); when off, a
+    /// missing table is [`Error::Config`] naming the SQL to run.
+    pub fn pg_create_table(mut self, create: bool) -> Self {
+        self.pg_create_table = create;
         self
     }
 
@@ -504,6 +553,30 @@ mod tests {
         let file: Config = serde_json::from_str(r#"{"local_cache":64}"#).unwrap();
         assert_eq!(file.local_cache, 64);
         assert_eq!(Config::default().local_cache(8).local_cache, 8);
+    }
+
+    #[test]
+    fn postgres_urls_and_table_settings_are_read() {
+        for url in ["postgres://u:p@127.0.0.1:5433/app", "postgresql://u@h/db"] {
+            let config = from(&[("IDEM_STORE", url)]).unwrap();
+            assert_eq!(store_kind(&config.store), Some(StoreKind::Postgres));
+        }
+        let config = from(&[
+            ("IDEM_PG_SCHEMA", "billing"),
+            ("IDEM_PG_TABLE", "keys"),
+            ("IDEM_PG_CREATE_TABLE", "false"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (config.pg_schema.as_str(), config.pg_table.as_str()),
+            ("billing", "keys")
+        );
+        assert!(!config.pg_create_table);
+        assert!(Config::default().pg_create_table);
+        let error = from(&[("IDEM_PG_CREATE_TABLE", "perhaps")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("IDEM_PG_CREATE_TABLE"), "{error}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! Every call also runs in a `tracing` span `idem` (level DEBUG) with the scope, a hash of the
 //! key and the outcome.
 #![deny(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, unreachable_pub)]
 
 mod cache;
@@ -45,6 +46,12 @@ pub use error::{Error, StoreError, StoreErrorKind};
 pub use observe::{CALLS_TOTAL, STORE_SECONDS};
 pub use record::{Claim, Fingerprint, Record, Token};
 pub use store::memory::MemoryStore;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use store::postgres;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use store::postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "redis")]
 pub use store::redis::RedisStore;
 pub use store::{Fence, Store, StoreFuture, StoreHandle};

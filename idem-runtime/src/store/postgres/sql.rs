@@ -1,0 +1,368 @@
+//! The table and the statements of [`PostgresStore`](super::PostgresStore), as functions on any
+//! executor (a pool, a connection, a transaction), so that the same SQL can run inside a
+//! caller's transaction.
+//!
+//! Every statement decides expiry by the database's clock (`clock_timestamp()`), never the
+//! client's, and each operation is one statement, run in its own implicit transaction:
+//!
+//! | operation | statement |
+//! |---|---|
+//! | claim (or read the record) | `WITH claimed AS (INSERT … ON CONFLICT (key) DO UPDATE … WHERE expired RETURNING …) SELECT … UNION ALL SELECT the live row` |
+//! | complete | `WITH done AS (UPDATE … WHERE key, token, in progress, live RETURNING …) SELECT pg_notify(…) FROM done` |
+//! | release | `WITH gone AS (DELETE … WHERE key, token, in progress, live RETURNING …) SELECT pg_notify(…) FROM gone` |
+//! | renew | `UPDATE … SET expires_at WHERE key, token, in progress, live` |
+//! | lease left (waiters) | `SELECT expires_at - clock_timestamp() … WHERE key, token, in progress, live` |
+//! | reap | `DELETE … WHERE key IN (SELECT key … WHERE expired LIMIT n FOR UPDATE SKIP LOCKED)` |
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgExecutor, PgRow};
+use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqlStr};
+
+use crate::record::{Claim, Fingerprint, Record, Token};
+
+/// The SQL that creates the store's table and its index on `expires_at`, for the default
+/// schema and table (`"public"."idem_records"`); the same text is the migration file
+/// `idem-runtime/migrations/20261130000000_idem_records.sql` (a folder `sqlx migrate` accepts).
+/// [`PostgresOptions::migration`](super::PostgresOptions::migration) gives it for other names.
+pub const MIGRATION: &str = include_str!("../../../migrations/20261130000000_idem_records.sql");
+
+/// The table name of [`MIGRATION`], quoted with its schema.
+const DEFAULT_TABLE: &str = r#""public"."idem_records""#;
+/// The index name of [`MIGRATION`].
+const DEFAULT_INDEX: &str = r#""idem_records_expires_at""#;
+
+/// The longest identifier PostgreSQL keeps (longer ones are truncated).
+const MAX_IDENTIFIER: usize = 63;
+/// What the index name adds to the table name.
+const INDEX_SUFFIX: &str = "_expires_at";
+
+/// A checked schema and table name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Table {
+    pub(super) schema: String,
+    pub(super) name: String,
+}
+
+impl Table {
+    /// Checks the names: not empty, no NUL, short enough to stay distinct with the index's
+    /// suffix.
+    pub(super) fn new(schema: &str, name: &str) -> Result<Table, String> {
+        for (what, value, limit) in [
+            ("schema", schema, MAX_IDENTIFIER),
+            ("table", name, MAX_IDENTIFIER - INDEX_SUFFIX.len()),
+        ] {
+            if value.is_empty() || value.contains('\0') || value.len() > limit {
+                return Err(format!(
+                    "the PostgreSQL {what} name `{}` is not valid; expected 1 to {limit} bytes without NUL",
+                    value.escape_debug()
+                ));
+            }
+        }
+        Ok(Table {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// `"schema"."table"`.
+    pub(super) fn qualified(&self) -> String {
+        format!("{}.{}", quote(&self.schema), quote(&self.name))
+    }
+
+    /// The `NOTIFY` channel of completions and releases on this table: its name.
+    pub(super) fn channel(&self) -> &str {
+        &self.name
+    }
+
+    /// [`MIGRATION`] for this table.
+    pub(super) fn migration(&self) -> String {
+        MIGRATION.replace(DEFAULT_TABLE, &self.qualified()).replace(
+            DEFAULT_INDEX,
+            &quote(&format!("{}{INDEX_SUFFIX}", self.name)),
+        )
+    }
+}
+
+/// A quoted identifier.
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// A quoted string literal.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The statements of one table, built once per store (sqlx prepares each once per connection
+/// and caches it by its text).
+#[derive(Debug, Clone)]
+pub(super) struct Statements {
+    claim: SqlStr,
+    complete: SqlStr,
+    release: SqlStr,
+    renew: SqlStr,
+    lease_left: SqlStr,
+    reap: SqlStr,
+}
+
+/// Milliseconds left until `expires_at`, by the database's clock.
+const LEFT_MS: &str = "(extract(epoch FROM expires_at - clock_timestamp()) * 1000)::int8";
+
+/// The condition of every fenced statement: the claim with token `$2` holds key `$1`.
+const HELD: &str =
+    "key = $1 AND token = $2 AND state = 'in_progress' AND expires_at > clock_timestamp()";
+
+impl Statements {
+    pub(super) fn new(table: &Table) -> Statements {
+        let t = table.qualified();
+        let channel = literal(table.channel());
+        let sql = |text: String| AssertSqlSafe(text).into_sql_str();
+        Statements {
+            // A conflicting live row makes the upsert return nothing; the second branch then
+            // reads that row. Under READ COMMITTED it reads the statement's snapshot, which
+            // misses a row another claim committed after the snapshot was taken (the upsert
+            // waited for it): then no row comes back at all, and `claim` asks again.
+            claim: sql(format!(
+                "WITH claimed AS (\
+                    INSERT INTO {t} AS r (key, state, token, fingerprint, payload, expires_at) \
+                    VALUES ($1, 'in_progress', $2, $3, NULL, clock_timestamp() + $4 * interval '1 millisecond') \
+                    ON CONFLICT (key) DO UPDATE SET state = 'in_progress', token = excluded.token, \
+                        fingerprint = excluded.fingerprint, payload = NULL, expires_at = excluded.expires_at \
+                    WHERE r.expires_at <= clock_timestamp() \
+                    RETURNING 1) \
+                 SELECT true, NULL::text, NULL::bytea, NULL::bytea, NULL::bytea, NULL::int8 FROM claimed \
+                 UNION ALL \
+                 SELECT false, state, token, fingerprint, payload, {LEFT_MS} FROM {t} \
+                 WHERE key = $1 AND expires_at > clock_timestamp() AND NOT EXISTS (SELECT FROM claimed)"
+            )),
+            complete: sql(format!(
+                "WITH done AS (\
+                    UPDATE {t} SET state = 'completed', payload = $3, \
+                        expires_at = clock_timestamp() + $4 * interval '1 millisecond' \
+                    WHERE {HELD} RETURNING 1) \
+                 SELECT pg_notify({channel}, $5)::text FROM done"
+            )),
+            release: sql(format!(
+                "WITH gone AS (DELETE FROM {t} WHERE {HELD} RETURNING 1) \
+                 SELECT pg_notify({channel}, $3)::text FROM gone"
+            )),
+            renew: sql(format!(
+                "UPDATE {t} SET expires_at = clock_timestamp() + $3 * interval '1 millisecond' WHERE {HELD}"
+            )),
+            lease_left: sql(format!("SELECT {LEFT_MS} FROM {t} WHERE {HELD}")),
+            // `now()`, not `clock_timestamp()`: a stable value, so the index on expires_at
+            // finds the batch.
+            reap: sql(format!(
+                "DELETE FROM {t} WHERE key IN (\
+                    SELECT key FROM {t} WHERE expires_at < now() LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 AND expires_at < now()"
+            )),
+        }
+    }
+}
+
+/// What a claim statement answered.
+#[derive(Debug)]
+pub(super) enum Claimed {
+    /// The key was free (absent or expired) and is now held by the claim.
+    Held,
+    /// A live record holds the key.
+    Found(Record),
+    /// Nothing: a concurrent claim committed the key after this statement's snapshot was
+    /// taken. Asking again sees it.
+    Unseen,
+}
+
+/// Whole milliseconds, at least one, as the `int8` the statements take.
+pub(super) fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1)
+}
+
+/// Claims `key` for `claim` with expiry `lease`, or reads the live record that holds it.
+pub(super) async fn claim<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    claim: &Claim,
+    lease: Duration,
+) -> Result<Claimed, sqlx::Error> {
+    let row = sqlx::query(sql.claim.clone())
+        .bind(key)
+        .bind(&claim.token.to_bytes()[..])
+        .bind(claim.fingerprint.as_ref().map(|fp| &fp.as_bytes()[..]))
+        .bind(millis(lease))
+        .fetch_optional(executor)
+        .await?;
+    let Some(row) = row else {
+        return Ok(Claimed::Unseen);
+    };
+    if row.try_get::<bool, _>(0)? {
+        return Ok(Claimed::Held);
+    }
+    record(&row).map(Claimed::Found)
+}
+
+/// The record of a live row read by the claim statement.
+fn record(row: &PgRow) -> Result<Record, sqlx::Error> {
+    let state: String = row.try_get(1)?;
+    match state.as_str() {
+        "completed" => {
+            let payload: Option<Vec<u8>> = row.try_get(4)?;
+            let left: Option<i64> = row.try_get(5)?;
+            Ok(Record::Completed {
+                // A missing payload is corrupt: the engine reports it as `Error::Decode`.
+                payload: payload.unwrap_or_default(),
+                expires_in: left
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .map(Duration::from_millis),
+            })
+        }
+        "in_progress" => {
+            let token: Vec<u8> = row.try_get(2)?;
+            let fingerprint: Option<Vec<u8>> = row.try_get(3)?;
+            let token = <[u8; 16]>::try_from(token.as_slice())
+                .map_err(|_| corrupt("a token that is not 16 bytes"))?;
+            let fingerprint = fingerprint
+                .map(|fp| {
+                    <[u8; 32]>::try_from(fp.as_slice())
+                        .map_err(|_| corrupt("a fingerprint that is not 32 bytes"))
+                })
+                .transpose()?;
+            Ok(Record::InProgress(Claim {
+                token: Token::from_bytes(token),
+                fingerprint: fingerprint.map(Fingerprint::from_bytes),
+            }))
+        }
+        other => Err(corrupt(&format!("the unknown state `{other}`"))),
+    }
+}
+
+fn corrupt(what: &str) -> sqlx::Error {
+    sqlx::Error::Protocol(format!("the idem table holds a row with {what}"))
+}
+
+/// Stores `payload` for the claim with expiry `ttl` and notifies `tag` on the table's channel;
+/// `true` if the claim held the key.
+pub(super) async fn complete<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    claim: &Claim,
+    payload: &[u8],
+    ttl: Duration,
+    tag: &str,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(sql.complete.clone())
+        .bind(key)
+        .bind(&claim.token.to_bytes()[..])
+        .bind(payload)
+        .bind(millis(ttl))
+        .bind(tag)
+        .fetch_optional(executor)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Deletes the claim's row and notifies `tag`; `true` if the claim held the key.
+pub(super) async fn release<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    claim: &Claim,
+    tag: &str,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(sql.release.clone())
+        .bind(key)
+        .bind(&claim.token.to_bytes()[..])
+        .bind(tag)
+        .fetch_optional(executor)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Extends the claim's expiry to `lease` from now; `true` if the claim held the key.
+pub(super) async fn renew<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    claim: &Claim,
+    lease: Duration,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(sql.renew.clone())
+        .bind(key)
+        .bind(&claim.token.to_bytes()[..])
+        .bind(millis(lease))
+        .execute(executor)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The lease left to `holder` on `key`, or `None` when it no longer holds the key.
+pub(super) async fn lease_left<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    holder: &Claim,
+) -> Result<Option<Duration>, sqlx::Error> {
+    let left: Option<i64> = sqlx::query_scalar(sql.lease_left.clone())
+        .bind(key)
+        .bind(&holder.token.to_bytes()[..])
+        .fetch_optional(executor)
+        .await?;
+    Ok(left.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
+}
+
+/// Deletes at most `batch` expired rows; returns how many.
+pub(super) async fn reap<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(sql.reap.clone())
+        .bind(batch)
+        .execute(executor)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_and_quoted() {
+        let table = Table::new("my schema", "t\"x").unwrap();
+        assert_eq!(table.qualified(), r#""my schema"."t""x""#);
+        assert!(Table::new("", "t").is_err());
+        assert!(Table::new("s", "a\0b").is_err());
+        assert!(Table::new("s", &"t".repeat(60)).is_err());
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn the_migration_is_rewritten_for_other_names() {
+        let default = Table::new("public", "idem_records").unwrap();
+        assert_eq!(default.migration(), MIGRATION);
+        let other = Table::new("billing", "keys").unwrap();
+        let sql = other.migration();
+        assert!(
+            sql.contains(r#"CREATE TABLE IF NOT EXISTS "billing"."keys" ("#),
+            "{sql}"
+        );
+        assert!(
+            sql.contains(r#""keys_expires_at" ON "billing"."keys""#),
+            "{sql}"
+        );
+        assert!(!sql.contains("idem_records\""), "{sql}");
+    }
+
+    #[test]
+    fn durations_are_whole_positive_milliseconds() {
+        assert_eq!(millis(Duration::from_micros(10)), 1);
+        assert_eq!(millis(Duration::from_secs(30)), 30_000);
+        assert_eq!(millis(Duration::MAX), i64::MAX);
+    }
+}
