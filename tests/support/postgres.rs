@@ -64,7 +64,6 @@ impl PostgresServer {
             "-c listen_addresses=127.0.0.1".to_owned(),
             format!("-c unix_socket_directories={}", self.dir.display()),
             "-c fsync=off".to_owned(),
-            "-c synchronous_commit=off".to_owned(),
             "-c full_page_writes=off".to_owned(),
             "-c log_statement=all".to_owned(),
             "-c log_line_prefix='%m [%p] %a: '".to_owned(),
@@ -168,7 +167,17 @@ impl PostgresServer {
 
     /// Runs `sql` with `psql`, whatever happens.
     pub fn try_psql(&self, sql: &str) -> Output {
-        Command::new(binary("psql"))
+        self.psql_command()
+            .args(["-c", sql])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run psql: {e}"))
+    }
+
+    /// A `psql` command line connected to the server (add `-c sql`).
+    pub fn psql_command(&self) -> Command {
+        let mut command = Command::new(binary("psql"));
+        let port = self.port.to_string();
+        command
             .env("PGAPPNAME", "idem-harness")
             .env("PGCONNECT_TIMEOUT", "5")
             .args([
@@ -180,17 +189,8 @@ impl PostgresServer {
                 "-h",
                 "127.0.0.1",
             ])
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
-            .args(["-c", sql])
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run psql: {e}"))
+            .args(["-p", &port, "-U", "postgres", "-d", "postgres"]);
+        command
     }
 
     /// Ends every backend of the connections named `application` (`pg_terminate_backend`);
