@@ -70,9 +70,9 @@ pub(super) fn store_error(error: sqlx::Error, store: &str) -> StoreError {
 }
 
 /// The store error of an operation that did not finish in time.
-pub(super) fn timed_out(store: &str, within: Duration) -> StoreError {
+pub(super) fn timed_out(store: &str, within: Duration, setting: &str) -> StoreError {
     StoreError::new(
         StoreErrorKind::Timeout,
-        format!("PostgreSQL at {store} did not answer within {within:?} (statement_timeout)"),
+        format!("PostgreSQL at {store} did not answer within {within:?} ({setting})"),
     )
 }

@@ -189,7 +189,11 @@ impl PostgresStore {
             Err(_) => {
                 return Err(Error::Connect {
                     store: store.shared.describe.clone(),
-                    source: failure::timed_out(&store.shared.describe, options.connect_timeout),
+                    source: failure::timed_out(
+                        &store.shared.describe,
+                        options.connect_timeout,
+                        "connect_timeout",
+                    ),
                 });
             }
         }
@@ -217,6 +221,12 @@ impl PostgresStore {
                 }
             }
         };
+        // One connection of its own first: the pool retries a refused connection until its
+        // timeout, and the server's own answer (refused, wrong password) is the better error.
+        let probe = PgConnection::connect_with(&pool.connect_options())
+            .await
+            .map_err(failed)?;
+        let _ = probe.close().await;
         let exists = |pool: PgPool| async move {
             sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
                 .bind(table.qualified())
@@ -281,7 +291,13 @@ impl PostgresStore {
                     });
                 }
                 Ok(Err(error)) => return Err(failure::store_error(error, &shared.describe)),
-                Err(_) => return Err(failure::timed_out(&shared.describe, shared.connect_timeout)),
+                Err(_) => {
+                    return Err(failure::timed_out(
+                        &shared.describe,
+                        shared.connect_timeout,
+                        "connect_timeout",
+                    ));
+                }
             }
         }
         match tokio::time::timeout(shared.connect_timeout, shared.pool.acquire()).await {
@@ -292,7 +308,11 @@ impl PostgresStore {
                 }
                 Err(failure::store_error(error, &shared.describe))
             }
-            Err(_) => Err(failure::timed_out(&shared.describe, shared.connect_timeout)),
+            Err(_) => Err(failure::timed_out(
+                &shared.describe,
+                shared.connect_timeout,
+                "connect_timeout",
+            )),
         }
     }
 
@@ -325,6 +345,7 @@ impl PostgresStore {
                 Some(Err(failure::timed_out(
                     &shared.describe,
                     shared.statement_timeout,
+                    "statement_timeout",
                 )))
             }
         }
