@@ -59,6 +59,8 @@ pub struct Config {
     /// carries one operation at a time, so this is also how many operations are in flight:
     /// redis-rs follows an `ASK` redirection (a slot being migrated) with an `ASKING` command
     /// sent on its own, which another operation's command sharing the connection could take.
+    ///
+    /// To PostgreSQL (default 10), each connection carries one statement at a time.
     pub pool_size: Option<usize>,
     #[serde(deserialize_with = "duration_text")]
     /// How long connecting to the store may take.

@@ -29,11 +29,23 @@ pub struct PostgresServer {
     port: u16,
     dir: PathBuf,
     running: bool,
+    /// Whether every statement is logged (`log_statement=all`).
+    log_statements: bool,
 }
 
 impl PostgresServer {
-    /// Starts a server: user `postgres`, database `postgres`, trusted on 127.0.0.1.
+    /// Starts a server: user `postgres`, database `postgres`, trusted on 127.0.0.1, logging
+    /// every statement.
     pub fn start() -> PostgresServer {
+        PostgresServer::start_with(true)
+    }
+
+    /// Starts a server that logs no statement (for measurements).
+    pub fn quiet() -> PostgresServer {
+        PostgresServer::start_with(false)
+    }
+
+    fn start_with(log_statements: bool) -> PostgresServer {
         let n = SERVERS.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("idem-pg-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -45,6 +57,7 @@ impl PostgresServer {
             port: 0,
             dir,
             running: false,
+            log_statements,
         };
         // Another process may take the free port between the look and the bind: try others.
         for _ in 0..5 {
@@ -65,7 +78,10 @@ impl PostgresServer {
             format!("-c unix_socket_directories={}", self.dir.display()),
             "-c fsync=off".to_owned(),
             "-c full_page_writes=off".to_owned(),
-            "-c log_statement=all".to_owned(),
+            format!(
+                "-c log_statement={}",
+                if self.log_statements { "all" } else { "none" }
+            ),
             "-c log_line_prefix='%m [%p] %a: '".to_owned(),
             "-c max_connections=200".to_owned(),
         ]

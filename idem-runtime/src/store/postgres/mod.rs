@@ -1,8 +1,8 @@
 //! [`PostgresStore`]: the store shared by processes and machines, on PostgreSQL.
 //!
-//! One row per key in a table whose SQL is public ([`MIGRATION`]); every operation is one
-//! statement in its own implicit transaction (no `BEGIN`/`COMMIT`), prepared once per
-//! connection (see `sql.rs`): a replay costs one statement, a first call two (claim,
+//! One row per key in a table whose SQL is public ([`MIGRATION`], see `table.rs`); every
+//! operation is one statement in its own implicit transaction (no `BEGIN`/`COMMIT`), prepared
+//! once per connection (see `sql.rs`): a replay costs one statement, a first call two (claim,
 //! complete). Expiry is decided by the database's clock. Waiters are woken by
 //! `LISTEN`/`NOTIFY` (see `listen.rs`); expired rows are deleted in the background in bounded
 //! batches (see `reaper.rs`).
@@ -12,6 +12,7 @@ mod listen;
 mod options;
 mod reaper;
 mod sql;
+mod table;
 
 use std::fmt;
 use std::sync::Arc;
@@ -28,11 +29,12 @@ use crate::record::{Claim, Record};
 use crate::store::{Fence, Store, StoreFuture};
 
 pub use self::options::PostgresOptions;
-pub use self::sql::MIGRATION;
+pub use self::table::MIGRATION;
 
 use self::listen::Hub;
 use self::reaper::Reaper;
-use self::sql::{Claimed, Statements, Table};
+use self::sql::{Claimed, Statements};
+use self::table::Table;
 
 /// Runs `$op`, an expression of `$conn: &mut PgConnection`, on a connection of the store's
 /// pool within the statement timeout, and again on another connection when one is broken.
@@ -58,7 +60,7 @@ macro_rules! on_connection {
 const LEASE_GRACE: Duration = Duration::from_millis(2);
 
 /// How long a waiter sleeps between looks while the listener is down.
-pub(crate) const FALLBACK_POLL: Duration = Duration::from_millis(25);
+const FALLBACK_POLL: Duration = Duration::from_millis(25);
 
 /// How often a claim asks again when a concurrent claim committed the key after its snapshot.
 const UNSEEN_RETRIES: u32 = 8;
@@ -170,7 +172,7 @@ impl PostgresStore {
                     pool.clone(),
                     sql.clone(),
                     options.reaper_interval,
-                    Some(options.reaper_batch),
+                    options.reaper_batch,
                     options.statement_timeout,
                 ),
                 pool_size: pool.options().get_max_connections(),
@@ -182,8 +184,16 @@ impl PostgresStore {
                 suspect: AtomicBool::new(false),
             }),
         };
-        let prepared =
-            tokio::time::timeout(options.connect_timeout, store.prepare(&table, options)).await;
+        let prepared = tokio::time::timeout(
+            options.connect_timeout,
+            table::prepare(
+                &store.shared.pool,
+                &store.shared.describe,
+                &table,
+                options.create_table,
+            ),
+        )
+        .await;
         match prepared {
             Ok(result) => result?,
             Err(_) => {
@@ -203,76 +213,6 @@ impl PostgresStore {
     /// The pool the store runs its statements on.
     pub fn pool(&self) -> &PgPool {
         &self.shared.pool
-    }
-
-    /// Checks that the table exists with the store's columns, creating it if allowed.
-    async fn prepare(&self, table: &Table, options: &PostgresOptions) -> Result<(), Error> {
-        let pool = &self.shared.pool;
-        let describe = &self.shared.describe;
-        let failed = |error: sqlx::Error| {
-            if failure::refused(&error) {
-                Error::Config(format!(
-                    "PostgreSQL at {describe} refused the connection ({error}); check the user, password and database in the store URL"
-                ))
-            } else {
-                Error::Connect {
-                    store: describe.clone(),
-                    source: failure::store_error(error, describe),
-                }
-            }
-        };
-        // One connection of its own first: the pool retries a refused connection until its
-        // timeout, and the server's own answer (refused, wrong password) is the better error.
-        let probe = PgConnection::connect_with(&pool.connect_options())
-            .await
-            .map_err(failed)?;
-        let _ = probe.close().await;
-        let exists = |pool: PgPool| async move {
-            sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
-                .bind(table.qualified())
-                .fetch_one(&pool)
-                .await
-        };
-        let migration = table.migration();
-        if !exists(pool.clone()).await.map_err(failed)? {
-            if !options.create_table {
-                return Err(Error::Config(format!(
-                    "the table {} does not exist in PostgreSQL at {describe}, and creating it is off (create_table, IDEM_PG_CREATE_TABLE=false); create it with:\n{migration}",
-                    table.qualified()
-                )));
-            }
-            if let Err(error) = sqlx::raw_sql(sqlx::AssertSqlSafe(migration.clone()))
-                .execute(pool)
-                .await
-            {
-                // Another process may have created it at the same moment.
-                if !exists(pool.clone()).await.map_err(failed)? {
-                    return Err(Error::Config(format!(
-                        "cannot create the table {} in PostgreSQL at {describe} ({error}); create it with:\n{migration}",
-                        table.qualified()
-                    )));
-                }
-            }
-        }
-        let columns = format!(
-            "SELECT key, state, token, fingerprint, payload, expires_at FROM {} LIMIT 0",
-            table.qualified()
-        );
-        if let Err(error) = sqlx::raw_sql(sqlx::AssertSqlSafe(columns))
-            .execute(pool)
-            .await
-        {
-            return Err(match error {
-                sqlx::Error::Database(_) if !failure::breaks_connection(&error) => {
-                    Error::Config(format!(
-                        "the table {} in PostgreSQL at {describe} is not idem's ({error}); it must be as created by:\n{migration}",
-                        table.qualified()
-                    ))
-                }
-                error => failed(error),
-            });
-        }
-        Ok(())
     }
 
     /// A connection of the pool. After a broken connection, first checks that the server

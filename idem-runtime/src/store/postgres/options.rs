@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::sql::Table;
+use super::table::Table;
 
 /// The settings of a [`PostgresStore`](super::PostgresStore), independent of any application
 /// configuration ([`Config`](crate::Config) translates `IDEM_STORE=postgres://…` and the

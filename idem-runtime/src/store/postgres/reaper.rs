@@ -20,16 +20,16 @@ pub(super) struct Reaper {
 }
 
 impl Reaper {
-    /// Starts reaping every `interval`, `batch` rows per statement, for as long as the result
-    /// is kept; `None` for either turns the reaper off.
+    /// Starts reaping every `interval` (`None`: never), `batch` rows per statement, for as
+    /// long as the result is kept.
     pub(super) fn start(
         pool: PgPool,
         sql: Arc<Statements>,
         interval: Option<Duration>,
-        batch: Option<u32>,
+        batch: u32,
         timeout: Duration,
     ) -> Reaper {
-        let (Some(interval), Some(batch)) = (interval, batch) else {
+        let Some(interval) = interval else {
             return Reaper { task: None };
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

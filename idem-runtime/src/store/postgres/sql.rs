@@ -1,4 +1,4 @@
-//! The table and the statements of [`PostgresStore`](super::PostgresStore), as functions on any
+//! The statements of [`PostgresStore`](super::PostgresStore), as functions on any
 //! executor (a pool, a connection, a transaction), so that the same SQL can run inside a
 //! caller's transaction.
 //!
@@ -19,75 +19,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgExecutor, PgRow};
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqlStr};
 
+use super::table::Table;
 use crate::record::{Claim, Fingerprint, Record, Token};
-
-/// The SQL that creates the store's table and its index on `expires_at`, for the default
-/// schema and table (`"public"."idem_records"`); the same text is the migration file
-/// `idem-runtime/migrations/20261130000000_idem_records.sql` (a folder `sqlx migrate` accepts).
-/// [`PostgresOptions::migration`](super::PostgresOptions::migration) gives it for other names.
-pub const MIGRATION: &str = include_str!("../../../migrations/20261130000000_idem_records.sql");
-
-/// The table name of [`MIGRATION`], quoted with its schema.
-const DEFAULT_TABLE: &str = r#""public"."idem_records""#;
-/// The index name of [`MIGRATION`].
-const DEFAULT_INDEX: &str = r#""idem_records_expires_at""#;
-
-/// The longest identifier PostgreSQL keeps (longer ones are truncated).
-const MAX_IDENTIFIER: usize = 63;
-/// What the index name adds to the table name.
-const INDEX_SUFFIX: &str = "_expires_at";
-
-/// A checked schema and table name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Table {
-    pub(super) schema: String,
-    pub(super) name: String,
-}
-
-impl Table {
-    /// Checks the names: not empty, no NUL, short enough to stay distinct with the index's
-    /// suffix.
-    pub(super) fn new(schema: &str, name: &str) -> Result<Table, String> {
-        for (what, value, limit) in [
-            ("schema", schema, MAX_IDENTIFIER),
-            ("table", name, MAX_IDENTIFIER - INDEX_SUFFIX.len()),
-        ] {
-            if value.is_empty() || value.contains('\0') || value.len() > limit {
-                return Err(format!(
-                    "the PostgreSQL {what} name `{}` is not valid; expected 1 to {limit} bytes without NUL",
-                    value.escape_debug()
-                ));
-            }
-        }
-        Ok(Table {
-            schema: schema.to_owned(),
-            name: name.to_owned(),
-        })
-    }
-
-    /// `"schema"."table"`.
-    pub(super) fn qualified(&self) -> String {
-        format!("{}.{}", quote(&self.schema), quote(&self.name))
-    }
-
-    /// The `NOTIFY` channel of completions and releases on this table: its name.
-    pub(super) fn channel(&self) -> &str {
-        &self.name
-    }
-
-    /// [`MIGRATION`] for this table.
-    pub(super) fn migration(&self) -> String {
-        MIGRATION.replace(DEFAULT_TABLE, &self.qualified()).replace(
-            DEFAULT_INDEX,
-            &quote(&format!("{}{INDEX_SUFFIX}", self.name)),
-        )
-    }
-}
-
-/// A quoted identifier.
-fn quote(identifier: &str) -> String {
-    format!("\"{}\"", identifier.replace('"', "\"\""))
-}
 
 /// A quoted string literal.
 fn literal(text: &str) -> String {
@@ -333,30 +266,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_are_checked_and_quoted() {
-        let table = Table::new("my schema", "t\"x").unwrap();
-        assert_eq!(table.qualified(), r#""my schema"."t""x""#);
-        assert!(Table::new("", "t").is_err());
-        assert!(Table::new("s", "a\0b").is_err());
-        assert!(Table::new("s", &"t".repeat(60)).is_err());
+    fn literals_are_quoted() {
         assert_eq!(literal("it's"), "'it''s'");
-    }
-
-    #[test]
-    fn the_migration_is_rewritten_for_other_names() {
-        let default = Table::new("public", "idem_records").unwrap();
-        assert_eq!(default.migration(), MIGRATION);
-        let other = Table::new("billing", "keys").unwrap();
-        let sql = other.migration();
-        assert!(
-            sql.contains(r#"CREATE TABLE IF NOT EXISTS "billing"."keys" ("#),
-            "{sql}"
-        );
-        assert!(
-            sql.contains(r#""keys_expires_at" ON "billing"."keys""#),
-            "{sql}"
-        );
-        assert!(!sql.contains("idem_records\""), "{sql}");
     }
 
     #[test]
