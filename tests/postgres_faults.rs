@@ -187,26 +187,28 @@ async fn a_statement_stuck_on_a_lock_times_out() {
     let server = PostgresServer::start();
     let store = store(&server).await;
     call(&store, "locked").run(async { 1_u8 }).await.unwrap();
-    // Another client holds the row for 3 s.
+    // Another client holds the whole table for 3 s (a migration gone wrong).
     let mut locker = server
         .psql_command()
         .arg("-c")
         .arg(
-            "BEGIN; SELECT 1 FROM idem_records WHERE key = 'idem:faults:locked' FOR UPDATE; \
+            "BEGIN; LOCK TABLE idem_records IN ACCESS EXCLUSIVE MODE; \
              SELECT pg_sleep(3); COMMIT;",
         )
         .stdout(Stdio::null())
         .spawn()
         .expect("run psql");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while server.psql("SELECT count(*) FROM pg_locks WHERE mode = 'RowShareLock'") == "0" {
+    let locked = "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' \
+                  AND relation = 'idem_records'::regclass";
+    while server.psql(locked) == "0" {
         assert!(
             Instant::now() < deadline,
             "the locker did not take its lock"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // A claim must lock the row to decide (ON CONFLICT): it waits, and the timeout ends it.
+    // Even a replay (a read) waits for that lock: the timeout ends it.
     let started = Instant::now();
     let stuck = call(&store, "locked").run(async { 2_u8 }).await;
     let took = started.elapsed();

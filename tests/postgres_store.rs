@@ -84,10 +84,7 @@ async fn a_replay_is_one_statement_and_a_first_call_two() {
         2,
         "a first call is claim + complete: {first_sent:#?}"
     );
-    assert!(
-        first_sent[0].starts_with("WITH claimed AS"),
-        "{first_sent:#?}"
-    );
+    assert!(first_sent[0].starts_with("WITH live AS"), "{first_sent:#?}");
     assert!(first_sent[1].starts_with("WITH done AS"), "{first_sent:#?}");
     assert_eq!(
         replay_sent.len(),
@@ -95,7 +92,7 @@ async fn a_replay_is_one_statement_and_a_first_call_two() {
         "a replay is the claim alone: {replay_sent:#?}"
     );
     assert!(
-        replay_sent[0].starts_with("WITH claimed AS"),
+        replay_sent[0].starts_with("WITH live AS"),
         "{replay_sent:#?}"
     );
 
@@ -396,4 +393,46 @@ async fn idem_store_postgres_url_selects_the_store() {
         .unwrap();
     assert_eq!(outcome.status, Status::Executed);
     assert_eq!(server.psql("SELECT count(*) FROM public.from_env"), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_is_a_read_that_a_row_lock_does_not_hold_up() {
+    let server = PostgresServer::start();
+    let options = PostgresOptions::default().statement_timeout(Duration::from_millis(500));
+    let store = PostgresStore::connect(&server.url(), &options)
+        .await
+        .unwrap();
+    let scope = scope("row_lock");
+    Call::new(scope.clone(), "k")
+        .store(store.clone())
+        .run(async { 1_u8 })
+        .await
+        .unwrap();
+    // Another client holds the row for 3 s.
+    let mut locker = server
+        .psql_command()
+        .arg("-c")
+        .arg(format!(
+            "BEGIN; SELECT 1 FROM idem_records WHERE key = 'idem:{scope}:k' FOR UPDATE; \
+             SELECT pg_sleep(3); COMMIT;"
+        ))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run psql");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.psql("SELECT count(*) FROM pg_locks WHERE mode = 'RowShareLock'") == "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the locker did not take its lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let replay = Call::new(scope.clone(), "k")
+        .store(store.clone())
+        .run(async { 2_u8 })
+        .await
+        .expect("the replay does not wait for the lock");
+    assert_eq!((replay.value, replay.status), (1, Status::Replayed));
+    let _ = locker.kill();
+    let _ = locker.wait();
 }

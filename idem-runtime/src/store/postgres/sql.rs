@@ -7,7 +7,7 @@
 //!
 //! | operation | statement |
 //! |---|---|
-//! | claim (or read the record) | `WITH claimed AS (INSERT … ON CONFLICT (key) DO UPDATE … WHERE expired RETURNING …) SELECT … UNION ALL SELECT the live row` |
+//! | claim (or read the record) | `WITH live AS (SELECT the live row), claimed AS (INSERT … WHERE NOT EXISTS live ON CONFLICT (key) DO UPDATE … WHERE expired RETURNING …) SELECT … FROM claimed UNION ALL SELECT … FROM live` |
 //! | complete | `WITH done AS (UPDATE … WHERE key, token, in progress, live RETURNING …) SELECT pg_notify(…) FROM done` |
 //! | release | `WITH gone AS (DELETE … WHERE key, token, in progress, live RETURNING …) SELECT pg_notify(…) FROM gone` |
 //! | renew | `UPDATE … SET expires_at WHERE key, token, in progress, live` |
@@ -52,22 +52,26 @@ impl Statements {
         let channel = literal(table.channel());
         let sql = |text: String| AssertSqlSafe(text).into_sql_str();
         Statements {
-            // A conflicting live row makes the upsert return nothing; the second branch then
-            // reads that row. Under READ COMMITTED it reads the statement's snapshot, which
-            // misses a row another claim committed after the snapshot was taken (the upsert
-            // waited for it): then no row comes back at all, and `claim` asks again.
+            // The live row, read first: a replay is a read (no insert attempt, no row lock).
+            // Without one, the upsert claims the key (absent or expired). A conflicting row
+            // that another claim committed after this statement's snapshot was taken makes the
+            // upsert return nothing (it waited for that claim) while the snapshot misses the
+            // row: then no row comes back at all, and `claim` asks again.
             claim: sql(format!(
-                "WITH claimed AS (\
+                "WITH live AS (\
+                    SELECT state, token, fingerprint, payload, {LEFT_MS} AS left_ms FROM {t} \
+                    WHERE key = $1 AND expires_at > clock_timestamp()), \
+                 claimed AS (\
                     INSERT INTO {t} AS r (key, state, token, fingerprint, payload, expires_at) \
-                    VALUES ($1, 'in_progress', $2, $3, NULL, clock_timestamp() + $4 * interval '1 millisecond') \
+                    SELECT $1, 'in_progress', $2, $3, NULL, clock_timestamp() + $4 * interval '1 millisecond' \
+                    WHERE NOT EXISTS (SELECT FROM live) \
                     ON CONFLICT (key) DO UPDATE SET state = 'in_progress', token = excluded.token, \
                         fingerprint = excluded.fingerprint, payload = NULL, expires_at = excluded.expires_at \
                     WHERE r.expires_at <= clock_timestamp() \
                     RETURNING 1) \
                  SELECT true, NULL::text, NULL::bytea, NULL::bytea, NULL::bytea, NULL::int8 FROM claimed \
                  UNION ALL \
-                 SELECT false, state, token, fingerprint, payload, {LEFT_MS} FROM {t} \
-                 WHERE key = $1 AND expires_at > clock_timestamp() AND NOT EXISTS (SELECT FROM claimed)"
+                 SELECT false, state, token, fingerprint, payload, left_ms FROM live"
             )),
             complete: sql(format!(
                 "WITH done AS (\
