@@ -247,7 +247,12 @@ async fn a_corrupt_payload_is_a_decode_error() {
         .wait(Duration::ZERO)
         .run(async { 0_u32 })
         .await;
-    assert!(matches!(result, Err(Error::Store { .. })), "{result:?}");
+    match &result {
+        Err(Error::Store { source, .. }) => {
+            assert_eq!(source.kind(), StoreErrorKind::Protocol, "{source}")
+        }
+        other => panic!("a row that is not a record: {other:?}"),
+    }
     finish.send(1).unwrap();
     let _ = holder.await.expect("no panic");
 }

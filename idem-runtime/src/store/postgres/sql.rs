@@ -177,8 +177,9 @@ fn record(row: &PgRow) -> Result<Record, sqlx::Error> {
     }
 }
 
+/// A row the store cannot read: a decoding error (not a broken connection).
 fn corrupt(what: &str) -> sqlx::Error {
-    sqlx::Error::Protocol(format!("the idem table holds a row with {what}"))
+    sqlx::Error::Decode(format!("the idem table holds a row with {what}").into())
 }
 
 /// Stores `payload` for the claim with expiry `ttl` and notifies `tag` on the table's channel;
