@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idem::{Call, Error, PostgresOptions, PostgresStore, Status};
+use idem::{Call, Error, PostgresOptions, PostgresStore, Status, Store};
 use support::postgres::PostgresServer;
 use tokio::sync::{Barrier, oneshot};
 use tokio::time::Instant;
@@ -435,4 +435,62 @@ async fn a_replay_is_a_read_that_a_row_lock_does_not_hold_up() {
     assert_eq!((replay.value, replay.status), (1, Status::Replayed));
     let _ = locker.kill();
     let _ = locker.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_the_applications_own_pool_shares_it() {
+    let server = PostgresServer::start();
+    let first = PostgresStore::open(&server.url()).await.unwrap();
+    // The application's pool: here the first store's, as an application hands in its own.
+    let pool = first.pool().clone();
+    let options = PostgresOptions::default().table("from_pool");
+    let store = PostgresStore::from_pool(pool.clone(), &options)
+        .await
+        .unwrap();
+    assert!(
+        store.describe().ends_with(r#"("public"."from_pool")"#),
+        "{}",
+        store.describe()
+    );
+    let scope = scope("from_pool");
+    for expected in [Status::Executed, Status::Replayed] {
+        let outcome = Call::new(scope.clone(), "k")
+            .store(store.clone())
+            .run(async { 4_u8 })
+            .await
+            .unwrap();
+        assert_eq!((outcome.value, outcome.status), (4, expected));
+    }
+    assert_eq!(server.psql("SELECT count(*) FROM from_pool"), "1");
+    assert_eq!(server.psql("SELECT count(*) FROM idem_records"), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_sent_again_after_it_was_applied_is_held_and_a_stranger_is_not() {
+    // What a completion retried on another connection sees when the first attempt was applied
+    // but its answer lost with its connection.
+    let server = PostgresServer::start();
+    let store = PostgresStore::open(&server.url()).await.unwrap();
+    let key = format!("idem:{}:k", scope("completion_again"));
+    let lease = Duration::from_secs(10);
+    let mine = idem::Claim::new(None);
+    let stranger = idem::Claim::new(None);
+    assert_eq!(store.claim(&key, &mine, lease).await.unwrap(), None);
+    for _ in 0..2 {
+        assert_eq!(
+            store.complete(&key, &mine, b"done", lease).await.unwrap(),
+            idem::Fence::Held
+        );
+    }
+    assert_eq!(
+        store
+            .complete(&key, &stranger, b"other", lease)
+            .await
+            .unwrap(),
+        idem::Fence::Lost
+    );
+    let row = server.psql(&format!(
+        "SELECT convert_from(payload, 'UTF8') FROM idem_records WHERE key = '{key}'"
+    ));
+    assert_eq!(row, "done");
 }

@@ -372,7 +372,13 @@ impl Store for PostgresStore {
             let held = on_connection!(self, |conn| sql::complete(
                 conn, sql, key, claim, payload, ttl, &tag
             ))?;
-            Ok(fence(held))
+            if held {
+                return Ok(Fence::Held);
+            }
+            // Rare (the lease was lost): look whether an earlier attempt of this completion
+            // was applied before its connection broke.
+            let ours = on_connection!(self, |conn| sql::completed_by(conn, sql, key, claim))?;
+            Ok(fence(ours))
         })
     }
 

@@ -11,6 +11,7 @@
 //! | complete | `WITH done AS (UPDATE … WHERE key, token, in progress, live RETURNING …) SELECT pg_notify(…) FROM done` |
 //! | release | `WITH gone AS (DELETE … WHERE key, token, in progress, live RETURNING …) SELECT pg_notify(…) FROM gone` |
 //! | renew | `UPDATE … SET expires_at WHERE key, token, in progress, live` |
+//! | completed by this claim? (after a lost completion only) | `SELECT … WHERE key, token, completed, live` |
 //! | lease left (waiters) | `SELECT expires_at - clock_timestamp() … WHERE key, token, in progress, live` |
 //! | reap | `DELETE … WHERE key IN (SELECT key … WHERE expired LIMIT n FOR UPDATE SKIP LOCKED)` |
 
@@ -36,6 +37,7 @@ pub(super) struct Statements {
     release: SqlStr,
     renew: SqlStr,
     lease_left: SqlStr,
+    completed_by: SqlStr,
     reap: SqlStr,
 }
 
@@ -88,6 +90,10 @@ impl Statements {
                 "UPDATE {t} SET expires_at = clock_timestamp() + $3 * interval '1 millisecond' WHERE {HELD}"
             )),
             lease_left: sql(format!("SELECT {LEFT_MS} FROM {t} WHERE {HELD}")),
+            completed_by: sql(format!(
+                "SELECT true FROM {t} WHERE key = $1 AND token = $2 AND state = 'completed' \
+                 AND expires_at > clock_timestamp()"
+            )),
             // `now()`, not `clock_timestamp()`: a stable value, so the index on expires_at
             // finds the batch.
             reap: sql(format!(
@@ -199,6 +205,23 @@ pub(super) async fn complete<'e>(
         .bind(payload)
         .bind(millis(ttl))
         .bind(tag)
+        .fetch_optional(executor)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Whether the live record of `key` is the one `claim` completed: a completion whose answer
+/// was lost (the connection broke after the server applied it) and that was sent again finds
+/// the key no longer held, by itself.
+pub(super) async fn completed_by<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    claim: &Claim,
+) -> Result<bool, sqlx::Error> {
+    let row: Option<bool> = sqlx::query_scalar(sql.completed_by.clone())
+        .bind(key)
+        .bind(&claim.token.to_bytes()[..])
         .fetch_optional(executor)
         .await?;
     Ok(row.is_some())
