@@ -10,10 +10,11 @@
 //! ```text
 //! cargo run --example queue_consumer                                   # in-process memory store
 //! IDEM_STORE=redis://127.0.0.1:6379/0 cargo run --example queue_consumer   # shared Redis
+//! IDEM_STORE=postgres://user:pass@127.0.0.1:5432/db cargo run --features postgres --example queue_consumer   # PostgreSQL
 //! ```
 //!
-//! On Redis, run it twice: the second run is a consumer restarted with every message
-//! redelivered, and it ships nothing again until the records' ttl ends.
+//! On Redis or PostgreSQL, run it twice: the second run is a consumer restarted with every
+//! message redelivered, and it ships nothing again until the records' ttl ends.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -7,10 +7,11 @@
 //! ```text
 //! cargo run --example quickstart                                  # in-process memory store
 //! IDEM_STORE=redis://127.0.0.1:6379/0 cargo run --example quickstart   # shared Redis
+//! IDEM_STORE=postgres://user:pass@127.0.0.1:5432/db cargo run --features postgres --example quickstart   # PostgreSQL
 //! ```
 //!
-//! On a shared store, a second run of the process replays the first run's receipt: the
-//! gateway is called zero times until the record's ttl ends.
+//! On a shared store (Redis, PostgreSQL), a second run of the process replays the first run's
+//! receipt: the gateway is called zero times until the record's ttl ends.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};

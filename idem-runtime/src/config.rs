@@ -40,7 +40,8 @@ pub enum FailMode {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Config {
-    /// The store: `memory`, `redis://…`, `rediss://…` or `redis+cluster://…`.
+    /// The store: `memory`, `redis://…`, `rediss://…`, `redis+cluster://…` or
+    /// `postgres://…`.
     pub store: String,
     /// The first part of every key.
     pub prefix: String,
@@ -58,6 +59,8 @@ pub struct Config {
     /// carries one operation at a time, so this is also how many operations are in flight:
     /// redis-rs follows an `ASK` redirection (a slot being migrated) with an `ASKING` command
     /// sent on its own, which another operation's command sharing the connection could take.
+    ///
+    /// To PostgreSQL (default 10), each connection carries one statement at a time.
     pub pool_size: Option<usize>,
     #[serde(deserialize_with = "duration_text")]
     /// How long connecting to the store may take.
@@ -89,6 +92,12 @@ pub struct Config {
     /// policy other than `noeviction`); `false` (the default) refuses it. See
     /// [`Config::allow_eviction`].
     pub allow_eviction: bool,
+    /// The schema of the PostgreSQL store's table.
+    pub pg_schema: String,
+    /// The PostgreSQL store's table.
+    pub pg_table: String,
+    /// Whether connecting to PostgreSQL creates the table when it is missing.
+    pub pg_create_table: bool,
 }
 
 impl Default for Config {
@@ -109,6 +118,9 @@ impl Default for Config {
             replica_timeout: Duration::from_secs(1),
             local_cache: 0,
             allow_eviction: false,
+            pg_schema: "public".to_owned(),
+            pg_table: "idem_records".to_owned(),
+            pg_create_table: true,
         }
     }
 }
@@ -130,9 +142,12 @@ pub const ENV_VARS: &[&str] = &[
     "IDEM_REPLICA_TIMEOUT",
     "IDEM_LOCAL_CACHE",
     "IDEM_ALLOW_EVICTION",
+    "IDEM_PG_SCHEMA",
+    "IDEM_PG_TABLE",
+    "IDEM_PG_CREATE_TABLE",
 ];
 
-const STORE_FORMS: &str = "`memory`, `redis://host:6379/0`, `rediss://host:6380/0` or `redis+cluster://host1:port1,host2:port2`";
+const STORE_FORMS: &str = "`memory`, `redis://host:6379/0`, `rediss://host:6380/0`, `redis+cluster://host1:port1,host2:port2` or `postgres://user:password@host:5432/db`";
 
 /// Which backend a store URL names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +155,7 @@ pub(crate) enum StoreKind {
     Memory,
     Redis,
     RedisCluster,
+    Postgres,
 }
 
 pub(crate) fn store_kind(url: &str) -> Option<StoreKind> {
@@ -148,6 +164,7 @@ pub(crate) fn store_kind(url: &str) -> Option<StoreKind> {
         "memory" => Some(StoreKind::Memory),
         "redis" | "rediss" | "redis+unix" | "unix" => Some(StoreKind::Redis),
         "redis+cluster" | "rediss+cluster" => Some(StoreKind::RedisCluster),
+        "postgres" | "postgresql" => Some(StoreKind::Postgres),
         _ => None,
     }
 }
@@ -157,11 +174,11 @@ impl Config {
     ///
     /// | variable | meaning | default |
     /// |---|---|---|
-    /// | `IDEM_STORE` | `memory`, `redis://host:6379/0`, `rediss://…`, `redis+cluster://h1:p1,h2:p2` | `memory` |
+    /// | `IDEM_STORE` | `memory`, `redis://host:6379/0`, `rediss://…`, `redis+cluster://h1:p1,h2:p2`, `postgres://user:pass@host:5432/db` | `memory` |
     /// | `IDEM_PREFIX` | the first part of every key | `idem` |
     /// | `IDEM_FAIL_MODE` | `closed` or `open` | `closed` |
     /// | `IDEM_HASH_KEYS` | `true` to store every key as its SHA-256 | `false` |
-    /// | `IDEM_POOL_SIZE` | connections to the store | 1 (one server), 16 (Cluster) |
+    /// | `IDEM_POOL_SIZE` | connections to the store | 1 (one server), 16 (Cluster), 10 (PostgreSQL) |
     /// | `IDEM_CONNECT_TIMEOUT`, `IDEM_COMMAND_TIMEOUT` | durations such as `5s`, `250ms` | `5s`, `2s` |
     /// | `IDEM_MEMORY_CAPACITY` | records the memory store holds at most | `100000` |
     /// | `IDEM_TTL`, `IDEM_LEASE`, `IDEM_WAIT` | defaults for functions that set none | `24h`, `30s`, `10s` |
@@ -169,6 +186,8 @@ impl Config {
     /// | `IDEM_REPLICA_TIMEOUT` | how long a write waits for them | `1s` |
     /// | `IDEM_LOCAL_CACHE` | completed records kept in process, in front of the store (`0` is off) | `0` |
     /// | `IDEM_ALLOW_EVICTION` | `true` to accept a Redis that can evict records | `false` |
+    /// | `IDEM_PG_SCHEMA`, `IDEM_PG_TABLE` | the PostgreSQL store's table | `public`, `idem_records` |
+    /// | `IDEM_PG_CREATE_TABLE` | `false` to refuse a missing table instead of creating it | `true` |
     ///
     /// A malformed value is [`Error::Config`] naming the variable and what it accepts.
     pub fn from_env() -> Result<Config, Error> {
@@ -193,12 +212,24 @@ impl Config {
                 _ => return Err(bad_var("IDEM_FAIL_MODE", &mode, "`closed` or `open`")),
             };
         }
-        if let Some(flag) = get("IDEM_HASH_KEYS") {
-            config.hash_keys = match flag.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => true,
-                "0" | "false" | "no" | "off" => false,
-                _ => return Err(bad_var("IDEM_HASH_KEYS", &flag, "`true` or `false`")),
-            };
+        let flag = |name: &str, value: String| -> Result<bool, Error> {
+            match value.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(bad_var(name, &value, "`true` or `false`")),
+            }
+        };
+        if let Some(v) = get("IDEM_HASH_KEYS") {
+            config.hash_keys = flag("IDEM_HASH_KEYS", v)?;
+        }
+        if let Some(v) = get("IDEM_PG_CREATE_TABLE") {
+            config.pg_create_table = flag("IDEM_PG_CREATE_TABLE", v)?;
+        }
+        if let Some(v) = get("IDEM_PG_SCHEMA") {
+            config.pg_schema = v.trim().to_owned();
+        }
+        if let Some(v) = get("IDEM_PG_TABLE") {
+            config.pg_table = v.trim().to_owned();
         }
         if let Some(flag) = get("IDEM_ALLOW_EVICTION") {
             config.allow_eviction = match flag.trim().to_ascii_lowercase().as_str() {
@@ -255,7 +286,8 @@ impl Config {
         Ok(config)
     }
 
-    /// The store: `memory`, `redis://…`, `rediss://…` or `redis+cluster://…`.
+    /// The store: `memory`, `redis://…`, `rediss://…`, `redis+cluster://…` or
+    /// `postgres://…`.
     pub fn store(mut self, url: impl Into<String>) -> Self {
         self.store = url.into();
         self
@@ -400,6 +432,25 @@ impl Config {
     /// ```
     pub fn allow_eviction(mut self, allow: bool) -> Self {
         self.allow_eviction = allow;
+        self
+    }
+
+    /// The schema of the PostgreSQL store's table (`public` by default).
+    pub fn pg_schema(mut self, schema: impl Into<String>) -> Self {
+        self.pg_schema = schema.into();
+        self
+    }
+
+    /// The PostgreSQL store's table (`idem_records` by default).
+    pub fn pg_table(mut self, table: impl Into<String>) -> Self {
+        self.pg_table = table.into();
+        self
+    }
+
+    /// Whether connecting to PostgreSQL creates a missing table (the default); when off, a
+    /// missing table is [`Error::Config`] naming the SQL to run.
+    pub fn pg_create_table(mut self, create: bool) -> Self {
+        self.pg_create_table = create;
         self
     }
 
@@ -623,6 +674,30 @@ mod tests {
         let file: Config = serde_json::from_str(r#"{"allow_eviction":true}"#).unwrap();
         assert!(file.allow_eviction);
         assert!(Config::default().allow_eviction(true).allow_eviction);
+    }
+
+    #[test]
+        fn postgres_urls_and_table_settings_are_read() {
+        for url in ["postgres://u:p@127.0.0.1:5433/app", "postgresql://u@h/db"] {
+            let config = from(&[("IDEM_STORE", url)]).unwrap();
+            assert_eq!(store_kind(&config.store), Some(StoreKind::Postgres));
+        }
+        let config = from(&[
+            ("IDEM_PG_SCHEMA", "billing"),
+            ("IDEM_PG_TABLE", "keys"),
+            ("IDEM_PG_CREATE_TABLE", "false"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (config.pg_schema.as_str(), config.pg_table.as_str()),
+            ("billing", "keys")
+        );
+        assert!(!config.pg_create_table);
+        assert!(Config::default().pg_create_table);
+        let error = from(&[("IDEM_PG_CREATE_TABLE", "perhaps")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("IDEM_PG_CREATE_TABLE"), "{error}");
     }
 
     #[test]

@@ -65,6 +65,7 @@ impl Idem {
                 StoreHandle::new(MemoryStore::with_capacity(config.memory_capacity))
             }
             Some(StoreKind::Redis | StoreKind::RedisCluster) => connect_redis(config).await?,
+            Some(StoreKind::Postgres) => connect_postgres(config).await?,
             None => unreachable!("validate() accepts only known store kinds"),
         };
         Ok(Idem::with_settings(store, config))
@@ -137,6 +138,32 @@ async fn connect_redis(config: &Config) -> Result<StoreHandle, Error> {
 #[cfg(feature = "redis")]
 async fn connect_redis(config: &Config) -> Result<StoreHandle, Error> {
     crate::store::redis::RedisStore::connect(config)
+        .await
+        .map(StoreHandle::new)
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn connect_postgres(config: &Config) -> Result<StoreHandle, Error> {
+    Err(Error::Config(format!(
+        "store `{}` needs the `postgres` feature of idem (enable it in Cargo.toml)",
+        config.store
+    )))
+}
+
+/// Translates `config` into the PostgreSQL store's own options.
+#[cfg(feature = "postgres")]
+async fn connect_postgres(config: &Config) -> Result<StoreHandle, Error> {
+    use crate::store::postgres::{PostgresOptions, PostgresStore};
+    let mut options = PostgresOptions::default()
+        .schema(config.pg_schema.clone())
+        .table(config.pg_table.clone())
+        .create_table(config.pg_create_table)
+        .connect_timeout(config.connect_timeout)
+        .statement_timeout(config.command_timeout);
+    if let Some(size) = config.pool_size {
+        options = options.pool_size(u32::try_from(size).unwrap_or(u32::MAX));
+    }
+    PostgresStore::connect(&config.store, &options)
         .await
         .map(StoreHandle::new)
 }

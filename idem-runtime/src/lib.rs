@@ -20,6 +20,7 @@
 //! stored (hashed when long or unprintable, always with `hash_keys`) and the outcome.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, unreachable_pub)]
 
 mod cache;
@@ -55,6 +56,12 @@ pub use observe::{CALLS_TOTAL, STORE_SECONDS};
 pub use outcome::{Outcome, Status};
 pub use record::{Claim, Fingerprint, Record, Token};
 pub use store::memory::MemoryStore;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use store::postgres;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use store::postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::redis::RedisStore;

@@ -27,6 +27,16 @@ impl Token {
         digits
     }
 
+    /// The token's 16 bytes, big-endian: its form in a binary column.
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+
+    /// The token of 16 bytes written by [`Token::to_bytes`].
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Token(u128::from_be_bytes(bytes))
+    }
+
     fn from_hex(s: &str) -> Option<Self> {
         if s.len() != 32 {
             return None;
@@ -61,6 +71,16 @@ impl Fingerprint {
     /// The fingerprint as 64 lowercase hex digits.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
+    }
+
+    /// The 32 bytes of the hash: its form in a binary column.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The fingerprint whose hash is `bytes` (as returned by [`Fingerprint::as_bytes`]).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Fingerprint(bytes)
     }
 
     /// Parses 64 hex digits back into a fingerprint.

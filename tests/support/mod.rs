@@ -4,4 +4,5 @@
 pub mod calls;
 pub mod cluster;
 pub mod harness;
+pub mod postgres;
 pub mod redis;

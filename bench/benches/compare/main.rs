@@ -8,9 +8,10 @@
 //! ```
 //!
 //! `--only` runs one part (`memory`, `redis`, `concurrent`, `floor`, `waiters`, `scaling`,
-//! `bytes`), for profiling it.
+//! `bytes`, `postgres`), for profiling it.
 //!
-//! It starts a `redis-server` of its own on a free loopback port (and stops it at the end),
+//! It starts a `redis-server` and a PostgreSQL of its own on free loopback ports (and stops
+//! them at the end),
 //! runs every comparison on one current-thread tokio runtime (the client uses one core, the
 //! server the other), and prints the medians, the ratios and the targets. See BENCHMARKS.md
 //! for what each row means.
@@ -21,6 +22,7 @@ mod floor;
 mod measure;
 mod memory;
 mod naive;
+mod on_postgres;
 mod on_redis;
 mod peers;
 mod report;
@@ -30,6 +32,10 @@ mod workload;
 #[allow(dead_code)]
 #[path = "../../../tests/support/redis.rs"]
 mod redis_server;
+
+#[allow(dead_code)]
+#[path = "../../../tests/support/postgres.rs"]
+mod postgres_server;
 
 use std::time::Instant;
 
@@ -106,6 +112,19 @@ fn main() {
             memory::scaling(&mut report, &plan).await;
             memory::refused(&mut report, &plan).await;
             on_redis::scaling(&mut report, &plan, &setup).await;
+        }
+        if part("postgres") {
+            let server = postgres_server::PostgresServer::quiet();
+            let version = server.psql("SHOW server_version");
+            report.context.push((
+                "postgres".into(),
+                format!(
+                    "PostgreSQL {version} on 127.0.0.1:{} (fsync=off)",
+                    server.port()
+                ),
+            ));
+            let setup = on_postgres::Setup::new(&server).await;
+            on_postgres::rows(&mut report, &plan, &setup, &server).await;
         }
     });
     if part("bytes") {

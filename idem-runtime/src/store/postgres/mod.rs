@@ -1,0 +1,454 @@
+//! [`PostgresStore`]: the store shared by processes and machines, on PostgreSQL.
+//!
+//! One row per key in a table whose SQL is public ([`MIGRATION`], see `table.rs`); every
+//! operation is one statement in its own implicit transaction (no `BEGIN`/`COMMIT`), prepared
+//! once per connection (see `sql.rs`): a replay costs one statement, a first call two (claim,
+//! complete). Expiry is decided by the database's clock. Waiters are woken by
+//! `LISTEN`/`NOTIFY` (see `listen.rs`); expired rows are deleted in the background in bounded
+//! batches (see `reaper.rs`).
+
+mod failure;
+mod listen;
+mod options;
+mod reaper;
+mod sql;
+mod table;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres};
+use tokio::time::Instant;
+
+use crate::error::{Error, StoreError};
+use crate::record::{Claim, Record};
+use crate::store::{Fence, Store, StoreFuture};
+
+pub use self::options::PostgresOptions;
+pub use self::table::MIGRATION;
+
+use self::listen::Hub;
+use self::reaper::Reaper;
+use self::sql::{Claimed, Statements};
+use self::table::Table;
+
+/// Runs `$op`, an expression of `$conn: &mut PgConnection`, on a connection of the store's
+/// pool within the statement timeout, and again on another connection when one is broken.
+macro_rules! on_connection {
+    ($store:expr, |$conn:ident| $op:expr) => {{
+        let store: &PostgresStore = $store;
+        let mut tries = 0_u32;
+        loop {
+            tries += 1;
+            let mut lent = store.lend().await?;
+            let answer = {
+                let $conn: &mut PgConnection = &mut lent;
+                tokio::time::timeout(store.shared.statement_timeout, $op).await
+            };
+            if let Some(result) = store.settle(&mut lent, answer, tries) {
+                break result;
+            }
+        }
+    }};
+}
+
+/// How long after the holder's lease ends a waiter looks again, for the row to have expired.
+const LEASE_GRACE: Duration = Duration::from_millis(2);
+
+/// How long a waiter sleeps between looks while the listener is down.
+const FALLBACK_POLL: Duration = Duration::from_millis(25);
+
+/// How often a claim asks again when a concurrent claim committed the key after its snapshot.
+const UNSEEN_RETRIES: u32 = 8;
+
+/// A [`Store`] on PostgreSQL: exactly-once across every process and machine that shares the
+/// database.
+///
+/// ```no_run
+/// # use idem_runtime as idem;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), idem::Error> {
+/// let store = idem::PostgresStore::open("postgres://app:secret@127.0.0.1:5432/app").await?;
+/// let outcome = idem::Call::new("billing::invoice", "inv-42")
+///     .store(store.clone())
+///     .run(async { 42_u64 })
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Build it from a URL ([`open`](PostgresStore::open), [`connect`](PostgresStore::connect)
+/// with [`PostgresOptions`]), from a pool the application already has
+/// ([`from_pool`](PostgresStore::from_pool)), or let [`init`](crate::init) do it for
+/// `IDEM_STORE=postgres://…`. URLs are libpq's: `postgres://user:password@host:port/db` (or
+/// `postgresql://`), with `?sslmode=require` (or `verify-full`) for TLS through rustls,
+/// checked against the system's roots.
+///
+/// Records are rows of one table (by default `public.idem_records`, created by `connect` when
+/// missing): `key`, `state` (`in_progress` or `completed`), the claim's `token`, the
+/// request's `fingerprint`, the `payload` (the JSON envelope of the result) and `expires_at`.
+/// A row past `expires_at` is absent to every operation, by the database's clock; a
+/// background reaper deletes such rows in batches. Keys cannot hold NUL characters (a
+/// PostgreSQL `text` cannot): such a key is a [`StoreError`].
+///
+/// Each operation has a timeout (`statement_timeout`, on the server and in the store) and
+/// fails with a [`StoreError`] instead of hanging; broken connections are replaced, so calls
+/// work again as soon as the server is back. Cloning it is cheap and shares the connections.
+#[derive(Clone)]
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    pool: PgPool,
+    sql: Arc<Statements>,
+    hub: Hub,
+    _reaper: Reaper,
+    describe: String,
+    pool_size: u32,
+    connect_timeout: Duration,
+    statement_timeout: Duration,
+    /// Set when a connection broke: the next operation first checks that the server accepts
+    /// connections, so that a server that is down fails at once instead of after the pool's
+    /// connection retries.
+    suspect: AtomicBool,
+}
+
+impl PostgresStore {
+    /// Connects to the PostgreSQL at `url` with the default [`PostgresOptions`].
+    pub async fn open(url: &str) -> Result<PostgresStore, Error> {
+        PostgresStore::connect(url, &PostgresOptions::default()).await
+    }
+
+    /// Connects to the PostgreSQL at `url` with `options`, checks that it answers, and
+    /// creates the table if it is missing (unless `options.create_table` is off).
+    ///
+    /// Fails with [`Error::Config`] for a URL that does not parse, credentials or a database
+    /// the server refuses, invalid options, or a missing table that is not to be created
+    /// (the message holds the SQL to run); with [`Error::Connect`] when the server cannot be
+    /// reached within `connect_timeout`.
+    pub async fn connect(url: &str, options: &PostgresOptions) -> Result<PostgresStore, Error> {
+        options.checked()?;
+        let connect: PgConnectOptions = url.parse().map_err(|e| {
+            Error::Config(format!(
+                "the PostgreSQL URL is not valid ({e}); expected postgres://user:password@host:port/database"
+            ))
+        })?;
+        let timeout = sql::millis(options.statement_timeout).to_string();
+        let connect = connect
+            .application_name(&options.application_name)
+            .options([("statement_timeout", timeout.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(options.pool_size)
+            .min_connections(0)
+            .acquire_timeout(options.connect_timeout)
+            // A broken connection shows at its first statement, which is then tried again on
+            // another: no ping before each statement.
+            .test_before_acquire(false)
+            .connect_lazy_with(connect);
+        PostgresStore::from_pool(pool, options).await
+    }
+
+    /// A store on a pool the application already has (its `statement_timeout` and
+    /// `application_name` are the pool's; `options.pool_size` is ignored), checked and with
+    /// the table created as by [`connect`](PostgresStore::connect). The waiters' listener
+    /// opens one more connection with the pool's options.
+    pub async fn from_pool(
+        pool: PgPool,
+        options: &PostgresOptions,
+    ) -> Result<PostgresStore, Error> {
+        let table = options.checked()?;
+        let connect = pool.connect_options();
+        let describe = describe(&connect, &table);
+        let sql = Arc::new(Statements::new(&table));
+        let store = PostgresStore {
+            shared: Arc::new(Shared {
+                hub: Hub::new((*connect).clone(), options.connect_timeout, table.channel()),
+                _reaper: Reaper::start(
+                    pool.clone(),
+                    sql.clone(),
+                    options.reaper_interval,
+                    options.reaper_batch,
+                    options.statement_timeout,
+                ),
+                pool_size: pool.options().get_max_connections(),
+                pool,
+                sql,
+                describe,
+                connect_timeout: options.connect_timeout,
+                statement_timeout: options.statement_timeout,
+                suspect: AtomicBool::new(false),
+            }),
+        };
+        let prepared = tokio::time::timeout(
+            options.connect_timeout,
+            table::prepare(
+                &store.shared.pool,
+                &store.shared.describe,
+                &table,
+                options.create_table,
+            ),
+        )
+        .await;
+        match prepared {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(Error::Connect {
+                    store: store.shared.describe.clone(),
+                    source: failure::timed_out(
+                        &store.shared.describe,
+                        options.connect_timeout,
+                        "connect_timeout",
+                    ),
+                });
+            }
+        }
+        Ok(store)
+    }
+
+    /// The pool the store runs its statements on.
+    pub fn pool(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
+    /// A connection of the pool. After a broken connection, first checks that the server
+    /// accepts connections at all.
+    async fn lend(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        let shared = &self.shared;
+        if shared.suspect.load(Ordering::Acquire) {
+            let options = shared.pool.connect_options();
+            match tokio::time::timeout(shared.connect_timeout, PgConnection::connect_with(&options))
+                .await
+            {
+                Ok(Ok(probe)) => {
+                    shared.suspect.store(false, Ordering::Release);
+                    tokio::spawn(async move {
+                        let _ = probe.close().await;
+                    });
+                }
+                Ok(Err(error)) => return Err(failure::store_error(error, &shared.describe)),
+                Err(_) => {
+                    return Err(failure::timed_out(
+                        &shared.describe,
+                        shared.connect_timeout,
+                        "connect_timeout",
+                    ));
+                }
+            }
+        }
+        match tokio::time::timeout(shared.connect_timeout, shared.pool.acquire()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(error)) => {
+                if failure::breaks_connection(&error) {
+                    shared.suspect.store(true, Ordering::Release);
+                }
+                Err(failure::store_error(error, &shared.describe))
+            }
+            Err(_) => Err(failure::timed_out(
+                &shared.describe,
+                shared.connect_timeout,
+                "connect_timeout",
+            )),
+        }
+    }
+
+    /// The result of one attempt of an operation on `conn`; `None` to try again on another
+    /// connection (this one broke, and the statement did not run or its effect is fenced).
+    fn settle<T>(
+        &self,
+        conn: &mut PoolConnection<Postgres>,
+        answer: Result<Result<T, sqlx::Error>, tokio::time::error::Elapsed>,
+        tries: u32,
+    ) -> Option<Result<T, StoreError>> {
+        let shared = &self.shared;
+        match answer {
+            Ok(Ok(value)) => Some(Ok(value)),
+            Ok(Err(error)) => {
+                if failure::breaks_connection(&error) {
+                    conn.close_on_drop();
+                    shared.suspect.store(true, Ordering::Release);
+                    // Every pooled connection may be stale after a restart: try each once.
+                    if tries <= shared.pool_size {
+                        return None;
+                    }
+                }
+                Some(Err(failure::store_error(error, &shared.describe)))
+            }
+            Err(_) => {
+                // The statement may still be running, or the server may be gone without a
+                // word: the connection is not reused.
+                conn.close_on_drop();
+                Some(Err(failure::timed_out(
+                    &shared.describe,
+                    shared.statement_timeout,
+                    "statement_timeout",
+                )))
+            }
+        }
+    }
+
+    /// The lease left to `holder` on `key`, or `None` when it no longer holds the key.
+    async fn lease_left(&self, key: &str, holder: &Claim) -> Result<Option<Duration>, StoreError> {
+        let sql = &self.shared.sql;
+        on_connection!(self, |conn| sql::lease_left(conn, sql, key, holder))
+    }
+}
+
+/// `postgres://user@host:port/db (schema.table)`: the store without its password.
+fn describe(options: &PgConnectOptions, table: &Table) -> String {
+    let host = match options.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        None => options.get_host().to_owned(),
+    };
+    format!(
+        "postgres://{}@{host}:{}/{} ({})",
+        options.get_username(),
+        options.get_port(),
+        options.get_database().unwrap_or_default(),
+        table.qualified()
+    )
+}
+
+/// Refuses a key PostgreSQL `text` cannot hold.
+fn check_key(key: &str) -> Result<(), StoreError> {
+    if key.contains('\0') {
+        return Err(StoreError::new(
+            crate::error::StoreErrorKind::Other,
+            "a key with a NUL character cannot be stored in PostgreSQL; remove it from the prefix or scope",
+        ));
+    }
+    Ok(())
+}
+
+impl Store for PostgresStore {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<Record>> {
+        Box::pin(async move {
+            check_key(key)?;
+            let sql = &self.shared.sql;
+            for _ in 0..UNSEEN_RETRIES {
+                let claimed =
+                    on_connection!(self, |conn| sql::claim(conn, sql, key, claim, lease))?;
+                match claimed {
+                    Claimed::Held => return Ok(None),
+                    // Our own claim is found when a retry follows an attempt whose answer was
+                    // lost after it was applied: the key is ours either way.
+                    Claimed::Found(Record::InProgress(found)) if found == *claim => {
+                        return Ok(None);
+                    }
+                    Claimed::Found(record) => return Ok(Some(record)),
+                    Claimed::Unseen => tokio::task::yield_now().await,
+                }
+            }
+            Err(StoreError::new(
+                crate::error::StoreErrorKind::Protocol,
+                format!(
+                    "PostgreSQL at {} kept answering the claim of a key with no row",
+                    self.shared.describe
+                ),
+            ))
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        payload: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Fence> {
+        Box::pin(async move {
+            check_key(key)?;
+            let sql = &self.shared.sql;
+            let tag = listen::tag(key);
+            let held = on_connection!(self, |conn| sql::complete(
+                conn, sql, key, claim, payload, ttl, &tag
+            ))?;
+            if held {
+                return Ok(Fence::Held);
+            }
+            // Rare (the lease was lost): look whether an earlier attempt of this completion
+            // was applied before its connection broke.
+            let ours = on_connection!(self, |conn| sql::completed_by(conn, sql, key, claim))?;
+            Ok(fence(ours))
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
+        Box::pin(async move {
+            check_key(key)?;
+            let sql = &self.shared.sql;
+            let tag = listen::tag(key);
+            let held = on_connection!(self, |conn| sql::release(conn, sql, key, claim, &tag))?;
+            Ok(fence(held))
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        lease: Duration,
+    ) -> StoreFuture<'a, Fence> {
+        Box::pin(async move {
+            check_key(key)?;
+            let sql = &self.shared.sql;
+            let held = on_connection!(self, |conn| sql::renew(conn, sql, key, claim, lease))?;
+            Ok(fence(held))
+        })
+    }
+
+    fn wait<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a Claim,
+        timeout: Duration,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            check_key(key)?;
+            let deadline = Instant::now() + timeout;
+            let ticket = self.shared.hub.register(listen::tag(key));
+            let woken = ticket.wake().notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            // Registered first, then look: a completion after the look wakes us.
+            let listening = self.shared.hub.listening();
+            let Some(left) = self.lease_left(key, holder).await? else {
+                return Ok(());
+            };
+            // A holder that crashed sends nothing: its lease ending is the last wake-up.
+            let mut until = deadline.min(Instant::now() + left + LEASE_GRACE);
+            if !listening {
+                until = until.min(Instant::now() + FALLBACK_POLL);
+            }
+            let _ = tokio::time::timeout_at(until, woken).await;
+            Ok(())
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.shared.describe.clone()
+    }
+}
+
+fn fence(held: bool) -> Fence {
+    if held { Fence::Held } else { Fence::Lost }
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("store", &self.shared.describe)
+            .field("pool_size", &self.shared.pool_size)
+            .field("statement_timeout", &self.shared.statement_timeout)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,142 @@
+//! [`PostgresOptions`]: how a [`PostgresStore`](super::PostgresStore) uses its database.
+
+use std::time::Duration;
+
+use super::table::Table;
+
+/// The settings of a [`PostgresStore`](super::PostgresStore), independent of any application
+/// configuration ([`Config`](crate::Config) translates `IDEM_STORE=postgres://…` and the
+/// `IDEM_PG_*` variables into these).
+///
+/// ```
+/// # use idem_runtime as idem;
+/// # use std::time::Duration;
+/// let options = idem::PostgresOptions::default()
+///     .schema("billing")
+///     .table("idempotency")
+///     .create_table(false)
+///     .statement_timeout(Duration::from_millis(500));
+/// assert!(options.migration().unwrap().contains(r#""billing"."idempotency""#));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PostgresOptions {
+    /// The schema of the table; `public` by default.
+    pub schema: String,
+    /// The table; `idem_records` by default.
+    pub table: String,
+    /// Whether connecting creates the table and its index when they are missing (the
+    /// default); when off, a missing table is [`Error::Config`](crate::Error::Config) naming
+    /// the SQL to run.
+    pub create_table: bool,
+    /// How many connections the store keeps for its statements (each carries one statement
+    /// at a time); 10 by default. The waiters' listener has one more.
+    pub pool_size: u32,
+    /// How long making a connection (or waiting for a free one) may take; 5 s by default.
+    pub connect_timeout: Duration,
+    /// How long one statement may take: the connections' `statement_timeout`, and the
+    /// store's own limit on each operation; 2 s by default.
+    pub statement_timeout: Duration,
+    /// How often the reaper deletes expired rows; `None` turns it off (expired rows are
+    /// absent all the same, they only take space). 60 s by default.
+    pub reaper_interval: Option<Duration>,
+    /// How many expired rows one reaper statement deletes at most; 1000 by default.
+    pub reaper_batch: u32,
+    /// The `application_name` of the store's connections (in `pg_stat_activity`); `idem` by
+    /// default.
+    pub application_name: String,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            schema: "public".to_owned(),
+            table: "idem_records".to_owned(),
+            create_table: true,
+            pool_size: 10,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(2),
+            reaper_interval: Some(Duration::from_secs(60)),
+            reaper_batch: 1000,
+            application_name: "idem".to_owned(),
+        }
+    }
+}
+
+impl PostgresOptions {
+    /// The schema of the table.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The table.
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// Whether connecting creates the table when it is missing.
+    pub fn create_table(mut self, create: bool) -> Self {
+        self.create_table = create;
+        self
+    }
+
+    /// How many connections the store keeps (at least one).
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// How long making a connection may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one statement may take.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// How often the reaper runs; `None` turns it off.
+    pub fn reaper_interval(mut self, interval: Option<Duration>) -> Self {
+        self.reaper_interval = interval;
+        self
+    }
+
+    /// How many rows one reaper statement deletes at most (at least one).
+    pub fn reaper_batch(mut self, rows: u32) -> Self {
+        self.reaper_batch = rows;
+        self
+    }
+
+    /// The `application_name` of the store's connections.
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = name.into();
+        self
+    }
+
+    /// The SQL that creates the table and its index (`CREATE TABLE IF NOT EXISTS …`), to put
+    /// in an application's own migrations; [`MIGRATION`](super::MIGRATION) for the default
+    /// names. An error names a schema or table that is not valid.
+    pub fn migration(&self) -> Result<String, crate::Error> {
+        Ok(self.checked()?.migration())
+    }
+
+    /// Checks every value; the table's names, checked.
+    pub(super) fn checked(&self) -> Result<Table, crate::Error> {
+        if self.pool_size == 0 || self.reaper_batch == 0 {
+            return Err(crate::Error::Config(
+                "the PostgreSQL pool_size and reaper_batch must be greater than 0".into(),
+            ));
+        }
+        if self.connect_timeout.is_zero() || self.statement_timeout.is_zero() {
+            return Err(crate::Error::Config(
+                "the PostgreSQL timeouts must be greater than 0".into(),
+            ));
+        }
+        Table::new(&self.schema, &self.table).map_err(crate::Error::Config)
+    }
+}

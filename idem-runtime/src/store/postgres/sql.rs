@@ -1,0 +1,307 @@
+//! The statements of [`PostgresStore`](super::PostgresStore), as functions on any
+//! executor (a pool, a connection, a transaction), so that the same SQL can run inside a
+//! caller's transaction.
+//!
+//! Every statement decides expiry by the database's clock (`clock_timestamp()`), never the
+//! client's, and each operation is one statement, run in its own implicit transaction:
+//!
+//! | operation | statement |
+//! |---|---|
+//! | claim (or read the record) | `WITH live AS (SELECT the live row), claimed AS (INSERT … WHERE NOT EXISTS live ON CONFLICT (key) DO UPDATE … WHERE expired RETURNING …) SELECT … FROM claimed UNION ALL SELECT … FROM live` |
+//! | complete | `WITH done AS (UPDATE … WHERE key, token, in progress, live RETURNING …) SELECT pg_notify(…) FROM done` |
+//! | release | `WITH gone AS (DELETE … WHERE key, token, in progress, live RETURNING …) SELECT pg_notify(…) FROM gone` |
+//! | renew | `UPDATE … SET expires_at WHERE key, token, in progress, live` |
+//! | completed by this claim? (after a lost completion only) | `SELECT … WHERE key, token, completed, live` |
+//! | lease left (waiters) | `SELECT expires_at - clock_timestamp() … WHERE key, token, in progress, live` |
+//! | reap | `DELETE … WHERE key IN (SELECT key … WHERE expired LIMIT n FOR UPDATE SKIP LOCKED)` |
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgExecutor, PgRow};
+use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqlStr};
+
+use super::table::Table;
+use crate::record::{Claim, Fingerprint, Record, Token};
+
+/// A quoted string literal.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The statements of one table, built once per store (sqlx prepares each once per connection
+/// and caches it by its text).
+#[derive(Debug, Clone)]
+pub(super) struct Statements {
+    claim: SqlStr,
+    complete: SqlStr,
+    release: SqlStr,
+    renew: SqlStr,
+    lease_left: SqlStr,
+    completed_by: SqlStr,
+    reap: SqlStr,
+}
+
+/// Milliseconds left until `expires_at`, by the database's clock.
+const LEFT_MS: &str = "(extract(epoch FROM expires_at - clock_timestamp()) * 1000)::int8";
+
+/// The condition of every fenced statement: the claim with token `$2` holds key `$1`.
+const HELD: &str =
+    "key = $1 AND token = $2 AND state = 'in_progress' AND expires_at > clock_timestamp()";
+
+impl Statements {
+    pub(super) fn new(table: &Table) -> Statements {
+        let t = table.qualified();
+        let channel = literal(table.channel());
+        let sql = |text: String| AssertSqlSafe(text).into_sql_str();
+        Statements {
+            // The live row, read first: a replay is a read (no insert attempt, no row lock).
+            // Without one, the upsert claims the key (absent or expired). A conflicting row
+            // that another claim committed after this statement's snapshot was taken makes the
+            // upsert return nothing (it waited for that claim) while the snapshot misses the
+            // row: then no row comes back at all, and `claim` asks again.
+            claim: sql(format!(
+                "WITH live AS (\
+                    SELECT state, token, fingerprint, payload, {LEFT_MS} AS left_ms FROM {t} \
+                    WHERE key = $1 AND expires_at > clock_timestamp()), \
+                 claimed AS (\
+                    INSERT INTO {t} AS r (key, state, token, fingerprint, payload, expires_at) \
+                    SELECT $1, 'in_progress', $2, $3, NULL, clock_timestamp() + $4 * interval '1 millisecond' \
+                    WHERE NOT EXISTS (SELECT FROM live) \
+                    ON CONFLICT (key) DO UPDATE SET state = 'in_progress', token = excluded.token, \
+                        fingerprint = excluded.fingerprint, payload = NULL, expires_at = excluded.expires_at \
+                    WHERE r.expires_at <= clock_timestamp() \
+                    RETURNING 1) \
+                 SELECT true, NULL::text, NULL::bytea, NULL::bytea, NULL::bytea, NULL::int8 FROM claimed \
+                 UNION ALL \
+                 SELECT false, state, token, fingerprint, payload, left_ms FROM live"
+            )),
+            complete: sql(format!(
+                "WITH done AS (\
+                    UPDATE {t} SET state = 'completed', payload = $3, \
+                        expires_at = clock_timestamp() + $4 * interval '1 millisecond' \
+                    WHERE {HELD} RETURNING 1) \
+                 SELECT pg_notify({channel}, $5)::text FROM done"
+            )),
+            release: sql(format!(
+                "WITH gone AS (DELETE FROM {t} WHERE {HELD} RETURNING 1) \
+                 SELECT pg_notify({channel}, $3)::text FROM gone"
+            )),
+            renew: sql(format!(
+                "UPDATE {t} SET expires_at = clock_timestamp() + $3 * interval '1 millisecond' WHERE {HELD}"
+            )),
+            lease_left: sql(format!("SELECT {LEFT_MS} FROM {t} WHERE {HELD}")),
+            completed_by: sql(format!(
+                "SELECT true FROM {t} WHERE key = $1 AND token = $2 AND state = 'completed' \
+                 AND expires_at > clock_timestamp()"
+            )),
+            // `now()`, not `clock_timestamp()`: a stable value, so the index on expires_at
+            // finds the batch.
+            reap: sql(format!(
+                "DELETE FROM {t} WHERE key IN (\
+                    SELECT key FROM {t} WHERE expires_at < now() LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 AND expires_at < now()"
+            )),
+        }
+    }
+}
+
+/// What a claim statement answered.
+#[derive(Debug)]
+pub(super) enum Claimed {
+    /// The key was free (absent or expired) and is now held by the claim.
+    Held,
+    /// A live record holds the key.
+    Found(Record),
+    /// Nothing: a concurrent claim committed the key after this statement's snapshot was
+    /// taken. Asking again sees it.
+    Unseen,
+}
+
+/// Whole milliseconds, at least one, as the `int8` the statements take.
+pub(super) fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1)
+}
+
+/// Claims `key` for `claim` with expiry `lease`, or reads the live record that holds it.
+pub(super) async fn claim<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    claim: &Claim,
+    lease: Duration,
+) -> Result<Claimed, sqlx::Error> {
+    let row = sqlx::query(sql.claim.clone())
+        .bind(key)
+        .bind(&claim.token.to_bytes()[..])
+        .bind(claim.fingerprint.as_ref().map(|fp| &fp.as_bytes()[..]))
+        .bind(millis(lease))
+        .fetch_optional(executor)
+        .await?;
+    let Some(row) = row else {
+        return Ok(Claimed::Unseen);
+    };
+    if row.try_get::<bool, _>(0)? {
+        return Ok(Claimed::Held);
+    }
+    record(&row).map(Claimed::Found)
+}
+
+/// The record of a live row read by the claim statement.
+fn record(row: &PgRow) -> Result<Record, sqlx::Error> {
+    let state: String = row.try_get(1)?;
+    match state.as_str() {
+        "completed" => {
+            let payload: Option<Vec<u8>> = row.try_get(4)?;
+            let left: Option<i64> = row.try_get(5)?;
+            Ok(Record::Completed {
+                // A missing payload is corrupt: the engine reports it as `Error::Decode`.
+                payload: payload.unwrap_or_default(),
+                expires_in: left
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .map(Duration::from_millis),
+            })
+        }
+        "in_progress" => {
+            let token: Vec<u8> = row.try_get(2)?;
+            let fingerprint: Option<Vec<u8>> = row.try_get(3)?;
+            let token = <[u8; 16]>::try_from(token.as_slice())
+                .map_err(|_| corrupt("a token that is not 16 bytes"))?;
+            let fingerprint = fingerprint
+                .map(|fp| {
+                    <[u8; 32]>::try_from(fp.as_slice())
+                        .map_err(|_| corrupt("a fingerprint that is not 32 bytes"))
+                })
+                .transpose()?;
+            Ok(Record::InProgress(Claim {
+                token: Token::from_bytes(token),
+                fingerprint: fingerprint.map(Fingerprint::from_bytes),
+            }))
+        }
+        other => Err(corrupt(&format!("the unknown state `{other}`"))),
+    }
+}
+
+/// A row the store cannot read: a decoding error (not a broken connection).
+fn corrupt(what: &str) -> sqlx::Error {
+    sqlx::Error::Decode(format!("the idem table holds a row with {what}").into())
+}
+
+/// Stores `payload` for the claim with expiry `ttl` and notifies `tag` on the table's channel;
+/// `true` if the claim held the key.
+pub(super) async fn complete<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    claim: &Claim,
+    payload: &[u8],
+    ttl: Duration,
+    tag: &str,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(sql.complete.clone())
+        .bind(key)
+        .bind(&claim.token.to_bytes()[..])
+        .bind(payload)
+        .bind(millis(ttl))
+        .bind(tag)
+        .fetch_optional(executor)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Whether the live record of `key` is the one `claim` completed: a completion whose answer
+/// was lost (the connection broke after the server applied it) and that was sent again finds
+/// the key no longer held, by itself.
+pub(super) async fn completed_by<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    claim: &Claim,
+) -> Result<bool, sqlx::Error> {
+    let row: Option<bool> = sqlx::query_scalar(sql.completed_by.clone())
+        .bind(key)
+        .bind(&claim.token.to_bytes()[..])
+        .fetch_optional(executor)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Deletes the claim's row and notifies `tag`; `true` if the claim held the key.
+pub(super) async fn release<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    claim: &Claim,
+    tag: &str,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(sql.release.clone())
+        .bind(key)
+        .bind(&claim.token.to_bytes()[..])
+        .bind(tag)
+        .fetch_optional(executor)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Extends the claim's expiry to `lease` from now; `true` if the claim held the key.
+pub(super) async fn renew<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    claim: &Claim,
+    lease: Duration,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(sql.renew.clone())
+        .bind(key)
+        .bind(&claim.token.to_bytes()[..])
+        .bind(millis(lease))
+        .execute(executor)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The lease left to `holder` on `key`, or `None` when it no longer holds the key.
+pub(super) async fn lease_left<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    holder: &Claim,
+) -> Result<Option<Duration>, sqlx::Error> {
+    let left: Option<i64> = sqlx::query_scalar(sql.lease_left.clone())
+        .bind(key)
+        .bind(&holder.token.to_bytes()[..])
+        .fetch_optional(executor)
+        .await?;
+    Ok(left.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
+}
+
+/// Deletes at most `batch` expired rows; returns how many.
+pub(super) async fn reap<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(sql.reap.clone())
+        .bind(batch)
+        .execute(executor)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_quoted() {
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn durations_are_whole_positive_milliseconds() {
+        assert_eq!(millis(Duration::from_micros(10)), 1);
+        assert_eq!(millis(Duration::from_secs(30)), 30_000);
+        assert_eq!(millis(Duration::MAX), i64::MAX);
+    }
+}
