@@ -201,7 +201,7 @@ impl RedisStore {
 
     async fn start(target: Target, options: &RedisOptions) -> Result<RedisStore, Error> {
         if target.tls {
-            install_crypto_provider();
+            tls_ready(&target.url)?;
         }
         let replicas = (options.min_replicas > 0).then_some(Replicas {
             count: options.min_replicas,
@@ -693,11 +693,18 @@ impl fmt::Debug for RedisStore {
 
 /// redis-rs builds its TLS configuration on the process-wide rustls provider: install ring
 /// unless the application chose one.
-fn install_crypto_provider() {
+#[cfg(feature = "redis-tls")]
+fn tls_ready(_url: &str) -> Result<(), Error> {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Another thread may install one first; either way there is one afterwards.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
+    Ok(())
+}
+
+#[cfg(not(feature = "redis-tls"))]
+fn tls_ready(url: &str) -> Result<(), Error> {
+    Err(servers::needs_tls(url))
 }
 
 #[cfg(test)]

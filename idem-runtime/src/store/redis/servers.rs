@@ -75,12 +75,16 @@ impl Target {
         Target {
             servers: Servers::Cluster(Box::new(client)),
             url: "redis+cluster://(an application's ClusterClient)".to_owned(),
-            tls: true,
+            // Its TLS settings are its own; the crypto provider is installed when TLS is built.
+            tls: cfg!(feature = "redis-tls"),
         }
     }
 
     /// Reads a store URL.
     pub(super) fn parse(url: &str) -> Result<Target, Error> {
+        if cfg!(not(feature = "redis-tls")) && url.starts_with("rediss") {
+            return Err(needs_tls(url));
+        }
         match store_kind(url) {
             Some(StoreKind::Redis) => {
                 let info = parse_node(url)?;
@@ -106,6 +110,14 @@ impl Target {
             ))),
         }
     }
+}
+
+/// The error for a TLS URL in a build without TLS.
+pub(super) fn needs_tls(url: &str) -> Error {
+    Error::Config(format!(
+        "store `{}` uses TLS, which needs the `redis-tls` feature of idem (add it in Cargo.toml)",
+        redact(url)
+    ))
 }
 
 /// The per-connection settings of a store.
@@ -436,6 +448,9 @@ mod tests {
                 "rediss+cluster://[::1]:7000,h2:7001",
             ),
         ] {
+            if url.starts_with("rediss") && cfg!(not(feature = "redis-tls")) {
+                continue;
+            }
             let text = described(url);
             assert_eq!(text, expected, "{url}");
             assert!(!text.contains("secret"), "{text}");
@@ -446,10 +461,15 @@ mod tests {
     fn cluster_urls_name_a_cluster_and_tls() {
         let plain = Target::parse("redis+cluster://h1:7000,h2:7001,h3:7002").unwrap();
         assert!(plain.servers.is_cluster() && !plain.tls);
-        let tls = Target::parse("rediss+cluster://h1:7000").unwrap();
-        assert!(tls.servers.is_cluster() && tls.tls);
-        let node = Target::parse("rediss://h1:7000/0").unwrap();
-        assert!(!node.servers.is_cluster() && node.tls);
+        for url in ["rediss+cluster://h1:7000", "rediss://h1:7000/0"] {
+            match Target::parse(url) {
+                Ok(tls) if cfg!(feature = "redis-tls") => assert!(tls.tls, "{url}"),
+                Err(Error::Config(message)) if cfg!(not(feature = "redis-tls")) => {
+                    assert!(message.contains("`redis-tls` feature"), "{message}")
+                }
+                _ => panic!("{url}: TLS with the feature, a clear error without it"),
+            }
+        }
     }
 
     #[test]
