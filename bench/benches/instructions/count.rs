@@ -1,13 +1,15 @@
 //! The child side: one operation, set up and warmed up outside the counted function, then
 //! called `calls` times inside it.
 
+use std::collections::HashMap;
 use std::hint::black_box;
+use std::time::Duration;
 
-use idem::{Config, Idem, MemoryStore};
+use idem::{Claim, Config, Idem, MemoryStore, Record, Store, StoreFuture};
 use tokio::runtime::Runtime;
 
 use crate::by_hand;
-use crate::workload::{charge, direct, fresh, store_key};
+use crate::workload::{Receipt, TTL, below, charge, direct, fresh, store_key};
 
 /// Calls made before the counted ones: connections open, caches and lazy statics filled.
 const WARM_UP: u64 = 200;
@@ -31,6 +33,10 @@ pub enum Operation {
     RedisReplay,
     /// A first call through idem on `RedisStore`.
     RedisFirst,
+    /// A replay of a random one of this many live records in the `MemoryStore`.
+    MemoryReplayAmong(u64),
+    /// The same lookup and decode in a bare `HashMap<String, Vec<u8>>` of this many records.
+    MapLookupAmong(u64),
 }
 
 impl Operation {
@@ -46,6 +52,16 @@ impl Operation {
         Operation::RedisFirst,
     ];
 
+    /// The operations whose cache misses are counted too: the memory store at scale.
+    pub const AT_SCALE: [Operation; 6] = [
+        Operation::MemoryReplayAmong(1_000),
+        Operation::MemoryReplayAmong(100_000),
+        Operation::MemoryReplayAmong(1_000_000),
+        Operation::MapLookupAmong(1_000),
+        Operation::MapLookupAmong(100_000),
+        Operation::MapLookupAmong(1_000_000),
+    ];
+
     /// Its name on the child's command line.
     pub fn name(self) -> &'static str {
         match self {
@@ -57,11 +73,20 @@ impl Operation {
             Operation::FloorFirst => "floor-first",
             Operation::RedisReplay => "redis-replay",
             Operation::RedisFirst => "redis-first",
+            Operation::MemoryReplayAmong(1_000) => "memory-replay-1k",
+            Operation::MemoryReplayAmong(100_000) => "memory-replay-100k",
+            Operation::MemoryReplayAmong(_) => "memory-replay-1m",
+            Operation::MapLookupAmong(1_000) => "map-lookup-1k",
+            Operation::MapLookupAmong(100_000) => "map-lookup-100k",
+            Operation::MapLookupAmong(_) => "map-lookup-1m",
         }
     }
 
     fn named(name: &str) -> Option<Operation> {
-        Operation::ALL.into_iter().find(|op| op.name() == name)
+        Operation::ALL
+            .into_iter()
+            .chain(Operation::AT_SCALE)
+            .find(|op| op.name() == name)
     }
 }
 
@@ -128,12 +153,58 @@ pub fn child(args: &[String]) {
                 black_box(charge(black_box(7)).await.unwrap());
             });
         }
+        Operation::MemoryReplayAmong(live) => {
+            let store = MemoryStore::with_capacity(live as usize);
+            let idem = Idem::with_settings(store.clone(), &Config::default());
+            fill(&runtime, &idem, &store, live);
+            measure(&runtime, Some(&idem), calls, async || {
+                black_box(charge(below(live)).await.unwrap());
+            });
+        }
+        Operation::MapLookupAmong(live) => {
+            let json = serde_json::to_vec(&crate::workload::receipt(0)).expect("JSON");
+            let map: HashMap<String, Vec<u8>> = (0..live)
+                .map(|order| (store_key(order), json.clone()))
+                .collect();
+            measure(&runtime, None, calls, async || {
+                let stored = &map[&store_key(below(live))];
+                black_box(serde_json::from_slice::<Receipt>(stored).unwrap());
+            });
+        }
         _ => {
             let url = args
                 .get(2)
                 .expect("the URL of the benchmark's redis-server");
             on_redis(&runtime, op, calls, url);
         }
+    }
+}
+
+/// Fills `store` with `live` completed records of [`charge`], each holding order 0's result:
+/// one call through idem, then the store's own operations (cheaper under valgrind).
+fn fill(runtime: &Runtime, idem: &Idem, store: &MemoryStore, live: u64) {
+    runtime
+        .block_on(idem.scope(charge(0)))
+        .expect("the first call");
+    let lease = Duration::from_secs(30);
+    let Ok(Some(Record::Completed { payload, .. })) =
+        ready(store.claim(&store_key(0), &Claim::new(None), lease))
+    else {
+        panic!("order 0 is completed");
+    };
+    for order in 1..live {
+        let (key, claim) = (store_key(order), Claim::new(None));
+        assert!(matches!(ready(store.claim(&key, &claim, lease)), Ok(None)));
+        ready(store.complete(&key, &claim, &payload, TTL)).expect("complete");
+    }
+}
+
+/// The result of a memory store's operation, which is ready at once.
+fn ready<T>(future: StoreFuture<'_, T>) -> Result<T, idem::StoreError> {
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(future).poll(&mut context) {
+        std::task::Poll::Ready(result) => result,
+        std::task::Poll::Pending => unreachable!("memory store operations are ready at once"),
     }
 }
 
@@ -167,8 +238,6 @@ fn on_redis(runtime: &Runtime, op: Operation, calls: u64, url: &str) {
         Operation::RedisFirst => measure(runtime, Some(&idem), calls, async || {
             black_box(charge(fresh()).await.unwrap());
         }),
-        Operation::Direct | Operation::MemoryReplay | Operation::LocalCacheReplay => {
-            unreachable!("{op:?} runs in memory")
-        }
+        _ => unreachable!("{op:?} runs in memory"),
     }
 }

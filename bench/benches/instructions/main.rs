@@ -34,6 +34,20 @@ const CALLS: u64 = 2_000;
 /// The function callgrind collects in, as callgrind names it.
 const COUNTED: &str = "*count::counted_calls*";
 
+/// The caches simulated for the rows at scale: this machine's L1 data cache and its per-core
+/// L2. Beyond the L2, a dependent load costs this VM about 250 ns (see BENCHMARKS.md).
+const CACHES: [&str; 3] = ["--I1=32768,8,64", "--D1=49152,12,64", "--LL=2097152,16,64"];
+
+/// What callgrind counted, per call.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    instructions: f64,
+    /// Data reads and writes that missed the simulated L1 (only with the cache simulation).
+    d1_misses: f64,
+    /// Data reads and writes that missed the simulated last level (the L2 here).
+    ll_misses: f64,
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(at) = args.iter().position(|a| a == "--child") {
@@ -57,9 +71,14 @@ fn main() {
     let server = redis_server::RedisServer::start();
     let dir = std::env::temp_dir().join(format!("idem-instructions-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a temporary directory for callgrind's output");
-    let counted: Vec<(Operation, f64)> = Operation::ALL
+    let counted: Vec<(Operation, Counts)> = Operation::ALL
         .into_iter()
-        .map(|op| (op, per_call(op, calls, &server.url(), &dir)))
+        .map(|op| (op, per_call(op, calls, &server.url(), &dir, false)))
+        .chain(
+            Operation::AT_SCALE
+                .into_iter()
+                .map(|op| (op, per_call(op, calls, &server.url(), &dir, true))),
+        )
         .collect();
     let _ = std::fs::remove_dir_all(&dir);
     drop(server);
@@ -75,18 +94,31 @@ fn main() {
         "{version}, --tool=callgrind; {calls} calls of each operation after a warm-up; client thread only"
     );
     println!();
-    println!("{}", table(&of));
+    println!("{}", table(&|op| of(op).instructions));
+    println!();
+    println!(
+        "At scale: a replay of a random one of N live records; caches simulated: {}",
+        CACHES.join(" ")
+    );
+    println!();
+    println!("{}", scale_table(&of));
 }
 
-/// Runs the child for `op` under callgrind and returns its instructions per call.
-fn per_call(op: Operation, calls: u64, url: &str, dir: &Path) -> f64 {
+/// Runs the child for `op` under callgrind (simulating the caches if `caches`) and returns
+/// what it counted per call.
+fn per_call(op: Operation, calls: u64, url: &str, dir: &Path, caches: bool) -> Counts {
     let out = dir.join(format!("{}.callgrind", op.name()));
     let exe = std::env::current_exe().expect("the benchmark's own path");
-    let run = Command::new("valgrind")
+    let mut valgrind = Command::new("valgrind");
+    valgrind
         .arg("--tool=callgrind")
         .arg("--collect-atstart=no")
         .arg(format!("--toggle-collect={COUNTED}"))
-        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(format!("--callgrind-out-file={}", out.display()));
+    if caches {
+        valgrind.arg("--cache-sim=yes").args(CACHES);
+    }
+    let run = valgrind
         .arg(exe)
         .arg("--child")
         .arg(op.name())
@@ -101,20 +133,78 @@ fn per_call(op: Operation, calls: u64, url: &str, dir: &Path) -> f64 {
         String::from_utf8_lossy(&run.stderr)
     );
     let report = std::fs::read_to_string(&out).expect("callgrind's output file");
-    let total: u64 = report
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("totals:")
-                .or_else(|| line.strip_prefix("summary:"))
-        })
-        .and_then(|n| n.split_whitespace().next()?.parse().ok())
-        .expect("callgrind's total of instructions");
+    let field = |prefix: &str| {
+        report
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .map(|rest| rest.split_whitespace().collect::<Vec<_>>())
+    };
+    let events = field("events:").expect("callgrind's list of events");
+    let totals = field("totals:")
+        .or_else(|| field("summary:"))
+        .expect("callgrind's totals");
+    let total = |event: &str| {
+        events
+            .iter()
+            .position(|e| *e == event)
+            .and_then(|at| totals.get(at)?.parse::<u64>().ok())
+            .map_or(0.0, |n| n as f64 / calls as f64)
+    };
+    let counts = Counts {
+        instructions: total("Ir"),
+        d1_misses: total("D1mr") + total("D1mw"),
+        ll_misses: total("DLmr") + total("DLmw"),
+    };
     assert!(
-        total > 0,
+        counts.instructions > 0.0,
         "callgrind counted nothing in {COUNTED} for {}",
         op.name()
     );
-    total as f64 / calls as f64
+    counts
+}
+
+/// The rows at scale: instructions and cache misses per call with 1k, 100k and 1M records,
+/// the memory store beside a bare `HashMap`.
+fn scale_table(of: &impl Fn(Operation) -> Counts) -> String {
+    let mut lines = vec![
+        "| live records | memory store: instructions | L1 misses | L2 misses | L2 misses over 1k's | bare `HashMap` lookup + decode: instructions | L1 misses | L2 misses |".to_owned(),
+        "|---|---:|---:|---:|---:|---:|---:|---:|".to_owned(),
+    ];
+    let first = of(Operation::MemoryReplayAmong(1_000));
+    for (store, map, label) in [
+        (
+            Operation::MemoryReplayAmong(1_000),
+            Operation::MapLookupAmong(1_000),
+            "1k",
+        ),
+        (
+            Operation::MemoryReplayAmong(100_000),
+            Operation::MapLookupAmong(100_000),
+            "100k",
+        ),
+        (
+            Operation::MemoryReplayAmong(1_000_000),
+            Operation::MapLookupAmong(1_000_000),
+            "1M",
+        ),
+    ] {
+        let (s, m) = (of(store), of(map));
+        lines.push(format!(
+            "| {label} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {:.2} |",
+            s.instructions,
+            s.d1_misses,
+            s.ll_misses,
+            if label == "1k" {
+                String::new()
+            } else {
+                format!("+{:.2}", s.ll_misses - first.ll_misses)
+            },
+            m.instructions,
+            m.d1_misses,
+            m.ll_misses,
+        ));
+    }
+    lines.join("\n")
 }
 
 /// How a row compares with its baseline, and what it must reach.
