@@ -139,10 +139,16 @@ fn per_call(op: Operation, calls: u64, url: &str, dir: &Path, caches: bool) -> C
             .find_map(|line| line.strip_prefix(prefix))
             .map(|rest| rest.split_whitespace().collect::<Vec<_>>())
     };
-    let events = field("events:").expect("callgrind's list of events");
-    let totals = field("totals:")
-        .or_else(|| field("summary:"))
-        .expect("callgrind's totals");
+    let (Some(events), Some(totals)) = (
+        field("events:"),
+        field("totals:").or_else(|| field("summary:")),
+    ) else {
+        panic!(
+            "callgrind's output of {} has no totals (a full disk?):\n{}",
+            op.name(),
+            String::from_utf8_lossy(&run.stderr)
+        );
+    };
     let total = |event: &str| {
         events
             .iter()
