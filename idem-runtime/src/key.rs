@@ -49,7 +49,17 @@ pub(crate) fn store_key(prefix: &str, scope: &str, key: &str, hash_all: bool) ->
 
 /// Whether a scope or an encoded key is stored as its hash rather than as itself.
 fn must_hash(text: &str, limit: usize) -> bool {
-    text.len() > limit || text.starts_with('#') || text.chars().any(char::is_control)
+    text.len() > limit || text.starts_with('#') || has_control(text)
+}
+
+/// Whether `text` holds a control character ([`char::is_control`]), byte by byte when it is
+/// ASCII: every call builds a store key.
+fn has_control(text: &str) -> bool {
+    if text.is_ascii() {
+        text.bytes().any(|b| b < 0x20 || b == 0x7f)
+    } else {
+        text.chars().any(char::is_control)
+    }
 }
 
 fn push_hash(out: &mut String, text: &str) {
@@ -60,21 +70,26 @@ fn push_hash(out: &mut String, text: &str) {
 /// Appends `text` by the path rule: Rust paths stay readable (`a::b` is `a.b`), and no `:`
 /// is left unescaped.
 fn push_path(out: &mut String, text: &str) {
-    if !text.contains([':', '.', '\\']) {
-        out.push_str(text);
-        return;
-    }
-    let mut chars = text.chars().peekable();
-    while let Some(ch) = chars.next() {
-        match ch {
-            ':' if chars.next_if_eq(&':').is_some() => out.push('.'),
-            ':' | '.' | '\\' => {
-                out.push('\\');
-                out.push(ch);
-            }
-            _ => out.push(ch),
+    // The escaped characters are ASCII, so every index found here is a char boundary, and the
+    // text between two of them is copied whole.
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(found) = bytes[from..]
+        .iter()
+        .position(|b| matches!(b, b':' | b'.' | b'\\'))
+    {
+        let at = from + found;
+        out.push_str(&text[from..at]);
+        if bytes[at] == b':' && bytes.get(at + 1) == Some(&b':') {
+            out.push('.');
+            from = at + 2;
+        } else {
+            out.push('\\');
+            out.push(char::from(bytes[at]));
+            from = at + 1;
         }
     }
+    out.push_str(&text[from..]);
 }
 
 /// Appends one key part by the part rule: `\` and `:` escaped.
@@ -270,6 +285,27 @@ mod tests {
                 }
                 seen.insert(stored, input);
             }
+        }
+
+        /// The byte-wise encoders write exactly what the rules above say, char by char.
+        #[test]
+        fn paths_and_control_checks_follow_their_rules(text in text()) {
+            let mut by_rule = String::new();
+            let mut chars = text.chars().peekable();
+            while let Some(ch) = chars.next() {
+                match ch {
+                    ':' if chars.next_if_eq(&':').is_some() => by_rule.push('.'),
+                    ':' | '.' | '\\' => {
+                        by_rule.push('\\');
+                        by_rule.push(ch);
+                    }
+                    _ => by_rule.push(ch),
+                }
+            }
+            let mut written = String::new();
+            push_path(&mut written, &text);
+            prop_assert_eq!(written, by_rule);
+            prop_assert_eq!(has_control(&text), text.chars().any(char::is_control));
         }
 
         /// Keys stay bounded whatever their input.

@@ -163,7 +163,7 @@ pub async fn one_caller(report: &mut Report, plan: &Plan, setup: &Setup) {
         "direct call",
         (base, replay),
         Quantity::Nanos,
-        Some(Target::OverheadAtMost(300.0)),
+        Some(Target::OverheadAtMost(250.0)),
     );
 
     let mut conn = setup.conn.clone();

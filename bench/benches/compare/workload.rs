@@ -7,9 +7,6 @@ use std::time::Duration;
 use idem::idempotent;
 use serde::{Deserialize, Serialize};
 
-/// The scope of [`charge`].
-pub const SCOPE: &str = "bench::charge";
-
 /// The retention of every record written by the benchmark.
 pub const TTL: Duration = Duration::from_secs(3600);
 

@@ -1,12 +1,12 @@
 //! [`MemoryStore`]: the embedded store, for one process.
 
-use std::collections::HashMap;
-use std::collections::hash_map::{Entry as Slot, RandomState};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use hashbrown::HashTable;
+use hashbrown::hash_table::OccupiedEntry;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -19,7 +19,7 @@ const SHARDS: usize = 16;
 /// The default capacity, in records.
 pub const DEFAULT_CAPACITY: usize = 100_000;
 
-/// An in-process [`Store`]: records in sharded hash maps, expiry by [`Instant`], waiters woken
+/// An in-process [`Store`]: records in sharded hash tables, expiry by [`Instant`], waiters woken
 /// by [`Notify`] (no polling).
 ///
 /// Its guarantee holds within one process: two processes with a `MemoryStore` each run a key
@@ -35,7 +35,8 @@ pub struct MemoryStore {
 }
 
 struct Inner {
-    shards: Vec<Mutex<HashMap<String, Entry>>>,
+    shards: Box<[Mutex<HashTable<Entry>>]>,
+    /// One hash per key picks both its shard and its place in the shard's table.
     hasher: RandomState,
     capacity: usize,
     /// Records held across all shards, expired ones not yet dropped included. A new record
@@ -53,23 +54,91 @@ struct Inner {
     sweeps: AtomicUsize,
 }
 
+/// One record, held in its table's slot. The key and the completed payload share one
+/// allocation, so a replay reads two places: the slot, then these bytes.
 struct Entry {
-    record: Record,
+    /// The key's bytes, followed by the payload once the call completed.
+    bytes: Box<[u8]>,
+    key_len: usize,
     expires_at: Instant,
+    /// The claim and its waiters while the call is in progress; `None` once it completed.
+    pending: Option<Box<Pending>>,
+}
+
+/// A call in progress: who holds the key, and who waits for it.
+struct Pending {
+    claim: Claim,
     waiters: Option<Arc<Notify>>,
 }
 
 impl Entry {
+    fn claimed(key: &str, claim: &Claim, expires_at: Instant) -> Entry {
+        Entry {
+            bytes: key.as_bytes().into(),
+            key_len: key.len(),
+            expires_at,
+            pending: Some(Box::new(Pending {
+                claim: claim.clone(),
+                waiters: None,
+            })),
+        }
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.bytes[..self.key_len]
+    }
+
     fn live(&self, now: Instant) -> bool {
         now < self.expires_at
     }
 
     fn held_by(&self, claim: &Claim, now: Instant) -> bool {
-        self.live(now) && matches!(&self.record, Record::InProgress(c) if c == claim)
+        self.live(now) && self.pending.as_ref().is_some_and(|p| p.claim == *claim)
+    }
+
+    /// What a claim of this live entry finds.
+    fn record(&self, now: Instant) -> Record {
+        match &self.pending {
+            Some(pending) => Record::InProgress(pending.claim.clone()),
+            None => Record::Completed {
+                payload: self.bytes[self.key_len..].to_vec(),
+                expires_in: Some(self.expires_at - now),
+            },
+        }
+    }
+
+    /// Makes this expired entry `claim`'s, waking whoever waited on the old holder.
+    fn claim_anew(&mut self, claim: &Claim, expires_at: Instant) {
+        self.wake();
+        if self.bytes.len() > self.key_len {
+            self.bytes = self.key().into();
+        }
+        self.expires_at = expires_at;
+        self.pending = Some(Box::new(Pending {
+            claim: claim.clone(),
+            waiters: None,
+        }));
+    }
+
+    /// Replaces the claim by the completed `payload`, and wakes the waiters.
+    fn complete(&mut self, payload: &[u8], expires_at: Instant) {
+        let mut bytes = Vec::with_capacity(self.key_len + payload.len());
+        bytes.extend_from_slice(self.key());
+        bytes.extend_from_slice(payload);
+        self.bytes = bytes.into_boxed_slice();
+        self.expires_at = expires_at;
+        self.wake();
+        self.pending = None;
+    }
+
+    /// The waiters of the call in progress, registered now if none waited yet.
+    fn waiters(&mut self) -> Option<Arc<Notify>> {
+        let pending = self.pending.as_mut()?;
+        Some(pending.waiters.get_or_insert_with(Default::default).clone())
     }
 
     fn wake(&mut self) {
-        if let Some(waiters) = self.waiters.take() {
+        if let Some(waiters) = self.pending.as_mut().and_then(|p| p.waiters.take()) {
             waiters.notify_waiters();
         }
     }
@@ -136,9 +205,14 @@ impl MemoryStore {
             .is_ok()
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, Entry>> {
-        let index = self.inner.hasher.hash_one(key) as usize % SHARDS;
-        lock(&self.inner.shards[index])
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.inner.hasher.hash_one(key)
+    }
+
+    /// The shard of the key whose hash is `hash`. Its bits 48 to 51: the table places a key by
+    /// the low bits and tells keys apart by the top seven, so the shard takes neither.
+    fn shard(&self, hash: u64) -> MutexGuard<'_, HashTable<Entry>> {
+        lock(&self.inner.shards[(hash >> 48) as usize % SHARDS])
     }
 
     /// Applies a fenced change to the entry `claim` holds.
@@ -146,16 +220,18 @@ impl MemoryStore {
         &self,
         key: &str,
         claim: &Claim,
-        change: impl FnOnce(Slot<'_, String, Entry>),
+        change: impl FnOnce(OccupiedEntry<'_, Entry>),
     ) -> Fence {
         let now = Instant::now();
-        let mut shard = self.shard(key);
-        let held = shard.get(key).is_some_and(|e| e.held_by(claim, now));
-        if !held {
-            return Fence::Lost;
+        let hash = self.hash(key.as_bytes());
+        let mut shard = self.shard(hash);
+        match shard.find_entry(hash, |e| e.key() == key.as_bytes()) {
+            Ok(entry) if entry.get().held_by(claim, now) => {
+                change(entry);
+                Fence::Held
+            }
+            _ => Fence::Lost,
         }
-        change(shard.entry(key.to_owned()));
-        Fence::Held
     }
 
     /// Claims `key` if it is free and the store has room.
@@ -166,32 +242,22 @@ impl MemoryStore {
         lease: Duration,
     ) -> Result<Option<Record>, StoreError> {
         let now = Instant::now();
-        let mut shard = self.shard(key);
-        match shard.get_mut(key) {
-            Some(entry) if entry.live(now) => Ok(Some(match &entry.record {
-                Record::Completed { payload, .. } => Record::Completed {
-                    payload: payload.clone(),
-                    expires_in: Some(entry.expires_at - now),
-                },
-                held => held.clone(),
-            })),
+        let hash = self.hash(key.as_bytes());
+        let mut shard = self.shard(hash);
+        match shard.find_mut(hash, |e| e.key() == key.as_bytes()) {
+            Some(entry) if entry.live(now) => Ok(Some(entry.record(now))),
             Some(expired) => {
                 // The lease or ttl ended: the key is free, and whoever waited on the old
                 // holder looks again.
-                expired.wake();
-                expired.record = Record::InProgress(claim.clone());
-                expired.expires_at = now + lease;
+                expired.claim_anew(claim, now + lease);
                 self.expires(now + lease);
                 Ok(None)
             }
             None if !self.reserve() => Err(self.full()),
             None => {
-                let entry = Entry {
-                    record: Record::InProgress(claim.clone()),
-                    expires_at: now + lease,
-                    waiters: None,
-                };
-                shard.insert(key.to_owned(), entry);
+                shard.insert_unique(hash, Entry::claimed(key, claim, now + lease), |e| {
+                    self.hash(e.key())
+                });
                 self.expires(now + lease);
                 Ok(None)
             }
@@ -223,7 +289,7 @@ impl MemoryStore {
             let mut shard = lock(shard);
             let before = shard.len();
             let mut earliest = None::<Instant>;
-            shard.retain(|_, entry| {
+            shard.retain(|entry| {
                 let live = entry.live(now);
                 if live {
                     earliest = Some(earliest.map_or(entry.expires_at, |e| e.min(entry.expires_at)));
@@ -283,27 +349,18 @@ impl Store for MemoryStore {
         payload: &'a [u8],
         ttl: Duration,
     ) -> StoreFuture<'a, Fence> {
-        let fence = self.fenced(key, claim, |slot| {
-            if let Slot::Occupied(mut slot) = slot {
-                let entry = slot.get_mut();
-                entry.record = Record::Completed {
-                    payload: payload.to_vec(),
-                    expires_in: None,
-                };
-                entry.expires_at = Instant::now() + ttl;
-                self.expires(entry.expires_at);
-                entry.wake();
-            }
+        let fence = self.fenced(key, claim, |mut entry| {
+            let expires_at = Instant::now() + ttl;
+            entry.get_mut().complete(payload, expires_at);
+            self.expires(expires_at);
         });
         Box::pin(std::future::ready(Ok(fence)))
     }
 
     fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
-        let fence = self.fenced(key, claim, |slot| {
-            if let Slot::Occupied(slot) = slot {
-                slot.remove().wake();
-                self.inner.records.fetch_sub(1, Ordering::AcqRel);
-            }
+        let fence = self.fenced(key, claim, |entry| {
+            entry.remove().0.wake();
+            self.inner.records.fetch_sub(1, Ordering::AcqRel);
         });
         Box::pin(std::future::ready(Ok(fence)))
     }
@@ -314,11 +371,10 @@ impl Store for MemoryStore {
         claim: &'a Claim,
         lease: Duration,
     ) -> StoreFuture<'a, Fence> {
-        let fence = self.fenced(key, claim, |slot| {
-            if let Slot::Occupied(mut slot) = slot {
-                slot.get_mut().expires_at = Instant::now() + lease;
-                self.expires(slot.get().expires_at);
-            }
+        let fence = self.fenced(key, claim, |mut entry| {
+            let expires_at = Instant::now() + lease;
+            entry.get_mut().expires_at = expires_at;
+            self.expires(expires_at);
         });
         Box::pin(std::future::ready(Ok(fence)))
     }
@@ -330,14 +386,16 @@ impl Store for MemoryStore {
         timeout: Duration,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
+            let hash = self.hash(key.as_bytes());
+            let same_key = |e: &Entry| e.key() == key.as_bytes();
             let (waiters, lease_end) = {
                 let now = Instant::now();
-                let mut shard = self.shard(key);
-                match shard.get_mut(key) {
-                    Some(entry) if entry.held_by(holder, now) => (
-                        entry.waiters.get_or_insert_with(Default::default).clone(),
-                        entry.expires_at,
-                    ),
+                let mut shard = self.shard(hash);
+                match shard.find_mut(hash, same_key) {
+                    Some(entry) if entry.held_by(holder, now) => match entry.waiters() {
+                        Some(waiters) => (waiters, entry.expires_at),
+                        None => return Ok(()),
+                    },
                     _ => return Ok(()),
                 }
             };
@@ -347,8 +405,8 @@ impl Store for MemoryStore {
             // The holder may have finished between the look above and `enable`: look again
             // now that no wake-up can be missed.
             let still_held = self
-                .shard(key)
-                .get(key)
+                .shard(hash)
+                .find(hash, same_key)
                 .is_some_and(|e| e.held_by(holder, Instant::now()));
             if still_held {
                 let until = (Instant::now() + timeout).min(lease_end);
