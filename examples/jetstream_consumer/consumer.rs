@@ -41,6 +41,8 @@ pub const ENV_WORKER: &str = "IDEM_JS_WORKER";
 pub const ENV_NATS: &str = "IDEM_JS_NATS";
 /// The orders' database URL.
 pub const ENV_DATABASE: &str = "IDEM_JS_DATABASE";
+/// The [`Mode`] ([`Mode::as_str`]).
+pub const ENV_MODE: &str = "IDEM_JS_MODE";
 /// Milliseconds of work after the order is written (the rest of the handling).
 pub const ENV_WORK_MS: &str = "IDEM_JS_WORK_MS";
 /// How many messages a consumer process handles at once.
@@ -60,17 +62,20 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The mode of an `IDEM_STORE` URL.
-    pub fn of_store(url: &str) -> Result<Mode, String> {
-        if url.starts_with("redis://") || url.starts_with("rediss://") {
-            Ok(Mode::Redis)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Mode::Postgres)
-        } else {
-            Err(format!(
-                "IDEM_STORE={url}: the consumer runs on redis://… or postgres://…"
-            ))
+    /// The mode's word in `IDEM_JS_MODE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Redis => "redis",
+            Mode::Postgres => "postgres",
         }
+    }
+
+    /// The mode named `word` ([`Mode::as_str`]).
+    pub fn parse(word: &str) -> Result<Mode, String> {
+        [Mode::Redis, Mode::Postgres]
+            .into_iter()
+            .find(|mode| mode.as_str() == word)
+            .ok_or_else(|| format!("{ENV_MODE}={word}: not a mode of the consumer"))
     }
 
     /// A short name for reports.
@@ -178,7 +183,7 @@ pub async fn run_worker() -> Result<(), BoxError> {
     let name = env(ENV_WORKER)?;
     let work = Duration::from_millis(env(ENV_WORK_MS)?.parse()?);
     let concurrency: usize = env(ENV_CONCURRENCY)?.parse()?;
-    let mode = Mode::of_store(&env("IDEM_STORE")?)?;
+    let mode = Mode::parse(&env(ENV_MODE)?)?;
 
     idem::init(idem::Config::from_env()?).await?;
     let orders = PgPoolOptions::new()

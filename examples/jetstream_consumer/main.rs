@@ -84,7 +84,7 @@ async fn main() -> Result<(), BoxError> {
         }
     };
     let store_url = std::env::var("IDEM_STORE").unwrap_or_else(|_| database_url.clone());
-    let mode = Mode::of_store(&store_url)?;
+    let mode = mode_of_store(&store_url)?;
     let setup = Setup {
         mode,
         nats_url,
@@ -113,4 +113,17 @@ async fn main() -> Result<(), BoxError> {
         report.duplicates_skipped
     );
     Ok(())
+}
+
+/// The mode of an `IDEM_STORE` URL.
+fn mode_of_store(url: &str) -> Result<Mode, String> {
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        Ok(Mode::Redis)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Mode::Postgres)
+    } else {
+        Err(format!(
+            "IDEM_STORE={url}: the consumer runs on redis://… or postgres://…"
+        ))
+    }
 }

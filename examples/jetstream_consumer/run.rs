@@ -122,7 +122,7 @@ pub fn table(reports: &[Report]) -> String {
         ("deliveries cut by a kill", |r| r.cut_by_kills.to_string()),
         ("deliveries", |r| r.deliveries.to_string()),
         ("redeliveries observed", |r| r.redeliveries_seen.to_string()),
-        ("acked", |r| r.acked.to_string()),
+        ("acks confirmed (consumer lines)", |r| r.acked.to_string()),
         ("executions (order rows written)", |r| r.rows.to_string()),
         ("duplicates skipped (replayed)", |r| {
             r.duplicates_skipped.to_string()
@@ -132,7 +132,7 @@ pub fn table(reports: &[Report]) -> String {
         ("calls waiting on a held key", |r| r.waits.to_string()),
         ("time lost waiting", |r| format!("{:.1?}", r.waited)),
         ("failed calls (nak)", |r| r.failed.to_string()),
-        ("unacked at the end", |r| r.unacked.to_string()),
+        ("unacked at the end (JetStream)", |r| r.unacked.to_string()),
         ("wall time", |r| format!("{:.1?}", r.wall)),
     ];
     let mut out = format!("{:<36}", "");
@@ -172,6 +172,7 @@ impl Worker {
     ) -> Result<Worker, BoxError> {
         let mut child = (setup.program)()
             .env(consumer::ENV_WORKER, format!("c{index}.{generation}"))
+            .env(consumer::ENV_MODE, setup.mode.as_str())
             .env(consumer::ENV_NATS, &setup.nats_url)
             .env(consumer::ENV_DATABASE, &setup.database_url)
             .env(consumer::ENV_WORK_MS, plan.work.as_millis().to_string())
