@@ -4,5 +4,6 @@
 pub mod calls;
 pub mod cluster;
 pub mod harness;
+pub mod nats;
 pub mod postgres;
 pub mod redis;

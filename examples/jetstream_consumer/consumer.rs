@@ -1,0 +1,264 @@
+//! The consumer: a process that pulls "order placed" messages from a durable JetStream
+//! consumer, writes each order to PostgreSQL through an idempotent handler, and acks after
+//! the handler returns (whether it ran the write now or replayed an earlier run's result).
+//!
+//! It prints one line per event on stdout (`delivery`, `acked`, `failed`), which the process
+//! that started it counts; a line printed before a SIGKILL is already in the pipe.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures_util::StreamExt;
+use idem::idempotent;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+
+/// Any error, from any thread.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The stream the orders are published to.
+pub const STREAM: &str = "ORDERS";
+/// The subject of an "order placed" message.
+pub const SUBJECT: &str = "orders.placed";
+/// The durable pull consumer both consumer processes share.
+pub const CONSUMER: &str = "order-writer";
+
+/// The table of the orders, with no unique constraint on `order_id`: an order written twice is
+/// two rows, which is what the runs count.
+pub const ORDERS_TABLE: &str = "CREATE TABLE IF NOT EXISTS jetstream_orders (
+    row_id    bigserial PRIMARY KEY,
+    order_id  text NOT NULL,
+    customer  text NOT NULL,
+    cents     bigint NOT NULL,
+    placed_by text NOT NULL,
+    placed_at timestamptz NOT NULL DEFAULT clock_timestamp()
+)";
+
+/// Set in a consumer process's environment: its name. The others say where everything is.
+pub const ENV_WORKER: &str = "IDEM_JS_WORKER";
+/// The NATS server's URL.
+pub const ENV_NATS: &str = "IDEM_JS_NATS";
+/// The orders' database URL.
+pub const ENV_DATABASE: &str = "IDEM_JS_DATABASE";
+/// The [`Mode`] ([`Mode::as_str`]).
+pub const ENV_MODE: &str = "IDEM_JS_MODE";
+/// Milliseconds of work after the order is written (the rest of the handling).
+pub const ENV_WORK_MS: &str = "IDEM_JS_WORK_MS";
+/// How many messages a consumer process handles at once.
+pub const ENV_CONCURRENCY: &str = "IDEM_JS_CONCURRENCY";
+
+/// Which guarantee the handler runs under: where idem keeps its record, and whether that
+/// record commits with the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// idem's record in Redis (`IDEM_STORE=redis://…`): a lease; the order goes to PostgreSQL
+    /// outside idem's record.
+    Redis,
+    /// idem's record in PostgreSQL through the plain `PostgresStore`
+    /// (`IDEM_STORE=postgres://…`): a lease too, its statements committed apart from the
+    /// order's insert.
+    Postgres,
+}
+
+impl Mode {
+    /// The mode's word in `IDEM_JS_MODE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Redis => "redis",
+            Mode::Postgres => "postgres",
+        }
+    }
+
+    /// The mode named `word` ([`Mode::as_str`]).
+    pub fn parse(word: &str) -> Result<Mode, String> {
+        [Mode::Redis, Mode::Postgres]
+            .into_iter()
+            .find(|mode| mode.as_str() == word)
+            .ok_or_else(|| format!("{ENV_MODE}={word}: not a mode of the consumer"))
+    }
+
+    /// A short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Redis => "redis (lease)",
+            Mode::Postgres => "postgres (lease)",
+        }
+    }
+}
+
+/// An "order placed" message, as published.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    /// The business id of the order: the idempotency key.
+    pub order_id: String,
+    /// Who ordered.
+    pub customer: String,
+    /// The amount.
+    pub cents: i64,
+}
+
+/// What handling an order produced; a replay returns the first run's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    /// The order's row.
+    pub row_id: i64,
+    /// The delivery that wrote it (`consumer/stream sequence/delivery count`).
+    pub placed_by: String,
+}
+
+/// Why an order was not handled; the message is then not acked, and comes again.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The database of the orders failed.
+    #[error("orders database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// idem could not decide (store down, the key still in progress after `wait`).
+    #[error(transparent)]
+    Idempotency(#[from] idem::Error),
+}
+
+/// One delivery of a message, as its handler sees it.
+pub struct Delivery {
+    /// `consumer/stream sequence/delivery count`.
+    pub name: String,
+    /// Work after the write.
+    pub work: Duration,
+    /// When the handler's body began, if it ran.
+    body_started: OnceLock<Instant>,
+}
+
+impl Delivery {
+    /// How long a call that began at `called` spent before running its body, or in all when
+    /// it did not run it: the claim, and any wait for another holder of the key.
+    fn before_body(&self, called: Instant) -> Duration {
+        match self.body_started.get() {
+            Some(started) => started.duration_since(called),
+            None => called.elapsed(),
+        }
+    }
+}
+
+/// Writes the order: the database effect that must happen once. Not idempotent by itself.
+pub async fn insert_order(
+    conn: &mut PgConnection,
+    order: &OrderPlaced,
+    placed_by: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO jetstream_orders (order_id, customer, cents, placed_by)
+         VALUES ($1, $2, $3, $4) RETURNING row_id",
+    )
+    .bind(&order.order_id)
+    .bind(&order.customer)
+    .bind(order.cents)
+    .bind(placed_by)
+    .fetch_one(conn)
+    .await
+}
+
+/// The handler of the lease modes: once per order id while idem's record lives; the insert
+/// commits on its own, before idem stores the result.
+#[idempotent(key = order.order_id, ttl = "24h")]
+async fn place_order(
+    orders: &PgPool,
+    order: &OrderPlaced,
+    delivery: &Delivery,
+) -> Result<Placed, HandlerError> {
+    let _ = delivery.body_started.set(Instant::now());
+    let mut conn = orders.acquire().await?;
+    let row_id = insert_order(&mut conn, order, &delivery.name).await?;
+    // The rest of the handling (a confirmation sent, a cache warmed): a crash here leaves the
+    // order written and idem's record still in progress.
+    tokio::time::sleep(delivery.work).await;
+    Ok(Placed {
+        row_id,
+        placed_by: delivery.name.clone(),
+    })
+}
+
+/// Runs the consumer process named by `IDEM_JS_WORKER` until its stdin closes.
+pub async fn run_worker() -> Result<(), BoxError> {
+    let env = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
+    let name = env(ENV_WORKER)?;
+    let work = Duration::from_millis(env(ENV_WORK_MS)?.parse()?);
+    let concurrency: usize = env(ENV_CONCURRENCY)?.parse()?;
+    let mode = Mode::parse(&env(ENV_MODE)?)?;
+
+    idem::init(idem::Config::from_env()?).await?;
+    let orders = PgPoolOptions::new()
+        .max_connections(concurrency as u32 + 1)
+        .connect(&env(ENV_DATABASE)?)
+        .await?;
+    let jetstream = jetstream::new(async_nats::connect(env(ENV_NATS)?).await?);
+    let consumer: PullConsumer = jetstream
+        .get_stream(STREAM)
+        .await?
+        .get_consumer(CONSUMER)
+        .await?;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(concurrency * 2)
+        .messages()
+        .await?;
+    // The process that started this one closes stdin to stop it.
+    std::thread::spawn(|| {
+        let mut sink = String::new();
+        while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
+        std::process::exit(0);
+    });
+    println!("ready");
+
+    messages
+        .for_each_concurrent(concurrency, |message| {
+            let (orders, name) = (&orders, &name);
+            async move {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(error) => return eprintln!("{name}: pull: {error}"),
+                };
+                let Ok(info) = message.info() else {
+                    return eprintln!("{name}: a message without JetStream metadata");
+                };
+                let (seq, count) = (info.stream_sequence, info.delivered);
+                println!("delivery {seq} {count}");
+                let order: OrderPlaced = match serde_json::from_slice(&message.payload) {
+                    Ok(order) => order,
+                    Err(error) => {
+                        // Not an order: never handled, so never redelivered.
+                        let _ = message.ack_with(AckKind::Term).await;
+                        return eprintln!("{name}: message {seq}: {error}");
+                    }
+                };
+                let delivery = Delivery {
+                    name: format!("{name}/{seq}/{count}"),
+                    work,
+                    body_started: OnceLock::new(),
+                };
+                let called = Instant::now();
+                let placed = match mode {
+                    Mode::Redis | Mode::Postgres => place_order(orders, &order, &delivery).await,
+                };
+                let before_body = delivery.before_body(called).as_micros();
+                let ran = if delivery.body_started.get().is_some() {
+                    "executed"
+                } else {
+                    "skipped"
+                };
+                match placed {
+                    Ok(_) => match message.double_ack().await {
+                        Ok(()) => println!("acked {seq} {count} {ran} {before_body}"),
+                        Err(error) => println!("failed {seq} {count} ack: {error}"),
+                    },
+                    Err(error) => {
+                        let _ = message
+                            .ack_with(AckKind::Nak(Some(Duration::from_millis(200))))
+                            .await;
+                        println!("failed {seq} {count} {error}");
+                    }
+                }
+            }
+        })
+        .await;
+    Err("the consumer's message stream ended".into())
+}
