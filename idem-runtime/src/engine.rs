@@ -130,7 +130,13 @@ where
             };
             // Boxed, so that this future stays small: callers move it around whole, and a
             // replay from the local cache should not pay for copying the store path's state.
-            Box::pin(run.go(body, shape).instrument(span.clone())).await
+            // Not instrumented when nothing listens to the span: entering and leaving it on
+            // every poll would cost more than the rest of the engine's work on a replay.
+            if span.is_disabled() {
+                Box::pin(run.go(body, shape)).await
+            } else {
+                Box::pin(run.go(body, shape).instrument(span.clone())).await
+            }
         }
     };
     let counted = match &result {
@@ -230,7 +236,8 @@ impl Run {
 
     /// Claims the key, or replays its result, or waits for the call that holds it.
     async fn claim_or_replay<R, S: Shape<R>>(&self, shape: &S) -> Result<Decision<R>, Error> {
-        let deadline = Instant::now() + self.wait;
+        // Set when the key is first found in progress: a replay reads no clock for it.
+        let mut deadline = None;
         let mut waited = false;
         loop {
             let sent = self.local.as_ref().map(|_| Instant::now());
@@ -266,6 +273,7 @@ impl Run {
                 return Err(self.key_mismatch());
             }
             let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + self.wait);
             if now >= deadline {
                 return Err(Error::InProgress {
                     key: self.key.clone(),

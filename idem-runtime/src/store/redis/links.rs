@@ -222,17 +222,26 @@ impl Links {
 
     async fn at(&self, at: usize) -> Result<Link, Unlinked> {
         let place = &self.places[at];
-        // A connection driven by another caller's runtime is replaced too (see `Home`).
-        let usable = || {
-            place
-                .healthy()
-                .filter(|link| self.home.serves(link.made_on))
-        };
-        if let Some(link) = usable() {
+        if let Some(link) = self.usable(place) {
             return Ok(link);
         }
+        // Boxed: making a connection is rare and its future is large (kilobytes), and every
+        // operation's future would otherwise carry it, and copy it, on every call.
+        Box::pin(self.replace(place)).await
+    }
+
+    /// The place's connection, if it is healthy and may serve a call made here (a connection
+    /// driven by another caller's runtime is replaced too: see `Home`).
+    fn usable(&self, place: &Place) -> Option<Link> {
+        place
+            .healthy()
+            .filter(|link| self.home.serves(link.made_on))
+    }
+
+    /// Makes the place's connection anew, once between the operations that found it unusable.
+    async fn replace(&self, place: &Place) -> Result<Link, Unlinked> {
         let _connecting = place.connecting.lock().await;
-        if let Some(link) = usable() {
+        if let Some(link) = self.usable(place) {
             return Ok(link);
         }
         let link = self.create().await?;

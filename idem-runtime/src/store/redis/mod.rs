@@ -455,7 +455,9 @@ async fn send(
                 } else {
                     let mut load = redis::cmd("SCRIPT");
                     load.arg("LOAD").arg(lua.source);
-                    conn.on_master_of(request.key, load)
+                    // Boxed: loading a script is rare, and its future would otherwise be
+                    // part of every command's.
+                    Box::pin(conn.on_master_of(request.key, load))
                         .await?
                         .extract_error()?;
                 }
