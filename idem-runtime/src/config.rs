@@ -677,7 +677,7 @@ mod tests {
     }
 
     #[test]
-        fn postgres_urls_and_table_settings_are_read() {
+    fn postgres_urls_and_table_settings_are_read() {
         for url in ["postgres://u:p@127.0.0.1:5433/app", "postgresql://u@h/db"] {
             let config = from(&[("IDEM_STORE", url)]).unwrap();
             assert_eq!(store_kind(&config.store), Some(StoreKind::Postgres));

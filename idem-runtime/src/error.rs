@@ -88,6 +88,22 @@ pub enum Error {
         reason: String,
     },
 
+    /// A call in transactional mode (`tx = conn`, PostgreSQL) met a concurrent transaction that
+    /// PostgreSQL could not order with the caller's: a serialization failure (SQLSTATE
+    /// `40001`, under `REPEATABLE READ` or `SERIALIZABLE`) or a deadlock (`40P01`). PostgreSQL
+    /// has aborted the caller's transaction: roll it back and retry the whole transaction,
+    /// which then replays the other transaction's result or runs the body once. Retryable.
+    #[error(
+        "the transaction of the call with key `{key}` conflicted with a concurrent one and was aborted by PostgreSQL; roll it back and retry the whole transaction: {source}"
+    )]
+    Conflict {
+        /// The store key of the call.
+        key: String,
+        /// What PostgreSQL reported.
+        #[source]
+        source: StoreError,
+    },
+
     /// The configuration is invalid: the message names the setting and what it accepts.
     #[error("invalid idem configuration: {0}")]
     Config(String),

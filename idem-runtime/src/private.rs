@@ -171,6 +171,106 @@ pub fn cache_every_error<E>(_: &E) -> bool {
     true
 }
 
+#[cfg(feature = "postgres")]
+pub use self::tx::*;
+
+/// The runners of `tx = conn` (feature `postgres`).
+#[cfg(feature = "postgres")]
+mod tx {
+    use std::ops::DerefMut;
+
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    use super::{Call, Error, ResultLike};
+
+    pub use sqlx::PgConnection;
+
+    /// Compile-time check that the argument `tx = ` names is a PostgreSQL connection. The
+    /// macro calls it with the span of the argument's type.
+    #[diagnostic::on_unimplemented(
+        message = "`tx = ...` must name an argument of type `&mut sqlx::PgConnection`, not `{Self}`",
+        label = "the connection the record is written through, inside its transaction",
+        note = "declare the argument as `conn: &mut sqlx::PgConnection`, and call the function with `&mut *transaction` (a `sqlx::Transaction<'_, Postgres>`) or `&mut *connection` (a pool's connection)"
+    )]
+    pub trait TxConnection: DerefMut<Target = PgConnection> {}
+    impl TxConnection for &mut PgConnection {}
+
+    /// Zero-cost assertion that the `tx` argument's type is `&mut PgConnection`.
+    pub fn assert_tx_connection<C: TxConnection>() {}
+
+    /// `tx = conn` on a function returning a plain `T`.
+    pub async fn run_plain_tx<C, T, B>(call: Call, mut conn: C, body: B) -> Result<T, Error>
+    where
+        C: TxConnection,
+        T: Serialize + DeserializeOwned,
+        B: AsyncFnOnce(&mut PgConnection) -> T,
+    {
+        call.run_tx(&mut conn, body)
+            .await
+            .map(|outcome| outcome.value)
+    }
+
+    /// `tx = conn` on a function returning `Result<T, E>`: `Ok` is stored with the body's
+    /// writes, `Err` rolls them back to a savepoint. See [`lift`](super::lift).
+    pub async fn try_run_result_tx<C, R, B>(call: Call, mut conn: C, body: B) -> Result<R, Error>
+    where
+        C: TxConnection,
+        R: ResultLike,
+        R::Ok: Serialize + DeserializeOwned,
+        B: AsyncFnOnce(&mut PgConnection) -> R,
+    {
+        let body = async move |conn: &mut PgConnection| body(conn).await.into_result();
+        call.run_result_tx(&mut conn, body)
+            .await
+            .map(|outcome| R::from_result(outcome.value))
+    }
+
+    /// `tx = conn` with `cache_err`: `Ok` and the errors `cache_err` says are permanent are
+    /// stored with the body's writes; other errors roll them back to a savepoint.
+    pub async fn run_result_caching_tx<C, R, B, P>(
+        call: Call,
+        mut conn: C,
+        cache_err: P,
+        body: B,
+    ) -> R
+    where
+        C: TxConnection,
+        R: ResultLike,
+        R::Ok: Serialize + DeserializeOwned,
+        R::Err: Serialize + DeserializeOwned + From<Error>,
+        B: AsyncFnOnce(&mut PgConnection) -> R,
+        P: FnOnce(&R::Err) -> bool,
+    {
+        let body = async move |conn: &mut PgConnection| body(conn).await.into_result();
+        R::from_result(
+            match call.run_result_caching_tx(&mut conn, cache_err, body).await {
+                Ok(outcome) => outcome.value,
+                Err(error) => Err(R::Err::from(error)),
+            },
+        )
+    }
+
+    /// `tx = conn` with `cache_err = true`: every result is stored with the body's writes (no
+    /// savepoint).
+    pub async fn run_result_storing_errors_tx<C, R, B>(call: Call, mut conn: C, body: B) -> R
+    where
+        C: TxConnection,
+        R: ResultLike,
+        R::Ok: Serialize + DeserializeOwned,
+        R::Err: Serialize + DeserializeOwned + From<Error>,
+        B: AsyncFnOnce(&mut PgConnection) -> R,
+    {
+        let body = async move |conn: &mut PgConnection| body(conn).await.into_result();
+        R::from_result(
+            match call.run_result_storing_errors_tx(&mut conn, body).await {
+                Ok(outcome) => outcome.value,
+                Err(error) => Err(R::Err::from(error)),
+            },
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
