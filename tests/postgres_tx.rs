@@ -645,3 +645,60 @@ async fn sixty_four_concurrent_transactions_on_one_key_write_one_row_and_get_one
     );
     assert_eq!(values.len(), 1, "the same value for all: {values:?}");
 }
+
+/// The attribute: the body is unchanged, the connection keeps its name.
+#[idem::idempotent(key = key, tx = conn, scope = "tx::macro")]
+async fn record_item(conn: &mut PgConnection, key: &str, runs: &AtomicUsize) -> u32 {
+    runs.fetch_add(1, Ordering::SeqCst);
+    insert(conn, key, "by the attribute").await.unwrap();
+    key.len() as u32
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TransferError {
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Idem(#[from] Error),
+}
+
+/// A fallible one: its errors roll the body's writes back to a savepoint.
+#[idem::idempotent(key = key, tx = conn, scope = "tx::macro_result")]
+async fn maybe_record(
+    conn: &mut PgConnection,
+    key: &str,
+    fail: bool,
+) -> Result<u32, TransferError> {
+    insert(conn, key, "maybe").await.unwrap();
+    if fail {
+        return Err(TransferError::Refused(key.to_owned()));
+    }
+    Ok(1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attribute_runs_the_body_once_in_the_callers_transaction() {
+    let (_server, store, pool) = setup().await;
+    let runs = AtomicUsize::new(0);
+    let idem = idem::Idem::with_settings(store, &idem::Config::default());
+    idem.scope(async {
+        for _ in 0..3 {
+            let mut tx = pool.begin().await.unwrap();
+            assert_eq!(record_item(&mut tx, "m1", &runs).await.unwrap(), 2);
+            tx.commit().await.unwrap();
+        }
+        let mut tx = pool.begin().await.unwrap();
+        let failed = maybe_record(&mut tx, "m2", true).await;
+        assert!(
+            matches!(failed, Err(TransferError::Refused(_))),
+            "{failed:?}"
+        );
+        assert_eq!(maybe_record(&mut tx, "m2", false).await.unwrap(), 1);
+        tx.commit().await.unwrap();
+    })
+    .await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(items(&pool, "m1").await, 1);
+    assert_eq!(items(&pool, "m2").await, 1);
+    assert_eq!(records(&pool, "m1").await, ["completed"]);
+}
