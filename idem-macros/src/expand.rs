@@ -221,6 +221,18 @@ fn expand(args: Args, function: ItemFn, tx: Option<TxArg>) -> TokenStream {
         block,
         ..
     } = function;
+    // The argument `tx` names is only handed to the runner: a `mut` belongs to the closure's
+    // parameter, which the body sees.
+    if let Some(TxArg { name, .. }) = &tx {
+        for input in &mut sig.inputs {
+            if let FnArg::Typed(typed) = input
+                && let Pat::Ident(pat) = &mut *typed.pat
+                && pat.ident == *name
+            {
+                pat.mutability = None;
+            }
+        }
+    }
     let krate = args.krate.unwrap_or_else(|| parse_quote!(::idem));
     let private = quote!(#krate::__private);
     let (outer, inner): (Vec<_>, Vec<_>) = attrs
@@ -332,11 +344,12 @@ fn expand(args: Args, function: ItemFn, tx: Option<TxArg>) -> TokenStream {
             }
         },
     };
-    // The connection, checked at the argument's type: a wrong type is one error, there.
+    // The connection, checked at the argument's type (its tokens keep their spans, so that
+    // the whole type is underlined): a wrong type is one error, there.
     let conn = tx.as_ref().map(|TxArg { name, ty, .. }| {
         let span = ty.span();
-        let convert = respan(path(&private, "tx_connection"), span);
-        quote_spanned!(span=> #convert(#name),)
+        let check = respan(quote!(#private::TxConnection), span);
+        quote_spanned!(span=> <#ty as #check<'_>>::connection(#name),)
     });
     let suffix = if tx.is_some() { "_tx" } else { "" };
 
@@ -383,10 +396,7 @@ fn expand(args: Args, function: ItemFn, tx: Option<TxArg>) -> TokenStream {
     // that names the feature, in place of the code that would use what the feature brings.
     let run = match &tx {
         None => run,
-        Some(TxArg { ty, .. }) => {
-            let check = check("assert_tx_connection", ty);
-            quote!(#private::with_tx! { { #check #run } })
-        }
+        Some(_) => quote!(#private::with_tx! { #run }),
     };
 
     quote! {

@@ -33,7 +33,10 @@ pub enum Error {
     },
 
     /// Another call with the same key is running, and this one did not wait (or waited for
-    /// longer than its `wait` allowed). Retry later; HTTP services answer 409.
+    /// longer than its `wait` allowed). Retry later; HTTP services answer 409. In
+    /// transactional mode (`tx = conn`), a wait on the other transaction's lock that ran out
+    /// has aborted the caller's transaction (PostgreSQL's `lock_timeout`): roll it back before
+    /// retrying.
     #[error("a call with key `{key}` is already in progress; retry later")]
     InProgress {
         /// The store key of the call.

@@ -206,8 +206,9 @@ mod tx {
 
     pub use sqlx::PgConnection;
 
-    /// Compile-time check that the argument `tx = ` names is a PostgreSQL connection. The
-    /// macro calls it with the span of the argument's type.
+    /// The argument `tx = ` names, as the PostgreSQL connection it must be. The macro calls
+    /// `<ArgType as TxConnection>::connection(arg)` with the argument type's own spans, so that
+    /// another type is one error, on it.
     #[diagnostic::on_unimplemented(
         message = "`tx = ...` must name an argument of type `&mut sqlx::PgConnection`, not `{Self}`",
         label = "the connection the record is written through, inside its transaction",
@@ -222,14 +223,6 @@ mod tx {
         fn connection(self) -> &'c mut PgConnection {
             self
         }
-    }
-
-    /// Zero-cost assertion that the `tx` argument's type is `&mut PgConnection`.
-    pub fn assert_tx_connection<'c, C: TxConnection<'c>>() {}
-
-    /// The `tx` argument as the connection (the macro spans it at the argument's type).
-    pub fn tx_connection<'c, C: TxConnection<'c>>(conn: C) -> &'c mut PgConnection {
-        conn.connection()
     }
 
     /// `tx = conn` on a function returning a plain `T`.

@@ -22,12 +22,12 @@ async fn transfer(
         ::idem::__private::key(&(transfer.id)),
     );
     ::idem::__private::with_tx! {
-        { ::idem::__private::assert_tx_connection:: < & mut PgConnection > (); { let
-        __idem_result = ::idem::__private::try_run_result_tx(__idem_call,
-        ::idem::__private::tx_connection(conn), async move | conn : & mut
-        ::idem::__private::PgConnection | { #[allow(clippy::let_and_return,
-        clippy::let_unit_value, unused_braces)] let __idem_ret : Result < Receipt,
-        LedgerError > = { ledger::apply(& mut * conn, transfer). await }; __idem_ret }).
-        await; ::idem::__private::lift(__idem_result) } }
+        { let __idem_result = ::idem::__private::try_run_result_tx(__idem_call, < & mut
+        PgConnection as ::idem::__private::TxConnection < '_ >> ::connection(conn), async
+        move | conn : & mut ::idem::__private::PgConnection | {
+        #[allow(clippy::let_and_return, clippy::let_unit_value, unused_braces)] let
+        __idem_ret : Result < Receipt, LedgerError > = { ledger::apply(& mut * conn,
+        transfer). await }; __idem_ret }). await; ::idem::__private::lift(__idem_result)
+        }
     }
 }
