@@ -18,6 +18,8 @@
 //! - on a connection outside any transaction, `BEGIN` and `COMMIT` (or `ROLLBACK`) around
 //!   these, and no savepoint: a released error rolls the whole call back.
 
+use std::time::Duration;
+
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 use tokio::time::Instant;
@@ -113,9 +115,9 @@ struct TxRun {
     records: TxRecords,
     key: String,
     claim: Claim,
-    ttl: std::time::Duration,
-    lease: std::time::Duration,
-    wait: std::time::Duration,
+    ttl: Duration,
+    lease: Duration,
+    wait: Duration,
 }
 
 /// The bytes to store for a body's value.
@@ -144,7 +146,7 @@ impl TxRun {
                 Ended::Kept(ran) | Ended::Released(ran) => Ok(ran),
             };
         }
-        // Point 4: a connection outside any transaction gets one of its own for the call.
+        // A connection outside any transaction gets one of its own for the call.
         let mut own = conn
             .begin()
             .await
