@@ -22,10 +22,11 @@ mod kw {
     syn::custom_keyword!(cache_err);
     syn::custom_keyword!(scope);
     syn::custom_keyword!(store);
+    syn::custom_keyword!(tx);
 }
 
 /// Every option, in the order the documentation lists them.
-const OPTIONS: &str = "key, ttl, lease, wait, fingerprint, cache_err, scope, store, crate";
+const OPTIONS: &str = "key, ttl, lease, wait, fingerprint, cache_err, scope, store, tx, crate";
 
 /// What a duration literal looks like, for error messages.
 const DURATION_EXAMPLES: &str = r#"expected a duration such as "250ms", "30s", "24h" or "7d""#;
@@ -43,6 +44,8 @@ pub(crate) struct Args {
     pub(crate) cache_err: CacheErr,
     pub(crate) scope: Option<LitStr>,
     pub(crate) store: Option<Expr>,
+    /// `tx = conn`: the argument that is the caller's PostgreSQL connection.
+    pub(crate) tx: Option<Ident>,
     pub(crate) krate: Option<Path>,
 }
 
@@ -79,8 +82,14 @@ struct Builder {
     cache_err: Option<CacheErr>,
     scope: Option<LitStr>,
     store: Option<Expr>,
+    tx: Option<Ident>,
     krate: Option<Path>,
 }
+
+/// Why `tx` and `store` exclude each other.
+const TX_AND_STORE: &str = "`tx` and `store` cannot be combined: with `tx`, the record is written \
+     through the connection's transaction, in the table of the configured PostgresStore (or \
+     `public.idem_records`); remove one of them";
 
 impl Parse for Args {
     fn parse(input: ParseStream) -> Result<Self> {
@@ -108,6 +117,7 @@ impl Parse for Args {
             cache_err: args.cache_err.unwrap_or(CacheErr::Never),
             scope: args.scope,
             store: args.store,
+            tx: args.tx,
             krate: args.krate,
         })
     }
@@ -152,9 +162,20 @@ fn parse_option(input: ParseStream, args: &mut Builder) -> Result<()> {
         *slot = Some(parse_scope(input)?);
     } else if input.peek(kw::store) {
         let name = input.parse::<kw::store>()?;
+        if args.tx.is_some() {
+            return Err(Error::new(name.span, TX_AND_STORE));
+        }
         let slot = vacant(&mut args.store, name.span, "store")?;
         input.parse::<Token![=]>()?;
         *slot = Some(input.parse()?);
+    } else if input.peek(kw::tx) {
+        let name = input.parse::<kw::tx>()?;
+        if args.store.is_some() {
+            return Err(Error::new(name.span, TX_AND_STORE));
+        }
+        let slot = vacant(&mut args.tx, name.span, "tx")?;
+        input.parse::<Token![=]>()?;
+        *slot = Some(parse_tx(input)?);
     } else if input.peek(Token![crate]) {
         let name = input.parse::<Token![crate]>()?;
         let slot = vacant(&mut args.krate, name.span, "crate")?;
@@ -274,6 +295,23 @@ fn parse_cache_err(input: ParseStream) -> Result<CacheErr> {
         )),
         predicate => Ok(CacheErr::Predicate(predicate)),
     }
+}
+
+/// `tx = conn`: the name of an argument.
+fn parse_tx(input: ParseStream) -> Result<Ident> {
+    let found = input.parse::<Expr>()?;
+    if let Expr::Path(path) = &found
+        && path.qself.is_none()
+        && path.attrs.is_empty()
+        && let Some(name) = path.path.get_ident()
+    {
+        return Ok(name.clone());
+    }
+    Err(Error::new_spanned(
+        found,
+        "expected the name of the argument that is the connection, such as `tx = conn` \
+         (an argument `conn: &mut sqlx::PgConnection`)",
+    ))
 }
 
 fn parse_scope(input: ParseStream) -> Result<LitStr> {

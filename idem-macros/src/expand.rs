@@ -10,8 +10,8 @@ use quote::{ToTokens, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{
-    AttrStyle, Error, GenericArgument, Ident, ItemFn, PathArguments, ReturnType, Type, parse_quote,
-    parse_quote_spanned,
+    AttrStyle, Error, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Token,
+    Type, parse_quote, parse_quote_spanned,
 };
 
 use crate::attr::{Args, CacheErr, Key, Timing};
@@ -26,7 +26,10 @@ pub(crate) fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     let args = syn::parse2::<Args>(args);
     let checked = check_signature(&function);
     match (args, checked) {
-        (Ok(args), Ok(())) => expand(args, function),
+        (Ok(args), Ok(())) => match tx_argument(&args, &function) {
+            Ok(tx) => expand(args, function, tx),
+            Err(error) => with_error(item, error),
+        },
         (Err(mut error), Err(other)) => {
             error.combine(other);
             with_error(item, error)
@@ -122,6 +125,50 @@ fn rewritten_by_async_trait(sig: &syn::Signature) -> bool {
     lifetimes.into_iter().any(|l| l.ident == "async_trait") || returned.contains("'async_trait")
 }
 
+/// The argument `tx = name` names.
+struct TxArg {
+    name: Ident,
+    mutability: Option<Token![mut]>,
+    ty: Type,
+}
+
+/// Finds the argument of `tx = name`, or says which arguments there are.
+fn tx_argument(args: &Args, function: &ItemFn) -> syn::Result<Option<TxArg>> {
+    let Some(tx) = &args.tx else {
+        return Ok(None);
+    };
+    let mut names = Vec::new();
+    for input in &function.sig.inputs {
+        match input {
+            FnArg::Receiver(_) => names.push("self".to_owned()),
+            FnArg::Typed(typed) => match &*typed.pat {
+                Pat::Ident(pat) if pat.ident == *tx && pat.subpat.is_none() => {
+                    return Ok(Some(TxArg {
+                        name: pat.ident.clone(),
+                        mutability: pat.mutability,
+                        ty: (*typed.ty).clone(),
+                    }));
+                }
+                Pat::Ident(pat) => names.push(pat.ident.unraw().to_string()),
+                pat => names.push(pat.to_token_stream().to_string()),
+            },
+        }
+    }
+    let listed = if names.is_empty() {
+        "the function has no arguments".to_owned()
+    } else {
+        let names: Vec<String> = names.iter().map(|name| format!("`{name}`")).collect();
+        format!("its arguments are: {}", names.join(", "))
+    };
+    Err(Error::new(
+        tx.span(),
+        format!(
+            "`tx = {tx}` must name an argument of the function: the `&mut sqlx::PgConnection` \
+             the record is written through; {listed}"
+        ),
+    ))
+}
+
 /// What the function returns, as far as the syntax tells.
 enum Returns<'a> {
     /// A `Result`, by the last segment of its path (`io::Result<T>` too). The `Ok` type is
@@ -166,7 +213,7 @@ impl<'a> Returns<'a> {
     }
 }
 
-fn expand(args: Args, function: ItemFn) -> TokenStream {
+fn expand(args: Args, function: ItemFn, tx: Option<TxArg>) -> TokenStream {
     let ItemFn {
         attrs,
         vis,
@@ -174,6 +221,18 @@ fn expand(args: Args, function: ItemFn) -> TokenStream {
         block,
         ..
     } = function;
+    // The argument `tx` names is only handed to the runner: a `mut` belongs to the closure's
+    // parameter, which the body sees.
+    if let Some(TxArg { name, .. }) = &tx {
+        for input in &mut sig.inputs {
+            if let FnArg::Typed(typed) = input
+                && let Pat::Ident(pat) = &mut *typed.pat
+                && pat.ident == *name
+            {
+                pat.mutability = None;
+            }
+        }
+    }
     let krate = args.krate.unwrap_or_else(|| parse_quote!(::idem));
     let private = quote!(#krate::__private);
     let (outer, inner): (Vec<_>, Vec<_>) = attrs
@@ -265,15 +324,36 @@ fn expand(args: Args, function: ItemFn) -> TokenStream {
         Returns::Plain(ty) => checks.push(check("assert_storable", ty)),
     }
 
-    let body = quote_spanned! {block.span()=>
-        async move {
-            #[allow(clippy::let_and_return, clippy::let_unit_value, unused_braces)]
-            let #ret: #body_ty = #block;
-            #ret
-        }
+    // With `tx`, the body becomes an async closure that receives the connection under the
+    // argument's own name, so that the engine can use it before and after the body.
+    let body = match &tx {
+        None => quote_spanned! {block.span()=>
+            async move {
+                #[allow(clippy::let_and_return, clippy::let_unit_value, unused_braces)]
+                let #ret: #body_ty = #block;
+                #ret
+            }
+        },
+        Some(TxArg {
+            name, mutability, ..
+        }) => quote_spanned! {block.span()=>
+            async move |#mutability #name: &mut #private::PgConnection| {
+                #[allow(clippy::let_and_return, clippy::let_unit_value, unused_braces)]
+                let #ret: #body_ty = #block;
+                #ret
+            }
+        },
     };
+    // The connection, checked at the argument's type (its tokens keep their spans, so that
+    // the whole type is underlined): a wrong type is one error, there.
+    let conn = tx.as_ref().map(|TxArg { name, ty, .. }| {
+        let span = ty.span();
+        let check = respan(quote!(#private::TxConnection), span);
+        quote_spanned!(span=> <#ty as #check<'_>>::connection(#name),)
+    });
+    let suffix = if tx.is_some() { "_tx" } else { "" };
 
-    let runner = |name: &str| respan(path(&private, name), anchor);
+    let runner = |name: &str| respan(path(&private, &format!("{name}{suffix}")), anchor);
     let run = match (&returns, &args.cache_err) {
         (Returns::Plain(ty), _) => {
             let arrow = match &sig.output {
@@ -285,7 +365,7 @@ fn expand(args: Args, function: ItemFn) -> TokenStream {
             };
             sig.output = ReturnType::Type(arrow, Box::new(output));
             let runner = runner("run_plain");
-            quote_spanned!(anchor=> #runner(#call, #body).await)
+            quote_spanned!(anchor=> #runner(#call, #conn #body).await)
         }
         (Returns::Result { err, .. }, CacheErr::Never) => {
             // Two calls, so that each bound is reported at its own type: the value type on
@@ -294,18 +374,29 @@ fn expand(args: Args, function: ItemFn) -> TokenStream {
             let err_span = err.as_ref().map_or_else(Span::call_site, Spanned::span);
             let lift = respan(path(&private, "lift"), err_span);
             let result = Ident::new("__idem_result", err_span);
-            let run = quote_spanned!(anchor=> #runner(#call, #body).await);
+            let run = quote_spanned!(anchor=> #runner(#call, #conn #body).await);
             quote_spanned!(err_span=> { let #result = #run; #lift(#result) })
+        }
+        // Every error stored: in transactional mode, no savepoint is needed.
+        (Returns::Result { .. }, CacheErr::Every(_)) if tx.is_some() => {
+            let runner = runner("run_result_storing_errors");
+            quote_spanned!(anchor=> #runner(#call, #conn #body).await)
         }
         (Returns::Result { .. }, CacheErr::Every(span)) => {
             let runner = runner("run_result_caching");
             let every = quote_spanned!(*span=> #private::cache_every_error);
-            quote_spanned!(anchor=> #runner(#call, #every, #body).await)
+            quote_spanned!(anchor=> #runner(#call, #conn #every, #body).await)
         }
         (Returns::Result { .. }, CacheErr::Predicate(predicate)) => {
             let runner = runner("run_result_caching");
-            quote_spanned!(anchor=> #runner(#call, #predicate, #body).await)
+            quote_spanned!(anchor=> #runner(#call, #conn #predicate, #body).await)
         }
+    };
+    // `tx` needs the `postgres` feature: without it, this macro of the runtime is one error
+    // that names the feature, in place of the code that would use what the feature brings.
+    let run = match &tx {
+        None => run,
+        Some(_) => quote!(#private::with_tx! { #run }),
     };
 
     quote! {

@@ -91,7 +91,7 @@ fn unknown_option_lists_the_valid_ones() {
     assert_eq!(
         error("key = id, tll = \"1h\""),
         "unknown option `tll`, expected one of: key, ttl, lease, wait, fingerprint, cache_err, \
-         scope, store, crate"
+         scope, store, tx, crate"
     );
     assert!(error("key = id, 42").contains("expected an option"));
 }
@@ -236,4 +236,37 @@ fn inner_attributes_stay_at_the_top_of_the_body() {
     let sig = out.find("async fn f").unwrap();
     let inner = out.find("# ! [allow (unused)]").unwrap();
     assert!(outer < sig && sig < inner, "{out}");
+}
+
+#[test]
+fn tx_names_an_argument_and_excludes_store() {
+    let args = parse("key = id, tx = conn").unwrap();
+    assert_eq!(args.tx.unwrap().to_string(), "conn");
+    for args in [
+        "key = id, tx = conn, store = s",
+        "key = id, store = s, tx = conn",
+    ] {
+        let message = error(args);
+        assert!(
+            message.contains("`tx` and `store` cannot be combined"),
+            "{message}"
+        );
+    }
+    assert!(error("key = id, tx = self.conn").contains("the name of the argument"));
+    assert!(error("key = id, tx = conn, tx = c").contains("duplicate option `tx`"));
+}
+
+#[test]
+fn tx_must_name_an_argument_of_the_function() {
+    let out = expand(
+        "key = id, tx = connection",
+        "async fn f(conn: &mut PgConnection, id: u64) -> u64 { id }",
+    );
+    assert!(
+        out.contains("must name an argument of the function")
+            && out.contains("its arguments are: `conn`, `id`"),
+        "{out}"
+    );
+    let out = expand("key = 1, tx = conn", "async fn f() -> u64 { 1 }");
+    assert!(out.contains("the function has no arguments"), "{out}");
 }

@@ -181,6 +181,19 @@ fn tuple_key_and_crate_path() {
 }
 
 #[test]
+fn transactional_mode() {
+    check(
+        "tx_result",
+        quote!(key = transfer.id, tx = conn),
+        quote! {
+            async fn transfer(conn: &mut PgConnection, transfer: &Transfer) -> Result<Receipt, LedgerError> {
+                ledger::apply(&mut *conn, transfer).await
+            }
+        },
+    );
+}
+
+#[test]
 fn parse_error_keeps_the_function() {
     check(
         "missing_key",

@@ -162,4 +162,108 @@ impl Call {
     {
         engine::execute(self.0, body, CachingShape::new(cache_err))
     }
+
+    /// Runs `body` once for this key in **transactional mode**: the claim and the stored value
+    /// are written through `conn`, inside its transaction, so that they commit or roll back
+    /// together with every write `body` makes through the connection it is given (the same
+    /// connection). A connection outside any transaction gets one of its own for the call
+    /// (`BEGIN` … `COMMIT`). The caller commits its own transaction as usual.
+    ///
+    /// A concurrent duplicate in another transaction waits on PostgreSQL's lock on the key
+    /// (at most [`wait`](Call::wait), then [`Error::InProgress`], after which PostgreSQL has
+    /// aborted its transaction: roll it back and retry), then replays the value once the first
+    /// transaction commits, or runs the body once it rolls back. No lease is renewed: nothing
+    /// depends on time. The record lives in the table of the configured
+    /// [`PostgresStore`](crate::PostgresStore) (or of [`store`](Call::store)), else in the
+    /// default `public.idem_records`, which must exist (a missing table is [`Error::Config`]
+    /// with the SQL to run; see [`MIGRATION`](crate::postgres::MIGRATION)).
+    ///
+    /// Under `REPEATABLE READ` or `SERIALIZABLE`, a concurrent duplicate fails with
+    /// [`Error::Conflict`]: roll back and retry the whole transaction.
+    ///
+    /// ```no_run
+    /// # use idem_runtime as idem;
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut transaction = pool.begin().await?;
+    /// let outcome = idem::Call::new("ledger::transfer", "t-42")
+    ///     .run_tx(&mut transaction, async |conn: &mut sqlx::PgConnection| {
+    ///         sqlx::query("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+    ///             .execute(&mut *conn)
+    ///             .await
+    ///             .map(|done| done.rows_affected())
+    ///             .unwrap_or(0)
+    ///     })
+    ///     .await?;
+    /// transaction.commit().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    pub async fn run_tx<T, B>(
+        self,
+        conn: &mut sqlx::PgConnection,
+        body: B,
+    ) -> Result<Outcome<T>, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        B: AsyncFnOnce(&mut sqlx::PgConnection) -> T,
+    {
+        engine::tx::execute(self.0, conn, body, PlainShape::new()).await
+    }
+
+    /// [`run_tx`](Call::run_tx) for a fallible `body`: an `Ok` value is stored with the body's
+    /// writes; an `Err` leaves no trace: the body's writes and the claim are rolled back to a
+    /// savepoint taken after the claim, and the caller's transaction stays usable.
+    #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    pub async fn run_result_tx<T, E, B>(
+        self,
+        conn: &mut sqlx::PgConnection,
+        body: B,
+    ) -> Result<Outcome<Result<T, E>>, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        B: AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, E>,
+    {
+        engine::tx::execute(self.0, conn, body, ResultShape::new()).await
+    }
+
+    /// [`run_tx`](Call::run_tx) for a fallible `body` whose errors for which `cache_err`
+    /// returns true are permanent: stored and replayed like a value, **with the body's
+    /// writes kept** (they commit with the caller's transaction). Other errors leave no trace,
+    /// as with [`run_result_tx`](Call::run_result_tx).
+    #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    pub async fn run_result_caching_tx<T, E, B, P>(
+        self,
+        conn: &mut sqlx::PgConnection,
+        cache_err: P,
+        body: B,
+    ) -> Result<Outcome<Result<T, E>>, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned,
+        B: AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, E>,
+        P: FnOnce(&E) -> bool,
+    {
+        engine::tx::execute(self.0, conn, body, CachingShape::new(cache_err)).await
+    }
+
+    /// [`run_result_caching_tx`](Call::run_result_caching_tx) with every error permanent:
+    /// no savepoint is needed, since nothing is ever undone.
+    #[cfg(feature = "postgres")]
+    pub(crate) async fn run_result_storing_errors_tx<T, E, B>(
+        self,
+        conn: &mut sqlx::PgConnection,
+        body: B,
+    ) -> Result<Outcome<Result<T, E>>, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned,
+        B: AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, E>,
+    {
+        let every = CachingShape::every(|_: &E| true);
+        engine::tx::execute(self.0, conn, body, every).await
+    }
 }

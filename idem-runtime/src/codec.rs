@@ -217,6 +217,12 @@ pub(crate) trait Shape<R> {
     fn open(&self, envelope: &Envelope<'_>) -> Result<R, String>;
     /// The Rust type a record is decoded as, for [`Error::Decode`](crate::Error::Decode).
     fn type_name(&self) -> &'static str;
+    /// Whether [`seal`](Shape::seal) may answer [`Seal::Release`] (the transactional mode
+    /// takes a savepoint before the body only then).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    fn may_release(&self) -> bool {
+        true
+    }
 }
 
 fn seal_or_report<V: Serialize + DeserializeOwned>(
@@ -257,6 +263,10 @@ impl<T: Serialize + DeserializeOwned> Shape<T> for PlainShape<T> {
     fn type_name(&self) -> &'static str {
         std::any::type_name::<T>()
     }
+
+    fn may_release(&self) -> bool {
+        false
+    }
 }
 
 /// A `Result` whose errors are transient: `Ok` stored, `Err` released.
@@ -295,6 +305,9 @@ impl<T: Serialize + DeserializeOwned, E> Shape<Result<T, E>> for ResultShape<T, 
 /// permanent.
 pub(crate) struct CachingShape<T, E, P> {
     cache_err: Option<P>,
+    /// The predicate says yes to every error (`cache_err = true`).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    every: bool,
     types: PhantomData<fn() -> (T, E)>,
 }
 
@@ -302,7 +315,17 @@ impl<T, E, P> CachingShape<T, E, P> {
     pub(crate) fn new(cache_err: P) -> Self {
         CachingShape {
             cache_err: Some(cache_err),
+            every: false,
             types: PhantomData,
+        }
+    }
+
+    /// A shape whose `cache_err` stores every error: it never releases.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn every(cache_err: P) -> Self {
+        CachingShape {
+            every: true,
+            ..CachingShape::new(cache_err)
         }
     }
 }
@@ -338,6 +361,10 @@ where
 
     fn type_name(&self) -> &'static str {
         std::any::type_name::<Result<T, E>>()
+    }
+
+    fn may_release(&self) -> bool {
+        !self.every
     }
 }
 

@@ -20,6 +20,9 @@ use crate::outcome::{Outcome, Status};
 use crate::record::{Claim, Fingerprint, Record};
 use crate::store::{Fence, StoreHandle};
 
+#[cfg(feature = "postgres")]
+pub(crate) mod tx;
+
 /// How often and how long a successful result's store write is retried before the result is
 /// returned unstored.
 const COMPLETE_RETRIES: [Duration; 3] = [
@@ -157,6 +160,7 @@ fn counted_error(error: &Error) -> Counted {
         Error::Unstorable { .. } => Counted::Unstorable,
         Error::Config(_) => Counted::ConfigError,
         Error::Fingerprint { .. } => Counted::FingerprintError,
+        Error::Conflict { .. } => Counted::Conflict,
         Error::Store { .. } | Error::Connect { .. } | Error::AlreadyInitialized => {
             Counted::StoreError
         }

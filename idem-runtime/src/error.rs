@@ -33,7 +33,10 @@ pub enum Error {
     },
 
     /// Another call with the same key is running, and this one did not wait (or waited for
-    /// longer than its `wait` allowed). Retry later; HTTP services answer 409.
+    /// longer than its `wait` allowed). Retry later; HTTP services answer 409. In
+    /// transactional mode (`tx = conn`), a wait on the other transaction's lock that ran out
+    /// has aborted the caller's transaction (PostgreSQL's `lock_timeout`): roll it back before
+    /// retrying.
     #[error("a call with key `{key}` is already in progress; retry later")]
     InProgress {
         /// The store key of the call.
@@ -86,6 +89,22 @@ pub enum Error {
         key: String,
         /// What the serializer reported.
         reason: String,
+    },
+
+    /// A call in transactional mode (`tx = conn`, PostgreSQL) met a concurrent transaction that
+    /// PostgreSQL could not order with the caller's: a serialization failure (SQLSTATE
+    /// `40001`, under `REPEATABLE READ` or `SERIALIZABLE`) or a deadlock (`40P01`). PostgreSQL
+    /// has aborted the caller's transaction: roll it back and retry the whole transaction,
+    /// which then replays the other transaction's result or runs the body once. Retryable.
+    #[error(
+        "the transaction of the call with key `{key}` conflicted with a concurrent one and was aborted by PostgreSQL; roll it back and retry the whole transaction: {source}"
+    )]
+    Conflict {
+        /// The store key of the call.
+        key: String,
+        /// What PostgreSQL reported.
+        #[source]
+        source: StoreError,
     },
 
     /// The configuration is invalid: the message names the setting and what it accepts.

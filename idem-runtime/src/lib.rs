@@ -12,7 +12,7 @@
 //!   `not_stored` (ran, result not stored: lease ended, or storing failed), `unstorable` (ran,
 //!   result cannot be stored as its type, or [`Error::Unstorable`]); `decode_error`
 //!   ([`Error::Decode`]); `config_error` ([`Error::Config`]), `fingerprint_error`
-//!   ([`Error::Fingerprint`]).
+//!   ([`Error::Fingerprint`]); `conflict` ([`Error::Conflict`], transactional mode).
 //! - `idem_store_seconds{op}`: a histogram of store round-trip time per operation (`claim`,
 //!   `complete`, `release`, `renew`, `wait`).
 //!

@@ -28,6 +28,7 @@ pub(crate) enum Outcome {
     Unstorable,
     ConfigError,
     FingerprintError,
+    Conflict,
 }
 
 impl Outcome {
@@ -46,6 +47,7 @@ impl Outcome {
             Outcome::Unstorable => "unstorable",
             Outcome::ConfigError => "config_error",
             Outcome::FingerprintError => "fingerprint_error",
+            Outcome::Conflict => "conflict",
         }
     }
 }

@@ -171,6 +171,136 @@ pub fn cache_every_error<E>(_: &E) -> bool {
     true
 }
 
+#[cfg(feature = "postgres")]
+pub use self::tx::*;
+
+/// Wraps the code `tx = conn` generates: passed through with the `postgres` feature.
+#[cfg(feature = "postgres")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __idem_with_tx {
+    ($($code:tt)*) => { $($code)* };
+}
+
+/// Without the `postgres` feature, the code `tx = conn` generates is one error naming it.
+#[cfg(not(feature = "postgres"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __idem_with_tx {
+    ($($code:tt)*) => {
+        ::core::compile_error!(
+            "`tx = ...` needs the `postgres` feature of idem: `idem = { version = \"0.1\", features = [\"postgres\"] }`"
+        )
+    };
+}
+
+pub use crate::__idem_with_tx as with_tx;
+
+/// The runners of `tx = conn` (feature `postgres`).
+#[cfg(feature = "postgres")]
+mod tx {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    use super::{Call, Error, ResultLike};
+
+    pub use sqlx::PgConnection;
+
+    /// The argument `tx = ` names, as the PostgreSQL connection it must be. The macro calls
+    /// `<ArgType as TxConnection>::connection(arg)` with the argument type's own spans, so that
+    /// another type is one error, on it.
+    #[diagnostic::on_unimplemented(
+        message = "`tx = ...` must name an argument of type `&mut sqlx::PgConnection`, not `{Self}`",
+        label = "the connection the record is written through, inside its transaction",
+        note = "declare the argument as `conn: &mut sqlx::PgConnection`, and call the function with `&mut *transaction` (a `sqlx::Transaction<'_, Postgres>`) or `&mut *connection` (a pool's connection)"
+    )]
+    pub trait TxConnection<'c> {
+        /// The connection.
+        fn connection(self) -> &'c mut PgConnection;
+    }
+
+    impl<'c> TxConnection<'c> for &'c mut PgConnection {
+        fn connection(self) -> &'c mut PgConnection {
+            self
+        }
+    }
+
+    /// `tx = conn` on a function returning a plain `T`.
+    pub async fn run_plain_tx<T, B>(
+        call: Call,
+        conn: &mut PgConnection,
+        body: B,
+    ) -> Result<T, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        B: AsyncFnOnce(&mut PgConnection) -> T,
+    {
+        call.run_tx(conn, body).await.map(|outcome| outcome.value)
+    }
+
+    /// `tx = conn` on a function returning `Result<T, E>`: `Ok` is stored with the body's
+    /// writes, `Err` rolls them back to a savepoint. See [`lift`](super::lift).
+    pub async fn try_run_result_tx<R, B>(
+        call: Call,
+        conn: &mut PgConnection,
+        body: B,
+    ) -> Result<R, Error>
+    where
+        R: ResultLike,
+        R::Ok: Serialize + DeserializeOwned,
+        B: AsyncFnOnce(&mut PgConnection) -> R,
+    {
+        let body = async move |conn: &mut PgConnection| body(conn).await.into_result();
+        call.run_result_tx(conn, body)
+            .await
+            .map(|outcome| R::from_result(outcome.value))
+    }
+
+    /// `tx = conn` with `cache_err`: `Ok` and the errors `cache_err` says are permanent are
+    /// stored with the body's writes; other errors roll them back to a savepoint.
+    pub async fn run_result_caching_tx<R, B, P>(
+        call: Call,
+        conn: &mut PgConnection,
+        cache_err: P,
+        body: B,
+    ) -> R
+    where
+        R: ResultLike,
+        R::Ok: Serialize + DeserializeOwned,
+        R::Err: Serialize + DeserializeOwned + From<Error>,
+        B: AsyncFnOnce(&mut PgConnection) -> R,
+        P: FnOnce(&R::Err) -> bool,
+    {
+        let body = async move |conn: &mut PgConnection| body(conn).await.into_result();
+        R::from_result(
+            match call.run_result_caching_tx(conn, cache_err, body).await {
+                Ok(outcome) => outcome.value,
+                Err(error) => Err(R::Err::from(error)),
+            },
+        )
+    }
+
+    /// `tx = conn` with `cache_err = true`: every result is stored with the body's writes (no
+    /// savepoint).
+    pub async fn run_result_storing_errors_tx<R, B>(
+        call: Call,
+        conn: &mut PgConnection,
+        body: B,
+    ) -> R
+    where
+        R: ResultLike,
+        R::Ok: Serialize + DeserializeOwned,
+        R::Err: Serialize + DeserializeOwned + From<Error>,
+        B: AsyncFnOnce(&mut PgConnection) -> R,
+    {
+        let body = async move |conn: &mut PgConnection| body(conn).await.into_result();
+        R::from_result(match call.run_result_storing_errors_tx(conn, body).await {
+            Ok(outcome) => outcome.value,
+            Err(error) => Err(R::Err::from(error)),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,7 +39,7 @@ pub enum Fence {
 /// Fenced operations ([`complete`](Store::complete), [`release`](Store::release),
 /// [`renew`](Store::renew)) apply only while `claim` still holds the key (compare-and-set on the
 /// claim) and report [`Fence::Lost`] otherwise.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: std::any::Any + Send + Sync {
     /// Claims `key` for `claim` with expiry `lease` if no record holds it and returns `None`;
     /// otherwise leaves the record unchanged and returns it.
     fn claim<'a>(
@@ -109,6 +109,12 @@ impl StoreHandle {
     /// Wraps a store that is already shared.
     pub fn from_arc(store: Arc<dyn Store>) -> Self {
         StoreHandle(store)
+    }
+
+    /// The store as its own type, if it is an `S`.
+    pub fn downcast_ref<S: Store>(&self) -> Option<&S> {
+        let any: &dyn std::any::Any = &*self.0;
+        any.downcast_ref::<S>()
     }
 }
 

@@ -13,6 +13,7 @@ mod options;
 mod reaper;
 mod sql;
 mod table;
+pub(crate) mod tx;
 
 use std::fmt;
 use std::sync::Arc;
@@ -106,6 +107,7 @@ pub struct PostgresStore {
 struct Shared {
     pool: PgPool,
     sql: Arc<Statements>,
+    table: Table,
     hub: Hub,
     _reaper: Reaper,
     describe: String,
@@ -178,6 +180,7 @@ impl PostgresStore {
                 pool_size: pool.options().get_max_connections(),
                 pool,
                 sql,
+                table: table.clone(),
                 describe,
                 connect_timeout: options.connect_timeout,
                 statement_timeout: options.statement_timeout,

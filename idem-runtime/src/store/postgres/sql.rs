@@ -14,6 +14,15 @@
 //! | completed by this claim? (after a lost completion only) | `SELECT … WHERE key, token, completed, live` |
 //! | lease left (waiters) | `SELECT expires_at - clock_timestamp() … WHERE key, token, in progress, live` |
 //! | reap | `DELETE … WHERE key IN (SELECT key … WHERE expired LIMIT n FOR UPDATE SKIP LOCKED)` |
+//!
+//! The transactional mode (`tx = conn`) runs three more through the caller's connection,
+//! inside its transaction (see `tx.rs`):
+//!
+//! | operation | statement |
+//! |---|---|
+//! | claim (or read the record), waiting at most `wait` on a concurrent transaction's uncommitted claim | `WITH cfg AS MATERIALIZED (SELECT current_setting('lock_timeout'), set_config('lock_timeout', wait, true)), live AS (…), claimed AS (INSERT … SELECT … FROM cfg WHERE NOT EXISTS live ON CONFLICT … RETURNING 1), answer AS (claimed UNION ALL live) SELECT answer.*, set_config('lock_timeout', old, true) FROM cfg LEFT JOIN answer ON true` |
+//! | complete | `WITH done AS (UPDATE … WHERE key, token, in progress RETURNING 1) SELECT pg_notify(…) FROM done` |
+//! | release (a released error, after the rollback to the savepoint) | `DELETE … WHERE key, token, in progress` |
 
 use std::time::Duration;
 
@@ -39,6 +48,9 @@ pub(super) struct Statements {
     lease_left: SqlStr,
     completed_by: SqlStr,
     reap: SqlStr,
+    tx_claim: SqlStr,
+    tx_complete: SqlStr,
+    tx_release: SqlStr,
 }
 
 /// Milliseconds left until `expires_at`, by the database's clock.
@@ -94,6 +106,48 @@ impl Statements {
                 "SELECT true FROM {t} WHERE key = $1 AND token = $2 AND state = 'completed' \
                  AND expires_at > clock_timestamp()"
             )),
+            // In a caller's transaction: the same claim-or-read, and the wait for a concurrent
+            // transaction's uncommitted claim of the key (PostgreSQL's own lock, which the
+            // upsert waits on) bounded by `lock_timeout` = `$5` ms, set before the insert
+            // (`cfg` is read by it) and set back to the caller's value once the answer is known,
+            // in the same statement. A row always comes back: `held` is NULL when the upsert
+            // waited for a claim committed after this statement's snapshot (asking again, in
+            // a new statement, sees it under READ COMMITTED).
+            tx_claim: sql(format!(
+                "WITH cfg AS MATERIALIZED (\
+                    SELECT current_setting('lock_timeout') AS old, set_config('lock_timeout', $5, true) AS new), \
+                 live AS (\
+                    SELECT state, token, fingerprint, payload, {LEFT_MS} AS left_ms FROM {t} \
+                    WHERE key = $1 AND expires_at > clock_timestamp()), \
+                 claimed AS (\
+                    INSERT INTO {t} AS r (key, state, token, fingerprint, payload, expires_at) \
+                    SELECT $1, 'in_progress', $2, $3, NULL, clock_timestamp() + $4 * interval '1 millisecond' FROM cfg \
+                    WHERE NOT EXISTS (SELECT FROM live) \
+                    ON CONFLICT (key) DO UPDATE SET state = 'in_progress', token = excluded.token, \
+                        fingerprint = excluded.fingerprint, payload = NULL, expires_at = excluded.expires_at \
+                    WHERE r.expires_at <= clock_timestamp() \
+                    RETURNING 1), \
+                 answer AS (\
+                    SELECT true AS held, NULL::text AS state, NULL::bytea AS token, NULL::bytea AS fingerprint, \
+                        NULL::bytea AS payload, NULL::int8 AS left_ms FROM claimed \
+                    UNION ALL \
+                    SELECT false, state, token, fingerprint, payload, left_ms FROM live) \
+                 SELECT answer.held, answer.state, answer.token, answer.fingerprint, answer.payload, answer.left_ms, \
+                    set_config('lock_timeout', cfg.old, true) \
+                 FROM cfg LEFT JOIN answer ON true"
+            )),
+            // No expiry in the condition: the row is invisible to other transactions until the
+            // caller commits, so no one else can take the key however long the body ran.
+            tx_complete: sql(format!(
+                "WITH done AS (\
+                    UPDATE {t} SET state = 'completed', payload = $3, \
+                        expires_at = clock_timestamp() + $4 * interval '1 millisecond' \
+                    WHERE key = $1 AND token = $2 AND state = 'in_progress' RETURNING 1) \
+                 SELECT pg_notify({channel}, $5)::text FROM done"
+            )),
+            tx_release: sql(format!(
+                "DELETE FROM {t} WHERE key = $1 AND token = $2 AND state = 'in_progress'"
+            )),
             // `now()`, not `clock_timestamp()`: a stable value, so the index on expires_at
             // finds the batch.
             reap: sql(format!(
@@ -107,7 +161,7 @@ impl Statements {
 
 /// What a claim statement answered.
 #[derive(Debug)]
-pub(super) enum Claimed {
+pub(crate) enum Claimed {
     /// The key was free (absent or expired) and is now held by the claim.
     Held,
     /// A live record holds the key.
@@ -274,6 +328,69 @@ pub(super) async fn lease_left<'e>(
         .fetch_optional(executor)
         .await?;
     Ok(left.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
+}
+
+/// [`claim`] inside the caller's transaction, waiting at most `wait` for a concurrent
+/// transaction's uncommitted claim of the key.
+pub(super) async fn tx_claim<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    claim: &Claim,
+    lease: Duration,
+    wait: Duration,
+) -> Result<Claimed, sqlx::Error> {
+    let row = sqlx::query(sql.tx_claim.clone())
+        .bind(key)
+        .bind(&claim.token.to_bytes()[..])
+        .bind(claim.fingerprint.as_ref().map(|fp| &fp.as_bytes()[..]))
+        .bind(millis(lease))
+        .bind(millis(wait).to_string())
+        .fetch_one(executor)
+        .await?;
+    match row.try_get::<Option<bool>, _>(0)? {
+        None => Ok(Claimed::Unseen),
+        Some(true) => Ok(Claimed::Held),
+        Some(false) => record(&row).map(Claimed::Found),
+    }
+}
+
+/// [`complete`] inside the caller's transaction, whatever the time (the claim cannot have
+/// been taken by another); `true` if the claim held the key.
+pub(super) async fn tx_complete<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    claim: &Claim,
+    payload: &[u8],
+    ttl: Duration,
+    tag: &str,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(sql.tx_complete.clone())
+        .bind(key)
+        .bind(&claim.token.to_bytes()[..])
+        .bind(payload)
+        .bind(millis(ttl))
+        .bind(tag)
+        .fetch_optional(executor)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Deletes the claim's row inside the caller's transaction (no notification: the row was
+/// never visible to anyone else); `true` if it was there.
+pub(super) async fn tx_release<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    claim: &Claim,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(sql.tx_release.clone())
+        .bind(key)
+        .bind(&claim.token.to_bytes()[..])
+        .execute(executor)
+        .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Deletes at most `batch` expired rows; returns how many.

@@ -71,8 +71,10 @@ const CLUSTER_RELOOK: Duration = Duration::from_millis(250);
 /// A [`Store`] on Redis 7.0 or later, one server or a Redis Cluster (feature `redis`):
 /// exactly-once across every process and machine that shares it.
 ///
-/// Build it with [`RedisStore::connect`] from a [`Config`] (or let [`init`](crate::init) do it
-/// for `IDEM_STORE=redis://…`), or with [`RedisStore::open`] from a URL:
+/// Build it with [`RedisStore::connect`] from [`RedisOptions`], a URL or a
+/// [`Config`](crate::Config) (or let [`init`](crate::init) do it for `IDEM_STORE=redis://…`),
+/// with [`RedisStore::open`] from a URL, or from the application's own client
+/// ([`from_client`](RedisStore::from_client), [`from_cluster_client`](RedisStore::from_cluster_client)):
 ///
 /// ```no_run
 /// # use idem_runtime as idem;
@@ -113,12 +115,12 @@ const CLUSTER_RELOOK: Duration = Duration::from_millis(250);
 ///
 /// A server that can evict records (`maxmemory` with a policy other than `noeviction`) could
 /// drop a claim or a result and let its call run again: `connect` refuses it unless
-/// [`Config::allow_eviction`] accepts the risk.
+/// [`RedisOptions::allow_eviction`] accepts the risk.
 ///
 /// Redis replicates asynchronously: a claim or a result that a master acknowledged but had not
 /// yet sent to its replica is lost if the master fails and the replica takes over (the key is
 /// then free, or back in progress, and can run again). With `min_replicas = n`
-/// ([`Config::min_replicas`]) a claim and a completion are acknowledged only once `n` replicas
+/// ([`RedisOptions::min_replicas`]) a claim and a completion are acknowledged only once `n` replicas
 /// have them (`WAIT n replica_timeout`, sent in the same round trip as the write); when fewer
 /// answer in time the claim is withdrawn and the call fails with
 /// [`StoreErrorKind::Unavailable`] (the body does not run), and a result is reported as not

@@ -1,0 +1,300 @@
+//! Transfers between two accounts in PostgreSQL, each applied exactly once although a flaky
+//! client delivers them again and again: `#[idempotent(tx = conn)]` writes idem's record in
+//! the transfer's own transaction, so the record and the balances commit (or roll back)
+//! together.
+//!
+//! ```sh
+//! cargo run --example ledger --features postgres
+//! ```
+//!
+//! runs against the PostgreSQL named by `DATABASE_URL` (it creates three tables there:
+//! `ledger_accounts`, `ledger_entries` and idem's `idem_records`), or else starts one of its
+//! own in a temporary directory on a free port, as the tests do. The client loses answers
+//! after the commit (and retries), delivers some transfers twice at once, and has some
+//! transactions cut before their commit; it prints, per transfer, how often it was delivered,
+//! how often its body ran, and how many ledger entries it left: always one.
+
+#[path = "../tests/support/postgres.rs"]
+#[allow(dead_code)]
+mod postgres;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use idem::idempotent;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+
+#[derive(Debug, Clone, Serialize)]
+struct Transfer {
+    id: String,
+    from: String,
+    to: String,
+    amount: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Receipt {
+    entry: i64,
+    from_balance: i64,
+    to_balance: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TransferError {
+    #[error("insufficient funds in {0}")]
+    InsufficientFunds(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Idem(#[from] idem::Error),
+    #[error("the client lost the answer")]
+    Lost,
+}
+
+/// How often each transfer's body ran (rolled back runs included).
+static BODY_RUNS: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
+
+/// Moves `amount` from one account to the other and writes the ledger entry: once per
+/// transfer id, in the caller's transaction.
+#[idempotent(key = transfer.id, tx = conn, fingerprint = transfer, ttl = "7d")]
+async fn apply(conn: &mut PgConnection, transfer: &Transfer) -> Result<Receipt, TransferError> {
+    *BODY_RUNS
+        .lock()
+        .unwrap()
+        .entry(transfer.id.clone())
+        .or_default() += 1;
+    let from_balance: i64 = sqlx::query_scalar(
+        "UPDATE ledger_accounts SET balance = balance - $1 WHERE name = $2 AND balance >= $1 RETURNING balance",
+    )
+    .bind(transfer.amount)
+    .bind(&transfer.from)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| TransferError::InsufficientFunds(transfer.from.clone()))?;
+    let to_balance: i64 = sqlx::query_scalar(
+        "UPDATE ledger_accounts SET balance = balance + $1 WHERE name = $2 RETURNING balance",
+    )
+    .bind(transfer.amount)
+    .bind(&transfer.to)
+    .fetch_one(&mut *conn)
+    .await?;
+    let entry: i64 = sqlx::query_scalar(
+        "INSERT INTO ledger_entries (transfer, from_account, to_account, amount) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(&transfer.id)
+    .bind(&transfer.from)
+    .bind(&transfer.to)
+    .bind(transfer.amount)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Receipt {
+        entry,
+        from_balance,
+        to_balance,
+    })
+}
+
+/// What goes wrong with one delivery.
+#[derive(Clone, Copy, Debug)]
+enum Fate {
+    Fine,
+    /// The transaction commits, then the answer is lost (a timeout after the commit).
+    LostAfterCommit,
+    /// The connection is cut before the commit: the transaction rolls back.
+    CutBeforeCommit,
+}
+
+/// One delivery of `transfer`: its own transaction, and whatever `fate` does to it.
+async fn deliver(pool: &PgPool, transfer: &Transfer, fate: Fate) -> Result<Receipt, TransferError> {
+    let mut tx = pool.begin().await?;
+    let receipt = apply(&mut tx, transfer).await?;
+    match fate {
+        Fate::CutBeforeCommit => {
+            drop(tx);
+            Err(TransferError::Lost)
+        }
+        Fate::LostAfterCommit => {
+            tx.commit().await?;
+            Err(TransferError::Lost)
+        }
+        Fate::Fine => {
+            tx.commit().await?;
+            Ok(receipt)
+        }
+    }
+}
+
+/// Delivers `transfer` until an answer arrives; returns how many deliveries it took.
+async fn retry(pool: &PgPool, transfer: &Transfer, fates: &mut Fates) -> (Receipt, usize) {
+    let mut deliveries = 0;
+    loop {
+        deliveries += 1;
+        let fate = fates.next();
+        let answer = if fates.duplicate() {
+            // Delivered twice at once: the second waits on the first's lock, then replays.
+            deliveries += 1;
+            let (a, b) = tokio::join!(
+                deliver(pool, transfer, fate),
+                deliver(pool, transfer, Fate::Fine)
+            );
+            a.or(b)
+        } else {
+            deliver(pool, transfer, fate).await
+        };
+        match answer {
+            Ok(receipt) => return (receipt, deliveries),
+            Err(TransferError::Lost) => {}
+            Err(error) => panic!("transfer {}: {error}", transfer.id),
+        }
+    }
+}
+
+/// The client's bad luck, from a fixed seed so that every run is the same, and its tally.
+struct Fates {
+    state: u64,
+    lost: usize,
+    cut: usize,
+    duplicates: usize,
+}
+
+impl Fates {
+    fn roll(&mut self) -> u64 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state % 100
+    }
+
+    fn next(&mut self) -> Fate {
+        match self.roll() {
+            0..40 => {
+                self.lost += 1;
+                Fate::LostAfterCommit
+            }
+            40..60 => {
+                self.cut += 1;
+                Fate::CutBeforeCommit
+            }
+            _ => Fate::Fine,
+        }
+    }
+
+    fn duplicate(&mut self) -> bool {
+        let twice = self.roll() < 35;
+        self.duplicates += usize::from(twice);
+        twice
+    }
+}
+
+const TRANSFERS: usize = 12;
+const OPENING: i64 = 1_000;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let own;
+    let url = match std::env::var("DATABASE_URL") {
+        Ok(url) => url,
+        Err(_) => {
+            println!("DATABASE_URL is not set: starting a PostgreSQL of this example's own");
+            own = postgres::PostgresServer::quiet();
+            own.url()
+        }
+    };
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await?;
+    for statement in [
+        "CREATE TABLE IF NOT EXISTS ledger_accounts (name text PRIMARY KEY, balance int8 NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS ledger_entries (id bigserial PRIMARY KEY, transfer text NOT NULL, from_account text NOT NULL, to_account text NOT NULL, amount int8 NOT NULL)",
+    ] {
+        sqlx::query(statement).execute(&pool).await?;
+    }
+    // The store creates idem's table when it is missing; `tx` calls write to it.
+    let store = idem::PostgresStore::open(&url).await?;
+    let run = format!("{:x}", std::process::id());
+    let (alice, bob) = (format!("alice-{run}"), format!("bob-{run}"));
+    for name in [&alice, &bob] {
+        sqlx::query("INSERT INTO ledger_accounts (name, balance) VALUES ($1, $2)")
+            .bind(name)
+            .bind(OPENING)
+            .execute(&pool)
+            .await?;
+    }
+
+    let idem = idem::Idem::with_settings(store, &idem::Config::default());
+    let mut fates = Fates {
+        state: 1_234_567,
+        lost: 0,
+        cut: 0,
+        duplicates: 0,
+    };
+    let mut delivered = BTreeMap::new();
+    for n in 0..TRANSFERS {
+        let (from, to) = if n % 3 == 2 {
+            (&bob, &alice)
+        } else {
+            (&alice, &bob)
+        };
+        let transfer = Transfer {
+            id: format!("transfer-{run}-{n:02}"),
+            from: from.clone(),
+            to: to.clone(),
+            amount: 10 * (n as i64 + 1),
+        };
+        let (_, deliveries) = idem.scope(retry(&pool, &transfer, &mut fates)).await;
+        delivered.insert(
+            transfer.id.clone(),
+            (transfer.amount, from.clone(), deliveries),
+        );
+    }
+
+    let entries: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT transfer, count(*) FROM ledger_entries WHERE transfer LIKE $1 GROUP BY transfer",
+    )
+    .bind(format!("transfer-{run}-%"))
+    .fetch_all(&pool)
+    .await?;
+    let entries: BTreeMap<String, i64> = entries.into_iter().collect();
+    let runs = BODY_RUNS.lock().unwrap().clone();
+    println!(
+        "{:<24} {:>7} {:>11} {:>10} {:>14}",
+        "transfer", "amount", "deliveries", "body runs*", "ledger entries"
+    );
+    let mut expected = [OPENING, OPENING];
+    for (id, (amount, from, deliveries)) in &delivered {
+        let count = entries.get(id).copied().unwrap_or(0);
+        println!(
+            "{id:<24} {amount:>7} {deliveries:>11} {:>10} {count:>14}",
+            runs.get(id).copied().unwrap_or(0)
+        );
+        assert_eq!(count, 1, "{id} is in the ledger once");
+        let (debit, credit) = if *from == alice { (0, 1) } else { (1, 0) };
+        expected[debit] -= amount;
+        expected[credit] += amount;
+    }
+    println!(
+        "* a body that ran in a transaction cut before its commit left nothing: its writes rolled back with idem's record"
+    );
+    println!(
+        "the client lost {} answers after the commit, had {} transactions cut before it, and delivered {} times twice at once",
+        fates.lost, fates.cut, fates.duplicates
+    );
+    let balance = |name: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT balance FROM ledger_accounts WHERE name = $1")
+                .bind(name)
+                .fetch_one(&pool)
+                .await
+        }
+    };
+    let balances = [balance(alice.clone()).await?, balance(bob.clone()).await?];
+    println!(
+        "balances: {alice} {} (expected {}), {bob} {} (expected {}); every transfer applied once",
+        balances[0], expected[0], balances[1], expected[1]
+    );
+    assert_eq!(balances, expected);
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! The store's side of the transactional mode (`tx = conn`): the records of one table written
+//! through the caller's connection, inside its transaction, and PostgreSQL's answers as the
+//! errors a caller can act on. The engine's side (what to do with them) is `engine/tx.rs`.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use sqlx::postgres::PgConnection;
+
+use super::sql::{self, Statements};
+use super::table::Table;
+use super::{PostgresStore, check_key, failure, listen};
+use crate::error::Error;
+use crate::record::Claim;
+use crate::store::{Store, StoreHandle};
+
+pub(crate) use super::sql::Claimed;
+
+/// SQLSTATEs the transactional mode tells apart.
+mod code {
+    /// `serialization_failure`.
+    pub(super) const SERIALIZATION: &str = "40001";
+    /// `deadlock_detected`.
+    pub(super) const DEADLOCK: &str = "40P01";
+    /// `lock_not_available`: `lock_timeout` expired.
+    pub(super) const LOCK_TIMEOUT: &str = "55P03";
+    /// `undefined_table`.
+    pub(super) const NO_TABLE: &str = "42P01";
+}
+
+/// The table of the records written in callers' transactions, and how to wait for a holder
+/// that is not in one (a call through the plain [`PostgresStore`]).
+pub(crate) struct TxRecords {
+    sql: Arc<Statements>,
+    table: Table,
+    /// The configured store, when it is a `PostgresStore`: its listener wakes a waiter.
+    store: Option<PostgresStore>,
+}
+
+/// The statements of the default table (`public.idem_records`), built once.
+fn default_table() -> &'static (Arc<Statements>, Table) {
+    static DEFAULT: OnceLock<(Arc<Statements>, Table)> = OnceLock::new();
+    DEFAULT.get_or_init(|| {
+        let table = Table::new("public", "idem_records").expect("the default names are valid");
+        (Arc::new(Statements::new(&table)), table)
+    })
+}
+
+/// How long a waiter sleeps between looks when no listener can wake it.
+const POLL: Duration = Duration::from_millis(25);
+
+impl TxRecords {
+    /// The table of `store` if it is a [`PostgresStore`], else the default one.
+    pub(crate) fn of(store: &StoreHandle) -> TxRecords {
+        match store.downcast_ref::<PostgresStore>() {
+            Some(store) => TxRecords {
+                sql: store.shared.sql.clone(),
+                table: store.shared.table.clone(),
+                store: Some(store.clone()),
+            },
+            None => {
+                let (sql, table) = default_table();
+                TxRecords {
+                    sql: sql.clone(),
+                    table: table.clone(),
+                    store: None,
+                }
+            }
+        }
+    }
+
+    /// Claims `key` in the connection's transaction or reads its live record, waiting at most
+    /// `wait` for a concurrent transaction that claimed it and has not ended.
+    pub(crate) async fn claim(
+        &self,
+        conn: &mut PgConnection,
+        key: &str,
+        claim: &Claim,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Claimed, Error> {
+        check_key(key).map_err(|source| Error::Store {
+            key: key.to_owned(),
+            source,
+        })?;
+        sql::tx_claim(conn, &self.sql, key, claim, lease, wait)
+            .await
+            .map_err(|error| self.failed(key, error))
+    }
+
+    /// Stores `payload` for the claim with expiry `ttl`; `false` if the claim's row is gone.
+    pub(crate) async fn complete(
+        &self,
+        conn: &mut PgConnection,
+        key: &str,
+        claim: &Claim,
+        payload: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, Error> {
+        let tag = listen::tag(key);
+        sql::tx_complete(conn, &self.sql, key, claim, payload, ttl, &tag)
+            .await
+            .map_err(|error| self.failed(key, error))
+    }
+
+    /// Deletes the claim's row.
+    pub(crate) async fn release(
+        &self,
+        conn: &mut PgConnection,
+        key: &str,
+        claim: &Claim,
+    ) -> Result<bool, Error> {
+        sql::tx_release(conn, &self.sql, key, claim)
+            .await
+            .map_err(|error| self.failed(key, error))
+    }
+
+    /// Waits (at most `timeout`) for `holder`, a claim made outside any caller's transaction,
+    /// to end: on the store's listener when there is one, else for a short while.
+    pub(crate) async fn wait(&self, key: &str, holder: &Claim, timeout: Duration) {
+        match &self.store {
+            Some(store) => {
+                if store.wait(key, holder, timeout).await.is_err() {
+                    tokio::time::sleep(timeout.min(POLL)).await;
+                }
+            }
+            None => tokio::time::sleep(timeout.min(POLL)).await,
+        }
+    }
+
+    /// A statement's failure as the error a caller acts on.
+    pub(crate) fn failed(&self, key: &str, error: sqlx::Error) -> Error {
+        let code = match &error {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        };
+        let key = key.to_owned();
+        match code.as_deref() {
+            Some(code::SERIALIZATION | code::DEADLOCK) => Error::Conflict {
+                source: failure::store_error(error, &self.describe()),
+                key,
+            },
+            Some(code::LOCK_TIMEOUT) => Error::InProgress { key },
+            Some(code::NO_TABLE) => Error::Config(format!(
+                "the table {} does not exist in the database of the transaction's connection, and idem never creates a table inside a caller's transaction; create it with:\n{}",
+                self.table.qualified(),
+                self.table.migration()
+            )),
+            _ => Error::Store {
+                source: failure::store_error(error, &self.describe()),
+                key,
+            },
+        }
+    }
+
+    /// The caller's connection and the table, for messages.
+    fn describe(&self) -> String {
+        format!("the transaction's connection ({})", self.table.qualified())
+    }
+}

@@ -1,0 +1,326 @@
+//! Worker processes killed at random moments while they run `tx = conn` calls: every key's
+//! business row is written exactly once, the records agree, and a killed transaction frees its
+//! key at once (no call waits for a lease).
+//!
+//! This test binary has no libtest harness (`harness = false`): run normally, it starts a
+//! PostgreSQL and two copies of itself as workers (`IDEM_TX_WORKER` set). Each worker walks the
+//! shared list of keys (those without a business row yet) in its own random order, two calls
+//! at a time; each call is a transaction whose body inserts the key's business row and sleeps
+//! a few milliseconds. The test SIGKILLs a random worker every 20 to 170 ms (and starts it
+//! again), then lets both finish the list.
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use idem::Call;
+use sqlx::Executor;
+use sqlx::postgres::{PgConnection, PgPoolOptions};
+use support::postgres::PostgresServer;
+
+/// Set in a worker's environment to the PostgreSQL URL.
+const WORKER: &str = "IDEM_TX_WORKER";
+const KEYS: u64 = 200;
+/// Calls in flight in each worker.
+const TASKS: usize = 2;
+const MIN_KILLS: usize = 30;
+/// The kills stop after this long, or once `MIN_KILLS` happened and half of it passed.
+const KILLING: Duration = Duration::from_secs(16);
+/// The lease each call is given: a call that waited for a lease would take at least this.
+const LEASE: Duration = Duration::from_secs(10);
+/// The longest any call may take: far below the lease.
+const MAX_CALL: Duration = Duration::from_secs(2);
+const SCOPE: &str = "tx-crash";
+
+fn main() {
+    if let Ok(url) = std::env::var(WORKER) {
+        worker(&url);
+        return;
+    }
+    support::harness::run_single(
+        "killed_workers_write_each_key_once_and_free_their_keys_at_once",
+        killed_workers_write_each_key_once_and_free_their_keys_at_once,
+    );
+}
+
+/// A small random number generator (xorshift), seeded per process.
+struct Random(u64);
+
+impl Random {
+    fn new() -> Random {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        Random((nanos ^ u64::from(std::process::id()).rotate_left(32)) | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// What the workers printed: `call <key> <value> <micros>` per committed call.
+#[derive(Default)]
+struct Seen {
+    values: BTreeMap<u64, Vec<i64>>,
+    calls: usize,
+    longest: Duration,
+    /// The workers (by process id) that walked the whole list.
+    done: HashSet<u32>,
+}
+
+impl Seen {
+    fn take(&mut self, line: &str) {
+        if let Some(pid) = line.strip_prefix("done ") {
+            self.done.insert(pid.parse().expect("a process id"));
+            return;
+        }
+        let mut parts = line.split(' ');
+        let (Some("call"), Some(key), Some(value), Some(micros)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            panic!("a worker printed {line:?}");
+        };
+        let key: u64 = key.parse().expect("a key");
+        self.values
+            .entry(key)
+            .or_default()
+            .push(value.parse().expect("a value"));
+        self.longest = self
+            .longest
+            .max(Duration::from_micros(micros.parse().expect("micros")));
+        self.calls += 1;
+    }
+}
+
+fn spawn_worker(exe: &std::path::Path, url: &str, n: usize, lines: &mpsc::Sender<String>) -> Child {
+    let mut child = Command::new(exe)
+        .env(WORKER, url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start worker {n}: {e}"));
+    let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let lines = lines.clone();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    child
+}
+
+fn killed_workers_write_each_key_once_and_free_their_keys_at_once() {
+    let server = PostgresServer::quiet();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let pool = runtime.block_on(async {
+        // Creates public.idem_records.
+        idem::PostgresStore::open(&server.url())
+            .await
+            .expect("the plain store");
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&server.url())
+            .await
+            .expect("the test's pool");
+        pool.execute("CREATE TABLE items (id bigserial PRIMARY KEY, key int8 NOT NULL)")
+            .await
+            .expect("the business table");
+        pool
+    });
+
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    let mut workers: Vec<Child> = (0..2)
+        .map(|n| spawn_worker(&exe, &server.url(), n, &lines_tx))
+        .collect();
+    let mut seen = Seen::default();
+    let mut random = Random::new();
+    let started = Instant::now();
+    let mut kills = 0;
+    while started.elapsed() < KILLING && (kills < MIN_KILLS || started.elapsed() < KILLING / 2) {
+        let pause = Duration::from_millis(20 + random.below(150));
+        let until = Instant::now() + pause;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(line) => seen.take(&line),
+                Err(_) => break,
+            }
+        }
+        let n = random.below(2) as usize;
+        // A worker that already finished its list is started again: it replays every key.
+        let pid = workers[n].id();
+        let sent = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "SIGKILL worker {n}");
+        let _ = workers[n].wait();
+        kills += 1;
+        workers[n] = spawn_worker(&exe, &server.url(), n, &lines_tx);
+    }
+    let killing = started.elapsed();
+    // No more kills: both finish the list.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !workers.iter().all(|w| seen.done.contains(&w.id())) {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("both workers finish within 60 s after the last kill");
+        match lines.recv_timeout(left) {
+            Ok(line) => seen.take(&line),
+            Err(error) => panic!("waiting for the workers: {error}"),
+        }
+    }
+    for mut worker in workers {
+        let status = worker.wait().expect("a worker's exit status");
+        assert!(status.success(), "a worker failed: {status}");
+    }
+
+    let (rows, records, ids): (Vec<(i64, i64)>, i64, i64) = runtime.block_on(async {
+        let rows = sqlx::query_as("SELECT key, id FROM items ORDER BY key, id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let records = sqlx::query_scalar(
+            "SELECT count(*) FROM idem_records WHERE state = 'completed' AND key LIKE 'idem:tx-crash:%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        // Sequences do not roll back: every id taken by a transaction that did not commit is
+        // a body killed (or rolled back) before its commit.
+        let ids = sqlx::query_scalar("SELECT last_value FROM items_id_seq")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (rows, records, ids)
+    });
+    let uncommitted = ids - rows.len() as i64;
+    println!(
+        "tx crash test: {kills} SIGKILLs in {killing:.1?} ({uncommitted} bodies killed inside their transaction), {KEYS} keys, {} business rows, {records} records, {} committed calls; the longest call took {:?} (lease {LEASE:?})",
+        rows.len(),
+        seen.calls,
+        seen.longest
+    );
+    assert!(kills >= MIN_KILLS, "{kills} kills");
+    assert!(uncommitted > 0, "no kill hit a body inside its transaction");
+    let mut per_key: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for (key, id) in &rows {
+        per_key.entry(*key).or_default().push(*id);
+    }
+    assert_eq!(per_key.len() as u64, KEYS, "every key has its row");
+    for (key, ids) in &per_key {
+        assert_eq!(ids.len(), 1, "key {key} has the business rows {ids:?}");
+        // A worker killed between its commit and its report printed nothing for the key.
+        let values = seen
+            .values
+            .get(&(*key as u64))
+            .map_or(&[][..], Vec::as_slice);
+        assert!(
+            values.iter().all(|v| v == &ids[0]),
+            "key {key}: row {} but the calls returned {values:?}",
+            ids[0]
+        );
+    }
+    // The records agree: each replays its key's row id, and the body never runs again.
+    runtime.block_on(async {
+        let mut conn = pool.acquire().await.unwrap();
+        for (key, ids) in &per_key {
+            let replayed = Call::new(SCOPE, *key as u64)
+                .run_tx(&mut conn, async |_: &mut PgConnection| -> i64 {
+                    panic!("key {key} runs again")
+                })
+                .await
+                .unwrap();
+            assert_eq!(replayed.value, ids[0], "key {key}");
+        }
+    });
+    assert_eq!(records as u64, KEYS, "one completed record per key");
+    assert!(
+        seen.longest < MAX_CALL,
+        "a call took {:?}: it waited for more than a killed transaction",
+        seen.longest
+    );
+}
+
+/// Walks every key in a random order, `TASKS` calls at a time; prints each committed call.
+fn worker(url: &str) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let pool = PgPoolOptions::new()
+            .max_connections(TASKS as u32)
+            .connect(url)
+            .await
+            .expect("the worker's pool");
+        let mut random = Random::new();
+        // The shared list: the keys without a business row yet.
+        let mut keys: Vec<u64> = sqlx::query_scalar::<_, i64>(
+            "SELECT k FROM generate_series(0, $1 - 1) AS k WHERE NOT EXISTS (SELECT FROM items WHERE items.key = k)",
+        )
+        .bind(KEYS as i64)
+        .fetch_all(&pool)
+        .await
+        .expect("the keys left")
+        .into_iter()
+        .map(|k| k as u64)
+        .collect();
+        for i in (1..keys.len()).rev() {
+            keys.swap(i, random.below(i as u64 + 1) as usize);
+        }
+        let keys = Arc::new(keys);
+        let next = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let (pool, keys, next) = (pool.clone(), keys.clone(), next.clone());
+                tokio::spawn(async move {
+                    let mut random = Random::new();
+                    while let Some(&key) = keys.get(next.fetch_add(1, Ordering::SeqCst)) {
+                        let pause = Duration::from_millis(2 + random.below(30));
+                        let start = Instant::now();
+                        let mut tx = pool.begin().await.expect("begin");
+                        let id = Call::new(SCOPE, key)
+                            .lease(LEASE)
+                            .wait(Duration::from_secs(30))
+                            .run_tx(&mut tx, async |conn: &mut PgConnection| {
+                                let id: i64 = sqlx::query_scalar(
+                                    "INSERT INTO items (key) VALUES ($1) RETURNING id",
+                                )
+                                .bind(key as i64)
+                                .fetch_one(&mut *conn)
+                                .await
+                                .expect("the business row");
+                                tokio::time::sleep(pause).await;
+                                id
+                            })
+                            .await
+                            .expect("the call")
+                            .value;
+                        tx.commit().await.expect("commit");
+                        println!("call {key} {id} {}", start.elapsed().as_micros());
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("a worker task");
+        }
+        pool.close().await;
+    });
+    println!("done {}", std::process::id());
+}
