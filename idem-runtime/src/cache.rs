@@ -80,6 +80,11 @@ impl LocalCache {
         None
     }
 
+    /// Drops the record of `key`, if it is cached.
+    pub(crate) fn remove(&self, key: &str) {
+        self.0.entries.remove(key);
+    }
+
     /// Keeps the completed record of `key` until `sent + lifetime`, where `sent` is an instant
     /// taken before the store was asked for the record and `lifetime` is how long the store
     /// keeps it from when it ran the command.

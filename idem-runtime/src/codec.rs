@@ -131,6 +131,17 @@ pub(crate) fn open_written(text: &str) -> Option<Envelope<'_>> {
     })
 }
 
+/// The fingerprint in the head of an envelope as [`seal`] writes it, without reading the
+/// rest; `None` when it has none or `bytes` is laid out otherwise.
+pub(crate) fn fingerprint_of(bytes: &[u8]) -> Option<Fingerprint> {
+    let rest = bytes.strip_prefix(HEAD.as_bytes())?.strip_prefix(b"\"")?;
+    let hex = std::str::from_utf8(rest.get(..64)?).ok()?;
+    if rest.get(64) != Some(&b'"') {
+        return None;
+    }
+    Fingerprint::from_hex(hex)
+}
+
 /// Writes an envelope around `value`, and checks that the value reads back as `V`: a value
 /// that serde_json writes but cannot read (a NaN float becomes `null`, a map with keys that
 /// are not strings fails) must never be stored as a result.
@@ -478,5 +489,17 @@ mod tests {
         let quick = open_written(std::str::from_utf8(two).unwrap()).expect("the layout matches");
         assert!(PlainShape::<u8>::new().open(&quick).is_err());
         assert!(open(two).is_err());
+    }
+
+    #[test]
+    fn the_fingerprint_is_read_from_the_head() {
+        let fp = Fingerprint::of_bytes(b"req");
+        let sealed = seal(Some(&fp), Side::Ok, &vec![1, 2, 3]).unwrap();
+        assert_eq!(fingerprint_of(&sealed), Some(fp));
+        let without = seal(None, Side::Ok, &1_u8).unwrap();
+        assert_eq!(fingerprint_of(&without), None);
+        for other in [&b""[..], b"{\"v\":1}", b"claim:1:", &sealed[..40]] {
+            assert_eq!(fingerprint_of(other), None);
+        }
     }
 }

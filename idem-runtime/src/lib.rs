@@ -13,6 +13,7 @@
 //!   result cannot be stored as its type, or [`Error::Unstorable`]); `decode_error`
 //!   ([`Error::Decode`]); `config_error` ([`Error::Config`]), `fingerprint_error`
 //!   ([`Error::Fingerprint`]); `conflict` ([`Error::Conflict`], transactional mode).
+//! - `idem_forget_total{scope}`: a counter of [`forget`]s the store answered.
 //! - `idem_store_seconds{op}`: a histogram of store round-trip time per operation (`claim`,
 //!   `complete`, `release`, `renew`, `wait`).
 //!
@@ -23,6 +24,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, unreachable_pub)]
 
+mod admin;
 mod cache;
 mod call;
 mod codec;
@@ -48,11 +50,12 @@ pub mod testing;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use admin::{forget, inspect};
 pub use call::Call;
 pub use config::{Config, ENV_VARS, FailMode};
 pub use context::{Idem, init, with_store};
 pub use error::{Error, StoreError, StoreErrorKind};
-pub use observe::{CALLS_TOTAL, STORE_SECONDS};
+pub use observe::{CALLS_TOTAL, FORGET_TOTAL, STORE_SECONDS};
 pub use outcome::{Outcome, Status};
 pub use record::{Claim, Fingerprint, Record, Token};
 pub use store::memory::MemoryStore;
@@ -65,4 +68,4 @@ pub use store::postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::redis::RedisStore;
-pub use store::{Fence, Store, StoreFuture, StoreHandle};
+pub use store::{Fence, Inspection, Store, StoreFuture, StoreHandle};

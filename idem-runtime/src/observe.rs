@@ -9,6 +9,8 @@ use std::time::Instant;
 
 /// The counter of calls by scope and outcome.
 pub const CALLS_TOTAL: &str = "idem_calls_total";
+/// The counter of records forgotten by [`forget`](crate::forget), by scope.
+pub const FORGET_TOTAL: &str = "idem_forget_total";
 /// The histogram of store operation latency in seconds, by operation.
 pub const STORE_SECONDS: &str = "idem_store_seconds";
 
@@ -114,6 +116,15 @@ fn key_of(scope: metrics::SharedString, outcome: Outcome) -> metrics::Key {
 
 fn increment(key: &metrics::Key) {
     metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1);
+}
+
+/// Counts a [`forget`](crate::forget) of `scope` in `idem_forget_total`.
+pub(crate) fn count_forget(scope: &str) {
+    let key = metrics::Key::from_parts(
+        FORGET_TOTAL,
+        vec![metrics::Label::new("scope", scope.to_owned())],
+    );
+    increment(&key);
 }
 
 /// Counts a call of `scope` that ended with `outcome` in `idem_calls_total`.

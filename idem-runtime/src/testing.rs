@@ -26,8 +26,8 @@ use tokio::sync::{Barrier, oneshot};
 use tokio::time::Instant;
 
 use crate::{
-    Call, Claim, Error, Fence, Record, Status, Store, StoreError, StoreErrorKind, StoreFuture,
-    StoreHandle,
+    Call, Claim, Error, Fence, Fingerprint, Inspection, Record, Status, Store, StoreError,
+    StoreErrorKind, StoreFuture, StoreHandle,
 };
 
 /// The names of every case, in the order [`conformance_tests!`](crate::conformance_tests) runs
@@ -49,6 +49,7 @@ pub const CASES: &[&str] = &[
     "fenced_operations",
     "long_and_hashed_keys",
     "unstorable_result_is_reported_never_rerun",
+    "inspect_and_forget",
 ];
 
 /// A scope no other case or run uses.
@@ -785,6 +786,88 @@ pub async fn unstorable_result_is_reported_never_rerun(store: StoreHandle) {
     );
 }
 
+/// [`inspect`](crate::inspect) and [`forget`](crate::forget) on the store: an absent key, a
+/// call in progress with its lease, a completed record with its ttl and size; forgetting it
+/// makes the key absent and the next call runs again; forgetting an absent key is `false`.
+pub async fn inspect_and_forget(store: StoreHandle) {
+    let scope = scope("inspect");
+    let on_store = |future| crate::with_store(store.clone(), future);
+    let (lease, ttl) = (Duration::from_secs(20), Duration::from_secs(60));
+    assert_eq!(
+        on_store(crate::inspect(&scope, "k")).await.unwrap(),
+        Inspection::Absent
+    );
+    assert!(
+        !crate::with_store(store.clone(), crate::forget(&scope, "k"))
+            .await
+            .unwrap(),
+        "forgetting an absent key deletes nothing"
+    );
+
+    let request = "the request";
+    let fp = Fingerprint::of(&request).unwrap();
+    let (finish, first) = start_held(&store, &scope, "k", |c| {
+        c.lease(lease).ttl(ttl).fingerprint(&request)
+    })
+    .await;
+    match on_store(crate::inspect(&scope, "k")).await.unwrap() {
+        Inspection::InProgress {
+            lease_left,
+            fingerprint,
+        } => {
+            if let Some(left) = lease_left {
+                assert!(
+                    left <= lease,
+                    "the lease left is within the lease: {left:?}"
+                );
+            }
+            assert_eq!(fingerprint, Some(fp), "the claim's fingerprint");
+        }
+        other => panic!("a running call is in progress, got {other:?}"),
+    }
+    finish.send(7).unwrap();
+    assert_eq!(first.await.unwrap().unwrap().status, Status::Executed);
+    let payload = crate::codec::seal(Some(&fp), crate::codec::Side::Ok, &7_u32).unwrap();
+    match on_store(crate::inspect(&scope, "k")).await.unwrap() {
+        Inspection::Completed {
+            ttl_left,
+            fingerprint,
+            size,
+        } => {
+            if let Some(left) = ttl_left {
+                assert!(left <= ttl, "the ttl left is within the ttl: {left:?}");
+            }
+            assert!(
+                fingerprint.is_none_or(|found| found == fp),
+                "a reported fingerprint is the request's: {fingerprint:?}"
+            );
+            assert_eq!(size, payload.len(), "the size is the stored payload's");
+        }
+        other => panic!("a completed call is completed, got {other:?}"),
+    }
+
+    assert!(
+        crate::with_store(store.clone(), crate::forget(&scope, "k"))
+            .await
+            .unwrap(),
+        "forgetting a completed record deletes it"
+    );
+    assert_eq!(
+        on_store(crate::inspect(&scope, "k")).await.unwrap(),
+        Inspection::Absent
+    );
+    let again = call(&store, &scope, "k")
+        .fingerprint(&request)
+        .run(async { 8_u32 })
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.value, again.status),
+        (8, Status::Executed),
+        "a forgotten key runs again"
+    );
+}
+
 /// A store that forwards every operation to another and lets a test see when a call waits:
 /// an observable event instead of a sleep, so that a slow machine cannot reorder a test.
 #[derive(Clone)]
@@ -850,6 +933,12 @@ impl Store for Watched {
         self.waits.send_modify(|n| *n += 1);
         self.inner.wait(key, holder, timeout)
     }
+    fn inspect<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Inspection> {
+        self.inner.inspect(key)
+    }
+    fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        self.inner.forget(key)
+    }
     fn describe(&self) -> String {
         self.inner.describe()
     }
@@ -903,6 +992,12 @@ impl Store for DownStore {
     fn wait<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, ()> {
         down()
     }
+    fn inspect<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Inspection> {
+        down()
+    }
+    fn forget<'a>(&'a self, _: &'a str) -> StoreFuture<'a, bool> {
+        down()
+    }
     fn describe(&self) -> String {
         "down".into()
     }
@@ -935,6 +1030,7 @@ macro_rules! conformance_tests {
                 fenced_operations,
                 long_and_hashed_keys,
                 unstorable_result_is_reported_never_rerun,
+                inspect_and_forget,
             );
         }
     };

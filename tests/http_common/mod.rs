@@ -491,10 +491,11 @@ pub async fn concurrent_duplicates_run_once(store: StoreHandle) {
     assert_eq!(replayed, DUPLICATES - 1);
 }
 
-/// With `reject_in_flight`, a request whose key is running is answered 409 at once; once the
-/// first completes, the key replays.
+/// With `reject_in_flight`, a request whose key is running is answered 409 at once, with a
+/// `Retry-After` within the lease; once the first completes, the key replays.
 pub async fn in_flight_key_is_409_when_rejecting(store: StoreHandle) {
-    let app = Arc::new(App::serve(layer(&store).reject_in_flight()).await);
+    let lease = Duration::from_secs(20);
+    let app = Arc::new(App::serve(layer(&store).lease(lease).reject_in_flight()).await);
     app.close();
     let first = {
         let app = app.clone();
@@ -516,6 +517,15 @@ pub async fn in_flight_key_is_409_when_rejecting(store: StoreHandle) {
         .send()
         .await;
     second.assert_problem(409, "in-progress");
+    let retry_after: u64 = second.headers[header::RETRY_AFTER]
+        .to_str()
+        .expect("ASCII")
+        .parse()
+        .expect("whole seconds");
+    assert!(
+        (1..=lease.as_secs()).contains(&retry_after),
+        "Retry-After is the lease left of the running request: {retry_after}"
+    );
     app.open();
     let first = first.await.expect("the first request");
     assert_eq!(first.status, StatusCode::CREATED);

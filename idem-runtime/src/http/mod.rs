@@ -12,7 +12,7 @@
 //! | a key longer than 255 bytes, empty, not printable ASCII, or sent twice | `400` |
 //! | a request body over [`max_request_body`](IdempotencyLayer::max_request_body) | `413`, the service is not called |
 //! | the first request with a key | the service runs; its response is stored (see below) and returned |
-//! | the same key while that request runs | waits, then replays its response; or `409` after the [wait](IdempotencyLayer::wait), at once with [`reject_in_flight`](IdempotencyLayer::reject_in_flight) |
+//! | the same key while that request runs | waits, then replays its response; or `409` after the [wait](IdempotencyLayer::wait), at once with [`reject_in_flight`](IdempotencyLayer::reject_in_flight); the `409` has a `Retry-After` of the seconds until the running request's lease ends |
 //! | the same key again, the same request | the stored status, [named headers](IdempotencyLayer::replay_headers) and body, with `Idempotent-Replayed: true` |
 //! | the same key with another request (method, path and query, body, [named headers](IdempotencyLayer::fingerprint_headers)) | `422` |
 //! | the store unavailable | `503` (fail closed); with `Config::fail_mode(FailMode::Open)` the service runs unprotected |

@@ -18,8 +18,9 @@ pub(crate) enum Problem {
     BodyTooLarge(usize),
     /// The request body could not be read.
     BodyUnreadable,
-    /// A request with this key is running.
-    InProgress,
+    /// A request with this key is running; its lease ends within this many seconds (the
+    /// `Retry-After`).
+    InProgress(u64),
     /// The key was used with another request.
     KeyMismatch,
     /// The store failed and the configuration is fail-closed.
@@ -45,7 +46,7 @@ impl Problem {
                 StatusCode::BAD_REQUEST
             }
             Problem::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Problem::InProgress => StatusCode::CONFLICT,
+            Problem::InProgress(_) => StatusCode::CONFLICT,
             Problem::KeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Problem::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -59,7 +60,7 @@ impl Problem {
             Problem::InvalidKey(_) => "invalid-key",
             Problem::BodyTooLarge(_) => "body-too-large",
             Problem::BodyUnreadable => "body-unreadable",
-            Problem::InProgress => "in-progress",
+            Problem::InProgress(_) => "in-progress",
             Problem::KeyMismatch => "key-mismatch",
             Problem::StoreUnavailable => "store-unavailable",
             Problem::Internal => "internal",
@@ -76,7 +77,7 @@ impl Problem {
                 "a request with an idempotency key may have a body of at most {limit} bytes"
             ),
             Problem::BodyUnreadable => "the request body could not be read".to_owned(),
-            Problem::InProgress => "a request with this idempotency key is still being processed; retry later".to_owned(),
+            Problem::InProgress(_) => "a request with this idempotency key is still being processed; retry later".to_owned(),
             Problem::KeyMismatch => "this idempotency key was already used with a different request (method, path, body or headers); use a new key for a new request".to_owned(),
             Problem::StoreUnavailable => "the idempotency store is unavailable, so the request was not processed; retry later".to_owned(),
             Problem::Internal => "the request could not be processed".to_owned(),
@@ -102,6 +103,11 @@ impl Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Problem::InProgress(seconds) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
@@ -131,5 +137,14 @@ mod tests {
                 .unwrap()
                 .contains("different request")
         );
+    }
+
+    #[test]
+    fn in_progress_says_when_to_retry() {
+        let response = Problem::InProgress(7).into_response::<http_body_util::Empty<Bytes>>();
+        assert_eq!(response.status(), 409);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+        let other = Problem::KeyMismatch.into_response::<http_body_util::Empty<Bytes>>();
+        assert!(other.headers().get(header::RETRY_AFTER).is_none());
     }
 }

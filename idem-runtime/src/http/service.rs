@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -17,8 +18,10 @@ use super::replay::Replay;
 use super::request::{self, Read, RequestPrint};
 use super::settings::Settings;
 use crate::call::Call;
+use crate::context::Idem;
 use crate::error::Error;
 use crate::outcome::Outcome;
+use crate::store::Inspection;
 
 /// The future of an [`Idempotency`] service: the wrapped service's response, a replayed one,
 /// or a problem.
@@ -201,8 +204,45 @@ where
             value: Err(Unstored::Error(error)),
             ..
         }) => Err(error),
+        Err(Error::InProgress { key }) => {
+            Ok(Problem::InProgress(retry_after(&settings, &key).await).into_response())
+        }
         Err(error) => Ok(problem_of(&error).into_response()),
     }
+}
+
+/// The whole seconds, at least one, until the lease of the request holding `key` (a store
+/// key) ends: asked of the store on this rejection only, else the configured lease.
+async fn retry_after(settings: &Settings, key: &str) -> u64 {
+    let (store, lease) = Idem::with_current(|current| {
+        (
+            settings
+                .store
+                .clone()
+                .unwrap_or_else(|| current.store.clone()),
+            settings.lease.unwrap_or(current.settings.lease),
+        )
+    });
+    let left = match store.inspect(key).await {
+        Ok(Inspection::InProgress {
+            lease_left: Some(left),
+            ..
+        }) => left,
+        // Finished meanwhile: retry at once.
+        Ok(Inspection::Absent | Inspection::Completed { .. }) => Duration::ZERO,
+        Ok(_) => lease,
+        Err(error) => {
+            tracing::debug!(%error, "idem: the store cannot tell the lease left; Retry-After is the lease");
+            lease
+        }
+    };
+    whole_seconds(left)
+}
+
+/// `duration` in whole seconds, rounded up, at least one.
+fn whole_seconds(duration: Duration) -> u64 {
+    let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    seconds.max(1)
 }
 
 /// Hands a request the layer does not apply to on, untouched.
@@ -276,12 +316,25 @@ where
 
 fn problem_of(error: &Error) -> Problem {
     match error {
-        Error::InProgress { .. } => Problem::InProgress,
+        Error::InProgress { .. } => Problem::InProgress(1),
         Error::KeyMismatch { .. } => Problem::KeyMismatch,
         Error::Store { .. } => Problem::StoreUnavailable,
         _ => {
             tracing::error!(%error, "idem: a keyed request failed in the idempotency layer");
             Problem::Internal
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up_and_at_least_one() {
+        assert_eq!(whole_seconds(Duration::ZERO), 1);
+        assert_eq!(whole_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(whole_seconds(Duration::from_millis(1_001)), 2);
+        assert_eq!(whole_seconds(Duration::from_secs(30)), 30);
     }
 }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::error::{StoreError, StoreErrorKind};
 use crate::record::{Claim, Record};
-use crate::store::{Fence, Store, StoreFuture};
+use crate::store::{Fence, Inspection, Store, StoreFuture};
 
 const SHARDS: usize = 16;
 
@@ -104,6 +104,18 @@ impl Entry {
                 payload: self.bytes[self.key_len..].to_vec(),
                 expires_in: Some(self.expires_at - now),
             },
+        }
+    }
+
+    /// What this live entry is, for an operator.
+    fn inspection(&self, now: Instant) -> Inspection {
+        let left = Some(self.expires_at - now);
+        match &self.pending {
+            Some(pending) => Inspection::InProgress {
+                lease_left: left,
+                fingerprint: pending.claim.fingerprint,
+            },
+            None => Inspection::of_bytes(&self.bytes[self.key_len..], left),
         }
     }
 
@@ -416,6 +428,36 @@ impl Store for MemoryStore {
         })
     }
 
+    fn inspect<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Inspection> {
+        let now = Instant::now();
+        let hash = self.hash(key.as_bytes());
+        let inspection = match self.shard(hash).find(hash, |e| e.key() == key.as_bytes()) {
+            Some(entry) if entry.live(now) => entry.inspection(now),
+            _ => Inspection::Absent,
+        };
+        Box::pin(std::future::ready(Ok(inspection)))
+    }
+
+    /// Removes the entry, expired or not, and wakes its waiters; `true` if it was live.
+    fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        let now = Instant::now();
+        let hash = self.hash(key.as_bytes());
+        let found = self
+            .shard(hash)
+            .find_entry(hash, |e| e.key() == key.as_bytes())
+            .ok()
+            .map(|entry| entry.remove().0);
+        let live = match found {
+            Some(mut entry) => {
+                self.inner.records.fetch_sub(1, Ordering::AcqRel);
+                entry.wake();
+                entry.live(now)
+            }
+            None => false,
+        };
+        Box::pin(std::future::ready(Ok(live)))
+    }
+
     fn describe(&self) -> String {
         "memory".to_owned()
     }
@@ -535,5 +577,29 @@ mod tests {
             1,
             "the new records are live: no sweep"
         );
+    }
+
+    #[tokio::test]
+    async fn forget_wakes_the_waiters_and_frees_the_key() {
+        let store = MemoryStore::new();
+        let holder = Claim::new(None);
+        let lease = Duration::from_secs(60);
+        assert_eq!(now(store.claim("k", &holder, lease)).unwrap(), None);
+        let waiter = {
+            let (store, holder) = (store.clone(), holder.clone());
+            tokio::spawn(async move { store.wait("k", &holder, lease).await })
+        };
+        // Forgotten until the waiter has registered: a forget before would leave it nothing
+        // to wait for, which ends the wait as well.
+        tokio::task::yield_now().await;
+        assert!(now(store.forget("k")).unwrap());
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter is woken")
+            .unwrap()
+            .unwrap();
+        assert_eq!(now(store.inspect("k")).unwrap(), Inspection::Absent);
+        assert!(!now(store.forget("k")).unwrap());
+        assert_eq!(store.len(), 0);
     }
 }

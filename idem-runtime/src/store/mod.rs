@@ -6,8 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::StoreError;
-use crate::record::{Claim, Record};
+use crate::error::{StoreError, StoreErrorKind};
+use crate::record::{Claim, Fingerprint, Record};
 
 pub mod memory;
 #[cfg(feature = "postgres")]
@@ -28,6 +28,63 @@ pub enum Fence {
     /// The key is no longer held by the claim (its lease expired, another call claimed it, or
     /// it was completed or released): nothing was written.
     Lost,
+}
+
+/// What a store holds under a key, as [`Store::inspect`] reports it: for operators, never on
+/// the path of a call. A record past its expiry is [`Absent`](Inspection::Absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Inspection {
+    /// No live record: the next call with this key runs.
+    Absent,
+    /// A call is running.
+    InProgress {
+        /// How long the holder's lease still lasts (unless renewed); `None` if the store
+        /// cannot tell.
+        lease_left: Option<Duration>,
+        /// The fingerprint of the request that claimed the key, if it has one.
+        fingerprint: Option<Fingerprint>,
+    },
+    /// A call completed and its result is replayed.
+    Completed {
+        /// How long the record still lives; `None` if the store cannot tell.
+        ttl_left: Option<Duration>,
+        /// The fingerprint of the request that stored the result: `None` if it has none, or
+        /// if the store cannot tell without decoding more than the envelope's head (a
+        /// payload that is not an idem envelope).
+        fingerprint: Option<Fingerprint>,
+        /// The stored payload's length in bytes (the encoded envelope of the result).
+        size: usize,
+    },
+}
+
+impl Inspection {
+    /// What a record read as bytes (a claim's byte form or a payload) is, given the lifetime
+    /// the store reports for it: for stores that keep records as bytes.
+    pub fn of_bytes(bytes: &[u8], left: Option<Duration>) -> Inspection {
+        match Claim::from_bytes(bytes) {
+            Some(claim) => Inspection::InProgress {
+                lease_left: left,
+                fingerprint: claim.fingerprint,
+            },
+            None => Inspection::Completed {
+                ttl_left: left,
+                fingerprint: crate::codec::fingerprint_of(bytes),
+                size: bytes.len(),
+            },
+        }
+    }
+}
+
+/// The error of an operation a store does not implement.
+fn unsupported(store: &(impl Store + ?Sized), operation: &str) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Other,
+        format!(
+            "the store {} does not support {operation}",
+            store.describe()
+        ),
+    )
 }
 
 /// A backend that keeps one [`Record`] per key with an expiry.
@@ -90,6 +147,27 @@ pub trait Store: std::any::Any + Send + Sync {
         holder: &'a Claim,
         timeout: Duration,
     ) -> StoreFuture<'a, ()>;
+
+    /// What `key` holds now, for operators (see [`idem::inspect`](crate::inspect)); never
+    /// called on the path of a call. A record past its expiry is [`Inspection::Absent`].
+    ///
+    /// The default fails with a [`StoreError`] of kind [`StoreErrorKind::Other`]: stores
+    /// written before it existed keep compiling.
+    fn inspect<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Inspection> {
+        let _ = key;
+        Box::pin(std::future::ready(Err(unsupported(self, "inspect"))))
+    }
+
+    /// Deletes whatever `key` holds (a claim or a completed record), so that the next call
+    /// runs again, and wakes the waiters; returns whether a live record was deleted. A call
+    /// still running when its claim is forgotten loses its lease: its result is not stored.
+    ///
+    /// The default fails with a [`StoreError`] of kind [`StoreErrorKind::Other`]: stores
+    /// written before it existed keep compiling.
+    fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        let _ = key;
+        Box::pin(std::future::ready(Err(unsupported(self, "forget"))))
+    }
 
     /// A short description for logs and examples, such as `memory` or `redis://host:6379/0`.
     fn describe(&self) -> String;

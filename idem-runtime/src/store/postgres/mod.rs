@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, StoreError};
 use crate::record::{Claim, Record};
-use crate::store::{Fence, Store, StoreFuture};
+use crate::store::{Fence, Inspection, Store, StoreFuture};
 
 pub use self::options::PostgresOptions;
 pub use self::table::MIGRATION;
@@ -434,6 +434,26 @@ impl Store for PostgresStore {
             }
             let _ = tokio::time::timeout_at(until, woken).await;
             Ok(())
+        })
+    }
+
+    /// One `SELECT` of the live row; the fingerprint of a completed record is the row's
+    /// `fingerprint` column.
+    fn inspect<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Inspection> {
+        Box::pin(async move {
+            check_key(key)?;
+            let sql = &self.shared.sql;
+            on_connection!(self, |conn| sql::inspect(conn, sql, key))
+        })
+    }
+
+    /// One `DELETE` that notifies the waiters of the key.
+    fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            check_key(key)?;
+            let sql = &self.shared.sql;
+            let tag = listen::tag(key);
+            on_connection!(self, |conn| sql::forget(conn, sql, key, &tag))
         })
     }
 

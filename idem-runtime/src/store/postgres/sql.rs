@@ -13,6 +13,8 @@
 //! | renew | `UPDATE … SET expires_at WHERE key, token, in progress, live` |
 //! | completed by this claim? (after a lost completion only) | `SELECT … WHERE key, token, completed, live` |
 //! | lease left (waiters) | `SELECT expires_at - clock_timestamp() … WHERE key, token, in progress, live` |
+//! | inspect (operators) | `SELECT state, fingerprint, octet_length(payload), expires_at - clock_timestamp() … WHERE key, live` |
+//! | forget (operators) | `WITH gone AS (DELETE … WHERE key RETURNING live) SELECT live, pg_notify(…) FROM gone` |
 //! | reap | `DELETE … WHERE key IN (SELECT key … WHERE expired LIMIT n FOR UPDATE SKIP LOCKED)` |
 //!
 //! The transactional mode (`tx = conn`) runs three more through the caller's connection,
@@ -31,6 +33,7 @@ use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqlStr};
 
 use super::table::Table;
 use crate::record::{Claim, Fingerprint, Record, Token};
+use crate::store::Inspection;
 
 /// A quoted string literal.
 fn literal(text: &str) -> String {
@@ -47,6 +50,8 @@ pub(super) struct Statements {
     renew: SqlStr,
     lease_left: SqlStr,
     completed_by: SqlStr,
+    inspect: SqlStr,
+    forget: SqlStr,
     reap: SqlStr,
     tx_claim: SqlStr,
     tx_complete: SqlStr,
@@ -105,6 +110,18 @@ impl Statements {
             completed_by: sql(format!(
                 "SELECT true FROM {t} WHERE key = $1 AND token = $2 AND state = 'completed' \
                  AND expires_at > clock_timestamp()"
+            )),
+            // The fingerprint column is the claim's, kept by the completion: the envelope's own
+            // need not be read.
+            inspect: sql(format!(
+                "SELECT state, fingerprint, octet_length(payload)::int8, {LEFT_MS} FROM {t} \
+                 WHERE key = $1 AND expires_at > clock_timestamp()"
+            )),
+            // An expired row goes too, but only a live one counts as forgotten.
+            forget: sql(format!(
+                "WITH gone AS (DELETE FROM {t} WHERE key = $1 \
+                    RETURNING expires_at > clock_timestamp() AS live) \
+                 SELECT live, pg_notify({channel}, $2)::text FROM gone"
             )),
             // In a caller's transaction: the same claim-or-read, and the wait for a concurrent
             // transaction's uncommitted claim of the key (PostgreSQL's own lock, which the
@@ -328,6 +345,63 @@ pub(super) async fn lease_left<'e>(
         .fetch_optional(executor)
         .await?;
     Ok(left.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
+}
+
+/// What the live row of `key` holds.
+pub(super) async fn inspect<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+) -> Result<Inspection, sqlx::Error> {
+    let row = sqlx::query(sql.inspect.clone())
+        .bind(key)
+        .fetch_optional(executor)
+        .await?;
+    let Some(row) = row else {
+        return Ok(Inspection::Absent);
+    };
+    let state: String = row.try_get(0)?;
+    let fingerprint: Option<Vec<u8>> = row.try_get(1)?;
+    let size: Option<i64> = row.try_get(2)?;
+    let left: Option<i64> = row.try_get(3)?;
+    let fingerprint = fingerprint
+        .map(|fp| {
+            <[u8; 32]>::try_from(fp.as_slice())
+                .map(Fingerprint::from_bytes)
+                .map_err(|_| corrupt("a fingerprint that is not 32 bytes"))
+        })
+        .transpose()?;
+    let left = left.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
+    match state.as_str() {
+        "in_progress" => Ok(Inspection::InProgress {
+            lease_left: left,
+            fingerprint,
+        }),
+        "completed" => Ok(Inspection::Completed {
+            ttl_left: left,
+            fingerprint,
+            size: size.and_then(|n| usize::try_from(n).ok()).unwrap_or(0),
+        }),
+        other => Err(corrupt(&format!("the unknown state `{other}`"))),
+    }
+}
+
+/// Deletes the row of `key`, live or expired, and notifies `tag`; `true` if it was live.
+pub(super) async fn forget<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    tag: &str,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(sql.forget.clone())
+        .bind(key)
+        .bind(tag)
+        .fetch_optional(executor)
+        .await?;
+    match row {
+        Some(row) => row.try_get::<bool, _>(0),
+        None => Ok(false),
+    }
 }
 
 /// [`claim`] inside the caller's transaction, waiting at most `wait` for a concurrent

@@ -86,7 +86,7 @@ impl RedisStore {
         };
         let answer = tokio::time::timeout(connect_timeout, async {
             let mut link = self.shared.links.fill().await.map_err(Checked::Link)?;
-            self.inspect(&mut link.conn).await.map_err(Checked::Command)
+            self.survey(&mut link.conn).await.map_err(Checked::Command)
         })
         .await;
         let inspected = match answer {
@@ -171,7 +171,7 @@ impl RedisStore {
     }
 
     /// `INFO server` and `INFO memory` of every master, after loading the scripts on them.
-    async fn inspect(&self, conn: &mut Conn) -> RedisResult<Inspected> {
+    async fn survey(&self, conn: &mut Conn) -> RedisResult<Inspected> {
         let scripts = self.shared.scripts.all();
         if let Conn::Node(node) = conn {
             let mut pipe = redis::pipe();
@@ -201,16 +201,17 @@ impl RedisStore {
             info.arg(section);
             on_every_master(info)
         };
-        let [complete, release, renew, peek] = scripts;
-        let (servers, memories, complete, release, renew, peek) = tokio::join!(
+        let [complete, release, renew, peek, forget] = scripts;
+        let (servers, memories, complete, release, renew, peek, forget) = tokio::join!(
             info("server"),
             info("memory"),
             load(complete),
             load(release),
             load(renew),
             load(peek),
+            load(forget),
         );
-        for loaded in [complete, release, renew, peek] {
+        for loaded in [complete, release, renew, peek, forget] {
             loaded?;
         }
         let said = |answers: Vec<(Option<String>, Value)>| -> RedisResult<Vec<Said>> {

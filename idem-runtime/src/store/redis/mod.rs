@@ -11,6 +11,8 @@
 //! | release | script: compare with the claim, `DEL`, `(S)PUBLISH` | 1 |
 //! | renew | script: compare with the claim, `PEXPIRE` | 1 |
 //! | wait | `(S)SUBSCRIBE` (once per key and process), script: compare and `PTTL` | 2 |
+//! | inspect (operators) | `GET key` and `PTTL key`, pipelined | 1 |
+//! | forget (operators) | script: `DEL`, `(S)PUBLISH` when it deleted a record | 1 |
 //!
 //! So a replay costs one round trip and a first call two. With `min_replicas`, claim and
 //! complete send `WAIT` in the same round trip, right behind their write. Commands go over a
@@ -40,7 +42,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, StoreError};
 use crate::record::{Claim, Record};
-use crate::store::{Fence, Store, StoreFuture};
+use crate::store::{Fence, Inspection, Store, StoreFuture};
 
 use self::background::Home;
 pub use self::options::RedisOptions;
@@ -675,6 +677,36 @@ impl Store for RedisStore {
             }
             let _ = tokio::time::timeout_at(until, woken).await;
             Ok(())
+        })
+    }
+
+    /// `GET key` and `PTTL key` in one round trip (on a Cluster, both to the key's master).
+    /// The whole payload comes back: the fingerprint of a completed record is read from its
+    /// envelope's head.
+    fn inspect<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Inspection> {
+        Box::pin(async move {
+            let mut get = Cmd::with_capacity(2, key.len() + 3);
+            get.arg("GET").arg(key);
+            let answer = self
+                .query(Request::command(get, key).with_expiry(true), None)
+                .await?;
+            let Some(bytes) = self.parse::<Option<Vec<u8>>>(answer.value)? else {
+                return Ok(Inspection::Absent);
+            };
+            let left = answer
+                .expiry
+                .and_then(|ms| u64::try_from(ms).ok())
+                .map(Duration::from_millis);
+            Ok(Inspection::of_bytes(&bytes, left))
+        })
+    }
+
+    /// A script: `DEL key`, and `(S)PUBLISH` to wake the waiters when it deleted a record.
+    fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let request = Request::script(&self.shared.scripts.forget, key, &[]);
+            let answer = self.query(request, None).await?;
+            Ok(self.parse::<i64>(answer.value)? == 1)
         })
     }
 

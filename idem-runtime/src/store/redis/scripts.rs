@@ -1,5 +1,8 @@
 //! The Lua scripts of the fenced operations.
 //!
+//! Forgetting a key (an operator's `idem::forget`) is a script too, for the same reason:
+//! `DEL` and the wake-up of the waiters in one atomic step.
+//!
 //! Each script touches one key (`KEYS[1]`) and applies its write only while the key holds
 //! exactly the claim's bytes (`ARGV[1]`): the compare-and-set that fences a holder whose lease
 //! ended. Completing and releasing publish on the channel named like the key, which wakes the
@@ -59,6 +62,24 @@ return 0
     };
 }
 
+/// No `ARGV`. Deletes the key whatever it holds and, when there was one, wakes its waiters.
+/// Returns 1 when a record was deleted.
+macro_rules! forget {
+    ($publish:literal) => {
+        concat!(
+            r"
+if redis.call('DEL', KEYS[1]) == 1 then
+  redis.call('",
+            $publish,
+            r"', KEYS[1], 'forget')
+  return 1
+end
+return 0
+"
+        )
+    };
+}
+
 /// `ARGV`: claim bytes, lease in ms. Returns 1 when the claim held the key.
 const RENEW: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -102,12 +123,19 @@ pub(super) struct Scripts {
     pub(super) release: Lua,
     pub(super) renew: Lua,
     pub(super) peek: Lua,
+    pub(super) forget: Lua,
 }
 
 impl Scripts {
     /// Every script, for `SCRIPT LOAD` at connect time.
-    pub(super) fn all(&self) -> [&Lua; 4] {
-        [&self.complete, &self.release, &self.renew, &self.peek]
+    pub(super) fn all(&self) -> [&Lua; 5] {
+        [
+            &self.complete,
+            &self.release,
+            &self.renew,
+            &self.peek,
+            &self.forget,
+        ]
     }
 }
 
@@ -117,6 +145,7 @@ pub(super) static NODE: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     release: Lua::new(release!("PUBLISH")),
     renew: Lua::new(RENEW),
     peek: Lua::new(PEEK),
+    forget: Lua::new(forget!("PUBLISH")),
 });
 
 /// The scripts for a Redis Cluster: they wake waiters with `SPUBLISH`, within the key's shard.
@@ -125,6 +154,7 @@ pub(super) static CLUSTER: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     release: Lua::new(release!("SPUBLISH")),
     renew: Lua::new(RENEW),
     peek: Lua::new(PEEK),
+    forget: Lua::new(forget!("SPUBLISH")),
 });
 
 #[cfg(test)]
@@ -147,6 +177,12 @@ mod tests {
         assert!(
             CLUSTER
                 .release
+                .source
+                .contains("redis.call('SPUBLISH', KEYS[1]")
+        );
+        assert!(
+            CLUSTER
+                .forget
                 .source
                 .contains("redis.call('SPUBLISH', KEYS[1]")
         );

@@ -1,6 +1,6 @@
 //! Waking the calls that wait for an in-flight call, by pub/sub instead of polling.
 //!
-//! The complete and release scripts publish on the channel named like the key. One subscriber
+//! The complete, release and forget scripts publish on the channel named like the key. One subscriber
 //! connection per store (RESP3, messages delivered as pushes) carries the subscriptions of all
 //! its waiters: a channel is subscribed while at least one waiter of this process waits on it,
 //! and a message wakes all of them through a [`Notify`]. A waiter subscribes first and looks at

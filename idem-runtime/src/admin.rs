@@ -1,0 +1,102 @@
+//! What operators do to one key outside of a call: [`inspect`] it, [`forget`] it.
+
+use std::fmt::Display;
+
+use crate::context::Idem;
+use crate::error::Error;
+use crate::key;
+use crate::store::{Inspection, StoreHandle};
+
+/// The store, the store key a call of `scope` with `key` uses, and the local cache, on the
+/// idem a call made here would use.
+fn resolve(
+    scope: &str,
+    key: impl Display,
+) -> (StoreHandle, String, Option<crate::cache::LocalCache>) {
+    Idem::with_current(|current| {
+        let settings = &current.settings;
+        let stored = key::store_key(
+            &settings.prefix,
+            scope,
+            &key::one_part(key.to_string()),
+            settings.hash_keys,
+        );
+        (current.store.clone(), stored, current.local.clone())
+    })
+}
+
+/// What the configured store holds for the call of `scope` with `key` (the key as
+/// [`Call::new`](crate::Call::new) takes it): [`Inspection::Absent`], a call in progress and
+/// the lease it has left, or a completed record and the time it has left.
+///
+/// ```
+/// # use idem_runtime as idem;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), idem::Error> {
+/// idem::with_store(idem::MemoryStore::new(), async {
+///     assert_eq!(idem::inspect("billing::invoice", "inv-42").await?, idem::Inspection::Absent);
+///     idem::Call::new("billing::invoice", "inv-42").run(async { 42_u64 }).await?;
+///     assert!(matches!(
+///         idem::inspect("billing::invoice", "inv-42").await?,
+///         idem::Inspection::Completed { .. }
+///     ));
+///     Ok(())
+/// })
+/// .await
+/// # }
+/// ```
+///
+/// Fails with [`Error::Store`] when the store fails or does not support inspection.
+pub async fn inspect(scope: &str, key: impl Display) -> Result<Inspection, Error> {
+    let (store, key, _) = resolve(scope, key);
+    store
+        .inspect(&key)
+        .await
+        .map_err(|source| Error::Store { key, source })
+}
+
+/// Deletes what the configured store holds for the call of `scope` with `key` (the key as
+/// [`Call::new`](crate::Call::new) takes it), so that the next call runs again, and wakes the
+/// calls waiting on it; returns whether a live record was deleted.
+///
+/// A call still running with this key loses its claim: its result is returned to its caller
+/// but not stored. The local cache of this process forgets the key too; the local caches of
+/// other processes replay it until their copy expires. Each forget is logged (`tracing`, level
+/// INFO, with the key as stored) and counted in `idem_forget_total{scope}`.
+///
+/// ```
+/// # use idem_runtime as idem;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), idem::Error> {
+/// idem::with_store(idem::MemoryStore::new(), async {
+///     idem::Call::new("billing::invoice", "inv-42").run(async { 1_u64 }).await?;
+///     assert!(idem::forget("billing::invoice", "inv-42").await?);
+///     let again = idem::Call::new("billing::invoice", "inv-42").run(async { 2_u64 }).await?;
+///     assert_eq!(again.value, 2);
+///     assert!(!idem::forget("billing::invoice", "never-called").await?);
+///     Ok(())
+/// })
+/// .await
+/// # }
+/// ```
+///
+/// Fails with [`Error::Store`] when the store fails or does not support forgetting.
+pub async fn forget(scope: &str, key: impl Display) -> Result<bool, Error> {
+    let (store, key, local) = resolve(scope, key);
+    if let Some(local) = &local {
+        local.remove(&key);
+    }
+    let forgotten = store.forget(&key).await;
+    // Removed again: a call completing meanwhile may have cached the record once more.
+    if let Some(local) = &local {
+        local.remove(&key);
+    }
+    match forgotten {
+        Ok(deleted) => {
+            tracing::info!(scope, key = %key, deleted, "idem forgot a key");
+            crate::observe::count_forget(scope);
+            Ok(deleted)
+        }
+        Err(source) => Err(Error::Store { key, source }),
+    }
+}
