@@ -135,12 +135,16 @@ pub struct Delivery {
     pub work: Duration,
     /// When the handler's body began, if it ran.
     body_started: OnceLock<Instant>,
+    /// In the transactional mode, when the transaction had begun: the call's claim starts
+    /// there (the lease modes take their connection inside the body).
+    tx_begun: OnceLock<Instant>,
 }
 
 impl Delivery {
     /// How long a call that began at `called` spent before running its body, or in all when
     /// it did not run it: the claim, and any wait for another holder of the key.
     fn before_body(&self, called: Instant) -> Duration {
+        let called = *self.tx_begun.get().unwrap_or(&called);
         match self.body_started.get() {
             Some(started) => started.duration_since(called),
             None => called.elapsed(),
@@ -214,6 +218,7 @@ async fn place_order_in_tx(
     delivery: &Delivery,
 ) -> Result<Placed, HandlerError> {
     let mut tx = orders.begin().await?;
+    let _ = delivery.tx_begun.set(Instant::now());
     let placed = place_order_tx(&mut tx, order, delivery).await?;
     tx.commit().await?;
     Ok(placed)
@@ -276,6 +281,7 @@ pub async fn run_worker() -> Result<(), BoxError> {
                     name: format!("{name}/{seq}/{count}"),
                     work,
                     body_started: OnceLock::new(),
+                    tx_begun: OnceLock::new(),
                 };
                 let called = Instant::now();
                 let placed = match mode {
