@@ -99,12 +99,16 @@ async fn main() -> Result<(), BoxError> {
         store_url,
         program: || Command::new(std::env::current_exe().expect("this program's path")),
     };
+    // The transactional mode has no lease: a killed consumer's transaction frees its keys.
+    let lease = match mode {
+        Mode::Tx => String::new(),
+        Mode::Redis | Mode::Postgres => format!(", lease {:?}", plan.lease),
+    };
     println!(
-        "mode: {}; {} orders, two consumers, ack_wait {:?}, lease {:?}",
+        "mode: {}; {} orders, two consumers, ack_wait {:?}{lease}",
         mode.name(),
         plan.orders,
         plan.ack_wait,
-        plan.lease
     );
     let report = run::run(&plan, &setup).await?;
     print!("{}", run::table(std::slice::from_ref(&report)));
