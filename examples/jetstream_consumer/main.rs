@@ -4,10 +4,11 @@
 //! A durable pull consumer with explicit acks and a short `ack_wait` feeds two consumer
 //! processes (copies of this program). Each handles a message with
 //! `#[idempotent(key = order.order_id)]` around the order's insert and acks after the call
-//! returns, executed or replayed (in the transactional mode, after the commit). Meanwhile this program publishes the orders (one in ten
-//! again after the stream's duplicate window, as a publisher that retried late; one in twenty
-//! again at once, which JetStream's `Nats-Msg-Id` check drops), kills the second consumer at
-//! random moments, starts it again, and at the end prints what happened.
+//! returns, executed or replayed (in the transactional mode, after the commit). Meanwhile this
+//! program publishes the orders (one in ten again after the stream's duplicate window, as a
+//! publisher that retried late; one in twenty again at once, which JetStream's `Nats-Msg-Id`
+//! check drops), kills the second consumer at random moments, starts it again, and at the end
+//! prints what happened.
 //!
 //! ```text
 //! cargo run --features postgres --example jetstream_consumer     # starts nats-server -js and a PostgreSQL of its own
