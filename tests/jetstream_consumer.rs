@@ -1,7 +1,9 @@
 //! The JetStream consumer example under crashes: 2,000 orders (one in ten published again as a
 //! new message after the duplicate window), two consumer processes, one of them SIGKILLed at
 //! random moments at least 20 times and started again; once every message is acked, the
-//! orders in PostgreSQL are counted. Run once per mode of idem's record, reported side by side.
+//! orders in PostgreSQL are counted. Run once per mode of idem's record (a lease in Redis, a
+//! lease in PostgreSQL, the transactional mode), reported side by side: the transactional mode
+//! must write every order exactly once.
 //!
 //! This test binary has no libtest harness (`harness = false`): run normally, it starts
 //! nats-server (JetStream), PostgreSQL and Redis of its own and copies of itself as the
@@ -74,13 +76,15 @@ async fn jetstream_consumers_killed_mid_work() {
     let modes = [
         (Mode::Redis, database("orders_redis"), redis.url()),
         (Mode::Postgres, database("orders_postgres"), String::new()),
+        (Mode::Tx, database("orders_tx"), String::new()),
     ];
     let plan = plan();
     let mut reports = Vec::new();
     for (mode, database_url, store_url) in modes {
-        // The plain PostgresStore keeps idem's table in the orders' database.
+        // The plain PostgresStore keeps idem's table in the orders' database; in the
+        // transactional mode it is the table the orders' transactions write the records to.
         let store_url = match mode {
-            Mode::Postgres => database_url.clone(),
+            Mode::Postgres | Mode::Tx => database_url.clone(),
             Mode::Redis => store_url,
         };
         let setup = Setup {
@@ -100,7 +104,8 @@ async fn jetstream_consumers_killed_mid_work() {
 }
 
 /// What every mode must show; how many orders were written twice is reported, not asserted,
-/// for the lease modes (the order's insert commits apart from idem's record).
+/// for the lease modes (the order's insert commits apart from idem's record). The
+/// transactional mode writes every order exactly once.
 fn check(plan: &Plan, report: &Report) {
     let mode = report.mode;
     let republished = plan.orders.div_ceil(plan.republish_every) as u64;
@@ -133,6 +138,13 @@ fn check(plan: &Plan, report: &Report) {
         report.duplicates_skipped > 0,
         "{mode}: duplicates skipped by idem"
     );
+    if mode == Mode::Tx.name() {
+        assert_eq!(
+            report.rows, plan.orders as u64,
+            "{mode}: exactly one row per order"
+        );
+        assert_eq!(report.written_twice(), 0, "{mode}: no order written twice");
+    }
     assert!(
         report.wall < plan.deadline,
         "{mode}: took {:?}",

@@ -2,6 +2,9 @@
 //! consumer, writes each order to PostgreSQL through an idempotent handler, and acks after
 //! the handler returns (whether it ran the write now or replayed an earlier run's result).
 //!
+//! In the transactional mode ([`Mode::Tx`]) the handler's insert, idem's claim and its result
+//! commit in one transaction, before the ack.
+//!
 //! It prints one line per event on stdout (`delivery`, `acked`, `failed`), which the process
 //! that started it counts; a line printed before a SIGKILL is already in the pipe.
 
@@ -59,6 +62,10 @@ pub enum Mode {
     /// (`IDEM_STORE=postgres://…`): a lease too, its statements committed apart from the
     /// order's insert.
     Postgres,
+    /// idem's record in the orders' database, written in the order's own transaction
+    /// (`#[idempotent(tx = conn)]`): the claim, the order and the result commit together or
+    /// not at all, and a duplicate waits on PostgreSQL's lock of the key, not on a lease.
+    Tx,
 }
 
 impl Mode {
@@ -67,12 +74,13 @@ impl Mode {
         match self {
             Mode::Redis => "redis",
             Mode::Postgres => "postgres",
+            Mode::Tx => "tx",
         }
     }
 
     /// The mode named `word` ([`Mode::as_str`]).
     pub fn parse(word: &str) -> Result<Mode, String> {
-        [Mode::Redis, Mode::Postgres]
+        [Mode::Redis, Mode::Postgres, Mode::Tx]
             .into_iter()
             .find(|mode| mode.as_str() == word)
             .ok_or_else(|| format!("{ENV_MODE}={word}: not a mode of the consumer"))
@@ -83,6 +91,7 @@ impl Mode {
         match self {
             Mode::Redis => "redis (lease)",
             Mode::Postgres => "postgres (lease)",
+            Mode::Tx => "postgres (tx)",
         }
     }
 }
@@ -126,12 +135,16 @@ pub struct Delivery {
     pub work: Duration,
     /// When the handler's body began, if it ran.
     body_started: OnceLock<Instant>,
+    /// In the transactional mode, when the transaction had begun: the call's claim starts
+    /// there (the lease modes take their connection inside the body).
+    tx_begun: OnceLock<Instant>,
 }
 
 impl Delivery {
     /// How long a call that began at `called` spent before running its body, or in all when
     /// it did not run it: the claim, and any wait for another holder of the key.
     fn before_body(&self, called: Instant) -> Duration {
+        let called = *self.tx_begun.get().unwrap_or(&called);
         match self.body_started.get() {
             Some(started) => started.duration_since(called),
             None => called.elapsed(),
@@ -175,6 +188,40 @@ async fn place_order(
         row_id,
         placed_by: delivery.name.clone(),
     })
+}
+
+/// The handler of the transactional mode: the same work, with the order written through
+/// `conn`, in the caller's transaction, where idem writes its claim and the result too. A kill
+/// before the commit rolls back all three; the redelivery then runs the body once more, on a
+/// clean slate.
+#[idempotent(key = order.order_id, ttl = "24h", tx = conn)]
+async fn place_order_tx(
+    conn: &mut PgConnection,
+    order: &OrderPlaced,
+    delivery: &Delivery,
+) -> Result<Placed, HandlerError> {
+    let _ = delivery.body_started.set(Instant::now());
+    let row_id = insert_order(conn, order, &delivery.name).await?;
+    // The rest of the handling, inside the transaction: a crash here rolls the order back.
+    tokio::time::sleep(delivery.work).await;
+    Ok(Placed {
+        row_id,
+        placed_by: delivery.name.clone(),
+    })
+}
+
+/// One order in a transaction of its own: [`place_order_tx`], then the commit. An error (a
+/// failed insert, a duplicate that waited past `wait`) drops the transaction, which rolls back.
+async fn place_order_in_tx(
+    orders: &PgPool,
+    order: &OrderPlaced,
+    delivery: &Delivery,
+) -> Result<Placed, HandlerError> {
+    let mut tx = orders.begin().await?;
+    let _ = delivery.tx_begun.set(Instant::now());
+    let placed = place_order_tx(&mut tx, order, delivery).await?;
+    tx.commit().await?;
+    Ok(placed)
 }
 
 /// Runs the consumer process named by `IDEM_JS_WORKER` until its stdin closes.
@@ -234,10 +281,12 @@ pub async fn run_worker() -> Result<(), BoxError> {
                     name: format!("{name}/{seq}/{count}"),
                     work,
                     body_started: OnceLock::new(),
+                    tx_begun: OnceLock::new(),
                 };
                 let called = Instant::now();
                 let placed = match mode {
                     Mode::Redis | Mode::Postgres => place_order(orders, &order, &delivery).await,
+                    Mode::Tx => place_order_in_tx(orders, &order, &delivery).await,
                 };
                 let before_body = delivery.before_body(called).as_micros();
                 let ran = if delivery.body_started.get().is_some() {

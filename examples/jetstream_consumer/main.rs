@@ -4,20 +4,25 @@
 //! A durable pull consumer with explicit acks and a short `ack_wait` feeds two consumer
 //! processes (copies of this program). Each handles a message with
 //! `#[idempotent(key = order.order_id)]` around the order's insert and acks after the call
-//! returns, executed or replayed. Meanwhile this program publishes the orders (one in ten
-//! again after the stream's duplicate window, as a publisher that retried late; one in twenty
-//! again at once, which JetStream's `Nats-Msg-Id` check drops), kills the second consumer at
-//! random moments, starts it again, and at the end prints what happened.
+//! returns, executed or replayed (in the transactional mode, after the commit). Meanwhile this
+//! program publishes the orders (one in ten again after the stream's duplicate window, as a
+//! publisher that retried late; one in twenty again at once, which JetStream's `Nats-Msg-Id`
+//! check drops), kills the second consumer at random moments, starts it again, and at the end
+//! prints what happened.
 //!
 //! ```text
 //! cargo run --features postgres --example jetstream_consumer     # starts nats-server -js and a PostgreSQL of its own
 //! IDEM_STORE=redis://127.0.0.1:6379/0 cargo run --features postgres --example jetstream_consumer
+//! IDEM_STORE=postgres://app@127.0.0.1/app cargo run --features postgres --example jetstream_consumer
 //! NATS_URL=nats://127.0.0.1:4222 DATABASE_URL=postgres://app@127.0.0.1/app cargo run --features postgres --example jetstream_consumer
 //! ```
 //!
-//! `IDEM_STORE` chooses where idem keeps its record: `redis://…` (a lease in Redis), or
-//! `postgres://…` (a lease in PostgreSQL, through the plain `PostgresStore`); without it, idem's
-//! table is in the orders' database. Either way the order's insert commits on its own, so a
+//! `IDEM_STORE` chooses the mode. Without it, the transactional mode: the handler is
+//! `#[idempotent(key = order.order_id, tx = conn)]`, idem's record is in the orders' database
+//! (its `PostgresStore` table) and is written in the order's own transaction, so a consumer
+//! killed before the commit leaves neither the order nor the record, and its redelivery writes
+//! the order once. With `redis://…` (a lease in Redis) or `postgres://…` (a lease in
+//! PostgreSQL, through the plain `PostgresStore`), the order's insert commits on its own, so a
 //! consumer killed between the insert and idem's completion can leave an order written twice
 //! (counted below). `NATS_URL` and `DATABASE_URL` name servers to use instead of starting
 //! them (the stream `ORDERS` is made afresh; orders go to the table `jetstream_orders`).
@@ -83,8 +88,11 @@ async fn main() -> Result<(), BoxError> {
             postgres_server.url()
         }
     };
-    let store_url = std::env::var("IDEM_STORE").unwrap_or_else(|_| database_url.clone());
-    let mode = mode_of_store(&store_url)?;
+    let store = std::env::var("IDEM_STORE").ok();
+    let mode = mode_of_store(store.as_deref())?;
+    // In the transactional mode the configured store is the PostgresStore on the orders'
+    // database: its table is the one the transactions write to.
+    let store_url = store.unwrap_or_else(|| database_url.clone());
     let setup = Setup {
         mode,
         nats_url,
@@ -92,12 +100,16 @@ async fn main() -> Result<(), BoxError> {
         store_url,
         program: || Command::new(std::env::current_exe().expect("this program's path")),
     };
+    // The transactional mode has no lease: a killed consumer's transaction frees its keys.
+    let lease = match mode {
+        Mode::Tx => String::new(),
+        Mode::Redis | Mode::Postgres => format!(", lease {:?}", plan.lease),
+    };
     println!(
-        "mode: {}; {} orders, two consumers, ack_wait {:?}, lease {:?}",
+        "mode: {}; {} orders, two consumers, ack_wait {:?}{lease}",
         mode.name(),
         plan.orders,
         plan.ack_wait,
-        plan.lease
     );
     let report = run::run(&plan, &setup).await?;
     print!("{}", run::table(std::slice::from_ref(&report)));
@@ -115,8 +127,11 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// The mode of an `IDEM_STORE` URL.
-fn mode_of_store(url: &str) -> Result<Mode, String> {
+/// The mode of an `IDEM_STORE` URL: the transactional mode when there is none.
+fn mode_of_store(url: Option<&str>) -> Result<Mode, String> {
+    let Some(url) = url else {
+        return Ok(Mode::Tx);
+    };
     if url.starts_with("redis://") || url.starts_with("rediss://") {
         Ok(Mode::Redis)
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {

@@ -249,6 +249,13 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Report, BoxError> {
 
     let orders = sqlx::PgPool::connect(&setup.database_url).await?;
     sqlx::query(ORDERS_TABLE).execute(&orders).await?;
+    if setup.mode == Mode::Tx {
+        // The transactional mode writes idem's record to `public.idem_records` (or the
+        // configured PostgresStore's table) in the order's transaction, and never creates it.
+        sqlx::raw_sql(idem::postgres::MIGRATION)
+            .execute(&orders)
+            .await?;
+    }
 
     let jetstream = jetstream::new(async_nats::connect(&setup.nats_url).await?);
     let _ = jetstream.delete_stream(STREAM).await;
