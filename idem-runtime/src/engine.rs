@@ -97,17 +97,26 @@ where
         Ok(fingerprint) => fingerprint,
         Err(error) => {
             let counted = counted_error(&error);
-            span.record("outcome", counted.label());
+            if !span.is_disabled() {
+                span.record("outcome", counted.label());
+            }
             observe::count(&call.scope, counted);
             return Err(error);
         }
     };
     let result = match found {
         Found::Cached(cached) => {
-            let replayed = span.in_scope(|| {
+            let replay = || {
                 open_text(&key, fingerprint.as_ref(), &cached.payload, &shape)
                     .map(|value| Ran::new(value, Status::Replayed))
-            });
+            };
+            // A disabled span still costs its enter and exit (more with tracing's `log`
+            // feature, which sqlx turns on): only a span something listens to is entered.
+            let replayed = if span.is_disabled() {
+                replay()
+            } else {
+                span.in_scope(replay)
+            };
             // A replay from the cache never waits: let a loop of them yield to the other
             // tasks now and then, as tokio's own resources do.
             tokio::task::consume_budget().await;
@@ -146,7 +155,9 @@ where
         Ok(ran) => ran.counted,
         Err(error) => counted_error(error),
     };
-    span.record("outcome", counted.label());
+    if !span.is_disabled() {
+        span.record("outcome", counted.label());
+    }
     observe::count(&call.scope, counted);
     result.map(|ran| ran.outcome)
 }
