@@ -67,40 +67,13 @@ where
         };
         (key, settings.ttl, settings.lease, found)
     });
-    let span = tracing::debug_span!(
-        "idem",
-        scope = %call.scope,
-        key = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-    );
-    // Logged as stored: readable when short and printable, hashed otherwise, and with
-    // `hash_keys` hashed always; log lines never hold more of a key than the store does.
-    if !span.is_disabled() {
-        span.record("key", key.as_str());
-    }
-    let fingerprint = match call.fingerprint {
-        None => Ok(None),
-        Some(Ok(fp)) => Ok(Some(fp)),
-        Some(Err(reason)) => Err(Error::Fingerprint {
-            key: key.clone(),
-            reason,
-        }),
-    };
+    let span = span_of(&call.scope, &key);
     let ttl = call.ttl.unwrap_or(ttl);
     let lease = call.lease.unwrap_or(lease);
-    let checked = fingerprint.and_then(|fingerprint| {
-        check_ttl(ttl)?;
-        check_lease(lease)?;
-        Ok(fingerprint)
-    });
-    let fingerprint = match checked {
+    let fingerprint = match checked(call.fingerprint, &key, ttl, lease) {
         Ok(fingerprint) => fingerprint,
         Err(error) => {
-            let counted = counted_error(&error);
-            if !span.is_disabled() {
-                span.record("outcome", counted.label());
-            }
-            observe::count(&call.scope, counted);
+            ended(&span, &call.scope, counted_error(&error));
             return Err(error);
         }
     };
@@ -155,11 +128,58 @@ where
         Ok(ran) => ran.counted,
         Err(error) => counted_error(error),
     };
+    ended(&span, &call.scope, counted);
+    result.map(|ran| ran.outcome)
+}
+
+/// The span of one call. Its key is logged as stored: readable when short and printable,
+/// hashed otherwise, and with `hash_keys` hashed always; log lines never hold more of a key
+/// than the store does.
+fn span_of(scope: &str, key: &str) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "idem",
+        scope = %scope,
+        key = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        span.record("key", key);
+    }
+    span
+}
+
+/// The call's fingerprint, once it is known and its ttl and lease are within their minimums.
+fn checked(
+    fingerprint: Option<Result<Fingerprint, String>>,
+    key: &str,
+    ttl: Duration,
+    lease: Duration,
+) -> Result<Option<Fingerprint>, Error> {
+    let fingerprint = match fingerprint {
+        None => None,
+        Some(Ok(fp)) => Some(fp),
+        Some(Err(reason)) => {
+            return Err(Error::Fingerprint {
+                key: key.to_owned(),
+                reason,
+            });
+        }
+    };
+    check_ttl(ttl)?;
+    check_lease(lease)?;
+    Ok(fingerprint)
+}
+
+/// Records how a call of `scope` ended, in its span and in `idem_calls_total`.
+#[allow(
+    clippy::ptr_arg,
+    reason = "a borrowed static scope becomes a label without allocating"
+)]
+fn ended(span: &tracing::Span, scope: &Cow<'static, str>, counted: Counted) {
     if !span.is_disabled() {
         span.record("outcome", counted.label());
     }
-    observe::count(&call.scope, counted);
-    result.map(|ran| ran.outcome)
+    observe::count(scope, counted);
 }
 
 /// The `outcome` label of a call that failed with `error`.

@@ -25,14 +25,13 @@ use sqlx::postgres::PgConnection;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Ran, counted_error, mismatch, open};
+use super::{Ran, checked, counted_error, ended, mismatch, open, span_of};
 use crate::codec::{self, Seal, Shape};
-use crate::config::{check_lease, check_ttl};
 use crate::context::Idem;
 use crate::engine::Request;
 use crate::error::Error;
 use crate::key;
-use crate::observe::{self, Outcome as Counted, StoreOp, timed};
+use crate::observe::{Outcome as Counted, StoreOp, timed};
 use crate::outcome::{Outcome, Status};
 use crate::record::{Claim, Record};
 use crate::store::postgres::tx::{Claimed, TxRecords};
@@ -63,30 +62,10 @@ where
             TxRecords::of(store),
         )
     });
-    let span = tracing::debug_span!(
-        "idem",
-        scope = %call.scope,
-        key = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-    );
-    if !span.is_disabled() {
-        span.record("key", key.as_str());
-    }
-    let checked = match call.fingerprint {
-        None => Ok(None),
-        Some(Ok(fp)) => Ok(Some(fp)),
-        Some(Err(reason)) => Err(Error::Fingerprint {
-            key: key.clone(),
-            reason,
-        }),
-    }
-    .and_then(|fingerprint| {
-        let ttl = call.ttl.unwrap_or(ttl);
-        let lease = call.lease.unwrap_or(lease);
-        check_ttl(ttl)?;
-        check_lease(lease)?;
-        Ok(fingerprint)
-    });
+    let span = span_of(&call.scope, &key);
+    let ttl = call.ttl.unwrap_or(ttl);
+    let lease = call.lease.unwrap_or(lease);
+    let checked = checked(call.fingerprint, &key, ttl, lease);
     let result = match checked {
         Err(error) => Err(error),
         Ok(fingerprint) => {
@@ -94,19 +73,22 @@ where
                 records: store,
                 claim: Claim::new(fingerprint),
                 key,
-                ttl: call.ttl.unwrap_or(ttl),
-                lease: call.lease.unwrap_or(lease),
+                ttl,
+                lease,
                 wait: call.wait.unwrap_or(wait),
             };
-            Box::pin(run.go(conn, body, shape).instrument(span.clone())).await
+            if span.is_disabled() {
+                Box::pin(run.go(conn, body, shape)).await
+            } else {
+                Box::pin(run.go(conn, body, shape).instrument(span.clone())).await
+            }
         }
     };
     let counted = match &result {
         Ok(ran) => ran.counted,
         Err(error) => counted_error(error),
     };
-    span.record("outcome", counted.label());
-    observe::count(&call.scope, counted);
+    ended(&span, &call.scope, counted);
     result.map(|ran| ran.outcome)
 }
 
