@@ -5,11 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use idem::store::{Claim, Fence, Record, StoreFuture};
 use idem::testing::DownStore;
-use idem::{
-    Call, Claim, Config, Error, FailMode, Fence, Idem, MemoryStore, Record, Status, Store,
-    StoreErrorKind, StoreFuture,
-};
+use idem::{Call, Config, Error, FailMode, Idem, MemoryStore, Status, Store, StoreErrorKind};
 
 /// A memory store that remembers the keys it was asked for.
 #[derive(Clone, Default)]

@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idem::{Call, Claim, Config, Fingerprint, Record, RedisStore, Store};
+use idem::store::{Claim, Record};
+use idem::{Call, Config, Fingerprint, RedisStore, Store};
 use serde::{Deserialize, Serialize};
 
 use support::cluster::{Node, RedisCluster};
@@ -268,7 +269,7 @@ async fn the_server_cost_of_a_call_on_a_cluster() {
                     .complete(&keys[i], &claims[i], &payload, Duration::from_secs(86_400))
                     .await
                     .unwrap();
-                assert_eq!(fence, idem::Fence::Held);
+                assert_eq!(fence, idem::store::Fence::Held);
             }
         })
     })

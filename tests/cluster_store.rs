@@ -7,7 +7,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use idem::{Call, Claim, Config, Error, Idem, RedisStore, Status, Store};
+use idem::store::Claim;
+use idem::{Call, Config, Error, Idem, RedisStore, Status, Store};
 use tokio::time::Instant;
 
 use support::cluster::RedisCluster;

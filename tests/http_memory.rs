@@ -5,10 +5,9 @@ mod http_common;
 
 use http::StatusCode;
 use http_common::{App, layer};
+use idem::store::{Claim, Fence, Record, StoreFuture};
 use idem::testing::DownStore;
-use idem::{
-    Claim, Config, FailMode, Fence, Idem, MemoryStore, Record, Store, StoreFuture, StoreHandle,
-};
+use idem::{Config, FailMode, Idem, MemoryStore, Store, StoreHandle};
 use std::sync::Arc;
 use std::time::Duration;
 

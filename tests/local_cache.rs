@@ -10,10 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idem::{
-    Call, Claim, Config, Error, Fence, Idem, MemoryStore, Record, Status, Store, StoreFuture,
-    with_store,
-};
+use idem::store::{Claim, Fence, Record, StoreFuture};
+use idem::{Call, Config, Error, Idem, MemoryStore, Status, Store, with_store};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 

@@ -6,11 +6,9 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use idem::store::{Claim, Fence, Record, StoreFuture};
 use idem::testing::DownStore;
-use idem::{
-    Call, Claim, Config, FailMode, Fence, Idem, MemoryStore, Record, Status, Store, StoreError,
-    StoreErrorKind, StoreFuture,
-};
+use idem::{Call, Config, FailMode, Idem, MemoryStore, Status, Store, StoreError, StoreErrorKind};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record as SpanRecord};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};

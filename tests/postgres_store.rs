@@ -375,7 +375,7 @@ async fn a_key_with_nul_is_a_store_error_not_a_panic() {
         .unwrap();
     assert_eq!(ran.status, idem::Status::Executed);
     // A store key with NUL given to the store itself (text cannot hold it) is an error.
-    let claim = idem::Claim::new(None);
+    let claim = idem::store::Claim::new(None);
     let result = idem::Store::claim(&store, "idem:s:\0", &claim, Duration::from_secs(5)).await;
     assert!(result.is_err(), "{result:?}");
 }
@@ -482,13 +482,13 @@ async fn a_completion_sent_again_after_it_was_applied_is_held_and_a_stranger_is_
     let store = PostgresStore::open(&server.url()).await.unwrap();
     let key = format!("idem:{}:k", scope("completion_again"));
     let lease = Duration::from_secs(10);
-    let mine = idem::Claim::new(None);
-    let stranger = idem::Claim::new(None);
+    let mine = idem::store::Claim::new(None);
+    let stranger = idem::store::Claim::new(None);
     assert_eq!(store.claim(&key, &mine, lease).await.unwrap(), None);
     for _ in 0..2 {
         assert_eq!(
             store.complete(&key, &mine, b"done", lease).await.unwrap(),
-            idem::Fence::Held
+            idem::store::Fence::Held
         );
     }
     assert_eq!(
@@ -496,7 +496,7 @@ async fn a_completion_sent_again_after_it_was_applied_is_held_and_a_stranger_is_
             .complete(&key, &stranger, b"other", lease)
             .await
             .unwrap(),
-        idem::Fence::Lost
+        idem::store::Fence::Lost
     );
     let row = server.psql(&format!(
         "SELECT convert_from(payload, 'UTF8') FROM idem_records WHERE key = '{key}'"

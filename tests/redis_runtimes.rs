@@ -7,7 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use idem::{Call, Claim, Config, Fence, RedisStore, Status, Store};
+use idem::store::{Claim, Fence};
+use idem::{Call, Config, RedisStore, Status, Store};
 use tokio::runtime::Runtime;
 use tokio::time::Instant;
 

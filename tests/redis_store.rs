@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idem::{
-    Call, Claim, Config, Error, FailMode, Fence, Idem, RedisStore, Status, Store, StoreErrorKind,
-};
+use idem::store::{Claim, Fence};
+use idem::{Call, Config, Error, FailMode, Idem, RedisStore, Status, Store, StoreErrorKind};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 

@@ -125,28 +125,6 @@ impl Default for Config {
     }
 }
 
-/// The environment variables [`Config::from_env`] reads.
-pub const ENV_VARS: &[&str] = &[
-    "IDEM_STORE",
-    "IDEM_PREFIX",
-    "IDEM_FAIL_MODE",
-    "IDEM_HASH_KEYS",
-    "IDEM_POOL_SIZE",
-    "IDEM_CONNECT_TIMEOUT",
-    "IDEM_COMMAND_TIMEOUT",
-    "IDEM_MEMORY_CAPACITY",
-    "IDEM_TTL",
-    "IDEM_LEASE",
-    "IDEM_WAIT",
-    "IDEM_MIN_REPLICAS",
-    "IDEM_REPLICA_TIMEOUT",
-    "IDEM_LOCAL_CACHE",
-    "IDEM_ALLOW_EVICTION",
-    "IDEM_PG_SCHEMA",
-    "IDEM_PG_TABLE",
-    "IDEM_PG_CREATE_TABLE",
-];
-
 const STORE_FORMS: &str = "`memory`, `redis://host:6379/0`, `rediss://host:6380/0`, `redis+cluster://host1:port1,host2:port2` or `postgres://user:password@host:5432/db`";
 
 /// Which backend a store URL names.
@@ -170,6 +148,28 @@ pub(crate) fn store_kind(url: &str) -> Option<StoreKind> {
 }
 
 impl Config {
+    /// The environment variables [`Config::from_env`] reads, for tools that list or clear them.
+    pub const ENV_VARS: &'static [&'static str] = &[
+        "IDEM_STORE",
+        "IDEM_PREFIX",
+        "IDEM_FAIL_MODE",
+        "IDEM_HASH_KEYS",
+        "IDEM_POOL_SIZE",
+        "IDEM_CONNECT_TIMEOUT",
+        "IDEM_COMMAND_TIMEOUT",
+        "IDEM_MEMORY_CAPACITY",
+        "IDEM_TTL",
+        "IDEM_LEASE",
+        "IDEM_WAIT",
+        "IDEM_MIN_REPLICAS",
+        "IDEM_REPLICA_TIMEOUT",
+        "IDEM_LOCAL_CACHE",
+        "IDEM_ALLOW_EVICTION",
+        "IDEM_PG_SCHEMA",
+        "IDEM_PG_TABLE",
+        "IDEM_PG_CREATE_TABLE",
+    ];
+
     /// Reads the `IDEM_*` environment variables over the defaults:
     ///
     /// | variable | meaning | default |
@@ -649,7 +649,7 @@ mod tests {
     #[test]
     fn allow_eviction_is_off_by_default_and_set_by_env_file_or_code() {
         assert!(!Config::default().allow_eviction);
-        assert!(ENV_VARS.contains(&"IDEM_ALLOW_EVICTION"));
+        assert!(Config::ENV_VARS.contains(&"IDEM_ALLOW_EVICTION"));
         for on in ["1", "true", "YES", "on"] {
             assert!(
                 from(&[("IDEM_ALLOW_EVICTION", on)]).unwrap().allow_eviction,

@@ -21,7 +21,6 @@
 //! stored (hashed when long or unprintable, always with `hash_keys`) and the outcome.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, unreachable_pub)]
 
 mod admin;
@@ -52,12 +51,12 @@ pub mod __private;
 
 pub use admin::{forget, inspect};
 pub use call::Call;
-pub use config::{Config, ENV_VARS, FailMode};
+pub use config::{Config, FailMode};
 pub use context::{Idem, init, with_store};
 pub use error::{Error, StoreError, StoreErrorKind};
 pub use observe::{CALLS_TOTAL, FORGET_TOTAL, STORE_SECONDS};
 pub use outcome::{Outcome, Status};
-pub use record::{Claim, Fingerprint, Record, Token};
+pub use record::Fingerprint;
 pub use store::memory::MemoryStore;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
@@ -68,4 +67,4 @@ pub use store::postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::redis::RedisStore;
-pub use store::{Fence, Inspection, Store, StoreFuture, StoreHandle};
+pub use store::{Inspection, Store, StoreHandle};

@@ -25,9 +25,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Barrier, oneshot};
 use tokio::time::Instant;
 
+use crate::store::{Claim, Fence, Record, StoreFuture};
 use crate::{
-    Call, Claim, Error, Fence, Fingerprint, Inspection, Record, Status, Store, StoreError,
-    StoreErrorKind, StoreFuture, StoreHandle,
+    Call, Error, Fingerprint, Inspection, Status, Store, StoreError, StoreErrorKind, StoreHandle,
 };
 
 /// The names of every case, in the order [`conformance_tests!`](crate::conformance_tests) runs

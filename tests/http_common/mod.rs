@@ -21,7 +21,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use idem::http::IdempotencyLayer;
-use idem::{Claim, Fence, Record, Store, StoreFuture, StoreHandle};
+use idem::store::{Claim, Fence, Record, StoreFuture};
+use idem::{Store, StoreHandle};
 use tokio::sync::{mpsc, watch};
 
 /// Writes one `#[tokio::test]` per case of the suite, on the store that `$make` (an async

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Duration;
 
-use idem::{Claim, Config, Idem, MemoryStore, Record, Store, StoreFuture};
+use idem::store::{Claim, Record, StoreFuture};
+use idem::{Config, Idem, MemoryStore, Store};
 use tokio::runtime::Runtime;
 
 use crate::by_hand;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{StoreError, StoreErrorKind};
-use crate::record::{Claim, Fingerprint, Record};
+use crate::record::Fingerprint;
+pub use crate::record::{Claim, Record, Token};
 
 pub mod memory;
 #[cfg(feature = "postgres")]
