@@ -171,6 +171,7 @@ impl RedisStore {
     }
 
     /// `INFO server` and `INFO memory` of every master, after loading the scripts on them.
+    #[cfg_attr(not(feature = "redis-cluster"), allow(irrefutable_let_patterns))]
     async fn survey(&self, conn: &mut Conn) -> RedisResult<Inspected> {
         let scripts = self.shared.scripts.all();
         if let Conn::Node(node) = conn {

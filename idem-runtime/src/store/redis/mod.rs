@@ -195,6 +195,8 @@ impl RedisStore {
     /// gives the rest (its URL is not used). Waiting calls are woken by sharded pub/sub when
     /// the client speaks RESP3 (`ClusterClientBuilder::use_protocol`), and look again every
     /// 50 ms otherwise. The client's own retry settings apply.
+    #[cfg(feature = "redis-cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
     pub async fn from_cluster_client(
         client: redis::cluster::ClusterClient,
         options: RedisOptions,
@@ -454,7 +456,7 @@ async fn send(
                 if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) && !loaded =>
             {
                 loaded = true;
-                if let Conn::Cluster(_) = conn {
+                if conn.is_cluster() {
                     eval = Some(evaluate(lua, &request.cmd));
                 } else {
                     let mut load = redis::cmd("SCRIPT");

@@ -11,8 +11,11 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
+#[cfg(feature = "redis-cluster")]
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+#[cfg(feature = "redis-cluster")]
 use redis::cluster_async::ClusterConnection;
+#[cfg(feature = "redis-cluster")]
 use redis::cluster_routing::{
     MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
 };
@@ -31,6 +34,7 @@ pub(super) enum Servers {
     /// One Redis server.
     Node(Box<Client>),
     /// A Redis Cluster, reached through its seed nodes.
+    #[cfg(feature = "redis-cluster")]
     Cluster(Box<ClusterClient>),
 }
 
@@ -47,8 +51,11 @@ pub(super) struct Target {
 /// transition (a slot without a reachable master, `TRYAGAIN`, `CLUSTERDOWN`): 10 ms, doubling,
 /// at most 200 ms. Redirections (`MOVED`, `ASK`) are followed at once. The store's own
 /// `command_timeout` bounds the whole.
+#[cfg(feature = "redis-cluster")]
 const RETRY_MIN_WAIT_MS: u64 = 10;
+#[cfg(feature = "redis-cluster")]
 const RETRY_MAX_WAIT_MS: u64 = 200;
+#[cfg(feature = "redis-cluster")]
 const RETRIES: u32 = 32;
 
 impl Target {
@@ -71,6 +78,7 @@ impl Target {
     }
 
     /// The Cluster an application's client reaches, as that client is set up.
+    #[cfg(feature = "redis-cluster")]
     pub(super) fn from_cluster_client(client: ClusterClient) -> Target {
         Target {
             servers: Servers::Cluster(Box::new(client)),
@@ -102,7 +110,13 @@ impl Target {
                     tls,
                 })
             }
+            #[cfg(feature = "redis-cluster")]
             Some(StoreKind::RedisCluster) => parse_cluster(url),
+            #[cfg(not(feature = "redis-cluster"))]
+            Some(StoreKind::RedisCluster) => Err(Error::Config(format!(
+                "store `{}` is a Redis Cluster, which needs the `redis-cluster` feature of idem (add it in Cargo.toml)",
+                redact(url)
+            ))),
             _ => Err(Error::Config(format!(
                 "store `{}` is not a Redis URL; expected redis://host:port/db, rediss://host:port/db, \
                  redis+unix:///path or redis+cluster://host1:port1,host2:port2",
@@ -127,6 +141,7 @@ pub(super) struct Timeouts {
     pub(super) connect: Duration,
     /// How long one attempt of a command may take inside the cluster client, which then
     /// retries (on one server the store alone times its commands).
+    #[cfg_attr(not(feature = "redis-cluster"), allow(dead_code))]
     pub(super) attempt: Duration,
 }
 
@@ -155,6 +170,7 @@ impl Servers {
                 let (conn, made_on) = home.make(make).await?;
                 Ok((Conn::Node(conn), made_on))
             }
+            #[cfg(feature = "redis-cluster")]
             Servers::Cluster(client) => {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(timeouts.connect)
@@ -174,6 +190,7 @@ impl Servers {
     ) -> RedisResult<(Conn, MadeOn)> {
         match self {
             Servers::Node(_) => self.connect(timeouts, on_push, home).await,
+            #[cfg(feature = "redis-cluster")]
             Servers::Cluster(client) => {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(timeouts.connect)
@@ -186,6 +203,7 @@ impl Servers {
 
     /// A Cluster connection: its task, and the node connections it makes then and later, run
     /// on the runtime it is made on.
+    #[cfg(feature = "redis-cluster")]
     async fn cluster(
         client: &ClusterClient,
         config: ClusterConfig,
@@ -199,7 +217,10 @@ impl Servers {
 
     /// Whether this is a Cluster.
     pub(super) fn is_cluster(&self) -> bool {
-        matches!(self, Servers::Cluster(_))
+        #[cfg(feature = "redis-cluster")]
+        return matches!(self, Servers::Cluster(_));
+        #[cfg(not(feature = "redis-cluster"))]
+        false
     }
 }
 
@@ -207,15 +228,25 @@ impl Servers {
 #[derive(Clone)]
 pub(super) enum Conn {
     Node(MultiplexedConnection),
+    #[cfg(feature = "redis-cluster")]
     Cluster(ClusterConnection),
 }
 
 impl Conn {
+    /// Whether this connection reaches a Cluster.
+    pub(super) fn is_cluster(&self) -> bool {
+        #[cfg(feature = "redis-cluster")]
+        return matches!(self, Conn::Cluster(_));
+        #[cfg(not(feature = "redis-cluster"))]
+        false
+    }
+
     /// Sends `cmd` to every master of the Cluster and requires each to succeed; on one server,
     /// to that server. Answers per node.
     pub(super) async fn on_every_master(&mut self, cmd: Cmd) -> RedisResult<Value> {
         match self {
             Conn::Node(conn) => conn.req_packed_command(&cmd).await,
+            #[cfg(feature = "redis-cluster")]
             Conn::Cluster(conn) => {
                 let routing = RoutingInfo::MultiNode((
                     MultipleNodeRoutingInfo::AllMasters,
@@ -229,8 +260,11 @@ impl Conn {
     /// Sends `cmd` to the master that holds `key` (on one server, to that server): for the
     /// commands that name no key, such as `SCRIPT LOAD`, but matter to one key's node.
     pub(super) async fn on_master_of(&mut self, key: &str, cmd: Cmd) -> RedisResult<Value> {
+        #[cfg(not(feature = "redis-cluster"))]
+        let _ = key; // one server holds every key
         match self {
             Conn::Node(conn) => conn.req_packed_command(&cmd).await,
+            #[cfg(feature = "redis-cluster")]
             Conn::Cluster(conn) => {
                 let route = Route::with_key(key.as_bytes(), SlotAddr::Master);
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
@@ -244,6 +278,7 @@ impl Conn {
     pub(super) async fn subscribe(&mut self, channel: &str) -> RedisResult<()> {
         match self {
             Conn::Node(conn) => conn.subscribe(channel).await,
+            #[cfg(feature = "redis-cluster")]
             Conn::Cluster(conn) => conn.ssubscribe(channel).await,
         }
     }
@@ -252,6 +287,7 @@ impl Conn {
     pub(super) async fn unsubscribe(&mut self, channel: &str) -> RedisResult<()> {
         match self {
             Conn::Node(conn) => conn.unsubscribe(channel).await,
+            #[cfg(feature = "redis-cluster")]
             Conn::Cluster(conn) => conn.sunsubscribe(channel).await,
         }
     }
@@ -261,6 +297,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Node(conn) => conn.req_packed_command(cmd),
+            #[cfg(feature = "redis-cluster")]
             Conn::Cluster(conn) => conn.req_packed_command(cmd),
         }
     }
@@ -273,6 +310,7 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Node(conn) => conn.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "redis-cluster")]
             Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -280,6 +318,7 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Conn::Node(conn) => conn.get_db(),
+            #[cfg(feature = "redis-cluster")]
             Conn::Cluster(conn) => conn.get_db(),
         }
     }
@@ -296,6 +335,7 @@ fn parse_node(url: &str) -> Result<ConnectionInfo, Error> {
 }
 
 /// Parses `redis+cluster://[user:password@]host1:port1,host2:port2[/0]` (or `rediss+cluster`).
+#[cfg(feature = "redis-cluster")]
 fn parse_cluster(url: &str) -> Result<Target, Error> {
     let shown = redact(url);
     let bad = |why: &str| {
@@ -448,7 +488,9 @@ mod tests {
                 "rediss+cluster://[::1]:7000,h2:7001",
             ),
         ] {
-            if url.starts_with("rediss") && cfg!(not(feature = "redis-tls")) {
+            if url.starts_with("rediss") && cfg!(not(feature = "redis-tls"))
+                || url.contains("+cluster") && cfg!(not(feature = "redis-cluster"))
+            {
                 continue;
             }
             let text = described(url);
@@ -458,6 +500,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "redis-cluster")]
     fn cluster_urls_name_a_cluster_and_tls() {
         let plain = Target::parse("redis+cluster://h1:7000,h2:7001,h3:7002").unwrap();
         assert!(plain.servers.is_cluster() && !plain.tls);
@@ -469,6 +512,19 @@ mod tests {
                 }
                 _ => panic!("{url}: TLS with the feature, a clear error without it"),
             }
+        }
+    }
+
+    #[test]
+    #[cfg(not(feature = "redis-cluster"))]
+    fn cluster_urls_need_the_cluster_feature() {
+        match Target::parse("redis+cluster://a:secret@h1:7000,h2:7001") {
+            Err(Error::Config(message)) => {
+                assert!(message.contains("`redis-cluster` feature"), "{message}");
+                assert!(!message.contains("secret"), "{message}");
+            }
+            Err(other) => panic!("expected a config error, got {other:?}"),
+            Ok(target) => panic!("expected a config error, got {}", target.url),
         }
     }
 
