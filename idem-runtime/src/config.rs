@@ -54,8 +54,8 @@ pub struct Config {
     ///
     /// To one server, connections are multiplexed and shared by every call at once: any
     /// number of commands are in flight on one, so one is enough until its driver task fills
-    /// a core (on a 2-core client, one carried 30–40 % more first calls per second than 2 to
-    /// 16: fewer, larger writes and reads on both sides). To a Cluster, each connection
+    /// a core, and one batches writes and reads better than several (BENCHMARKS.md has the
+    /// figures). To a Cluster, each connection
     /// carries one operation at a time, so this is also how many operations are in flight:
     /// redis-rs follows an `ASK` redirection (a slot being migrated) with an `ASKING` command
     /// sent on its own, which another operation's command sharing the connection could take.
