@@ -50,7 +50,7 @@ pub mod testing;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use admin::{forget, inspect};
+pub use admin::{forget, inspect, stats};
 pub use call::Call;
 pub use config::{Config, ENV_VARS, FailMode};
 pub use context::{Idem, init, with_store};
@@ -68,4 +68,4 @@ pub use store::postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::redis::RedisStore;
-pub use store::{Fence, Inspection, Store, StoreFuture, StoreHandle};
+pub use store::{Fence, Inspection, Stats, Store, StoreFuture, StoreHandle};
