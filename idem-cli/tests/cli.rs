@@ -272,14 +272,21 @@ async fn fill(url: &str, count: usize) {
     }
 }
 
-/// Stats of `count` records: exact with the default sample, a sample of 10 with
-/// `--sample 10`.
+/// Stats of `count` records: exact with the default sample and with `--sample <count>`, a
+/// sample of 10 with `--sample 10`.
 fn check_sampled_stats(url: &str, count: u64) {
     let json = idem_json(&["--store", url, "stats"]);
     assert_eq!(
         (&json["completed"], &json["exact"]),
         (&Value::from(count), &Value::from(true)),
         "{json}"
+    );
+    let all = count.to_string();
+    let json = idem_json(&["--store", url, "stats", "--sample", &all]);
+    assert_eq!(
+        (&json["total"], &json["exact"]),
+        (&Value::from(count), &Value::from(true)),
+        "a sample as large as the records counts them all: {json}"
     );
     let json = idem_json(&["--store", url, "stats", "--sample", "10"]);
     assert_eq!(
@@ -346,6 +353,37 @@ async fn redis_stats_samples_with_scan_never_keys() {
     assert_eq!(json["store_keys"], 30, "DBSIZE: {json}");
     let stats: String = server.cmd(&["INFO", "commandstats"]);
     assert!(stats.contains("cmdstat_scan:"), "{stats}");
+    assert!(!stats.contains("cmdstat_keys:"), "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stats_walks_many_scan_pages() {
+    let server = RedisServer::start();
+    fill(&server.url(), 2_500).await;
+    let _: () = server.cmd(&["SET", "not-idem", "x"]);
+    let json = idem_json(&["--store", &server.url(), "stats"]);
+    assert_eq!(
+        (&json["completed"], &json["exact"], &json["store_keys"]),
+        (&Value::from(2_500), &Value::from(true), &Value::from(2_501)),
+        "{json}"
+    );
+    let json = idem_json(&["--store", &server.url(), "stats", "--sample", "1500"]);
+    assert_eq!(
+        (&json["total"], &json["exact"]),
+        (&Value::from(1_500), &Value::from(false)),
+        "{json}"
+    );
+    let stats: String = server.cmd(&["INFO", "commandstats"]);
+    let scans = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_scan:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("SCAN was counted: {stats}"));
+    assert!(
+        scans >= 4,
+        "pages of at most about 1000 keys: {scans} SCANs"
+    );
     assert!(!stats.contains("cmdstat_keys:"), "{stats}");
 }
 

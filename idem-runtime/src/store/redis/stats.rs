@@ -7,7 +7,12 @@
 //! a sample is drawn from all of them. The keys of a page are classified in one pipelined round
 //! trip of `GETRANGE key 0 7`: a claim starts with its mark, anything else is a completed
 //! record, and an empty answer is a key that expired in between (not counted). Counting stops
-//! once `limit` records are counted; `DBSIZE` of every master gives the keys held in all.
+//! at the first key found past `limit` counted records (the counts are then a sample); `DBSIZE`
+//! of every master gives the keys held in all.
+//!
+//! Every command is bounded (a page of `SCAN`, a page of `GETRANGE`), so the servers never
+//! block; but when the prefix's keys are few among many others, reaching `limit` (or the end)
+//! takes `SCAN` over the whole keyspace: round trips grow with `DBSIZE / 1000`.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -103,9 +108,6 @@ impl RedisStore {
                     break 'walk;
                 }
             }
-        }
-        if seen.len() >= limit && walks.iter().any(|walk| !walk.done) {
-            exact = false;
         }
         Ok(Stats::new(in_progress, completed, exact).with_store_keys(Some(store_keys)))
     }
