@@ -4,8 +4,7 @@ use std::fmt::Display;
 
 use crate::context::Idem;
 use crate::error::Error;
-use crate::key;
-use crate::store::{Inspection, StoreHandle};
+use crate::store::{Inspection, Stats, StoreHandle};
 
 /// The store, the store key a call of `scope` with `key` uses, and the local cache, on the
 /// idem a call made here would use.
@@ -14,14 +13,11 @@ fn resolve(
     key: impl Display,
 ) -> (StoreHandle, String, Option<crate::cache::LocalCache>) {
     Idem::with_current(|current| {
-        let settings = &current.settings;
-        let stored = key::store_key(
-            &settings.prefix,
-            scope,
-            &key::one_part(key.to_string()),
-            settings.hash_keys,
-        );
-        (current.store.clone(), stored, current.local.clone())
+        (
+            current.store.clone(),
+            current.store_key(scope, key),
+            current.local.clone(),
+        )
     })
 }
 
@@ -99,4 +95,45 @@ pub async fn forget(scope: &str, key: impl Display) -> Result<bool, Error> {
         }
         Err(source) => Err(Error::Store { key, source }),
     }
+}
+
+/// How many live records the configured store holds under the configured prefix (every scope),
+/// by state: calls in progress and completed records, counting at most `limit` of them. When
+/// there are more, the counts are those of a sample ([`Stats::exact`] is `false`): a large
+/// store is never read whole. For operators; the `idem` command's `stats` runs it.
+///
+/// ```
+/// # use idem_runtime as idem;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), idem::Error> {
+/// idem::with_store(idem::MemoryStore::new(), async {
+///     for order in ["a", "b", "c"] {
+///         idem::Call::new("shop::charge", order).run(async { 1_u8 }).await?;
+///     }
+///     let all = idem::stats(10_000).await?;
+///     assert_eq!((all.completed, all.in_progress, all.exact), (3, 0, true));
+///     let sample = idem::stats(2).await?;
+///     assert_eq!((sample.total(), sample.exact), (2, false));
+///     Ok(())
+/// })
+/// .await
+/// # }
+/// ```
+///
+/// What each store reads: the memory store, its entries; Redis, `SCAN … MATCH <prefix>:*`
+/// in batches (on every master of a Cluster) and the first bytes of each record found (never
+/// `KEYS`), with `DBSIZE` as [`Stats::store_keys`]; PostgreSQL, at most `limit` live rows of
+/// the prefix's key range, with the table's estimated row count (`pg_class.reltuples`).
+///
+/// Fails with [`Error::Store`] when the store fails or does not support it.
+pub async fn stats(limit: usize) -> Result<Stats, Error> {
+    let (store, prefix) =
+        Idem::with_current(|current| (current.store.clone(), current.key_prefix()));
+    store
+        .stats(&prefix, limit)
+        .await
+        .map_err(|source| Error::Store {
+            key: format!("{prefix}*"),
+            source,
+        })
 }

@@ -1,5 +1,6 @@
 //! Which store and settings a call runs with: [`init`], [`with_store`], or the memory default.
 
+use std::fmt::Display;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -84,6 +85,33 @@ impl Idem {
     /// The store calls run on.
     pub fn store(&self) -> &StoreHandle {
         &self.store
+    }
+
+    /// The store key under which the call of `scope` with `key` (the key as
+    /// [`Call::new`](crate::Call::new) takes it) keeps its record: this idem's prefix, the
+    /// scope and the key, encoded and hashed as every call does (see the README's "Store
+    /// keys"). For operators, to find a record with the store's own tools.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// let idem = idem::Idem::with_settings(idem::MemoryStore::new(), &idem::Config::default());
+    /// assert_eq!(idem.store_key("billing::invoice", "inv-42"), "idem:billing.invoice:inv-42");
+    /// assert_eq!(idem.store_key("billing::invoice", "a:b"), r"idem:billing.invoice:a\:b");
+    /// ```
+    pub fn store_key(&self, scope: &str, key: impl Display) -> String {
+        let settings = &self.settings;
+        crate::key::store_key(
+            &settings.prefix,
+            scope,
+            &crate::key::one_part(key.to_string()),
+            settings.hash_keys,
+        )
+    }
+
+    /// The start shared by the store keys of every call of this idem (its prefix, encoded,
+    /// and `:`), such as `idem:`: what [`stats`](crate::stats) counts under.
+    pub fn key_prefix(&self) -> String {
+        crate::key::key_prefix(&self.settings.prefix)
     }
 
     /// Runs `future` with this idem instead of the process-wide one. Calls made by the future

@@ -47,6 +47,14 @@ pub(crate) fn store_key(prefix: &str, scope: &str, key: &str, hash_all: bool) ->
     out
 }
 
+/// The start every store key of `prefix` shares: the encoded prefix and its `:`.
+pub(crate) fn key_prefix(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 1);
+    push_path(&mut out, prefix);
+    out.push(':');
+    out
+}
+
 /// Whether a scope or an encoded key is stored as its hash rather than as itself.
 fn must_hash(text: &str, limit: usize) -> bool {
     text.len() > limit || text.starts_with('#') || has_control(text)
@@ -166,6 +174,16 @@ mod tests {
             store_key("idem", "s", &of_parts(&["a", "b"]), false),
             "idem:s:a:b"
         );
+    }
+
+    #[test]
+    fn every_store_key_starts_with_its_key_prefix() {
+        for prefix in ["idem", "a:b", r"x.y\z", "p::q"] {
+            let stored = single(prefix, "s", "k");
+            assert!(stored.starts_with(&key_prefix(prefix)), "{stored}");
+            assert_eq!(stored.len(), key_prefix(prefix).len() + "s:k".len());
+        }
+        assert_eq!(key_prefix("a:b"), r"a\:b:");
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub mod testing;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use admin::{forget, inspect};
+pub use admin::{forget, inspect, stats};
 pub use call::Call;
 pub use config::{Config, FailMode};
 pub use context::{Idem, init, with_store};
@@ -67,4 +67,4 @@ pub use store::postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::redis::RedisStore;
-pub use store::{Inspection, Store, StoreHandle};
+pub use store::{Inspection, Stats, Store, StoreHandle};

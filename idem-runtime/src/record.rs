@@ -108,7 +108,7 @@ pub struct Claim {
 
 /// The prefix of a claim's byte form: a completed payload (a JSON envelope) never starts
 /// with it.
-const CLAIM_MARK: &str = "claim:1:";
+pub(crate) const CLAIM_MARK: &str = "claim:1:";
 
 impl Claim {
     /// A new claim with a random token.

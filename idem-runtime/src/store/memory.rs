@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::error::{StoreError, StoreErrorKind};
 use crate::record::{Claim, Record};
-use crate::store::{Fence, Inspection, Store, StoreFuture};
+use crate::store::{Fence, Inspection, Stats, Store, StoreFuture};
 
 const SHARDS: usize = 16;
 
@@ -460,6 +460,31 @@ impl Store for MemoryStore {
 
     fn describe(&self) -> String {
         "memory".to_owned()
+    }
+
+    /// Walks the shards one at a time, each locked while it is read; [`Stats::store_keys`]
+    /// is the records held, expired ones not yet dropped included.
+    fn stats<'a>(&'a self, prefix: &'a str, limit: usize) -> StoreFuture<'a, Stats> {
+        let now = Instant::now();
+        let (mut in_progress, mut completed, mut exact) = (0_u64, 0_u64, true);
+        'shards: for shard in self.inner.shards.iter() {
+            for entry in lock(shard).iter() {
+                if !entry.live(now) || !entry.key().starts_with(prefix.as_bytes()) {
+                    continue;
+                }
+                if in_progress + completed == limit as u64 {
+                    exact = false;
+                    break 'shards;
+                }
+                match entry.pending {
+                    Some(_) => in_progress += 1,
+                    None => completed += 1,
+                }
+            }
+        }
+        let held = self.inner.records.load(Ordering::Acquire) as u64;
+        let stats = Stats::new(in_progress, completed, exact).with_store_keys(Some(held));
+        Box::pin(std::future::ready(Ok(stats)))
     }
 }
 

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, StoreError};
 use crate::record::{Claim, Record};
-use crate::store::{Fence, Inspection, Store, StoreFuture};
+use crate::store::{Fence, Inspection, Stats, Store, StoreFuture};
 
 pub use self::options::PostgresOptions;
 pub use self::table::MIGRATION;
@@ -454,6 +454,18 @@ impl Store for PostgresStore {
             let sql = &self.shared.sql;
             let tag = listen::tag(key);
             on_connection!(self, |conn| sql::forget(conn, sql, key, &tag))
+        })
+    }
+
+    /// One statement: at most `limit + 1` live rows of the prefix's key range (an index range
+    /// of the primary key), the first `limit` counted by state. [`Stats::store_keys`] is the
+    /// planner's estimate of the table's rows (`pg_class.reltuples`, expired rows the reaper
+    /// has not deleted yet included), `None` before the table was first analyzed.
+    fn stats<'a>(&'a self, prefix: &'a str, limit: usize) -> StoreFuture<'a, Stats> {
+        Box::pin(async move {
+            check_key(prefix)?;
+            let sql = &self.shared.sql;
+            on_connection!(self, |conn| sql::stats(conn, sql, prefix, limit))
         })
     }
 

@@ -15,6 +15,7 @@
 //! | lease left (waiters) | `SELECT expires_at - clock_timestamp() … WHERE key, token, in progress, live` |
 //! | inspect (operators) | `SELECT state, fingerprint, octet_length(payload), expires_at - clock_timestamp() … WHERE key, live` |
 //! | forget (operators) | `WITH gone AS (DELETE … WHERE key RETURNING live) SELECT live, pg_notify(…) FROM gone` |
+//! | stats (operators) | `WITH sample AS (SELECT state … WHERE key in the prefix's range, live LIMIT n + 1) SELECT count(*) FILTER (…) …, reltuples` |
 //! | reap | `DELETE … WHERE key IN (SELECT key … WHERE expired LIMIT n FOR UPDATE SKIP LOCKED)` |
 //!
 //! The transactional mode (`tx = conn`) runs three more through the caller's connection,
@@ -33,7 +34,7 @@ use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqlStr};
 
 use super::table::Table;
 use crate::record::{Claim, Fingerprint, Record, Token};
-use crate::store::Inspection;
+use crate::store::{Inspection, Stats};
 
 /// A quoted string literal.
 fn literal(text: &str) -> String {
@@ -52,6 +53,7 @@ pub(super) struct Statements {
     completed_by: SqlStr,
     inspect: SqlStr,
     forget: SqlStr,
+    stats: SqlStr,
     reap: SqlStr,
     tx_claim: SqlStr,
     tx_complete: SqlStr,
@@ -122,6 +124,23 @@ impl Statements {
                 "WITH gone AS (DELETE FROM {t} WHERE key = $1 \
                     RETURNING expires_at > clock_timestamp() AS live) \
                  SELECT live, pg_notify({channel}, $2)::text FROM gone"
+            )),
+            // At most `$3 + 1` live rows of the keys that start with `$1` (a range of the
+            // primary key, up to `$2`, the first text past the prefix, when there is one), the
+            // first `$3` of them counted by state; whether there were more; and the planner's
+            // estimate of the table's rows (-1 before the table was first analyzed).
+            stats: sql(format!(
+                "WITH sample AS (\
+                    SELECT state FROM {t} \
+                    WHERE key >= $1 AND ($2::text IS NULL OR key < $2) AND starts_with(key, $1) \
+                    AND expires_at > clock_timestamp() LIMIT $3 + 1), \
+                 numbered AS (SELECT state, row_number() OVER () AS n FROM sample) \
+                 SELECT count(*) FILTER (WHERE state = 'in_progress' AND n <= $3), \
+                    count(*) FILTER (WHERE state = 'completed' AND n <= $3), \
+                    count(*) > $3, \
+                    (SELECT reltuples::int8 FROM pg_class WHERE oid = to_regclass({table})) \
+                 FROM numbered",
+                table = literal(&t),
             )),
             // In a caller's transaction: the same claim-or-read, and the wait for a concurrent
             // transaction's uncommitted claim of the key (PostgreSQL's own lock, which the
@@ -404,6 +423,48 @@ pub(super) async fn forget<'e>(
     }
 }
 
+/// The live rows whose keys start with `prefix`, at most `limit` of them counted by state.
+pub(super) async fn stats<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    prefix: &str,
+    limit: usize,
+) -> Result<Stats, sqlx::Error> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
+    let row = sqlx::query(sql.stats.clone())
+        .bind(prefix)
+        .bind(past(prefix))
+        .bind(limit)
+        .fetch_one(executor)
+        .await?;
+    let count = |at: usize| -> Result<u64, sqlx::Error> {
+        Ok(u64::try_from(row.try_get::<i64, _>(at)?).unwrap_or(0))
+    };
+    let more: bool = row.try_get(2)?;
+    let estimate: Option<i64> = row.try_get(3)?;
+    Ok(Stats::new(count(0)?, count(1)?, !more)
+        .with_store_keys(estimate.and_then(|rows| u64::try_from(rows).ok())))
+}
+
+/// The first text past every text that starts with `prefix`, in the byte order of the `key`
+/// column (`COLLATE "C"`, the order of code points): `prefix` with its last character that can
+/// grow grown by one and the rest cut off; `None` when there is none (an empty prefix).
+fn past(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last {
+            // The surrogates are not characters: the one after U+D7FF is U+E000.
+            '\u{d7ff}' => Some('\u{e000}'),
+            last => char::from_u32(u32::from(last) + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 /// [`claim`] inside the caller's transaction, waiting at most `wait` for a concurrent
 /// transaction's uncommitted claim of the key.
 pub(super) async fn tx_claim<'e>(
@@ -483,6 +544,13 @@ pub(super) async fn reap<'e>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn the_range_of_a_prefix_ends_past_every_key_that_starts_with_it() {
+        assert_eq!(past("idem:").as_deref(), Some("idem;"));
+        assert_eq!(past("a\u{10ffff}").as_deref(), Some("b"));
+        assert_eq!(past("\u{d7ff}").as_deref(), Some("\u{e000}"));
+        assert_eq!(past(""), None);
+    }
 
     #[test]
     fn literals_are_quoted() {

@@ -13,6 +13,7 @@
 //! | wait | `(S)SUBSCRIBE` (once per key and process), script: compare and `PTTL` | 2 |
 //! | inspect (operators) | `GET key` and `PTTL key`, pipelined | 1 |
 //! | forget (operators) | script: `DEL`, `(S)PUBLISH` when it deleted a record | 1 |
+//! | stats (operators) | `DBSIZE`; per page of 1000 keys, `SCAN … MATCH prefix* TYPE string` and pipelined `GETRANGE key 0 7` (see `stats.rs`) | 1 + 2 per page |
 //!
 //! So a replay costs one round trip and a first call two. With `min_replicas`, claim and
 //! complete send `WAIT` in the same round trip, right behind their write. Commands go over a
@@ -30,6 +31,7 @@ mod links;
 mod options;
 mod scripts;
 mod servers;
+mod stats;
 mod waiters;
 
 use std::fmt;
@@ -42,7 +44,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, StoreError};
 use crate::record::{Claim, Record};
-use crate::store::{Fence, Inspection, Store, StoreFuture};
+use crate::store::{Fence, Inspection, Stats, Store, StoreFuture};
 
 use self::background::Home;
 pub use self::options::RedisOptions;
@@ -710,6 +712,13 @@ impl Store for RedisStore {
             let answer = self.query(request, None).await?;
             Ok(self.parse::<i64>(answer.value)? == 1)
         })
+    }
+
+    /// `SCAN` on every master, a page at a time, never `KEYS`; see `stats.rs`.
+    /// [`Stats::store_keys`] is `DBSIZE` (summed over the masters of a Cluster): every key of
+    /// the database, idem's or not.
+    fn stats<'a>(&'a self, prefix: &'a str, limit: usize) -> StoreFuture<'a, Stats> {
+        Box::pin(self.count(prefix, limit))
     }
 
     fn describe(&self) -> String {
