@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::error::Error;
+use crate::store::store_kind;
 
 /// What a call does when the store is unavailable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -126,26 +127,6 @@ impl Default for Config {
 }
 
 const STORE_FORMS: &str = "`memory`, `redis://host:6379/0`, `rediss://host:6380/0`, `redis+cluster://host1:port1,host2:port2` or `postgres://user:password@host:5432/db`";
-
-/// Which backend a store URL names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum StoreKind {
-    Memory,
-    Redis,
-    RedisCluster,
-    Postgres,
-}
-
-pub(crate) fn store_kind(url: &str) -> Option<StoreKind> {
-    let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
-    match scheme {
-        "memory" => Some(StoreKind::Memory),
-        "redis" | "rediss" | "redis+unix" | "unix" => Some(StoreKind::Redis),
-        "redis+cluster" | "rediss+cluster" => Some(StoreKind::RedisCluster),
-        "postgres" | "postgresql" => Some(StoreKind::Postgres),
-        _ => None,
-    }
-}
 
 impl Config {
     /// The environment variables [`Config::from_env`] reads, for tools that list or clear them.
@@ -567,6 +548,7 @@ impl From<&Config> for crate::store::redis::RedisOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreKind;
     use std::collections::HashMap;
 
     fn from(vars: &[(&str, &str)]) -> Result<Config, Error> {

@@ -6,10 +6,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::cache::LocalCache;
-use crate::config::{Config, FailMode, StoreKind, store_kind};
+use crate::config::{Config, FailMode};
 use crate::error::Error;
 use crate::store::StoreHandle;
 use crate::store::memory::MemoryStore;
+use crate::store::{StoreKind, store_kind};
 
 /// The settings of a configured idem that are not the store itself.
 #[derive(Debug)]

@@ -18,6 +18,26 @@ pub mod postgres;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 
+/// Which backend a store URL names, by its scheme: how `Config` and the stores read a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StoreKind {
+    Memory,
+    Redis,
+    RedisCluster,
+    Postgres,
+}
+
+pub(crate) fn store_kind(url: &str) -> Option<StoreKind> {
+    let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
+    match scheme {
+        "memory" => Some(StoreKind::Memory),
+        "redis" | "rediss" | "redis+unix" | "unix" => Some(StoreKind::Redis),
+        "redis+cluster" | "rediss+cluster" => Some(StoreKind::RedisCluster),
+        "postgres" | "postgresql" => Some(StoreKind::Postgres),
+        _ => None,
+    }
+}
+
 /// The future a [`Store`] operation returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 

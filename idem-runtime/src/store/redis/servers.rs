@@ -24,8 +24,8 @@ use redis::{
     RedisFuture, RedisResult, Value,
 };
 
-use crate::config::{StoreKind, store_kind};
 use crate::error::Error;
+use crate::store::{StoreKind, store_kind};
 
 use super::background::{Home, MadeOn};
 
