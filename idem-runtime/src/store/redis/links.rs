@@ -80,8 +80,9 @@ pub(super) enum Unlinked {
 }
 
 /// Where a store's operations get their connections: its own (one server or a Cluster), or an
-/// application's pool. Every operation goes through [`get`](Lender::get), so the command path
-/// is the same for both.
+/// application's pool. Either lends a [`Lent`] connection, so the command path after it is the
+/// same for both (see `RedisStore::query`, which awaits the lending in place: one future layer
+/// less on every operation than a `Lender::get` of its own).
 pub(super) enum Lender {
     /// The store's own connections.
     Own(Links),
@@ -91,30 +92,6 @@ pub(super) enum Lender {
 }
 
 impl Lender {
-    /// A connection for one operation.
-    pub(super) async fn get(&self) -> Result<Lent<'_>, Unlinked> {
-        match self {
-            Lender::Own(links) => links.get().await,
-            // Boxed: a checkout's future is large, and the store's own path would carry it.
-            #[cfg(feature = "deadpool-redis")]
-            Lender::Pool(pool) => Box::pin(pool.get()).await,
-        }
-    }
-
-    /// A connection for an operation sent again after its connection turned out to be closed:
-    /// the same place's, made anew; from a pool, another checkout (the closed one was taken
-    /// out of the pool).
-    pub(super) async fn again(&self, place: usize) -> Result<Lent<'_>, Unlinked> {
-        match self {
-            Lender::Own(links) => links.again(place).await,
-            #[cfg(feature = "deadpool-redis")]
-            Lender::Pool(pool) => {
-                let _ = place;
-                Box::pin(pool.get()).await
-            }
-        }
-    }
-
     /// Makes every connection of the store's own now (see [`Links::fill`]), or checks one out
     /// of the pool, and lends one: for the checks at connect time.
     pub(super) async fn fill(&self) -> Result<Lent<'_>, Unlinked> {
@@ -145,7 +122,7 @@ pub(super) struct Links {
 pub(super) struct Lent<'a> {
     pub(super) conn: Conn,
     hold: Hold<'a>,
-    /// Where the connection is kept, for [`Lender::again`].
+    /// Where the connection is kept, for [`Links::again`].
     pub(super) place: usize,
 }
 
@@ -156,8 +133,10 @@ enum Hold<'a> {
     /// A Cluster connection's permit. The connection repairs itself, so it is never flagged.
     Exclusive(#[allow(dead_code)] SemaphorePermit<'a>),
     /// A connection checked out of an application's pool, back in it when this is dropped.
+    /// Boxed: deadpool's object is large, and every `Lent` of the store's own connections
+    /// would be as large (and copied with `memcpy` on every operation).
     #[cfg(feature = "deadpool-redis")]
-    Pooled(super::pooled::Checkout),
+    Pooled(Box<super::pooled::Checkout>),
 }
 
 impl<'a> Lent<'a> {
@@ -181,7 +160,7 @@ impl<'a> Lent<'a> {
 
     /// A connection checked out of a pool.
     #[cfg(feature = "deadpool-redis")]
-    pub(super) fn pooled(conn: Conn, checkout: super::pooled::Checkout) -> Self {
+    pub(super) fn pooled(conn: Conn, checkout: Box<super::pooled::Checkout>) -> Self {
         Lent {
             conn,
             hold: Hold::Pooled(checkout),

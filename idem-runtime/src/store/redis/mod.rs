@@ -413,9 +413,16 @@ impl RedisStore {
         let within = shared.command_timeout + replicas.map_or(Duration::ZERO, |r| r.timeout);
         let mut resent = None;
         loop {
-            let lent = match resent {
-                None => shared.lender.get().await,
-                Some(place) => shared.lender.again(place).await,
+            let lent = match &shared.lender {
+                Lender::Own(links) => match resent {
+                    None => links.get().await,
+                    Some(place) => links.again(place).await,
+                },
+                // Boxed: a checkout's future is large, and the store's own path would carry
+                // it. Sent again, an operation takes another checkout (the closed connection
+                // was taken out of the pool).
+                #[cfg(feature = "deadpool-redis")]
+                Lender::Pool(pool) => Box::pin(pool.get()).await,
             };
             // A Cluster or a pooled connection stays this operation's until `lent` is dropped.
             let mut lent = lent.map_err(|e| failure::unlinked(e, &shared.url))?;

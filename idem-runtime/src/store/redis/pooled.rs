@@ -57,10 +57,10 @@ impl Pooled {
         match tokio::time::timeout(self.within, self.pool.get()).await {
             Ok(Ok(object)) => {
                 let conn = Conn::Node(MultiplexedConnection::clone(&object));
-                let checkout = Checkout {
+                let checkout = Box::new(Checkout {
                     object: Some(object),
                     broken: false,
-                };
+                });
                 Ok(Lent::pooled(conn, checkout))
             }
             // The pool's manager could not make a connection: as when the store makes one.
