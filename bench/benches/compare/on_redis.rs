@@ -1,11 +1,12 @@
 //! The Redis rows: idem on `RedisStore` against raw commands on one multiplexed connection,
-//! the hand-written pattern and the peers, with one caller and with 64.
+//! the hand-written pattern and the peers, with one caller and with 64; and idem on an
+//! application's deadpool-redis pool (`RedisStore::from_deadpool`) against the default store.
 
 use std::future::Future;
 use std::hint::black_box;
 use std::time::Duration;
 
-use idem::{Config, Idem};
+use idem::{Config, Idem, RedisStore};
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 
@@ -29,6 +30,9 @@ pub struct Setup {
     pub idem: Idem,
     /// idem with a local cache (and another prefix).
     pub cached: Idem,
+    /// idem on a deadpool-redis pool of the default size (`RedisStore::from_deadpool`), with
+    /// the default configuration otherwise: the same records as `idem`.
+    pub deadpool: Idem,
     pub cached_crate: CachedStore,
     pub idempotent_crate: PeerStore,
 }
@@ -50,10 +54,18 @@ impl Setup {
         let cached = Idem::connect(&config.clone().prefix("l1").local_cache(100_000))
             .await
             .expect("idem: connect");
+        let pool = deadpool_redis::Config::from_url(url)
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .expect("a deadpool-redis pool");
+        let deadpool = RedisStore::from_deadpool(pool)
+            .await
+            .expect("idem: from_deadpool");
+        let deadpool = Idem::with_settings(deadpool, &config);
         let setup = Setup {
             conn,
             idem,
             cached,
+            deadpool,
             cached_crate: peers::cached_store(url).await,
             idempotent_crate: peers::idempotent_store(url).await,
         };
@@ -142,6 +154,42 @@ pub async fn one_caller(report: &mut Report, plan: &Plan, setup: &Setup) {
         "first call",
         "2 raw GETs in a row",
         (two, first),
+        Quantity::Nanos,
+        None,
+    );
+
+    let (default, pooled) = latency_pair(
+        plan,
+        async || {
+            black_box(setup.idem.scope(charge(black_box(7))).await.unwrap());
+        },
+        async || {
+            black_box(setup.deadpool.scope(charge(black_box(7))).await.unwrap());
+        },
+    )
+    .await;
+    report.add_pair(
+        "replay on a deadpool-redis pool (`from_deadpool`)",
+        "replay on the default store",
+        (default, pooled),
+        Quantity::Nanos,
+        None,
+    );
+
+    let (default, pooled) = latency_pair(
+        plan,
+        async || {
+            black_box(setup.idem.scope(charge(fresh())).await.unwrap());
+        },
+        async || {
+            black_box(setup.deadpool.scope(charge(fresh())).await.unwrap());
+        },
+    )
+    .await;
+    report.add_pair(
+        "first call on a deadpool-redis pool (`from_deadpool`)",
+        "first call on the default store",
+        (default, pooled),
         Quantity::Nanos,
         None,
     );
@@ -362,6 +410,35 @@ pub async fn concurrent(report: &mut Report, plan: &Plan, setup: &Setup) {
         1.0,
     )
     .await;
+
+    let pooled_replay = each(setup.deadpool.clone(), |idem| async move {
+        black_box(idem.scope(charge(below(REPLAYED))).await.unwrap());
+    });
+    let pooled_first = each(setup.deadpool.clone(), |idem| async move {
+        black_box(idem.scope(charge(fresh())).await.unwrap());
+    });
+    let default_replay = each(setup.idem.clone(), |idem| async move {
+        black_box(idem.scope(charge(below(REPLAYED))).await.unwrap());
+    });
+    let default_first = each(setup.idem.clone(), |idem| async move {
+        black_box(idem.scope(charge(fresh())).await.unwrap());
+    });
+    let pair = throughput_pair(plan, CALLERS, default_replay, pooled_replay).await;
+    report.add_pair(
+        "replays/s on a deadpool-redis pool (`from_deadpool`)",
+        "replays/s on the default store",
+        pair,
+        Quantity::PerSecond,
+        None,
+    );
+    let pair = throughput_pair(plan, CALLERS, default_first, pooled_first).await;
+    report.add_pair(
+        "first calls/s on a deadpool-redis pool (`from_deadpool`)",
+        "first calls/s on the default store",
+        pair,
+        Quantity::PerSecond,
+        None,
+    );
 
     let replays = throughput(plan, CALLERS, local).await;
     report.add(

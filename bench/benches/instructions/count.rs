@@ -34,6 +34,10 @@ pub enum Operation {
     RedisReplay,
     /// A first call through idem on `RedisStore`.
     RedisFirst,
+    /// A replay through idem on `RedisStore::from_deadpool` (a deadpool-redis pool).
+    DeadpoolReplay,
+    /// A first call through idem on `RedisStore::from_deadpool`.
+    DeadpoolFirst,
     /// A replay of a random one of this many live records in the `MemoryStore`.
     MemoryReplayAmong(u64),
     /// The same lookup and decode in a bare `HashMap<String, Vec<u8>>` of this many records.
@@ -42,7 +46,7 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation, in the order they are counted.
-    pub const ALL: [Operation; 8] = [
+    pub const ALL: [Operation; 10] = [
         Operation::Direct,
         Operation::MemoryReplay,
         Operation::LocalCacheReplay,
@@ -51,6 +55,8 @@ impl Operation {
         Operation::FloorFirst,
         Operation::RedisReplay,
         Operation::RedisFirst,
+        Operation::DeadpoolReplay,
+        Operation::DeadpoolFirst,
     ];
 
     /// The operations whose cache misses are counted too: the memory store at scale.
@@ -74,6 +80,8 @@ impl Operation {
             Operation::FloorFirst => "floor-first",
             Operation::RedisReplay => "redis-replay",
             Operation::RedisFirst => "redis-first",
+            Operation::DeadpoolReplay => "deadpool-replay",
+            Operation::DeadpoolFirst => "deadpool-first",
             Operation::MemoryReplayAmong(1_000) => "memory-replay-1k",
             Operation::MemoryReplayAmong(100_000) => "memory-replay-100k",
             Operation::MemoryReplayAmong(_) => "memory-replay-1m",
@@ -210,9 +218,20 @@ fn ready<T>(future: StoreFuture<'_, T>) -> Result<T, idem::StoreError> {
 }
 
 fn on_redis(runtime: &Runtime, op: Operation, calls: u64, url: &str) {
-    let idem = runtime
-        .block_on(Idem::connect(&Config::default().store(url)))
-        .expect("idem: connect");
+    let idem = match op {
+        Operation::DeadpoolReplay | Operation::DeadpoolFirst => {
+            let pool = deadpool_redis::Config::from_url(url)
+                .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                .expect("a deadpool-redis pool");
+            let store = runtime
+                .block_on(idem::RedisStore::from_deadpool(pool))
+                .expect("idem: from_deadpool");
+            Idem::with_settings(store, &Config::default())
+        }
+        _ => runtime
+            .block_on(Idem::connect(&Config::default().store(url)))
+            .expect("idem: connect"),
+    };
     runtime
         .block_on(idem.scope(charge(7)))
         .expect("the record of order 7");
@@ -233,12 +252,16 @@ fn on_redis(runtime: &Runtime, op: Operation, calls: u64, url: &str) {
         Operation::FloorFirst => measure(runtime, None, calls, async || {
             by_hand::first(&mut conn, &payload).await;
         }),
-        Operation::RedisReplay => measure(runtime, Some(&idem), calls, async || {
-            black_box(charge(black_box(7)).await.unwrap());
-        }),
-        Operation::RedisFirst => measure(runtime, Some(&idem), calls, async || {
-            black_box(charge(fresh()).await.unwrap());
-        }),
+        Operation::RedisReplay | Operation::DeadpoolReplay => {
+            measure(runtime, Some(&idem), calls, async || {
+                black_box(charge(black_box(7)).await.unwrap());
+            })
+        }
+        Operation::RedisFirst | Operation::DeadpoolFirst => {
+            measure(runtime, Some(&idem), calls, async || {
+                black_box(charge(fresh()).await.unwrap());
+            })
+        }
         _ => unreachable!("{op:?} runs in memory"),
     }
 }

@@ -224,7 +224,7 @@ enum Versus {
 /// The table of instructions per call.
 fn table(of: &impl Fn(Operation) -> f64) -> String {
     use Operation::*;
-    let rows: [(&str, Operation, &str, Operation, Versus); 8] = [
+    let rows: [(&str, Operation, &str, Operation, Versus); 10] = [
         (
             "Redis replay",
             RedisReplay,
@@ -244,6 +244,20 @@ fn table(of: &impl Fn(Operation) -> f64) -> String {
             RedisReplay,
             "raw GET",
             RawGet,
+            Versus::Ratio(None),
+        ),
+        (
+            "Redis replay on a deadpool-redis pool (`from_deadpool`)",
+            DeadpoolReplay,
+            "Redis replay",
+            RedisReplay,
+            Versus::Ratio(None),
+        ),
+        (
+            "Redis first call on a deadpool-redis pool (`from_deadpool`)",
+            DeadpoolFirst,
+            "Redis first call",
+            RedisFirst,
             Versus::Ratio(None),
         ),
         (

@@ -85,8 +85,8 @@ impl RedisStore {
             source,
         };
         let answer = tokio::time::timeout(connect_timeout, async {
-            let mut link = self.shared.links.fill().await.map_err(Checked::Link)?;
-            self.survey(&mut link.conn).await.map_err(Checked::Command)
+            let mut lent = self.shared.lender.fill().await.map_err(Checked::Link)?;
+            self.survey(&mut lent.conn).await.map_err(Checked::Command)
         })
         .await;
         let inspected = match answer {

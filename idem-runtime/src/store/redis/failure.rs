@@ -92,6 +92,8 @@ pub(super) fn unlinked(error: Unlinked, url: &str) -> StoreError {
             };
             StoreError::new(kind, format!("cannot connect to Redis at {url}")).with_source(error)
         }
+        #[cfg(feature = "deadpool-redis")]
+        Unlinked::Pool(unpooled) => unpooled.store_error(url),
     }
 }
 

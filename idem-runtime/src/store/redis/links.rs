@@ -24,6 +24,10 @@
 //! else on idem's own (see `background.rs`): one made on another caller's runtime is replaced
 //! like a broken one.
 //!
+//! On an application's `deadpool_redis::Pool` the store keeps no connection: each operation
+//! checks one out of the pool through the same [`Lender`], and holds it until it returns (see
+//! `pooled.rs`).
+//!
 //! A Cluster connection is never flagged: it holds one connection per node and repairs them
 //! itself (a node whose socket closed is reconnected, a moved slot is looked up again), so
 //! replacing it whole would only cost a new discovery of the cluster. It is not shared
@@ -59,19 +63,6 @@ pub(super) struct Link {
 }
 
 impl Link {
-    /// Marks a single-server connection as unusable: the next operation dealt to its place
-    /// makes a new one. A Cluster connection repairs itself and stays.
-    pub(super) fn discard(&self) {
-        if matches!(self.conn, Conn::Node(_)) {
-            self.broken.store(true, Ordering::Release);
-        }
-    }
-
-    /// Whether this is a connection to one server (not a Cluster connection).
-    pub(super) fn is_node(&self) -> bool {
-        matches!(self.conn, Conn::Node(_))
-    }
-
     fn is_healthy(&self) -> bool {
         !self.broken.load(Ordering::Acquire)
     }
@@ -83,6 +74,46 @@ pub(super) enum Unlinked {
     Failed(RedisError),
     /// Connecting took longer than `connect_timeout`.
     TimedOut(Duration),
+    /// The application's pool lent no connection (see `pooled.rs`).
+    #[cfg(feature = "deadpool-redis")]
+    Pool(super::pooled::Unpooled),
+}
+
+/// Where a store's operations get their connections: its own (one server or a Cluster), or an
+/// application's pool. Either lends a [`Lent`] connection, so the command path after it is the
+/// same for both (see `RedisStore::query`, which awaits the lending in place: one future layer
+/// less on every operation than a `Lender::get` of its own).
+pub(super) enum Lender {
+    /// The store's own connections.
+    Own(Links),
+    /// Connections checked out of an application's `deadpool_redis::Pool`, one per operation.
+    #[cfg(feature = "deadpool-redis")]
+    Pool(super::pooled::Pooled),
+}
+
+impl Lender {
+    /// Makes every connection of the store's own now (see [`Links::fill`]), or checks one out
+    /// of the pool, and lends one: for the checks at connect time.
+    pub(super) async fn fill(&self) -> Result<Lent<'_>, Unlinked> {
+        match self {
+            Lender::Own(links) => {
+                let link = links.fill().await?;
+                Ok(Lent::shared(link, 0))
+            }
+            #[cfg(feature = "deadpool-redis")]
+            Lender::Pool(pool) => Box::pin(pool.get()).await,
+        }
+    }
+
+    /// Lends a connection for an operator's operation (see `stats.rs`); the calls' own path
+    /// lends in place, in `RedisStore::query`.
+    pub(super) async fn lend(&self) -> Result<Lent<'_>, Unlinked> {
+        match self {
+            Lender::Own(links) => links.get().await,
+            #[cfg(feature = "deadpool-redis")]
+            Lender::Pool(pool) => Box::pin(pool.get()).await,
+        }
+    }
 }
 
 /// The connections of a store.
@@ -96,14 +127,73 @@ pub(super) struct Links {
     exclusive: bool,
 }
 
-/// A connection handed to one operation; with exclusive use, the operation holds it until
-/// this is dropped.
+/// A connection handed to one operation; with exclusive use (a Cluster connection, a pooled
+/// connection), the operation holds it until this is dropped.
 pub(super) struct Lent<'a> {
-    pub(super) link: Link,
-    /// The connection's permit, with exclusive use: the operation keeps it while it runs.
-    pub(super) held: Option<SemaphorePermit<'a>>,
+    pub(super) conn: Conn,
+    hold: Hold<'a>,
     /// Where the connection is kept, for [`Links::again`].
     pub(super) place: usize,
+}
+
+/// What a [`Lent`] connection keeps while the operation runs.
+enum Hold<'a> {
+    /// A shared connection of the store's own to one server: the flag that marks it broken.
+    Shared(Arc<AtomicBool>),
+    /// A Cluster connection's permit. The connection repairs itself, so it is never flagged.
+    Exclusive(#[allow(dead_code)] SemaphorePermit<'a>),
+    /// A connection checked out of an application's pool, back in it when this is dropped.
+    /// Boxed: deadpool's object is large, and every `Lent` of the store's own connections
+    /// would be as large (and copied with `memcpy` on every operation).
+    #[cfg(feature = "deadpool-redis")]
+    Pooled(Box<super::pooled::Checkout>),
+}
+
+impl<'a> Lent<'a> {
+    /// A shared connection of the store's own.
+    fn shared(link: Link, place: usize) -> Self {
+        Lent {
+            conn: link.conn,
+            hold: Hold::Shared(link.broken),
+            place,
+        }
+    }
+
+    /// A Cluster connection, held with `permit`.
+    fn exclusive(link: Link, permit: SemaphorePermit<'a>, place: usize) -> Self {
+        Lent {
+            conn: link.conn,
+            hold: Hold::Exclusive(permit),
+            place,
+        }
+    }
+
+    /// A connection checked out of a pool.
+    #[cfg(feature = "deadpool-redis")]
+    pub(super) fn pooled(conn: Conn, checkout: Box<super::pooled::Checkout>) -> Self {
+        Lent {
+            conn,
+            hold: Hold::Pooled(checkout),
+            place: 0,
+        }
+    }
+
+    /// Marks the connection as unusable: a single-server connection of the store's own is made
+    /// anew by the next operation dealt to its place, a pooled one is taken out of the pool
+    /// (and closed) instead of going back. A Cluster connection repairs itself and stays.
+    pub(super) fn discard(&mut self) {
+        match &mut self.hold {
+            Hold::Shared(broken) => broken.store(true, Ordering::Release),
+            Hold::Exclusive(_) => {}
+            #[cfg(feature = "deadpool-redis")]
+            Hold::Pooled(checkout) => checkout.discard(),
+        }
+    }
+
+    /// Whether this is a connection to one server (not a Cluster connection).
+    pub(super) fn is_node(&self) -> bool {
+        matches!(self.conn, Conn::Node(_))
+    }
 }
 
 /// One of the store's connections, once made.
@@ -181,10 +271,9 @@ impl Links {
             });
         }
         let link = self.at(at).await?;
-        Ok(Lent {
-            link,
-            held,
-            place: at,
+        Ok(match held {
+            Some(permit) => Lent::exclusive(link, permit, at),
+            None => Lent::shared(link, at),
         })
     }
 
@@ -205,10 +294,9 @@ impl Links {
             false => None,
         };
         let link = self.at(at).await?;
-        Ok(Lent {
-            link,
-            held,
-            place: at,
+        Ok(match held {
+            Some(permit) => Lent::exclusive(link, permit, at),
+            None => Lent::shared(link, at),
         })
     }
 

@@ -23,12 +23,19 @@
 //! `waiters.rs`). Connections are made and driven on the runtime the calls come from, or on
 //! idem's own once they come from more than one (see `background.rs`). `connect` checks the servers before the first
 //! call, eviction included (see `checks.rs`).
+//!
+//! On an application's `deadpool_redis::Pool` (`from_deadpool`, feature `deadpool-redis`),
+//! each operation checks a connection out of the pool instead and sends the same commands on
+//! it (see `pooled.rs`): deadpool-redis's `UNWATCH`+`PING` at each checkout adds a round trip
+//! per operation, and waiters look at their key every 50 ms instead of subscribing.
 
 mod background;
 mod checks;
 mod failure;
 mod links;
 mod options;
+#[cfg(feature = "deadpool-redis")]
+mod pooled;
 mod scripts;
 mod servers;
 mod stats;
@@ -40,6 +47,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, ServerErrorKind, Value};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::{Error, StoreError};
@@ -49,7 +57,7 @@ use crate::store::{Fence, Inspection, Stats, Store, StoreFuture};
 use self::background::Home;
 pub use self::options::RedisOptions;
 
-use self::links::{Lent, Links};
+use self::links::{Lender, Links};
 use self::scripts::{Lua, Scripts};
 use self::servers::{Conn, Target, Timeouts};
 use self::waiters::Hub;
@@ -77,8 +85,10 @@ const CLUSTER_RELOOK: Duration = Duration::from_millis(250);
 ///
 /// Build it with [`RedisStore::connect`] from [`RedisOptions`], a URL or a
 /// [`Config`](crate::Config) (or let [`init`](crate::init) do it for `IDEM_STORE=redis://…`),
-/// with [`RedisStore::open`] from a URL, or from the application's own client
-/// ([`from_client`](RedisStore::from_client), [`from_cluster_client`](RedisStore::from_cluster_client)):
+/// with [`RedisStore::open`] from a URL, from the application's own client
+/// ([`from_client`](RedisStore::from_client), [`from_cluster_client`](RedisStore::from_cluster_client)),
+/// or on the application's own `deadpool_redis::Pool` (`from_deadpool`, feature
+/// `deadpool-redis`):
 ///
 /// ```no_run
 /// # use idem_runtime as idem;
@@ -140,14 +150,34 @@ pub struct RedisStore {
 }
 
 struct Shared {
-    links: Links,
-    hub: Arc<Hub>,
+    lender: Lender,
+    /// What wakes waiting calls: pub/sub on a connection of the store's own. `None` on an
+    /// application's pool, whose connections are lent for one operation at a time: waiting
+    /// calls look again every [`FALLBACK_POLL`] instead.
+    hub: Option<Arc<Hub>>,
     scripts: &'static Scripts,
     cluster: bool,
     url: String,
     pool_size: usize,
     command_timeout: Duration,
     replicas: Option<Replicas>,
+}
+
+/// What a store is connected to, for its scripts and its messages.
+struct Deployment {
+    cluster: bool,
+    /// The URL without the password, or what the connections come from.
+    url: String,
+    /// How many connections carry its commands.
+    pool_size: usize,
+}
+
+/// The `min_replicas` of `options`, if any.
+fn replicas(options: &RedisOptions) -> Option<Replicas> {
+    (options.min_replicas > 0).then_some(Replicas {
+        count: options.min_replicas,
+        timeout: options.replica_timeout,
+    })
 }
 
 /// How many replicas must acknowledge a claim or a result (`min_replicas`) and how long a
@@ -207,14 +237,109 @@ impl RedisStore {
         RedisStore::start(target, &options).await
     }
 
+    /// A store on an application's own [`deadpool_redis::Pool`] (deadpool-redis 0.23), with the
+    /// default options: see [`from_deadpool_with`](RedisStore::from_deadpool_with).
+    ///
+    /// ```no_run
+    /// # use idem_runtime as idem;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // The application's pool, from deadpool-redis's own configuration (a URL here; its
+    /// // `connection` and `pool` fields, or a config file through its `serde` feature, work
+    /// // the same). A runtime lets the pool apply its timeouts.
+    /// let config = deadpool_redis::Config::from_url("redis://127.0.0.1:6379/0");
+    /// let pool = config.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+    ///
+    /// // idem checks connections out of the same pool, next to the application's own commands.
+    /// let store = idem::RedisStore::from_deadpool(pool.clone()).await?;
+    /// let outcome = idem::Call::new("billing::invoice", "inv-42")
+    ///     .store(store)
+    ///     .run(async { 42_u64 })
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "deadpool-redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "deadpool-redis")))]
+    pub async fn from_deadpool(pool: deadpool_redis::Pool) -> Result<RedisStore, Error> {
+        RedisStore::from_deadpool_with(pool, RedisOptions::new(String::new())).await
+    }
+
+    /// A store on an application's own [`deadpool_redis::Pool`] (deadpool-redis 0.23, on the
+    /// same redis-rs as idem), one server: each operation checks a connection out of the pool,
+    /// sends its command (with the same scripts, fencing and `min_replicas` as a store of its own
+    /// connections) and gives the connection back. `options` gives the timeouts,
+    /// `min_replicas` and `allow_eviction`; its URL and `pool_size` are not used (the pool's
+    /// `max_size` bounds the operations in flight). Like [`connect`](RedisStore::connect), it
+    /// checks the server on a pooled connection before it returns (Redis 7.0 or later, not a
+    /// Cluster node, no eviction unless `allow_eviction`), and loads the scripts.
+    ///
+    /// The settings of an application's [`Config`](crate::Config) apply with
+    /// `RedisOptions::from(&config)`:
+    ///
+    /// ```no_run
+    /// # use idem_runtime as idem;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use idem::store::redis::RedisOptions;
+    ///
+    /// let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:6379/0")
+    ///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+    /// let config = idem::Config::from_env()?;
+    /// let store = idem::RedisStore::from_deadpool_with(pool, RedisOptions::from(&config)).await?;
+    /// // Every call of the process on it, with the other settings of `config`:
+    /// let idem = idem::Idem::with_settings(store, &config);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// What differs from the store's own connections:
+    ///
+    /// - deadpool-redis checks every connection it lends with `UNWATCH` and `PING`, pipelined:
+    ///   one more round trip per store operation, so a replay costs two and a first call four.
+    /// - A call waiting for another with the same key looks at the key again every 50 ms
+    ///   (one checkout each) instead of being woken by pub/sub: no connection is held while it
+    ///   waits, so a pool of one connection serves the holder and its waiters alike.
+    /// - Operations in flight are bounded by the pool's `max_size` (the store's own connections
+    ///   pipeline any number), and a checkout waits for a free connection within the pool's
+    ///   wait timeout and `connect_timeout`; when none frees up the call fails with
+    ///   [`StoreErrorKind::Timeout`](crate::StoreErrorKind::Timeout), saying the pool is
+    ///   exhausted. A closed pool is [`StoreErrorKind::Unavailable`](crate::StoreErrorKind::Unavailable).
+    /// - The pool's connections are made and driven on the runtime of the call that checks them
+    ///   out (deadpool-redis's choice), not moved to idem's own threads.
+    ///
+    /// Fails with [`Error::Config`] for a server that is refused as [`connect`](RedisStore::connect)
+    /// refuses it, and for a pool that has timeouts but no runtime; with [`Error::Connect`] when
+    /// no connection can be checked out and answer within `connect_timeout`.
+    #[cfg(feature = "deadpool-redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "deadpool-redis")))]
+    pub async fn from_deadpool_with(
+        pool: deadpool_redis::Pool,
+        options: RedisOptions,
+    ) -> Result<RedisStore, Error> {
+        let pool = pooled::Pooled::new(pool, options.connect_timeout);
+        let pool_size = pool.max_size();
+        let store = RedisStore::assemble(
+            Lender::Pool(pool),
+            None,
+            Deployment {
+                cluster: false,
+                url: pooled::DESCRIBED.to_owned(),
+                pool_size,
+            },
+            &options,
+        );
+        store
+            .check(options.connect_timeout, options.allow_eviction)
+            .await?;
+        Ok(store)
+    }
+
     async fn start(target: Target, options: &RedisOptions) -> Result<RedisStore, Error> {
         if target.tls {
             tls_ready(&target.url)?;
         }
-        let replicas = (options.min_replicas > 0).then_some(Replicas {
-            count: options.min_replicas,
-            timeout: options.replica_timeout,
-        });
+        let replicas = replicas(options);
         let timeouts = Timeouts {
             connect: options.connect_timeout,
             attempt: options.command_timeout + replicas.map_or(Duration::ZERO, |r| r.timeout),
@@ -227,26 +352,46 @@ impl RedisStore {
             .unwrap_or(if cluster { CLUSTER_POOL } else { NODE_POOL });
         let home = Arc::new(Home::default());
         let links = Links::new(servers.clone(), home.clone(), timeouts, pool_size, cluster);
-        let store = RedisStore {
-            shared: Arc::new(Shared {
-                links,
-                hub: Arc::new(Hub::new(servers, home, timeouts, options.command_timeout)),
-                scripts: if cluster {
-                    &scripts::CLUSTER
-                } else {
-                    &scripts::NODE
-                },
+        let hub = Hub::new(servers, home, timeouts, options.command_timeout);
+        let store = RedisStore::assemble(
+            Lender::Own(links),
+            Some(Arc::new(hub)),
+            Deployment {
                 cluster,
                 url,
                 pool_size,
-                command_timeout: options.command_timeout,
-                replicas,
-            }),
-        };
+            },
+            options,
+        );
         store
             .check(options.connect_timeout, options.allow_eviction)
             .await?;
         Ok(store)
+    }
+
+    /// A store whose operations take their connections from `lender`.
+    fn assemble(
+        lender: Lender,
+        hub: Option<Arc<Hub>>,
+        deployment: Deployment,
+        options: &RedisOptions,
+    ) -> RedisStore {
+        RedisStore {
+            shared: Arc::new(Shared {
+                lender,
+                hub,
+                scripts: if deployment.cluster {
+                    &scripts::CLUSTER
+                } else {
+                    &scripts::NODE
+                },
+                cluster: deployment.cluster,
+                url: deployment.url,
+                pool_size: deployment.pool_size,
+                command_timeout: options.command_timeout,
+                replicas: replicas(options),
+            }),
+        }
     }
 
     /// Runs `request` on one of the shared connections within the command timeout; with
@@ -272,25 +417,28 @@ impl RedisStore {
         let within = shared.command_timeout + replicas.map_or(Duration::ZERO, |r| r.timeout);
         let mut resent = None;
         loop {
-            let lent = match resent {
-                None => shared.links.get().await,
-                Some(place) => shared.links.again(place).await,
+            let lent = match &shared.lender {
+                Lender::Own(links) => match resent {
+                    None => links.get().await,
+                    Some(place) => links.again(place).await,
+                },
+                // Boxed: a checkout's future is large, and the store's own path would carry
+                // it. Sent again, an operation takes another checkout (the closed connection
+                // was taken out of the pool).
+                #[cfg(feature = "deadpool-redis")]
+                Lender::Pool(pool) => Box::pin(pool.get()).await,
             };
-            // `_held` (not `_`): a Cluster connection stays this operation's until it returns.
-            let Lent {
-                mut link,
-                held: _held,
-                place,
-            } = lent.map_err(|e| failure::unlinked(e, &shared.url))?;
-            match tokio::time::timeout(within, send(&mut link.conn, &request, replicas)).await {
+            // A Cluster or a pooled connection stays this operation's until `lent` is dropped.
+            let mut lent = lent.map_err(|e| failure::unlinked(e, &shared.url))?;
+            match tokio::time::timeout(within, send(&mut lent.conn, &request, replicas)).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(error)) => {
                     if failure::breaks_connection(&error) {
-                        link.discard();
+                        lent.discard();
                     }
-                    if resent.is_none() && link.is_node() && failure::resend(&error) {
+                    if resent.is_none() && lent.is_node() && failure::resend(&error) {
                         tracing::debug!(%error, "idem found its Redis connection closed; sending the command again on a new one");
-                        resent = Some(place);
+                        resent = Some(lent.place);
                         continue;
                     }
                     return Err(failure::command(error, &shared.url));
@@ -298,7 +446,7 @@ impl RedisStore {
                 Err(_) => {
                     // The server may be gone without a word (a dead peer sends no reset): the
                     // next operation on this connection's place makes a new one.
-                    link.discard();
+                    lent.discard();
                     if let Some((claim, lease)) = undo {
                         let undo = Undo {
                             key: request.key.to_owned(),
@@ -306,7 +454,7 @@ impl RedisStore {
                             scripts: shared.scripts,
                             within: lease,
                         };
-                        undo.send(link.conn.clone());
+                        undo.send(lent.conn.clone());
                     }
                     return Err(failure::timed_out(&shared.url, within));
                 }
@@ -655,18 +803,22 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let deadline = Instant::now() + timeout;
-            let hub = &self.shared.hub;
-            let ticket = hub.register(key);
-            let woken = ticket.wake().notified();
+            let ticket = self.shared.hub.as_ref().map(|hub| hub.register(key));
+            // Without a hub (an application's pool) nothing wakes the waiter but its timer.
+            let unwoken = Notify::new();
+            let woken = ticket.as_ref().map_or(&unwoken, |t| t.wake()).notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
             // Subscribe first, then look: a completion after the look is published to us.
-            let listening = match hub.listen(&ticket).await {
-                Ok(()) => true,
-                Err(error) => {
-                    tracing::debug!(%error, "idem cannot subscribe for completions; waiting by polling");
-                    false
-                }
+            let listening = match (&self.shared.hub, &ticket) {
+                (Some(hub), Some(ticket)) => match hub.listen(ticket).await {
+                    Ok(()) => true,
+                    Err(error) => {
+                        tracing::debug!(%error, "idem cannot subscribe for completions; waiting by polling");
+                        false
+                    }
+                },
+                _ => false,
             };
             let Some(left) = self.lease_left(key, holder).await? else {
                 return Ok(());

@@ -27,7 +27,6 @@ use redis::{Cmd, FromRedisValue, RedisResult, Value};
 
 use super::RedisStore;
 use super::failure;
-use super::links::Lent;
 use super::servers::Conn;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::record::CLAIM_MARK;
@@ -60,15 +59,13 @@ impl RedisStore {
         let shared = &self.shared;
         let url = shared.url.as_str();
         let within = shared.command_timeout;
-        // `_held` (not `_`): a Cluster connection stays this operation's until it returns.
-        let Lent {
-            link, held: _held, ..
-        } = shared
-            .links
-            .get()
+        // Held to the end: a Cluster or pooled connection stays this operation's until then.
+        let lent = shared
+            .lender
+            .lend()
             .await
             .map_err(|e| failure::unlinked(e, url))?;
-        let mut conn = link.conn.clone();
+        let mut conn = lent.conn.clone();
         let (mut walks, store_keys) = masters(&mut conn, url, within).await?;
         let pattern = format!("{}*", glob_escape(prefix));
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
