@@ -16,13 +16,20 @@
 //! | stats (operators) | `DBSIZE`; per page of 1000 keys, `SCAN … MATCH prefix* TYPE string` and pipelined `GETRANGE key 0 7` (see `stats.rs`) | 1 + 2 per page |
 //!
 //! So a replay costs one round trip and a first call two. With `min_replicas`, claim and
-//! complete send `WAIT` in the same round trip, right behind their write. Commands go over a
-//! few connections (see `links.rs`): shared and pipelined to one server, one operation at a
-//! time per Cluster connection (see `servers.rs`); scripts run by SHA and are loaded again
-//! where a server lacks them (see `scripts.rs`); waiters are woken by pub/sub (see
-//! `waiters.rs`). Connections are made and driven on the runtime the calls come from, or on
-//! idem's own once they come from more than one (see `background.rs`). `connect` checks the servers before the first
-//! call, eviction included (see `checks.rs`).
+//! complete send `WAIT` in the same round trip, right behind their write.
+//!
+//! This file holds the store and its operations; the rest, one concern per file:
+//! - `connect.rs`: making a store (from options, a URL, a client, a pool);
+//! - `checks.rs`: what `connect` checks before the first call (version, deployment, eviction);
+//! - `command.rs`: the path of every command (lent connection, timeout, a missing script
+//!   loaded, a closed connection replaced, the answer read);
+//! - `links.rs`: the connections commands go over, shared and pipelined to one server, one
+//!   operation at a time per Cluster connection; `servers.rs`: one server or a Cluster, from
+//!   the URL; `background.rs`: the runtime that drives them (the callers' while they come
+//!   from one, idem's own once they come from more);
+//! - `scripts.rs`: the Lua scripts, run by SHA; `waiters.rs`: pub/sub that wakes waiting
+//!   calls; `failure.rs`: which errors mean what; `stats.rs`: the operator's count;
+//!   `pooled.rs`: an application's deadpool-redis pool.
 //!
 //! On an application's `deadpool_redis::Pool` (`from_deadpool`, feature `deadpool-redis`),
 //! each operation checks a connection out of the pool instead and sends the same commands on
@@ -31,6 +38,8 @@
 
 mod background;
 mod checks;
+mod command;
+mod connect;
 mod failure;
 mod links;
 mod options;
@@ -45,21 +54,19 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionLike;
-use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, ServerErrorKind, Value};
+use redis::Cmd;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::error::{Error, StoreError};
+use crate::error::StoreError;
 use crate::record::{Claim, Record};
 use crate::store::{Fence, Inspection, Stats, Store, StoreFuture};
 
-use self::background::Home;
 pub use self::options::RedisOptions;
 
-use self::links::{Lender, Links};
-use self::scripts::{Lua, Scripts};
-use self::servers::{Conn, Target, Timeouts};
+use self::command::{Request, millis};
+use self::links::Lender;
+use self::scripts::Scripts;
 use self::waiters::Hub;
 
 /// The connections kept to one server by default: multiplexed and shared, one is enough.
@@ -163,520 +170,12 @@ struct Shared {
     replicas: Option<Replicas>,
 }
 
-/// What a store is connected to, for its scripts and its messages.
-struct Deployment {
-    cluster: bool,
-    /// The URL without the password, or what the connections come from.
-    url: String,
-    /// How many connections carry its commands.
-    pool_size: usize,
-}
-
-/// The `min_replicas` of `options`, if any.
-fn replicas(options: &RedisOptions) -> Option<Replicas> {
-    (options.min_replicas > 0).then_some(Replicas {
-        count: options.min_replicas,
-        timeout: options.replica_timeout,
-    })
-}
-
 /// How many replicas must acknowledge a claim or a result (`min_replicas`) and how long a
 /// write waits for them (`replica_timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Replicas {
     count: usize,
     timeout: Duration,
-}
-
-impl RedisStore {
-    /// Connects to the Redis (or Redis Cluster) named by `options` and checks that it answers.
-    /// `options` is a [`RedisOptions`], a URL, or the application's [`Config`](crate::Config)
-    /// (`&config`), which names the store and its settings.
-    ///
-    /// Fails with [`Error::Config`] for a URL that does not parse or names no Redis, for
-    /// credentials the server refuses, for a server older than Redis 7.0, for a URL of the
-    /// wrong kind (`redis://` naming a Cluster node, `redis+cluster://` naming a server that is
-    /// not in a Cluster), and for a server that may evict records unless
-    /// [`allow_eviction`](RedisOptions::allow_eviction) accepts it; with [`Error::Connect`] when
-    /// the server cannot be reached or does not answer within `connect_timeout`.
-    pub async fn connect(options: impl Into<RedisOptions>) -> Result<RedisStore, Error> {
-        let options = options.into();
-        let target = Target::parse(&options.url)?;
-        RedisStore::start(target, &options).await
-    }
-
-    /// Connects to the Redis at `url` with the default options; see
-    /// [`connect`](RedisStore::connect).
-    pub async fn open(url: &str) -> Result<RedisStore, Error> {
-        RedisStore::connect(url).await
-    }
-
-    /// A store on the server an application's own `redis::Client` names, with its address,
-    /// credentials and TLS settings; `options` gives the rest (its URL is not used). The store
-    /// makes its own connections from it, speaking RESP3 (for the pushes that wake waiting
-    /// calls).
-    pub async fn from_client(
-        client: &redis::Client,
-        options: RedisOptions,
-    ) -> Result<RedisStore, Error> {
-        let target = Target::from_client(client)?;
-        RedisStore::start(target, &options).await
-    }
-
-    /// A store on the Redis Cluster an application's own `ClusterClient` reaches; `options`
-    /// gives the rest (its URL is not used). Waiting calls are woken by sharded pub/sub when
-    /// the client speaks RESP3 (`ClusterClientBuilder::use_protocol`), and look again every
-    /// 50 ms otherwise. The client's own retry settings apply.
-    #[cfg(feature = "redis-cluster")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
-    pub async fn from_cluster_client(
-        client: redis::cluster::ClusterClient,
-        options: RedisOptions,
-    ) -> Result<RedisStore, Error> {
-        let target = Target::from_cluster_client(client);
-        RedisStore::start(target, &options).await
-    }
-
-    /// A store on an application's own [`deadpool_redis::Pool`] (deadpool-redis 0.23), with the
-    /// default options: see [`from_deadpool_with`](RedisStore::from_deadpool_with).
-    ///
-    /// ```no_run
-    /// # use idem_runtime as idem;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// // The application's pool, from deadpool-redis's own configuration (a URL here; its
-    /// // `connection` and `pool` fields, or a config file through its `serde` feature, work
-    /// // the same). A runtime lets the pool apply its timeouts.
-    /// let config = deadpool_redis::Config::from_url("redis://127.0.0.1:6379/0");
-    /// let pool = config.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
-    ///
-    /// // idem checks connections out of the same pool, next to the application's own commands.
-    /// let store = idem::RedisStore::from_deadpool(pool.clone()).await?;
-    /// let outcome = idem::Call::new("billing::invoice", "inv-42")
-    ///     .store(store)
-    ///     .run(async { 42_u64 })
-    ///     .await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    #[cfg(feature = "deadpool-redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "deadpool-redis")))]
-    pub async fn from_deadpool(pool: deadpool_redis::Pool) -> Result<RedisStore, Error> {
-        RedisStore::from_deadpool_with(pool, RedisOptions::new(String::new())).await
-    }
-
-    /// A store on an application's own [`deadpool_redis::Pool`] (deadpool-redis 0.23, on the
-    /// same redis-rs as idem), one server: each operation checks a connection out of the pool,
-    /// sends its command (with the same scripts, fencing and `min_replicas` as a store of its own
-    /// connections) and gives the connection back. `options` gives the timeouts,
-    /// `min_replicas` and `allow_eviction`; its URL and `pool_size` are not used (the pool's
-    /// `max_size` bounds the operations in flight). Like [`connect`](RedisStore::connect), it
-    /// checks the server on a pooled connection before it returns (Redis 7.0 or later, not a
-    /// Cluster node, no eviction unless `allow_eviction`), and loads the scripts.
-    ///
-    /// The settings of an application's [`Config`](crate::Config) apply with
-    /// `RedisOptions::from(&config)`:
-    ///
-    /// ```no_run
-    /// # use idem_runtime as idem;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use idem::store::redis::RedisOptions;
-    ///
-    /// let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:6379/0")
-    ///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
-    /// let config = idem::Config::from_env()?;
-    /// let store = idem::RedisStore::from_deadpool_with(pool, RedisOptions::from(&config)).await?;
-    /// // Every call of the process on it, with the other settings of `config`:
-    /// let idem = idem::Idem::with_settings(store, &config);
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// What differs from the store's own connections:
-    ///
-    /// - deadpool-redis checks every connection it lends with `UNWATCH` and `PING`, pipelined:
-    ///   one more round trip per store operation, so a replay costs two and a first call four.
-    /// - A call waiting for another with the same key looks at the key again every 50 ms
-    ///   (one checkout each) instead of being woken by pub/sub: no connection is held while it
-    ///   waits, so a pool of one connection serves the holder and its waiters alike.
-    /// - Operations in flight are bounded by the pool's `max_size` (the store's own connections
-    ///   pipeline any number), and a checkout waits for a free connection within the pool's
-    ///   wait timeout and `connect_timeout`; when none frees up the call fails with
-    ///   [`StoreErrorKind::Timeout`](crate::StoreErrorKind::Timeout), saying the pool is
-    ///   exhausted. A closed pool is [`StoreErrorKind::Unavailable`](crate::StoreErrorKind::Unavailable).
-    /// - The pool's connections are made and driven on the runtime of the call that checks them
-    ///   out (deadpool-redis's choice), not moved to idem's own threads.
-    ///
-    /// Fails with [`Error::Config`] for a server that is refused as [`connect`](RedisStore::connect)
-    /// refuses it, and for a pool that has timeouts but no runtime; with [`Error::Connect`] when
-    /// no connection can be checked out and answer within `connect_timeout`.
-    #[cfg(feature = "deadpool-redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "deadpool-redis")))]
-    pub async fn from_deadpool_with(
-        pool: deadpool_redis::Pool,
-        options: RedisOptions,
-    ) -> Result<RedisStore, Error> {
-        let pool = pooled::Pooled::new(pool, options.connect_timeout);
-        let pool_size = pool.max_size();
-        let store = RedisStore::assemble(
-            Lender::Pool(pool),
-            None,
-            Deployment {
-                cluster: false,
-                url: pooled::DESCRIBED.to_owned(),
-                pool_size,
-            },
-            &options,
-        );
-        store
-            .check(options.connect_timeout, options.allow_eviction)
-            .await?;
-        Ok(store)
-    }
-
-    async fn start(target: Target, options: &RedisOptions) -> Result<RedisStore, Error> {
-        if target.tls {
-            tls_ready(&target.url)?;
-        }
-        let replicas = replicas(options);
-        let timeouts = Timeouts {
-            connect: options.connect_timeout,
-            attempt: options.command_timeout + replicas.map_or(Duration::ZERO, |r| r.timeout),
-        };
-        let url = target.url;
-        let servers = Arc::new(target.servers);
-        let cluster = servers.is_cluster();
-        let pool_size = options
-            .pool_size
-            .unwrap_or(if cluster { CLUSTER_POOL } else { NODE_POOL });
-        let home = Arc::new(Home::default());
-        let links = Links::new(servers.clone(), home.clone(), timeouts, pool_size, cluster);
-        let hub = Hub::new(servers, home, timeouts, options.command_timeout);
-        let store = RedisStore::assemble(
-            Lender::Own(links),
-            Some(Arc::new(hub)),
-            Deployment {
-                cluster,
-                url,
-                pool_size,
-            },
-            options,
-        );
-        store
-            .check(options.connect_timeout, options.allow_eviction)
-            .await?;
-        Ok(store)
-    }
-
-    /// A store whose operations take their connections from `lender`.
-    fn assemble(
-        lender: Lender,
-        hub: Option<Arc<Hub>>,
-        deployment: Deployment,
-        options: &RedisOptions,
-    ) -> RedisStore {
-        RedisStore {
-            shared: Arc::new(Shared {
-                lender,
-                hub,
-                scripts: if deployment.cluster {
-                    &scripts::CLUSTER
-                } else {
-                    &scripts::NODE
-                },
-                cluster: deployment.cluster,
-                url: deployment.url,
-                pool_size: deployment.pool_size,
-                command_timeout: options.command_timeout,
-                replicas: replicas(options),
-            }),
-        }
-    }
-
-    /// Runs `request` on one of the shared connections within the command timeout; with
-    /// `request.replicated` and `min_replicas` set, `WAIT` follows in the same round trip (and
-    /// the timeout grows by `replica_timeout`).
-    ///
-    /// When the connection to one server turns out to be closed (see [`failure::resend`]: the
-    /// server dropped it while idle, or it broke before the answer came), the connection is
-    /// replaced and the request sent once more, which every operation of the store allows (it
-    /// then has `within` again, after the new connection is made). A Cluster connection does the
-    /// same by itself: it reconnects the node and sends again.
-    ///
-    /// When the request times out, `undo` (the claim bytes of a `SET`, and its lease) is
-    /// released right after it on the same connection, so that the server runs the release
-    /// after the request if the request still arrives.
-    async fn query(
-        &self,
-        request: Request<'_>,
-        undo: Option<(&[u8], Duration)>,
-    ) -> Result<Answer, StoreError> {
-        let shared = &self.shared;
-        let replicas = shared.replicas.filter(|_| request.replicated);
-        let within = shared.command_timeout + replicas.map_or(Duration::ZERO, |r| r.timeout);
-        let mut resent = None;
-        loop {
-            let lent = match &shared.lender {
-                Lender::Own(links) => match resent {
-                    None => links.get().await,
-                    Some(place) => links.again(place).await,
-                },
-                // Boxed: a checkout's future is large, and the store's own path would carry
-                // it. Sent again, an operation takes another checkout (the closed connection
-                // was taken out of the pool).
-                #[cfg(feature = "deadpool-redis")]
-                Lender::Pool(pool) => Box::pin(pool.get()).await,
-            };
-            // A Cluster or a pooled connection stays this operation's until `lent` is dropped.
-            let mut lent = lent.map_err(|e| failure::unlinked(e, &shared.url))?;
-            match tokio::time::timeout(within, send(&mut lent.conn, &request, replicas)).await {
-                Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(error)) => {
-                    if failure::breaks_connection(&error) {
-                        lent.discard();
-                    }
-                    if resent.is_none() && lent.is_node() && failure::resend(&error) {
-                        tracing::debug!(%error, "idem found its Redis connection closed; sending the command again on a new one");
-                        resent = Some(lent.place);
-                        continue;
-                    }
-                    return Err(failure::command(error, &shared.url));
-                }
-                Err(_) => {
-                    // The server may be gone without a word (a dead peer sends no reset): the
-                    // next operation on this connection's place makes a new one.
-                    lent.discard();
-                    if let Some((claim, lease)) = undo {
-                        let undo = Undo {
-                            key: request.key.to_owned(),
-                            claim: claim.to_vec(),
-                            scripts: shared.scripts,
-                            within: lease,
-                        };
-                        undo.send(lent.conn.clone());
-                    }
-                    return Err(failure::timed_out(&shared.url, within));
-                }
-            }
-        }
-    }
-
-    /// Runs a fenced script: 1 is [`Fence::Held`].
-    async fn fenced(&self, request: Request<'_>) -> Result<Fence, StoreError> {
-        let answer = self.query(request, None).await?;
-        self.fence(answer.value)
-    }
-
-    fn fence(&self, answer: Value) -> Result<Fence, StoreError> {
-        match self.parse::<i64>(answer)? {
-            1 => Ok(Fence::Held),
-            _ => Ok(Fence::Lost),
-        }
-    }
-
-    fn parse<T: FromRedisValue>(&self, answer: Value) -> Result<T, StoreError> {
-        T::from_redis_value(answer).map_err(|e| failure::command(e.into(), &self.shared.url))
-    }
-
-    /// Checks that `min_replicas` replicas acknowledged a write.
-    fn replicated(&self, acked: Option<i64>, what: &str) -> Result<(), StoreError> {
-        match (self.shared.replicas, acked) {
-            (Some(replicas), Some(acked)) if acked < replicas.count as i64 => {
-                Err(failure::not_replicated(
-                    &self.shared.url,
-                    what,
-                    acked,
-                    replicas.count,
-                    replicas.timeout,
-                ))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// The lease left to `holder` on `key`, or `None` when it no longer holds the key.
-    async fn lease_left(&self, key: &str, holder: &Claim) -> Result<Option<Duration>, StoreError> {
-        let request = Request::script(&self.shared.scripts.peek, key, &[&holder.to_bytes()]);
-        let answer = self.query(request, None).await?;
-        let left: i64 = self.parse(answer.value)?;
-        Ok(u64::try_from(left).ok().map(Duration::from_millis))
-    }
-}
-
-/// What [`RedisStore::query`] sends: a command on one key; for a script, the script to load
-/// where the server answers `NOSCRIPT`; and what follows the command in the same round trip.
-struct Request<'a> {
-    cmd: Cmd,
-    key: &'a str,
-    script: Option<&'static Lua>,
-    /// `WAIT` for `min_replicas` follows (when it is set).
-    replicated: bool,
-    /// `PTTL key` follows: the lifetime left to the record the command found.
-    expiry: bool,
-}
-
-impl<'a> Request<'a> {
-    fn command(cmd: Cmd, key: &'a str) -> Self {
-        Request {
-            cmd,
-            key,
-            script: None,
-            replicated: false,
-            expiry: false,
-        }
-    }
-
-    /// `EVALSHA sha 1 key args…`.
-    fn script(lua: &'static Lua, key: &'a str, args: &[&[u8]]) -> Self {
-        let data = args.iter().map(|arg| arg.len()).sum::<usize>() + key.len() + 64;
-        // Room made up front: a command grown from empty reallocates on nearly every word.
-        let mut cmd = Cmd::with_capacity(args.len() + 4, data);
-        cmd.arg("EVALSHA").arg(lua.sha()).arg(1).arg(key);
-        for arg in args {
-            cmd.arg(*arg);
-        }
-        Request {
-            script: Some(lua),
-            ..Request::command(cmd, key)
-        }
-    }
-
-    fn replicated(self) -> Self {
-        Request {
-            replicated: true,
-            ..self
-        }
-    }
-
-    fn with_expiry(self, expiry: bool) -> Self {
-        Request { expiry, ..self }
-    }
-}
-
-/// The answers to a [`Request`].
-struct Answer {
-    /// The command's.
-    value: Value,
-    /// `PTTL`'s, when asked: milliseconds, or negative when the key has no expiry or is gone.
-    expiry: Option<i64>,
-    /// `WAIT`'s, when sent: how many replicas acknowledged.
-    acked: Option<i64>,
-}
-
-/// Sends `request`, followed by `PTTL` when it asks for the expiry and by `WAIT` when
-/// `replicas` is set (one round trip: on a Cluster they all go to the master of the request's
-/// key, and a redirection resends them whole), and sends it again once if the server lacks
-/// the script.
-///
-/// On one server the script is loaded (`SCRIPT LOAD`) and `EVALSHA` sent again. On a Cluster
-/// the script is sent whole (`EVAL`, which also caches it): while a failover or a migration is
-/// under way the client's map of the slots can be behind, so a separate `SCRIPT LOAD` could
-/// reach another node than the one that finally runs the script.
-async fn send(
-    conn: &mut Conn,
-    request: &Request<'_>,
-    replicas: Option<Replicas>,
-) -> RedisResult<Answer> {
-    let mut eval = None;
-    let mut loaded = false;
-    loop {
-        let cmd = eval.as_ref().unwrap_or(&request.cmd);
-        let (answer, expiry, acked) = if replicas.is_none() && !request.expiry {
-            (conn.req_packed_command(cmd).await?, None, None)
-        } else {
-            let mut pipe = redis::pipe();
-            pipe.add_command(cmd.clone());
-            if request.expiry {
-                pipe.cmd("PTTL").arg(request.key);
-            }
-            if let Some(replicas) = replicas {
-                pipe.cmd("WAIT")
-                    .arg(replicas.count)
-                    .arg(millis(replicas.timeout));
-            }
-            let sent = 1 + usize::from(request.expiry) + usize::from(replicas.is_some());
-            let mut answers = conn.req_packed_commands(&pipe, 0, sent).await?.into_iter();
-            let answer = answers.next().unwrap_or(Value::Nil);
-            let expiry = if request.expiry { answers.next() } else { None };
-            (answer, expiry, answers.next())
-        };
-        match (answer.extract_error(), request.script) {
-            (Err(error), Some(lua))
-                if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) && !loaded =>
-            {
-                loaded = true;
-                if conn.is_cluster() {
-                    eval = Some(evaluate(lua, &request.cmd));
-                } else {
-                    let mut load = redis::cmd("SCRIPT");
-                    load.arg("LOAD").arg(lua.source);
-                    // Boxed: loading a script is rare, and its future would otherwise be
-                    // part of every command's.
-                    Box::pin(conn.on_master_of(request.key, load))
-                        .await?
-                        .extract_error()?;
-                }
-            }
-            (Err(error), _) => return Err(error),
-            (Ok(value), _) => {
-                let number = |answer: Option<Value>| -> RedisResult<Option<i64>> {
-                    match answer {
-                        Some(answer) => Ok(Some(i64::from_redis_value(answer.extract_error()?)?)),
-                        None => Ok(None),
-                    }
-                };
-                return Ok(Answer {
-                    value,
-                    expiry: number(expiry)?,
-                    acked: number(acked)?,
-                });
-            }
-        }
-    }
-}
-
-/// `EVAL source …` with the keys and arguments of `EVALSHA sha …`.
-fn evaluate(lua: &Lua, evalsha: &Cmd) -> Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(lua.source);
-    for arg in evalsha.args_iter().skip(2) {
-        if let redis::Arg::Simple(bytes) = arg {
-            cmd.arg(bytes);
-        }
-    }
-    cmd
-}
-
-/// Releases a claim whose `SET` timed out: the server may still apply the `SET` (a paused or
-/// frozen server answers late), and the caller has already given up on it. Sent on the
-/// connection of the `SET`, so it runs after it; fenced by the claim, so it deletes nothing
-/// else.
-struct Undo {
-    key: String,
-    claim: Vec<u8>,
-    scripts: &'static Scripts,
-    /// How long the undo is worth trying: the claim ends with its lease anyway.
-    within: Duration,
-}
-
-impl Undo {
-    /// Sends the release in the background, on idem's own runtime: the caller's may end first.
-    fn send(self, mut conn: Conn) {
-        background::spawn(false, async move {
-            let request = Request::script(&self.scripts.release, &self.key, &[&self.claim]);
-            let undone = tokio::time::timeout(self.within, send(&mut conn, &request, None)).await;
-            let undone = undone.map(|answer| answer.map(|answer| answer.value));
-            tracing::debug!(?undone, "idem released a claim whose SET timed out");
-        });
-    }
-}
-
-/// Whole milliseconds, at least one: Redis expiries are in milliseconds and never zero.
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1)
 }
 
 impl RedisStore {
@@ -887,55 +386,5 @@ impl fmt::Debug for RedisStore {
             .field("command_timeout", &self.shared.command_timeout)
             .field("min_replicas", &self.shared.replicas.map_or(0, |r| r.count))
             .finish()
-    }
-}
-
-/// redis-rs builds its TLS configuration on the process-wide rustls provider: install ring
-/// unless the application chose one.
-#[cfg(feature = "redis-tls")]
-fn tls_ready(_url: &str) -> Result<(), Error> {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Another thread may install one first; either way there is one afterwards.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-    Ok(())
-}
-
-#[cfg(not(feature = "redis-tls"))]
-fn tls_ready(url: &str) -> Result<(), Error> {
-    Err(servers::needs_tls(url))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expiries_are_whole_positive_milliseconds() {
-        assert_eq!(millis(Duration::from_micros(10)), 1);
-        assert_eq!(millis(Duration::from_secs(30)), 30_000);
-    }
-
-    #[test]
-    fn a_script_missing_on_a_node_is_sent_whole_with_the_same_keys_and_arguments() {
-        let lua = &scripts::CLUSTER.renew;
-        let request = Request::script(lua, "idem:s:k", &[b"claim", b"30000"]);
-        let eval = evaluate(lua, &request.cmd);
-        let words: Vec<Vec<u8>> = eval
-            .args_iter()
-            .filter_map(|arg| match arg {
-                redis::Arg::Simple(bytes) => Some(bytes.to_vec()),
-                _ => None,
-            })
-            .collect();
-        let expected: Vec<&[u8]> = vec![
-            b"EVAL",
-            lua.source.as_bytes(),
-            b"1",
-            b"idem:s:k",
-            b"claim",
-            b"30000",
-        ];
-        assert_eq!(words, expected);
     }
 }
