@@ -1,14 +1,14 @@
 //! The `Idempotency-Key` layer on the memory store: the whole HTTP suite, and what the layer
 //! does when its store is down.
 
-mod http_common;
+mod support;
 
 use http::StatusCode;
-use http_common::{App, layer};
 use idem::testing::{DownStore, Forwarding, Op};
 use idem::{Config, FailMode, Idem, MemoryStore, StoreErrorKind, StoreHandle};
 use std::sync::Arc;
 use std::time::Duration;
+use support::http::{App, layer};
 
 http_suite!(async { (MemoryStore::new(), ()) });
 
@@ -35,7 +35,7 @@ async fn store_down_runs_unprotected_when_failing_open() {
     let open = Idem::with_settings(DownStore, &Config::default().fail_mode(FailMode::Open));
     let layer = idem::http::IdempotencyLayer::new()
         .required(true)
-        .principal(http_common::bearer);
+        .principal(support::http::bearer);
     let app = App::serve_router(move |router| {
         router.layer(layer).layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {

@@ -4,6 +4,8 @@
 pub mod calls;
 pub mod cluster;
 pub mod harness;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod nats;
 pub mod postgres;
 pub mod redis;

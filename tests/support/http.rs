@@ -48,7 +48,7 @@ macro_rules! http_suite {
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let (store, _guard) = $make.await;
-                $crate::http_common::$case(::idem::StoreHandle::from(store)).await;
+                $crate::support::http::$case(::idem::StoreHandle::from(store)).await;
             }
         )*
     };
