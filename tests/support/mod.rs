@@ -9,3 +9,4 @@ pub mod http;
 pub mod nats;
 pub mod postgres;
 pub mod redis;
+pub mod workers;
