@@ -2,69 +2,10 @@
 //! namespacing and hashing, metrics.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use idem::store::{Claim, Fence, Record, StoreFuture};
-use idem::testing::DownStore;
-use idem::{Call, Config, Error, FailMode, Idem, MemoryStore, Status, Store, StoreErrorKind};
-
-/// A memory store that remembers the keys it was asked for.
-#[derive(Clone, Default)]
-struct Recording {
-    inner: MemoryStore,
-    keys: Arc<Mutex<Vec<String>>>,
-    /// Completions fail as if the store went down after the claim.
-    fail_writes: bool,
-}
-
-impl Store for Recording {
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        lease: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
-        self.keys.lock().unwrap().push(key.to_owned());
-        self.inner.claim(key, claim, lease)
-    }
-    fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        payload: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        if self.fail_writes {
-            return Box::pin(async {
-                Err(idem::StoreError::new(StoreErrorKind::Unavailable, "gone"))
-            });
-        }
-        self.inner.complete(key, claim, payload, ttl)
-    }
-    fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
-        self.inner.release(key, claim)
-    }
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        lease: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        self.inner.renew(key, claim, lease)
-    }
-    fn wait<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a Claim,
-        timeout: Duration,
-    ) -> StoreFuture<'a, ()> {
-        self.inner.wait(key, holder, timeout)
-    }
-    fn describe(&self) -> String {
-        "recording".into()
-    }
-}
+use idem::testing::{DownStore, Forwarding, Op};
+use idem::{Call, Config, Error, FailMode, Idem, MemoryStore, Status, StoreErrorKind};
 
 #[tokio::test]
 async fn store_down_fails_closed_by_default() {
@@ -101,7 +42,8 @@ async fn store_down_fails_open_when_configured() {
 
 #[tokio::test]
 async fn keys_are_namespaced_and_hashed_on_request() {
-    let store = Recording::default();
+    // A memory store that records the keys it is asked to claim.
+    let store = Forwarding::new(MemoryStore::new());
     let plain = Idem::with_settings(store.clone(), &Config::default().prefix("shop"));
     plain
         .scope(Call::new("orders::create", "alice@example.com").run(async { 1 }))
@@ -115,7 +57,7 @@ async fn keys_are_namespaced_and_hashed_on_request() {
         .scope(Call::new("orders::create", "alice@example.com").run(async { 2 }))
         .await
         .unwrap();
-    let keys = store.keys.lock().unwrap().clone();
+    let keys = store.keys(Op::Claim);
     assert_eq!(keys[0], "shop:orders.create:alice@example.com");
     let digest = keys[1]
         .strip_prefix("shop:orders.create:#")
@@ -254,10 +196,9 @@ fn metrics_tell_each_failure_apart() {
                 Status::NotStored
             );
             call("nan").run(async { 1.0 }).await.unwrap_err();
-            let writes_fail = Recording {
-                fail_writes: true,
-                ..Recording::default()
-            };
+            // Completions fail as if the store went down after the claim.
+            let writes_fail =
+                Forwarding::new(MemoryStore::new()).fail(Op::Complete, StoreErrorKind::Unavailable);
             let unstored = Call::new("labels", "w")
                 .store(writes_fail)
                 .run(async { 1 })

@@ -9,11 +9,11 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use idem::{Call, Config, Error, RedisStore, Status, Store};
 use support::cluster::RedisCluster;
+use support::workers::Workers;
 use tokio::time::Instant;
 
 /// Set in the trusting copy's environment to the `rediss+cluster://` URL.
@@ -55,13 +55,14 @@ fn rediss_cluster_checks_the_certificate_and_then_works(runtime: &tokio::runtime
         assert!(started.elapsed() < Duration::from_secs(9));
     });
 
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let status = Command::new(exe)
-        .env(TRUSTING, cluster.tls_url())
-        .env("SSL_CERT_FILE", cluster.tls_ca())
-        .status()
-        .expect("run the trusting copy");
-    assert!(status.success(), "the trusting copy failed: {status}");
+    let trusting = Workers::start(
+        1,
+        [
+            (TRUSTING, cluster.tls_url().into()),
+            ("SSL_CERT_FILE", cluster.tls_ca().into_os_string()),
+        ],
+    );
+    trusting.finish(Duration::from_secs(120));
     // The calls reached every master, over TLS.
     for master in cluster.masters() {
         let keys = master.keys();

@@ -1,15 +1,14 @@
 //! The `Idempotency-Key` layer on the memory store: the whole HTTP suite, and what the layer
 //! does when its store is down.
 
-mod http_common;
+mod support;
 
 use http::StatusCode;
-use http_common::{App, layer};
-use idem::store::{Claim, Fence, Record, StoreFuture};
-use idem::testing::DownStore;
-use idem::{Config, FailMode, Idem, MemoryStore, Store, StoreHandle};
+use idem::testing::{DownStore, Forwarding, Op};
+use idem::{Config, FailMode, Idem, MemoryStore, StoreErrorKind, StoreHandle};
 use std::sync::Arc;
 use std::time::Duration;
+use support::http::{App, layer};
 
 http_suite!(async { (MemoryStore::new(), ()) });
 
@@ -36,7 +35,7 @@ async fn store_down_runs_unprotected_when_failing_open() {
     let open = Idem::with_settings(DownStore, &Config::default().fail_mode(FailMode::Open));
     let layer = idem::http::IdempotencyLayer::new()
         .required(true)
-        .principal(http_common::bearer);
+        .principal(support::http::bearer);
     let app = App::serve_router(move |router| {
         router.layer(layer).layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
@@ -60,54 +59,11 @@ async fn store_down_runs_unprotected_when_failing_open() {
     }
 }
 
-/// A store that cannot inspect its records: the 409's `Retry-After` is the lease, rounded up.
-struct Opaque(MemoryStore);
-
-impl Store for Opaque {
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        lease: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
-        self.0.claim(key, claim, lease)
-    }
-    fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        payload: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        self.0.complete(key, claim, payload, ttl)
-    }
-    fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
-        self.0.release(key, claim)
-    }
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        lease: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        self.0.renew(key, claim, lease)
-    }
-    fn wait<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a Claim,
-        timeout: Duration,
-    ) -> StoreFuture<'a, ()> {
-        self.0.wait(key, holder, timeout)
-    }
-    fn describe(&self) -> String {
-        "opaque".into()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_the_lease_when_the_store_cannot_inspect() {
-    let store = StoreHandle::new(Opaque(MemoryStore::new()));
+    // A store that cannot inspect its records: the 409's `Retry-After` is the lease, rounded up.
+    let opaque = Forwarding::new(MemoryStore::new()).fail(Op::Inspect, StoreErrorKind::Other);
+    let store = StoreHandle::new(opaque);
     let layer = layer(&store)
         .lease(Duration::from_millis(1_500))
         .reject_in_flight();

@@ -1,7 +1,6 @@
 //! The `Idempotency-Key` layer on Redis: the whole HTTP suite, each case on a `redis-server`
 //! of its own.
 
-mod http_common;
 mod support;
 
 use support::redis::RedisServer;

@@ -6,119 +6,37 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idem::store::{Claim, Fence, Record, StoreFuture};
-use idem::{Call, Config, Error, Idem, MemoryStore, Status, Store, with_store};
+use idem::testing::{Forwarding, Op};
+use idem::{Call, Config, Error, Idem, MemoryStore, Status, with_store};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-/// A memory store that counts the operations it is asked for. It can hide the remaining
-/// lifetime of the records it reports (as a store that cannot tell it would), and delay its
-/// answers to claims and completions (as a network would: the record's lifetime started
-/// before the caller hears of it).
-#[derive(Clone, Default)]
-struct Counting {
-    inner: MemoryStore,
-    ops: Arc<AtomicUsize>,
-    claims: Arc<AtomicUsize>,
-    hide_lifetime: bool,
-    answer_delay: Duration,
+/// A memory store that counts the operations it is asked for ([`Forwarding::total_calls`],
+/// [`claims`]). Its twists: [`Forwarding::hide_expiry`] hides the remaining lifetime of the
+/// records it reports (as a store that cannot tell it would); [`delayed`] answers claims and
+/// completions late (as a network would: the record's lifetime started before the caller
+/// hears of it).
+fn counting() -> Forwarding {
+    Forwarding::new(MemoryStore::new())
 }
 
-impl Counting {
-    fn ops(&self) -> usize {
-        self.ops.load(Ordering::SeqCst)
-    }
-
-    fn claims(&self) -> usize {
-        self.claims.load(Ordering::SeqCst)
-    }
-
-    fn count(&self) {
-        self.ops.fetch_add(1, Ordering::SeqCst);
-    }
-
-    async fn answer(&self) {
-        if !self.answer_delay.is_zero() {
-            tokio::time::sleep(self.answer_delay).await;
-        }
-    }
+/// A counting store that answers claims and completions `by` after it acted.
+fn delayed(by: Duration) -> Forwarding {
+    counting()
+        .delay(Op::Claim, by)
+        .delay(Op::ClaimWithExpiry, by)
+        .delay(Op::Complete, by)
 }
 
-impl Store for Counting {
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        lease: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
-        self.count();
-        self.claims.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async move {
-            let found = self.inner.claim(key, claim, lease).await?;
-            self.answer().await;
-            Ok(match found {
-                Some(Record::Completed { payload, .. }) if self.hide_lifetime => {
-                    Some(Record::Completed {
-                        payload,
-                        expires_in: None,
-                    })
-                }
-                other => other,
-            })
-        })
-    }
-
-    fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        payload: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        self.count();
-        Box::pin(async move {
-            let fence = self.inner.complete(key, claim, payload, ttl).await?;
-            self.answer().await;
-            Ok(fence)
-        })
-    }
-
-    fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
-        self.count();
-        self.inner.release(key, claim)
-    }
-
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        lease: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        self.count();
-        self.inner.renew(key, claim, lease)
-    }
-
-    fn wait<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a Claim,
-        timeout: Duration,
-    ) -> StoreFuture<'a, ()> {
-        self.count();
-        self.inner.wait(key, holder, timeout)
-    }
-
-    fn describe(&self) -> String {
-        "counting memory".into()
-    }
+/// The claims `store` was asked for, with or without the remaining lifetime.
+fn claims(store: &Forwarding) -> usize {
+    store.calls(Op::Claim) + store.calls(Op::ClaimWithExpiry)
 }
 
 /// An idem over `store` with a local cache of 100 records.
-fn cached(store: &Counting) -> Idem {
+fn cached(store: &Forwarding) -> Idem {
     Idem::with_settings(store.clone(), &Config::default().local_cache(100))
 }
 
@@ -141,19 +59,23 @@ where
 
 #[tokio::test(start_paused = true)]
 async fn a_cached_replay_costs_no_store_operation() {
-    let store = Counting::default();
+    let store = counting();
     let idem = cached(&store);
     assert_eq!(
         charge(&idem, "o-1", 10).await.unwrap(),
         (10, Status::Executed)
     );
-    assert_eq!(store.ops(), 2, "claim and complete");
+    assert_eq!(store.total_calls(), 2, "claim and complete");
 
     for _ in 0..5 {
         let replay = charge(&idem, "o-1", 99).await.unwrap();
         assert_eq!(replay, (10, Status::Replayed));
     }
-    assert_eq!(store.ops(), 2, "the replays came from the local cache");
+    assert_eq!(
+        store.total_calls(),
+        2,
+        "the replays came from the local cache"
+    );
 
     // The same store without a local cache pays a claim per replay.
     let uncached = Idem::with_settings(store.clone(), &Config::default());
@@ -161,12 +83,12 @@ async fn a_cached_replay_costs_no_store_operation() {
         charge(&uncached, "o-1", 99).await.unwrap(),
         (10, Status::Replayed)
     );
-    assert_eq!(store.ops(), 3);
+    assert_eq!(store.total_calls(), 3);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_replay_from_the_store_fills_the_cache_when_the_store_tells_the_lifetime() {
-    let store = Counting::default();
+    let store = counting();
     // Two processes sharing one store, each with its own local cache.
     let (one, two) = (cached(&store), cached(&store));
     assert_eq!(
@@ -177,18 +99,15 @@ async fn a_replay_from_the_store_fills_the_cache_when_the_store_tells_the_lifeti
         charge(&two, "o-1", 99).await.unwrap(),
         (10, Status::Replayed)
     );
-    assert_eq!(store.claims(), 2, "the second process asked the store once");
+    assert_eq!(claims(&store), 2, "the second process asked the store once");
     assert_eq!(
         charge(&two, "o-1", 99).await.unwrap(),
         (10, Status::Replayed)
     );
-    assert_eq!(store.claims(), 2, "and then replayed from its cache");
+    assert_eq!(claims(&store), 2, "and then replayed from its cache");
 
     // A store that does not report the remaining lifetime: nothing is cached on replay.
-    let blind = Counting {
-        hide_lifetime: true,
-        ..Counting::default()
-    };
+    let blind = counting().hide_expiry();
     let (one, two) = (cached(&blind), cached(&blind));
     charge(&one, "o-1", 10).await.unwrap();
     for expected_claims in [2, 3, 4] {
@@ -196,13 +115,13 @@ async fn a_replay_from_the_store_fills_the_cache_when_the_store_tells_the_lifeti
             charge(&two, "o-1", 99).await.unwrap(),
             (10, Status::Replayed)
         );
-        assert_eq!(blind.claims(), expected_claims);
+        assert_eq!(claims(&blind), expected_claims);
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_call_in_progress_is_never_cached() {
-    let store = Counting::default();
+    let store = counting();
     let idem = cached(&store);
     let (started_tx, started) = oneshot::channel();
     let (finish, finish_rx) = oneshot::channel::<()>();
@@ -229,17 +148,17 @@ async fn a_call_in_progress_is_never_cached() {
             matches!(duplicate, Err(Error::InProgress { .. })),
             "{duplicate:?}"
         );
-        assert_eq!(store.claims(), 1 + n);
+        assert_eq!(claims(&store), 1 + n);
     }
 
     finish.send(()).unwrap();
     assert_eq!(holder.await.unwrap().unwrap().status, Status::Executed);
-    let claims = store.claims();
+    let claimed = claims(&store);
     assert_eq!(
         charge(&idem, "o-1", 99).await.unwrap(),
         (10, Status::Replayed)
     );
-    assert_eq!(store.claims(), claims, "the completed record is cached");
+    assert_eq!(claims(&store), claimed, "the completed record is cached");
 
     // An error releases the key: nothing is cached, and the next call runs again.
     let failed = idem
@@ -255,7 +174,7 @@ async fn a_call_in_progress_is_never_cached() {
 
 #[tokio::test(start_paused = true)]
 async fn a_completion_whose_lease_was_lost_is_not_cached() {
-    let store = Counting::default();
+    let store = counting();
     let idem = cached(&store);
     // The first call outlives its lease (no renewal); a second call takes the key over and
     // completes first.
@@ -277,18 +196,18 @@ async fn a_completion_whose_lease_was_lost_is_not_cached() {
     let late = late.await.unwrap().unwrap();
     assert_eq!((late.value, late.status), (1, Status::LeaseLost));
 
-    let ops = store.ops();
+    let ops = store.total_calls();
     assert_eq!(
         charge(&idem, "o-1", 3).await.unwrap(),
         (2, Status::Replayed),
         "the stored result, not the one whose lease was lost"
     );
-    assert_eq!(store.ops(), ops, "replayed from the cache");
+    assert_eq!(store.total_calls(), ops, "replayed from the cache");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_fingerprint_mismatch_is_detected_in_the_cache() {
-    let store = Counting::default();
+    let store = counting();
     let idem = cached(&store);
     let call = |request: &'static str| {
         idem.scope(
@@ -298,24 +217,21 @@ async fn a_fingerprint_mismatch_is_detected_in_the_cache() {
         )
     };
     assert_eq!(call("pay 10 EUR").await.unwrap().status, Status::Executed);
-    let ops = store.ops();
+    let ops = store.total_calls();
     assert_eq!(call("pay 10 EUR").await.unwrap().status, Status::Replayed);
     let mismatch = call("pay 99 EUR").await;
     assert!(
         matches!(mismatch, Err(Error::KeyMismatch { .. })),
         "{mismatch:?}"
     );
-    assert_eq!(store.ops(), ops, "both answered from the cache");
+    assert_eq!(store.total_calls(), ops, "both answered from the cache");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_cached_record_is_never_served_after_the_store_expired_it() {
     // Two processes on one store, which answers 10 ms after it acted: each record's lifetime
     // has started 10 ms before a process hears of it.
-    let store = Counting {
-        answer_delay: Duration::from_millis(10),
-        ..Counting::default()
-    };
+    let store = delayed(Duration::from_millis(10));
     let (one, two) = (cached(&store), cached(&store));
     async fn call(idem: &Idem, amount: u32) -> Result<(u32, Status), Error> {
         let outcome = idem
@@ -339,12 +255,12 @@ async fn a_cached_record_is_never_served_after_the_store_expired_it() {
     at(80).await;
     assert_eq!(call(&two, 2).await.unwrap(), (1, Status::Replayed));
     at(109).await;
-    let claims = store.claims();
+    let claimed = claims(&store);
     assert_eq!(call(&one, 3).await.unwrap(), (1, Status::Replayed));
     assert_eq!(call(&two, 4).await.unwrap(), (1, Status::Replayed));
     assert_eq!(
-        store.claims(),
-        claims,
+        claims(&store),
+        claimed,
         "both still cached within the record's lifetime"
     );
 
@@ -358,11 +274,11 @@ async fn a_cached_record_is_never_served_after_the_store_expired_it() {
 
 #[tokio::test(start_paused = true)]
 async fn calls_on_another_store_skip_the_cache() {
-    let configured = Counting::default();
+    let configured = counting();
     let idem = cached(&configured);
     assert_eq!(charge(&idem, "o-1", 10).await.unwrap().1, Status::Executed);
 
-    let other = Counting::default();
+    let other = counting();
     let elsewhere = idem
         .scope(
             Call::new("shop::charge", "o-1")
@@ -380,7 +296,7 @@ async fn calls_on_another_store_skip_the_cache() {
         .await
         .unwrap();
     assert_eq!((scoped.value, scoped.status), (20, Status::Replayed));
-    assert_eq!(other.claims(), 2);
+    assert_eq!(claims(&other), 2);
 }
 
 #[cfg(feature = "redis")]

@@ -6,9 +6,8 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use idem::store::{Claim, Fence, Record, StoreFuture};
-use idem::testing::DownStore;
-use idem::{Call, Config, FailMode, Idem, MemoryStore, Status, Store, StoreError, StoreErrorKind};
+use idem::testing::{DownStore, Forwarding, Op};
+use idem::{Call, Config, FailMode, Idem, MemoryStore, Status, StoreErrorKind};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record as SpanRecord};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
@@ -112,53 +111,11 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// A memory store whose writes fail: completions and releases report the store unavailable.
-#[derive(Clone, Default)]
-struct WritesFail(MemoryStore);
-
-fn unavailable<T>() -> StoreFuture<'static, T> {
-    Box::pin(async { Err(StoreError::new(StoreErrorKind::Unavailable, "refused")) })
-}
-
-impl Store for WritesFail {
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        lease: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
-        self.0.claim(key, claim, lease)
-    }
-    fn complete<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a Claim,
-        _: &'a [u8],
-        _: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        unavailable()
-    }
-    fn release<'a>(&'a self, _: &'a str, _: &'a Claim) -> StoreFuture<'a, Fence> {
-        unavailable()
-    }
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        lease: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        self.0.renew(key, claim, lease)
-    }
-    fn wait<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a Claim,
-        timeout: Duration,
-    ) -> StoreFuture<'a, ()> {
-        self.0.wait(key, holder, timeout)
-    }
-    fn describe(&self) -> String {
-        "writes-fail".into()
-    }
+fn writes_fail() -> idem::StoreHandle {
+    Forwarding::new(MemoryStore::new())
+        .fail(Op::Complete, StoreErrorKind::Unavailable)
+        .fail(Op::Release, StoreErrorKind::Unavailable)
+        .into()
 }
 
 const SCOPE: &str = "shop::charge";
@@ -183,14 +140,14 @@ async fn every_logged_case(config: Config) {
         .unwrap();
     assert_eq!(ran.status, Status::Unprotected);
     // A result that cannot be stored, a completion that fails, a release that fails.
-    let failing = on(&|| WritesFail::default().into());
+    let failing = on(&writes_fail);
     let ran = failing
         .scope(Call::new(SCOPE, KEY).run(async { 3 }))
         .await
         .unwrap();
     assert_eq!(ran.status, Status::NotStored);
     // (Another store: the failed completion left the claim to end with its lease.)
-    let failing = on(&|| WritesFail::default().into());
+    let failing = on(&writes_fail);
     let ran = failing
         .scope(Call::new(SCOPE, KEY).run_result(async { Err::<u8, _>("transient") }))
         .await

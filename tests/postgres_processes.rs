@@ -8,18 +8,15 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idem::{Call, PostgresStore, Status};
 use support::postgres::PostgresServer;
+use support::workers::{self, Workers};
 
 /// Set in a worker's environment to the PostgreSQL URL.
 const WORKER: &str = "IDEM_TEST_WORKER";
-/// Set in a worker's environment to its number, 0 or 1.
-const WORKER_INDEX: &str = "IDEM_TEST_WORKER_INDEX";
 const KEYS: usize = 40;
 /// Calls per key in each process.
 const REPEATS: usize = 2;
@@ -27,8 +24,7 @@ const SCOPE: &str = "two-processes";
 
 fn main() {
     if let Ok(url) = std::env::var(WORKER) {
-        let index = std::env::var(WORKER_INDEX).map_or(0, |n| n.parse().expect("a worker number"));
-        worker(&url, index);
+        worker(&url, workers::index());
         return;
     }
     support::harness::run_single(
@@ -39,66 +35,30 @@ fn main() {
 
 fn two_processes_run_each_key_once() {
     let server = PostgresServer::start();
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let mut workers: Vec<Child> = (0..2)
-        .map(|index| {
-            Command::new(&exe)
-                .env(WORKER, server.url())
-                .env(WORKER_INDEX, index.to_string())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("start a worker process")
-        })
-        .collect();
-
-    // Lines of every worker, gathered on threads, so that a stuck worker is a timeout here.
-    let (lines_tx, lines) = mpsc::channel::<(usize, String)>();
-    for (n, worker) in workers.iter_mut().enumerate() {
-        let stdout = BufReader::new(worker.stdout.take().expect("piped stdout"));
-        let lines_tx = lines_tx.clone();
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                let _ = lines_tx.send((n, line));
-            }
-        });
-    }
-    drop(lines_tx);
-    let next_line = || {
-        lines
-            .recv_timeout(Duration::from_secs(60))
-            .expect("a worker line within 60 s")
-    };
-
+    let mut workers = Workers::start(2, [(WORKER, server.url())]);
     // Both connect first (the first creates the table); then both start at the same moment.
-    let mut ready = [false, false];
-    while !(ready[0] && ready[1]) {
-        let (n, line) = next_line();
-        assert_eq!(line, "ready", "worker {n}");
-        ready[n] = true;
-    }
-    for worker in &mut workers {
-        writeln!(worker.stdin.as_mut().expect("piped stdin"), "go").expect("start a worker");
-    }
+    workers.ready(Duration::from_secs(60));
+    workers.go();
+    let lines = workers.finish(Duration::from_secs(120));
 
     let mut runs = BTreeMap::<usize, Vec<usize>>::new();
     let mut executed = [None, None];
-    while executed.iter().any(Option::is_none) {
-        let (n, line) = next_line();
-        if let Some(key) = line.strip_prefix("ran ") {
-            runs.entry(key.parse().expect("a key")).or_default().push(n);
-        } else if let Some(count) = line.strip_prefix("executed ") {
-            executed[n] = Some(count.parse::<usize>().expect("a count"));
-        } else {
-            panic!("worker {n} printed {line:?}");
+    for (n, lines) in lines.iter().enumerate() {
+        for line in lines {
+            if let Some(key) = line.strip_prefix("ran ") {
+                runs.entry(key.parse().expect("a key")).or_default().push(n);
+            } else if let Some(count) = line.strip_prefix("executed ") {
+                executed[n] = Some(count.parse::<usize>().expect("a count"));
+            } else {
+                panic!("worker {n} printed {line:?}");
+            }
         }
     }
-    for mut worker in workers {
-        let status = worker.wait().expect("a worker's exit status");
-        assert!(status.success(), "a worker failed: {status}");
-    }
-    let executed: Vec<usize> = executed.into_iter().map(Option::unwrap).collect();
+    let executed: Vec<usize> = executed
+        .into_iter()
+        .enumerate()
+        .map(|(n, count)| count.unwrap_or_else(|| panic!("worker {n} printed no count")))
+        .collect();
     println!(
         "executions per process: {executed:?} ({KEYS} keys, each called {REPEATS}x in each of 2 processes)"
     );
@@ -130,9 +90,7 @@ fn worker(url: &str, index: usize) {
     let store = runtime
         .block_on(PostgresStore::open(url))
         .expect("connect the worker's store");
-    println!("ready");
-    let mut go = String::new();
-    std::io::stdin().read_line(&mut go).expect("wait for go");
+    workers::ready_then_wait_for_go();
 
     let ran = Arc::new(Mutex::new(Vec::new()));
     let executed = runtime.block_on(async {

@@ -12,16 +12,15 @@
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use idem::Call;
 use sqlx::Executor;
 use sqlx::postgres::{PgConnection, PgPoolOptions};
 use support::postgres::PostgresServer;
+use support::workers::Workers;
 
 /// Set in a worker's environment to the PostgreSQL URL.
 const WORKER: &str = "IDEM_TX_WORKER";
@@ -101,24 +100,6 @@ impl Seen {
     }
 }
 
-fn spawn_worker(exe: &std::path::Path, url: &str, n: usize, lines: &mpsc::Sender<String>) -> Child {
-    let mut child = Command::new(exe)
-        .env(WORKER, url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start worker {n}: {e}"));
-    let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let lines = lines.clone();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    child
-}
-
 fn killed_workers_write_each_key_once_and_free_their_keys_at_once() {
     let server = PostgresServer::quiet();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -141,11 +122,7 @@ fn killed_workers_write_each_key_once_and_free_their_keys_at_once() {
         pool
     });
 
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let (lines_tx, lines) = mpsc::channel::<String>();
-    let mut workers: Vec<Child> = (0..2)
-        .map(|n| spawn_worker(&exe, &server.url(), n, &lines_tx))
-        .collect();
+    let mut workers = Workers::start_quiet(2, [(WORKER, server.url())]);
     let mut seen = Seen::default();
     let mut random = Random::new();
     let started = Instant::now();
@@ -154,39 +131,28 @@ fn killed_workers_write_each_key_once_and_free_their_keys_at_once() {
         let pause = Duration::from_millis(20 + random.below(150));
         let until = Instant::now() + pause;
         while let Some(left) = until.checked_duration_since(Instant::now()) {
-            match lines.recv_timeout(left) {
-                Ok(line) => seen.take(&line),
-                Err(_) => break,
+            match workers.line_within(left) {
+                Some((_, line)) => seen.take(&line),
+                None => break,
             }
         }
-        let n = random.below(2) as usize;
         // A worker that already finished its list is started again: it replays every key.
-        let pid = workers[n].id();
-        let sent = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "SIGKILL worker {n}");
-        let _ = workers[n].wait();
+        workers.restart(random.below(2) as usize);
         kills += 1;
-        workers[n] = spawn_worker(&exe, &server.url(), n, &lines_tx);
     }
     let killing = started.elapsed();
     // No more kills: both finish the list.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !workers.iter().all(|w| seen.done.contains(&w.id())) {
+    while !(0..2).all(|n| seen.done.contains(&workers.pid(n))) {
         let left = deadline
             .checked_duration_since(Instant::now())
             .expect("both workers finish within 60 s after the last kill");
-        match lines.recv_timeout(left) {
-            Ok(line) => seen.take(&line),
-            Err(error) => panic!("waiting for the workers: {error}"),
+        match workers.line_within(left) {
+            Some((_, line)) => seen.take(&line),
+            None => panic!("waiting for the workers: no line within {left:?}"),
         }
     }
-    for mut worker in workers {
-        let status = worker.wait().expect("a worker's exit status");
-        assert!(status.success(), "a worker failed: {status}");
-    }
+    workers.finish(Duration::from_secs(60));
 
     let (rows, records, ids): (Vec<(i64, i64)>, i64, i64) = runtime.block_on(async {
         let rows = sqlx::query_as("SELECT key, id FROM items ORDER BY key, id")

@@ -10,11 +10,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use idem::{Call, Outcome, RedisStore, Status};
@@ -22,6 +19,7 @@ use sqlx::Executor;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use support::postgres::PostgresServer;
 use support::redis::RedisServer;
+use support::workers::Workers;
 
 /// Set in the holder's environment to `tx <postgres url>` or `redis <redis url>`.
 const WORKER: &str = "IDEM_STALL_WORKER";
@@ -46,46 +44,20 @@ fn main() {
     );
 }
 
-fn signal(child: &Child, name: &str) {
-    let sent = Command::new("kill")
-        .args([name, &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(sent.success(), "kill {name}");
-}
-
 /// Starts the holder, waits until its body runs, and freezes it.
-fn frozen_holder(store: &str, url: &str) -> (Child, mpsc::Receiver<String>) {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let mut child = Command::new(exe)
-        .env(WORKER, format!("{store} {url}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the holder");
-    let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let (lines_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let first = lines
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the holder starts its body");
-    assert_eq!(first, "holding");
-    signal(&child, "-STOP");
-    (child, lines)
+fn frozen_holder(store: &str, url: &str) -> Workers {
+    let holder = Workers::start(1, [(WORKER, format!("{store} {url}"))]);
+    let (_, first) = holder.line(Duration::from_secs(30));
+    assert_eq!(first, "holding", "the holder starts its body");
+    holder.signal(0, "-STOP");
+    holder
 }
 
 /// Resumes the holder and waits for its last line (`done <value> <status>`).
-fn resume(mut child: Child, lines: &mpsc::Receiver<String>) -> String {
-    signal(&child, "-CONT");
-    let done = lines
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the holder finishes");
-    assert!(child.wait().expect("the holder's status").success());
+fn resume(holder: Workers) -> String {
+    holder.signal(0, "-CONT");
+    let (_, done) = holder.line(Duration::from_secs(30));
+    holder.finish(Duration::from_secs(30));
     done
 }
 
@@ -113,7 +85,7 @@ fn a_stalled_holder_never_lets_a_duplicate_run_in_tx_mode_unlike_a_lease() {
     });
 
     // Transactional mode.
-    let (holder, lines) = frozen_holder("tx", &postgres.url());
+    let holder = frozen_holder("tx", &postgres.url());
     let runs = Arc::new(AtomicUsize::new(0));
     let frozen_at = Instant::now();
     let duplicates: Vec<_> = (0..DUPLICATES)
@@ -128,7 +100,7 @@ fn a_stalled_holder_never_lets_a_duplicate_run_in_tx_mode_unlike_a_lease() {
     std::thread::sleep(FROZEN.saturating_sub(frozen_at.elapsed()));
     let ran_while_frozen = runs.load(Ordering::SeqCst);
     let waiting = duplicates.iter().filter(|d| !d.is_finished()).count();
-    let done = resume(holder, &lines);
+    let done = resume(holder);
     assert_eq!(done, "done 1 Executed", "the holder stored its result");
     let outcomes: Vec<Outcome<u32>> = runtime.block_on(async {
         let mut outcomes = Vec::new();
@@ -150,7 +122,7 @@ fn a_stalled_holder_never_lets_a_duplicate_run_in_tx_mode_unlike_a_lease() {
     let store = runtime
         .block_on(RedisStore::open(&redis.url()))
         .expect("the Redis store");
-    let (holder, lines) = frozen_holder("redis", &redis.url());
+    let holder = frozen_holder("redis", &redis.url());
     let frozen_at = Instant::now();
     let duplicates: Vec<_> = (0..DUPLICATES)
         .map(|n| {
@@ -162,7 +134,7 @@ fn a_stalled_holder_never_lets_a_duplicate_run_in_tx_mode_unlike_a_lease() {
         })
         .collect();
     std::thread::sleep(FROZEN.saturating_sub(frozen_at.elapsed()));
-    let redis_done = resume(holder, &lines);
+    let redis_done = resume(holder);
     let redis_outcomes: Vec<Outcome<u32>> = runtime.block_on(async {
         let mut outcomes = Vec::new();
         for duplicate in duplicates {

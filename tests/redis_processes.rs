@@ -7,19 +7,16 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use idem::{Call, RedisStore, Status};
 use support::redis::RedisServer;
+use support::workers::{self, Workers};
 
 /// Set in a worker's environment to the Redis URL.
 const WORKER: &str = "IDEM_TEST_WORKER";
-/// Set in a worker's environment to its number, 0 or 1.
-const WORKER_INDEX: &str = "IDEM_TEST_WORKER_INDEX";
 const KEYS: usize = 40;
 /// Calls per key in each process.
 const REPEATS: usize = 2;
@@ -27,8 +24,7 @@ const SCOPE: &str = "two-processes";
 
 fn main() {
     if let Ok(url) = std::env::var(WORKER) {
-        let index = std::env::var(WORKER_INDEX).map_or(0, |n| n.parse().expect("a worker number"));
-        worker(&url, index);
+        worker(&url, workers::index());
         return;
     }
     support::harness::run_single(
@@ -39,64 +35,25 @@ fn main() {
 
 fn two_processes_run_each_key_once() {
     let server = RedisServer::start();
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let mut workers: Vec<Child> = (0..2)
-        .map(|index| {
-            Command::new(&exe)
-                .env(WORKER, server.url())
-                .env(WORKER_INDEX, index.to_string())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("start a worker process")
+    let mut workers = Workers::start(2, [(WORKER, server.url())]);
+    // Both connect first; then both start calling at the same moment.
+    workers.ready(Duration::from_secs(60));
+    workers.go();
+    let lines = workers.finish(Duration::from_secs(120));
+
+    let executed: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .map(|(n, lines)| {
+            let [line] = lines.as_slice() else {
+                panic!("worker {n} printed {lines:?}");
+            };
+            let count = line
+                .strip_prefix("executed ")
+                .unwrap_or_else(|| panic!("worker {n} printed {line:?}"));
+            count.parse::<usize>().expect("a count")
         })
         .collect();
-
-    // Each worker prints lines to its stdout; gather them per worker on threads, so that a
-    // stuck worker shows up as a timeout here instead of a hang.
-    let (lines_tx, lines) = mpsc::channel::<(usize, String)>();
-    for (n, worker) in workers.iter_mut().enumerate() {
-        let stdout = BufReader::new(worker.stdout.take().expect("piped stdout"));
-        let lines_tx = lines_tx.clone();
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                let _ = lines_tx.send((n, line));
-            }
-        });
-    }
-    drop(lines_tx);
-    let next_line = || {
-        lines
-            .recv_timeout(Duration::from_secs(60))
-            .expect("a worker line within 60 s")
-    };
-
-    // Both connect first; then both start calling at the same moment.
-    let mut ready = [false, false];
-    while !(ready[0] && ready[1]) {
-        let (n, line) = next_line();
-        assert_eq!(line, "ready", "worker {n}");
-        ready[n] = true;
-    }
-    for worker in &mut workers {
-        writeln!(worker.stdin.as_mut().expect("piped stdin"), "go").expect("start a worker");
-    }
-
-    let mut executed = [None, None];
-    while executed.iter().any(Option::is_none) {
-        let (n, line) = next_line();
-        let count = line
-            .strip_prefix("executed ")
-            .unwrap_or_else(|| panic!("worker {n} printed {line:?}"));
-        executed[n] = Some(count.parse::<usize>().expect("a count"));
-    }
-    for mut worker in workers {
-        let status = worker.wait().expect("a worker's exit status");
-        assert!(status.success(), "a worker failed: {status}");
-    }
-
-    let executed: Vec<usize> = executed.into_iter().map(Option::unwrap).collect();
     println!(
         "executions per process: {executed:?} ({KEYS} keys, each called {REPEATS}x in each of 2 processes)"
     );
@@ -129,9 +86,7 @@ fn worker(url: &str, index: usize) {
             .expect("connect the worker's counter");
         (store, counter)
     });
-    println!("ready");
-    let mut go = String::new();
-    std::io::stdin().read_line(&mut go).expect("wait for go");
+    workers::ready_then_wait_for_go();
 
     let executed = Arc::new(AtomicUsize::new(0));
     runtime.block_on(async {

@@ -7,11 +7,11 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use idem::{Call, Config, Error, RedisStore, Status, Store};
 use support::redis::RedisServer;
+use support::workers::Workers;
 use tokio::time::Instant;
 
 /// Set in the trusting copy's environment to the `rediss://` URL.
@@ -61,13 +61,14 @@ fn rediss_checks_the_certificate_and_then_works(runtime: &tokio::runtime::Runtim
         );
     });
 
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let status = Command::new(exe)
-        .env(TRUSTING, server.tls_url())
-        .env("SSL_CERT_FILE", server.tls_ca())
-        .status()
-        .expect("run the trusting copy");
-    assert!(status.success(), "the trusting copy failed: {status}");
+    let trusting = Workers::start(
+        1,
+        [
+            (TRUSTING, server.tls_url().into()),
+            ("SSL_CERT_FILE", server.tls_ca().into_os_string()),
+        ],
+    );
+    trusting.finish(Duration::from_secs(120));
 }
 
 /// Runs calls over TLS, trusting the test CA through `SSL_CERT_FILE`.

@@ -4,6 +4,9 @@
 pub mod calls;
 pub mod cluster;
 pub mod harness;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod nats;
 pub mod postgres;
 pub mod redis;
+pub mod workers;

@@ -1,11 +1,10 @@
 //! The HTTP layer's behaviour, against any store: an axum server on a loopback port, a real
 //! HTTP client, and one function per case. [`http_suite!`] runs every case on one store.
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -20,9 +19,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use idem::StoreHandle;
 use idem::http::IdempotencyLayer;
-use idem::store::{Claim, Fence, Record, StoreFuture};
-use idem::{Store, StoreHandle};
+use idem::testing::Forwarding;
 use tokio::sync::{mpsc, watch};
 
 /// Writes one `#[tokio::test]` per case of the suite, on the store that `$make` (an async
@@ -49,7 +48,7 @@ macro_rules! http_suite {
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let (store, _guard) = $make.await;
-                $crate::http_common::$case(::idem::StoreHandle::from(store)).await;
+                $crate::support::http::$case(::idem::StoreHandle::from(store)).await;
             }
         )*
     };
@@ -352,64 +351,6 @@ impl Reply {
     }
 }
 
-/// A store that forwards to another and counts the distinct callers told that the key they
-/// claim is in progress: the duplicates now waiting.
-struct Watched {
-    inner: StoreHandle,
-    waiting: Mutex<HashSet<Vec<u8>>>,
-    count: watch::Sender<usize>,
-}
-
-impl Store for Watched {
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        lease: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
-        Box::pin(async move {
-            let found = self.inner.claim(key, claim, lease).await?;
-            if matches!(found, Some(Record::InProgress(_))) {
-                let mut waiting = self.waiting.lock().expect("not poisoned");
-                waiting.insert(claim.to_bytes());
-                self.count.send_replace(waiting.len());
-            }
-            Ok(found)
-        })
-    }
-    fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        payload: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        self.inner.complete(key, claim, payload, ttl)
-    }
-    fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
-        self.inner.release(key, claim)
-    }
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        lease: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        self.inner.renew(key, claim, lease)
-    }
-    fn wait<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a Claim,
-        timeout: Duration,
-    ) -> StoreFuture<'a, ()> {
-        self.inner.wait(key, holder, timeout)
-    }
-    fn describe(&self) -> String {
-        format!("watched {}", self.inner.describe())
-    }
-}
-
 /// A retry gets the first response's status, named headers and body, marked replayed; the
 /// handler ran once.
 pub async fn retry_replays_status_headers_and_body(store: StoreHandle) {
@@ -448,13 +389,10 @@ pub async fn retry_replays_status_headers_and_body(store: StoreHandle) {
 /// all 20 get its response.
 pub async fn concurrent_duplicates_run_once(store: StoreHandle) {
     const DUPLICATES: usize = 20;
-    let (count, mut waiting) = watch::channel(0);
-    let watched = StoreHandle::new(Watched {
-        inner: store,
-        waiting: Mutex::new(HashSet::new()),
-        count,
-    });
-    let app = Arc::new(App::serve(layer(&watched)).await);
+    // Counts the distinct callers told that the key they claim is in progress: the duplicates
+    // now waiting.
+    let watched = Forwarding::new(store);
+    let app = Arc::new(App::serve(layer(&StoreHandle::new(watched.clone()))).await);
     app.close();
     let mut requests = Vec::new();
     for _ in 0..DUPLICATES {
@@ -470,10 +408,9 @@ pub async fn concurrent_duplicates_run_once(store: StoreHandle) {
     }
     app.entered().await;
     // Every duplicate has found the key in progress before the first one may finish.
-    tokio::time::timeout(PATIENCE, waiting.wait_for(|n| *n == DUPLICATES - 1))
+    tokio::time::timeout(PATIENCE, watched.told_in_progress(DUPLICATES - 1))
         .await
-        .expect("all duplicates wait in time")
-        .expect("the store is alive");
+        .expect("all duplicates wait in time");
     app.open();
     let mut replies = Vec::new();
     for request in requests {

@@ -1,18 +1,6 @@
-//! The store conformance suite: the behaviour every [`Store`] must show, as
-//! async functions that panic with a description of what went wrong.
-//!
-//! Run all of it against a store with [`conformance_tests!`](crate::conformance_tests), which
-//! writes one `#[tokio::test]` per case (the calling crate needs `tokio` with the `macros` and
-//! `rt-multi-thread` features as a dev-dependency):
-//!
-//! ```ignore
-//! // tests/my_store.rs
-//! idem::conformance_tests!(my_store, async { (MyStore::connect().await, ()) });
-//! ```
-//!
-//! The async expression returns the store and a guard kept alive for the test (a server
-//! process, a temporary directory; `()` when there is nothing to keep). Every case uses keys
-//! of its own random scope, so a store shared between cases or runs gives the same results.
+//! The store conformance suite: one async function per case, [`CASES`] naming them all, and
+//! [`conformance_tests!`](crate::conformance_tests) writing a test per case. Re-exported by
+//! [`testing`](crate::testing), whose documentation shows how to run it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -25,10 +13,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Barrier, oneshot};
 use tokio::time::Instant;
 
-use crate::store::{Claim, Fence, Record, StoreFuture};
-use crate::{
-    Call, Error, Fingerprint, Inspection, Status, Store, StoreError, StoreErrorKind, StoreHandle,
-};
+use super::{Forwarding, store_key};
+use crate::store::{Claim, Fence, Record};
+use crate::{Call, Error, Fingerprint, Inspection, Status, StoreHandle};
 
 /// The names of every case, in the order [`conformance_tests!`](crate::conformance_tests) runs
 /// them.
@@ -291,7 +278,7 @@ async fn start_held(
 pub async fn waiter_gets_result(store: StoreHandle) {
     let scope = scope("waiter");
     let (finish, first) = start_held(&store, &scope, "k", |c| c).await;
-    let watched = Watched::new(store.clone());
+    let watched = Forwarding::new(store.clone());
     let waiter = {
         let (store, scope) = (StoreHandle::new(watched.clone()), scope.clone());
         tokio::spawn(async move {
@@ -866,141 +853,6 @@ pub async fn inspect_and_forget(store: StoreHandle) {
         (8, Status::Executed),
         "a forgotten key runs again"
     );
-}
-
-/// A store that forwards every operation to another and lets a test see when a call waits:
-/// an observable event instead of a sleep, so that a slow machine cannot reorder a test.
-#[derive(Clone)]
-pub struct Watched {
-    inner: StoreHandle,
-    waits: Arc<tokio::sync::watch::Sender<usize>>,
-}
-
-impl Watched {
-    /// Forwards to `inner`.
-    pub fn new(inner: impl Into<StoreHandle>) -> Self {
-        Watched {
-            inner: inner.into(),
-            waits: Arc::new(tokio::sync::watch::Sender::new(0)),
-        }
-    }
-
-    /// Returns once some call has started to wait on this store (at once if one already did).
-    pub async fn waiting(&self) {
-        let mut waits = self.waits.subscribe();
-        waits
-            .wait_for(|&n| n > 0)
-            .await
-            .expect("the sender lives in self");
-    }
-}
-
-impl Store for Watched {
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        lease: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
-        self.inner.claim(key, claim, lease)
-    }
-    fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        payload: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        self.inner.complete(key, claim, payload, ttl)
-    }
-    fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
-        self.inner.release(key, claim)
-    }
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        lease: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        self.inner.renew(key, claim, lease)
-    }
-    fn wait<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a Claim,
-        timeout: Duration,
-    ) -> StoreFuture<'a, ()> {
-        self.waits.send_modify(|n| *n += 1);
-        self.inner.wait(key, holder, timeout)
-    }
-    fn inspect<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Inspection> {
-        self.inner.inspect(key)
-    }
-    fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
-        self.inner.forget(key)
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
-/// The store key of a call of `scope` with `key` under `prefix`, encoded as every call encodes
-/// it: for tests that look at a store's records directly.
-pub fn store_key(prefix: &str, scope: &str, key: &str) -> String {
-    crate::key::store_key(prefix, scope, &crate::key::one_part(key.to_owned()), false)
-}
-
-/// A store whose backend is down: every operation fails with
-/// [`StoreErrorKind::Unavailable`]. For testing what a service does when its store is
-/// unreachable (fail-closed, fail-open, HTTP 503).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DownStore;
-
-fn down<T>() -> StoreFuture<'static, T> {
-    Box::pin(async {
-        Err(StoreError::new(
-            StoreErrorKind::Unavailable,
-            "connection refused",
-        ))
-    })
-}
-
-impl Store for DownStore {
-    fn claim<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a Claim,
-        _: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
-        down()
-    }
-    fn complete<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a Claim,
-        _: &'a [u8],
-        _: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        down()
-    }
-    fn release<'a>(&'a self, _: &'a str, _: &'a Claim) -> StoreFuture<'a, Fence> {
-        down()
-    }
-    fn renew<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, Fence> {
-        down()
-    }
-    fn wait<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, ()> {
-        down()
-    }
-    fn inspect<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Inspection> {
-        down()
-    }
-    fn forget<'a>(&'a self, _: &'a str) -> StoreFuture<'a, bool> {
-        down()
-    }
-    fn describe(&self) -> String {
-        "down".into()
-    }
 }
 
 /// Writes one `#[tokio::test]` per conformance case (see [`testing`](crate::testing)).

@@ -1,0 +1,35 @@
+//! Test support for stores and for code that calls them.
+//!
+//! - **The store conformance suite**: the behaviour every [`Store`](crate::Store) must show,
+//!   as async functions ([`exactly_once_under_concurrency`], [`fenced_operations`], … all
+//!   named in [`CASES`]) that panic with a description of what went wrong.
+//! - **Test stores**: [`Forwarding`] wraps any store to count and record its operations, fail
+//!   chosen ones, delay answers, hide the remaining lifetime of records, and tell a test when a
+//!   call waits or is told a key is in progress; [`DownStore`] is a store whose backend is
+//!   down.
+//! - [`store_key`]: the key a call writes under, for tests that look at a store's records.
+//!
+//! Run the whole suite against a store with [`conformance_tests!`](crate::conformance_tests),
+//! which writes one `#[tokio::test]` per case (the calling crate needs `tokio` with the
+//! `macros` and `rt-multi-thread` features as a dev-dependency):
+//!
+//! ```ignore
+//! // tests/my_store.rs
+//! idem::conformance_tests!(my_store, async { (MyStore::connect().await, ()) });
+//! ```
+//!
+//! The async expression returns the store and a guard kept alive for the test (a server
+//! process, a temporary directory; `()` when there is nothing to keep). Every case uses keys
+//! of its own random scope, so a store shared between cases or runs gives the same results.
+
+mod conformance;
+mod stores;
+
+pub use conformance::*;
+pub use stores::{DownStore, Forwarding, Op, Watched};
+
+/// The store key of a call of `scope` with `key` under `prefix`, encoded as every call encodes
+/// it: for tests that look at a store's records directly.
+pub fn store_key(prefix: &str, scope: &str, key: &str) -> String {
+    crate::key::store_key(prefix, scope, &crate::key::one_part(key.to_owned()), false)
+}
