@@ -23,7 +23,7 @@ impl Token {
     /// every call.
     fn hex_digits(self) -> [u8; 32] {
         let mut digits = [0u8; 32];
-        hex::encode_to_slice(self.0.to_be_bytes(), &mut digits).expect("16 bytes are 32 digits");
+        write_hex(&self.0.to_be_bytes(), &mut digits);
         digits
     }
 
@@ -123,24 +123,35 @@ impl Claim {
     /// `claim:1:<token>:<fingerprint or ->`. Two claims have the same byte form exactly when
     /// they are equal, so a store can fence by comparing bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(CLAIM_MARK.len() + 32 + 1 + 64);
-        out.extend_from_slice(CLAIM_MARK.as_bytes());
-        out.extend_from_slice(&self.token.hex_digits());
-        out.push(b':');
-        match &self.fingerprint {
+        self.encoded().to_vec()
+    }
+
+    /// The byte form of [`Claim::to_bytes`], written on the stack: a store that sends it and
+    /// lets it go allocates nothing for it.
+    pub(crate) fn encoded(&self) -> ClaimBytes {
+        let mut bytes = [0u8; CLAIM_BYTES];
+        let mark = CLAIM_MARK.len();
+        bytes[..mark].copy_from_slice(CLAIM_MARK.as_bytes());
+        bytes[mark..mark + 32].copy_from_slice(&self.token.hex_digits());
+        bytes[mark + 32] = b':';
+        let at = mark + 33;
+        let len = match &self.fingerprint {
             Some(fp) => {
-                let mut digits = [0u8; 64];
-                hex::encode_to_slice(fp.0, &mut digits).expect("32 bytes are 64 digits");
-                out.extend_from_slice(&digits);
+                write_hex(&fp.0, &mut bytes[at..at + 64]);
+                at + 64
             }
-            None => out.push(b'-'),
-        }
-        out
+            None => {
+                bytes[at] = b'-';
+                at + 1
+            }
+        };
+        ClaimBytes { bytes, len }
     }
 
     /// Reads the byte form written by [`Claim::to_bytes`]; `None` if `bytes` is not a claim.
     pub fn from_bytes(bytes: &[u8]) -> Option<Claim> {
-        let text = std::str::from_utf8(bytes).ok()?.strip_prefix(CLAIM_MARK)?;
+        // The mark first: a completed payload is told apart without reading it whole.
+        let text = std::str::from_utf8(bytes.strip_prefix(CLAIM_MARK.as_bytes())?).ok()?;
         let (token, fp) = text.split_once(':')?;
         let fingerprint = match fp {
             "-" => None,
@@ -150,6 +161,33 @@ impl Claim {
             token: Token::from_hex(token)?,
             fingerprint,
         })
+    }
+}
+
+/// The longest byte form of a claim: the mark, the token, `:` and a fingerprint.
+const CLAIM_BYTES: usize = CLAIM_MARK.len() + 32 + 1 + 64;
+
+/// A claim's byte form, held on the stack (see [`Claim::encoded`]).
+#[derive(Clone, Copy)]
+pub(crate) struct ClaimBytes {
+    bytes: [u8; CLAIM_BYTES],
+    len: usize,
+}
+
+impl std::ops::Deref for ClaimBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Writes `bytes` as lowercase hex digits into `out`, which holds two per byte.
+fn write_hex(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
     }
 }
 
@@ -241,6 +279,20 @@ mod tests {
             with_fp.to_bytes(),
             format!("claim:1:{:032x}:{}", 1, fp.to_hex()).into_bytes()
         );
+    }
+
+    #[test]
+    fn the_encoded_form_is_the_byte_form() {
+        let fp = Fingerprint::of_bytes(b"request");
+        for claim in [Claim::new(Some(fp)), Claim::new(None)] {
+            assert_eq!(claim.encoded().to_vec(), claim.to_bytes());
+            let mut expected = format!("claim:1:{:032x}:", claim.token.0);
+            match claim.fingerprint {
+                Some(fp) => expected.push_str(&hex::encode(fp.as_bytes())),
+                None => expected.push('-'),
+            }
+            assert_eq!(claim.to_bytes(), expected.into_bytes());
+        }
     }
 
     #[test]
