@@ -132,7 +132,7 @@ impl Claim {
         let mut bytes = [0u8; CLAIM_BYTES];
         let mark = CLAIM_MARK.len();
         bytes[..mark].copy_from_slice(CLAIM_MARK.as_bytes());
-        bytes[mark..mark + 32].copy_from_slice(&self.token.hex_digits());
+        write_hex(&self.token.0.to_be_bytes(), &mut bytes[mark..mark + 32]);
         bytes[mark + 32] = b':';
         let at = mark + 33;
         let len = match &self.fingerprint {
@@ -182,12 +182,23 @@ impl std::ops::Deref for ClaimBytes {
     }
 }
 
+/// Every byte's two lowercase hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0x0f]];
+        byte += 1;
+    }
+    pairs
+};
+
 /// Writes `bytes` as lowercase hex digits into `out`, which holds two per byte.
 fn write_hex(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        pair[0] = DIGITS[usize::from(byte >> 4)];
-        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    assert_eq!(out.len(), 2 * bytes.len(), "two digits per byte");
+    for (at, byte) in bytes.iter().enumerate() {
+        out[2 * at..2 * at + 2].copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
     }
 }
 
