@@ -22,9 +22,7 @@ impl Token {
     /// The 32 lowercase hex digits, without the formatting machinery: claims are written on
     /// every call.
     fn hex_digits(self) -> [u8; 32] {
-        let mut digits = [0u8; 32];
-        write_hex(&self.0.to_be_bytes(), &mut digits);
-        digits
+        hex_u128(self.0)
     }
 
     /// The token's 16 bytes, big-endian: its form in a binary column.
@@ -132,12 +130,13 @@ impl Claim {
         let mut bytes = [0u8; CLAIM_BYTES];
         let mark = CLAIM_MARK.len();
         bytes[..mark].copy_from_slice(CLAIM_MARK.as_bytes());
-        write_hex(&self.token.0.to_be_bytes(), &mut bytes[mark..mark + 32]);
+        bytes[mark..mark + 32].copy_from_slice(&hex_u128(self.token.0));
         bytes[mark + 32] = b':';
         let at = mark + 33;
         let len = match &self.fingerprint {
             Some(fp) => {
-                write_hex(&fp.0, &mut bytes[at..at + 64]);
+                let digits = bytes[at..].first_chunk_mut().expect("room for 64 digits");
+                write_hex_32(&fp.0, digits);
                 at + 64
             }
             None => {
@@ -182,24 +181,40 @@ impl std::ops::Deref for ClaimBytes {
     }
 }
 
-/// Every byte's two lowercase hex digits.
-static HEX_PAIRS: [[u8; 2]; 256] = {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut pairs = [[0u8; 2]; 256];
-    let mut byte = 0;
-    while byte < 256 {
-        pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0x0f]];
-        byte += 1;
+/// Writes the 32 bytes of `bytes` as 64 lowercase hex digits into `out`.
+fn write_hex_32(bytes: &[u8; 32], out: &mut [u8; 64]) {
+    for at in 0..4 {
+        let word = u64::from_be_bytes(*bytes[8 * at..].first_chunk().expect("8 bytes"));
+        out[16 * at..16 * at + 16].copy_from_slice(&hex_word(word));
     }
-    pairs
-};
+}
 
-/// Writes `bytes` as lowercase hex digits into `out`, which holds two per byte.
-fn write_hex(bytes: &[u8], out: &mut [u8]) {
-    assert_eq!(out.len(), 2 * bytes.len(), "two digits per byte");
-    for (at, byte) in bytes.iter().enumerate() {
-        out[2 * at..2 * at + 2].copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
-    }
+/// The 32 lowercase hex digits of `value`, most significant first.
+fn hex_u128(value: u128) -> [u8; 32] {
+    let mut digits = [0u8; 32];
+    digits[..16].copy_from_slice(&hex_word((value >> 64) as u64));
+    digits[16..].copy_from_slice(&hex_word(value as u64));
+    digits
+}
+
+/// The 16 lowercase hex digits of `word`, most significant first, computed in one 128-bit
+/// integer instead of digit by digit.
+fn hex_word(word: u64) -> [u8; 16] {
+    // Each nibble k of `word` into byte k of `x` (bits 8k..8k+3): halves, quarters, bytes,
+    // then nibbles, each moved up by the width of the piece below it.
+    let x = u128::from(word);
+    let x = (x & 0xffff_ffff) | ((x & 0xffff_ffff_0000_0000) << 32);
+    let x = (x & 0x0000_0000_0000_ffff_0000_0000_0000_ffff)
+        | ((x & 0x0000_0000_ffff_0000_0000_0000_ffff_0000) << 16);
+    let x = (x & 0x0000_00ff_0000_00ff_0000_00ff_0000_00ff)
+        | ((x & 0x0000_ff00_0000_ff00_0000_ff00_0000_ff00) << 8);
+    let x = (x & 0x000f_000f_000f_000f_000f_000f_000f_000f)
+        | ((x & 0x00f0_00f0_00f0_00f0_00f0_00f0_00f0_00f0) << 4);
+    // Each byte n (0 to 15) to its digit: '0' + n, and 'a' - '0' - 10 = 0x27 more when n > 9
+    // (n + 6 reaches bit 4 exactly then). No byte carries into the next.
+    const ONES: u128 = u128::MAX / 0xff;
+    let letters = ((x + 6 * ONES) >> 4) & ONES;
+    (x + 0x30 * ONES + 0x27 * letters).to_be_bytes()
 }
 
 /// What a store holds under a key.
@@ -304,6 +319,29 @@ mod tests {
             }
             assert_eq!(claim.to_bytes(), expected.into_bytes());
         }
+    }
+
+    #[test]
+    fn hex_words_are_the_formatted_digits() {
+        let mut word: u64 = 0x9e37_79b9_7f4a_7c15;
+        let edges = [0, u64::MAX, 9, 10, 15, 16, 0x0123_4567_89ab_cdef];
+        for n in 0..10_000 {
+            word ^= word << 13;
+            word ^= word >> 7;
+            word ^= word << 17;
+            let w = edges.get(n).copied().unwrap_or(word);
+            assert_eq!(hex_word(w), format!("{w:016x}").as_bytes());
+        }
+        for start in [0u8, 32, 224] {
+            let bytes: [u8; 32] = std::array::from_fn(|at| start.wrapping_add(at as u8 * 7));
+            let mut out = [0; 64];
+            write_hex_32(&bytes, &mut out);
+            assert_eq!(out, hex::encode(bytes).as_bytes());
+        }
+        assert_eq!(
+            hex_u128(u128::MAX - 0xa),
+            format!("{:032x}", u128::MAX - 0xa).as_bytes()
+        );
     }
 
     #[test]
