@@ -131,7 +131,18 @@ impl Call {
     {
         // The engine's future itself, not one wrapped around it: a call's future is moved
         // whole on every call, and each layer adds to what is copied.
-        engine::execute(self.0, body, PlainShape::new())
+        engine::execute(self.0, body, PlainShape::new(), std::convert::identity)
+    }
+
+    /// [`run`](Call::run), giving the value alone (the attribute's runner of a plain function).
+    pub(crate) fn run_value<T, F>(self, body: F) -> impl Future<Output = Result<T, Error>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Future<Output = T>,
+    {
+        engine::execute(self.0, body, PlainShape::new(), |result| {
+            result.map(|outcome| outcome.value)
+        })
     }
 
     /// Runs a fallible `body`: an `Ok` value is stored and replayed, an `Err` is returned and
@@ -144,7 +155,7 @@ impl Call {
         T: Serialize + DeserializeOwned,
         F: Future<Output = Result<T, E>>,
     {
-        engine::execute(self.0, body, ResultShape::new())
+        engine::execute(self.0, body, ResultShape::new(), std::convert::identity)
     }
 
     /// Like [`run_result`](Call::run_result), but the errors for which `cache_err` returns
@@ -160,7 +171,12 @@ impl Call {
         F: Future<Output = Result<T, E>>,
         P: FnOnce(&E) -> bool,
     {
-        engine::execute(self.0, body, CachingShape::new(cache_err))
+        engine::execute(
+            self.0,
+            body,
+            CachingShape::new(cache_err),
+            std::convert::identity,
+        )
     }
 
     /// Runs `body` once for this key in **transactional mode**: the claim and the stored value

@@ -46,7 +46,15 @@ pub(crate) struct Request {
     pub(crate) heartbeat: bool,
 }
 
-pub(crate) async fn execute<R, F, S>(call: Request, body: F, shape: S) -> Result<Outcome<R>, Error>
+/// Runs one call, and hands how it ended to `finish`, which makes the caller's output of it
+/// (the runners of the attribute take the value out here, in place of a future of their own
+/// around this one, which would be one more layer to poll and copy on every call).
+pub(crate) async fn execute<R, F, S, O>(
+    call: Request,
+    body: F,
+    shape: S,
+    finish: impl FnOnce(Result<Outcome<R>, Error>) -> O,
+) -> O
 where
     F: Future<Output = R>,
     S: Shape<R>,
@@ -63,7 +71,12 @@ where
         };
         let found = match cached {
             Some(cached) => Found::Cached(cached),
-            None => Found::Store(current.clone()),
+            None => Found::Store {
+                store: current.store.clone(),
+                local: current.local.clone(),
+                wait: settings.wait,
+                fail_mode: settings.fail_mode,
+            },
         };
         (key, settings.ttl, settings.lease, found)
     });
@@ -74,7 +87,7 @@ where
         Ok(fingerprint) => fingerprint,
         Err(error) => {
             ended(&span, &call.scope, counted_error(&error));
-            return Err(error);
+            return finish(Err(error));
         }
     };
     let result = match found {
@@ -95,11 +108,12 @@ where
             tokio::task::consume_budget().await;
             replayed
         }
-        Found::Store(Idem {
+        Found::Store {
             store: configured,
-            settings,
             local,
-        }) => {
+            wait,
+            fail_mode,
+        } => {
             // The local cache holds records of the configured store only.
             let local = local.filter(|_| call.store.is_none());
             let run = Run {
@@ -108,9 +122,9 @@ where
                 key,
                 ttl,
                 lease,
-                wait: call.wait.unwrap_or(settings.wait),
+                wait: call.wait.unwrap_or(wait),
                 heartbeat: call.heartbeat,
-                fail_mode: settings.fail_mode,
+                fail_mode,
                 local,
             };
             // Boxed, so that this future stays small: callers move it around whole, and a
@@ -129,7 +143,7 @@ where
         Err(error) => counted_error(error),
     };
     ended(&span, &call.scope, counted);
-    result.map(|ran| ran.outcome)
+    finish(result.map(|ran| ran.outcome))
 }
 
 /// The span of one call. Its key is logged as stored: readable when short and printable,
@@ -222,10 +236,16 @@ impl<R> Ran<R> {
 }
 
 /// Where a call's record was found before it ran: in the local cache, or not, and then the
-/// call goes to the store of `Idem`.
+/// call goes to the configured store, with what it needs of the settings (taken out here, so
+/// that a call holds no reference to the settings themselves).
 enum Found {
     Cached(Arc<Cached>),
-    Store(Idem),
+    Store {
+        store: StoreHandle,
+        local: Option<LocalCache>,
+        wait: Duration,
+        fail_mode: FailMode,
+    },
 }
 
 /// One call, resolved against its store and settings.

@@ -20,6 +20,8 @@
 //! never share a store key (up to SHA-256 collisions). A readable scope or key never starts
 //! with `#`: one that would is hashed, so a readable form never equals a hashed one.
 
+use std::cell::RefCell;
+
 use sha2::{Digest, Sha256};
 
 /// Keys longer than this (in bytes, once encoded) are stored as their hash.
@@ -30,15 +32,20 @@ pub(crate) const MAX_SCOPE_BYTES: usize = 200;
 
 /// The store key of the encoded key `key` (see [`Parts`]) in `scope`.
 pub(crate) fn store_key(prefix: &str, scope: &str, key: &str, hash_all: bool) -> String {
-    let mut out = String::with_capacity(prefix.len() + scope.len() + key.len().min(65) + 2);
-    push_path(&mut out, prefix);
-    out.push(':');
-    if must_hash(scope, MAX_SCOPE_BYTES) {
-        push_hash(&mut out, scope);
-    } else {
-        push_path(&mut out, scope);
-    }
-    out.push(':');
+    let key_len = key.len().min(65);
+    let mut out = HEADS
+        .try_with(|heads| {
+            // Borrowed already only if a key were made while one is being made: not here.
+            let mut heads = heads.try_borrow_mut().ok()?;
+            Some(heads.start(prefix, scope, key_len))
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            let mut out = String::with_capacity(prefix.len() + scope.len() + key_len + 2);
+            push_head(&mut out, prefix, scope);
+            out
+        });
     if hash_all || must_hash(key, MAX_KEY_BYTES) {
         push_hash(&mut out, key);
     } else {
@@ -53,6 +60,75 @@ pub(crate) fn key_prefix(prefix: &str) -> String {
     push_path(&mut out, prefix);
     out.push(':');
     out
+}
+
+/// Writes `prefix ":" scope ":"`, encoded.
+fn push_head(out: &mut String, prefix: &str, scope: &str) {
+    push_path(out, prefix);
+    out.push(':');
+    if must_hash(scope, MAX_SCOPE_BYTES) {
+        push_hash(out, scope);
+    } else {
+        push_path(out, scope);
+    }
+    out.push(':');
+}
+
+/// How many encoded heads (`prefix:scope:`) a thread keeps: a program calls a handful of
+/// scopes in its hot loops, and a head encoded once is copied after that.
+const KEPT_HEADS: usize = 8;
+
+thread_local! {
+    static HEADS: RefCell<Heads> = const { RefCell::new(Heads { kept: Vec::new(), next: 0 }) };
+}
+
+/// The heads of store keys made lately on this thread, by prefix and scope (compared by
+/// content, so a head is never used for another prefix or scope).
+struct Heads {
+    kept: Vec<Head>,
+    /// Where the next head is kept once all places are taken.
+    next: usize,
+}
+
+struct Head {
+    prefix: Box<str>,
+    scope: Box<str>,
+    encoded: Box<str>,
+}
+
+impl Heads {
+    /// A store key's start, its head written, with room for `key_len` more bytes.
+    fn start(&mut self, prefix: &str, scope: &str, key_len: usize) -> String {
+        let found = self
+            .kept
+            .iter()
+            .find(|head| *head.scope == *scope && *head.prefix == *prefix);
+        let head = match found {
+            Some(head) => head,
+            None => {
+                let mut encoded = String::with_capacity(prefix.len() + scope.len() + 2);
+                push_head(&mut encoded, prefix, scope);
+                let head = Head {
+                    prefix: prefix.into(),
+                    scope: scope.into(),
+                    encoded: encoded.into(),
+                };
+                let at = if self.kept.len() < KEPT_HEADS {
+                    self.kept.push(head);
+                    self.kept.len() - 1
+                } else {
+                    let at = self.next;
+                    self.next = (at + 1) % KEPT_HEADS;
+                    self.kept[at] = head;
+                    at
+                };
+                &self.kept[at]
+            }
+        };
+        let mut out = String::with_capacity(head.encoded.len() + key_len + 1);
+        out.push_str(&head.encoded);
+        out
+    }
 }
 
 /// Whether a scope or an encoded key is stored as its hash rather than as itself.
@@ -162,6 +238,26 @@ mod tests {
 
     fn single(prefix: &str, scope: &str, key: &str) -> String {
         store_key(prefix, scope, &one_part(key.to_owned()), false)
+    }
+
+    #[test]
+    fn kept_heads_serve_their_own_prefix_and_scope_only() {
+        // More prefixes and scopes than a thread keeps heads for, twice over: each key is
+        // the one encoded from scratch.
+        for _ in 0..2 {
+            for n in 0..(KEPT_HEADS * 2) {
+                for (prefix, scope) in [
+                    (format!("p{n}"), "a::b".to_owned()),
+                    ("p".to_owned(), format!("s{n}::x")),
+                    ("p".to_owned(), format!("#s{n}")),
+                ] {
+                    let mut fresh = String::new();
+                    push_head(&mut fresh, &prefix, &scope);
+                    fresh.push('k');
+                    assert_eq!(store_key(&prefix, &scope, "k", false), fresh);
+                }
+            }
+        }
     }
 
     #[test]

@@ -117,12 +117,14 @@ impl<T, E> ResultLike for Result<T, E> {
 }
 
 /// Runs a function returning a plain `T` (rewritten to `Result<T, idem::Error>`).
-pub async fn run_plain<T, F>(call: Call, body: F) -> Result<T, Error>
+/// The engine's future itself: a future of this function around it would be one more layer
+/// to poll, and to copy whole, on every call.
+pub fn run_plain<T, F>(call: Call, body: F) -> impl Future<Output = Result<T, Error>>
 where
     T: Serialize + DeserializeOwned,
     F: Future<Output = T>,
 {
-    call.run(body).await.map(|outcome| outcome.value)
+    call.run_value(body)
 }
 
 /// Runs a function returning `Result<T, E>`: `Ok` is stored, `Err` releases the key. The

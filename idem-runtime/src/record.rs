@@ -22,9 +22,7 @@ impl Token {
     /// The 32 lowercase hex digits, without the formatting machinery: claims are written on
     /// every call.
     fn hex_digits(self) -> [u8; 32] {
-        let mut digits = [0u8; 32];
-        hex::encode_to_slice(self.0.to_be_bytes(), &mut digits).expect("16 bytes are 32 digits");
-        digits
+        hex_u128(self.0)
     }
 
     /// The token's 16 bytes, big-endian: its form in a binary column.
@@ -123,24 +121,36 @@ impl Claim {
     /// `claim:1:<token>:<fingerprint or ->`. Two claims have the same byte form exactly when
     /// they are equal, so a store can fence by comparing bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(CLAIM_MARK.len() + 32 + 1 + 64);
-        out.extend_from_slice(CLAIM_MARK.as_bytes());
-        out.extend_from_slice(&self.token.hex_digits());
-        out.push(b':');
-        match &self.fingerprint {
+        self.encoded().to_vec()
+    }
+
+    /// The byte form of [`Claim::to_bytes`], written on the stack: a store that sends it and
+    /// lets it go allocates nothing for it.
+    pub(crate) fn encoded(&self) -> ClaimBytes {
+        let mut bytes = [0u8; CLAIM_BYTES];
+        let mark = CLAIM_MARK.len();
+        bytes[..mark].copy_from_slice(CLAIM_MARK.as_bytes());
+        bytes[mark..mark + 32].copy_from_slice(&hex_u128(self.token.0));
+        bytes[mark + 32] = b':';
+        let at = mark + 33;
+        let len = match &self.fingerprint {
             Some(fp) => {
-                let mut digits = [0u8; 64];
-                hex::encode_to_slice(fp.0, &mut digits).expect("32 bytes are 64 digits");
-                out.extend_from_slice(&digits);
+                let digits = bytes[at..].first_chunk_mut().expect("room for 64 digits");
+                write_hex_32(&fp.0, digits);
+                at + 64
             }
-            None => out.push(b'-'),
-        }
-        out
+            None => {
+                bytes[at] = b'-';
+                at + 1
+            }
+        };
+        ClaimBytes { bytes, len }
     }
 
     /// Reads the byte form written by [`Claim::to_bytes`]; `None` if `bytes` is not a claim.
     pub fn from_bytes(bytes: &[u8]) -> Option<Claim> {
-        let text = std::str::from_utf8(bytes).ok()?.strip_prefix(CLAIM_MARK)?;
+        // The mark first: a completed payload is told apart without reading it whole.
+        let text = std::str::from_utf8(bytes.strip_prefix(CLAIM_MARK.as_bytes())?).ok()?;
         let (token, fp) = text.split_once(':')?;
         let fingerprint = match fp {
             "-" => None,
@@ -151,6 +161,60 @@ impl Claim {
             fingerprint,
         })
     }
+}
+
+/// The longest byte form of a claim: the mark, the token, `:` and a fingerprint.
+const CLAIM_BYTES: usize = CLAIM_MARK.len() + 32 + 1 + 64;
+
+/// A claim's byte form, held on the stack (see [`Claim::encoded`]).
+#[derive(Clone, Copy)]
+pub(crate) struct ClaimBytes {
+    bytes: [u8; CLAIM_BYTES],
+    len: usize,
+}
+
+impl std::ops::Deref for ClaimBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Writes the 32 bytes of `bytes` as 64 lowercase hex digits into `out`.
+fn write_hex_32(bytes: &[u8; 32], out: &mut [u8; 64]) {
+    for at in 0..4 {
+        let word = u64::from_be_bytes(*bytes[8 * at..].first_chunk().expect("8 bytes"));
+        out[16 * at..16 * at + 16].copy_from_slice(&hex_word(word));
+    }
+}
+
+/// The 32 lowercase hex digits of `value`, most significant first.
+fn hex_u128(value: u128) -> [u8; 32] {
+    let mut digits = [0u8; 32];
+    digits[..16].copy_from_slice(&hex_word((value >> 64) as u64));
+    digits[16..].copy_from_slice(&hex_word(value as u64));
+    digits
+}
+
+/// The 16 lowercase hex digits of `word`, most significant first, computed in one 128-bit
+/// integer instead of digit by digit.
+fn hex_word(word: u64) -> [u8; 16] {
+    // Each nibble k of `word` into byte k of `x` (bits 8k..8k+3): halves, quarters, bytes,
+    // then nibbles, each moved up by the width of the piece below it.
+    let x = u128::from(word);
+    let x = (x & 0xffff_ffff) | ((x & 0xffff_ffff_0000_0000) << 32);
+    let x = (x & 0x0000_0000_0000_ffff_0000_0000_0000_ffff)
+        | ((x & 0x0000_0000_ffff_0000_0000_0000_ffff_0000) << 16);
+    let x = (x & 0x0000_00ff_0000_00ff_0000_00ff_0000_00ff)
+        | ((x & 0x0000_ff00_0000_ff00_0000_ff00_0000_ff00) << 8);
+    let x = (x & 0x000f_000f_000f_000f_000f_000f_000f_000f)
+        | ((x & 0x00f0_00f0_00f0_00f0_00f0_00f0_00f0_00f0) << 4);
+    // Each byte n (0 to 15) to its digit: '0' + n, and 'a' - '0' - 10 = 0x27 more when n > 9
+    // (n + 6 reaches bit 4 exactly then). No byte carries into the next.
+    const ONES: u128 = u128::MAX / 0xff;
+    let letters = ((x + 6 * ONES) >> 4) & ONES;
+    (x + 0x30 * ONES + 0x27 * letters).to_be_bytes()
 }
 
 /// What a store holds under a key.
@@ -240,6 +304,43 @@ mod tests {
         assert_eq!(
             with_fp.to_bytes(),
             format!("claim:1:{:032x}:{}", 1, fp.to_hex()).into_bytes()
+        );
+    }
+
+    #[test]
+    fn the_encoded_form_is_the_byte_form() {
+        let fp = Fingerprint::of_bytes(b"request");
+        for claim in [Claim::new(Some(fp)), Claim::new(None)] {
+            assert_eq!(claim.encoded().to_vec(), claim.to_bytes());
+            let mut expected = format!("claim:1:{:032x}:", claim.token.0);
+            match claim.fingerprint {
+                Some(fp) => expected.push_str(&hex::encode(fp.as_bytes())),
+                None => expected.push('-'),
+            }
+            assert_eq!(claim.to_bytes(), expected.into_bytes());
+        }
+    }
+
+    #[test]
+    fn hex_words_are_the_formatted_digits() {
+        let mut word: u64 = 0x9e37_79b9_7f4a_7c15;
+        let edges = [0, u64::MAX, 9, 10, 15, 16, 0x0123_4567_89ab_cdef];
+        for n in 0..10_000 {
+            word ^= word << 13;
+            word ^= word >> 7;
+            word ^= word << 17;
+            let w = edges.get(n).copied().unwrap_or(word);
+            assert_eq!(hex_word(w), format!("{w:016x}").as_bytes());
+        }
+        for start in [0u8, 32, 224] {
+            let bytes: [u8; 32] = std::array::from_fn(|at| start.wrapping_add(at as u8 * 7));
+            let mut out = [0; 64];
+            write_hex_32(&bytes, &mut out);
+            assert_eq!(out, hex::encode(bytes).as_bytes());
+        }
+        assert_eq!(
+            hex_u128(u128::MAX - 0xa),
+            format!("{:032x}", u128::MAX - 0xa).as_bytes()
         );
     }
 

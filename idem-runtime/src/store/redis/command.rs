@@ -125,7 +125,7 @@ impl RedisStore {
         key: &str,
         holder: &Claim,
     ) -> Result<Option<Duration>, StoreError> {
-        let request = Request::script(&self.shared.scripts.peek, key, &[&holder.to_bytes()]);
+        let request = Request::script(&self.shared.scripts.peek, key, &[&holder.encoded()]);
         let answer = self.query(request, None).await?;
         let left: i64 = self.parse(answer.value)?;
         Ok(u64::try_from(left).ok().map(Duration::from_millis))

@@ -187,21 +187,21 @@ impl RedisStore {
         lease: Duration,
         expiry: bool,
     ) -> Result<Option<Record>, StoreError> {
-        let mine = claim.to_bytes();
+        let mine = claim.encoded();
         let mut cmd = Cmd::with_capacity(7, key.len() + mine.len() + 32);
         cmd.arg("SET")
             .arg(key)
-            .arg(&mine)
+            .arg(&*mine)
             .arg("NX")
             .arg("PX")
             .arg(millis(lease))
             .arg("GET");
         let request = Request::command(cmd, key).replicated().with_expiry(expiry);
-        let answer = self.query(request, Some((&mine, lease))).await?;
+        let answer = self.query(request, Some((&mine[..], lease))).await?;
         match self.parse::<Option<Vec<u8>>>(answer.value)? {
             // Our own claim is found when the cluster client sent the SET again after the
             // first one was applied but its answer lost: the key is ours either way.
-            Some(found) if found != mine => Ok(Some(match Record::from_bytes(found) {
+            Some(found) if *found != *mine => Ok(Some(match Record::from_bytes(found) {
                 Record::Completed { payload, .. } => Record::Completed {
                     payload,
                     expires_in: answer
@@ -258,7 +258,7 @@ impl Store for RedisStore {
             let request = Request::script(
                 &self.shared.scripts.complete,
                 key,
-                &[&claim.to_bytes(), payload, ttl.as_bytes()],
+                &[&claim.encoded(), payload, ttl.as_bytes()],
             );
             let answer = self.query(request.replicated(), None).await?;
             match self.fence(answer.value)? {
@@ -272,7 +272,7 @@ impl Store for RedisStore {
 
     fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
         Box::pin(async move {
-            let request = Request::script(&self.shared.scripts.release, key, &[&claim.to_bytes()]);
+            let request = Request::script(&self.shared.scripts.release, key, &[&claim.encoded()]);
             self.fenced(request).await
         })
     }
@@ -288,7 +288,7 @@ impl Store for RedisStore {
             let request = Request::script(
                 &self.shared.scripts.renew,
                 key,
-                &[&claim.to_bytes(), lease.as_bytes()],
+                &[&claim.encoded(), lease.as_bytes()],
             );
             self.fenced(request).await
         })
