@@ -198,5 +198,10 @@ async fn bytes(report: &mut Report, server: &PostgresServer) {
         None,
         None,
     );
-    report.add("row data per record", (Quantity::Bytes(row), None), None, None);
+    report.add(
+        "row data per record",
+        (Quantity::Bytes(row), None),
+        None,
+        None,
+    );
 }

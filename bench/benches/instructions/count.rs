@@ -10,7 +10,7 @@ use idem::{Config, Idem, MemoryStore, Store};
 use tokio::runtime::Runtime;
 
 use crate::by_hand;
-use crate::workload::{Receipt, TTL, below, charge, direct, fresh, store_key};
+use crate::workload::{Receipt, TTL, below, charge, direct, fresh, fresh_from, store_key};
 
 /// Calls made before the counted ones: connections open, caches and lazy statics filled.
 const WARM_UP: u64 = 200;
@@ -258,6 +258,8 @@ fn on_redis(runtime: &Runtime, op: Operation, calls: u64, url: &str) {
             })
         }
         Operation::RedisFirst | Operation::DeadpoolFirst => {
+            // Children run one after another on the same server: orders of this process only.
+            fresh_from(2_000_000_000 + u64::from(std::process::id()) * 1_000_000);
             measure(runtime, Some(&idem), calls, async || {
                 black_box(charge(fresh()).await.unwrap());
             })
