@@ -33,7 +33,7 @@ impl RedisStore {
     /// after the request if the request still arrives.
     pub(super) async fn query(
         &self,
-        request: Request<'_>,
+        request: &Request<'_>,
         undo: Option<(&[u8], Duration)>,
     ) -> Result<Answer, StoreError> {
         let shared = &self.shared;
@@ -54,7 +54,7 @@ impl RedisStore {
             };
             // A Cluster or a pooled connection stays this operation's until `lent` is dropped.
             let mut lent = lent.map_err(|e| failure::unlinked(e, &shared.url))?;
-            match tokio::time::timeout(within, send(&mut lent.conn, &request, replicas)).await {
+            match tokio::time::timeout(within, send(&mut lent.conn, request, replicas)).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(error)) => {
                     if failure::breaks_connection(&error) {
@@ -88,7 +88,7 @@ impl RedisStore {
 
     /// Runs a fenced script: 1 is [`Fence::Held`].
     pub(super) async fn fenced(&self, request: Request<'_>) -> Result<Fence, StoreError> {
-        let answer = self.query(request, None).await?;
+        let answer = self.query(&request, None).await?;
         self.fence(answer.value)
     }
 
@@ -126,7 +126,7 @@ impl RedisStore {
         holder: &Claim,
     ) -> Result<Option<Duration>, StoreError> {
         let request = Request::script(&self.shared.scripts.peek, key, &[&holder.encoded()]);
-        let answer = self.query(request, None).await?;
+        let answer = self.query(&request, None).await?;
         let left: i64 = self.parse(answer.value)?;
         Ok(u64::try_from(left).ok().map(Duration::from_millis))
     }
@@ -206,62 +206,75 @@ async fn send(
     request: &Request<'_>,
     replicas: Option<Replicas>,
 ) -> RedisResult<Answer> {
-    let mut eval = None;
+    // Boxed, like the loading below: the rare path's state stays out of every command's future.
+    let mut eval: Option<Box<Cmd>> = None;
     let mut loaded = false;
     loop {
-        let cmd = eval.as_ref().unwrap_or(&request.cmd);
-        let (answer, expiry, acked) = if replicas.is_none() && !request.expiry {
-            (conn.req_packed_command(cmd).await?, None, None)
-        } else {
-            let mut pipe = redis::pipe();
-            pipe.add_command(cmd.clone());
-            if request.expiry {
-                pipe.cmd("PTTL").arg(request.key);
-            }
-            if let Some(replicas) = replicas {
-                pipe.cmd("WAIT")
-                    .arg(replicas.count)
-                    .arg(millis(replicas.timeout));
-            }
-            let sent = 1 + usize::from(request.expiry) + usize::from(replicas.is_some());
-            let mut answers = conn.req_packed_commands(&pipe, 0, sent).await?.into_iter();
-            let answer = answers.next().unwrap_or(Value::Nil);
-            let expiry = if request.expiry { answers.next() } else { None };
-            (answer, expiry, answers.next())
-        };
-        match (answer.extract_error(), request.script) {
-            (Err(error), Some(lua))
-                if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) && !loaded =>
-            {
-                loaded = true;
-                if conn.is_cluster() {
-                    eval = Some(evaluate(lua, &request.cmd));
-                } else {
-                    let mut load = redis::cmd("SCRIPT");
-                    load.arg("LOAD").arg(lua.source);
-                    // Boxed: loading a script is rare, and its future would otherwise be
-                    // part of every command's.
-                    Box::pin(conn.on_master_of(request.key, load))
-                        .await?
-                        .extract_error()?;
+        // The answers are read in this block, so that none of them is kept while a missing
+        // script is loaded.
+        let missing = {
+            let cmd = eval.as_deref().unwrap_or(&request.cmd);
+            let (answer, expiry, acked) = if replicas.is_none() && !request.expiry {
+                (conn.req_packed_command(cmd).await?, None, None)
+            } else {
+                let mut pipe = redis::pipe();
+                pipe.add_command(cmd.clone());
+                if request.expiry {
+                    pipe.cmd("PTTL").arg(request.key);
+                }
+                if let Some(replicas) = replicas {
+                    pipe.cmd("WAIT")
+                        .arg(replicas.count)
+                        .arg(millis(replicas.timeout));
+                }
+                let sent = 1 + usize::from(request.expiry) + usize::from(replicas.is_some());
+                let mut answers = conn.req_packed_commands(&pipe, 0, sent).await?.into_iter();
+                let answer = answers.next().unwrap_or(Value::Nil);
+                let expiry = if request.expiry { answers.next() } else { None };
+                (answer, expiry, answers.next())
+            };
+            match (answer.extract_error(), request.script) {
+                (Err(error), Some(lua))
+                    if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) && !loaded =>
+                {
+                    lua
+                }
+                (Err(error), _) => return Err(error),
+                (Ok(value), _) => {
+                    let number = |answer: Option<Value>| -> RedisResult<Option<i64>> {
+                        match answer {
+                            Some(answer) => {
+                                Ok(Some(i64::from_redis_value(answer.extract_error()?)?))
+                            }
+                            None => Ok(None),
+                        }
+                    };
+                    return Ok(Answer {
+                        value,
+                        expiry: number(expiry)?,
+                        acked: number(acked)?,
+                    });
                 }
             }
-            (Err(error), _) => return Err(error),
-            (Ok(value), _) => {
-                let number = |answer: Option<Value>| -> RedisResult<Option<i64>> {
-                    match answer {
-                        Some(answer) => Ok(Some(i64::from_redis_value(answer.extract_error()?)?)),
-                        None => Ok(None),
-                    }
-                };
-                return Ok(Answer {
-                    value,
-                    expiry: number(expiry)?,
-                    acked: number(acked)?,
-                });
-            }
+        };
+        loaded = true;
+        if conn.is_cluster() {
+            eval = Some(Box::new(evaluate(missing, &request.cmd)));
+        } else {
+            load(conn, request.key, missing).await?.extract_error()?;
         }
     }
+}
+
+/// `SCRIPT LOAD` of `lua` on the master of `key`, boxed: loading a script is rare.
+fn load<'a>(
+    conn: &'a mut Conn,
+    key: &'a str,
+    lua: &'static Lua,
+) -> std::pin::Pin<Box<dyn Future<Output = RedisResult<Value>> + Send + 'a>> {
+    let mut load = redis::cmd("SCRIPT");
+    load.arg("LOAD").arg(lua.source);
+    Box::pin(conn.on_master_of(key, load))
 }
 
 /// `EVAL source …` with the keys and arguments of `EVALSHA sha …`.

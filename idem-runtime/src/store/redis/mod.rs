@@ -197,7 +197,7 @@ impl RedisStore {
             .arg(millis(lease))
             .arg("GET");
         let request = Request::command(cmd, key).replicated().with_expiry(expiry);
-        let answer = self.query(request, Some((&mine[..], lease))).await?;
+        let answer = self.query(&request, Some((&mine[..], lease))).await?;
         match self.parse::<Option<Vec<u8>>>(answer.value)? {
             // Our own claim is found when the cluster client sent the SET again after the
             // first one was applied but its answer lost: the key is ours either way.
@@ -260,7 +260,7 @@ impl Store for RedisStore {
                 key,
                 &[&claim.encoded(), payload, ttl.as_bytes()],
             );
-            let answer = self.query(request.replicated(), None).await?;
+            let answer = self.query(&request.replicated(), None).await?;
             match self.fence(answer.value)? {
                 Fence::Held => self
                     .replicated(answer.acked, "result")
@@ -343,7 +343,7 @@ impl Store for RedisStore {
             let mut get = Cmd::with_capacity(2, key.len() + 3);
             get.arg("GET").arg(key);
             let answer = self
-                .query(Request::command(get, key).with_expiry(true), None)
+                .query(&Request::command(get, key).with_expiry(true), None)
                 .await?;
             let Some(bytes) = self.parse::<Option<Vec<u8>>>(answer.value)? else {
                 return Ok(Inspection::Absent);
@@ -360,7 +360,7 @@ impl Store for RedisStore {
     fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let request = Request::script(&self.shared.scripts.forget, key, &[]);
-            let answer = self.query(request, None).await?;
+            let answer = self.query(&request, None).await?;
             Ok(self.parse::<i64>(answer.value)? == 1)
         })
     }
