@@ -43,7 +43,10 @@ impl RedisStore {
         loop {
             let lent = match &shared.lender {
                 Lender::Own(links) => match resent {
-                    None => links.get().await,
+                    None => match links.ready() {
+                        Some(lent) => Ok(lent),
+                        None => links.get().await,
+                    },
                     Some(place) => links.again(place).await,
                 },
                 // Boxed: a checkout's future is large, and the store's own path would carry

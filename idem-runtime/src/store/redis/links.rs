@@ -247,6 +247,19 @@ impl Links {
         }
     }
 
+    /// A shared connection to one server, when the next place holds a healthy one that may
+    /// serve a call made here: the common case, lent without a future of its own. `None` for
+    /// Cluster connections (held one operation at a time) and when a connection must be made;
+    /// then [`get`](Links::get).
+    pub(super) fn ready(&self) -> Option<Lent<'_>> {
+        if self.exclusive {
+            return None;
+        }
+        let at = self.next.fetch_add(1, Ordering::Relaxed) % self.places.len();
+        let link = self.usable(&self.places[at])?;
+        Some(Lent::shared(link, at))
+    }
+
     /// A connection for one operation: the next place's, made first if it has none or a
     /// broken one. With exclusive use, the first free place from there on, or else the next
     /// place's once its operation is done.
