@@ -8,7 +8,7 @@ use idem::testing::{DownStore, Forwarding, Op};
 use idem::{Config, FailMode, Idem, MemoryStore, StoreErrorKind, StoreHandle};
 use std::sync::Arc;
 use std::time::Duration;
-use support::http::{App, layer};
+use support::http::{App, layer, second_while_first_runs};
 
 http_suite!(async { (MemoryStore::new(), ()) });
 
@@ -68,26 +68,7 @@ async fn retry_after_is_the_lease_when_the_store_cannot_inspect() {
         .lease(Duration::from_millis(1_500))
         .reject_in_flight();
     let app = Arc::new(App::serve(layer).await);
-    app.close();
-    let first = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            app.post("/orders")
-                .key("k-opaque")
-                .auth("alice")
-                .body("x")
-                .send()
-                .await
-        })
-    };
-    app.entered().await;
-    let second = app
-        .post("/orders")
-        .key("k-opaque")
-        .auth("alice")
-        .body("x")
-        .send()
-        .await;
+    let (first, second) = second_while_first_runs(&app, "k-opaque").await;
     second.assert_problem(409, "in-progress");
     assert_eq!(second.headers[http::header::RETRY_AFTER], "2");
     app.open();

@@ -429,17 +429,19 @@ pub async fn concurrent_duplicates_run_once(store: StoreHandle) {
     assert_eq!(replayed, DUPLICATES - 1);
 }
 
-/// With `reject_in_flight`, a request whose key is running is answered 409 at once, with a
-/// `Retry-After` within the lease; once the first completes, the key replays.
-pub async fn in_flight_key_is_409_when_rejecting(store: StoreHandle) {
-    let lease = Duration::from_secs(20);
-    let app = Arc::new(App::serve(layer(&store).lease(lease).reject_in_flight()).await);
+/// Holds `app`'s handler, starts a request with `key` and waits until its body runs, then sends
+/// a second request with the same key and principal: the first's task (it finishes once the
+/// app is opened) and the second's reply.
+pub async fn second_while_first_runs(
+    app: &Arc<App>,
+    key: &'static str,
+) -> (tokio::task::JoinHandle<Reply>, Reply) {
     app.close();
     let first = {
         let app = app.clone();
         tokio::spawn(async move {
             app.post("/orders")
-                .key("k-409")
+                .key(key)
                 .auth("alice")
                 .body("x")
                 .send()
@@ -449,11 +451,20 @@ pub async fn in_flight_key_is_409_when_rejecting(store: StoreHandle) {
     app.entered().await;
     let second = app
         .post("/orders")
-        .key("k-409")
+        .key(key)
         .auth("alice")
         .body("x")
         .send()
         .await;
+    (first, second)
+}
+
+/// With `reject_in_flight`, a request whose key is running is answered 409 at once, with a
+/// `Retry-After` within the lease; once the first completes, the key replays.
+pub async fn in_flight_key_is_409_when_rejecting(store: StoreHandle) {
+    let lease = Duration::from_secs(20);
+    let app = Arc::new(App::serve(layer(&store).lease(lease).reject_in_flight()).await);
+    let (first, second) = second_while_first_runs(&app, "k-409").await;
     second.assert_problem(409, "in-progress");
     let retry_after: u64 = second.headers[header::RETRY_AFTER]
         .to_str()

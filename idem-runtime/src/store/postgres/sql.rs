@@ -289,15 +289,8 @@ pub(super) async fn complete<'e>(
     ttl: Duration,
     tag: &str,
 ) -> Result<bool, sqlx::Error> {
-    let row = sqlx::query(sql.complete.clone())
-        .bind(key)
-        .bind(&claim.token.to_bytes()[..])
-        .bind(payload)
-        .bind(millis(ttl))
-        .bind(tag)
-        .fetch_optional(executor)
-        .await?;
-    Ok(row.is_some())
+    let statement = sql.complete.clone();
+    store_result(executor, statement, key, claim, payload, ttl, tag).await
 }
 
 /// Whether the live record of `key` is the one `claim` completed: a completion whose answer
@@ -501,7 +494,22 @@ pub(super) async fn tx_complete<'e>(
     ttl: Duration,
     tag: &str,
 ) -> Result<bool, sqlx::Error> {
-    let row = sqlx::query(sql.tx_complete.clone())
+    let statement = sql.tx_complete.clone();
+    store_result(executor, statement, key, claim, payload, ttl, tag).await
+}
+
+/// Runs a completion statement (`complete` or `tx_complete`, which bind the same parameters);
+/// `true` if it found the claim holding the key.
+async fn store_result<'e>(
+    executor: impl PgExecutor<'e>,
+    statement: SqlStr,
+    key: &str,
+    claim: &Claim,
+    payload: &[u8],
+    ttl: Duration,
+    tag: &str,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(statement)
         .bind(key)
         .bind(&claim.token.to_bytes()[..])
         .bind(payload)
