@@ -37,6 +37,7 @@ pub const CASES: &[&str] = &[
     "long_and_hashed_keys",
     "unstorable_result_is_reported_never_rerun",
     "inspect_and_forget",
+    "stats_count_by_state",
 ];
 
 /// A scope no other case or run uses.
@@ -855,6 +856,57 @@ pub async fn inspect_and_forget(store: StoreHandle) {
     );
 }
 
+/// [`Store::stats`](crate::Store::stats) counts the live records under a prefix by state, and
+/// only those; with a limit below their number, it counts that many and says it sampled. A
+/// store that does not implement it (the trait's default: [`StoreErrorKind::Other`], "does not
+/// support stats") passes.
+///
+/// [`StoreErrorKind::Other`]: crate::StoreErrorKind::Other
+pub async fn stats_count_by_state(store: StoreHandle) {
+    let base = format!("stats{:016x}", rand::random::<u64>());
+    let prefix = format!("{base}:");
+    let (lease, ttl) = (Duration::from_secs(20), Duration::from_secs(60));
+    let payload = crate::codec::seal(None, crate::codec::Side::Ok, &1_u8).unwrap();
+    let claimed = |key: String| {
+        let store = store.clone();
+        async move {
+            let claim = Claim::new(None);
+            let found = store.claim(&key, &claim, lease).await.unwrap();
+            assert!(found.is_none(), "{key} was free");
+            (key, claim)
+        }
+    };
+    // One call in progress, three completed, and one completed record under another prefix
+    // that shares the first characters.
+    claimed(format!("{prefix}s:running")).await;
+    for key in ["s:a", "s:b", "s:c"]
+        .iter()
+        .map(|k| format!("{prefix}{k}"))
+        .chain([format!("{base}x:s:a")])
+    {
+        let (key, claim) = claimed(key).await;
+        let fence = store.complete(&key, &claim, &payload, ttl).await.unwrap();
+        assert_eq!(fence, Fence::Held, "{key}");
+    }
+    let all = match store.stats(&prefix, 100).await {
+        // The trait's default: this store does not count its records.
+        Err(error)
+            if error.kind() == crate::StoreErrorKind::Other
+                && error.to_string().contains("does not support stats") =>
+        {
+            return;
+        }
+        other => other.unwrap(),
+    };
+    assert_eq!(
+        (all.in_progress, all.completed, all.exact),
+        (1, 3, true),
+        "{all:?}"
+    );
+    let sample = store.stats(&prefix, 2).await.unwrap();
+    assert_eq!((sample.total(), sample.exact), (2, false), "{sample:?}");
+}
+
 /// Writes one `#[tokio::test]` per conformance case (see [`testing`](crate::testing)).
 ///
 /// `$make` is an async expression returning `(store, guard)`: the store (anything
@@ -883,6 +935,7 @@ macro_rules! conformance_tests {
                 long_and_hashed_keys,
                 unstorable_result_is_reported_never_rerun,
                 inspect_and_forget,
+                stats_count_by_state,
             );
         }
     };
