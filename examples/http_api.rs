@@ -109,7 +109,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "listening on http://{} (idempotency store: {})",
         listener.local_addr()?,
-        idem::Idem::current().store().describe()
+        idem::Idem::current()?.store().describe()
     );
     axum::serve(listener, app).await?;
     Ok(())

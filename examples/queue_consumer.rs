@@ -77,7 +77,7 @@ fn deliveries() -> Vec<Message> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     idem::init(idem::Config::from_env()?).await?;
-    println!("store: {}", idem::Idem::current().store().describe());
+    println!("store: {}", idem::Idem::current()?.store().describe());
 
     let deliveries = deliveries();
     let distinct: BTreeSet<_> = deliveries.iter().map(|m| m.id.clone()).collect();

@@ -68,7 +68,7 @@ async fn charge(req: &ChargeRequest) -> Result<Receipt, PaymentError> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     idem::init(idem::Config::from_env()?).await?;
-    println!("store: {}", idem::Idem::current().store().describe());
+    println!("store: {}", idem::Idem::current()?.store().describe());
 
     let request = ChargeRequest {
         order_id: "order-1001".into(),

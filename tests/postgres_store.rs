@@ -503,3 +503,25 @@ async fn a_completion_sent_again_after_it_was_applied_is_held_and_a_stranger_is_
     ));
     assert_eq!(row, "done");
 }
+
+/// `IDEM_STORE` naming a PostgreSQL port as Redis: the error says that the server there does not
+/// answer as Redis, not only the socket's "broken pipe".
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_url_naming_postgresql_says_the_server_is_not_redis() {
+    let server = PostgresServer::start();
+    let config = idem::Config::default()
+        .store(format!("redis://127.0.0.1:{}/0", server.port()))
+        .connect_timeout(Duration::from_secs(10));
+    let error = idem::Idem::connect(&config).await.unwrap_err();
+    let Error::Connect { source, .. } = &error else {
+        panic!("expected a connect error, got {error:?}");
+    };
+    let message = error.to_string();
+    assert!(message.contains("did not answer as Redis"), "{message}");
+    assert_eq!(
+        source.kind(),
+        idem::StoreErrorKind::Unavailable,
+        "{message}"
+    );
+}

@@ -11,7 +11,7 @@ use crate::store::{Inspection, Stats, StoreHandle};
 fn resolve(
     scope: &str,
     key: impl Display,
-) -> (StoreHandle, String, Option<crate::cache::LocalCache>) {
+) -> Result<(StoreHandle, String, Option<crate::cache::LocalCache>), Error> {
     Idem::with_current(|current| {
         (
             current.store.clone(),
@@ -43,8 +43,9 @@ fn resolve(
 /// ```
 ///
 /// Fails with [`Error::Store`] when the store fails or does not support inspection.
+/// Fails with [`Error::Config`] when no idem is installed (see [`install`](crate::install)).
 pub async fn inspect(scope: &str, key: impl Display) -> Result<Inspection, Error> {
-    let (store, key, _) = resolve(scope, key);
+    let (store, key, _) = resolve(scope, key)?;
     store
         .inspect(&key)
         .await
@@ -77,8 +78,9 @@ pub async fn inspect(scope: &str, key: impl Display) -> Result<Inspection, Error
 /// ```
 ///
 /// Fails with [`Error::Store`] when the store fails or does not support forgetting.
+/// Fails with [`Error::Config`] when no idem is installed (see [`install`](crate::install)).
 pub async fn forget(scope: &str, key: impl Display) -> Result<bool, Error> {
-    let (store, key, local) = resolve(scope, key);
+    let (store, key, local) = resolve(scope, key)?;
     if let Some(local) = &local {
         local.remove(&key);
     }
@@ -126,9 +128,10 @@ pub async fn forget(scope: &str, key: impl Display) -> Result<bool, Error> {
 /// the prefix's key range, with the table's estimated row count (`pg_class.reltuples`).
 ///
 /// Fails with [`Error::Store`] when the store fails or does not support it.
+/// Fails with [`Error::Config`] when no idem is installed (see [`install`](crate::install)).
 pub async fn stats(limit: usize) -> Result<Stats, Error> {
     let (store, prefix) =
-        Idem::with_current(|current| (current.store.clone(), current.key_prefix()));
+        Idem::with_current(|current| (current.store.clone(), current.key_prefix()))?;
     store
         .stats(&prefix, limit)
         .await

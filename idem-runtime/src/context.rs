@@ -1,4 +1,6 @@
-//! Which store and settings a call runs with: [`init`], [`with_store`], or the memory default.
+//! Which store and settings a call runs with: the idem given to [`init`] or [`install`], the
+//! innermost [`Idem::scope`] or [`with_store`], and otherwise none: a call with nothing
+//! installed is refused, never served by a store of this process alone.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -7,9 +9,9 @@ use std::time::Duration;
 
 use crate::cache::LocalCache;
 use crate::config::{Config, FailMode};
-use crate::error::Error;
-use crate::store::StoreHandle;
+use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::store::memory::MemoryStore;
+use crate::store::{Claim, Fence, Record, Store, StoreFuture, StoreHandle};
 use crate::store::{StoreKind, store_kind};
 
 /// The settings of a configured idem that are not the store itself.
@@ -53,7 +55,19 @@ tokio::task_local! {
 }
 
 static GLOBAL: OnceLock<Idem> = OnceLock::new();
-static FALLBACK: OnceLock<Idem> = OnceLock::new();
+/// The settings of calls that name their own store while nothing is installed.
+static UNCONFIGURED: OnceLock<Idem> = OnceLock::new();
+
+/// What a call made with nothing installed gets, naming the ways to install something.
+pub(crate) fn not_configured() -> Error {
+    Error::Config(
+        "no idem store is installed for this process: call idem::init(Config) (the store \
+         IDEM_STORE names; `memory` for one process) or idem::install(Idem) (a store built from \
+         the application's own clients) once at start-up, or run the call inside \
+         Idem::scope / idem::with_store"
+            .to_owned(),
+    )
+}
 
 impl Idem {
     /// Builds the store named by `config` and checks that it answers.
@@ -136,31 +150,91 @@ impl Idem {
     }
 
     /// The idem a call made here would use: the innermost [`scope`](Idem::scope), else the one
-    /// given to [`init`], else the in-process memory default.
-    pub fn current() -> Idem {
+    /// given to [`init`] or [`install`].
+    ///
+    /// Fails with [`Error::Config`] when there is none: nothing was installed, and this is not
+    /// inside a scope.
+    pub fn current() -> Result<Idem, Error> {
         Idem::with_current(Idem::clone)
     }
 
     /// Runs `f` with a reference to the idem a call made here would use (see
-    /// [`current`](Idem::current)), without cloning it.
-    pub(crate) fn with_current<R>(f: impl FnOnce(&Idem) -> R) -> R {
+    /// [`current`](Idem::current)), without cloning it; [`Error::Config`] when there is none.
+    pub(crate) fn with_current<R>(f: impl FnOnce(&Idem) -> R) -> Result<R, Error> {
+        let mut f = Some(f);
+        if let Ok(Some(done)) = SCOPED.try_with(|idem| f.take().map(|f| f(idem))) {
+            return Ok(done);
+        }
+        let f = f.take().expect("not called: no scoped idem");
+        GLOBAL.get().map(f).ok_or_else(not_configured)
+    }
+
+    /// Like [`with_current`](Idem::with_current), for a call that names its own store (`store =`,
+    /// [`with_store`], the transactional mode's connection): with nothing installed, `f` gets
+    /// the default settings and a store that refuses every operation, so nothing runs on a
+    /// store the call did not name.
+    pub(crate) fn with_current_or_unconfigured<R>(f: impl FnOnce(&Idem) -> R) -> R {
         let mut f = Some(f);
         if let Ok(Some(done)) = SCOPED.try_with(|idem| f.take().map(|f| f(idem))) {
             return done;
         }
         let f = f.take().expect("not called: no scoped idem");
-        match GLOBAL.get() {
-            Some(idem) => f(idem),
-            None => f(fallback()),
-        }
+        f(GLOBAL.get().unwrap_or_else(|| {
+            UNCONFIGURED.get_or_init(|| Idem::with_settings(NotInstalled, &Config::default()))
+        }))
+    }
+}
+
+/// The store of the idem a call gets when nothing is installed and it names a store of its own:
+/// never used by such a call, and refusing every operation, so that a path that would reach it
+/// fails with the reason instead of keeping records nowhere.
+struct NotInstalled;
+
+fn refused<T: Send + 'static>() -> StoreFuture<'static, T> {
+    Box::pin(std::future::ready(Err(StoreError::new(
+        StoreErrorKind::Other,
+        not_configured().to_string(),
+    ))))
+}
+
+impl Store for NotInstalled {
+    fn claim<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a Claim,
+        _: Duration,
+    ) -> StoreFuture<'a, Option<Record>> {
+        refused()
+    }
+    fn complete<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a Claim,
+        _: &'a [u8],
+        _: Duration,
+    ) -> StoreFuture<'a, Fence> {
+        refused()
+    }
+    fn release<'a>(&'a self, _: &'a str, _: &'a Claim) -> StoreFuture<'a, Fence> {
+        refused()
+    }
+    fn renew<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, Fence> {
+        refused()
+    }
+    fn wait<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, ()> {
+        refused()
+    }
+    fn describe(&self) -> String {
+        "none installed".to_owned()
     }
 }
 
 #[cfg(not(feature = "redis"))]
 async fn connect_redis(config: &Config) -> Result<StoreHandle, Error> {
     Err(Error::Config(format!(
-        "store `{}` needs the `redis` feature of idem (enable it in Cargo.toml)",
-        config.store
+        "store `{}` needs {}",
+        config.store,
+        crate::error::needs_feature("redis")
     )))
 }
 
@@ -174,8 +248,9 @@ async fn connect_redis(config: &Config) -> Result<StoreHandle, Error> {
 #[cfg(not(feature = "postgres"))]
 async fn connect_postgres(config: &Config) -> Result<StoreHandle, Error> {
     Err(Error::Config(format!(
-        "store `{}` needs the `postgres` feature of idem (enable it in Cargo.toml)",
-        config.store
+        "store `{}` needs {}",
+        config.store,
+        crate::error::needs_feature("postgres")
     )))
 }
 
@@ -197,17 +272,6 @@ async fn connect_postgres(config: &Config) -> Result<StoreHandle, Error> {
         .map(StoreHandle::new)
 }
 
-fn fallback() -> &'static Idem {
-    FALLBACK.get_or_init(|| {
-        tracing::warn!(
-            "idem::init was not called: using an in-process memory store, so calls are \
-                 idempotent within this process only"
-        );
-        let config = Config::default();
-        Idem::with_settings(MemoryStore::with_capacity(config.memory_capacity), &config)
-    })
-}
-
 /// Configures idem for the whole process: call it once at start-up, before the first
 /// idempotent call.
 ///
@@ -220,20 +284,46 @@ fn fallback() -> &'static Idem {
 /// # }
 /// ```
 ///
+/// `Config::default()` (and `IDEM_STORE=memory`) is the in-memory store: calls are idempotent
+/// within this process only, which is right for one process and wrong for replicas that share
+/// work. To use a store built from the application's own clients, see [`install`].
+///
 /// Fails with [`Error::Config`] for an invalid configuration, [`Error::Connect`] when the store
-/// does not answer, and [`Error::AlreadyInitialized`] the second time. Without `init`, calls
-/// use an in-process [`MemoryStore`] and warn once that the guarantee is per-process.
+/// does not answer, and [`Error::AlreadyInitialized`] when an idem is already installed. Until
+/// `init` or [`install`] has run, a call outside [`Idem::scope`] and [`with_store`] fails with
+/// [`Error::Config`]: nothing falls back to a store of this process alone.
 pub async fn init(config: Config) -> Result<(), Error> {
     // Checked before connecting: a second `init` must not open connections it then drops.
     if GLOBAL.get().is_some() {
         return Err(Error::AlreadyInitialized);
     }
-    let idem = Idem::connect(&config).await?;
+    install(Idem::connect(&config).await?)
+}
+
+/// Installs a ready `idem` for the whole process: what [`init`] does with the idem it connects,
+/// for a store the application built itself (`RedisStore::from_deadpool`,
+/// `RedisStore::from_client`, `PostgresStore::from_pool`, a store of its own). Every call of
+/// the process then runs on it, in every task, outside [`Idem::scope`] and [`with_store`].
+///
+/// ```
+/// # use idem_runtime as idem;
+/// # fn main() -> Result<(), idem::Error> {
+/// let store = idem::MemoryStore::new(); // or RedisStore::from_deadpool(pool), …
+/// idem::install(idem::Idem::with_settings(store, &idem::Config::default()))?;
+/// assert!(matches!(idem::install(idem::Idem::current()?), Err(idem::Error::AlreadyInitialized)));
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Fails with [`Error::AlreadyInitialized`] when an idem is already installed (by `init` or
+/// `install`); the one installed stays.
+pub fn install(idem: Idem) -> Result<(), Error> {
     GLOBAL.set(idem).map_err(|_| Error::AlreadyInitialized)
 }
 
 /// Runs `future` with `store` instead of the configured one (the other settings stay those of
-/// [`Idem::current`]; the local cache, which belongs to the configured store, is not used).
+/// [`Idem::current`], or the defaults of [`Config`] when nothing is installed; the local cache,
+/// which belongs to the configured store, is not used).
 ///
 /// ```
 /// # use idem_runtime as idem;
@@ -249,10 +339,10 @@ pub fn with_store<F: Future>(
     store: impl Into<StoreHandle>,
     future: F,
 ) -> impl Future<Output = F::Output> {
-    let current = Idem::current();
+    let settings = Idem::with_current_or_unconfigured(|current| current.settings.clone());
     let scoped = Idem {
         store: store.into(),
-        settings: current.settings,
+        settings,
         local: None,
     };
     SCOPED.scope(scoped, future)

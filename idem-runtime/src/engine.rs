@@ -61,7 +61,7 @@ where
 {
     // Looked up while the current idem is borrowed: a replay from the local cache takes no
     // reference to the store, the settings or the cache.
-    let (key, ttl, lease, found) = Idem::with_current(|current| {
+    let looked_up = |current: &Idem| {
         let settings = &current.settings;
         let key = key::store_key(&settings.prefix, &call.scope, &call.key, settings.hash_keys);
         // The local cache holds records of the configured store only.
@@ -79,7 +79,20 @@ where
             },
         };
         (key, settings.ttl, settings.lease, found)
-    });
+    };
+    // A call that names its store runs with the default settings when nothing is installed;
+    // one that does not is refused then, never served by a store of this process alone.
+    let current = match call.store {
+        Some(_) => Ok(Idem::with_current_or_unconfigured(looked_up)),
+        None => Idem::with_current(looked_up),
+    };
+    let (key, ttl, lease, found) = match current {
+        Ok(current) => current,
+        Err(error) => {
+            observe::count(&call.scope, counted_error(&error));
+            return finish(Err(error));
+        }
+    };
     let span = span_of(&call.scope, &key);
     let ttl = call.ttl.unwrap_or(ttl);
     let lease = call.lease.unwrap_or(lease);

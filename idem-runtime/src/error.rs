@@ -116,6 +116,18 @@ pub enum Error {
     AlreadyInitialized,
 }
 
+/// What a message says to enable `feature`: the package users depend on is `idem-fn` (the crate
+/// named `idem` on crates.io is another one), at this version.
+pub(crate) fn needs_feature(feature: &str) -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    // `0.2.0` → `0.2`, what a Cargo.toml line names.
+    let version = version.rsplit_once('.').map_or(version, |(minor, _)| minor);
+    format!(
+        "the `{feature}` feature of the `idem-fn` package: in Cargo.toml, \
+         `idem-fn = {{ version = \"{version}\", features = [\"{feature}\"] }}`"
+    )
+}
+
 /// Lets functions returning `std::io::Result<T>` carry idempotency failures.
 impl From<Error> for std::io::Error {
     fn from(error: Error) -> Self {

@@ -52,7 +52,7 @@ pub mod __private;
 pub use admin::{forget, inspect, stats};
 pub use call::Call;
 pub use config::{Config, FailMode};
-pub use context::{Idem, init, with_store};
+pub use context::{Idem, init, install, with_store};
 pub use error::{Error, StoreError, StoreErrorKind};
 pub use observe::{CALLS_TOTAL, FORGET_TOTAL, STORE_SECONDS};
 pub use outcome::{Outcome, Status};

@@ -191,7 +191,7 @@ macro_rules! __idem_with_tx {
 macro_rules! __idem_with_tx {
     ($($code:tt)*) => {
         ::core::compile_error!(
-            "`tx = ...` needs the `postgres` feature of idem: `idem = { version = \"0.1\", features = [\"postgres\"] }`"
+            "`tx = ...` needs the `postgres` feature of the `idem-fn` package: in Cargo.toml, `idem-fn = { version = \"0.2\", features = [\"postgres\"] }`"
         )
     };
 }
@@ -212,9 +212,10 @@ mod tx {
     /// `<ArgType as TxConnection>::connection(arg)` with the argument type's own spans, so that
     /// another type is one error, on it.
     #[diagnostic::on_unimplemented(
-        message = "`tx = ...` must name an argument of type `&mut sqlx::PgConnection`, not `{Self}`",
+        message = "`tx = ...` must name an argument of type `&mut sqlx::PgConnection` of sqlx 0.9, not `{Self}`",
         label = "the connection the record is written through, inside its transaction",
-        note = "declare the argument as `conn: &mut sqlx::PgConnection`, and call the function with `&mut *transaction` (a `sqlx::Transaction<'_, Postgres>`) or `&mut *connection` (a pool's connection)"
+        note = "declare the argument as `conn: &mut sqlx::PgConnection`, and call the function with `&mut *transaction` (a `sqlx::Transaction<'_, Postgres>`) or `&mut *connection` (a pool's connection)",
+        note = "idem's transactional mode uses sqlx 0.9: a `PgConnection` of another sqlx version (0.8, …) is another type of the same name; `cargo tree -i sqlx` lists the versions in your build"
     )]
     pub trait TxConnection<'c> {
         /// The connection.

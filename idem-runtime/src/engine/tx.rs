@@ -50,7 +50,9 @@ where
     B: AsyncFnOnce(&mut PgConnection) -> R,
     S: Shape<R>,
 {
-    let (key, ttl, lease, wait, store) = Idem::with_current(|current| {
+    // The records live in the caller's database: a call needs no installed store, and then
+    // runs with the default settings.
+    let (key, ttl, lease, wait, store) = Idem::with_current_or_unconfigured(|current| {
         let settings = &current.settings;
         let key = key::store_key(&settings.prefix, &call.scope, &call.key, settings.hash_keys);
         let store = call.store.as_ref().unwrap_or(&current.store);

@@ -214,7 +214,7 @@ where
 /// The whole seconds, at least one, until the lease of the request holding `key` (a store
 /// key) ends: asked of the store on this rejection only, else the configured lease.
 async fn retry_after(settings: &Settings, key: &str) -> u64 {
-    let (store, lease) = Idem::with_current(|current| {
+    let (store, lease) = Idem::with_current_or_unconfigured(|current| {
         (
             settings
                 .store

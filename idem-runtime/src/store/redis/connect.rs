@@ -95,8 +95,9 @@ impl RedisStore {
     ///
     /// // idem checks connections out of the same pool, next to the application's own commands.
     /// let store = idem::RedisStore::from_deadpool(pool.clone()).await?;
+    /// // Installed once at start-up, it serves every call of the process:
+    /// idem::install(idem::Idem::with_settings(store, &idem::Config::default()))?;
     /// let outcome = idem::Call::new("billing::invoice", "inv-42")
-    ///     .store(store)
     ///     .run(async { 42_u64 })
     ///     .await?;
     /// # Ok(())
@@ -131,7 +132,7 @@ impl RedisStore {
     /// let config = idem::Config::from_env()?;
     /// let store = idem::RedisStore::from_deadpool_with(pool, RedisOptions::from(&config)).await?;
     /// // Every call of the process on it, with the other settings of `config`:
-    /// let idem = idem::Idem::with_settings(store, &config);
+    /// idem::install(idem::Idem::with_settings(store, &config))?;
     /// # Ok(())
     /// # }
     /// ```

@@ -90,11 +90,28 @@ pub(super) fn unlinked(error: Unlinked, url: &str) -> StoreError {
                 StoreErrorKind::Timeout => StoreErrorKind::Timeout,
                 _ => StoreErrorKind::Unavailable,
             };
-            StoreError::new(kind, format!("cannot connect to Redis at {url}")).with_source(error)
+            let message = if not_redis(&error) {
+                format!(
+                    "the server at {url} accepted the connection but did not answer as Redis: is \
+                     the URL's port another service's (PostgreSQL, HTTP, …) or a TLS port \
+                     (rediss://)?"
+                )
+            } else {
+                format!("cannot connect to Redis at {url}")
+            };
+            StoreError::new(kind, message).with_source(error)
         }
         #[cfg(feature = "deadpool-redis")]
         Unlinked::Pool(unpooled) => unpooled.store_error(url),
     }
+}
+
+/// Whether `error`, met while connecting, says that something listens at the address but does
+/// not speak Redis: it closed the connection at the first command, or answered bytes that are no
+/// Redis reply (a refused or unreachable address is not that).
+fn not_redis(error: &RedisError) -> bool {
+    error.kind() == ErrorKind::Parse
+        || (error.is_connection_dropped() && !error.is_connection_refusal() && !error.is_timeout())
 }
 
 fn kind_of(error: &RedisError) -> StoreErrorKind {
@@ -140,5 +157,37 @@ mod tests {
         assert!(!resend(&io(io::ErrorKind::TimedOut)));
         let answered = RedisError::from((ErrorKind::Server(ServerErrorKind::NoScript), "NOSCRIPT"));
         assert!(!resend(&answered));
+    }
+
+    #[test]
+    fn a_closed_or_garbled_first_answer_is_not_redis_and_a_refusal_is_not_that() {
+        let io = |kind: io::ErrorKind| RedisError::from(io::Error::from(kind));
+        for kind in [
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::UnexpectedEof,
+        ] {
+            assert!(not_redis(&io(kind)), "{kind:?}");
+        }
+        for kind in [io::ErrorKind::ConnectionRefused, io::ErrorKind::TimedOut] {
+            assert!(!not_redis(&io(kind)), "{kind:?}");
+        }
+        let refused = unlinked(
+            Unlinked::Failed(io(io::ErrorKind::ConnectionRefused)),
+            "redis://h:1/0",
+        );
+        assert!(
+            refused
+                .to_string()
+                .starts_with("cannot connect to Redis at redis://h:1/0")
+        );
+        let closed = unlinked(
+            Unlinked::Failed(io(io::ErrorKind::BrokenPipe)),
+            "redis://h:1/0",
+        );
+        assert!(
+            closed.to_string().contains("did not answer as Redis"),
+            "{closed}"
+        );
     }
 }

@@ -114,8 +114,9 @@ impl Target {
             Some(StoreKind::RedisCluster) => parse_cluster(url),
             #[cfg(not(feature = "redis-cluster"))]
             Some(StoreKind::RedisCluster) => Err(Error::Config(format!(
-                "store `{}` is a Redis Cluster, which needs the `redis-cluster` feature of idem (add it in Cargo.toml)",
-                redact(url)
+                "store `{}` is a Redis Cluster, which needs {}",
+                redact(url),
+                crate::error::needs_feature("redis-cluster")
             ))),
             _ => Err(Error::Config(format!(
                 "store `{}` is not a Redis URL; expected redis://host:port/db, rediss://host:port/db, \
@@ -129,8 +130,9 @@ impl Target {
 /// The error for a TLS URL in a build without TLS.
 pub(super) fn needs_tls(url: &str) -> Error {
     Error::Config(format!(
-        "store `{}` uses TLS, which needs the `redis-tls` feature of idem (add it in Cargo.toml)",
-        redact(url)
+        "store `{}` uses TLS, which needs {}",
+        redact(url),
+        crate::error::needs_feature("redis-tls")
     ))
 }
 
@@ -521,6 +523,12 @@ mod tests {
         match Target::parse("redis+cluster://a:secret@h1:7000,h2:7001") {
             Err(Error::Config(message)) => {
                 assert!(message.contains("`redis-cluster` feature"), "{message}");
+                // The package users add, at this version: the crate `idem` is someone else's.
+                let version = env!("CARGO_PKG_VERSION").rsplit_once('.').unwrap().0;
+                let line = format!(
+                    r#"`idem-fn = {{ version = "{version}", features = ["redis-cluster"] }}`"#
+                );
+                assert!(message.contains(&line), "{message}");
                 assert!(!message.contains("secret"), "{message}");
             }
             Err(other) => panic!("expected a config error, got {other:?}"),
