@@ -255,6 +255,13 @@ impl TxRun {
                     return Ok(Some(Ran::new(value, status)));
                 }
                 Claimed::Found(Record::InProgress(holder)) => holder,
+                // Not an answer of the transactional claim (its lock wait running out is
+                // `Error::InProgress` already), the same if it were.
+                Claimed::Locked => {
+                    return Err(Error::InProgress {
+                        key: self.key.clone(),
+                    });
+                }
                 // The claim waited for another transaction's, committed after its snapshot:
                 // a new statement sees it (under READ COMMITTED; stricter levels fail with a
                 // serialization error instead).
