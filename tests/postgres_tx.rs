@@ -479,19 +479,73 @@ async fn under_repeatable_read_a_concurrent_claim_is_a_retryable_conflict() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_table_is_a_config_error_with_the_sql_to_run() {
+async fn a_missing_table_is_a_config_error_with_the_sql_to_run_and_the_transaction_stays_usable() {
     let server = PostgresServer::start();
     let mut conn = PgConnection::connect(&server.url()).await.unwrap();
-    let mut tx = conn.begin().await.unwrap();
-    let error = Call::new(scope("no_table"), "n1")
-        .run_tx(&mut tx, async |_: &mut PgConnection| 0_u32)
+    conn.execute("CREATE TABLE items (key text PRIMARY KEY, note text NOT NULL)")
         .await
-        .unwrap_err();
-    let Error::Config(message) = &error else {
-        panic!("{error:?}")
-    };
-    assert!(message.contains("CREATE TABLE"), "{message}");
-    assert!(message.contains(r#""public"."idem_records""#), "{message}");
+        .unwrap();
+    // Configured explicitly: a store that is not PostgreSQL, so the default table is used.
+    idem::with_store(idem::MemoryStore::new(), async {
+        let mut tx = conn.begin().await.unwrap();
+        insert(&mut tx, "before", "the caller's own").await.unwrap();
+        let error = Call::new(scope("no_table"), "n1")
+            .run_tx(&mut tx, async |_: &mut PgConnection| 0_u32)
+            .await
+            .unwrap_err();
+        let Error::Config(message) = &error else {
+            panic!("{error:?}")
+        };
+        assert!(message.contains("CREATE TABLE"), "{message}");
+        assert!(message.contains(r#""public"."idem_records""#), "{message}");
+        assert!(message.contains("still usable"), "{message}");
+        // Not aborted: the caller's writes are there, the table can be created in the same
+        // transaction (the constant through `raw_sql`: it holds several statements), and
+        // the call run again in it.
+        assert_eq!(items_in(&mut tx, "before").await, 1);
+        sqlx::raw_sql(idem::postgres::MIGRATION)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let done = Call::new(scope("no_table"), "n1")
+            .run_tx(&mut tx, async |conn: &mut PgConnection| {
+                insert(conn, "n1", "after the table").await.unwrap();
+                5_u32
+            })
+            .await
+            .unwrap();
+        assert_eq!((done.value, done.status), (5, Status::Executed));
+        tx.commit().await.unwrap();
+
+        // Found once, the table is not looked for again: dropped since, it aborts the
+        // transaction, and the error says so.
+        let mut tx = conn.begin().await.unwrap();
+        tx.execute("DROP TABLE idem_records").await.unwrap();
+        let error = Call::new(scope("no_table"), "n2")
+            .run_tx(&mut tx, async |_: &mut PgConnection| 0_u32)
+            .await
+            .unwrap_err();
+        let Error::Config(message) = &error else {
+            panic!("{error:?}")
+        };
+        assert!(message.contains("roll it back"), "{message}");
+        tx.rollback().await.unwrap();
+    })
+    .await;
+    let replayed: i64 = sqlx::query_scalar("SELECT count(*) FROM idem_records")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(replayed, 1, "the rollback kept the table and its record");
+}
+
+/// The business rows of `key` that `conn`'s transaction sees.
+async fn items_in(conn: &mut PgConnection, key: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM items WHERE key = $1")
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
 }
 
 /// The statements `conn` sent while `f` ran, from the server's log.

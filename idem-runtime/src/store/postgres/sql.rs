@@ -28,6 +28,7 @@
 //! | complete | `WITH done AS (UPDATE … WHERE key, token, in progress RETURNING 1) SELECT pg_notify(…) FROM done` |
 //! | release (a released error, after the rollback to the savepoint) | `DELETE … WHERE key, token, in progress` |
 
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnection, PgExecutor, PgRow};
@@ -45,8 +46,12 @@ fn literal(text: &str) -> String {
 
 /// The statements of one table, built once per store (sqlx prepares each once per connection
 /// and caches it by its text).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct Statements {
+    /// Whether the transactional mode has found the table in this process: it looks for it
+    /// (`to_regclass`, which cannot abort the caller's transaction) until it does.
+    pub(super) table_found: AtomicBool,
+    table_exists: SqlStr,
     claim: SqlStr,
     complete: SqlStr,
     release: SqlStr,
@@ -76,6 +81,8 @@ impl Statements {
         let channel = literal(table.channel());
         let sql = |text: String| AssertSqlSafe(text).into_sql_str();
         Statements {
+            table_found: AtomicBool::new(false),
+            table_exists: sql(format!("SELECT to_regclass({}) IS NOT NULL", literal(&t))),
             // The live row, read first: a replay is a read (no insert attempt, no row lock).
             // Without one, the upsert claims the key (absent or expired). A conflicting row
             // that another claim committed after this statement's snapshot was taken makes the
@@ -488,6 +495,17 @@ fn past(prefix: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether the table exists, asked through `executor` without touching it (a missing table
+/// aborts no transaction).
+pub(super) async fn table_exists<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(sql.table_exists.clone())
+        .fetch_one(executor)
+        .await
 }
 
 /// [`claim`] inside the caller's transaction, waiting at most `wait` for a concurrent

@@ -2,6 +2,7 @@
 //! through the caller's connection, inside its transaction, and PostgreSQL's answers as the
 //! errors a caller can act on. The engine's side (what to do with them) is `engine/tx.rs`.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -83,9 +84,29 @@ impl TxRecords {
             key: key.to_owned(),
             source,
         })?;
+        if !self.sql.table_found.load(Ordering::Relaxed) {
+            self.find_table(conn, key).await?;
+        }
         sql::tx_claim(conn, &self.sql, key, claim, lease, wait)
             .await
             .map_err(|error| self.failed(key, error))
+    }
+
+    /// Looks for the table before the first claim through it in this process: a statement
+    /// on a missing table would abort the caller's transaction, this look does not.
+    async fn find_table(&self, conn: &mut PgConnection, key: &str) -> Result<(), Error> {
+        let found = sql::table_exists(&mut *conn, &self.sql)
+            .await
+            .map_err(|error| self.failed(key, error))?;
+        if !found {
+            return Err(Error::Config(format!(
+                "the table {} does not exist in the database of the transaction's connection, and idem never creates a table inside a caller's transaction; idem wrote nothing, so the transaction is still usable (the table can even be created in it); create it with:\n{}",
+                self.table.qualified(),
+                self.table.migration()
+            )));
+        }
+        self.sql.table_found.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Stores `payload` for the claim with expiry `ttl`; `false` if the claim's row is gone.
@@ -141,8 +162,9 @@ impl TxRecords {
                 key,
             },
             Some(code::LOCK_TIMEOUT) => Error::InProgress { key },
+            // Found once in this process, since dropped (or missing in another database).
             Some(code::NO_TABLE) => Error::Config(format!(
-                "the table {} does not exist in the database of the transaction's connection, and idem never creates a table inside a caller's transaction; create it with:\n{}",
+                "the table {} does not exist in the database of the transaction's connection, and idem never creates a table inside a caller's transaction; PostgreSQL has aborted the transaction: roll it back, then create the table with:\n{}",
                 self.table.qualified(),
                 self.table.migration()
             )),
