@@ -548,6 +548,68 @@ async fn items_in(conn: &mut PgConnection, key: &str) -> i64 {
         .unwrap()
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_and_forget_through_another_store_say_where_transactional_records_live() {
+    let (server, store, pool) = setup().await;
+    let elsewhere = PostgresStore::connect(
+        &server.url(),
+        &PostgresOptions::default()
+            .table("other_records")
+            .reaper_interval(None),
+    )
+    .await
+    .unwrap();
+    let config = idem::Config::default();
+    // Written through the default table (the configured store is not PostgreSQL).
+    let memory = idem::Idem::with_settings(idem::MemoryStore::new(), &config);
+    memory
+        .scope(async {
+            let mut tx = pool.begin().await.unwrap();
+            Call::new(scope("where"), "w1")
+                .run_tx(&mut tx, async |conn: &mut PgConnection| {
+                    insert(conn, "w1", "tx").await.unwrap();
+                    1_u32
+                })
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        })
+        .await;
+    for idem in [
+        memory.clone(),
+        idem::Idem::with_settings(elsewhere, &config),
+    ] {
+        let inspected = idem.scope(idem::inspect(&scope("where"), "w1")).await;
+        let Err(Error::Config(message)) = &inspected else {
+            panic!("{inspected:?}")
+        };
+        assert!(message.contains(r#""public"."idem_records""#), "{message}");
+        assert!(message.contains("idem --store postgres://"), "{message}");
+        let forgotten = idem.scope(idem::forget(&scope("where"), "w1")).await;
+        assert!(matches!(forgotten, Err(Error::Config(_))), "{forgotten:?}");
+        // Other scopes are answered as before.
+        let other = idem.scope(idem::inspect(&scope("plain"), "w1")).await;
+        assert_eq!(other.unwrap(), idem::Inspection::Absent);
+    }
+    // Through the PostgresStore on that table: the record, and it can be forgotten.
+    let right = idem::Idem::with_settings(store, &config);
+    let inspected = right
+        .scope(idem::inspect(&scope("where"), "w1"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(inspected, idem::Inspection::Completed { .. }),
+        "{inspected:?}"
+    );
+    assert!(
+        right
+            .scope(idem::forget(&scope("where"), "w1"))
+            .await
+            .unwrap()
+    );
+    assert!(records(&pool, "w1").await.is_empty());
+}
+
 /// The statements `conn` sent while `f` ran, from the server's log.
 async fn sent_during<F: Future>(server: &PostgresServer, f: F) -> (F::Output, Vec<String>) {
     let before = server.statements(COUNTED).len();

@@ -62,6 +62,7 @@ where
             TxRecords::of(store),
         )
     });
+    store.remember(&call.scope);
     let span = span_of(&call.scope, &key);
     let ttl = call.ttl.unwrap_or(ttl);
     let lease = call.lease.unwrap_or(lease);
