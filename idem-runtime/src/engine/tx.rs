@@ -16,7 +16,9 @@
 //!   `RELEASE SAVEPOINT`); a released error: claim, `SAVEPOINT`, `ROLLBACK TO SAVEPOINT`,
 //!   delete of the claim;
 //! - on a connection outside any transaction, `BEGIN` and `COMMIT` (or `ROLLBACK`) around
-//!   these, and no savepoint: a released error rolls the whole call back.
+//!   these, and no savepoint: a released error rolls the whole call back;
+//! - once per table and process, before the first claim: a `to_regclass` look for the table,
+//!   so that a missing one is an error that leaves the caller's transaction usable.
 
 use std::time::Duration;
 

@@ -9,9 +9,9 @@
 //!
 //! A key claimed inside a caller's transaction that has not committed (the transactional
 //! mode, `tx.rs`) is invisible here, but its row is locked: a claim waits on that lock for
-//! `CLAIM_LOCK_WAIT` (50 ms) at most, then reports the key in progress, and [`Store::wait`] waits on
-//! the lock itself (a statement in a transaction of its own, rolled back), bounded by the
-//! call's `wait`. A lock wait is never a store failure: it is neither `Error::Store` nor a
+//! `CLAIM_LOCK_WAIT` (50 ms) at most, then reports the key in progress, and [`Store::wait`]
+//! waits on the lock itself (a statement in a transaction of its own, rolled back), bounded by
+//! the call's `wait`. A lock wait is never a store failure: it is neither `Error::Store` nor a
 //! reason to run the body unprotected.
 
 mod failure;
