@@ -525,3 +525,87 @@ async fn a_redis_url_naming_postgresql_says_the_server_is_not_redis() {
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_runs_as_raw_sql_or_through_sqlx_migrate_not_as_one_prepared_statement() {
+    use sqlx::Executor;
+    let server = PostgresServer::start();
+    let no_table = || {
+        PostgresOptions::default()
+            .create_table(false)
+            .reaper_interval(None)
+    };
+    server.psql("CREATE DATABASE by_raw_sql");
+    server.psql("CREATE DATABASE by_migrator");
+    let url = |db: &str| format!("postgres://postgres@127.0.0.1:{}/{db}", server.port());
+
+    // Several statements: one prepared statement cannot hold them.
+    let pool = sqlx::PgPool::connect(&url("by_raw_sql")).await.unwrap();
+    let error = sqlx::query(idem::postgres::MIGRATION)
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("cannot insert multiple commands into a prepared statement"),
+        "{error}"
+    );
+    // `raw_sql` sends them as they are (the simple query protocol), and again is harmless.
+    for _ in 0..2 {
+        sqlx::raw_sql(idem::postgres::MIGRATION)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let store = PostgresStore::connect(&url("by_raw_sql"), &no_table())
+        .await
+        .expect("the table made by raw_sql is idem's");
+    let done = Call::new(scope("migrated"), "raw")
+        .store(store)
+        .run(async { 1_u8 })
+        .await
+        .unwrap();
+    assert_eq!(done.status, Status::Executed);
+
+    // `sqlx migrate`: the constant written as a migration file, run by sqlx's migrator.
+    let dir = std::env::temp_dir().join(format!("idem-migrations-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("20261130000000_idem_records.sql"),
+        idem::postgres::MIGRATION,
+    )
+    .unwrap();
+    let pool = sqlx::PgPool::connect(&url("by_migrator")).await.unwrap();
+    let migrator = sqlx::migrate::Migrator::new(dir.as_path()).await.unwrap();
+    migrator
+        .run(&pool)
+        .await
+        .expect("sqlx migrate runs MIGRATION");
+    migrator.run(&pool).await.expect("and finds it applied");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, 1);
+    // The folder shipped with idem, too: the same file, already applied.
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("idem-runtime/migrations");
+    sqlx::migrate::Migrator::new(shipped.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .expect("the shipped folder is the same migration");
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = PostgresStore::connect(&url("by_migrator"), &no_table())
+        .await
+        .expect("the table made by sqlx migrate is idem's");
+    let done = Call::new(scope("migrated"), "migrator")
+        .store(store)
+        .run(async { 2_u8 })
+        .await
+        .unwrap();
+    assert_eq!(done.status, Status::Executed);
+    pool.execute("SELECT 1").await.unwrap();
+}

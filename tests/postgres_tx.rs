@@ -479,19 +479,135 @@ async fn under_repeatable_read_a_concurrent_claim_is_a_retryable_conflict() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_table_is_a_config_error_with_the_sql_to_run() {
+async fn a_missing_table_is_a_config_error_with_the_sql_to_run_and_the_transaction_stays_usable() {
     let server = PostgresServer::start();
     let mut conn = PgConnection::connect(&server.url()).await.unwrap();
-    let mut tx = conn.begin().await.unwrap();
-    let error = Call::new(scope("no_table"), "n1")
-        .run_tx(&mut tx, async |_: &mut PgConnection| 0_u32)
+    conn.execute("CREATE TABLE items (key text PRIMARY KEY, note text NOT NULL)")
         .await
-        .unwrap_err();
-    let Error::Config(message) = &error else {
-        panic!("{error:?}")
-    };
-    assert!(message.contains("CREATE TABLE"), "{message}");
-    assert!(message.contains(r#""public"."idem_records""#), "{message}");
+        .unwrap();
+    // Configured explicitly: a store that is not PostgreSQL, so the default table is used.
+    idem::with_store(idem::MemoryStore::new(), async {
+        let mut tx = conn.begin().await.unwrap();
+        insert(&mut tx, "before", "the caller's own").await.unwrap();
+        let error = Call::new(scope("no_table"), "n1")
+            .run_tx(&mut tx, async |_: &mut PgConnection| 0_u32)
+            .await
+            .unwrap_err();
+        let Error::Config(message) = &error else {
+            panic!("{error:?}")
+        };
+        assert!(message.contains("CREATE TABLE"), "{message}");
+        assert!(message.contains(r#""public"."idem_records""#), "{message}");
+        assert!(message.contains("still usable"), "{message}");
+        // Not aborted: the caller's writes are there, the table can be created in the same
+        // transaction (the constant through `raw_sql`: it holds several statements), and
+        // the call run again in it.
+        assert_eq!(items_in(&mut tx, "before").await, 1);
+        sqlx::raw_sql(idem::postgres::MIGRATION)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let done = Call::new(scope("no_table"), "n1")
+            .run_tx(&mut tx, async |conn: &mut PgConnection| {
+                insert(conn, "n1", "after the table").await.unwrap();
+                5_u32
+            })
+            .await
+            .unwrap();
+        assert_eq!((done.value, done.status), (5, Status::Executed));
+        tx.commit().await.unwrap();
+
+        // Found once, the table is not looked for again: dropped since, it aborts the
+        // transaction, and the error says so.
+        let mut tx = conn.begin().await.unwrap();
+        tx.execute("DROP TABLE idem_records").await.unwrap();
+        let error = Call::new(scope("no_table"), "n2")
+            .run_tx(&mut tx, async |_: &mut PgConnection| 0_u32)
+            .await
+            .unwrap_err();
+        let Error::Config(message) = &error else {
+            panic!("{error:?}")
+        };
+        assert!(message.contains("roll it back"), "{message}");
+        tx.rollback().await.unwrap();
+    })
+    .await;
+    let replayed: i64 = sqlx::query_scalar("SELECT count(*) FROM idem_records")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(replayed, 1, "the rollback kept the table and its record");
+}
+
+/// The business rows of `key` that `conn`'s transaction sees.
+async fn items_in(conn: &mut PgConnection, key: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM items WHERE key = $1")
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_and_forget_through_another_store_say_where_transactional_records_live() {
+    let (server, store, pool) = setup().await;
+    let elsewhere = PostgresStore::connect(
+        &server.url(),
+        &PostgresOptions::default()
+            .table("other_records")
+            .reaper_interval(None),
+    )
+    .await
+    .unwrap();
+    let config = idem::Config::default();
+    // Written through the default table (the configured store is not PostgreSQL).
+    let memory = idem::Idem::with_settings(idem::MemoryStore::new(), &config);
+    memory
+        .scope(async {
+            let mut tx = pool.begin().await.unwrap();
+            Call::new(scope("where"), "w1")
+                .run_tx(&mut tx, async |conn: &mut PgConnection| {
+                    insert(conn, "w1", "tx").await.unwrap();
+                    1_u32
+                })
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        })
+        .await;
+    for idem in [
+        memory.clone(),
+        idem::Idem::with_settings(elsewhere, &config),
+    ] {
+        let inspected = idem.scope(idem::inspect(&scope("where"), "w1")).await;
+        let Err(Error::Config(message)) = &inspected else {
+            panic!("{inspected:?}")
+        };
+        assert!(message.contains(r#""public"."idem_records""#), "{message}");
+        assert!(message.contains("idem --store postgres://"), "{message}");
+        let forgotten = idem.scope(idem::forget(&scope("where"), "w1")).await;
+        assert!(matches!(forgotten, Err(Error::Config(_))), "{forgotten:?}");
+        // Other scopes are answered as before.
+        let other = idem.scope(idem::inspect(&scope("plain"), "w1")).await;
+        assert_eq!(other.unwrap(), idem::Inspection::Absent);
+    }
+    // Through the PostgresStore on that table: the record, and it can be forgotten.
+    let right = idem::Idem::with_settings(store, &config);
+    let inspected = right
+        .scope(idem::inspect(&scope("where"), "w1"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(inspected, idem::Inspection::Completed { .. }),
+        "{inspected:?}"
+    );
+    assert!(
+        right
+            .scope(idem::forget(&scope("where"), "w1"))
+            .await
+            .unwrap()
+    );
+    assert!(records(&pool, "w1").await.is_empty());
 }
 
 /// The statements `conn` sent while `f` ran, from the server's log.
@@ -701,4 +817,164 @@ async fn the_attribute_runs_the_body_once_in_the_callers_transaction() {
     assert_eq!(items(&pool, "m1").await, 1);
     assert_eq!(items(&pool, "m2").await, 1);
     assert_eq!(records(&pool, "m1").await, ["completed"]);
+}
+
+/// A plain call (through the `PostgresStore`, fail-open on) with a body that counts its runs.
+fn plain_duplicate(
+    store: &PostgresStore,
+    name: &'static str,
+    key: &'static str,
+    wait: Duration,
+    runs: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<(Result<idem::Outcome<u32>, Error>, Duration)> {
+    let config = idem::Config::default().fail_mode(idem::FailMode::Open);
+    let idem = idem::Idem::with_settings(store.clone(), &config);
+    tokio::spawn(idem.scope(async move {
+        let start = Instant::now();
+        let outcome = Call::new(scope(name), key)
+            .wait(wait)
+            .run(async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                8_u32
+            })
+            .await;
+        (outcome, start.elapsed())
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_duplicate_waits_past_the_statement_timeout_for_an_uncommitted_holder_and_replays()
+{
+    let (server, store, pool) = setup().await;
+    let (end, held) = holder(&server, &store, "plain_waits", "p1").await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let waiter = plain_duplicate(
+        &store,
+        "plain_waits",
+        "p1",
+        Duration::from_secs(10),
+        runs.clone(),
+    );
+    // Longer than the store's statement timeout (2 s): the lock wait is not a store failure.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    assert!(!waiter.is_finished(), "the duplicate still waits");
+    let ended_at = Instant::now();
+    end.send(true).unwrap();
+    held.await.unwrap();
+    let (outcome, _) = waiter.await.unwrap();
+    let outcome = outcome.expect("the duplicate gets the committed value");
+    let after = ended_at.elapsed();
+    println!("the plain duplicate returned {after:?} after the holder committed");
+    assert_eq!(outcome.value, 7, "{outcome:?}");
+    assert!(
+        matches!(outcome.status, Status::Waited | Status::Replayed),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "the body ran once, in the holder"
+    );
+    assert!(after < Duration::from_secs(1), "{after:?}");
+    assert_eq!(items(&pool, "p1").await, 1);
+    assert_eq!(records(&pool, "p1").await, ["completed"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_duplicate_of_an_uncommitted_holder_gets_in_progress_after_its_wait_never_fail_open()
+ {
+    let (server, store, pool) = setup().await;
+    let (end, held) = holder(&server, &store, "plain_bounded", "p2").await;
+    // A wait shorter than the statement timeout, and one longer.
+    for wait in [Duration::from_millis(300), Duration::from_millis(2_600)] {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (outcome, took) = plain_duplicate(&store, "plain_bounded", "p2", wait, runs.clone())
+            .await
+            .unwrap();
+        println!("wait {wait:?}: {outcome:?} after {took:?}");
+        assert!(
+            matches!(outcome, Err(Error::InProgress { .. })),
+            "wait {wait:?}: {outcome:?}"
+        );
+        assert!(
+            took >= wait && took < wait + Duration::from_millis(700),
+            "wait {wait:?}: {took:?}"
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "no fail-open execution");
+    }
+    end.send(true).unwrap();
+    held.await.unwrap();
+    // Once the holder committed, a plain call replays its value.
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (outcome, _) = plain_duplicate(
+        &store,
+        "plain_bounded",
+        "p2",
+        Duration::from_secs(1),
+        runs.clone(),
+    )
+    .await
+    .unwrap();
+    let outcome = outcome.unwrap();
+    assert_eq!((outcome.value, outcome.status), (7, Status::Replayed));
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    assert_eq!(items(&pool, "p2").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_duplicate_of_a_plain_holder_waits_or_gets_in_progress_and_its_transaction_stays_usable()
+ {
+    let (_server, store, pool) = setup().await;
+    for (key, holds, expect_waited) in [
+        ("r1", Duration::from_millis(2_500), true),
+        ("r2", Duration::from_millis(4_000), false),
+    ] {
+        // The plain holder: its claim commits at once, its body runs for `holds`.
+        let plain = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                Call::new(scope("reverse"), key)
+                    .store(store)
+                    .run(async move {
+                        tokio::time::sleep(holds).await;
+                        7_u32
+                    })
+                    .await
+                    .unwrap()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut tx = pool.begin().await.unwrap();
+        let start = Instant::now();
+        let outcome = Call::new(scope("reverse"), key)
+            .store(store.clone())
+            .wait(Duration::from_secs(3))
+            .run_tx(&mut tx, async |_: &mut PgConnection| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                8_u32
+            })
+            .await;
+        let took = start.elapsed();
+        println!("{key}: {outcome:?} after {took:?}");
+        if expect_waited {
+            let outcome = outcome.unwrap();
+            assert_eq!((outcome.value, outcome.status), (7, Status::Waited));
+        } else {
+            assert!(
+                matches!(outcome, Err(Error::InProgress { .. })),
+                "{outcome:?}"
+            );
+            assert!(took >= Duration::from_secs(3), "{took:?}");
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+        // No lock wait ran out: the caller's transaction is still usable.
+        let one: i32 = sqlx::query_scalar("SELECT 1")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(one, 1);
+        tx.commit().await.unwrap();
+        assert_eq!(plain.await.unwrap().status, Status::Executed);
+    }
 }

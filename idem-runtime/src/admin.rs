@@ -21,6 +21,16 @@ fn resolve(
     })
 }
 
+/// Fails with [`Error::Config`] when this process's transactional calls (`tx = conn`) of
+/// `scope` write their records into a PostgreSQL table that `store` does not read, naming it.
+fn reachable(scope: &str, store: &StoreHandle) -> Result<(), Error> {
+    #[cfg(feature = "postgres")]
+    crate::store::postgres::tx::check_reachable(scope, store)?;
+    #[cfg(not(feature = "postgres"))]
+    let _ = (scope, store);
+    Ok(())
+}
+
 /// What the configured store holds for the call of `scope` with `key` (the key as
 /// [`Call::new`](crate::Call::new) takes it): [`Inspection::Absent`], a call in progress and
 /// the lease it has left, or a completed record and the time it has left.
@@ -42,10 +52,14 @@ fn resolve(
 /// # }
 /// ```
 ///
-/// Fails with [`Error::Store`] when the store fails or does not support inspection.
-/// Fails with [`Error::Config`] when no idem is installed (see [`install`](crate::install)).
+/// Fails with [`Error::Store`] when the store fails or does not support inspection, and with
+/// [`Error::Config`] when this process's transactional calls (`tx = conn`) of `scope` write
+/// their records into a PostgreSQL table the configured store does not read (the message
+/// names the table and how to reach it); with [`Error::Config`] too when no idem is installed
+/// (see [`install`](crate::install)).
 pub async fn inspect(scope: &str, key: impl Display) -> Result<Inspection, Error> {
     let (store, key, _) = resolve(scope, key)?;
+    reachable(scope, &store)?;
     store
         .inspect(&key)
         .await
@@ -77,10 +91,14 @@ pub async fn inspect(scope: &str, key: impl Display) -> Result<Inspection, Error
 /// # }
 /// ```
 ///
-/// Fails with [`Error::Store`] when the store fails or does not support forgetting.
-/// Fails with [`Error::Config`] when no idem is installed (see [`install`](crate::install)).
+/// Fails with [`Error::Store`] when the store fails or does not support forgetting, and with
+/// [`Error::Config`] when this process's transactional calls (`tx = conn`) of `scope` write
+/// their records into a PostgreSQL table the configured store does not read (the message
+/// names the table and how to reach it); with [`Error::Config`] too when no idem is installed
+/// (see [`install`](crate::install)).
 pub async fn forget(scope: &str, key: impl Display) -> Result<bool, Error> {
     let (store, key, local) = resolve(scope, key)?;
+    reachable(scope, &store)?;
     if let Some(local) = &local {
         local.remove(&key);
     }

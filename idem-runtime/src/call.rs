@@ -188,11 +188,18 @@ impl Call {
     /// A concurrent duplicate in another transaction waits on PostgreSQL's lock on the key
     /// (at most [`wait`](Call::wait), then [`Error::InProgress`], after which PostgreSQL has
     /// aborted its transaction: roll it back and retry), then replays the value once the first
-    /// transaction commits, or runs the body once it rolls back. No lease is renewed: nothing
-    /// depends on time. The record lives in the table of the configured
-    /// [`PostgresStore`](crate::PostgresStore) (or of [`store`](Call::store)), else in the
-    /// default `public.idem_records`, which must exist (a missing table is [`Error::Config`]
-    /// with the SQL to run; see [`MIGRATION`](crate::postgres::MIGRATION)).
+    /// transaction commits, or runs the body once it rolls back. A duplicate through the plain
+    /// [`PostgresStore`](crate::PostgresStore) waits on the same lock, as long as its own
+    /// `wait`, then replays or gets [`Error::InProgress`] (never `Error::Store`, never a
+    /// fail-open run). No lease is renewed: nothing depends on time. The record lives in the
+    /// table of the configured [`PostgresStore`](crate::PostgresStore) (or of
+    /// [`store`](Call::store)), else in the default `public.idem_records`, which must exist:
+    /// before its first claim through a table, a process looks for it without touching it, and
+    /// a missing table is [`Error::Config`] with the SQL to run, the caller's transaction still
+    /// usable (run [`MIGRATION`](crate::postgres::MIGRATION) with `sqlx::raw_sql`, even in
+    /// that transaction, and call again). [`inspect`](crate::inspect) and
+    /// [`forget`](crate::forget) through a store that does not read that table fail with
+    /// [`Error::Config`] naming it.
     ///
     /// Under `REPEATABLE READ` or `SERIALIZABLE`, a concurrent duplicate fails with
     /// [`Error::Conflict`]: roll back and retry the whole transaction.

@@ -31,7 +31,7 @@ impl Token {
     }
 
     /// The token of 16 bytes written by [`Token::to_bytes`].
-    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
         Token(u128::from_be_bytes(bytes))
     }
 

@@ -16,7 +16,9 @@
 //!   `RELEASE SAVEPOINT`); a released error: claim, `SAVEPOINT`, `ROLLBACK TO SAVEPOINT`,
 //!   delete of the claim;
 //! - on a connection outside any transaction, `BEGIN` and `COMMIT` (or `ROLLBACK`) around
-//!   these, and no savepoint: a released error rolls the whole call back.
+//!   these, and no savepoint: a released error rolls the whole call back;
+//! - once per table and process, before the first claim: a `to_regclass` look for the table,
+//!   so that a missing one is an error that leaves the caller's transaction usable.
 
 use std::time::Duration;
 
@@ -64,6 +66,7 @@ where
             TxRecords::of(store),
         )
     });
+    store.remember(&call.scope);
     let span = span_of(&call.scope, &key);
     let ttl = call.ttl.unwrap_or(ttl);
     let lease = call.lease.unwrap_or(lease);
@@ -257,6 +260,13 @@ impl TxRun {
                     return Ok(Some(Ran::new(value, status)));
                 }
                 Claimed::Found(Record::InProgress(holder)) => holder,
+                // Not an answer of the transactional claim (its lock wait running out is
+                // `Error::InProgress` already), the same if it were.
+                Claimed::Locked => {
+                    return Err(Error::InProgress {
+                        key: self.key.clone(),
+                    });
+                }
                 // The claim waited for another transaction's, committed after its snapshot:
                 // a new statement sees it (under READ COMMITTED; stricter levels fail with a
                 // serialization error instead).

@@ -16,6 +16,8 @@ mod code {
     pub(super) const AUTH_CLASS: &str = "28";
     /// `invalid_catalog_name`: the database does not exist.
     pub(super) const NO_DATABASE: &str = "3D000";
+    /// `lock_not_available`: a lock wait ran past `lock_timeout`.
+    pub(super) const LOCK_NOT_AVAILABLE: &str = "55P03";
 }
 
 fn sqlstate(error: &sqlx::Error) -> Option<String> {
@@ -36,6 +38,12 @@ pub(super) fn breaks_connection(error: &sqlx::Error) -> bool {
         }),
         _ => false,
     }
+}
+
+/// Whether `error` is a lock wait that ran past `lock_timeout`: another transaction holds the
+/// row, which says nothing about the server's health.
+pub(super) fn lock_timed_out(error: &sqlx::Error) -> bool {
+    sqlstate(error).as_deref() == Some(code::LOCK_NOT_AVAILABLE)
 }
 
 /// Whether the server refused the credentials or the database: a configuration error.

@@ -6,6 +6,13 @@
 //! complete). Expiry is decided by the database's clock. Waiters are woken by
 //! `LISTEN`/`NOTIFY` (see `listen.rs`); expired rows are deleted in the background in bounded
 //! batches (see `reaper.rs`).
+//!
+//! A key claimed inside a caller's transaction that has not committed (the transactional
+//! mode, `tx.rs`) is invisible here, but its row is locked: a claim waits on that lock for
+//! `CLAIM_LOCK_WAIT` (50 ms) at most, then reports the key in progress, and [`Store::wait`]
+//! waits on the lock itself (a statement in a transaction of its own, rolled back), bounded by
+//! the call's `wait`. A lock wait is never a store failure: it is neither `Error::Store` nor a
+//! reason to run the body unprotected.
 
 mod failure;
 mod listen;
@@ -26,7 +33,7 @@ use sqlx::{Connection, Postgres};
 use tokio::time::Instant;
 
 use crate::error::{Error, StoreError};
-use crate::record::{Claim, Record};
+use crate::record::{Claim, Record, Token};
 use crate::store::{Fence, Inspection, Stats, Store, StoreFuture};
 
 pub use self::options::PostgresOptions;
@@ -65,6 +72,16 @@ const FALLBACK_POLL: Duration = Duration::from_millis(25);
 
 /// How often a claim asks again when a concurrent claim committed the key after its snapshot.
 const UNSEEN_RETRIES: u32 = 8;
+
+/// How long a claim waits on the key's row lock before it reports the key held by a claim it
+/// cannot see (a caller's transaction that has not ended); the wait for that transaction then
+/// goes on in [`Store::wait`], bounded by the call's `wait`. A concurrent plain claim holds the
+/// lock for one statement only, far less than this.
+const CLAIM_LOCK_WAIT: Duration = Duration::from_millis(50);
+
+/// The holder [`PostgresStore::claim`] reports for a key held by a claim it cannot see: its
+/// row is locked by a transaction that has not ended. No random token is all zeros.
+const UNSEEN_HOLDER: Token = Token::from_bytes([0; 16]);
 
 /// A [`Store`] on PostgreSQL: exactly-once across every process and machine that shares the
 /// database.
@@ -294,6 +311,15 @@ impl PostgresStore {
         }
     }
 
+    /// Waits at most `timeout` for the transaction that holds `key`'s row lock to end, on the
+    /// lock itself: it returns as that transaction commits or rolls back. One wait stays within
+    /// the statement timeout; the engine asks again for what is left of the call's wait.
+    async fn lock_wait(&self, key: &str, timeout: Duration) -> Result<(), StoreError> {
+        let sql = &self.shared.sql;
+        let wait = timeout.min(self.shared.statement_timeout / 2);
+        on_connection!(self, |conn| sql::lock_wait(conn, sql, key, wait))
+    }
+
     /// The lease left to `holder` on `key`, or `None` when it no longer holds the key.
     async fn lease_left(&self, key: &str, holder: &Claim) -> Result<Option<Duration>, StoreError> {
         let sql = &self.shared.sql;
@@ -338,10 +364,24 @@ impl Store for PostgresStore {
             check_key(key)?;
             let sql = &self.shared.sql;
             for _ in 0..UNSEEN_RETRIES {
-                let claimed =
-                    on_connection!(self, |conn| sql::claim(conn, sql, key, claim, lease))?;
+                let claimed = on_connection!(self, |conn| sql::claim(
+                    conn,
+                    sql,
+                    key,
+                    claim,
+                    lease,
+                    CLAIM_LOCK_WAIT
+                ))?;
                 match claimed {
                     Claimed::Held => return Ok(None),
+                    // In progress in a transaction that has not committed: waiting for it is
+                    // `wait`'s job, bounded by the call's own wait, never a store failure.
+                    Claimed::Locked => {
+                        return Ok(Some(Record::InProgress(Claim {
+                            token: UNSEEN_HOLDER,
+                            fingerprint: None,
+                        })));
+                    }
                     // Our own claim is found when a retry follows an attempt whose answer was
                     // lost after it was applied: the key is ours either way.
                     Claimed::Found(Record::InProgress(found)) if found == *claim => {
@@ -417,6 +457,9 @@ impl Store for PostgresStore {
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             check_key(key)?;
+            if holder.token == UNSEEN_HOLDER {
+                return self.lock_wait(key, timeout).await;
+            }
             let deadline = Instant::now() + timeout;
             let ticket = self.shared.hub.register(listen::tag(key));
             let woken = ticket.wake().notified();

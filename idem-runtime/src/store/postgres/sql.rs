@@ -7,7 +7,7 @@
 //!
 //! | operation | statement |
 //! |---|---|
-//! | claim (or read the record) | `WITH live AS (SELECT the live row), claimed AS (INSERT … WHERE NOT EXISTS live ON CONFLICT (key) DO UPDATE … WHERE expired RETURNING …) SELECT … FROM claimed UNION ALL SELECT … FROM live` |
+//! | claim (or read the record) | `WITH live AS (SELECT the live row), cfg AS MATERIALIZED (SELECT set_config('lock_timeout', …, true)), claimed AS (INSERT … SELECT … FROM cfg WHERE NOT EXISTS live ON CONFLICT (key) DO UPDATE … WHERE expired RETURNING …) SELECT … FROM claimed UNION ALL SELECT … FROM live` |
 //! | complete | `WITH done AS (UPDATE … WHERE key, token, in progress, live RETURNING …) SELECT pg_notify(…) FROM done` |
 //! | release | `WITH gone AS (DELETE … WHERE key, token, in progress, live RETURNING …) SELECT pg_notify(…) FROM gone` |
 //! | renew | `UPDATE … SET expires_at WHERE key, token, in progress, live` |
@@ -17,6 +17,7 @@
 //! | forget (operators) | `WITH gone AS (DELETE … WHERE key RETURNING live) SELECT live, pg_notify(…) FROM gone` |
 //! | stats (operators) | `WITH sample AS (SELECT state … WHERE key in the prefix's range, live LIMIT n + 1) SELECT count(*) FILTER (…) …, reltuples` |
 //! | reap | `DELETE … WHERE key IN (SELECT key … WHERE expired LIMIT n FOR UPDATE SKIP LOCKED)` |
+//! | wait for a claim it cannot see (a caller's transaction that has not ended) | `BEGIN`, `WITH cfg AS MATERIALIZED (SELECT set_config('lock_timeout', …, true)) INSERT … SELECT … FROM cfg ON CONFLICT (key) DO NOTHING`, `ROLLBACK` |
 //!
 //! The transactional mode (`tx = conn`) runs three more through the caller's connection,
 //! inside its transaction (see `tx.rs`):
@@ -27,11 +28,13 @@
 //! | complete | `WITH done AS (UPDATE … WHERE key, token, in progress RETURNING 1) SELECT pg_notify(…) FROM done` |
 //! | release (a released error, after the rollback to the savepoint) | `DELETE … WHERE key, token, in progress` |
 
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use sqlx::postgres::{PgExecutor, PgRow};
-use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqlStr};
+use sqlx::postgres::{PgConnection, PgExecutor, PgRow};
+use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr, SqlStr};
 
+use super::failure;
 use super::table::Table;
 use crate::record::{Claim, Fingerprint, Record, Token};
 use crate::store::{Inspection, Stats};
@@ -43,8 +46,12 @@ fn literal(text: &str) -> String {
 
 /// The statements of one table, built once per store (sqlx prepares each once per connection
 /// and caches it by its text).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct Statements {
+    /// Whether the transactional mode has found the table in this process: it looks for it
+    /// (`to_regclass`, which cannot abort the caller's transaction) until it does.
+    pub(super) table_found: AtomicBool,
+    table_exists: SqlStr,
     claim: SqlStr,
     complete: SqlStr,
     release: SqlStr,
@@ -55,6 +62,7 @@ pub(super) struct Statements {
     forget: SqlStr,
     stats: SqlStr,
     reap: SqlStr,
+    lock_wait: SqlStr,
     tx_claim: SqlStr,
     tx_complete: SqlStr,
     tx_release: SqlStr,
@@ -73,18 +81,29 @@ impl Statements {
         let channel = literal(table.channel());
         let sql = |text: String| AssertSqlSafe(text).into_sql_str();
         Statements {
+            table_found: AtomicBool::new(false),
+            table_exists: sql(format!("SELECT to_regclass({}) IS NOT NULL", literal(&t))),
             // The live row, read first: a replay is a read (no insert attempt, no row lock).
             // Without one, the upsert claims the key (absent or expired). A conflicting row
             // that another claim committed after this statement's snapshot was taken makes the
             // upsert return nothing (it waited for that claim) while the snapshot misses the
             // row: then no row comes back at all, and `claim` asks again.
+            //
+            // The upsert also waits for a transaction that holds the key's row and has not
+            // ended (a caller's transaction in transactional mode, whose claim is invisible
+            // here): at most `lock_timeout` = `$5` ms, set in `cfg` before the insert reads it
+            // and local to this statement's own implicit transaction. Past it PostgreSQL
+            // answers `lock_not_available`, which `claim` reports as a key held by a claim it
+            // cannot see. A replay never reads `cfg` (the insert's `NOT EXISTS` is false
+            // before it is scanned).
             claim: sql(format!(
                 "WITH live AS (\
                     SELECT state, token, fingerprint, payload, {LEFT_MS} AS left_ms FROM {t} \
                     WHERE key = $1 AND expires_at > clock_timestamp()), \
+                 cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $5, true)), \
                  claimed AS (\
                     INSERT INTO {t} AS r (key, state, token, fingerprint, payload, expires_at) \
-                    SELECT $1, 'in_progress', $2, $3, NULL, clock_timestamp() + $4 * interval '1 millisecond' \
+                    SELECT $1, 'in_progress', $2, $3, NULL, clock_timestamp() + $4 * interval '1 millisecond' FROM cfg \
                     WHERE NOT EXISTS (SELECT FROM live) \
                     ON CONFLICT (key) DO UPDATE SET state = 'in_progress', token = excluded.token, \
                         fingerprint = excluded.fingerprint, payload = NULL, expires_at = excluded.expires_at \
@@ -141,6 +160,15 @@ impl Statements {
                     (SELECT reltuples::int8 FROM pg_class WHERE oid = to_regclass({table})) \
                  FROM numbered",
                 table = literal(&t),
+            )),
+            // Waits at most `$2` ms for the transaction that holds the key's row to end,
+            // claiming nothing: run in a transaction of its own that is rolled back (an insert
+            // of an absent key is undone). A waiter of a claim it cannot see sends it.
+            lock_wait: sql(format!(
+                "WITH cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $2, true)) \
+                 INSERT INTO {t} (key, state, token, expires_at) \
+                 SELECT $1, 'in_progress', ''::bytea, clock_timestamp() FROM cfg \
+                 ON CONFLICT (key) DO NOTHING"
             )),
             // In a caller's transaction: the same claim-or-read, and the wait for a concurrent
             // transaction's uncommitted claim of the key (PostgreSQL's own lock, which the
@@ -205,6 +233,10 @@ pub(crate) enum Claimed {
     /// Nothing: a concurrent claim committed the key after this statement's snapshot was
     /// taken. Asking again sees it.
     Unseen,
+    /// A transaction that has not ended holds the key's row (a claim in a caller's
+    /// transaction, invisible until it commits), and the claim's lock wait ran out: the key
+    /// is held by a claim this statement cannot see.
+    Locked,
 }
 
 /// Whole milliseconds, at least one, as the `int8` the statements take.
@@ -214,21 +246,28 @@ pub(super) fn millis(duration: Duration) -> i64 {
         .max(1)
 }
 
-/// Claims `key` for `claim` with expiry `lease`, or reads the live record that holds it.
+/// Claims `key` for `claim` with expiry `lease`, or reads the live record that holds it,
+/// waiting at most `lock_wait` for a transaction that holds the key's row to end.
 pub(super) async fn claim<'e>(
     executor: impl PgExecutor<'e>,
     sql: &Statements,
     key: &str,
     claim: &Claim,
     lease: Duration,
+    lock_wait: Duration,
 ) -> Result<Claimed, sqlx::Error> {
     let row = sqlx::query(sql.claim.clone())
         .bind(key)
         .bind(&claim.token.to_bytes()[..])
         .bind(claim.fingerprint.as_ref().map(|fp| &fp.as_bytes()[..]))
         .bind(millis(lease))
+        .bind(millis(lock_wait).to_string())
         .fetch_optional(executor)
-        .await?;
+        .await;
+    let row = match row {
+        Err(error) if failure::lock_timed_out(&error) => return Ok(Claimed::Locked),
+        row => row?,
+    };
     let Some(row) = row else {
         return Ok(Claimed::Unseen);
     };
@@ -458,6 +497,17 @@ fn past(prefix: &str) -> Option<String> {
     None
 }
 
+/// Whether the table exists, asked through `executor` without touching it (a missing table
+/// aborts no transaction).
+pub(super) async fn table_exists<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(sql.table_exists.clone())
+        .fetch_one(executor)
+        .await
+}
+
 /// [`claim`] inside the caller's transaction, waiting at most `wait` for a concurrent
 /// transaction's uncommitted claim of the key.
 pub(super) async fn tx_claim<'e>(
@@ -534,6 +584,28 @@ pub(super) async fn tx_release<'e>(
         .execute(executor)
         .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Waits at most `wait` for the transaction that holds `key`'s row to end (it committed or
+/// rolled back), claiming nothing: one statement in a transaction of its own, rolled back.
+/// Returns when the lock is free or `wait` ran out, which is not an error.
+pub(super) async fn lock_wait(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    key: &str,
+    wait: Duration,
+) -> Result<(), sqlx::Error> {
+    let mut own = conn.begin().await?;
+    let waited = sqlx::query(sql.lock_wait.clone())
+        .bind(key)
+        .bind(millis(wait).to_string())
+        .execute(&mut *own)
+        .await;
+    own.rollback().await?;
+    match waited {
+        Err(error) if !failure::lock_timed_out(&error) => Err(error),
+        _ => Ok(()),
+    }
 }
 
 /// Deletes at most `batch` expired rows; returns how many.

@@ -11,6 +11,21 @@ use crate::error::Error;
 /// schema and table (`"public"."idem_records"`); the same text is the migration file
 /// `idem-runtime/migrations/20261130000000_idem_records.sql` (a folder `sqlx migrate` accepts).
 /// [`PostgresOptions::migration`](super::PostgresOptions::migration) gives it for other names.
+///
+/// It holds two statements (`CREATE TABLE IF NOT EXISTS`, `CREATE INDEX IF NOT EXISTS`), so
+/// run it with [`sqlx::raw_sql`] (the simple query protocol, which takes several statements),
+/// or as a file of the application's own migrations (`sqlx migrate run`, `sqlx::migrate!`,
+/// `sqlx::migrate::Migrator`); not with `sqlx::query`, which prepares one statement and
+/// fails with "cannot insert multiple commands into a prepared statement". Running it again
+/// changes nothing. Inside a transaction it creates the table in that transaction:
+///
+/// ```no_run
+/// # use idem_runtime as idem;
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+/// sqlx::raw_sql(idem::postgres::MIGRATION).execute(&pool).await?;
+/// # Ok(())
+/// # }
+/// ```
 pub const MIGRATION: &str = include_str!("../../../migrations/20261130000000_idem_records.sql");
 
 /// The table name of [`MIGRATION`], quoted with its schema.

@@ -2,7 +2,9 @@
 //! through the caller's connection, inside its transaction, and PostgreSQL's answers as the
 //! errors a caller can act on. The engine's side (what to do with them) is `engine/tx.rs`.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use sqlx::postgres::PgConnection;
@@ -83,9 +85,29 @@ impl TxRecords {
             key: key.to_owned(),
             source,
         })?;
+        if !self.sql.table_found.load(Ordering::Relaxed) {
+            self.find_table(conn, key).await?;
+        }
         sql::tx_claim(conn, &self.sql, key, claim, lease, wait)
             .await
             .map_err(|error| self.failed(key, error))
+    }
+
+    /// Looks for the table before the first claim through it in this process: a statement
+    /// on a missing table would abort the caller's transaction, this look does not.
+    async fn find_table(&self, conn: &mut PgConnection, key: &str) -> Result<(), Error> {
+        let found = sql::table_exists(&mut *conn, &self.sql)
+            .await
+            .map_err(|error| self.failed(key, error))?;
+        if !found {
+            return Err(Error::Config(format!(
+                "the table {} does not exist in the database of the transaction's connection, and idem never creates a table inside a caller's transaction; idem wrote nothing, so the transaction is still usable (the table can even be created in it); create it with:\n{}",
+                self.table.qualified(),
+                self.table.migration()
+            )));
+        }
+        self.sql.table_found.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Stores `payload` for the claim with expiry `ttl`; `false` if the claim's row is gone.
@@ -141,8 +163,9 @@ impl TxRecords {
                 key,
             },
             Some(code::LOCK_TIMEOUT) => Error::InProgress { key },
+            // Found once in this process, since dropped (or missing in another database).
             Some(code::NO_TABLE) => Error::Config(format!(
-                "the table {} does not exist in the database of the transaction's connection, and idem never creates a table inside a caller's transaction; create it with:\n{}",
+                "the table {} does not exist in the database of the transaction's connection, and idem never creates a table inside a caller's transaction; PostgreSQL has aborted the transaction: roll it back, then create the table with:\n{}",
                 self.table.qualified(),
                 self.table.migration()
             )),
@@ -157,4 +180,53 @@ impl TxRecords {
     fn describe(&self) -> String {
         format!("the transaction's connection ({})", self.table.qualified())
     }
+}
+
+/// The tables the transactional mode wrote each scope's records to in this process, so that
+/// [`inspect`](crate::inspect) and [`forget`](crate::forget) through another store can say
+/// where those records are instead of answering that there are none.
+fn written_to() -> &'static RwLock<HashMap<String, Vec<Table>>> {
+    static WRITTEN: OnceLock<RwLock<HashMap<String, Vec<Table>>>> = OnceLock::new();
+    WRITTEN.get_or_init(RwLock::default)
+}
+
+impl TxRecords {
+    /// Notes that calls of `scope` write their records to this table: a shared read after the
+    /// first call of the scope on it, a write the first time.
+    pub(crate) fn remember(&self, scope: &str) {
+        let known = written_to()
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(scope)
+            .is_some_and(|tables| tables.contains(&self.table));
+        if !known {
+            let mut written = written_to().write().unwrap_or_else(PoisonError::into_inner);
+            let tables = written.entry(scope.to_owned()).or_default();
+            if !tables.contains(&self.table) {
+                tables.push(self.table.clone());
+            }
+        }
+    }
+}
+
+/// Fails when calls of `scope` in this process wrote records through the transactional mode
+/// into a table that `store` (the store [`inspect`](crate::inspect) or
+/// [`forget`](crate::forget) would ask) does not read: those would answer "absent" about
+/// records that exist. The error names the table and how to reach it.
+pub(crate) fn check_reachable(scope: &str, store: &StoreHandle) -> Result<(), Error> {
+    let written = written_to().read().unwrap_or_else(PoisonError::into_inner);
+    let Some(tables) = written.get(scope) else {
+        return Ok(());
+    };
+    let read = store
+        .downcast_ref::<PostgresStore>()
+        .map(|store| &store.shared.table);
+    let Some(table) = tables.iter().find(|table| Some(*table) != read) else {
+        return Ok(());
+    };
+    Err(Error::Config(format!(
+        "the records of scope `{scope}` are written by the transactional mode (`tx = conn`) into the PostgreSQL table {} through the application's own connection, not into the configured store ({}); reach them with `idem --store postgres://user@host/db inspect …` (IDEM_PG_SCHEMA and IDEM_PG_TABLE name another table), or in code with a PostgresStore on that database and table: `Idem::with_settings(store, &config).scope(idem::inspect(..))`",
+        table.qualified(),
+        store.describe()
+    )))
 }
