@@ -4,14 +4,22 @@
 //!
 //! It goes through the library: the configuration is read as an application reads it
 //! (`idem::Config::from_env`, the `IDEM_*` variables, `--store` and `--prefix` over them),
-//! and store keys are built by `idem::Idem::store_key`, exactly as calls build them.
+//! and store keys are built by `idem::Idem::store_key_of`, exactly as calls build them.
+//!
+//! `main.rs`: the command line and what each command does; `record.rs`: which record the
+//! arguments name; `output.rs`: what is printed.
+
+mod output;
+mod record;
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use idem::{Config, Idem, Inspection, Stats};
-use serde_json::{Value, json};
+use idem::{Config, Idem, Inspection};
+use serde_json::json;
+
+use output::{inspected, inspection_text, scopes_json, scopes_text, stats_text};
+use record::Target;
 
 /// The exit status of a store that failed or could not be reached.
 const STORE_FAILED: u8 = 1;
@@ -30,7 +38,13 @@ const USAGE: u8 = 2;
 #[command(after_help = "Examples:
   idem --store redis://127.0.0.1:6379/0 inspect billing::invoice inv-42
   IDEM_STORE=postgres://app@db:5432/app idem forget billing::invoice inv-42
-  idem --store redis+cluster://10.0.0.1:7000,10.0.0.2:7000 stats --sample 50000 --json")]
+  idem inspect shop::order --part acme --part 42       # key = (tenant, id)
+  idem inspect http 8e03978e-40d5 --principal sk_live_alice   # the HTTP layer's record
+  idem inspect http 8e03978e-40d5 --http               # the HTTP layer, no principal
+  idem forget --store-key 'idem:billing.invoice:inv-42'   # the key a log line shows
+  idem inspect billing::invoice -- -x42                # a key that starts with `-`
+  idem --store redis+cluster://10.0.0.1:7000,10.0.0.2:7000 stats --sample 50000 --json
+  idem stats --by-scope                                # records per scope")]
 struct Cli {
     /// The store: redis://host:port/db, rediss://…, redis+cluster://host1:port1,host2:port2,
     /// rediss+cluster://… or postgres://user:password@host:port/db [default: IDEM_STORE]
@@ -56,23 +70,46 @@ enum Command {
     ///
     /// Nothing (absent), a call in progress and the lease it has left, or a completed result,
     /// the time it has left, its size and its request's fingerprint. The store key is built
-    /// by the library, as calls build it (IDEM_PREFIX or --prefix, IDEM_HASH_KEYS).
+    /// by the library, as calls build it (IDEM_PREFIX or --prefix, IDEM_HASH_KEYS): KEY is a
+    /// single key (`key = id`); a tuple key (`key = (tenant, id)`) is --part TENANT --part ID;
+    /// a request of the HTTP layer is KEY (its Idempotency-Key) with --principal P, or with
+    /// --http when the layer has no principal; --store-key takes the key a log line shows.
+    /// When nothing is found, says which store key was looked up.
+    #[command(override_usage = "idem inspect [OPTIONS] SCOPE KEY
+       idem inspect [OPTIONS] SCOPE --part PART [--part PART]...
+       idem inspect [OPTIONS] SCOPE KEY --principal PRINCIPAL
+       idem inspect [OPTIONS] SCOPE KEY --http
+       idem inspect [OPTIONS] --store-key RAW")]
+    #[command(after_help = "Examples:
+  idem inspect billing::invoice inv-42
+  idem inspect shop::order --part acme --part 42
+  idem inspect http 8e03978e-40d5 --principal sk_live_alice
+  idem inspect --store-key 'idem:billing.invoice:inv-42'
+  idem inspect billing::invoice -- -x42")]
     Inspect {
-        /// The call's scope: the function's path (`billing::invoice`), or its `scope = "…"`
-        scope: String,
-        /// The call's key, as the function's `key = …` gives it (a single value)
-        key: String,
+        #[command(flatten)]
+        target: Target,
     },
     /// Deletes the record of the call of SCOPE with KEY, so that its next call runs again
     ///
     /// A call still running with this key loses its claim: its result is returned to its
     /// caller but not stored. Calls waiting on the key are woken. Prints whether a live
-    /// record was deleted.
+    /// record was deleted. The record is named as for `inspect`: KEY, --part, --principal or
+    /// --http, --store-key.
+    #[command(override_usage = "idem forget [OPTIONS] SCOPE KEY
+       idem forget [OPTIONS] SCOPE --part PART [--part PART]...
+       idem forget [OPTIONS] SCOPE KEY --principal PRINCIPAL
+       idem forget [OPTIONS] SCOPE KEY --http
+       idem forget [OPTIONS] --store-key RAW")]
+    #[command(after_help = "Examples:
+  idem forget billing::invoice inv-42
+  idem forget shop::order --part acme --part 42
+  idem forget http 8e03978e-40d5 --principal sk_live_alice
+  idem forget --store-key 'idem:billing.invoice:inv-42'
+  idem forget billing::invoice --key=-x42")]
     Forget {
-        /// The call's scope: the function's path (`billing::invoice`), or its `scope = "…"`
-        scope: String,
-        /// The call's key, as the function's `key = …` gives it (a single value)
-        key: String,
+        #[command(flatten)]
+        target: Target,
     },
     /// Counts the live records under the prefix by state, sampling a large store
     ///
@@ -81,13 +118,26 @@ enum Command {
     /// output says whether the counts are exact or those of a sample. Redis: SCAN with MATCH
     /// <prefix>:* on every master (never KEYS), and DBSIZE for context. PostgreSQL: at most
     /// --sample live rows of the prefix's key range, and the table's estimated row count.
+    /// --by-scope adds the counts per scope, from the same records: two scopes where one was
+    /// expected are a function renamed or moved without an explicit `scope = "…"`.
     Stats {
         /// Counts at most this many records; when there are more, the counts are those of a
         /// sample of this size
         #[arg(long, value_name = "N", default_value_t = 10_000,
               value_parser = clap::value_parser!(u64).range(1..))]
         sample: u64,
+        /// Also counts the records of each scope (as stored: `billing::invoice` is
+        /// `billing.invoice`, a long scope a hash), among the same --sample records
+        #[arg(long)]
+        by_scope: bool,
     },
+}
+
+/// What to do, once the arguments are read.
+enum Job {
+    Inspect(record::Named),
+    Forget(record::Named),
+    Stats { sample: u64, by_scope: bool },
 }
 
 /// Why the command failed, and so its exit status.
@@ -130,42 +180,68 @@ fn main() -> ExitCode {
 /// Runs the command and returns what it prints.
 async fn run(cli: &Cli) -> Result<String, Failure> {
     let config = config(cli, |name| std::env::var(name).ok())?;
+    // Which record, checked before connecting: a usage error never waits for a store.
+    let job = match &cli.command {
+        Command::Inspect { target } => Job::Inspect(target.named().map_err(Failure::Usage)?),
+        Command::Forget { target } => Job::Forget(target.named().map_err(Failure::Usage)?),
+        Command::Stats { sample, by_scope } => Job::Stats {
+            sample: *sample,
+            by_scope: *by_scope,
+        },
+    };
     let idem = Idem::connect(&config)
         .await
         .map_err(|error| Failure::Store(store_error(&error)))?;
     let store = idem.store().describe();
-    match &cli.command {
-        Command::Inspect { scope, key } => {
-            let store_key = idem.store_key(scope, key);
+    match job {
+        Job::Inspect(named) => {
+            let store_key = idem.store_key_of(&named.scope, &named.key);
             let inspection = idem
-                .scope(idem::inspect(scope, key))
+                .scope(idem::inspect(&named.scope, named.key.clone()))
                 .await
                 .map_err(|error| Failure::Store(store_error(&error)))?;
-            let mut answer = json!({ "scope": scope, "key": key, "store_key": store_key });
+            let absent = matches!(inspection, Inspection::Absent);
+            let mut answer = named.json(&store_key);
             inspected(&mut answer, &inspection);
+            if absent {
+                answer["hint"] = named.hint(&store_key).into();
+            }
             Ok(if cli.json {
                 answer.to_string()
+            } else if absent {
+                format!(
+                    "{}\nnot found:    {}",
+                    inspection_text(&store_key, &inspection),
+                    named.hint(&store_key)
+                )
             } else {
                 inspection_text(&store_key, &inspection)
             })
         }
-        Command::Forget { scope, key } => {
-            let store_key = idem.store_key(scope, key);
+        Job::Forget(named) => {
+            let store_key = idem.store_key_of(&named.scope, &named.key);
             let deleted = idem
-                .scope(idem::forget(scope, key))
+                .scope(idem::forget(&named.scope, named.key.clone()))
                 .await
                 .map_err(|error| Failure::Store(store_error(&error)))?;
+            let mut answer = named.json(&store_key);
+            answer["deleted"] = deleted.into();
+            if !deleted {
+                answer["hint"] = named.hint(&store_key).into();
+            }
             Ok(if cli.json {
-                json!({ "scope": scope, "key": key, "store_key": store_key, "deleted": deleted })
-                    .to_string()
+                answer.to_string()
             } else if deleted {
                 format!("forgot {store_key}: its record was deleted; the next call runs again")
             } else {
-                format!("nothing to forget: no live record under {store_key}")
+                format!(
+                    "nothing to forget: no live record under {store_key}\nnot found:    {}",
+                    named.hint(&store_key)
+                )
             })
         }
-        Command::Stats { sample } => {
-            let limit = usize::try_from(*sample).unwrap_or(usize::MAX);
+        Job::Stats { sample, by_scope } => {
+            let limit = usize::try_from(sample).unwrap_or(usize::MAX);
             let stats = idem
                 .scope(idem::stats(limit))
                 .await
@@ -173,7 +249,7 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
             let key_prefix = idem.key_prefix();
             let postgres = config.store.starts_with("postgres");
             Ok(if cli.json {
-                json!({
+                let mut answer = json!({
                     "store": store,
                     "prefix": config.prefix,
                     "key_prefix": key_prefix,
@@ -183,17 +259,25 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
                     "exact": stats.exact,
                     "sample": sample,
                     "store_keys": stats.store_keys,
-                })
-                .to_string()
+                });
+                if by_scope {
+                    answer["scopes"] = scopes_json(&stats);
+                }
+                answer.to_string()
             } else {
-                stats_text(
+                let text = stats_text(
                     &store,
                     &config.prefix,
                     &key_prefix,
                     &stats,
-                    *sample,
+                    sample,
                     postgres,
-                )
+                );
+                if by_scope {
+                    format!("{text}\n{}", scopes_text(&stats))
+                } else {
+                    text
+                }
             })
         }
     }
@@ -255,124 +339,6 @@ fn store_error(error: &idem::Error) -> String {
         idem::Error::Store { key, source } => format!("the store failed on `{key}`: {source}"),
         other => other.to_string(),
     }
-}
-
-/// Adds the fields of `inspection` to the JSON object `answer`.
-fn inspected(answer: &mut Value, inspection: &Inspection) {
-    let fields = match inspection {
-        Inspection::InProgress {
-            lease_left,
-            fingerprint,
-        } => json!({
-            "state": "in_progress",
-            "lease_left_ms": lease_left.map(millis),
-            "fingerprint": fingerprint.map(|fp| fp.to_hex()),
-        }),
-        Inspection::Completed {
-            ttl_left,
-            fingerprint,
-            size,
-        } => json!({
-            "state": "completed",
-            "ttl_left_ms": ttl_left.map(millis),
-            "size": size,
-            "fingerprint": fingerprint.map(|fp| fp.to_hex()),
-        }),
-        // `Absent`, and whatever a later version of the library reports.
-        _ => json!({ "state": "absent" }),
-    };
-    if let (Value::Object(answer), Value::Object(fields)) = (answer, fields) {
-        answer.extend(fields);
-    }
-}
-
-/// `inspection` as text.
-fn inspection_text(store_key: &str, inspection: &Inspection) -> String {
-    let fingerprint =
-        |fp: &Option<idem::Fingerprint>| fp.map_or_else(|| "none".to_owned(), |fp| fp.to_hex());
-    let lines = match inspection {
-        Inspection::InProgress {
-            lease_left,
-            fingerprint: fp,
-        } => vec![
-            ("state", "in progress (a call is running)".to_owned()),
-            ("lease left", left(*lease_left)),
-            ("fingerprint", fingerprint(fp)),
-        ],
-        Inspection::Completed {
-            ttl_left,
-            fingerprint: fp,
-            size,
-        } => vec![
-            ("state", "completed (its result is replayed)".to_owned()),
-            ("ttl left", left(*ttl_left)),
-            ("size", format!("{size} bytes")),
-            ("fingerprint", fingerprint(fp)),
-        ],
-        _ => vec![(
-            "state",
-            "absent (no live record: the next call runs)".to_owned(),
-        )],
-    };
-    let mut text = format!("key:          {store_key}");
-    for (name, value) in lines {
-        text.push_str(&format!("\n{:<14}{value}", format!("{name}:")));
-    }
-    text
-}
-
-/// `stats` as text.
-fn stats_text(
-    store: &str,
-    prefix: &str,
-    key_prefix: &str,
-    stats: &Stats,
-    sample: u64,
-    postgres: bool,
-) -> String {
-    let counted = if stats.exact {
-        "exact: every live record under the prefix".to_owned()
-    } else {
-        format!(
-            "a sample: the first {} records found (--sample {sample}); there are more",
-            stats.total()
-        )
-    };
-    let mut text = format!(
-        "store:        {store}\n\
-         prefix:       {prefix} (keys {key_prefix}*)\n\
-         in progress:  {}\n\
-         completed:    {}\n\
-         total:        {}\n\
-         counted:      {counted}",
-        stats.in_progress,
-        stats.completed,
-        stats.total()
-    );
-    if let Some(keys) = stats.store_keys {
-        let what = if postgres {
-            "rows in the table in all, as PostgreSQL estimates them (pg_class.reltuples)"
-        } else {
-            "keys in the database in all (DBSIZE), idem's or not"
-        };
-        text.push_str(&format!("\nstore keys:   {keys} {what}"));
-    }
-    text
-}
-
-/// A duration left, to the millisecond.
-fn left(duration: Option<Duration>) -> String {
-    match duration {
-        Some(duration) => {
-            let ms = Duration::from_millis(millis(duration));
-            humantime::format_duration(ms).to_string()
-        }
-        None => "unknown".to_owned(),
-    }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -448,26 +414,5 @@ mod tests {
                 other => panic!("{vars:?}: {other:?}"),
             }
         }
-    }
-
-    #[test]
-    fn inspections_print_their_fields() {
-        let completed = Inspection::Completed {
-            ttl_left: Some(Duration::from_millis(90_500)),
-            fingerprint: None,
-            size: 57,
-        };
-        let text = inspection_text("idem:s:k", &completed);
-        assert!(
-            text.contains("completed") && text.contains("1m 30s 500ms"),
-            "{text}"
-        );
-        assert!(text.contains("57 bytes") && text.contains("none"), "{text}");
-        let mut answer = json!({ "store_key": "idem:s:k" });
-        inspected(&mut answer, &completed);
-        assert_eq!(answer["state"], "completed");
-        assert_eq!(answer["ttl_left_ms"], 90_500);
-        assert_eq!(answer["size"], 57);
-        assert_eq!(answer["store_key"], "idem:s:k");
     }
 }

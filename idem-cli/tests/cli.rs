@@ -5,6 +5,9 @@
 
 mod support;
 
+#[path = "cli/records.rs"]
+mod records;
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -487,6 +490,10 @@ fn usage_with_an_unknown_scheme_exits_2() {
 fn usage_errors_of_the_arguments_exit_2() {
     for args in [
         &["inspect", SCOPE][..],
+        &["inspect", SCOPE, "-x42"],
+        &["inspect", SCOPE, "k", "--part", "a"],
+        &["forget", "--store-key", "idem:s:k", SCOPE],
+        &["forget", SCOPE, "k", "--http", "--principal", "p"],
         &["stats", "--sample", "0"],
         &["frobnicate"],
     ] {
@@ -500,9 +507,34 @@ fn usage_errors_of_the_arguments_exit_2() {
     let run = idem_with(&["--help"], &[]);
     assert_eq!(run.code, Some(0), "{run:?}");
     for word in [
-        "inspect", "forget", "stats", "--store", "--prefix", "--json",
+        "inspect",
+        "forget",
+        "stats",
+        "--store",
+        "--prefix",
+        "--json",
+        "--part",
+        "--principal",
+        "--store-key",
+        "--by-scope",
     ] {
         assert!(run.stdout.contains(word), "{word} in {}", run.stdout);
+    }
+    let run = idem_with(&["inspect", SCOPE, "-x42"], &[]);
+    assert!(run.stderr.contains("-- -x"), "clap says how: {run:?}");
+    for command in ["inspect", "forget"] {
+        let run = idem_with(&[command, "--help"], &[]);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        for word in [
+            "--part",
+            "--principal",
+            "--http",
+            "--store-key",
+            "--key",
+            "-x42",
+        ] {
+            assert!(run.stdout.contains(word), "{word} in {}", run.stdout);
+        }
     }
 }
 

@@ -1,21 +1,39 @@
-//! What operators do to one key outside of a call: [`inspect`] it, [`forget`] it.
-
-use std::fmt::Display;
+//! What operators do to one key outside of a call: [`inspect`] it, [`forget`] it; and what
+//! they count: [`stats`].
 
 use crate::context::Idem;
 use crate::error::Error;
+use crate::record_key::RecordKey;
 use crate::store::{Inspection, Stats, StoreHandle};
 
-/// The store, the store key a call of `scope` with `key` uses, and the local cache, on the
-/// idem a call made here would use.
+/// The store, the store key of `key` in `scope`, the scope to log and count it under, and the
+/// local cache, on the idem a call made here would use.
 fn resolve(
     scope: &str,
-    key: impl Display,
-) -> Result<(StoreHandle, String, Option<crate::cache::LocalCache>), Error> {
+    key: &RecordKey,
+) -> Result<
+    (
+        StoreHandle,
+        String,
+        String,
+        Option<crate::cache::LocalCache>,
+    ),
+    Error,
+> {
     Idem::with_current(|current| {
+        let store_key = current.store_key_of(scope, key);
+        // A store key given as it is, without a scope: its own, when it has this prefix.
+        let named = match store_key.strip_prefix(&current.key_prefix()) {
+            Some(rest) if scope.is_empty() && key.is_stored() => {
+                let stored = String::from_utf8_lossy(crate::key::stored_scope(rest.as_bytes()));
+                crate::key::scope_name(&stored).unwrap_or_else(|| stored.into_owned())
+            }
+            _ => scope.to_owned(),
+        };
         (
             current.store.clone(),
-            current.store_key(scope, key),
+            store_key,
+            named,
             current.local.clone(),
         )
     })
@@ -31,9 +49,13 @@ fn reachable(scope: &str, store: &StoreHandle) -> Result<(), Error> {
     Ok(())
 }
 
-/// What the configured store holds for the call of `scope` with `key` (the key as
-/// [`Call::new`](crate::Call::new) takes it): [`Inspection::Absent`], a call in progress and
-/// the lease it has left, or a completed record and the time it has left.
+/// What the configured store holds for the call of `scope` with `key`: [`Inspection::Absent`],
+/// a call in progress and the lease it has left, or a completed record and the time it has
+/// left.
+///
+/// `key` is a [`RecordKey`]: a single key (any `Display` value, as
+/// [`Call::new`](crate::Call::new) takes it), the parts of a tuple key, the principal and key
+/// of an HTTP request, or a store key as it is stored (then `scope` is not used).
 ///
 /// ```
 /// # use idem_runtime as idem;
@@ -57,18 +79,23 @@ fn reachable(scope: &str, store: &StoreHandle) -> Result<(), Error> {
 /// their records into a PostgreSQL table the configured store does not read (the message
 /// names the table and how to reach it); with [`Error::Config`] too when no idem is installed
 /// (see [`install`](crate::install)).
-pub async fn inspect(scope: &str, key: impl Display) -> Result<Inspection, Error> {
-    let (store, key, _) = resolve(scope, key)?;
-    reachable(scope, &store)?;
+pub async fn inspect(scope: &str, key: impl Into<RecordKey>) -> Result<Inspection, Error> {
+    let (store, key, scope, _) = resolve(scope, &key.into())?;
+    reachable(&scope, &store)?;
     store
         .inspect(&key)
         .await
         .map_err(|source| Error::Store { key, source })
 }
 
-/// Deletes what the configured store holds for the call of `scope` with `key` (the key as
-/// [`Call::new`](crate::Call::new) takes it), so that the next call runs again, and wakes the
-/// calls waiting on it; returns whether a live record was deleted.
+/// Deletes what the configured store holds for the call of `scope` with `key`, so that the
+/// next call runs again, and wakes the calls waiting on it; returns whether a live record was
+/// deleted.
+///
+/// `key` is a [`RecordKey`], as for [`inspect`]: a single key (any `Display` value), tuple
+/// parts, an HTTP request's principal and key, or a store key as it is stored (then `scope`
+/// only names the record in the log and the metric; when it is empty, the scope read from
+/// the store key does).
 ///
 /// A call still running with this key loses its claim: its result is returned to its caller
 /// but not stored. The local cache of this process forgets the key too; the local caches of
@@ -85,6 +112,8 @@ pub async fn inspect(scope: &str, key: impl Display) -> Result<Inspection, Error
 ///     let again = idem::Call::new("billing::invoice", "inv-42").run(async { 2_u64 }).await?;
 ///     assert_eq!(again.value, 2);
 ///     assert!(!idem::forget("billing::invoice", "never-called").await?);
+///     idem::Call::with_parts("billing::invoice", ["acme", "inv-7"]).run(async { 3_u64 }).await?;
+///     assert!(idem::forget("billing::invoice", idem::RecordKey::parts(["acme", "inv-7"])).await?);
 ///     Ok(())
 /// })
 /// .await
@@ -96,9 +125,10 @@ pub async fn inspect(scope: &str, key: impl Display) -> Result<Inspection, Error
 /// their records into a PostgreSQL table the configured store does not read (the message
 /// names the table and how to reach it); with [`Error::Config`] too when no idem is installed
 /// (see [`install`](crate::install)).
-pub async fn forget(scope: &str, key: impl Display) -> Result<bool, Error> {
-    let (store, key, local) = resolve(scope, key)?;
-    reachable(scope, &store)?;
+pub async fn forget(scope: &str, key: impl Into<RecordKey>) -> Result<bool, Error> {
+    let (store, key, scope, local) = resolve(scope, &key.into())?;
+    reachable(&scope, &store)?;
+    let scope = scope.as_str();
     if let Some(local) = &local {
         local.remove(&key);
     }
@@ -117,10 +147,11 @@ pub async fn forget(scope: &str, key: impl Display) -> Result<bool, Error> {
     }
 }
 
-/// How many live records the configured store holds under the configured prefix (every scope),
-/// by state: calls in progress and completed records, counting at most `limit` of them. When
-/// there are more, the counts are those of a sample ([`Stats::exact`] is `false`): a large
-/// store is never read whole. For operators; the `idem` command's `stats` runs it.
+/// How many live records the configured store holds under the configured prefix, by state
+/// (calls in progress and completed records) and by scope ([`Stats::scopes`]), counting at most
+/// `limit` of them. When there are more, the counts are those of a sample ([`Stats::exact`] is
+/// `false`): a large store is never read whole. For operators; the `idem` command's `stats`
+/// runs it (`--by-scope` prints the scopes).
 ///
 /// ```
 /// # use idem_runtime as idem;
@@ -132,6 +163,9 @@ pub async fn forget(scope: &str, key: impl Display) -> Result<bool, Error> {
 ///     }
 ///     let all = idem::stats(10_000).await?;
 ///     assert_eq!((all.completed, all.in_progress, all.exact), (3, 0, true));
+///     idem::Call::new("shop::refund", "a").run(async { 1_u8 }).await?;
+///     let scopes = all.scopes.unwrap();
+///     assert_eq!((scopes.len(), scopes[0].scope.as_str()), (1, "shop.charge"));
 ///     let sample = idem::stats(2).await?;
 ///     assert_eq!((sample.total(), sample.exact), (2, false));
 ///     Ok(())

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::cache::LocalCache;
 use crate::config::{Config, FailMode};
 use crate::error::{Error, StoreError, StoreErrorKind};
+use crate::record_key::RecordKey;
 use crate::store::memory::MemoryStore;
 use crate::store::{Claim, Fence, Record, Store, StoreFuture, StoreHandle};
 use crate::store::{StoreKind, store_kind};
@@ -121,6 +122,22 @@ impl Idem {
             &crate::key::one_part(key.to_string()),
             settings.hash_keys,
         )
+    }
+
+    /// The store key of the record `key` of `scope` (see [`RecordKey`]): the store key of a
+    /// single key, a tuple key, an HTTP request's principal and key, encoded and hashed as
+    /// calls do; or a store key given as it is (then `scope` is not used).
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// use idem::RecordKey;
+    ///
+    /// let idem = idem::Idem::with_settings(idem::MemoryStore::new(), &idem::Config::default());
+    /// assert_eq!(idem.store_key_of("shop", &RecordKey::parts(["acme", "7"])), "idem:shop:acme:7");
+    /// assert_eq!(idem.store_key_of("shop", &RecordKey::one("acme:7")), r"idem:shop:acme\:7");
+    /// ```
+    pub fn store_key_of(&self, scope: &str, key: &RecordKey) -> String {
+        key.store_key(&self.settings.prefix, scope, self.settings.hash_keys)
     }
 
     /// The start shared by the store keys of every call of this idem (its prefix, encoded,

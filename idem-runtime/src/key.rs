@@ -19,6 +19,10 @@
 //! into its three parts, and each part is decoded by reversing its rule: two different inputs
 //! never share a store key (up to SHA-256 collisions). A readable scope or key never starts
 //! with `#`: one that would is hashed, so a readable form never equals a hashed one.
+//!
+//! The HTTP layer (`idem::http`) keys a request by two parts: its principal's tag (see
+//! [`principal_tag`]) and the client's key. The scope of a store key can be read back from it
+//! ([`stored_scope`], [`scope_name`]), for operators' counts by scope.
 
 use std::cell::RefCell;
 
@@ -221,13 +225,59 @@ pub(crate) fn one_part(part: String) -> String {
 }
 
 /// The encoded key of `parts`.
-#[cfg(test)]
-pub(crate) fn of_parts(parts: &[&str]) -> String {
+pub(crate) fn of_parts<P: AsRef<str>>(parts: &[P]) -> String {
     let mut encoded = Parts::default();
     for part in parts {
-        encoded.push(part);
+        encoded.push(part.as_ref());
     }
     encoded.finish()
+}
+
+/// The namespace of an HTTP principal's keys, the first part of the key of a request the HTTP
+/// layer keeps: a hash, so that API keys and user names stay out of the store; `-` when the
+/// layer has no principal (a namespace no hash can equal).
+pub(crate) fn principal_tag(principal: Option<&str>) -> String {
+    match principal {
+        None => "-".to_owned(),
+        Some(name) => {
+            let mut hash = Sha256::new();
+            hash.update(b"idem-http-principal\0");
+            hash.update(name.as_bytes());
+            hex::encode(&hash.finalize()[..16])
+        }
+    }
+}
+
+/// The scope of a store key as it is stored (`billing.invoice`, or `#…` when hashed), from
+/// `rest`, the store key past its key prefix: everything up to the first unescaped `:`.
+pub(crate) fn stored_scope(rest: &[u8]) -> &[u8] {
+    let mut at = 0;
+    while at < rest.len() {
+        match rest[at] {
+            b'\\' => at += 2,
+            b':' => return &rest[..at],
+            _ => at += 1,
+        }
+    }
+    &rest[..rest.len().min(at)]
+}
+
+/// The scope a stored scope was encoded from (`billing.invoice` → `billing::invoice`), by
+/// reversing the path rule; `None` for a hashed scope (`#…`), which cannot be reversed.
+pub(crate) fn scope_name(stored: &str) -> Option<String> {
+    if stored.starts_with('#') {
+        return None;
+    }
+    let mut name = String::with_capacity(stored.len() + 4);
+    let mut chars = stored.chars();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '\\' => name.extend(chars.next()),
+            '.' => name.push_str("::"),
+            _ => name.push(ch),
+        }
+    }
+    Some(name)
 }
 
 #[cfg(test)]
@@ -331,6 +381,33 @@ mod tests {
             "{stored}"
         );
         assert_eq!(stored.len(), "p:#:k".len() + 64);
+    }
+
+    #[test]
+    fn scopes_are_read_back_from_store_keys() {
+        for scope in ["billing::invoice", r"a:b.c\d:::e", "s", "", "x::"] {
+            let stored = single("p", scope, "k:1");
+            let rest = &stored.as_bytes()[key_prefix("p").len()..];
+            let segment = std::str::from_utf8(stored_scope(rest)).unwrap();
+            assert_eq!(format!("p:{segment}:{}", r"k\:1"), stored);
+            assert_eq!(scope_name(segment).as_deref(), Some(scope), "{stored}");
+        }
+        let long = "s".repeat(MAX_SCOPE_BYTES + 1);
+        let stored = single("p", &long, "k");
+        let segment = stored_scope(&stored.as_bytes()[2..]);
+        assert_eq!(segment.len(), 65);
+        assert_eq!(scope_name(std::str::from_utf8(segment).unwrap()), None);
+        assert_eq!(stored_scope(br"a\"), br"a\");
+    }
+
+    #[test]
+    fn principals_are_hashed_apart() {
+        let alice = principal_tag(Some("sk_live_alice"));
+        assert_eq!(alice.len(), 32);
+        assert!(!alice.contains("alice"));
+        assert_ne!(alice, principal_tag(Some("sk_live_bob")));
+        assert_eq!(alice, principal_tag(Some("sk_live_alice")));
+        assert_ne!(principal_tag(None), principal_tag(Some("")));
     }
 
     /// What a call's key is made of: one value, or a tuple of them.

@@ -35,6 +35,7 @@ mod key;
 mod observe;
 mod outcome;
 mod record;
+mod record_key;
 pub mod store;
 
 #[cfg(feature = "http")]
@@ -57,6 +58,7 @@ pub use error::{Error, StoreError, StoreErrorKind};
 pub use observe::{CALLS_TOTAL, FORGET_TOTAL, STORE_SECONDS};
 pub use outcome::{Outcome, Status};
 pub use record::Fingerprint;
+pub use record_key::RecordKey;
 pub use store::memory::MemoryStore;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
@@ -67,4 +69,4 @@ pub use store::postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::redis::RedisStore;
-pub use store::{Inspection, Stats, Store, StoreHandle};
+pub use store::{Inspection, ScopeStats, Stats, Store, StoreHandle};

@@ -108,21 +108,6 @@ fn unquote(inner: &[u8]) -> Result<Vec<u8>, BadKey> {
     Ok(out)
 }
 
-/// The namespace of a principal's keys: a hash, so that API keys and user names stay out of
-/// the store. It is the first part of the call's key, the client's key the second.
-pub(crate) fn principal_tag(principal: Option<&str>) -> String {
-    match principal {
-        // No principal configured: one namespace, which no hash can equal.
-        None => "-".to_owned(),
-        Some(name) => {
-            let mut hash = Sha256::new();
-            hash.update(b"idem-http-principal\0");
-            hash.update(name.as_bytes());
-            hex::encode(&hash.finalize()[..16])
-        }
-    }
-}
-
 /// The `Content-Length` of a message, when it declares one.
 pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
@@ -264,16 +249,6 @@ mod tests {
             assert_eq!(key_of(&[value]), Err(why), "{value:?}");
         }
         assert_eq!(key_of(&[b"a", b"a"]), Err(BadKey::Repeated));
-    }
-
-    #[test]
-    fn principals_are_hashed_apart() {
-        let alice = principal_tag(Some("sk_live_alice"));
-        assert_eq!(alice.len(), 32);
-        assert!(!alice.contains("alice"));
-        assert_ne!(alice, principal_tag(Some("sk_live_bob")));
-        assert_eq!(alice, principal_tag(Some("sk_live_alice")));
-        assert_ne!(principal_tag(None), principal_tag(Some("")));
     }
 
     #[tokio::test]

@@ -149,9 +149,9 @@ where
     };
     let (parts, body) = request.into_parts();
     let principal = match &settings.principal {
-        None => request::principal_tag(None),
+        None => crate::key::principal_tag(None),
         Some(principal_of) => match principal_of(&parts) {
-            Some(principal) => request::principal_tag(Some(&principal)),
+            Some(principal) => crate::key::principal_tag(Some(&principal)),
             // Not authenticated: the service's own authentication answers.
             None => return pass(inner, Request::from_parts(parts, body)).await,
         },

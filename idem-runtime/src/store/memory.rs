@@ -466,24 +466,21 @@ impl Store for MemoryStore {
     /// is the records held, expired ones not yet dropped included.
     fn stats<'a>(&'a self, prefix: &'a str, limit: usize) -> StoreFuture<'a, Stats> {
         let now = Instant::now();
-        let (mut in_progress, mut completed, mut exact) = (0_u64, 0_u64, true);
+        let mut stats = Stats::new(0, 0, true);
         'shards: for shard in self.inner.shards.iter() {
             for entry in lock(shard).iter() {
                 if !entry.live(now) || !entry.key().starts_with(prefix.as_bytes()) {
                     continue;
                 }
-                if in_progress + completed == limit as u64 {
-                    exact = false;
+                if stats.total() == limit as u64 {
+                    stats.exact = false;
                     break 'shards;
                 }
-                match entry.pending {
-                    Some(_) => in_progress += 1,
-                    None => completed += 1,
-                }
+                stats.count(prefix, entry.key(), entry.pending.is_some());
             }
         }
         let held = self.inner.records.load(Ordering::Acquire) as u64;
-        let stats = Stats::new(in_progress, completed, exact).with_store_keys(Some(held));
+        let stats = stats.with_store_keys(Some(held));
         Box::pin(std::future::ready(Ok(stats)))
     }
 }

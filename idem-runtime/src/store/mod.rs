@@ -11,6 +11,8 @@ use crate::record::Fingerprint;
 pub use crate::record::{Claim, Record, Token};
 
 pub mod memory;
+mod stats;
+pub use stats::{ScopeStats, Stats};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
@@ -94,49 +96,6 @@ impl Inspection {
                 size: bytes.len(),
             },
         }
-    }
-}
-
-/// How many records a store holds under a key prefix, by state, as [`Store::stats`] reports
-/// them: for operators (see [`idem::stats`](crate::stats)), never on the path of a call.
-///
-/// Counting stops after a limit, so a large store is sampled rather than read whole:
-/// [`exact`](Stats::exact) tells which. Records past their expiry are not counted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Records of calls in progress among those counted.
-    pub in_progress: u64,
-    /// Completed records among those counted.
-    pub completed: u64,
-    /// `true` when every live record under the prefix was counted; `false` when counting
-    /// stopped at the limit, so that the counts are those of a sample.
-    pub exact: bool,
-    /// How many keys the store holds in all, when it can tell cheaply, for context: not only
-    /// idem's, and possibly an estimate (see each store's `stats`); `None` if unknown.
-    pub store_keys: Option<u64>,
-}
-
-impl Stats {
-    /// Counts of `in_progress` and `completed` records, every one under the prefix (`exact`)
-    /// or a sample; [`store_keys`](Stats::store_keys) unknown.
-    pub fn new(in_progress: u64, completed: u64, exact: bool) -> Stats {
-        Stats {
-            in_progress,
-            completed,
-            exact,
-            store_keys: None,
-        }
-    }
-
-    /// The same counts, with [`store_keys`](Stats::store_keys).
-    pub fn with_store_keys(self, store_keys: Option<u64>) -> Stats {
-        Stats { store_keys, ..self }
-    }
-
-    /// The records counted: in progress and completed.
-    pub fn total(&self) -> u64 {
-        self.in_progress + self.completed
     }
 }
 
@@ -234,11 +193,13 @@ pub trait Store: std::any::Any + Send + Sync {
     }
 
     /// How many live records the store holds under the keys that start with `prefix` (the
-    /// encoded prefix and its `:`, such as `idem:`), by state, counting at most `limit` of them
-    /// ([`Stats::exact`] is `false` when there were more); for operators (see
+    /// encoded prefix and its `:`, such as `idem:`), by state and by scope, counting at most
+    /// `limit` of them ([`Stats::exact`] is `false` when there were more); for operators (see
     /// [`idem::stats`](crate::stats)), never called on the path of a call. It must not block
     /// the store for long: a store reads its keys in bounded batches (Redis: `SCAN`, never
-    /// `KEYS`).
+    /// `KEYS`). A store that reads the keys starts from `Stats::new(0, 0, true)` and counts each
+    /// record with [`Stats::count`], which files it under its scope; one built with counts
+    /// (`Stats::new(in_progress, completed, exact)`) reports no scopes.
     ///
     /// The default fails with a [`StoreError`] of kind [`StoreErrorKind::Other`]: stores
     /// written before it existed keep compiling.

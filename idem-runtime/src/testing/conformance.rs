@@ -857,7 +857,8 @@ pub async fn inspect_and_forget(store: StoreHandle) {
 }
 
 /// [`Store::stats`](crate::Store::stats) counts the live records under a prefix by state, and
-/// only those; with a limit below their number, it counts that many and says it sampled. A
+/// only those, and by scope when the store counts scopes ([`Stats::scopes`](crate::Stats)
+/// not `None`); with a limit below their number, it counts that many and says it sampled. A
 /// store that does not implement it (the trait's default: [`StoreErrorKind::Other`], "does not
 /// support stats") passes.
 ///
@@ -879,7 +880,7 @@ pub async fn stats_count_by_state(store: StoreHandle) {
     // One call in progress, three completed, and one completed record under another prefix
     // that shares the first characters.
     claimed(format!("{prefix}s:running")).await;
-    for key in ["s:a", "s:b", "s:c"]
+    for key in ["s:a", "s:b", r"t\:x.y:c"]
         .iter()
         .map(|k| format!("{prefix}{k}"))
         .chain([format!("{base}x:s:a")])
@@ -903,8 +904,20 @@ pub async fn stats_count_by_state(store: StoreHandle) {
         (1, 3, true),
         "{all:?}"
     );
+    if let Some(scopes) = &all.scopes {
+        let counted: Vec<(&str, u64, u64)> = scopes
+            .iter()
+            .map(|scope| (scope.scope.as_str(), scope.in_progress, scope.completed))
+            .collect();
+        assert_eq!(counted, [("s", 1, 2), (r"t\:x.y", 0, 1)], "{all:?}");
+        assert_eq!(scopes[1].name().as_deref(), Some("t:x::y"));
+    }
     let sample = store.stats(&prefix, 2).await.unwrap();
     assert_eq!((sample.total(), sample.exact), (2, false), "{sample:?}");
+    if let Some(scopes) = &sample.scopes {
+        let counted: u64 = scopes.iter().map(|scope| scope.total()).sum();
+        assert_eq!(counted, 2, "{sample:?}");
+    }
 }
 
 /// Writes one `#[tokio::test]` per conformance case (see [`testing`](crate::testing)).

@@ -15,7 +15,7 @@
 //! | lease left (waiters) | `SELECT expires_at - clock_timestamp() … WHERE key, token, in progress, live` |
 //! | inspect (operators) | `SELECT state, fingerprint, octet_length(payload), expires_at - clock_timestamp() … WHERE key, live` |
 //! | forget (operators) | `WITH gone AS (DELETE … WHERE key RETURNING live) SELECT live, pg_notify(…) FROM gone` |
-//! | stats (operators) | `WITH sample AS (SELECT state … WHERE key in the prefix's range, live LIMIT n + 1) SELECT count(*) FILTER (…) …, reltuples` |
+//! | stats (operators) | `WITH sample AS (SELECT key, state … WHERE key in the prefix's range, live LIMIT n + 1) SELECT scope, count(*) FILTER (…) … GROUP BY scope, reltuples` |
 //! | reap | `DELETE … WHERE key IN (SELECT key … WHERE expired LIMIT n FOR UPDATE SKIP LOCKED)` |
 //! | wait for a claim it cannot see (a caller's transaction that has not ended) | `BEGIN`, `WITH cfg AS MATERIALIZED (SELECT set_config('lock_timeout', …, true)) INSERT … SELECT … FROM cfg ON CONFLICT (key) DO NOTHING`, `ROLLBACK` |
 //!
@@ -146,19 +146,26 @@ impl Statements {
             )),
             // At most `$3 + 1` live rows of the keys that start with `$1` (a range of the
             // primary key, up to `$2`, the first text past the prefix, when there is one), the
-            // first `$3` of them counted by state; whether there were more; and the planner's
-            // estimate of the table's rows (-1 before the table was first analyzed).
+            // first `$3` of them counted by state and by scope (the key past the prefix up to
+            // its first unescaped `:`, by the regular expression `$4`); whether there were
+            // more; and the planner's estimate of the table's rows (-1 before the table was
+            // first analyzed). One row per scope, or one row of no scope when none was counted.
             stats: sql(format!(
                 "WITH sample AS (\
-                    SELECT state FROM {t} \
+                    SELECT key, state FROM {t} \
                     WHERE key >= $1 AND ($2::text IS NULL OR key < $2) AND starts_with(key, $1) \
                     AND expires_at > clock_timestamp() LIMIT $3 + 1), \
-                 numbered AS (SELECT state, row_number() OVER () AS n FROM sample) \
-                 SELECT count(*) FILTER (WHERE state = 'in_progress' AND n <= $3), \
-                    count(*) FILTER (WHERE state = 'completed' AND n <= $3), \
-                    count(*) > $3, \
+                 numbered AS (SELECT key, state, row_number() OVER () AS n FROM sample), \
+                 scopes AS (\
+                    SELECT substring(substr(key, length($1) + 1) FROM $4) AS scope, \
+                        count(*) FILTER (WHERE state = 'in_progress') AS in_progress, \
+                        count(*) FILTER (WHERE state = 'completed') AS completed \
+                    FROM numbered WHERE n <= $3 GROUP BY 1) \
+                 SELECT scopes.scope, coalesce(scopes.in_progress, 0), \
+                    coalesce(scopes.completed, 0), \
+                    (SELECT count(*) > $3 FROM sample), \
                     (SELECT reltuples::int8 FROM pg_class WHERE oid = to_regclass({table})) \
-                 FROM numbered",
+                 FROM (SELECT) AS one LEFT JOIN scopes ON true",
                 table = literal(&t),
             )),
             // Waits at most `$2` ms for the transaction that holds the key's row to end,
@@ -455,7 +462,8 @@ pub(super) async fn forget<'e>(
     }
 }
 
-/// The live rows whose keys start with `prefix`, at most `limit` of them counted by state.
+/// The live rows whose keys start with `prefix`, at most `limit` of them counted by state and
+/// by scope.
 pub(super) async fn stats<'e>(
     executor: impl PgExecutor<'e>,
     sql: &Statements,
@@ -463,20 +471,35 @@ pub(super) async fn stats<'e>(
     limit: usize,
 ) -> Result<Stats, sqlx::Error> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
-    let row = sqlx::query(sql.stats.clone())
+    let rows = sqlx::query(sql.stats.clone())
         .bind(prefix)
         .bind(past(prefix))
         .bind(limit)
-        .fetch_one(executor)
+        .bind(STORED_SCOPE)
+        .fetch_all(executor)
         .await?;
-    let count = |at: usize| -> Result<u64, sqlx::Error> {
-        Ok(u64::try_from(row.try_get::<i64, _>(at)?).unwrap_or(0))
-    };
-    let more: bool = row.try_get(2)?;
-    let estimate: Option<i64> = row.try_get(3)?;
-    Ok(Stats::new(count(0)?, count(1)?, !more)
-        .with_store_keys(estimate.and_then(|rows| u64::try_from(rows).ok())))
+    let mut stats = Stats::new(0, 0, true);
+    for row in &rows {
+        let count = |at: usize| -> Result<u64, sqlx::Error> {
+            Ok(u64::try_from(row.try_get::<i64, _>(at)?).unwrap_or(0))
+        };
+        if let Some(scope) = row.try_get::<Option<String>, _>(0)? {
+            stats.add(&scope, count(1)?, count(2)?);
+        }
+    }
+    if let Some(row) = rows.first() {
+        let more: bool = row.try_get(3)?;
+        let estimate: Option<i64> = row.try_get(4)?;
+        stats.exact = !more;
+        stats = stats.with_store_keys(estimate.and_then(|rows| u64::try_from(rows).ok()));
+    }
+    Ok(stats)
 }
+
+/// The scope of a store key past its prefix, as a PostgreSQL regular expression (its first
+/// group): escaped characters (`\` and any one) or any other than `:`, up to the first
+/// unescaped `:` (the rule of `key.rs`).
+const STORED_SCOPE: &str = r"^((?:[^\\:]|\\.)*)";
 
 /// The first text past every text that starts with `prefix`, in the byte order of the `key`
 /// column (`COLLATE "C"`, the order of code points): `prefix` with its last character that can

@@ -1,5 +1,6 @@
 //! [`Store::stats`](crate::Store::stats) on Redis: the records under a prefix, counted by state
-//! with `SCAN`, never `KEYS` (which blocks the server while it walks every key).
+//! and by scope (read from each key found) with `SCAN`, never `KEYS` (which blocks the server
+//! while it walks every key).
 //!
 //! Each master (the one server, or every master of a Cluster) is walked with its own `SCAN`
 //! cursor, `MATCH <prefix>*` (the prefix's glob characters escaped), `TYPE string`, a page of
@@ -69,7 +70,7 @@ impl RedisStore {
         let (mut walks, store_keys) = masters(&mut conn, url, within).await?;
         let pattern = format!("{}*", glob_escape(prefix));
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
-        let (mut in_progress, mut completed) = (0_u64, 0_u64);
+        let mut stats = Stats::new(0, 0, true);
         let mut exact = true;
         'walk: while walks.iter().any(|walk| !walk.done) {
             for walk in walks.iter_mut().filter(|walk| !walk.done) {
@@ -105,11 +106,7 @@ impl RedisStore {
                         if head.is_empty() {
                             continue; // expired since the SCAN
                         }
-                        if head.as_slice() == CLAIM_MARK.as_bytes() {
-                            in_progress += 1;
-                        } else {
-                            completed += 1;
-                        }
+                        stats.count(prefix, &key, head.as_slice() == CLAIM_MARK.as_bytes());
                         seen.insert(key);
                     }
                 }
@@ -118,7 +115,8 @@ impl RedisStore {
                 }
             }
         }
-        Ok(Stats::new(in_progress, completed, exact).with_store_keys(Some(store_keys)))
+        stats.exact = exact;
+        Ok(stats.with_store_keys(Some(store_keys)))
     }
 }
 
