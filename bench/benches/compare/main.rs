@@ -30,11 +30,11 @@ mod waiters;
 mod workload;
 
 #[allow(dead_code)]
-#[path = "../../../tests/support/redis.rs"]
+#[path = "../../../integration/tests/support/redis.rs"]
 mod redis_server;
 
 #[allow(dead_code)]
-#[path = "../../../tests/support/postgres.rs"]
+#[path = "../../../integration/tests/support/postgres.rs"]
 mod postgres_server;
 
 use std::time::Instant;

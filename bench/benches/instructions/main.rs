@@ -17,7 +17,7 @@ mod count;
 #[path = "../compare/by_hand.rs"]
 mod by_hand;
 #[allow(dead_code)]
-#[path = "../../../tests/support/redis.rs"]
+#[path = "../../../integration/tests/support/redis.rs"]
 mod redis_server;
 #[allow(dead_code)]
 #[path = "../compare/workload.rs"]

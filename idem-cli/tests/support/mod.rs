@@ -1,11 +1,11 @@
-//! The workspace's own test servers (`tests/support/` at the root), shared with the CLI's
+//! The workspace's own test servers (`integration/tests/support/`), shared with the CLI's
 //! tests as they are: each test starts its own Redis, Redis Cluster or PostgreSQL on free
 //! loopback ports. Each test file uses a part of them.
 #![allow(dead_code)]
 
-#[path = "../../../tests/support/cluster.rs"]
+#[path = "../../../integration/tests/support/cluster.rs"]
 pub mod cluster;
-#[path = "../../../tests/support/postgres.rs"]
+#[path = "../../../integration/tests/support/postgres.rs"]
 pub mod postgres;
-#[path = "../../../tests/support/redis.rs"]
+#[path = "../../../integration/tests/support/redis.rs"]
 pub mod redis;

@@ -1,8 +1,8 @@
 //! An order API whose `POST /orders` is idempotent per `Idempotency-Key` header.
 //!
 //! ```text
-//! cargo run --example http_api --features http                      # memory store, port 3000
-//! IDEM_STORE=redis://127.0.0.1:6379/0 PORT=8080 cargo run --example http_api --features http
+//! cargo run -p idem-integration --example http_api                     # memory store, port 3000
+//! IDEM_STORE=redis://127.0.0.1:6379/0 PORT=8080 cargo run -p idem-integration --example http_api
 //! ```
 //!
 //! Then create an order, and retry the same request (as a client does after a timeout):

@@ -4,7 +4,7 @@
 //! together.
 //!
 //! ```sh
-//! cargo run --example ledger --features postgres
+//! cargo run -p idem-integration --example ledger
 //! ```
 //!
 //! runs against the PostgreSQL named by `DATABASE_URL` (it creates three tables there:

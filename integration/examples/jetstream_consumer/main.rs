@@ -11,10 +11,10 @@
 //! prints what happened.
 //!
 //! ```text
-//! cargo run --features postgres --example jetstream_consumer     # starts nats-server -js and a PostgreSQL of its own
-//! IDEM_STORE=redis://127.0.0.1:6379/0 cargo run --features postgres --example jetstream_consumer
-//! IDEM_STORE=postgres://app@127.0.0.1/app cargo run --features postgres --example jetstream_consumer
-//! NATS_URL=nats://127.0.0.1:4222 DATABASE_URL=postgres://app@127.0.0.1/app cargo run --features postgres --example jetstream_consumer
+//! cargo run -p idem-integration --example jetstream_consumer     # starts nats-server -js and a PostgreSQL of its own
+//! IDEM_STORE=redis://127.0.0.1:6379/0 cargo run -p idem-integration --example jetstream_consumer
+//! IDEM_STORE=postgres://app@127.0.0.1/app cargo run -p idem-integration --example jetstream_consumer
+//! NATS_URL=nats://127.0.0.1:4222 DATABASE_URL=postgres://app@127.0.0.1/app cargo run -p idem-integration --example jetstream_consumer
 //! ```
 //!
 //! `IDEM_STORE` chooses the mode. Without it, the transactional mode: the handler is

@@ -5,7 +5,7 @@
 //! docs/SCALING.md come from this test, run alone with more calls:
 //!
 //! ```text
-//! IDEM_COST_CALLS=50000 cargo test --release --test cluster_cost -- --nocapture
+//! IDEM_COST_CALLS=50000 cargo test -p idem-integration --release --test cluster_cost -- --nocapture
 //! ```
 //!
 //! The test asserts what must hold whatever the machine: each operation sends exactly its

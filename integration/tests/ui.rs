@@ -2,7 +2,7 @@
 //! `ui/fail` case must fail with exactly the diagnostics in its `.stderr`.
 //!
 //! After a deliberate change to a message, regenerate with
-//! `TRYBUILD=overwrite cargo test --test ui` and review every changed `.stderr`.
+//! `TRYBUILD=overwrite cargo test -p idem-integration --test ui` and review every changed `.stderr`.
 
 #[test]
 fn ui() {

@@ -590,7 +590,8 @@ async fn the_migration_runs_as_raw_sql_or_through_sqlx_migrate_not_as_one_prepar
         .unwrap();
     assert_eq!(applied, 1);
     // The folder shipped with idem, too: the same file, already applied.
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("idem-runtime/migrations");
+    let shipped =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../idem-runtime/migrations");
     sqlx::migrate::Migrator::new(shipped.as_path())
         .await
         .unwrap()
