@@ -13,13 +13,14 @@
 //!     Receipt { order, cents }
 //! }
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), idem::Error> {
-//! let first = charge(7, 1250).await?;
-//! let retry = charge(7, 1250).await?; // replayed: the body does not run again
-//! assert_eq!(first, retry);
-//! # Ok(())
-//! # }
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), idem::Error> {
+//!     idem::init(idem::Config::from_env()?).await?; // once at start-up: IDEM_STORE=redis://… or memory
+//!     let first = charge(7, 1250).await?;
+//!     let retry = charge(7, 1250).await?; // replayed: the body does not run again
+//!     assert_eq!(first, retry);
+//!     Ok(())
+//! }
 //! ```
 //!
 //! The first call with a key runs the body and stores its serialized result; every later call
@@ -28,8 +29,9 @@
 //! (or is rejected with [`Error::InProgress`] when `wait = "0s"`).
 //!
 //! See the [`idempotent`] attribute for its options, [`Call`] for the same engine without the
-//! attribute, [`Config`] and [`init`] to choose the store, and [`Store`] to bring another
-//! backend.
+//! attribute, [`Config`] and [`init`] (or [`install`], for a store built from the application's
+//! own clients) to choose the store, and [`Store`] to bring another backend. A call made before
+//! either fails with [`Error::Config`]: idem never falls back to a store of one process.
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 

@@ -27,6 +27,7 @@ use crate::store::StoreHandle;
 /// # async fn main() -> Result<(), idem::Error> {
 /// use std::time::Duration;
 ///
+/// idem::init(idem::Config::default()).await?; // once at start-up
 /// let first = idem::Call::new("billing::invoice", "inv-42")
 ///     .ttl(Duration::from_secs(3600))
 ///     .run(async { 42_u64 })
