@@ -223,6 +223,48 @@ mod tests {
         assert!(registry.lock().get("t").is_none());
     }
 
+    /// A backend that keeps the tags marked `true` and notes which ones it is handed.
+    #[derive(Default)]
+    struct Keeping {
+        registry: Registry<bool>,
+        handed: Mutex<Vec<String>>,
+    }
+
+    impl Hooks for Keeping {
+        type State = bool;
+
+        fn registry(&self) -> &Registry<bool> {
+            &self.registry
+        }
+
+        fn keeps(kept: &bool) -> bool {
+            *kept
+        }
+
+        fn last_left(self: &Arc<Self>, tag: String) {
+            self.handed.lock().unwrap().push(tag);
+        }
+    }
+
+    #[test]
+    fn a_kept_tag_is_handed_to_the_backend_when_its_last_waiter_leaves() {
+        let backend = Arc::new(Keeping::default());
+        let kept = Ticket::register(&backend, "kept".to_owned());
+        let plain = Ticket::register(&backend, "plain".to_owned());
+        backend.registry.lock().get_mut("kept").unwrap().state = true;
+        drop(kept);
+        drop(plain);
+        assert_eq!(*backend.handed.lock().unwrap(), ["kept"]);
+        let mut tags = backend.registry.lock();
+        assert_eq!(tags.get("kept").map(Waiting::waiters), Some(0));
+        assert!(tags.get("plain").is_none());
+        tags.reset_states();
+        assert!(
+            tags.get("kept").is_none(),
+            "a reset forgets the tags no one waits on"
+        );
+    }
+
     #[tokio::test]
     async fn waking_a_tag_wakes_its_waiters_only() {
         let registry = Arc::new(Registry::<()>::default());
