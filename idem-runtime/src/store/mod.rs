@@ -1,4 +1,12 @@
 //! The [`Store`] trait and the stores that implement it.
+//!
+//! This file holds the trait and what every store shares; the rest, one concern per file:
+//! - `memory.rs`: [`MemoryStore`](memory::MemoryStore), for one process (its waiters wait on
+//!   a `Notify` kept in the record they wait for, under the record's own lock);
+//! - `redis/`, `postgres/`: the stores shared by processes and machines;
+//! - `wake.rs`: the wake registry of the shared stores, the calls of this process that wait
+//!   for an in-flight call, by tag, which `redis/waiters.rs` and `postgres/listen.rs` wake;
+//! - `stats.rs`: the operator's count of records.
 
 use std::future::Future;
 use std::ops::Deref;
@@ -19,6 +27,10 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+// Each backend uses part of it: with one of the two, the other's part goes unused.
+#[cfg_attr(not(all(feature = "redis", feature = "postgres")), allow(dead_code))]
+mod wake;
 
 /// Which backend a store URL names, by its scheme: how `Config` and the stores read a URL.
 #[derive(Debug, Clone, PartialEq, Eq)]

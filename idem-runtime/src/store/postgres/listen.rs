@@ -3,23 +3,26 @@
 //! The complete and release statements notify the table's channel with a tag of the key (a
 //! hash, so that notifications stay small whatever the key). One listener connection per
 //! store, started by the first wait, listens on the channel; a notification wakes every
-//! waiter of its tag in this process through a [`Notify`]. A waiter registers first and looks
-//! at the key afterwards (the store's job), so a completion cannot fall between the look and
-//! the wake-up.
+//! waiter of its tag in this process, registered in the store's wake registry
+//! (`store/wake.rs`). A waiter registers first and looks at the key afterwards (the store's
+//! job), so a completion cannot fall between the look and the wake-up.
 //!
 //! When the listener connection drops, notifications sent meanwhile are lost: every waiter is
 //! woken to look again, and until the listener is back waiters look again every
 //! [`FALLBACK_POLL`](super::FALLBACK_POLL) instead of sleeping until woken.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use tokio::sync::Notify;
 use tokio::task::AbortHandle;
+
+use crate::store::wake::Registry;
+
+/// A waiter's registration on a tag; dropping it forgets the tag when no one else waits.
+pub(super) type Ticket = crate::store::wake::Ticket<Registry<()>>;
 
 /// How long the listener waits before connecting again after a failure, at most.
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
@@ -42,61 +45,18 @@ pub(super) struct Hub {
 /// What the listener task and the waiters share.
 #[derive(Default)]
 struct Board {
-    tags: Mutex<HashMap<String, Tag>>,
+    /// The waiters by tag.
+    waiters: Arc<Registry<()>>,
     /// Whether the listener is connected and listening: a completion committed now will be
     /// delivered.
     listening: AtomicBool,
 }
 
-struct Tag {
-    waiters: usize,
-    wake: Arc<Notify>,
-}
-
 impl Board {
-    fn tags(&self) -> MutexGuard<'_, HashMap<String, Tag>> {
-        // Every change to the map is complete before anything can panic.
-        self.tags.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn wake(&self, tag: &str) {
-        if let Some(tag) = self.tags().get(tag) {
-            tag.wake.notify_waiters();
-        }
-    }
-
     /// Marks the listener down and wakes every waiter, so that each looks at its key again.
     fn lost(&self) {
         self.listening.store(false, Ordering::Release);
-        for tag in self.tags().values() {
-            tag.wake.notify_waiters();
-        }
-    }
-}
-
-/// One waiter's registration on a tag; dropping it forgets the tag when no one else waits.
-pub(super) struct Ticket {
-    board: Arc<Board>,
-    tag: String,
-    wake: Arc<Notify>,
-}
-
-impl Ticket {
-    /// What wakes this waiter.
-    pub(super) fn wake(&self) -> &Notify {
-        &self.wake
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        let mut tags = self.board.tags();
-        if let Some(tag) = tags.get_mut(&self.tag) {
-            tag.waiters -= 1;
-            if tag.waiters == 0 {
-                tags.remove(&self.tag);
-            }
-        }
+        self.waiters.lock().wake_all();
     }
 }
 
@@ -115,20 +75,7 @@ impl Hub {
     /// `notified()` of [`Ticket::wake`] before looking at the key.
     pub(super) fn register(&self, tag: String) -> Ticket {
         self.start();
-        let wake = {
-            let mut tags = self.board.tags();
-            let entry = tags.entry(tag.clone()).or_insert_with(|| Tag {
-                waiters: 0,
-                wake: Arc::default(),
-            });
-            entry.waiters += 1;
-            entry.wake.clone()
-        };
-        Ticket {
-            board: self.board.clone(),
-            tag,
-            wake,
-        }
+        Ticket::register(&self.board.waiters, tag)
     }
 
     /// Whether a completion committed from now on will wake its waiters.
@@ -178,8 +125,8 @@ impl Listener {
                 Ok(mut listener) => {
                     pause = Duration::from_millis(50);
                     self.board.listening.store(true, Ordering::Release);
-                    // The connection may have dropped notifications while it was down.
-                    self.board.lost_wakeups();
+                    // Notifications sent while no listener was up may have been missed.
+                    self.board.waiters.lock().wake_all();
                     self.receive(&mut listener).await;
                 }
                 Err(error) => {
@@ -217,23 +164,15 @@ impl Listener {
     async fn receive(&self, listener: &mut PgListener) {
         loop {
             match listener.try_recv().await {
-                Ok(Some(notification)) => self.board.wake(notification.payload()),
+                Ok(Some(notification)) => {
+                    self.board.waiters.lock().wake(notification.payload());
+                }
                 Ok(None) => return,
                 Err(error) => {
                     tracing::debug!(%error, "idem's PostgreSQL listener connection failed; connecting again");
                     return;
                 }
             }
-        }
-    }
-}
-
-impl Board {
-    /// Wakes every waiter without marking the listener down: a new listener is up, and
-    /// completions sent while none was may have been missed.
-    fn lost_wakeups(&self) {
-        for tag in self.tags().values() {
-            tag.wake.notify_waiters();
         }
     }
 }

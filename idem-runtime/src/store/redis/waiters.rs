@@ -5,7 +5,9 @@
 //! its waiters: a channel is subscribed while at least one waiter of this process waits on it,
 //! and a message wakes all of them through a [`Notify`]. A waiter subscribes first and looks at
 //! the key afterwards (the caller's job), so a completion cannot fall between the look and the
-//! subscription.
+//! subscription. The waiters are kept in the store's wake registry (`store/wake.rs`); this
+//! file hooks the subscriber into it: a channel stays registered while it is subscribed, and
+//! its last waiter leaving unsubscribes it.
 //!
 //! The subscriber connection is made and driven like the command connections (see
 //! `background.rs`): on the runtime of the waiter that needs it while the store's calls all
@@ -23,22 +25,29 @@
 //! to another master) unsubscribes its subscribers (`sunsubscribe` push): the channel's
 //! waiters are woken too, and subscribe again where the slot now is.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use redis::{PushInfo, PushKind, RedisError, Value};
-use tokio::sync::Notify;
 
 use super::background::{self, Home, MadeOn};
 use super::failure;
 use super::servers::{Conn, Servers, Timeouts};
+use crate::store::wake::{Hooks, Registry, Tags};
+
+/// A waiter's registration on a channel; dropping the last one of a channel unsubscribes it.
+pub(super) type Ticket = crate::store::wake::Ticket<Hub>;
+
+/// What the registry keeps per channel: whether the current subscriber connection is
+/// subscribed to it.
+type Subscribed = bool;
 
 /// The waiters of one store and its subscriber connection.
 pub(super) struct Hub {
-    board: Arc<Mutex<Board>>,
+    /// The waiters by channel, shared with the push handler.
+    board: Arc<Registry<Subscribed>>,
     /// Held while (un)subscribing, so that the commands reach the server in the order the
     /// board decided them.
     listener: tokio::sync::Mutex<Option<Listener>>,
@@ -48,21 +57,6 @@ pub(super) struct Hub {
     command_timeout: Duration,
 }
 
-/// What the push handler and the waiters share.
-#[derive(Default)]
-struct Board {
-    channels: HashMap<String, Channel>,
-    /// Which subscriber connection is current: pushes of an older one are ignored.
-    generation: u64,
-}
-
-struct Channel {
-    waiters: usize,
-    wake: Arc<Notify>,
-    /// Whether the current subscriber connection is subscribed to it.
-    subscribed: bool,
-}
-
 struct Listener {
     conn: Conn,
     alive: Arc<AtomicBool>,
@@ -70,88 +64,43 @@ struct Listener {
     made_on: MadeOn,
 }
 
-impl Board {
-    /// Forgets every subscription: the connection that held them is gone or being replaced.
-    fn forget(&mut self) {
-        self.generation += 1;
-        self.channels.retain(|_, channel| {
-            channel.subscribed = false;
-            channel.waiters > 0
-        });
-    }
-
-    /// Forgets every subscription and wakes every waiter, so that each looks at its key again
-    /// (and subscribes anew if it still has to wait).
-    fn reset(&mut self) {
-        self.forget();
-        self.wake_all();
-    }
-
-    /// Marks every channel unsubscribed and wakes every waiter, keeping the connection (a
-    /// Cluster connection that lost one node): each waiter looks again and subscribes anew.
-    fn resubscribe(&mut self) {
-        self.channels.retain(|_, channel| {
-            channel.subscribed = false;
-            channel.waiters > 0
-        });
-        self.wake_all();
-    }
-
-    fn wake_all(&self) {
-        self.wake_all_but(None);
-    }
-
-    /// Wakes the waiters of every channel but `spare`.
-    fn wake_all_but(&self, spare: Option<&str>) {
-        for (name, channel) in &self.channels {
-            if spare != Some(name.as_str()) {
-                channel.wake.notify_waiters();
-            }
-        }
-    }
+/// Forgets every subscription: the connection that held them is gone or being replaced
+/// (its pushes are ignored from now on).
+fn forget(board: &mut Tags<Subscribed>) {
+    board.generation += 1;
+    board.reset_states();
 }
 
-fn lock(board: &Mutex<Board>) -> MutexGuard<'_, Board> {
-    // Every change to the board is complete before anything can panic, so a poisoned lock
-    // still guards consistent data.
-    board
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Forgets every subscription and wakes every waiter, so that each looks at its key again
+/// (and subscribes anew if it still has to wait).
+fn reset(board: &mut Tags<Subscribed>) {
+    forget(board);
+    board.wake_all();
 }
 
-/// One waiter's registration on a channel; dropping it lets the channel be unsubscribed.
-pub(super) struct Ticket {
-    hub: Arc<Hub>,
-    channel: String,
-    wake: Arc<Notify>,
+/// Marks every channel unsubscribed and wakes every waiter, keeping the connection (a
+/// Cluster connection that lost one node): each waiter looks again and subscribes anew.
+fn resubscribe(board: &mut Tags<Subscribed>) {
+    board.reset_states();
+    board.wake_all();
 }
 
-impl Ticket {
-    /// What wakes this waiter.
-    pub(super) fn wake(&self) -> &Notify {
-        &self.wake
+/// A channel stays registered while subscribed: its last waiter leaving unsubscribes it.
+impl Hooks for Hub {
+    type State = Subscribed;
+
+    fn registry(&self) -> &Registry<Subscribed> {
+        &self.board
     }
-}
 
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        let mut board = lock(&self.hub.board);
-        let Some(channel) = board.channels.get_mut(&self.channel) else {
-            return;
-        };
-        channel.waiters -= 1;
-        if channel.waiters > 0 {
-            return;
-        }
-        if !channel.subscribed {
-            board.channels.remove(&self.channel);
-            return;
-        }
-        drop(board);
+    fn keeps(subscribed: &Subscribed) -> bool {
+        *subscribed
+    }
+
+    fn last_left(self: &Arc<Self>, channel: String) {
         // Unsubscribing is a round trip: sent in the background, on the caller's runtime (or,
         // without one, on idem's own).
-        let hub = self.hub.clone();
-        let channel = std::mem::take(&mut self.channel);
+        let hub = self.clone();
         background::spawn(true, async move { hub.unsubscribe(channel).await });
     }
 }
@@ -176,21 +125,7 @@ impl Hub {
     /// Registers a waiter on `channel`. Enable a `notified()` of [`Ticket::wake`] before
     /// [`listen`](Hub::listen)ing and looking at the key.
     pub(super) fn register(self: &Arc<Self>, channel: &str) -> Ticket {
-        let mut board = lock(&self.board);
-        let entry = board
-            .channels
-            .entry(channel.to_owned())
-            .or_insert_with(|| Channel {
-                waiters: 0,
-                wake: Arc::default(),
-                subscribed: false,
-            });
-        entry.waiters += 1;
-        Ticket {
-            hub: self.clone(),
-            channel: channel.to_owned(),
-            wake: entry.wake.clone(),
-        }
+        Ticket::register(self, channel.to_owned())
     }
 
     /// Makes sure the subscriber connection is subscribed to the ticket's channel.
@@ -199,7 +134,7 @@ impl Hub {
     /// found closed while subscribing is replaced once and the subscription sent again, as
     /// commands are (its waiters are woken either way, and subscribe again on the new one).
     pub(super) async fn listen(&self, ticket: &Ticket) -> Result<(), RedisError> {
-        let channel = ticket.channel.as_str();
+        let channel = ticket.tag();
         let mut listener = self.listener.lock().await;
         if listener
             .as_ref()
@@ -213,9 +148,7 @@ impl Hub {
                 Err(error) if !resent && failure::resend(&error) => resent = true,
                 Err(error) => {
                     // Not subscribed: the channel's other waiters look again too.
-                    if let Some(waiting) = lock(&self.board).channels.get(channel) {
-                        waiting.wake.notify_waiters();
-                    }
+                    self.board.lock().wake(channel);
                     return Err(error);
                 }
                 Ok(()) => return Ok(()),
@@ -232,8 +165,8 @@ impl Hub {
         channel: &str,
     ) -> Result<(), RedisError> {
         if let Some(current) = listener.as_ref() {
-            let board = lock(&self.board);
-            let subscribed = board.channels.get(channel).is_some_and(|c| c.subscribed);
+            let board = self.board.lock();
+            let subscribed = board.get(channel).is_some_and(|c| c.state);
             if subscribed && current.alive.load(Ordering::Acquire) {
                 return Ok(());
             }
@@ -261,12 +194,12 @@ impl Hub {
                 )));
             }
         }
-        let mut board = lock(&self.board);
+        let mut board = self.board.lock();
         let alive = listener
             .as_ref()
             .is_some_and(|l| l.alive.load(Ordering::Acquire));
-        if let (true, Some(channel)) = (alive, board.channels.get_mut(channel)) {
-            channel.subscribed = true;
+        if let (true, Some(channel)) = (alive, board.get_mut(channel)) {
+            channel.state = true;
         }
         Ok(())
     }
@@ -275,11 +208,11 @@ impl Hub {
     async fn unsubscribe(&self, channel: String) {
         let mut listener = self.listener.lock().await;
         {
-            let mut board = lock(&self.board);
-            match board.channels.get(&channel) {
-                Some(c) if c.waiters == 0 && c.subscribed => {}
-                Some(c) if c.waiters == 0 => {
-                    board.channels.remove(&channel);
+            let mut board = self.board.lock();
+            match board.get(&channel) {
+                Some(c) if c.waiters() == 0 && c.state => {}
+                Some(c) if c.waiters() == 0 => {
+                    board.remove(&channel);
                     return;
                 }
                 _ => return,
@@ -295,29 +228,28 @@ impl Hub {
             self.abandon(&mut listener);
             return;
         }
-        let mut board = lock(&self.board);
-        if let Some(c) = board.channels.get_mut(&channel) {
-            if c.waiters == 0 {
-                board.channels.remove(&channel);
+        let mut board = self.board.lock();
+        if let Some(c) = board.get_mut(&channel) {
+            if c.waiters() == 0 {
+                board.remove(&channel);
             } else {
                 // A waiter registered meanwhile: it subscribes again once it gets the listener.
-                c.subscribed = false;
+                c.state = false;
             }
         }
     }
 
     /// Drops the subscriber connection and wakes every waiter.
     fn abandon(&self, listener: &mut Option<Listener>) {
-        let mut board = lock(&self.board);
-        board.reset();
+        reset(&mut self.board.lock());
         *listener = None;
     }
 
     /// Drops the subscriber connection and wakes the waiters of every channel but `spare`,
     /// whose waiter is subscribing: waking it would only make it look at its key once more.
     fn replace(&self, listener: &mut Option<Listener>, spare: &str) {
-        let mut board = lock(&self.board);
-        board.forget();
+        let mut board = self.board.lock();
+        forget(&mut board);
         board.wake_all_but(Some(spare));
         *listener = None;
     }
@@ -326,8 +258,8 @@ impl Hub {
     async fn connect(&self) -> Result<Listener, RedisError> {
         let alive = Arc::new(AtomicBool::new(true));
         let generation = {
-            let mut board = lock(&self.board);
-            board.forget();
+            let mut board = self.board.lock();
+            forget(&mut board);
             board.generation
         };
         let board = Arc::downgrade(&self.board);
@@ -335,7 +267,7 @@ impl Hub {
         let cluster = self.servers.is_cluster();
         let on_push = move |push: PushInfo| {
             if let Some(board) = board.upgrade() {
-                let mut board = lock(&board);
+                let mut board = board.lock();
                 if board.generation == generation {
                     on_push(&mut board, &flag, cluster, push);
                 }
@@ -354,28 +286,27 @@ impl Hub {
     }
 }
 
-fn on_push(board: &mut Board, alive: &AtomicBool, cluster: bool, push: PushInfo) {
+fn on_push(board: &mut Tags<Subscribed>, alive: &AtomicBool, cluster: bool, push: PushInfo) {
     let channel = || match push.data.first() {
         Some(Value::BulkString(bytes)) => Some(String::from_utf8_lossy(bytes)),
         _ => None,
     };
     match push.kind {
         PushKind::Message | PushKind::SMessage => {
-            if let Some(channel) = channel().and_then(|name| board.channels.get(name.as_ref())) {
-                channel.wake.notify_waiters();
+            if let Some(name) = channel() {
+                board.wake(&name);
             }
         }
         PushKind::SUnsubscribe => {
-            if let Some(channel) = channel().and_then(|name| board.channels.get_mut(name.as_ref()))
-            {
-                channel.subscribed = false;
-                channel.wake.notify_waiters();
+            if let Some(channel) = channel().and_then(|name| board.get_mut(&name)) {
+                channel.state = false;
+                channel.wake();
             }
         }
-        PushKind::Disconnection if cluster => board.resubscribe(),
+        PushKind::Disconnection if cluster => resubscribe(board),
         PushKind::Disconnection => {
             alive.store(false, Ordering::Release);
-            board.reset();
+            reset(board);
         }
         _ => {}
     }
