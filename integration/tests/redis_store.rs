@@ -720,11 +720,14 @@ async fn with_redis_down_fail_open_runs_unprotected_and_fail_closed_refuses() {
     );
 }
 
-/// The store's command connections, by id: the clients whose last command was one of a call's.
+/// The store's command connections, by id: every client but the store's subscriber and the
+/// connection asking. (Not by last command: a connection's last command may be any of a call's,
+/// `GET` of a waiter as well as `SET` or `EVALSHA`.)
 fn command_connections(server: &RedisServer) -> Vec<String> {
     let list: String = server.cmd(&["CLIENT", "LIST"]);
     list.lines()
-        .filter(|line| line.contains(" cmd=set ") || line.contains(" cmd=evalsha "))
+        .filter(|line| line.contains(" sub=0 psub=0 ssub=0 "))
+        .filter(|line| !line.contains(" cmd=client|list "))
         .filter_map(|line| line.split_whitespace().next()?.strip_prefix("id="))
         .map(str::to_owned)
         .collect()
