@@ -216,8 +216,21 @@ impl Worker {
     }
 }
 
-/// The messages to publish, in time order: (when, order, same message id as an earlier one).
-fn schedule(plan: &Plan, run: &str) -> Vec<(Duration, OrderPlaced)> {
+/// How a scheduled message relates to the order's first publish.
+#[derive(Clone, Copy, PartialEq)]
+enum Publish {
+    /// The order's first message.
+    First,
+    /// The same message id again at once: inside JetStream's duplicate window.
+    Again,
+    /// The same message id again, later than the window after the first publish was acked
+    /// (not merely after the time it was planned for: a publisher behind its plan on a loaded
+    /// machine must not bring the two inside the window).
+    Late,
+}
+
+/// The messages to publish, in time order: (when, order, how it relates to the first).
+fn schedule(plan: &Plan, run: &str) -> Vec<(Duration, OrderPlaced, Publish)> {
     let mut out = Vec::new();
     for n in 0..plan.orders {
         let at = plan.publish_over.mul_f64(n as f64 / plan.orders as f64);
@@ -226,19 +239,19 @@ fn schedule(plan: &Plan, run: &str) -> Vec<(Duration, OrderPlaced)> {
             customer: format!("customer-{}", n % 97),
             cents: 100 + (n as i64 * 37) % 10_000,
         };
-        out.push((at, order.clone()));
+        out.push((at, order.clone(), Publish::First));
         if plan.in_window_every > 0 && n % plan.in_window_every == 1 {
             // A publisher that retried at once after a lost publish ack.
-            out.push((at + Duration::from_millis(5), order.clone()));
+            out.push((at + Duration::from_millis(5), order.clone(), Publish::Again));
         }
         if plan.republish_every > 0 && n % plan.republish_every == 0 {
             // A publisher that retried later, past the duplicate window.
             let late =
                 plan.duplicate_window + Duration::from_millis(300 + rand::random_range(0..400));
-            out.push((at + late, order));
+            out.push((at + late, order, Publish::Late));
         }
     }
-    out.sort_by_key(|(at, _)| *at);
+    out.sort_by_key(|(at, _, _)| *at);
     out
 }
 
@@ -300,15 +313,25 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Report, BoxError> {
     let started = Instant::now();
     let publisher = {
         let (jetstream, schedule) = (jetstream.clone(), schedule(plan, &run_id));
+        let plan_window = plan.duplicate_window;
         tokio::spawn(async move {
             let mut dropped = 0;
-            for (at, order) in schedule {
-                tokio::time::sleep_until((started + at).into()).await;
+            let mut acked = std::collections::HashMap::new();
+            for (at, order, send) in schedule {
+                let mut when = started + at;
+                if send == Publish::Late {
+                    let first: Instant = acked[&order.order_id];
+                    when = when.max(first + plan_window + Duration::from_millis(300));
+                }
+                tokio::time::sleep_until(when.into()).await;
                 let publish = PublishMessage::build()
                     .payload(serde_json::to_vec(&order)?.into())
                     .message_id(&order.order_id);
                 let ack = jetstream.send_publish(SUBJECT, publish).await?.await?;
                 dropped += usize::from(ack.duplicate);
+                if send == Publish::First {
+                    acked.insert(order.order_id, Instant::now());
+                }
             }
             Ok::<usize, BoxError>(dropped)
         })
