@@ -720,14 +720,20 @@ async fn with_redis_down_fail_open_runs_unprotected_and_fail_closed_refuses() {
     );
 }
 
-/// The store's command connections, by id: every client but the store's subscriber and the
-/// connection asking. (Not by last command: a connection's last command may be any of a call's,
-/// `GET` of a waiter as well as `SET` or `EVALSHA`.)
+/// The store's command connections, by id: every client but the store's subscriber (whose
+/// last command is a `SUBSCRIBE` or an `UNSUBSCRIBE`) and the connection asking. (Not by a
+/// call's command: a connection's last one may be a waiter's `GET` or a `PTTL` as well as a
+/// `SET` or an `EVALSHA`.)
 fn command_connections(server: &RedisServer) -> Vec<String> {
     let list: String = server.cmd(&["CLIENT", "LIST"]);
     list.lines()
-        .filter(|line| line.contains(" sub=0 psub=0 ssub=0 "))
-        .filter(|line| !line.contains(" cmd=client|list "))
+        .filter(|line| {
+            let cmd = line.split_whitespace().find_map(|f| f.strip_prefix("cmd="));
+            !matches!(
+                cmd,
+                Some("client|list" | "subscribe" | "unsubscribe" | "ssubscribe" | "sunsubscribe")
+            )
+        })
         .filter_map(|line| line.split_whitespace().next()?.strip_prefix("id="))
         .map(str::to_owned)
         .collect()
@@ -795,5 +801,31 @@ async fn concurrent_calls_share_pool_size_connections_and_a_killed_one_is_replac
     assert!(
         replaced.iter().all(|id| !shared.contains(id)),
         "{shared:?} → {replaced:?}"
+    );
+
+    // Killed again, and this time the store hears of both ends (the server's close reaches
+    // the connections' readers) before the next calls are dealt: each place makes its
+    // connection anew, rather than the calls of a closed place going to the other one for
+    // good. (Nothing outside the store can await its reader's flag: a short pause lets it
+    // land; were it late, the calls would take the path above, which also makes both anew.)
+    for id in &replaced {
+        let _: i64 = server.cmd(&["CLIENT", "KILL", "ID", id]);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // One call after another: dealt in turn, each place gets calls (concurrent calls could
+    // mix the turns and hide a place that is passed over).
+    for i in 0..64 {
+        let outcome = Call::new("shared", format!("order-{i}"))
+            .store(store.clone())
+            .run(async { 4 })
+            .await
+            .expect("the places make their connections anew");
+        assert_eq!((outcome.value, outcome.status), (1, Status::Replayed));
+    }
+    let remade = command_connections(&server);
+    assert_eq!(remade.len(), 2, "the calls used {remade:?}");
+    assert!(
+        remade.iter().all(|id| !replaced.contains(id)),
+        "{replaced:?} → {remade:?}"
     );
 }

@@ -44,8 +44,9 @@ impl RedisStore {
             let lent = match &shared.lender {
                 Lender::Own(links) => match resent {
                     None => match links.ready() {
-                        Some(lent) => Ok(lent),
-                        None => links.get().await,
+                        Ok(lent) => Ok(lent),
+                        Err(Some(place)) => links.again(place).await,
+                        Err(None) => links.get().await,
                     },
                     Some(place) => links.again(place).await,
                 },

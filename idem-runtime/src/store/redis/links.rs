@@ -248,16 +248,21 @@ impl Links {
     }
 
     /// A shared connection to one server, when the next place holds a healthy one that may
-    /// serve a call made here: the common case, lent without a future of its own. `None` for
-    /// Cluster connections (held one operation at a time) and when a connection must be made;
-    /// then [`get`](Links::get).
-    pub(super) fn ready(&self) -> Option<Lent<'_>> {
+    /// serve a call made here: the common case, lent without a future of its own. Else
+    /// `Err(Some(place))` when the place dealt must make its connection first (then
+    /// [`again`](Links::again) with that place: dealing another place instead would pass over
+    /// a closed connection for good, and the store would run on fewer connections than it has
+    /// places), and `Err(None)` for Cluster connections, held one operation at a time (then
+    /// [`get`](Links::get)).
+    pub(super) fn ready(&self) -> Result<Lent<'_>, Option<usize>> {
         if self.exclusive {
-            return None;
+            return Err(None);
         }
         let at = self.next.fetch_add(1, Ordering::Relaxed) % self.places.len();
-        let link = self.usable(&self.places[at])?;
-        Some(Lent::shared(link, at))
+        match self.usable(&self.places[at]) {
+            Some(link) => Ok(Lent::shared(link, at)),
+            None => Err(Some(at)),
+        }
     }
 
     /// A connection for one operation: the next place's, made first if it has none or a
@@ -290,10 +295,11 @@ impl Links {
         })
     }
 
-    /// The connection of `place` once more, made anew if it was discarded: for an operation
-    /// sent again after the connection it was dealt turned out to be closed. (Dealt the next
-    /// place instead, it could meet another connection that closed at the same time, as when
-    /// the server dropped all its clients.)
+    /// The connection of `place`, made anew if it was discarded: for an operation dealt a
+    /// place whose connection must be made first, and for one sent again after the connection
+    /// it was dealt turned out to be closed. (Dealt the next place instead, it could meet
+    /// another connection that closed at the same time, as when the server dropped all its
+    /// clients, and a closed connection would never be made again.)
     pub(super) async fn again(&self, place: usize) -> Result<Lent<'_>, Unlinked> {
         let at = place % self.places.len();
         let held = match self.exclusive {
