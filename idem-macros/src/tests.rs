@@ -270,3 +270,17 @@ fn tx_must_name_an_argument_of_the_function() {
     let out = expand("key = 1, tx = conn", "async fn f() -> u64 { 1 }");
     assert!(out.contains("the function has no arguments"), "{out}");
 }
+
+#[test]
+fn every_broken_rule_between_options_is_reported() {
+    let message = match syn::parse2::<Args>("tx = conn, store = s".parse().unwrap()) {
+        Ok(_) => panic!("`tx` with `store` and no `key` should not parse"),
+        Err(error) => error
+            .into_iter()
+            .map(|error| error.to_string())
+            .collect::<Vec<_>>(),
+    };
+    assert_eq!(message.len(), 2, "{message:?}");
+    assert!(message[0].contains("`tx` and `store` cannot be combined"));
+    assert!(message[1].contains("missing `key`"));
+}
