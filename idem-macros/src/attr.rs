@@ -7,7 +7,7 @@
 //!    looks like.
 //! 2. [`RawArgs::build`] applies every rule that involves more than one option (or an option's
 //!    absence) and yields the final [`Args`]. The rules about the function itself, `tx`
-//!    naming one of its arguments included, are in `expand.rs`.
+//!    naming one of its arguments included, are in `signature.rs`.
 
 use std::time::Duration;
 

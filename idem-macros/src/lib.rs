@@ -3,8 +3,12 @@
 //! Use it through `idem` (`use idem::idempotent;`): the generated code calls the runtime
 //! through `::idem::__private`, so this crate alone is of no use.
 //!
-//! `lib.rs` is the entry point and the documentation, `attr.rs` parses the arguments,
-//! `expand.rs` generates the code.
+//! | file | its one job |
+//! |---|---|
+//! | `lib.rs` | the entry point and the documentation |
+//! | `attr.rs` | the arguments, in two phases: each option as written, then the rules between options, into `Args` |
+//! | `signature.rs` | the function under the attribute: the rules it must meet, the argument `tx` names, what it returns |
+//! | `expand.rs` | the generated code, one step per function: the call, the type checks, the body, the runner, the signature |
 
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -13,6 +17,7 @@ use proc_macro::TokenStream;
 
 mod attr;
 mod expand;
+mod signature;
 #[cfg(test)]
 mod tests;
 
