@@ -49,8 +49,10 @@ mod tests;
 /// | `tx = ARG` | (feature `postgres`) transactional mode: `ARG` names the argument `&mut sqlx::PgConnection` through which the claim and the result are written, in the caller's transaction, so that they commit or roll back with the body's writes; duplicates wait on PostgreSQL's lock, not on a lease; an unstored `Err` rolls the body's writes back to a savepoint. Not with `store` | none |
 /// | `crate = path` | where `idem` is, when it is re-exported | `::idem` |
 ///
-/// Duration literals (`"250ms"`, `"30s"`, `"24h"`, `"7d"`, ...) are checked at compile time;
-/// `ttl` and `lease` can't be zero.
+/// Duration literals (`"250ms"`, `"30s"`, `"24h"`, `"7d"`, ...) are checked at compile time.
+/// `ttl` must be at least `1ms` and `lease` at least `3ms`, as everywhere in `idem`: a literal
+/// below that is a compile error; a `Duration` expression below it fails each call with
+/// `idem::Error::Config`, in the same words.
 ///
 /// # Return types
 ///
