@@ -1,8 +1,13 @@
-//! The arguments of `#[idempotent(...)]`, parsed into [`Args`].
+//! The arguments of `#[idempotent(...)]`, read in two phases into [`Args`].
 //!
-//! Parsed by hand, option by option, so that every mistake gets its own message on the
-//! offending token: an unknown option lists the valid ones, a duplicate points at the second
-//! occurrence, a bad duration literal says what a duration looks like.
+//! 1. [`RawArgs`] holds what was written: each `name = value` is parsed by its own small
+//!    parser into a slot filled at most once ([`once`]), so that every mistake in one option
+//!    gets its own message on the offending token: an unknown option lists the valid ones, a
+//!    duplicate points at the second occurrence, a bad duration literal says what a duration
+//!    looks like.
+//! 2. [`RawArgs::build`] applies every rule that involves more than one option (or an option's
+//!    absence) and yields the final [`Args`]. The rules about the function itself, `tx`
+//!    naming one of its arguments included, are in `signature.rs`.
 
 use std::time::Duration;
 
@@ -13,26 +18,22 @@ use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::{Error, Expr, ExprLit, Ident, Lit, LitStr, Path, Result, Token};
 
-mod kw {
-    syn::custom_keyword!(key);
-    syn::custom_keyword!(ttl);
-    syn::custom_keyword!(lease);
-    syn::custom_keyword!(wait);
-    syn::custom_keyword!(fingerprint);
-    syn::custom_keyword!(cache_err);
-    syn::custom_keyword!(scope);
-    syn::custom_keyword!(store);
-    syn::custom_keyword!(tx);
-}
-
 /// Every option, in the order the documentation lists them.
-const OPTIONS: &str = "key, ttl, lease, wait, fingerprint, cache_err, scope, store, tx, crate";
+const OPTIONS: [&str; 10] = [
+    "key",
+    "ttl",
+    "lease",
+    "wait",
+    "fingerprint",
+    "cache_err",
+    "scope",
+    "store",
+    "tx",
+    "crate",
+];
 
 /// What a duration literal looks like, for error messages.
 const DURATION_EXAMPLES: &str = r#"expected a duration such as "250ms", "30s", "24h" or "7d""#;
-
-/// The shortest lease: it is renewed every `lease / 3`, and the stores count in milliseconds.
-const MIN_LEASE: Duration = Duration::from_millis(3);
 
 /// The parsed arguments of one `#[idempotent(...)]` attribute.
 pub(crate) struct Args {
@@ -71,19 +72,44 @@ pub(crate) enum CacheErr {
     Predicate(Expr),
 }
 
-/// The options seen so far; [`Args`] once `key` is known to be there.
+impl Parse for Args {
+    fn parse(input: ParseStream) -> Result<Self> {
+        input.parse::<RawArgs>()?.build()
+    }
+}
+
+/// Phase 1: the options as written, each at most once, not yet checked against each other.
 #[derive(Default)]
-struct Builder {
-    key: Option<Key>,
-    ttl: Option<Timing>,
-    lease: Option<Timing>,
-    wait: Option<Timing>,
-    fingerprint: Option<Expr>,
-    cache_err: Option<CacheErr>,
-    scope: Option<LitStr>,
-    store: Option<Expr>,
-    tx: Option<Ident>,
-    krate: Option<Path>,
+struct RawArgs {
+    key: Option<Given<Key>>,
+    ttl: Option<Given<Timing>>,
+    lease: Option<Given<Timing>>,
+    wait: Option<Given<Timing>>,
+    fingerprint: Option<Given<Expr>>,
+    cache_err: Option<Given<CacheErr>>,
+    scope: Option<Given<LitStr>>,
+    store: Option<Given<Expr>>,
+    tx: Option<Given<Ident>>,
+    krate: Option<Given<Path>>,
+    /// How many options were read, so that each knows its place in the list.
+    count: usize,
+}
+
+/// One option's value, with where its name was written.
+struct Given<T> {
+    value: T,
+    /// The option's name, where a rule that involves it points.
+    name: Span,
+    /// The option's place in the list: of two options that exclude each other, the error
+    /// points at the later one.
+    position: usize,
+}
+
+impl<T> Given<T> {
+    /// The value, once the rules no longer need the span.
+    fn into_value(self) -> T {
+        self.value
+    }
 }
 
 /// Why `tx` and `store` exclude each other.
@@ -91,119 +117,135 @@ const TX_AND_STORE: &str = "`tx` and `store` cannot be combined: with `tx`, the 
      through the connection's transaction, in the table of the configured PostgresStore (or \
      `public.idem_records`); remove one of them";
 
-impl Parse for Args {
+impl Parse for RawArgs {
     fn parse(input: ParseStream) -> Result<Self> {
-        let mut args = Builder::default();
+        let mut raw = RawArgs::default();
         while !input.is_empty() {
-            parse_option(input, &mut args)?;
+            raw.parse_option(input)?;
             if input.is_empty() {
                 break;
             }
             input.parse::<Token![,]>()?;
         }
-        let Some(key) = args.key else {
-            return Err(Error::new(
+        Ok(raw)
+    }
+}
+
+impl RawArgs {
+    /// Parses one `name = value` pair into its slot.
+    fn parse_option(&mut self, input: ParseStream) -> Result<()> {
+        if !input.peek(Ident::peek_any) {
+            return Err(input.error(format!(
+                "expected an option such as `key = req.id`, one of: {}",
+                OPTIONS.join(", ")
+            )));
+        }
+        // `parse_any`, for `crate`; a raw identifier such as `r#key` is no option's name.
+        let name = input.call(Ident::parse_any)?;
+        let position = self.count;
+        self.count += 1;
+        let at = (&name, position);
+        match name.to_string().as_str() {
+            "key" => once(&mut self.key, at, input, parse_key),
+            "ttl" => once(&mut self.ttl, at, input, |input| parse_timing(input, &TTL)),
+            "lease" => once(&mut self.lease, at, input, |input| {
+                parse_timing(input, &LEASE)
+            }),
+            "wait" => once(&mut self.wait, at, input, |input| {
+                parse_timing(input, &WAIT)
+            }),
+            "fingerprint" => once(&mut self.fingerprint, at, input, Expr::parse),
+            "cache_err" => once(&mut self.cache_err, at, input, parse_cache_err),
+            "scope" => once(&mut self.scope, at, input, parse_scope),
+            "store" => once(&mut self.store, at, input, Expr::parse),
+            "tx" => once(&mut self.tx, at, input, parse_tx),
+            "crate" => once(&mut self.krate, at, input, parse_crate),
+            _ => Err(Error::new(
+                name.span(),
+                format!(
+                    "unknown option `{name}`, expected one of: {}",
+                    OPTIONS.join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// Phase 2: checks every rule that involves more than one option, or an option's absence,
+    /// and yields the final [`Args`]. Each broken rule is an error at the option it names, with
+    /// what to do; when several are broken, all of them are reported.
+    ///
+    /// The rules:
+    /// - `tx` and `store` exclude each other: the error is on the later of the two;
+    /// - `key` is required: the error is on the whole attribute, which lacks it;
+    /// - `cache_err` left out means `cache_err = false`.
+    fn build(self) -> Result<Args> {
+        let exclusive = match (&self.tx, &self.store) {
+            (Some(tx), Some(store)) => {
+                let later = if tx.position > store.position {
+                    tx.name
+                } else {
+                    store.name
+                };
+                Err(Error::new(later, TX_AND_STORE))
+            }
+            _ => Ok(()),
+        };
+        let key = self.key.ok_or_else(|| {
+            Error::new(
                 Span::call_site(),
                 "missing `key`: #[idempotent] needs the idempotency key of each call, \
                  built from the arguments, e.g. `#[idempotent(key = req.id)]`",
-            ));
-        };
+            )
+        });
+        let ((), key) = both(exclusive, key)?;
         Ok(Args {
-            key,
-            ttl: args.ttl,
-            lease: args.lease,
-            wait: args.wait,
-            fingerprint: args.fingerprint,
-            cache_err: args.cache_err.unwrap_or(CacheErr::Never),
-            scope: args.scope,
-            store: args.store,
-            tx: args.tx,
-            krate: args.krate,
+            key: key.value,
+            ttl: self.ttl.map(Given::into_value),
+            lease: self.lease.map(Given::into_value),
+            wait: self.wait.map(Given::into_value),
+            fingerprint: self.fingerprint.map(Given::into_value),
+            cache_err: self.cache_err.map_or(CacheErr::Never, Given::into_value),
+            scope: self.scope.map(Given::into_value),
+            store: self.store.map(Given::into_value),
+            tx: self.tx.map(Given::into_value),
+            krate: self.krate.map(Given::into_value),
         })
     }
 }
 
-/// Parses one `name = value` pair into its slot of `args`.
-fn parse_option(input: ParseStream, args: &mut Builder) -> Result<()> {
-    if input.peek(kw::key) {
-        let name = input.parse::<kw::key>()?;
-        let slot = vacant(&mut args.key, name.span, "key")?;
-        input.parse::<Token![=]>()?;
-        *slot = Some(parse_key(input)?);
-    } else if input.peek(kw::ttl) {
-        let name = input.parse::<kw::ttl>()?;
-        let slot = vacant(&mut args.ttl, name.span, "ttl")?;
-        input.parse::<Token![=]>()?;
-        *slot = Some(parse_timing(input, "ttl", Duration::from_millis(1))?);
-    } else if input.peek(kw::lease) {
-        let name = input.parse::<kw::lease>()?;
-        let slot = vacant(&mut args.lease, name.span, "lease")?;
-        input.parse::<Token![=]>()?;
-        *slot = Some(parse_timing(input, "lease", MIN_LEASE)?);
-    } else if input.peek(kw::wait) {
-        let name = input.parse::<kw::wait>()?;
-        let slot = vacant(&mut args.wait, name.span, "wait")?;
-        input.parse::<Token![=]>()?;
-        *slot = Some(parse_timing(input, "wait", Duration::ZERO)?);
-    } else if input.peek(kw::fingerprint) {
-        let name = input.parse::<kw::fingerprint>()?;
-        let slot = vacant(&mut args.fingerprint, name.span, "fingerprint")?;
-        input.parse::<Token![=]>()?;
-        *slot = Some(input.parse()?);
-    } else if input.peek(kw::cache_err) {
-        let name = input.parse::<kw::cache_err>()?;
-        let slot = vacant(&mut args.cache_err, name.span, "cache_err")?;
-        input.parse::<Token![=]>()?;
-        *slot = Some(parse_cache_err(input)?);
-    } else if input.peek(kw::scope) {
-        let name = input.parse::<kw::scope>()?;
-        let slot = vacant(&mut args.scope, name.span, "scope")?;
-        input.parse::<Token![=]>()?;
-        *slot = Some(parse_scope(input)?);
-    } else if input.peek(kw::store) {
-        let name = input.parse::<kw::store>()?;
-        if args.tx.is_some() {
-            return Err(Error::new(name.span, TX_AND_STORE));
-        }
-        let slot = vacant(&mut args.store, name.span, "store")?;
-        input.parse::<Token![=]>()?;
-        *slot = Some(input.parse()?);
-    } else if input.peek(kw::tx) {
-        let name = input.parse::<kw::tx>()?;
-        if args.store.is_some() {
-            return Err(Error::new(name.span, TX_AND_STORE));
-        }
-        let slot = vacant(&mut args.tx, name.span, "tx")?;
-        input.parse::<Token![=]>()?;
-        *slot = Some(parse_tx(input)?);
-    } else if input.peek(Token![crate]) {
-        let name = input.parse::<Token![crate]>()?;
-        let slot = vacant(&mut args.krate, name.span, "crate")?;
-        input.parse::<Token![=]>()?;
-        *slot = Some(parse_crate(input)?);
-    } else if input.peek(Ident::peek_any) {
-        let name = input.call(Ident::parse_any)?;
+/// Fills `slot`, the option named at `at` (its name and place in the list), with `= value`,
+/// the value read by `value`. The same option a second time is an error on its name.
+fn once<T>(
+    slot: &mut Option<Given<T>>,
+    (name, position): (&Ident, usize),
+    input: ParseStream,
+    value: impl FnOnce(ParseStream) -> Result<T>,
+) -> Result<()> {
+    if slot.is_some() {
         return Err(Error::new(
             name.span(),
-            format!("unknown option `{name}`, expected one of: {OPTIONS}"),
+            format!("duplicate option `{name}`: each option can be given once"),
         ));
-    } else {
-        return Err(input.error(format!(
-            "expected an option such as `key = req.id`, one of: {OPTIONS}"
-        )));
     }
+    input.parse::<Token![=]>()?;
+    *slot = Some(Given {
+        value: value(input)?,
+        name: name.span(),
+        position,
+    });
     Ok(())
 }
 
-/// The slot of an option that has not been given yet, or an error on the repeated name.
-fn vacant<'a, T>(slot: &'a mut Option<T>, name: Span, option: &str) -> Result<&'a mut Option<T>> {
-    if slot.is_some() {
-        return Err(Error::new(
-            name,
-            format!("duplicate option `{option}`: each option can be given once"),
-        ));
+/// Both values, or the errors of both: every broken rule is reported, not only the first.
+pub(crate) fn both<A, B>(a: Result<A>, b: Result<B>) -> Result<(A, B)> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (Err(mut error), Err(other)) => {
+            error.combine(other);
+            Err(error)
+        }
+        (Err(error), Ok(_)) | (Ok(_), Err(error)) => Err(error),
     }
-    Ok(slot)
 }
 
 fn parse_key(input: ParseStream) -> Result<Key> {
@@ -218,9 +260,48 @@ fn parse_key(input: ParseStream) -> Result<Key> {
     }
 }
 
+/// A duration option: its name and the shortest value it takes.
+struct DurationOption {
+    name: &'static str,
+    min: Option<Minimum>,
+}
+
+/// The shortest value of a duration option, and why. The thresholds and the words are the
+/// runtime's (`check_ttl` and `check_lease` in `idem-runtime/src/config.rs`), so that a literal
+/// fails the build with the message a `Duration` expression gets as `Error::Config` at run time.
+struct Minimum {
+    value: Duration,
+    why: &'static str,
+}
+
+/// `ttl`: a completed record always expires.
+const TTL: DurationOption = DurationOption {
+    name: "ttl",
+    min: Some(Minimum {
+        value: Duration::from_millis(1),
+        why: "a completed record always expires, and stores expire in whole milliseconds",
+    }),
+};
+
+/// `lease`: renewed every `lease / 3`, and the stores count in milliseconds.
+const LEASE: DurationOption = DurationOption {
+    name: "lease",
+    min: Some(Minimum {
+        value: Duration::from_millis(3),
+        why: "a lease is renewed every lease / 3 while the body runs",
+    }),
+};
+
+/// `wait`: zero rejects a concurrent duplicate at once.
+const WAIT: DurationOption = DurationOption {
+    name: "wait",
+    min: None,
+};
+
 /// A duration option. A string literal is parsed here, so that a typo fails the build instead
 /// of the first call; anything else is left to the type checker as a `Duration`.
-fn parse_timing(input: ParseStream, option: &str, min: Duration) -> Result<Timing> {
+fn parse_timing(input: ParseStream, option: &DurationOption) -> Result<Timing> {
+    let name = option.name;
     let expr = input.parse::<Expr>()?;
     let lit = match expr {
         Expr::Lit(ExprLit {
@@ -232,7 +313,7 @@ fn parse_timing(input: ParseStream, option: &str, min: Duration) -> Result<Timin
             return Err(Error::new(
                 lit.span(),
                 format!(
-                    "a bare number has no unit: write `{option} = \"{}s\"` or `\"{}ms\"` \
+                    "a bare number has no unit: write `{name} = \"{}s\"` or `\"{}ms\"` \
                      ({DURATION_EXAMPLES}, or a `Duration` expression)",
                     lit.base10_digits(),
                     lit.base10_digits(),
@@ -263,14 +344,17 @@ fn parse_timing(input: ParseStream, option: &str, min: Duration) -> Result<Timin
             ),
         )
     })?;
-    if value < min {
-        let why = match option {
-            "lease" => "at least 3ms: a lease is renewed every lease / 3 while the body runs",
-            _ => {
-                "at least 1ms: a completed record always expires, and stores expire in whole milliseconds"
-            }
-        };
-        return Err(Error::new(lit.span(), format!("`{option}` must be {why}")));
+    if let Some(min) = &option.min
+        && value < min.value
+    {
+        return Err(Error::new(
+            lit.span(),
+            format!(
+                "`{name}` must be at least {}: {}",
+                humantime::format_duration(min.value),
+                min.why
+            ),
+        ));
     }
     Ok(Timing::Literal {
         value,

@@ -10,63 +10,32 @@ use quote::{ToTokens, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{
-    AttrStyle, Error, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Token,
-    Type, parse_quote, parse_quote_spanned,
+    AttrStyle, Block, Error, FnArg, Ident, ItemFn, Pat, ReturnType, Signature, Type, parse_quote,
+    parse_quote_spanned,
 };
 
-use crate::attr::{Args, CacheErr, Key, Timing};
+use crate::attr::{Args, CacheErr, Key, Timing, both};
+use crate::signature::{Returns, TxArg, check_signature, not_a_function, tx_argument};
 
 /// Expands `#[idempotent(args)] item`. Never fails: an error comes back as a
 /// `compile_error!` beside the untouched function, so the rest of the crate still sees it.
+///
+/// The arguments and the function are checked apart, so that a mistake in each is reported;
+/// the rule that needs both (`tx` names an argument) is checked once both are known good.
 pub(crate) fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     let function = match syn::parse2::<ItemFn>(item.clone()) {
         Ok(function) => function,
         Err(error) => return with_error(item.clone(), not_a_function(item, error)),
     };
-    let args = syn::parse2::<Args>(args);
-    let checked = check_signature(&function);
-    match (args, checked) {
-        (Ok(args), Ok(())) => match tx_argument(&args, &function) {
-            Ok(tx) => expand(args, function, tx),
-            Err(error) => with_error(item, error),
-        },
-        (Err(mut error), Err(other)) => {
-            error.combine(other);
-            with_error(item, error)
-        }
-        (Err(error), Ok(())) | (Ok(_), Err(error)) => with_error(item, error),
+    let read =
+        both(syn::parse2::<Args>(args), check_signature(&function)).and_then(|(args, ())| {
+            let tx = tx_argument(args.tx.as_ref(), &function.sig)?;
+            Ok((args, tx))
+        });
+    match read {
+        Ok((args, tx)) => expand(args, function, tx),
+        Err(error) => with_error(item, error),
     }
-}
-
-/// Why an item that is not an `fn` with a body cannot take the attribute: what it is instead,
-/// at its keyword, or else syn's own error (a function with a syntax error, a bodiless one).
-fn not_a_function(item: TokenStream, error: Error) -> Error {
-    let Ok(item) = syn::parse2::<syn::Item>(item) else {
-        return error;
-    };
-    let (span, what) = match &item {
-        syn::Item::Struct(s) => (s.struct_token.span, "a struct"),
-        syn::Item::Enum(e) => (e.enum_token.span, "an enum"),
-        syn::Item::Union(u) => (u.union_token.span, "a union"),
-        syn::Item::Impl(i) => (
-            i.impl_token.span,
-            "an impl block (put it on each `async fn` inside)",
-        ),
-        syn::Item::Trait(t) => (
-            t.trait_token.span,
-            "a trait (put it on the `async fn`s of an impl)",
-        ),
-        syn::Item::Mod(m) => (m.mod_token.span, "a module"),
-        syn::Item::Const(c) => (c.const_token.span, "a const"),
-        syn::Item::Static(s) => (s.static_token.span, "a static"),
-        syn::Item::Type(t) => (t.type_token.span, "a type alias"),
-        syn::Item::Use(u) => (u.use_token.span, "a use declaration"),
-        _ => return error,
-    };
-    Error::new(
-        span,
-        format!("#[idempotent] can only be used on an `async fn`, not on {what}"),
-    )
 }
 
 /// The original item with the error beside it.
@@ -75,172 +44,21 @@ fn with_error(item: TokenStream, error: Error) -> TokenStream {
     quote!(#item #error)
 }
 
-/// Rejects the functions the attribute cannot wrap, checked in the order that gives the most
-/// useful message: `const` first (an `async fn` can't be `const` anyway), then `extern`, then
-/// a missing `async`.
-fn check_signature(function: &ItemFn) -> syn::Result<()> {
-    let sig = &function.sig;
-    if let Some(constness) = &sig.constness {
-        return Err(Error::new(
-            constness.span,
-            "#[idempotent] can't be used on a `const fn`: an idempotent call reads and writes \
-             its store at run time; remove `const` and make it an `async fn`",
-        ));
-    }
-    if let Some(abi) = &sig.abi {
-        return Err(Error::new(
-            abi.extern_token.span,
-            "#[idempotent] can't be used on an `extern` fn: remove the ABI and make it an \
-             `async fn`",
-        ));
-    }
-    if sig.asyncness.is_none() && rewritten_by_async_trait(sig) {
-        return Err(Error::new(
-            sig.fn_token.span,
-            "#[idempotent] sees this method after #[async_trait] rewrote it into a `fn` \
-             returning `Pin<Box<dyn Future>>`, which it cannot wrap; native `async fn` in \
-             traits (Rust 1.75+) works with #[idempotent] without #[async_trait], or keep \
-             #[async_trait] and put #[idempotent] on an inherent `async fn` that this method \
-             calls",
-        ));
-    }
-    if sig.asyncness.is_none() {
-        return Err(Error::new(
-            sig.fn_token.span,
-            "#[idempotent] needs an `async fn`: a call may wait for the store or for a \
-             concurrent call with the same key; write `async fn`",
-        ));
-    }
-    Ok(())
-}
-
-/// Whether `sig` is an `async fn` that `#[async_trait]` (expanded first, on the impl) turned
-/// into a `fn` returning a boxed future: it names its lifetime `'async_trait`.
-fn rewritten_by_async_trait(sig: &syn::Signature) -> bool {
-    let lifetimes = sig.generics.lifetimes().map(|l| &l.lifetime);
-    let returned = match &sig.output {
-        ReturnType::Type(_, ty) => ty.to_token_stream().to_string(),
-        ReturnType::Default => String::new(),
-    };
-    lifetimes.into_iter().any(|l| l.ident == "async_trait") || returned.contains("'async_trait")
-}
-
-/// The argument `tx = name` names.
-struct TxArg {
-    name: Ident,
-    mutability: Option<Token![mut]>,
-    ty: Type,
-}
-
-/// Finds the argument of `tx = name`, or says which arguments there are.
-fn tx_argument(args: &Args, function: &ItemFn) -> syn::Result<Option<TxArg>> {
-    let Some(tx) = &args.tx else {
-        return Ok(None);
-    };
-    let mut names = Vec::new();
-    for input in &function.sig.inputs {
-        match input {
-            FnArg::Receiver(_) => names.push("self".to_owned()),
-            FnArg::Typed(typed) => match &*typed.pat {
-                Pat::Ident(pat) if pat.ident == *tx && pat.subpat.is_none() => {
-                    return Ok(Some(TxArg {
-                        name: pat.ident.clone(),
-                        mutability: pat.mutability,
-                        ty: (*typed.ty).clone(),
-                    }));
-                }
-                Pat::Ident(pat) => names.push(pat.ident.unraw().to_string()),
-                pat => names.push(pat.to_token_stream().to_string()),
-            },
-        }
-    }
-    let listed = if names.is_empty() {
-        "the function has no arguments".to_owned()
-    } else {
-        let names: Vec<String> = names.iter().map(|name| format!("`{name}`")).collect();
-        format!("its arguments are: {}", names.join(", "))
-    };
-    Err(Error::new(
-        tx.span(),
-        format!(
-            "`tx = {tx}` must name an argument of the function: the `&mut sqlx::PgConnection` \
-             the record is written through; {listed}"
-        ),
-    ))
-}
-
-/// What the function returns, as far as the syntax tells.
-enum Returns<'a> {
-    /// A `Result`, by the last segment of its path (`io::Result<T>` too). The `Ok` type is
-    /// known when there are type arguments; the error type only when there are two.
-    Result {
-        ok: Option<&'a Type>,
-        err: Option<&'a Type>,
-    },
-    /// Anything else, `()` included: the function will return `Result<T, idem::Error>`.
-    Plain(&'a Type),
-}
-
-impl<'a> Returns<'a> {
-    /// Classifies `ty`, the declared return type (`()` when there is none).
-    fn of(ty: &'a Type) -> Self {
-        let mut inner = ty;
-        while let Type::Group(group) = inner {
-            inner = &group.elem;
-        }
-        let segment = match inner {
-            Type::Path(path) if path.qself.is_none() => path.path.segments.last(),
-            _ => None,
-        };
-        let Some(segment) = segment.filter(|segment| segment.ident == "Result") else {
-            return Returns::Plain(ty);
-        };
-        let mut types = match &segment.arguments {
-            PathArguments::AngleBracketed(args) => args
-                .args
-                .iter()
-                .filter_map(|arg| match arg {
-                    GenericArgument::Type(ty) => Some(ty),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        }
-        .into_iter();
-        let ok = types.next();
-        let err = types.next().filter(|_| types.next().is_none());
-        Returns::Result { ok, err }
-    }
-}
-
+/// Generates the wrapped function, step by step: the call and its options, the type checks,
+/// the body as a future, the runner that takes both, and the signature the caller sees.
 fn expand(args: Args, function: ItemFn, tx: Option<TxArg>) -> TokenStream {
     let ItemFn {
         attrs,
         vis,
-        mut sig,
+        sig,
         block,
         ..
     } = function;
-    // The argument `tx` names is only handed to the runner: a `mut` belongs to the closure's
-    // parameter, which the body sees.
-    if let Some(TxArg { name, .. }) = &tx {
-        for input in &mut sig.inputs {
-            if let FnArg::Typed(typed) = input
-                && let Pat::Ident(pat) = &mut *typed.pat
-                && pat.ident == *name
-            {
-                pat.mutability = None;
-            }
-        }
-    }
-    let krate = args.krate.unwrap_or_else(|| parse_quote!(::idem));
+    let krate = args.krate.clone().unwrap_or_else(|| parse_quote!(::idem));
     let private = quote!(#krate::__private);
     let (outer, inner): (Vec<_>, Vec<_>) = attrs
         .into_iter()
         .partition(|attr| matches!(attr.style, AttrStyle::Outer));
-
-    let call = Ident::new("__idem_call", Span::mixed_site());
-    let ret = Ident::new("__idem_ret", Span::mixed_site());
 
     // The body's own type, for the `let` that gives `?` and `return` their target type.
     let body_ty: Type = match &sig.output {
@@ -248,28 +66,47 @@ fn expand(args: Args, function: ItemFn, tx: Option<TxArg>) -> TokenStream {
         ReturnType::Type(_, ty) => (**ty).clone(),
     };
     let returns = Returns::of(&body_ty);
+    let caching = !matches!(args.cache_err, CacheErr::Never);
 
+    let call = Ident::new("__idem_call", Span::mixed_site());
+    let new_call = new_call(&private, &args, &sig.ident);
+    let checks = type_checks(&private, &returns, caching);
+    let body = body_future(&private, &block, &body_ty, tx.as_ref());
+    let runner = Runner::choose(&returns, &args.cache_err, tx.is_some());
+    let run = run(
+        &private,
+        runner,
+        &call,
+        &args.cache_err,
+        &returns,
+        tx.as_ref(),
+        body,
+    );
+    let sig = outer_signature(sig, &private, &returns, tx.as_ref());
+
+    quote! {
+        #(#outer)*
+        #vis #sig {
+            #(#inner)*
+            #(#checks)*
+            let #call = #new_call;
+            #run
+        }
+    }
+}
+
+/// `__private::call(scope, key)` with the options the attribute sets (`ttl`, `lease`, `wait`,
+/// `fingerprint`, `store`): the `Call` the runner runs. `name` is the function's name, for the
+/// default scope `module::name`.
+fn new_call(private: &TokenStream, args: &Args, name: &Ident) -> TokenStream {
     let scope = match &args.scope {
         Some(scope) => scope.to_token_stream(),
         None => {
-            let name = sig.ident.unraw().to_string();
+            let name = name.unraw().to_string();
             quote!(::core::concat!(::core::module_path!(), "::", #name))
         }
     };
-    // Spanned at the key's expression, so that a key that is not `Display` is reported there.
-    let key = match &args.key {
-        Key::One(expr) => {
-            let key = respan(path(&private, "key"), expr.span());
-            quote_spanned!(expr.span()=> #key(&(#expr)))
-        }
-        Key::Parts(parts) => {
-            let parts = parts
-                .iter()
-                .map(|part| quote_spanned!(part.span()=> .part(&(#part))));
-            quote!(#private::KeyBuilder::new() #(#parts)* .finish())
-        }
-    };
-
+    let key = key(private, &args.key);
     let mut options = Vec::new();
     for (method, timing) in [
         ("ttl", &args.ttl),
@@ -278,7 +115,7 @@ fn expand(args: Args, function: ItemFn, tx: Option<TxArg>) -> TokenStream {
     ] {
         if let Some(timing) = timing {
             let method = Ident::new(method, Span::call_site());
-            let value = duration(&private, timing);
+            let value = duration(private, timing);
             options.push(quote!(.#method(#value)));
         }
     }
@@ -288,28 +125,53 @@ fn expand(args: Args, function: ItemFn, tx: Option<TxArg>) -> TokenStream {
     if let Some(store) = &args.store {
         options.push(quote_spanned!(store.span()=> .store(#store)));
     }
+    quote!(#private::call(#scope, #key) #(#options)*)
+}
 
-    // Static checks on the user's types, with messages that say what to derive or implement.
-    // rustc drops a failed bound when an error at the same span already reported it, so the
-    // runner call shares the span of the check most likely to fail: an unstorable type is then
-    // reported on the type, check's message first, rather than once more on the attribute.
-    // Checked types are respanned to a single token so that their span and the runner's match.
-    let caching = !matches!(args.cache_err, CacheErr::Never);
-    let anchor = match &returns {
+/// The key as a `String`: one value through `__private::key`, a tuple's parts through a
+/// `KeyBuilder`. Spanned at the key's expression, so that a key that is not `Display` is
+/// reported there.
+fn key(private: &TokenStream, key: &Key) -> TokenStream {
+    match key {
+        Key::One(expr) => {
+            let key = respan(path(private, "key"), expr.span());
+            quote_spanned!(expr.span()=> #key(&(#expr)))
+        }
+        Key::Parts(parts) => {
+            let parts = parts
+                .iter()
+                .map(|part| quote_spanned!(part.span()=> .part(&(#part))));
+            quote!(#private::KeyBuilder::new() #(#parts)* .finish())
+        }
+    }
+}
+
+/// The span the runner call shares with the type check most likely to fail.
+///
+/// rustc drops a failed bound when an error at the same span already reported it, so an
+/// unstorable type is reported on the type, the check's message first, rather than once more on
+/// the attribute. With `cache_err` the error type has more to satisfy than the value type.
+fn anchor(returns: &Returns<'_>, caching: bool) -> Span {
+    match returns {
         Returns::Plain(ty) => ty.span(),
-        // With `cache_err` the error type has more to satisfy than the value type.
         Returns::Result { err: Some(err), .. } if caching => err.span(),
         Returns::Result { ok: Some(ok), .. } => ok.span(),
         Returns::Result { ok: None, .. } => Span::call_site(),
-    };
+    }
+}
+
+/// Static checks on the user's types (`assert_storable`, `assert_error_type`,
+/// `assert_cacheable_error`), with messages that say what to derive or implement. Each type is
+/// respanned to a single token so that its span and the runner's [`anchor`] match.
+fn type_checks(private: &TokenStream, returns: &Returns<'_>, caching: bool) -> Vec<TokenStream> {
     let check = |name: &str, ty: &Type| {
         let span = ty.span();
         let ty = respan(ty.to_token_stream(), span);
-        let check = respan(path(&private, name), span);
+        let check = respan(path(private, name), span);
         quote_spanned!(span=> #check::<#ty>();)
     };
     let mut checks = Vec::new();
-    match &returns {
+    match returns {
         Returns::Result { ok, err } => {
             if let Some(ok) = ok {
                 checks.push(check("assert_storable", ok));
@@ -323,10 +185,21 @@ fn expand(args: Args, function: ItemFn, tx: Option<TxArg>) -> TokenStream {
         }
         Returns::Plain(ty) => checks.push(check("assert_storable", ty)),
     }
+    checks
+}
 
-    // With `tx`, the body becomes an async closure that receives the connection under the
-    // argument's own name, so that the engine can use it before and after the body.
-    let body = match &tx {
+/// The body, wrapped in place under its own span: `async move { body }`, or with `tx` an async
+/// closure that receives the connection under the argument's own name, so that the engine can
+/// use it before and after the body. The `let` of type `body_ty` gives `?` and `return` their
+/// target type.
+fn body_future(
+    private: &TokenStream,
+    block: &Block,
+    body_ty: &Type,
+    tx: Option<&TxArg>,
+) -> TokenStream {
+    let ret = Ident::new("__idem_ret", Span::mixed_site());
+    match tx {
         None => quote_spanned! {block.span()=>
             async move {
                 #[allow(clippy::let_and_return, clippy::let_unit_value, unused_braces)]
@@ -343,71 +216,155 @@ fn expand(args: Args, function: ItemFn, tx: Option<TxArg>) -> TokenStream {
                 #ret
             }
         },
-    };
+    }
+}
+
+/// The `__private` function that runs the call: one variant per runner of the runtime, chosen
+/// by [`Runner::choose`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Runner {
+    /// `run_plain`: a plain `T`, returned as `Result<T, idem::Error>`.
+    Plain,
+    /// `run_plain_tx`: [`Plain`](Self::Plain) in transactional mode.
+    PlainTx,
+    /// `try_run_result`, then `lift`: a `Result` whose errors are never stored.
+    Result,
+    /// `try_run_result_tx`: [`Result`](Self::Result) in transactional mode.
+    ResultTx,
+    /// `run_result_caching`: a `Result` whose errors a predicate sorts into stored and released
+    /// (`cache_err = true` is the predicate `cache_every_error`).
+    Caching,
+    /// `run_result_caching_tx`: [`Caching`](Self::Caching) in transactional mode, with a
+    /// predicate.
+    CachingTx,
+    /// `run_result_storing_errors_tx`: `cache_err = true` in transactional mode, where every
+    /// error is stored and no savepoint is needed.
+    StoringErrorsTx,
+}
+
+impl Runner {
+    /// The runner for a function that `returns` this, with this `cache_err`, in transactional
+    /// mode or not. `cache_err` means nothing to a plain return type.
+    pub(crate) fn choose(returns: &Returns<'_>, cache_err: &CacheErr, tx: bool) -> Runner {
+        match (returns, cache_err, tx) {
+            (Returns::Plain(_), _, false) => Runner::Plain,
+            (Returns::Plain(_), _, true) => Runner::PlainTx,
+            (Returns::Result { .. }, CacheErr::Never, false) => Runner::Result,
+            (Returns::Result { .. }, CacheErr::Never, true) => Runner::ResultTx,
+            (Returns::Result { .. }, CacheErr::Every(_) | CacheErr::Predicate(_), false) => {
+                Runner::Caching
+            }
+            (Returns::Result { .. }, CacheErr::Predicate(_), true) => Runner::CachingTx,
+            (Returns::Result { .. }, CacheErr::Every(_), true) => Runner::StoringErrorsTx,
+        }
+    }
+
+    /// Its name in `__private`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Runner::Plain => "run_plain",
+            Runner::PlainTx => "run_plain_tx",
+            Runner::Result => "try_run_result",
+            Runner::ResultTx => "try_run_result_tx",
+            Runner::Caching => "run_result_caching",
+            Runner::CachingTx => "run_result_caching_tx",
+            Runner::StoringErrorsTx => "run_result_storing_errors_tx",
+        }
+    }
+
+    /// Whether it takes the `cache_err` predicate, before the body.
+    fn takes_predicate(self) -> bool {
+        matches!(self, Runner::Caching | Runner::CachingTx)
+    }
+
+    /// Whether its `Result<R, idem::Error>` goes through `lift`, which turns the `idem::Error`
+    /// into the function's own error type.
+    fn lifts(self) -> bool {
+        matches!(self, Runner::Result | Runner::ResultTx)
+    }
+}
+
+/// The expression that runs the call: `runner(call, [connection,] [predicate,] body).await`,
+/// through `lift` for [`Runner::Result`], and with `tx` inside the runtime's `with_tx!`. `body`
+/// comes from [`body_future`].
+fn run(
+    private: &TokenStream,
+    runner: Runner,
+    call: &Ident,
+    cache_err: &CacheErr,
+    returns: &Returns<'_>,
+    tx: Option<&TxArg>,
+    body: TokenStream,
+) -> TokenStream {
+    let anchor = anchor(returns, !matches!(cache_err, CacheErr::Never));
+    let function = respan(path(private, runner.name()), anchor);
     // The connection, checked at the argument's type (its tokens keep their spans, so that
     // the whole type is underlined): a wrong type is one error, there.
-    let conn = tx.as_ref().map(|TxArg { name, ty, .. }| {
+    let conn = tx.map(|TxArg { name, ty, .. }| {
         let span = ty.span();
         let check = respan(quote!(#private::TxConnection), span);
         quote_spanned!(span=> <#ty as #check<'_>>::connection(#name),)
     });
-    let suffix = if tx.is_some() { "_tx" } else { "" };
-
-    let runner = |name: &str| respan(path(&private, &format!("{name}{suffix}")), anchor);
-    let run = match (&returns, &args.cache_err) {
-        (Returns::Plain(ty), _) => {
-            let arrow = match &sig.output {
-                ReturnType::Type(arrow, _) => *arrow,
-                ReturnType::Default => Default::default(),
-            };
-            let output = parse_quote_spanned! {ty.span()=>
-                ::core::result::Result<#ty, #private::Error>
-            };
-            sig.output = ReturnType::Type(arrow, Box::new(output));
-            let runner = runner("run_plain");
-            quote_spanned!(anchor=> #runner(#call, #conn #body).await)
-        }
-        (Returns::Result { err, .. }, CacheErr::Never) => {
-            // Two calls, so that each bound is reported at its own type: the value type on
-            // the runner, `From<idem::Error>` on `lift` at the error type.
-            let runner = runner("try_run_result");
-            let err_span = err.as_ref().map_or_else(Span::call_site, Spanned::span);
-            let lift = respan(path(&private, "lift"), err_span);
-            let result = Ident::new("__idem_result", err_span);
-            let run = quote_spanned!(anchor=> #runner(#call, #conn #body).await);
-            quote_spanned!(err_span=> { let #result = #run; #lift(#result) })
-        }
-        // Every error stored: in transactional mode, no savepoint is needed.
-        (Returns::Result { .. }, CacheErr::Every(_)) if tx.is_some() => {
-            let runner = runner("run_result_storing_errors");
-            quote_spanned!(anchor=> #runner(#call, #conn #body).await)
-        }
-        (Returns::Result { .. }, CacheErr::Every(span)) => {
-            let runner = runner("run_result_caching");
+    let predicate = match cache_err {
+        CacheErr::Every(span) if runner.takes_predicate() => {
             let every = quote_spanned!(*span=> #private::cache_every_error);
-            quote_spanned!(anchor=> #runner(#call, #conn #every, #body).await)
+            Some(quote_spanned!(anchor=> #every,))
         }
-        (Returns::Result { .. }, CacheErr::Predicate(predicate)) => {
-            let runner = runner("run_result_caching");
-            quote_spanned!(anchor=> #runner(#call, #conn #predicate, #body).await)
+        CacheErr::Predicate(predicate) if runner.takes_predicate() => {
+            Some(quote_spanned!(anchor=> #predicate,))
         }
+        _ => None,
     };
+    let mut run = quote_spanned!(anchor=> #function(#call, #conn #predicate #body).await);
+    if runner.lifts() {
+        // Two calls, so that each bound is reported at its own type: the value type on the
+        // runner, `From<idem::Error>` on `lift` at the error type.
+        let err_span = match returns {
+            Returns::Result { err: Some(err), .. } => err.span(),
+            _ => Span::call_site(),
+        };
+        let lift = respan(path(private, "lift"), err_span);
+        let result = Ident::new("__idem_result", err_span);
+        run = quote_spanned!(err_span=> { let #result = #run; #lift(#result) });
+    }
     // `tx` needs the `postgres` feature: without it, this macro of the runtime is one error
     // that names the feature, in place of the code that would use what the feature brings.
-    let run = match &tx {
+    match tx {
         None => run,
         Some(_) => quote!(#private::with_tx! { #run }),
-    };
+    }
+}
 
-    quote! {
-        #(#outer)*
-        #vis #sig {
-            #(#inner)*
-            #(#checks)*
-            let #call = #private::call(#scope, #key) #(#options)*;
-            #run
+/// The signature the caller sees: a plain return type `T` becomes `Result<T, idem::Error>`,
+/// and the argument `tx` names loses its `mut`, which belongs to the closure's parameter that
+/// the body sees.
+fn outer_signature(
+    mut sig: Signature,
+    private: &TokenStream,
+    returns: &Returns<'_>,
+    tx: Option<&TxArg>,
+) -> Signature {
+    if let Some(TxArg { name, .. }) = tx {
+        for input in &mut sig.inputs {
+            if let FnArg::Typed(typed) = input
+                && let Pat::Ident(pat) = &mut *typed.pat
+                && pat.ident == *name
+            {
+                pat.mutability = None;
+            }
         }
     }
+    if let Returns::Plain(ty) = returns {
+        let arrow = match &sig.output {
+            ReturnType::Type(arrow, _) => *arrow,
+            ReturnType::Default => Default::default(),
+        };
+        let output = parse_quote_spanned! {ty.span()=>
+            ::core::result::Result<#ty, #private::Error>
+        };
+        sig.output = ReturnType::Type(arrow, Box::new(output));
+    }
+    sig
 }
 
 /// A duration option as an expression of type `Duration`: literals as a constant in the

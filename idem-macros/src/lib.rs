@@ -3,8 +3,12 @@
 //! Use it through `idem` (`use idem::idempotent;`): the generated code calls the runtime
 //! through `::idem::__private`, so this crate alone is of no use.
 //!
-//! `lib.rs` is the entry point and the documentation, `attr.rs` parses the arguments,
-//! `expand.rs` generates the code.
+//! | file | its one job |
+//! |---|---|
+//! | `lib.rs` | the entry point and the documentation |
+//! | `attr.rs` | the arguments, in two phases: each option as written, then the rules between options, into `Args` |
+//! | `signature.rs` | the function under the attribute: the rules it must meet, the argument `tx` names, what it returns |
+//! | `expand.rs` | the generated code, one step per function: the call, the type checks, the body, the runner, the signature |
 
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -13,6 +17,7 @@ use proc_macro::TokenStream;
 
 mod attr;
 mod expand;
+mod signature;
 #[cfg(test)]
 mod tests;
 
@@ -44,8 +49,10 @@ mod tests;
 /// | `tx = ARG` | (feature `postgres`) transactional mode: `ARG` names the argument `&mut sqlx::PgConnection` through which the claim and the result are written, in the caller's transaction, so that they commit or roll back with the body's writes; duplicates wait on PostgreSQL's lock, not on a lease; an unstored `Err` rolls the body's writes back to a savepoint. Not with `store` | none |
 /// | `crate = path` | where `idem` is, when it is re-exported | `::idem` |
 ///
-/// Duration literals (`"250ms"`, `"30s"`, `"24h"`, `"7d"`, ...) are checked at compile time;
-/// `ttl` and `lease` can't be zero.
+/// Duration literals (`"250ms"`, `"30s"`, `"24h"`, `"7d"`, ...) are checked at compile time.
+/// `ttl` must be at least `1ms` and `lease` at least `3ms`, as everywhere in `idem`: a literal
+/// below that is a compile error; a `Duration` expression below it fails each call with
+/// `idem::Error::Config`, in the same words.
 ///
 /// # Return types
 ///

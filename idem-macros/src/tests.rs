@@ -270,3 +270,59 @@ fn tx_must_name_an_argument_of_the_function() {
     let out = expand("key = 1, tx = conn", "async fn f() -> u64 { 1 }");
     assert!(out.contains("the function has no arguments"), "{out}");
 }
+
+#[test]
+fn every_broken_rule_between_options_is_reported() {
+    let message = match syn::parse2::<Args>("tx = conn, store = s".parse().unwrap()) {
+        Ok(_) => panic!("`tx` with `store` and no `key` should not parse"),
+        Err(error) => error
+            .into_iter()
+            .map(|error| error.to_string())
+            .collect::<Vec<_>>(),
+    };
+    assert_eq!(message.len(), 2, "{message:?}");
+    assert!(message[0].contains("`tx` and `store` cannot be combined"));
+    assert!(message[1].contains("missing `key`"));
+}
+
+#[test]
+fn the_runner_follows_the_return_type_cache_err_and_tx() {
+    use crate::expand::Runner;
+    use crate::signature::Returns;
+
+    let plain: syn::Type = syn::parse_quote!(u8);
+    let result: syn::Type = syn::parse_quote!(Result<u8, E>);
+    let never = CacheErr::Never;
+    let every = CacheErr::Every(proc_macro2::Span::call_site());
+    let predicate = CacheErr::Predicate(syn::parse_quote!(|e: &E| e.permanent()));
+    for (ty, cache_err, tx, runner) in [
+        (&plain, &never, false, "run_plain"),
+        (&plain, &every, false, "run_plain"),
+        (&plain, &never, true, "run_plain_tx"),
+        (&result, &never, false, "try_run_result"),
+        (&result, &never, true, "try_run_result_tx"),
+        (&result, &every, false, "run_result_caching"),
+        (&result, &predicate, false, "run_result_caching"),
+        (&result, &predicate, true, "run_result_caching_tx"),
+        (&result, &every, true, "run_result_storing_errors_tx"),
+    ] {
+        assert_eq!(
+            Runner::choose(&Returns::of(ty), cache_err, tx).name(),
+            runner
+        );
+    }
+}
+
+#[test]
+fn tx_with_every_error_stored_needs_no_predicate() {
+    let out = expand(
+        "key = id, tx = conn, cache_err = true",
+        "async fn f(conn: &mut PgConnection, id: u64) -> Result<u64, E> { Ok(id) }",
+    );
+    assert!(
+        out.contains("run_result_storing_errors_tx (__idem_call , < & mut PgConnection")
+            && !out.contains("cache_every_error"),
+        "{out}"
+    );
+    assert!(out.contains("with_tx !"), "{out}");
+}

@@ -14,6 +14,8 @@
 mod attr;
 #[path = "../src/expand.rs"]
 mod expand;
+#[path = "../src/signature.rs"]
+mod signature;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;

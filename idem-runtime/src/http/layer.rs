@@ -147,7 +147,9 @@ impl IdempotencyLayer {
     /// # Panics
     ///
     /// When `ttl` is shorter than 1ms, as tower's builders panic on a setting no request could
-    /// work with: the layer would otherwise answer `500` to every keyed request.
+    /// work with: the layer would otherwise answer `500` to every keyed request. The minimum is
+    /// the one `Config` and `Call` refuse with `Error::Config`, and `#[idempotent]` at compile
+    /// time.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         if let Err(error) = crate::config::check_ttl(ttl) {
             panic!("IdempotencyLayer::ttl: {error}");
@@ -171,7 +173,8 @@ impl IdempotencyLayer {
     /// # Panics
     ///
     /// When `lease` is shorter than 3ms (it is renewed every `lease / 3`), as tower's builders
-    /// panic on a setting no request could work with.
+    /// panic on a setting no request could work with. The minimum is the one `Config` and
+    /// `Call` refuse with `Error::Config`, and `#[idempotent]` at compile time.
     pub fn lease(mut self, lease: Duration) -> Self {
         if let Err(error) = crate::config::check_lease(lease) {
             panic!("IdempotencyLayer::lease: {error}");
