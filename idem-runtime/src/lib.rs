@@ -69,4 +69,7 @@ pub use store::postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::redis::RedisStore;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use store::sqlite::{self, SqliteOptions, SqliteStore};
 pub use store::{Inspection, ScopeStats, Stats, Store, StoreHandle};

@@ -27,7 +27,10 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
-#[cfg(any(feature = "redis", feature = "postgres"))]
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub mod sqlite;
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 // Each backend uses part of it: with one of the two, the other's part goes unused.
 #[cfg_attr(not(all(feature = "redis", feature = "postgres")), allow(dead_code))]
 mod wake;

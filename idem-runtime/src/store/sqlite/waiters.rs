@@ -1,0 +1,73 @@
+//! The calls of this process that wait for an in-flight call, and the calls this store holds.
+//!
+//! SQLite has no notifications: a waiter is woken by this store's own completion or release
+//! of the key (the wake registry of `store/wake.rs`, by key), which covers every holder that
+//! claimed through this store. A waiter of any other holder (another process, another store on
+//! the same file) cannot be woken: it looks again every `poll_interval`. The store knows which
+//! is which by the holder's token, kept here from its claim to its completion or release.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use crate::record::Token;
+use crate::store::wake::Registry;
+
+/// A waiter's registration on a key; dropping it forgets the key when no one else waits.
+pub(super) type Ticket = crate::store::wake::Ticket<Registry<()>>;
+
+/// The waiters and holders of one store.
+#[derive(Default)]
+pub(super) struct Waiters {
+    registry: Arc<Registry<()>>,
+    /// The tokens of the claims this store made and has not ended.
+    holding: Mutex<HashSet<Token>>,
+}
+
+impl Waiters {
+    /// Registers a waiter on `key`. Enable a `notified()` of [`Ticket::wake`] before looking at
+    /// the key, so that a completion after the look is not missed.
+    pub(super) fn register(&self, key: &str) -> Ticket {
+        Ticket::register(&self.registry, key.to_owned())
+    }
+
+    /// Wakes the waiters of `key`.
+    pub(super) fn wake(&self, key: &str) {
+        self.registry.lock().wake(key);
+    }
+
+    /// Notes that a claim with `token` is being made through this store.
+    pub(super) fn hold(&self, token: Token) {
+        self.holding().insert(token);
+    }
+
+    /// Notes that the claim with `token` ended (or was never made).
+    pub(super) fn end(&self, token: Token) {
+        self.holding().remove(&token);
+    }
+
+    /// Whether the claim with `token` was made through this store: its end wakes the waiters.
+    pub(super) fn holds(&self, token: Token) -> bool {
+        self.holding().contains(&token)
+    }
+
+    fn holding(&self) -> std::sync::MutexGuard<'_, HashSet<Token>> {
+        // A set of tokens is consistent after any panic.
+        self.holding.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_is_held_from_its_start_to_its_end() {
+        let waiters = Waiters::default();
+        let token = Token::random();
+        assert!(!waiters.holds(token));
+        waiters.hold(token);
+        assert!(waiters.holds(token));
+        waiters.end(token);
+        assert!(!waiters.holds(token));
+    }
+}
