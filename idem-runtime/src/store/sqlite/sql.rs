@@ -298,7 +298,7 @@ pub(super) async fn forget<'e>(
 
 /// One batch of the live rows whose keys start with `prefix`, in key order: at most `limit`
 /// of them, from `after` (excluded) or from the start of the prefix's range. Returns each key
-/// and whether it is completed.
+/// and whether it is in progress.
 pub(super) async fn stats_batch<'e>(
     executor: impl SqliteExecutor<'e>,
     sql: &Statements,
@@ -310,7 +310,7 @@ pub(super) async fn stats_batch<'e>(
     // The lower bound and the upper one (none for an empty prefix) as index ranges of the
     // primary key, so that each batch starts where the last one ended.
     let text = format!(
-        "SELECT key, state = 'completed' FROM {t} \
+        "SELECT key, state = 'in_progress' FROM {t} \
          WHERE key {lower} ?1 {upper} AND substr(key, 1, length(?3)) = ?3 \
          AND expires_at > {NOW} ORDER BY key LIMIT ?4",
         t = sql.table,
@@ -360,12 +360,12 @@ pub(super) async fn stats(
         let want = (limit + 1 - counted).min(STATS_BATCH);
         let batch = stats_batch(pool, sql, prefix, after.as_deref(), want).await?;
         let full = batch.len() == want;
-        for (key, completed) in &batch {
+        for (key, in_progress) in &batch {
             if counted == limit {
                 stats.exact = false;
                 break;
             }
-            stats.count(prefix, key.as_bytes(), *completed);
+            stats.count(prefix, key.as_bytes(), *in_progress);
             counted += 1;
         }
         if !stats.exact || !full {
