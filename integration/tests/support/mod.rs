@@ -9,4 +9,5 @@ pub mod http;
 pub mod nats;
 pub mod postgres;
 pub mod redis;
+pub mod sqlite;
 pub mod workers;
