@@ -10,9 +10,10 @@
 //! and look again every `poll_interval` for a holder elsewhere (see `waiters.rs`); expired rows
 //! are deleted in the background in bounded batches (see `reaper.rs`).
 //!
-//! The other files, one concern each: `options.rs` ([`SqliteOptions`]), `failure.rs` (SQLite's
-//! result codes as store errors).
+//! The other files, one concern each: `options.rs` ([`SqliteOptions`]), `connect.rs` (the URL
+//! and the pools the store opens), `failure.rs` (SQLite's result codes as store errors).
 
+mod connect;
 mod failure;
 mod options;
 mod reaper;
@@ -25,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::time::Instant;
 
 use crate::error::{Error, StoreError, StoreErrorKind};
@@ -35,6 +35,7 @@ use crate::store::{Fence, Inspection, Stats, Store, StoreFuture, StoreHandle};
 pub use self::options::SqliteOptions;
 pub use self::table::MIGRATION;
 
+use self::connect::{Pools, describe};
 use self::reaper::Reaper;
 use self::sql::Statements;
 use self::table::Table;
@@ -46,9 +47,6 @@ const LEASE_GRACE: Duration = Duration::from_millis(2);
 /// How often a claim reads and tries again when a concurrent claim takes the key between its
 /// read and its insert and then frees it at once.
 const CLAIM_TRIES: u32 = 8;
-
-/// The URLs this store takes, for its error messages.
-const URL_FORMS: &str = "sqlite://path/to/idem.db (relative to the working directory), sqlite:///absolute/path/idem.db or sqlite::memory:";
 
 /// A [`Store`] in a SQLite file: records that survive restarts, with no server, for the
 /// processes of one machine.
@@ -118,26 +116,19 @@ struct Shared {
     poll_interval: Duration,
 }
 
-/// Whether a store URL names an in-memory database; an error for a URL that is not SQLite's.
-fn in_memory(url: &str) -> Result<bool, Error> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .ok_or_else(|| {
-            Error::Config(format!("`{url}` is not a SQLite URL; expected {URL_FORMS}"))
-        })?;
-    let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
-    let memory = database == ":memory:" || params.split('&').any(|p| p == "mode=memory");
-    if database.is_empty() && !memory {
-        return Err(Error::Config(format!(
-            "the SQLite URL `{url}` names no file; expected {URL_FORMS}"
-        )));
-    }
-    Ok(memory)
-}
-
 impl SqliteStore {
     /// Opens (or creates) the SQLite database at `url` with the default [`SqliteOptions`].
+    ///
+    /// ```no_run
+    /// # use idem_runtime as idem;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), idem::Error> {
+    /// // Every call of the process, on the file.
+    /// let store = idem::SqliteStore::open("sqlite:///var/lib/app/idem.db").await?;
+    /// idem::install(idem::Idem::with_settings(store, &idem::Config::default()))?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn open(url: &str) -> Result<SqliteStore, Error> {
         SqliteStore::connect(url, &SqliteOptions::default()).await
     }
@@ -165,44 +156,11 @@ impl SqliteStore {
     /// ```
     pub async fn connect(url: &str, options: &SqliteOptions) -> Result<SqliteStore, Error> {
         let table = options.checked()?;
-        let memory = in_memory(url)?;
-        let parsed: SqliteConnectOptions = url.parse().map_err(|e| {
-            Error::Config(format!(
-                "the SQLite URL `{url}` is not valid ({e}); expected {URL_FORMS}"
-            ))
-        })?;
-        let connect = parsed.busy_timeout(options.busy_timeout);
-        let pool = |size: u32| {
-            SqlitePoolOptions::new()
-                .max_connections(size)
-                .acquire_timeout(options.connect_timeout)
-                // No ping before each statement: a connection to a file does not break.
-                .test_before_acquire(false)
-        };
-        let (reads, writes, describe) = if memory {
-            // One connection, kept for as long as the store: the database lives in it.
-            let only = pool(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .connect_lazy_with(connect);
-            let describe = format!("sqlite::memory: ({})", table.quoted());
-            (only.clone(), only, describe)
-        } else {
-            let synchronous = if options.full_sync {
-                SqliteSynchronous::Full
-            } else {
-                SqliteSynchronous::Normal
-            };
-            let connect = connect
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(synchronous);
-            let describe = describe(&connect, &table);
-            let reads = pool(options.pool_size).connect_lazy_with(connect.clone());
-            let writes = pool(1).connect_lazy_with(connect);
-            (reads, writes, describe)
-        };
+        let Pools {
+            reads,
+            writes,
+            describe,
+        } = Pools::open(url, options, &table)?;
         SqliteStore::build(
             reads,
             writes,
@@ -284,6 +242,23 @@ impl SqliteStore {
     /// The pool the store reads through: the application's own with
     /// [`from_pool`](SqliteStore::from_pool). It can write too (its statements then meet the
     /// store's at SQLite's lock, as another process's would).
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = idem::SqliteStore::open("sqlite::memory:").await?;
+    /// idem::Call::new("billing::invoice", "inv-42")
+    ///     .store(store.clone())
+    ///     .run(async { 42_u64 })
+    ///     .await?;
+    /// let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM idem_records WHERE state = 'completed'")
+    ///     .fetch_one(store.pool())
+    ///     .await?;
+    /// assert_eq!(rows, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn pool(&self) -> &SqlitePool {
         &self.shared.reads
     }
@@ -299,15 +274,6 @@ impl SqliteStore {
             .await
             .map_err(|e| self.failed(e))
     }
-}
-
-/// `sqlite://path ("table")`: the file as the store opened it.
-fn describe(options: &SqliteConnectOptions, table: &Table) -> String {
-    format!(
-        "sqlite://{} ({})",
-        options.get_filename().display(),
-        table.quoted()
-    )
 }
 
 /// Builds the store that `config.store` names (`sqlite://…`), for the store registry

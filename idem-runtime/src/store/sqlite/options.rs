@@ -129,6 +129,13 @@ impl SqliteOptions {
     /// The SQL that creates the table and its index (`CREATE TABLE IF NOT EXISTS …`), to put
     /// in an application's own migrations; [`MIGRATION`](super::MIGRATION) for the default
     /// name. An error names a table name that is not valid.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// let sql = idem::SqliteOptions::default().table("billing_keys").migration().unwrap();
+    /// assert!(sql.contains(r#"CREATE INDEX IF NOT EXISTS "billing_keys_expires_at""#));
+    /// assert!(idem::SqliteOptions::default().table("sqlite_x").migration().is_err());
+    /// ```
     pub fn migration(&self) -> Result<String, crate::Error> {
         Ok(self.checked()?.migration())
     }
