@@ -317,15 +317,15 @@ impl Store for SqliteStore {
                     return Ok(Some(record));
                 }
                 // Noted before the claim exists, so that no waiter of it ever polls.
-                shared.waiters.hold(claim.token);
+                let making = shared.waiters.making(claim.token);
                 match sql::take(&shared.writes, &shared.sql, key, claim, lease).await {
-                    Ok(true) => return Ok(None),
-                    // Another claim took the key since the read: read it.
-                    Ok(false) => shared.waiters.end(claim.token),
-                    Err(error) => {
-                        shared.waiters.end(claim.token);
-                        return Err(self.failed(error));
+                    Ok(true) => {
+                        making.keep();
+                        return Ok(None);
                     }
+                    // Another claim took the key since the read: read it.
+                    Ok(false) => drop(making),
+                    Err(error) => return Err(self.failed(error)),
                 }
                 tokio::task::yield_now().await;
             }

@@ -35,9 +35,16 @@ impl Waiters {
         self.registry.lock().wake(key);
     }
 
-    /// Notes that a claim with `token` is being made through this store.
-    pub(super) fn hold(&self, token: Token) {
+    /// Notes that a claim with `token` is being made through this store, until the claim is
+    /// [kept](Making::keep) or the returned guard dropped (the claim was not made, or the
+    /// caller went away before it heard).
+    pub(super) fn making(&self, token: Token) -> Making<'_> {
         self.holding().insert(token);
+        Making {
+            waiters: self,
+            token,
+            kept: false,
+        }
     }
 
     /// Notes that the claim with `token` ended (or was never made).
@@ -56,6 +63,29 @@ impl Waiters {
     }
 }
 
+/// A claim being made through the store: noted as held while it lives, and after
+/// [`keep`](Making::keep).
+pub(super) struct Making<'a> {
+    waiters: &'a Waiters,
+    token: Token,
+    kept: bool,
+}
+
+impl Making<'_> {
+    /// The claim was made: it stays noted until [`Waiters::end`].
+    pub(super) fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Making<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.waiters.end(self.token);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,9 +95,19 @@ mod tests {
         let waiters = Waiters::default();
         let token = Token::random();
         assert!(!waiters.holds(token));
-        waiters.hold(token);
-        assert!(waiters.holds(token));
+        let making = waiters.making(token);
+        assert!(waiters.holds(token), "while the claim is made");
+        making.keep();
+        assert!(waiters.holds(token), "once it was made");
         waiters.end(token);
+        assert!(!waiters.holds(token));
+    }
+
+    #[test]
+    fn a_claim_not_made_is_not_held() {
+        let waiters = Waiters::default();
+        let token = Token::random();
+        drop(waiters.making(token));
         assert!(!waiters.holds(token));
     }
 }
