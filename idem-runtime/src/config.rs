@@ -111,7 +111,7 @@ impl Default for Config {
             pool_size: None,
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(2),
-            memory_capacity: 100_000,
+            memory_capacity: MEMORY_CAPACITY,
             ttl: Duration::from_secs(24 * 3600),
             lease: Duration::from_secs(30),
             wait: Duration::from_secs(10),
@@ -469,6 +469,10 @@ impl Config {
     }
 }
 
+/// The memory store's default capacity, in records
+/// ([`store::memory::DEFAULT_CAPACITY`](crate::store::memory::DEFAULT_CAPACITY)).
+pub(crate) const MEMORY_CAPACITY: usize = 100_000;
+
 /// The longest prefix: it starts every store key.
 const MAX_PREFIX_BYTES: usize = 64;
 
@@ -526,23 +530,6 @@ fn duration_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration,
             "`{text}` is not a duration; expected one such as `250ms`, `30s`, `24h` or `7d`"
         ))
     })
-}
-
-/// A [`RedisStore`](crate::RedisStore)'s options from the store URL and the Redis settings.
-#[cfg(feature = "redis")]
-impl From<&Config> for crate::store::redis::RedisOptions {
-    fn from(config: &Config) -> Self {
-        let mut options = crate::store::redis::RedisOptions::new(config.store.clone())
-            .connect_timeout(config.connect_timeout)
-            .command_timeout(config.command_timeout)
-            .min_replicas(config.min_replicas)
-            .replica_timeout(config.replica_timeout)
-            .allow_eviction(config.allow_eviction);
-        if let Some(connections) = config.pool_size {
-            options = options.pool_size(connections);
-        }
-        options
-    }
 }
 
 #[cfg(test)]

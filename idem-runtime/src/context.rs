@@ -78,9 +78,7 @@ impl Idem {
     pub async fn connect(config: &Config) -> Result<Idem, Error> {
         config.validate()?;
         let store = match store_kind(&config.store) {
-            Some(StoreKind::Memory) => {
-                StoreHandle::new(MemoryStore::with_capacity(config.memory_capacity))
-            }
+            Some(StoreKind::Memory) => StoreHandle::new(MemoryStore::connect(config).await?),
             Some(StoreKind::Redis | StoreKind::RedisCluster) => connect_redis(config).await?,
             Some(StoreKind::Postgres) => connect_postgres(config).await?,
             None => unreachable!("validate() accepts only known store kinds"),
@@ -271,20 +269,9 @@ async fn connect_postgres(config: &Config) -> Result<StoreHandle, Error> {
     )))
 }
 
-/// Translates `config` into the PostgreSQL store's own options.
 #[cfg(feature = "postgres")]
 async fn connect_postgres(config: &Config) -> Result<StoreHandle, Error> {
-    use crate::store::postgres::{PostgresOptions, PostgresStore};
-    let mut options = PostgresOptions::default()
-        .schema(config.pg_schema.clone())
-        .table(config.pg_table.clone())
-        .create_table(config.pg_create_table)
-        .connect_timeout(config.connect_timeout)
-        .statement_timeout(config.command_timeout);
-    if let Some(size) = config.pool_size {
-        options = options.pool_size(u32::try_from(size).unwrap_or(u32::MAX));
-    }
-    PostgresStore::connect(&config.store, &options)
+    crate::store::postgres::PostgresStore::connect(config)
         .await
         .map(StoreHandle::new)
 }

@@ -68,5 +68,5 @@ pub use store::postgres;
 pub use store::postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use store::redis::RedisStore;
+pub use store::redis::{RedisOptions, RedisStore};
 pub use store::{Inspection, ScopeStats, Stats, Store, StoreHandle};

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::Config;
 use crate::error::Error;
 
 use super::background::Home;
@@ -32,9 +33,17 @@ pub(super) fn replicas(options: &RedisOptions) -> Option<Replicas> {
 }
 
 impl RedisStore {
-    /// Connects to the Redis (or Redis Cluster) named by `options` and checks that it answers.
-    /// `options` is a [`RedisOptions`], a URL, or the application's [`Config`](crate::Config)
-    /// (`&config`), which names the store and its settings.
+    /// Connects to the Redis (or Redis Cluster) that `config` names (its `store` URL), with
+    /// the Redis settings of `config` (`RedisOptions::from(config)`), and checks that it
+    /// answers: what [`init`](crate::init) does for `IDEM_STORE=redis://…`.
+    ///
+    /// Fails as [`connect_with`](RedisStore::connect_with) does.
+    pub async fn connect(config: &Config) -> Result<RedisStore, Error> {
+        RedisStore::connect_with(&config.store, RedisOptions::from(config)).await
+    }
+
+    /// Connects to the Redis (or Redis Cluster) at `url` with `options` and checks that it
+    /// answers.
     ///
     /// Fails with [`Error::Config`] for a URL that does not parse or names no Redis, for
     /// credentials the server refuses, for a server older than Redis 7.0, for a URL of the
@@ -42,22 +51,20 @@ impl RedisStore {
     /// not in a Cluster), and for a server that may evict records unless
     /// [`allow_eviction`](RedisOptions::allow_eviction) accepts it; with [`Error::Connect`] when
     /// the server cannot be reached or does not answer within `connect_timeout`.
-    pub async fn connect(options: impl Into<RedisOptions>) -> Result<RedisStore, Error> {
-        let options = options.into();
-        let target = Target::parse(&options.url)?;
+    pub async fn connect_with(url: &str, options: RedisOptions) -> Result<RedisStore, Error> {
+        let target = Target::parse(url)?;
         RedisStore::start(target, &options).await
     }
 
     /// Connects to the Redis at `url` with the default options; see
-    /// [`connect`](RedisStore::connect).
+    /// [`connect_with`](RedisStore::connect_with).
     pub async fn open(url: &str) -> Result<RedisStore, Error> {
-        RedisStore::connect(url).await
+        RedisStore::connect_with(url, RedisOptions::default()).await
     }
 
     /// A store on the server an application's own `redis::Client` names, with its address,
-    /// credentials and TLS settings; `options` gives the rest (its URL is not used). The store
-    /// makes its own connections from it, speaking RESP3 (for the pushes that wake waiting
-    /// calls).
+    /// credentials and TLS settings; `options` gives the rest. The store makes its own
+    /// connections from it, speaking RESP3 (for the pushes that wake waiting calls).
     pub async fn from_client(
         client: &redis::Client,
         options: RedisOptions,
@@ -67,9 +74,9 @@ impl RedisStore {
     }
 
     /// A store on the Redis Cluster an application's own `ClusterClient` reaches; `options`
-    /// gives the rest (its URL is not used). Waiting calls are woken by sharded pub/sub when
-    /// the client speaks RESP3 (`ClusterClientBuilder::use_protocol`), and look again every
-    /// 50 ms otherwise. The client's own retry settings apply.
+    /// gives the rest. Waiting calls are woken by sharded pub/sub when the client speaks RESP3
+    /// (`ClusterClientBuilder::use_protocol`), and look again every 50 ms otherwise. The
+    /// client's own retry settings apply.
     #[cfg(feature = "redis-cluster")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
     pub async fn from_cluster_client(
@@ -106,14 +113,14 @@ impl RedisStore {
     #[cfg(feature = "deadpool-redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "deadpool-redis")))]
     pub async fn from_deadpool(pool: deadpool_redis::Pool) -> Result<RedisStore, Error> {
-        RedisStore::from_deadpool_with(pool, RedisOptions::new(String::new())).await
+        RedisStore::from_deadpool_with(pool, RedisOptions::default()).await
     }
 
     /// A store on an application's own [`deadpool_redis::Pool`] (deadpool-redis 0.23, on the
     /// same redis-rs as idem), one server: each operation checks a connection out of the pool,
     /// sends its command (with the same scripts, fencing and `min_replicas` as a store of its own
     /// connections) and gives the connection back. `options` gives the timeouts,
-    /// `min_replicas` and `allow_eviction`; its URL and `pool_size` are not used (the pool's
+    /// `min_replicas` and `allow_eviction`; its `pool_size` is not used (the pool's
     /// `max_size` bounds the operations in flight). Like [`connect`](RedisStore::connect), it
     /// checks the server on a pooled connection before it returns (Redis 7.0 or later, not a
     /// Cluster node, no eviction unless `allow_eviction`), and loads the scripts.

@@ -19,7 +19,8 @@
 //! complete send `WAIT` in the same round trip, right behind their write.
 //!
 //! This file holds the store and its operations; the rest, one concern per file:
-//! - `connect.rs`: making a store (from options, a URL, a client, a pool);
+//! - `connect.rs`: making a store (from a `Config`, a URL and options, a client, a pool);
+//! - `options.rs`: [`RedisOptions`], and how they are read from a `Config`;
 //! - `checks.rs`: what `connect` checks before the first call (version, deployment, eviction);
 //! - `command.rs`: the path of every command (lent connection, timeout, a missing script
 //!   loaded, a closed connection replaced, the answer read);
@@ -90,9 +91,10 @@ const CLUSTER_RELOOK: Duration = Duration::from_millis(250);
 /// A [`Store`] on Redis 7.0 or later, one server or a Redis Cluster (feature `redis`):
 /// exactly-once across every process and machine that shares it.
 ///
-/// Build it with [`RedisStore::connect`] from [`RedisOptions`], a URL or a
-/// [`Config`](crate::Config) (or let [`init`](crate::init) do it for `IDEM_STORE=redis://…`),
-/// with [`RedisStore::open`] from a URL, from the application's own client
+/// Build it with [`RedisStore::connect`] from a [`Config`](crate::Config) (or let
+/// [`init`](crate::init) do it for `IDEM_STORE=redis://…`), with
+/// [`RedisStore::connect_with`] from a URL and [`RedisOptions`], with [`RedisStore::open`] from
+/// a URL alone, from the application's own client
 /// ([`from_client`](RedisStore::from_client), [`from_cluster_client`](RedisStore::from_cluster_client)),
 /// or on the application's own `deadpool_redis::Pool` (`from_deadpool`, feature
 /// `deadpool-redis`):
