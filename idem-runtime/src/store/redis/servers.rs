@@ -25,7 +25,6 @@ use redis::{
 };
 
 use crate::error::Error;
-use crate::store::{StoreKind, store_kind};
 
 use super::background::{Home, MadeOn};
 
@@ -88,13 +87,14 @@ impl Target {
         }
     }
 
-    /// Reads a store URL.
+    /// Reads a Redis URL: its scheme says one server or a Cluster, and TLS or not.
     pub(super) fn parse(url: &str) -> Result<Target, Error> {
         if cfg!(not(feature = "redis-tls")) && url.starts_with("rediss") {
             return Err(needs_tls(url));
         }
-        match store_kind(url) {
-            Some(StoreKind::Redis) => {
+        let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
+        match scheme {
+            "redis" | "rediss" | "redis+unix" | "unix" => {
                 let info = parse_node(url)?;
                 let described = describe(&info);
                 let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
@@ -111,9 +111,9 @@ impl Target {
                 })
             }
             #[cfg(feature = "redis-cluster")]
-            Some(StoreKind::RedisCluster) => parse_cluster(url),
+            "redis+cluster" | "rediss+cluster" => parse_cluster(url),
             #[cfg(not(feature = "redis-cluster"))]
-            Some(StoreKind::RedisCluster) => Err(Error::Config(format!(
+            "redis+cluster" | "rediss+cluster" => Err(Error::Config(format!(
                 "store `{}` is a Redis Cluster, which needs {}",
                 redact(url),
                 crate::error::needs_feature("redis-cluster")
