@@ -109,6 +109,8 @@ pub struct Config {
     pub pg_create_table: bool,
 }
 
+/// The one place the defaults are written: `RedisOptions::default()`,
+/// `PostgresOptions::default()` and `MemoryStore::new()` start from them.
 impl Default for Config {
     fn default() -> Self {
         Config {

@@ -100,7 +100,7 @@ const UNSEEN_HOLDER: Token = Token::from_bytes([0; 16]);
 /// # }
 /// ```
 ///
-/// Build it from a [`Config`](crate::Config) ([`connect`](PostgresStore::connect), or let
+/// Build it from a [`Config`] ([`connect`](PostgresStore::connect), or let
 /// [`init`](crate::init) do it for `IDEM_STORE=postgres://…`), from a URL
 /// ([`open`](PostgresStore::open), [`connect_with`](PostgresStore::connect_with) with
 /// [`PostgresOptions`]), or from a pool the application already has

@@ -125,7 +125,7 @@ impl RedisStore {
     /// checks the server on a pooled connection before it returns (Redis 7.0 or later, not a
     /// Cluster node, no eviction unless `allow_eviction`), and loads the scripts.
     ///
-    /// The settings of an application's [`Config`](crate::Config) apply with
+    /// The settings of an application's [`Config`] apply with
     /// `RedisOptions::from(&config)`:
     ///
     /// ```no_run
