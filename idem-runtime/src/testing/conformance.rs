@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Barrier, oneshot};
 use tokio::time::Instant;
 
-use super::{Forwarding, store_key};
+use super::keys::store_key;
+use super::stores::Forwarding;
 use crate::store::{Claim, Fence, Record};
 use crate::{Call, Error, Fingerprint, Inspection, Status, StoreHandle};
 

@@ -2,6 +2,7 @@
 //! command timeout (a missing script loaded, a closed connection replaced, `WAIT` and `PTTL`
 //! behind the write), the answer read.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
@@ -12,12 +13,37 @@ use crate::record::Claim;
 use crate::store::Fence;
 
 use super::background;
+use super::failure;
 use super::links::Lender;
 use super::scripts::{Lua, Scripts};
 use super::servers::Conn;
-use super::{RedisStore, Replicas, failure};
+use super::waiters::Hub;
 
-impl RedisStore {
+/// What a store's clones share: where its connections come from, what wakes its waiters,
+/// and the settings of its command path.
+pub(super) struct Shared {
+    pub(super) lender: Lender,
+    /// What wakes waiting calls: pub/sub on a connection of the store's own. `None` on an
+    /// application's pool, whose connections are lent for one operation at a time: waiting
+    /// calls look again every [`FALLBACK_POLL`](super::FALLBACK_POLL) instead.
+    pub(super) hub: Option<Arc<Hub>>,
+    pub(super) scripts: &'static Scripts,
+    pub(super) cluster: bool,
+    pub(super) url: String,
+    pub(super) pool_size: usize,
+    pub(super) command_timeout: Duration,
+    pub(super) replicas: Option<Replicas>,
+}
+
+/// How many replicas must acknowledge a claim or a result (`min_replicas`) and how long a
+/// write waits for them (`replica_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Replicas {
+    pub(super) count: usize,
+    pub(super) timeout: Duration,
+}
+
+impl Shared {
     /// Runs `request` on one of the shared connections within the command timeout; with
     /// `request.replicated` and `min_replicas` set, `WAIT` follows in the same round trip (and
     /// the timeout grows by `replica_timeout`).
@@ -36,7 +62,7 @@ impl RedisStore {
         request: &Request<'_>,
         undo: Option<(&[u8], Duration)>,
     ) -> Result<Answer, StoreError> {
-        let shared = &self.shared;
+        let shared = self;
         let replicas = shared.replicas.filter(|_| request.replicated);
         let within = shared.command_timeout + replicas.map_or(Duration::ZERO, |r| r.timeout);
         let mut resent = None;
@@ -50,11 +76,10 @@ impl RedisStore {
                     },
                     Some(place) => links.again(place).await,
                 },
-                // Boxed: a checkout's future is large, and the store's own path would carry
-                // it. Sent again, an operation takes another checkout (the closed connection
-                // was taken out of the pool).
+                // Sent again, an operation takes another checkout (the closed connection was
+                // taken out of the pool).
                 #[cfg(feature = "deadpool-redis")]
-                Lender::Pool(pool) => Box::pin(pool.get()).await,
+                Lender::Pool(pool) => super::links::checkout(pool).await,
             };
             // A Cluster or a pooled connection stays this operation's until `lent` is dropped.
             let mut lent = lent.map_err(|e| failure::unlinked(e, &shared.url))?;
@@ -104,21 +129,15 @@ impl RedisStore {
     }
 
     pub(super) fn parse<T: FromRedisValue>(&self, answer: Value) -> Result<T, StoreError> {
-        T::from_redis_value(answer).map_err(|e| failure::command(e.into(), &self.shared.url))
+        T::from_redis_value(answer).map_err(|e| failure::command(e.into(), &self.url))
     }
 
     /// Checks that `min_replicas` replicas acknowledged a write.
     pub(super) fn replicated(&self, acked: Option<i64>, what: &str) -> Result<(), StoreError> {
-        match (self.shared.replicas, acked) {
-            (Some(replicas), Some(acked)) if acked < replicas.count as i64 => {
-                Err(failure::not_replicated(
-                    &self.shared.url,
-                    what,
-                    acked,
-                    replicas.count,
-                    replicas.timeout,
-                ))
-            }
+        match (self.replicas, acked) {
+            (Some(replicas), Some(acked)) if acked < replicas.count as i64 => Err(
+                failure::not_replicated(&self.url, what, acked, replicas.count, replicas.timeout),
+            ),
             _ => Ok(()),
         }
     }
@@ -129,14 +148,14 @@ impl RedisStore {
         key: &str,
         holder: &Claim,
     ) -> Result<Option<Duration>, StoreError> {
-        let request = Request::script(&self.shared.scripts.peek, key, &[&holder.encoded()]);
+        let request = Request::script(&self.scripts.peek, key, &[&holder.encoded()]);
         let answer = self.query(&request, None).await?;
         let left: i64 = self.parse(answer.value)?;
         Ok(u64::try_from(left).ok().map(Duration::from_millis))
     }
 }
 
-/// What [`RedisStore::query`] sends: a command on one key; for a script, the script to load
+/// What [`Shared::query`] sends: a command on one key; for a script, the script to load
 /// where the server answers `NOSCRIPT`; and what follows the command in the same round trip.
 pub(super) struct Request<'a> {
     pub(super) cmd: Cmd,

@@ -8,12 +8,13 @@ use crate::config::Config;
 use crate::error::Error;
 
 use super::background::Home;
+use super::command::{Replicas, Shared};
 use super::links::{Lender, Links};
 #[cfg(feature = "deadpool-redis")]
 use super::pooled;
 use super::servers::{Target, Timeouts};
 use super::waiters::Hub;
-use super::{CLUSTER_POOL, NODE_POOL, RedisOptions, RedisStore, Replicas, Shared, scripts};
+use super::{CLUSTER_POOL, NODE_POOL, RedisOptions, RedisStore, scripts};
 
 /// What a store is connected to, for its scripts and its messages.
 pub(super) struct Deployment {

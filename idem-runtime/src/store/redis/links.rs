@@ -18,7 +18,7 @@
 //! to that place makes a new connection (one at a time per place). An operation that was
 //! dealt a connection the store did not yet know to be closed (the server dropped an idle
 //! client, or a network device an idle socket) fails on it with a connection error, and is
-//! sent once more on the new connection of the same place (see `RedisStore::query`). Checking
+//! sent once more on the new connection of the same place (see `Shared::query`). Checking
 //! a connection costs no round trip: there is no `PING`. A connection is made, and driven, on
 //! the runtime of the call that needs it while the store's calls all come from one runtime,
 //! else on idem's own (see `background.rs`): one made on another caller's runtime is replaced
@@ -81,7 +81,7 @@ pub(super) enum Unlinked {
 
 /// Where a store's operations get their connections: its own (one server or a Cluster), or an
 /// application's pool. Either lends a [`Lent`] connection, so the command path after it is the
-/// same for both (see `RedisStore::query`, which awaits the lending in place: one future layer
+/// same for both (see `Shared::query`, which awaits the lending in place: one future layer
 /// less on every operation than a `Lender::get` of its own).
 pub(super) enum Lender {
     /// The store's own connections.
@@ -101,18 +101,30 @@ impl Lender {
                 Ok(Lent::shared(link, 0))
             }
             #[cfg(feature = "deadpool-redis")]
-            Lender::Pool(pool) => Box::pin(pool.get()).await,
+            Lender::Pool(pool) => checkout(pool).await,
         }
     }
 
     /// Lends a connection for an operator's operation (see `stats.rs`); the calls' own path
-    /// lends in place, in `RedisStore::query`.
+    /// lends in place, in `Shared::query`.
     pub(super) async fn lend(&self) -> Result<Lent<'_>, Unlinked> {
         match self {
             Lender::Own(links) => links.get().await,
             #[cfg(feature = "deadpool-redis")]
-            Lender::Pool(pool) => Box::pin(pool.get()).await,
+            Lender::Pool(pool) => checkout(pool).await,
         }
+    }
+}
+
+/// A connection checked out of an application's pool, lent until the `Lent` is dropped.
+/// (Boxed: a checkout's future is large, and the store's own path would carry it.)
+#[cfg(feature = "deadpool-redis")]
+pub(super) async fn checkout(pool: &super::pooled::Pooled) -> Result<Lent<'_>, Unlinked> {
+    use super::pooled::NotCheckedOut;
+    match Box::pin(pool.get()).await {
+        Ok((conn, checkout)) => Ok(Lent::pooled(conn, checkout)),
+        Err(NotCheckedOut::Connect(error)) => Err(Unlinked::Failed(error)),
+        Err(NotCheckedOut::Pool(unpooled)) => Err(Unlinked::Pool(unpooled)),
     }
 }
 

@@ -65,10 +65,7 @@ use crate::store::{Fence, Inspection, Stats, Store, StoreFuture};
 
 pub use self::options::RedisOptions;
 
-use self::command::{Request, millis};
-use self::links::Lender;
-use self::scripts::Scripts;
-use self::waiters::Hub;
+use self::command::{Request, Shared, millis};
 
 /// The connections kept to one server by default: multiplexed and shared, one is enough.
 const NODE_POOL: usize = 1;
@@ -158,28 +155,6 @@ pub struct RedisStore {
     shared: Arc<Shared>,
 }
 
-struct Shared {
-    lender: Lender,
-    /// What wakes waiting calls: pub/sub on a connection of the store's own. `None` on an
-    /// application's pool, whose connections are lent for one operation at a time: waiting
-    /// calls look again every [`FALLBACK_POLL`] instead.
-    hub: Option<Arc<Hub>>,
-    scripts: &'static Scripts,
-    cluster: bool,
-    url: String,
-    pool_size: usize,
-    command_timeout: Duration,
-    replicas: Option<Replicas>,
-}
-
-/// How many replicas must acknowledge a claim or a result (`min_replicas`) and how long a
-/// write waits for them (`replica_timeout`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Replicas {
-    count: usize,
-    timeout: Duration,
-}
-
 impl RedisStore {
     /// `SET key claim NX PX lease GET`, and `PTTL key` in the same round trip when `expiry`.
     async fn claim_or_read(
@@ -199,8 +174,11 @@ impl RedisStore {
             .arg(millis(lease))
             .arg("GET");
         let request = Request::command(cmd, key).replicated().with_expiry(expiry);
-        let answer = self.query(&request, Some((&mine[..], lease))).await?;
-        match self.parse::<Option<Vec<u8>>>(answer.value)? {
+        let answer = self
+            .shared
+            .query(&request, Some((&mine[..], lease)))
+            .await?;
+        match self.shared.parse::<Option<Vec<u8>>>(answer.value)? {
             // Our own claim is found when the cluster client sent the SET again after the
             // first one was applied but its answer lost: the key is ours either way.
             Some(found) if *found != *mine => Ok(Some(match Record::from_bytes(found) {
@@ -213,7 +191,7 @@ impl RedisStore {
                 },
                 in_progress => in_progress,
             })),
-            _ => match self.replicated(answer.acked, "claim") {
+            _ => match self.shared.replicated(answer.acked, "claim") {
                 Ok(()) => Ok(None),
                 Err(error) => {
                     // Not durable, so not ours to run on: free the key for a retry.
@@ -262,9 +240,10 @@ impl Store for RedisStore {
                 key,
                 &[&claim.encoded(), payload, ttl.as_bytes()],
             );
-            let answer = self.query(&request.replicated(), None).await?;
-            match self.fence(answer.value)? {
+            let answer = self.shared.query(&request.replicated(), None).await?;
+            match self.shared.fence(answer.value)? {
                 Fence::Held => self
+                    .shared
                     .replicated(answer.acked, "result")
                     .map(|()| Fence::Held),
                 Fence::Lost => Ok(Fence::Lost),
@@ -275,7 +254,7 @@ impl Store for RedisStore {
     fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
         Box::pin(async move {
             let request = Request::script(&self.shared.scripts.release, key, &[&claim.encoded()]);
-            self.fenced(request).await
+            self.shared.fenced(request).await
         })
     }
 
@@ -292,7 +271,7 @@ impl Store for RedisStore {
                 key,
                 &[&claim.encoded(), lease.as_bytes()],
             );
-            self.fenced(request).await
+            self.shared.fenced(request).await
         })
     }
 
@@ -321,7 +300,7 @@ impl Store for RedisStore {
                 },
                 _ => false,
             };
-            let Some(left) = self.lease_left(key, holder).await? else {
+            let Some(left) = self.shared.lease_left(key, holder).await? else {
                 return Ok(());
             };
             // A holder that crashed sends nothing: its lease ending is the last wake-up.
@@ -345,9 +324,10 @@ impl Store for RedisStore {
             let mut get = Cmd::with_capacity(2, key.len() + 3);
             get.arg("GET").arg(key);
             let answer = self
+                .shared
                 .query(&Request::command(get, key).with_expiry(true), None)
                 .await?;
-            let Some(bytes) = self.parse::<Option<Vec<u8>>>(answer.value)? else {
+            let Some(bytes) = self.shared.parse::<Option<Vec<u8>>>(answer.value)? else {
                 return Ok(Inspection::Absent);
             };
             let left = answer
@@ -362,8 +342,8 @@ impl Store for RedisStore {
     fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let request = Request::script(&self.shared.scripts.forget, key, &[]);
-            let answer = self.query(&request, None).await?;
-            Ok(self.parse::<i64>(answer.value)? == 1)
+            let answer = self.shared.query(&request, None).await?;
+            Ok(self.shared.parse::<i64>(answer.value)? == 1)
         })
     }
 
