@@ -159,6 +159,22 @@ impl Call {
         engine::execute(self.0, body, ResultShape::new(), |result, _| result)
     }
 
+    /// [`run_result`](Call::run_result), handing how it ended to `answer` with the call's
+    /// frame, when it got one: the HTTP layer reads the store and lease of a rejected call
+    /// there instead of resolving them again.
+    #[cfg(feature = "http")]
+    pub(crate) fn run_result_framed<T, E, F, O>(
+        self,
+        body: F,
+        answer: impl FnOnce(Result<Outcome<Result<T, E>>, Error>, Option<&engine::Frame>) -> O,
+    ) -> impl Future<Output = O>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Future<Output = Result<T, E>>,
+    {
+        engine::execute(self.0, body, ResultShape::new(), answer)
+    }
+
     /// Like [`run_result`](Call::run_result), but the errors for which `cache_err` returns
     /// true are permanent: stored and replayed like a value.
     pub fn run_result_caching<T, E, F, P>(
