@@ -166,7 +166,7 @@ impl Call {
     pub(crate) fn run_result_framed<T, E, F, O>(
         self,
         body: F,
-        answer: impl FnOnce(Result<Outcome<Result<T, E>>, Error>, Option<&engine::Frame>) -> O,
+        answer: impl FnOnce(Result<Outcome<Result<T, E>>, Error>, Option<&engine::Frame<'_>>) -> O,
     ) -> impl Future<Output = O>
     where
         T: Serialize + DeserializeOwned,

@@ -45,15 +45,21 @@ const COMPLETE_RETRIES: [Duration; 3] = [
 /// What one call asks of the engine: a plain value, which [`Call`](crate::Call) builds.
 #[derive(Debug)]
 pub(crate) struct Request {
+    /// The namespace of the key.
     pub(crate) scope: Cow<'static, str>,
     /// The encoded key (see `key.rs`).
     pub(crate) key: String,
+    /// The call's own ttl, lease and wait; `None` takes the settings'.
     pub(crate) ttl: Option<Duration>,
+    /// See `ttl`.
     pub(crate) lease: Option<Duration>,
+    /// See `ttl`.
     pub(crate) wait: Option<Duration>,
     /// The request's fingerprint, or why it could not be computed.
     pub(crate) fingerprint: Option<Result<Fingerprint, String>>,
+    /// The call's own store; `None` takes the configured one.
     pub(crate) store: Option<StoreHandle>,
+    /// Whether the lease is renewed while the body runs.
     pub(crate) heartbeat: bool,
 }
 
@@ -66,13 +72,13 @@ pub(crate) async fn execute<R, F, S, O>(
     call: Request,
     body: F,
     shape: S,
-    answer: impl FnOnce(Result<Outcome<R>, Error>, Option<&Frame>) -> O,
+    answer: impl FnOnce(Result<Outcome<R>, Error>, Option<&Frame<'_>>) -> O,
 ) -> O
 where
     F: Future<Output = R>,
     S: Shape<R>,
 {
-    let frame = match Frame::open(call, Lookup::Plain) {
+    let frame = match Frame::open(&call, Lookup::Plain) {
         Ok(frame) => frame,
         Err(error) => return answer(Err(error), None),
     };
@@ -101,7 +107,7 @@ where
                 target,
                 claim: Claim::new(frame.fingerprint),
             };
-            frame.in_span(run.go(body, shape)).await
+            frame.in_span(Box::pin(run.go(body, shape))).await
         }
     };
     answer(frame.finish(result), Some(&frame))
@@ -109,19 +115,26 @@ where
 
 /// One call on the plain path: its frame, the store it asks, and its claim.
 struct Run<'f> {
-    frame: &'f Frame,
+    /// The call, resolved.
+    frame: &'f Frame<'f>,
+    /// The store it asks, and the local cache.
     target: &'f Target,
+    /// Its claim: a new token and the request's fingerprint.
     claim: Claim,
 }
 
 /// What the claim step decided.
 enum Decision<R> {
+    /// The key is the call's: run the body.
     Hold,
+    /// A stored result, replayed at once or after a wait.
     Replay(Ran<R>),
+    /// The store failed and the call fails open: run the body without a claim.
     Unprotected(StoreError),
 }
 
 impl Run<'_> {
+    /// Claims or replays, then runs the body under the claim (or unprotected).
     async fn go<R, F, S>(self, body: F, mut shape: S) -> Result<Ran<R>, Error>
     where
         F: Future<Output = R>,
@@ -192,6 +205,7 @@ impl Run<'_> {
         }
     }
 
+    /// The store failed: fail closed with [`Error::Store`], or open.
     fn unavailable<R>(&self, error: StoreError) -> Result<Decision<R>, Error> {
         match self.target.fail_mode {
             FailMode::Open => Ok(Decision::Unprotected(error)),
@@ -263,6 +277,8 @@ impl Run<'_> {
         }
     }
 
+    /// Stores `payload` under the claim, retrying a failed write briefly (see
+    /// [`COMPLETE_RETRIES`]); the status of the call's value.
     async fn complete(&self, payload: Vec<u8>) -> Status {
         let Run {
             frame,
@@ -300,6 +316,7 @@ impl Run<'_> {
         }
     }
 
+    /// Releases the claim, so that a retry runs the body again.
     async fn release(&self) {
         release(&self.target.store, &self.frame.key, &self.claim).await;
     }
@@ -317,6 +334,7 @@ async fn release(store: &StoreHandle, key: &str, claim: &Claim) {
 
 /// Releases the claim when the call ends early: the body panicked or the future was dropped.
 struct Holding<'r, 'f> {
+    /// The call while it holds its claim; `None` once it stored or released it.
     run: Option<&'r Run<'f>>,
 }
 

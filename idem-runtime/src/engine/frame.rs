@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,25 +38,36 @@ pub(crate) enum Lookup {
     Tx,
 }
 
-/// One call, resolved against the current idem: built by [`Frame::open`], ended by
-/// [`Frame::finish`]; the paths borrow it while the call runs.
-pub(crate) struct Frame {
-    pub(crate) scope: Cow<'static, str>,
+/// One call, resolved against the current idem: built by [`Frame::open`] from the call's
+/// [`Request`] (whose scope it borrows), ended by [`Frame::finish`]; the paths borrow it while
+/// the call runs.
+pub(crate) struct Frame<'c> {
+    /// The call's scope, for its span and its count.
+    pub(crate) scope: &'c Cow<'static, str>,
     /// The store key (see `key.rs`).
     pub(crate) key: String,
+    /// The request's fingerprint, once checked.
     pub(crate) fingerprint: Option<Fingerprint>,
+    /// How long a completed record is kept.
     pub(crate) ttl: Duration,
+    /// How long a claim lives without renewal.
     pub(crate) lease: Duration,
+    /// How long a duplicate waits for the call that holds the key.
     pub(crate) wait: Duration,
+    /// Whether the lease is renewed while the body runs (the plain path).
     pub(crate) heartbeat: bool,
+    /// The call's span (see [`span_of`]).
     pub(crate) span: tracing::Span,
+    /// Where the call's record is.
     pub(crate) source: Source,
 }
 
 /// Where the call's record was found before it ran: in the local cache, or not, and then the
 /// call goes to its store.
 pub(crate) enum Source {
+    /// In the local cache: no store is asked.
     Cached(Arc<Cached>),
+    /// Not looked up yet: the call asks its store.
     Store(Target),
 }
 
@@ -67,50 +79,43 @@ pub(crate) struct Target {
     /// Where completed records are kept in process, if the local cache is on and the store is
     /// the configured one.
     pub(crate) local: Option<LocalCache>,
+    /// What a failure of the store does to the call.
     pub(crate) fail_mode: FailMode,
 }
 
-impl Frame {
+impl<'c> Frame<'c> {
     /// Resolves `call`: its store key (prefix, scope, key, hashing), its ttl, lease and wait
     /// (its own, else the settings'), its store or local-cache record, its span; then checks
     /// its fingerprint, ttl and lease. A failure is counted already, as [`finish`] would.
     ///
+    /// The frame borrows the call's scope: the call stays where it is, in the caller's future,
+    /// and only what was resolved is moved.
+    ///
     /// [`finish`]: Frame::finish
-    pub(crate) fn open(call: Request, lookup: Lookup) -> Result<Frame, Error> {
-        let Request {
-            scope,
-            key,
-            ttl,
-            lease,
-            wait,
-            fingerprint,
-            store,
-            heartbeat,
-        } = call;
-        let named = store.is_some();
+    pub(crate) fn open(call: &'c Request, lookup: Lookup) -> Result<Frame<'c>, Error> {
         // Looked up while the current idem is borrowed: a replay from the local cache takes no
         // reference to the store, the settings or the cache.
         let resolve = |current: &Idem| {
             let settings = &current.settings;
-            let key = key::store_key(&settings.prefix, &scope, &key, settings.hash_keys);
-            let local = match (lookup, &store) {
+            let key = key::store_key(&settings.prefix, &call.scope, &call.key, settings.hash_keys);
+            let local = match (lookup, &call.store) {
                 (Lookup::Plain, None) => current.local.as_ref(),
                 _ => None,
             };
             let source = match local.and_then(|cache| cache.get(&key)) {
                 Some(cached) => Source::Cached(cached),
                 None => Source::Store(Target {
-                    store: store.unwrap_or_else(|| current.store.clone()),
+                    store: call.store.as_ref().unwrap_or(&current.store).clone(),
                     local: local.cloned(),
                     fail_mode: settings.fail_mode,
                 }),
             };
-            let ttl = ttl.unwrap_or(settings.ttl);
-            let lease = lease.unwrap_or(settings.lease);
-            let wait = wait.unwrap_or(settings.wait);
+            let ttl = call.ttl.unwrap_or(settings.ttl);
+            let lease = call.lease.unwrap_or(settings.lease);
+            let wait = call.wait.unwrap_or(settings.wait);
             (key, ttl, lease, wait, source)
         };
-        let current = if named || lookup == Lookup::Tx {
+        let current = if call.store.is_some() || lookup == Lookup::Tx {
             Ok(Idem::with_current_or_unconfigured(resolve))
         } else {
             Idem::with_current(resolve)
@@ -118,26 +123,26 @@ impl Frame {
         let (key, ttl, lease, wait, source) = match current {
             Ok(current) => current,
             Err(error) => {
-                observe::count(&scope, counted_error(&error));
+                observe::count(&call.scope, counted_error(&error));
                 return Err(error);
             }
         };
-        let span = span_of(&scope, &key);
-        let fingerprint = match checked(fingerprint, &key, ttl, lease) {
+        let span = span_of(&call.scope, &key);
+        let fingerprint = match checked(&call.fingerprint, &key, ttl, lease) {
             Ok(fingerprint) => fingerprint,
             Err(error) => {
-                ended(&span, &scope, counted_error(&error));
+                ended(&span, &call.scope, counted_error(&error));
                 return Err(error);
             }
         };
         Ok(Frame {
-            scope,
+            scope: &call.scope,
             key,
             fingerprint,
             ttl,
             lease,
             wait,
-            heartbeat,
+            heartbeat: call.heartbeat,
             span,
             source,
         })
@@ -155,16 +160,16 @@ impl Frame {
         }
     }
 
-    /// Runs `path`, the part of the call that asks its store, boxed (so that the caller's
+    /// Runs `path`, the part of the call that asks its store, in the call's span when
+    /// something listens to it: entering and leaving a span on every poll would cost more than
+    /// the rest of the engine's work on a replay. The caller boxes `path` (so that its own
     /// future stays small: it is moved whole, and a replay from the local cache should not pay
-    /// for copying the store path's state) and in the call's span when something listens to
-    /// it (entering and leaving a span on every poll would cost more than the rest of the
-    /// engine's work on a replay).
-    pub(crate) async fn in_span<F: Future>(&self, path: F) -> F::Output {
+    /// for copying the store path's state), and boxes it where it is made: it is copied once.
+    pub(crate) async fn in_span<F: Future>(&self, path: Pin<Box<F>>) -> F::Output {
         if self.span.is_disabled() {
-            Box::pin(path).await
+            path.await
         } else {
-            Box::pin(path.instrument(self.span.clone())).await
+            path.instrument(self.span.clone()).await
         }
     }
 
@@ -175,7 +180,7 @@ impl Frame {
             Ok(ran) => ran.counted,
             Err(error) => counted_error(error),
         };
-        ended(&self.span, &self.scope, counted);
+        ended(&self.span, self.scope, counted);
         result.map(|ran| ran.outcome)
     }
 
@@ -271,6 +276,7 @@ impl Frame {
 
 /// The bytes to store for a body's value.
 pub(crate) struct Sealed {
+    /// The envelope of the value, or of why it cannot be stored.
     pub(crate) bytes: Vec<u8>,
     /// The value cannot be stored so that it reads back as its type: `bytes` say why.
     pub(crate) unstorable: bool,
@@ -294,18 +300,18 @@ fn span_of(scope: &str, key: &str) -> tracing::Span {
 
 /// The call's fingerprint, once it is known and its ttl and lease are within their minimums.
 fn checked(
-    fingerprint: Option<Result<Fingerprint, String>>,
+    fingerprint: &Option<Result<Fingerprint, String>>,
     key: &str,
     ttl: Duration,
     lease: Duration,
 ) -> Result<Option<Fingerprint>, Error> {
     let fingerprint = match fingerprint {
         None => None,
-        Some(Ok(fp)) => Some(fp),
+        Some(Ok(fp)) => Some(*fp),
         Some(Err(reason)) => {
             return Err(Error::Fingerprint {
                 key: key.to_owned(),
-                reason,
+                reason: reason.clone(),
             });
         }
     };
@@ -344,7 +350,9 @@ fn counted_error(error: &Error) -> Counted {
 
 /// How a call that returned a value ended: its outcome, and the label it is counted under.
 pub(crate) struct Ran<R> {
+    /// What the caller gets.
     outcome: Outcome<R>,
+    /// The `outcome` label of `idem_calls_total`.
     counted: Counted,
 }
 

@@ -49,24 +49,27 @@ where
 {
     // The records live in the caller's database: a call needs no installed store, and then
     // runs with the default settings.
-    let frame = Frame::open(call, Lookup::Tx)?;
+    let frame = Frame::open(&call, Lookup::Tx)?;
     let Some(store) = frame.store() else {
         unreachable!("a transactional call never reads the local cache");
     };
     let run = TxRun {
         frame: &frame,
-        store: C::Store::of(store, &frame.scope),
+        store: C::Store::of(store, frame.scope),
         claim: Claim::new(frame.fingerprint),
     };
-    let result = frame.in_span(run.go(conn, body, shape)).await;
+    let result = frame.in_span(Box::pin(run.go(conn, body, shape))).await;
     frame.finish(result)
 }
 
 /// One call in transactional mode: its frame, the records of its connection's type, and its
 /// claim.
 struct TxRun<'f, T> {
-    frame: &'f Frame,
+    /// The call, resolved.
+    frame: &'f Frame<'f>,
+    /// The records of the connection's type.
     store: T,
+    /// Its claim: a new token and the request's fingerprint.
     claim: Claim,
 }
 
@@ -79,6 +82,7 @@ enum Ended<R> {
 }
 
 impl<T> TxRun<'_, T> {
+    /// The call in the caller's transaction, or in one of its own when `conn` is outside any.
     async fn go<C, R, B, S>(self, conn: &mut C, body: B, shape: S) -> Result<Ran<R>, Error>
     where
         C: Send + ?Sized,
@@ -249,6 +253,7 @@ impl<T> TxRun<'_, T> {
         Ok(Ran::stored(value, Status::Executed, sealed.unstorable))
     }
 
+    /// Deletes the claim's row, so that a retry runs the body again.
     async fn release<C>(&self, conn: &mut C) -> Result<(), Error>
     where
         C: Send + ?Sized,

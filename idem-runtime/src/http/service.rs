@@ -234,7 +234,7 @@ struct Rejected {
 
 impl Rejected {
     /// The store and lease of `frame`; `None` for a replay from the local cache.
-    fn of(frame: &Frame) -> Option<Rejected> {
+    fn of(frame: &Frame<'_>) -> Option<Rejected> {
         Some(Rejected {
             store: frame.store()?.clone(),
             lease: frame.lease,
