@@ -185,6 +185,7 @@ impl<T> TxRun<'_, T> {
         let mut unseen = 0;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
+            // The checks before the first claim are timed as part of it.
             let claimed = timed(StoreOp::Claim, async {
                 if !prepared {
                     store.prepare(conn, key).await?;
