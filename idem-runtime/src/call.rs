@@ -132,7 +132,7 @@ impl Call {
     {
         // The engine's future itself, not one wrapped around it: a call's future is moved
         // whole on every call, and each layer adds to what is copied.
-        engine::execute(self.0, body, PlainShape::new(), std::convert::identity)
+        engine::execute(self.0, body, PlainShape::new(), |result, _| result)
     }
 
     /// [`run`](Call::run), giving the value alone (the attribute's runner of a plain function).
@@ -141,7 +141,7 @@ impl Call {
         T: Serialize + DeserializeOwned,
         F: Future<Output = T>,
     {
-        engine::execute(self.0, body, PlainShape::new(), |result| {
+        engine::execute(self.0, body, PlainShape::new(), |result, _| {
             result.map(|outcome| outcome.value)
         })
     }
@@ -156,7 +156,23 @@ impl Call {
         T: Serialize + DeserializeOwned,
         F: Future<Output = Result<T, E>>,
     {
-        engine::execute(self.0, body, ResultShape::new(), std::convert::identity)
+        engine::execute(self.0, body, ResultShape::new(), |result, _| result)
+    }
+
+    /// [`run_result`](Call::run_result), handing how it ended to `answer` with the call's
+    /// frame, when it got one: the HTTP layer reads the store and lease of a rejected call
+    /// there instead of resolving them again.
+    #[cfg(feature = "http")]
+    pub(crate) fn run_result_framed<T, E, F, O>(
+        self,
+        body: F,
+        answer: impl FnOnce(Result<Outcome<Result<T, E>>, Error>, Option<&engine::Frame<'_>>) -> O,
+    ) -> impl Future<Output = O>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Future<Output = Result<T, E>>,
+    {
+        engine::execute(self.0, body, ResultShape::new(), answer)
     }
 
     /// Like [`run_result`](Call::run_result), but the errors for which `cache_err` returns
@@ -172,12 +188,9 @@ impl Call {
         F: Future<Output = Result<T, E>>,
         P: FnOnce(&E) -> bool,
     {
-        engine::execute(
-            self.0,
-            body,
-            CachingShape::new(cache_err),
-            std::convert::identity,
-        )
+        engine::execute(self.0, body, CachingShape::new(cache_err), |result, _| {
+            result
+        })
     }
 
     /// Runs `body` once for this key in **transactional mode**: the claim and the stored value

@@ -9,7 +9,9 @@
 //!   those registered by other crates ([`registry::register_scheme`]);
 //! - `wake.rs`: the wake registry of the shared stores, the calls of this process that wait
 //!   for an in-flight call, by tag, which `redis/waiters.rs` and `postgres/listen.rs` wake;
-//! - `stats.rs`: the operator's count of records.
+//! - `stats.rs`: the operator's count of records;
+//! - `tx.rs`: what the transactional mode asks of a database (`TxStore`), which each
+//!   transactional backend implements in its own folder.
 
 use std::future::Future;
 use std::ops::Deref;
@@ -31,6 +33,8 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+#[cfg(feature = "postgres")]
+pub(crate) mod tx;
 #[cfg(any(feature = "redis", feature = "postgres"))]
 // Each backend uses part of it: with one of the two, the other's part goes unused.
 #[cfg_attr(not(all(feature = "redis", feature = "postgres")), allow(dead_code))]

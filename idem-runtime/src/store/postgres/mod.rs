@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::error::{Error, StoreError};
 use crate::record::{Claim, Record, Token};
+use crate::store::tx::{Claimed, UNSEEN_RETRIES};
 use crate::store::{Fence, Inspection, Stats, Store, StoreFuture};
 
 pub use self::options::PostgresOptions;
@@ -42,7 +43,7 @@ pub use self::table::MIGRATION;
 
 use self::listen::Hub;
 use self::reaper::Reaper;
-use self::sql::{Claimed, Statements};
+use self::sql::Statements;
 use self::table::Table;
 
 /// Runs `$op`, an expression of `$conn: &mut PgConnection`, on a connection of the store's
@@ -70,9 +71,6 @@ const LEASE_GRACE: Duration = Duration::from_millis(2);
 
 /// How long a waiter sleeps between looks while the listener is down.
 const FALLBACK_POLL: Duration = Duration::from_millis(25);
-
-/// How often a claim asks again when a concurrent claim committed the key after its snapshot.
-const UNSEEN_RETRIES: u32 = 8;
 
 /// How long a claim waits on the key's row lock before it reports the key held by a claim it
 /// cannot see (a caller's transaction that has not ended); the wait for that transaction then
