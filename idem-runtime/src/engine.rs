@@ -13,7 +13,6 @@
 //!
 //! [`Store`]: crate::store::Store
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::time::Duration;
 
@@ -24,14 +23,14 @@ use crate::config::FailMode;
 use crate::error::{Error, StoreError};
 use crate::observe::{StoreOp, timed};
 use crate::outcome::{Outcome, Status};
-use crate::record::{Claim, Fingerprint, Record};
+use crate::record::{Claim, Record};
 use crate::store::{Fence, StoreHandle};
 
 mod frame;
 #[cfg(feature = "postgres")]
 pub(crate) mod tx;
 
-pub(crate) use self::frame::Frame;
+pub(crate) use self::frame::{Frame, Request};
 use self::frame::{Lookup, Ran, Source, Target};
 
 /// How often and how long a successful result's store write is retried before the result is
@@ -41,27 +40,6 @@ const COMPLETE_RETRIES: [Duration; 3] = [
     Duration::from_millis(50),
     Duration::from_millis(200),
 ];
-
-/// What one call asks of the engine: a plain value, which [`Call`](crate::Call) builds.
-#[derive(Debug)]
-pub(crate) struct Request {
-    /// The namespace of the key.
-    pub(crate) scope: Cow<'static, str>,
-    /// The encoded key (see `key.rs`).
-    pub(crate) key: String,
-    /// The call's own ttl, lease and wait; `None` takes the settings'.
-    pub(crate) ttl: Option<Duration>,
-    /// See `ttl`.
-    pub(crate) lease: Option<Duration>,
-    /// See `ttl`.
-    pub(crate) wait: Option<Duration>,
-    /// The request's fingerprint, or why it could not be computed.
-    pub(crate) fingerprint: Option<Result<Fingerprint, String>>,
-    /// The call's own store; `None` takes the configured one.
-    pub(crate) store: Option<StoreHandle>,
-    /// Whether the lease is renewed while the body runs.
-    pub(crate) heartbeat: bool,
-}
 
 /// Runs one call on the plain path, and hands how it ended to `answer`, with the call's
 /// frame when it got one, which makes the caller's output of it (the runners of the attribute

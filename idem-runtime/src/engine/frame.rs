@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::Request;
 use crate::cache::{Cached, LocalCache};
 use crate::codec::{self, Seal, Shape, Side};
 use crate::config::{FailMode, check_lease, check_ttl};
@@ -24,6 +23,27 @@ use crate::observe::{self, Outcome as Counted};
 use crate::outcome::{Outcome, Status};
 use crate::record::Fingerprint;
 use crate::store::StoreHandle;
+
+/// What one call asks of the engine: a plain value, which [`Call`](crate::Call) builds.
+#[derive(Debug)]
+pub(crate) struct Request {
+    /// The namespace of the key.
+    pub(crate) scope: Cow<'static, str>,
+    /// The encoded key (see `key.rs`).
+    pub(crate) key: String,
+    /// The call's own ttl, lease and wait; `None` takes the settings'.
+    pub(crate) ttl: Option<Duration>,
+    /// See `ttl`.
+    pub(crate) lease: Option<Duration>,
+    /// See `ttl`.
+    pub(crate) wait: Option<Duration>,
+    /// The request's fingerprint, or why it could not be computed.
+    pub(crate) fingerprint: Option<Result<Fingerprint, String>>,
+    /// The call's own store; `None` takes the configured one.
+    pub(crate) store: Option<StoreHandle>,
+    /// Whether the lease is renewed while the body runs.
+    pub(crate) heartbeat: bool,
+}
 
 /// Where a call may find its record before it asks a store, and whether it needs an
 /// installed idem.

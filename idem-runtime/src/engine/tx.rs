@@ -25,9 +25,9 @@
 
 use tokio::time::Instant;
 
-use super::frame::{Frame, Lookup, Ran, Sealed};
+use super::frame::{Frame, Lookup, Ran, Request, Sealed};
 use crate::codec::Shape;
-use crate::engine::Request;
+
 use crate::error::Error;
 use crate::observe::{StoreOp, timed};
 use crate::outcome::{Outcome, Status};

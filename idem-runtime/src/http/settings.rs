@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::request::Parts;
 use http::{HeaderName, Method, StatusCode, header};
 
-use super::IDEMPOTENCY_KEY;
+use super::headers::IDEMPOTENCY_KEY;
 use crate::store::StoreHandle;
 
 /// The default of [`IdempotencyLayer::max_request_body`] and
