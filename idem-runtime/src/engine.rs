@@ -2,7 +2,7 @@
 //! complete or release, fenced by the claim's token.
 //!
 //! One concern per file:
-//! - this file: [`Request`], what a call asks, and the plain path ([`execute`]): a [`Store`]'s
+//! - this file: [`CallRequest`], what a call asks, and the plain path ([`execute`]): a [`Store`]'s
 //!   claim, the heartbeat that renews its lease, its fenced completion or release;
 //! - `frame.rs`: what every path shares: the call resolved before it runs (store key, settings,
 //!   store, span, checks), its record read back or sealed, and how it ends (counted, in its
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::codec::Shape;
+use crate::codec::Codec;
 use crate::config::FailMode;
 use crate::error::{Error, StoreError};
 use crate::observe::{StoreOp, timed};
@@ -30,8 +30,8 @@ mod frame;
 #[cfg(feature = "postgres")]
 pub(crate) mod tx;
 
-pub(crate) use self::frame::{Frame, Request};
-use self::frame::{Lookup, Ran, Source, Target};
+pub(crate) use self::frame::{CallRequest, Frame};
+use self::frame::{Finished, Lookup, Source, Target};
 
 /// How often and how long a successful result's store write is retried before the result is
 /// returned unstored.
@@ -47,14 +47,14 @@ const COMPLETE_RETRIES: [Duration; 3] = [
 /// one more layer to poll and copy on every call; the HTTP layer reads the store and lease of
 /// a rejected call from the frame).
 pub(crate) async fn execute<R, F, S, O>(
-    call: Request,
+    call: CallRequest,
     body: F,
     shape: S,
     answer: impl FnOnce(Result<Outcome<R>, Error>, Option<&Frame<'_>>) -> O,
 ) -> O
 where
     F: Future<Output = R>,
-    S: Shape<R>,
+    S: Codec<R>,
 {
     let frame = match Frame::open(&call, Lookup::Plain) {
         Ok(frame) => frame,
@@ -65,7 +65,7 @@ where
             let replay = || {
                 frame
                     .replay_text(&cached.payload, &shape)
-                    .map(|value| Ran::new(value, Status::Replayed))
+                    .map(|value| Finished::new(value, Status::Replayed))
             };
             // A disabled span still costs its enter and exit (more with tracing's `log`
             // feature, which sqlx turns on): only a span something listens to is entered.
@@ -80,7 +80,7 @@ where
             replayed
         }
         Source::Store(target) => {
-            let run = Run {
+            let run = PlainCall {
                 frame: &frame,
                 target,
                 claim: Claim::new(frame.fingerprint),
@@ -92,7 +92,7 @@ where
 }
 
 /// One call on the plain path: its frame, the store it asks, and its claim.
-struct Run<'f> {
+struct PlainCall<'f> {
     /// The call, resolved.
     frame: &'f Frame<'f>,
     /// The store it asks, and the local cache.
@@ -104,37 +104,37 @@ struct Run<'f> {
 /// What the claim step decided.
 enum Decision<R> {
     /// The key is the call's: run the body.
-    Hold,
+    Claimed,
     /// A stored result, replayed at once or after a wait.
-    Replay(Ran<R>),
+    Replay(Finished<R>),
     /// The store failed and the call fails open: run the body without a claim.
     Unprotected(StoreError),
 }
 
-impl Run<'_> {
+impl PlainCall<'_> {
     /// Claims or replays, then runs the body under the claim (or unprotected).
-    async fn go<R, F, S>(self, body: F, mut shape: S) -> Result<Ran<R>, Error>
+    async fn go<R, F, S>(self, body: F, mut shape: S) -> Result<Finished<R>, Error>
     where
         F: Future<Output = R>,
-        S: Shape<R>,
+        S: Codec<R>,
     {
         match self.claim_or_replay(&shape).await? {
             Decision::Replay(ran) => Ok(ran),
             Decision::Unprotected(error) => {
                 tracing::warn!(key = %self.frame.key, %error, "idem store unavailable; running without idempotency (fail-open)");
                 let value = body.await;
-                Ok(Ran::new(value, Status::Unprotected))
+                Ok(Finished::new(value, Status::Unprotected))
             }
             // Boxed: running the body (lease renewal, completion retries) is most of this
             // future's size, and an unboxed one would be copied whole on every call, replays
             // included, where it costs more than the rest of the replay.
-            Decision::Hold => Box::pin(self.hold(body, &mut shape)).await,
+            Decision::Claimed => Box::pin(self.hold(body, &mut shape)).await,
         }
     }
 
     /// Claims the key, or replays its result, or waits for the call that holds it.
-    async fn claim_or_replay<R, S: Shape<R>>(&self, shape: &S) -> Result<Decision<R>, Error> {
-        let Run {
+    async fn claim_or_replay<R, S: Codec<R>>(&self, shape: &S) -> Result<Decision<R>, Error> {
+        let PlainCall {
             frame,
             target,
             claim,
@@ -153,7 +153,7 @@ impl Run<'_> {
             let found = timed(StoreOp::Claim, claimed).await;
             let holder = match found {
                 Err(error) => return self.unavailable(error),
-                Ok(None) => return Ok(Decision::Hold),
+                Ok(None) => return Ok(Decision::Claimed),
                 Ok(Some(Record::Completed {
                     payload: bytes,
                     expires_in,
@@ -163,7 +163,7 @@ impl Run<'_> {
                     {
                         cache.keep(key, bytes, sent, left);
                     }
-                    return Ok(Decision::Replay(Ran::replayed(value, waited)));
+                    return Ok(Decision::Replay(Finished::replayed(value, waited)));
                 }
                 Ok(Some(Record::InProgress(holder))) => holder,
             };
@@ -195,21 +195,21 @@ impl Run<'_> {
     }
 
     /// Runs the body under the claim, then stores or releases its result.
-    async fn hold<R, F, S>(&self, body: F, shape: &mut S) -> Result<Ran<R>, Error>
+    async fn hold<R, F, S>(&self, body: F, shape: &mut S) -> Result<Finished<R>, Error>
     where
         F: Future<Output = R>,
-        S: Shape<R>,
+        S: Codec<R>,
     {
         let mut holding = Holding { run: Some(self) };
         let value = self.with_heartbeat(body).await;
         let ran = match self.frame.seal(&value, shape) {
             None => {
                 self.release().await;
-                Ran::new(value, Status::Executed)
+                Finished::new(value, Status::Executed)
             }
             Some(sealed) => {
                 let status = self.complete(sealed.bytes).await;
-                Ran::stored(value, status, sealed.unstorable)
+                Finished::stored(value, status, sealed.unstorable)
             }
         };
         holding.run = None;
@@ -218,7 +218,7 @@ impl Run<'_> {
 
     /// Drives the body, renewing the lease every `lease / 3` while it runs.
     async fn with_heartbeat<F: Future>(&self, body: F) -> F::Output {
-        let Run {
+        let PlainCall {
             frame,
             target,
             claim,
@@ -258,7 +258,7 @@ impl Run<'_> {
     /// Stores `payload` under the claim, retrying a failed write briefly (see
     /// [`COMPLETE_RETRIES`]); the status of the call's value.
     async fn complete(&self, payload: Vec<u8>) -> Status {
-        let Run {
+        let PlainCall {
             frame,
             target,
             claim,
@@ -313,7 +313,7 @@ async fn release(store: &StoreHandle, key: &str, claim: &Claim) {
 /// Releases the claim when the call ends early: the body panicked or the future was dropped.
 struct Holding<'r, 'f> {
     /// The call while it holds its claim; `None` once it stored or released it.
-    run: Option<&'r Run<'f>>,
+    run: Option<&'r PlainCall<'f>>,
 }
 
 impl Drop for Holding<'_, '_> {

@@ -14,19 +14,19 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use crate::cache::{Cached, LocalCache};
-use crate::codec::{self, Seal, Shape, Side};
+use crate::codec::{self, Codec, Disposition, RecordSide};
 use crate::config::{FailMode, check_lease, check_ttl};
 use crate::context::Idem;
 use crate::error::Error;
 use crate::key;
-use crate::observe::{self, Outcome as Counted};
+use crate::observe::{self, Ending};
 use crate::outcome::{Outcome, Status};
 use crate::record::Fingerprint;
 use crate::store::StoreHandle;
 
 /// What one call asks of the engine: a plain value, which [`Call`](crate::Call) builds.
 #[derive(Debug)]
-pub(crate) struct Request {
+pub(crate) struct CallRequest {
     /// The namespace of the key.
     pub(crate) scope: Cow<'static, str>,
     /// The encoded key (see `key.rs`).
@@ -59,7 +59,7 @@ pub(crate) enum Lookup {
 }
 
 /// One call, resolved against the current idem: built by [`Frame::open`] from the call's
-/// [`Request`] (whose scope it borrows), ended by [`Frame::finish`]; the paths borrow it while
+/// [`CallRequest`] (whose scope it borrows), ended by [`Frame::finish`]; the paths borrow it while
 /// the call runs.
 pub(crate) struct Frame<'c> {
     /// The call's scope, for its span and its count.
@@ -112,7 +112,7 @@ impl<'c> Frame<'c> {
     /// and only what was resolved is moved.
     ///
     /// [`finish`]: Frame::finish
-    pub(crate) fn open(call: &'c Request, lookup: Lookup) -> Result<Frame<'c>, Error> {
+    pub(crate) fn open(call: &'c CallRequest, lookup: Lookup) -> Result<Frame<'c>, Error> {
         // Looked up while the current idem is borrowed: a replay from the local cache takes no
         // reference to the store, the settings or the cache.
         let resolve = |current: &Idem| {
@@ -195,7 +195,10 @@ impl<'c> Frame<'c> {
 
     /// Records how the call ended, in its span and in `idem_calls_total`, and gives its
     /// outcome.
-    pub(crate) fn finish<R>(&self, result: Result<Ran<R>, Error>) -> Result<Outcome<R>, Error> {
+    pub(crate) fn finish<R>(
+        &self,
+        result: Result<Finished<R>, Error>,
+    ) -> Result<Outcome<R>, Error> {
         let counted = match &result {
             Ok(ran) => ran.counted,
             Err(error) => counted_error(error),
@@ -206,7 +209,7 @@ impl<'c> Frame<'c> {
 
     /// Decodes the envelope stored for the call (by its store or the local cache), after
     /// checking that it was stored for the same request.
-    pub(crate) fn replay<R, S: Shape<R>>(&self, bytes: &[u8], shape: &S) -> Result<R, Error> {
+    pub(crate) fn replay<R, S: Codec<R>>(&self, bytes: &[u8], shape: &S) -> Result<R, Error> {
         match std::str::from_utf8(bytes) {
             Ok(text) => self.replay_text(text, shape),
             Err(_) => self.parse(bytes, shape),
@@ -215,7 +218,7 @@ impl<'c> Frame<'c> {
 
     /// [`replay`](Frame::replay) of an envelope known to be UTF-8 (the local cache checks it
     /// once, when it keeps the record).
-    pub(crate) fn replay_text<R, S: Shape<R>>(&self, text: &str, shape: &S) -> Result<R, Error> {
+    pub(crate) fn replay_text<R, S: Codec<R>>(&self, text: &str, shape: &S) -> Result<R, Error> {
         // The envelope as this version writes it, read in place: the common case.
         if let Some(envelope) = codec::open_written(text)
             && !self.mismatch(envelope.fingerprint.as_ref())
@@ -229,7 +232,7 @@ impl<'c> Frame<'c> {
     /// [`replay`](Frame::replay) by a full parse of the envelope, which decides every case
     /// but the common one.
     #[cold]
-    fn parse<R, S: Shape<R>>(&self, bytes: &[u8], shape: &S) -> Result<R, Error> {
+    fn parse<R, S: Codec<R>>(&self, bytes: &[u8], shape: &S) -> Result<R, Error> {
         // Anything else (another layout, corrupt bytes, another request): the full parse decides.
         let decode_error = |reason| Error::Decode {
             key: self.key.clone(),
@@ -240,7 +243,7 @@ impl<'c> Frame<'c> {
         if self.mismatch(envelope.fingerprint.as_ref()) {
             return Err(self.key_mismatch());
         }
-        if envelope.side == Side::Unstorable {
+        if envelope.side == RecordSide::Unstorable {
             let what: codec::Unstorable =
                 serde_json::from_str(envelope.value).map_err(|e| decode_error(e.to_string()))?;
             return Err(Error::Unstorable {
@@ -273,15 +276,15 @@ impl<'c> Frame<'c> {
     }
 
     /// What to store for the body's `value`, or `None` to release the claim.
-    pub(crate) fn seal<R, S: Shape<R>>(&self, value: &R, shape: &mut S) -> Option<Sealed> {
+    pub(crate) fn seal<R, S: Codec<R>>(&self, value: &R, shape: &mut S) -> Option<Sealed> {
         let fingerprint = self.fingerprint.as_ref();
         match shape.seal(value, fingerprint) {
-            Seal::Release => None,
-            Seal::Store(bytes) => Some(Sealed {
+            Disposition::Release => None,
+            Disposition::Store(bytes) => Some(Sealed {
                 bytes,
                 unstorable: false,
             }),
-            Seal::Unstorable(reason) => {
+            Disposition::Unstorable(reason) => {
                 tracing::error!(key = %self.key, %reason, type_name = shape.type_name(), "idem cannot store the result so that it reads back as its type; it is returned to this call only, and later calls with its key get Error::Unstorable");
                 // Recorded as such: later calls learn why, instead of running the body again
                 // or failing to decode a record that was written wrong.
@@ -345,7 +348,7 @@ fn checked(
     clippy::ptr_arg,
     reason = "a borrowed static scope becomes a label without allocating"
 )]
-fn ended(span: &tracing::Span, scope: &Cow<'static, str>, counted: Counted) {
+fn ended(span: &tracing::Span, scope: &Cow<'static, str>, counted: Ending) {
     if !span.is_disabled() {
         span.record("outcome", counted.label());
     }
@@ -353,41 +356,41 @@ fn ended(span: &tracing::Span, scope: &Cow<'static, str>, counted: Counted) {
 }
 
 /// The `outcome` label of a call that failed with `error`.
-fn counted_error(error: &Error) -> Counted {
+fn counted_error(error: &Error) -> Ending {
     match error {
-        Error::InProgress { .. } => Counted::Rejected,
-        Error::KeyMismatch { .. } => Counted::Mismatch,
-        Error::Decode { .. } => Counted::DecodeError,
-        Error::Unstorable { .. } => Counted::Unstorable,
-        Error::Config(_) => Counted::ConfigError,
-        Error::Fingerprint { .. } => Counted::FingerprintError,
-        Error::Conflict { .. } => Counted::Conflict,
+        Error::InProgress { .. } => Ending::Rejected,
+        Error::KeyMismatch { .. } => Ending::Mismatch,
+        Error::Decode { .. } => Ending::DecodeError,
+        Error::Unstorable { .. } => Ending::Unstorable,
+        Error::Config(_) => Ending::ConfigError,
+        Error::Fingerprint { .. } => Ending::FingerprintError,
+        Error::Conflict { .. } => Ending::Conflict,
         Error::Store { .. } | Error::Connect { .. } | Error::AlreadyInitialized => {
-            Counted::StoreError
+            Ending::StoreError
         }
     }
 }
 
 /// How a call that returned a value ended: its outcome, and the label it is counted under.
-pub(crate) struct Ran<R> {
+pub(crate) struct Finished<R> {
     /// What the caller gets.
     outcome: Outcome<R>,
     /// The `outcome` label of `idem_calls_total`.
-    counted: Counted,
+    counted: Ending,
 }
 
-impl<R> Ran<R> {
+impl<R> Finished<R> {
     /// `value`, ended with `status`.
     pub(crate) fn new(value: R, status: Status) -> Self {
         let counted = match status {
-            Status::Executed => Counted::Executed,
-            Status::Replayed => Counted::Replayed,
-            Status::Waited => Counted::Waited,
-            Status::LeaseLost => Counted::LeaseLost,
-            Status::NotStored => Counted::NotStored,
-            Status::Unprotected => Counted::FailOpen,
+            Status::Executed => Ending::Executed,
+            Status::Replayed => Ending::Replayed,
+            Status::Waited => Ending::Waited,
+            Status::LeaseLost => Ending::LeaseLost,
+            Status::NotStored => Ending::NotStored,
+            Status::Unprotected => Ending::FailOpen,
         };
-        Ran {
+        Finished {
             outcome: Outcome { value, status },
             counted,
         }
@@ -397,12 +400,12 @@ impl<R> Ran<R> {
     /// sealed as itself is not stored, whatever the write, and is counted as unstorable.
     pub(crate) fn stored(value: R, status: Status, unstorable: bool) -> Self {
         if unstorable {
-            return Ran {
-                counted: Counted::Unstorable,
-                ..Ran::new(value, Status::NotStored)
+            return Finished {
+                counted: Ending::Unstorable,
+                ..Finished::new(value, Status::NotStored)
             };
         }
-        Ran::new(value, status)
+        Finished::new(value, status)
     }
 
     /// A stored value replayed, at once or after `waited` for the call that held its key.
@@ -412,6 +415,6 @@ impl<R> Ran<R> {
         } else {
             Status::Replayed
         };
-        Ran::new(value, status)
+        Finished::new(value, status)
     }
 }

@@ -25,8 +25,8 @@
 
 use tokio::time::Instant;
 
-use super::frame::{Frame, Lookup, Ran, Request, Sealed};
-use crate::codec::Shape;
+use super::frame::{CallRequest, Finished, Frame, Lookup, Sealed};
+use crate::codec::Codec;
 
 use crate::error::Error;
 use crate::observe::{StoreOp, timed};
@@ -37,7 +37,7 @@ use crate::store::tx::{Claimed, Transactional, TxStore, UNSEEN_RETRIES};
 /// Runs `body` once for the call's key, with the claim and the result written through `conn`
 /// by the [`TxStore`] of its type.
 pub(crate) async fn execute<C, R, B, S>(
-    call: Request,
+    call: CallRequest,
     conn: &mut C,
     body: B,
     shape: S,
@@ -45,7 +45,7 @@ pub(crate) async fn execute<C, R, B, S>(
 where
     C: Transactional + ?Sized,
     B: AsyncFnOnce(&mut C) -> R,
-    S: Shape<R>,
+    S: Codec<R>,
 {
     // The records live in the caller's database: a call needs no installed store, and then
     // runs with the default settings.
@@ -76,19 +76,19 @@ struct TxRun<'f, T> {
 /// How the body's run ended, for the transaction around it.
 enum Ended<R> {
     /// Keep what the call wrote.
-    Kept(Ran<R>),
+    Kept(Finished<R>),
     /// The body's error is not stored: undo what the call wrote.
-    Released(Ran<R>),
+    Released(Finished<R>),
 }
 
 impl<T> TxRun<'_, T> {
     /// The call in the caller's transaction, or in one of its own when `conn` is outside any.
-    async fn go<C, R, B, S>(self, conn: &mut C, body: B, shape: S) -> Result<Ran<R>, Error>
+    async fn go<C, R, B, S>(self, conn: &mut C, body: B, shape: S) -> Result<Finished<R>, Error>
     where
         C: Send + ?Sized,
         T: TxStore<C>,
         B: AsyncFnOnce(&mut C) -> R,
-        S: Shape<R>,
+        S: Codec<R>,
     {
         let key = &self.frame.key;
         if self.store.in_transaction(conn) {
@@ -125,7 +125,7 @@ impl<T> TxRun<'_, T> {
         C: Send + ?Sized,
         T: TxStore<C>,
         B: AsyncFnOnce(&mut C) -> R,
-        S: Shape<R>,
+        S: Codec<R>,
     {
         let key = &self.frame.key;
         if let Some(replayed) = self.claim_or_replay(conn, &shape).await? {
@@ -138,7 +138,7 @@ impl<T> TxRun<'_, T> {
                 None => {
                     self.store.rollback(inner, key).await?;
                     self.release(conn).await?;
-                    Ok(Ended::Kept(Ran::new(value, Status::Executed)))
+                    Ok(Ended::Kept(Finished::new(value, Status::Executed)))
                 }
                 Some(sealed) => {
                     let ran = self.store_value(&mut *inner, value, sealed).await?;
@@ -151,11 +151,11 @@ impl<T> TxRun<'_, T> {
         match self.frame.seal(&value, &mut shape) {
             // Without a savepoint, in a transaction of our own: rolling it back undoes the
             // claim and the body's writes together.
-            None if !savepoint => Ok(Ended::Released(Ran::new(value, Status::Executed))),
+            None if !savepoint => Ok(Ended::Released(Finished::new(value, Status::Executed))),
             // A shape that said it never releases: the claim goes, the writes stay.
             None => {
                 self.release(conn).await?;
-                Ok(Ended::Kept(Ran::new(value, Status::Executed)))
+                Ok(Ended::Kept(Finished::new(value, Status::Executed)))
             }
             Some(sealed) => self.store_value(conn, value, sealed).await.map(Ended::Kept),
         }
@@ -167,11 +167,11 @@ impl<T> TxRun<'_, T> {
         &self,
         conn: &mut C,
         shape: &S,
-    ) -> Result<Option<Ran<R>>, Error>
+    ) -> Result<Option<Finished<R>>, Error>
     where
         C: Send + ?Sized,
         T: TxStore<C>,
-        S: Shape<R>,
+        S: Codec<R>,
     {
         let TxRun {
             frame,
@@ -198,7 +198,7 @@ impl<T> TxRun<'_, T> {
                 Claimed::Held => return Ok(None),
                 Claimed::Found(Record::Completed { payload, .. }) => {
                     let value = frame.replay(&payload, shape)?;
-                    return Ok(Some(Ran::replayed(value, waited)));
+                    return Ok(Some(Finished::replayed(value, waited)));
                 }
                 Claimed::Found(Record::InProgress(holder)) => holder,
                 // Not an answer of the transactional claim (its lock wait running out is
@@ -235,7 +235,7 @@ impl<T> TxRun<'_, T> {
         conn: &mut C,
         value: R,
         sealed: Sealed,
-    ) -> Result<Ran<R>, Error>
+    ) -> Result<Finished<R>, Error>
     where
         C: Send + ?Sized,
         T: TxStore<C>,
@@ -249,9 +249,9 @@ impl<T> TxRun<'_, T> {
         .await?;
         if !held {
             tracing::warn!(key = %key, "idem's claim was deleted inside the transaction before its completion; the result is returned but not stored");
-            return Ok(Ran::new(value, Status::NotStored));
+            return Ok(Finished::new(value, Status::NotStored));
         }
-        Ok(Ran::stored(value, Status::Executed, sealed.unstorable))
+        Ok(Finished::stored(value, Status::Executed, sealed.unstorable))
     }
 
     /// Deletes the claim's row, so that a retry runs the body again.

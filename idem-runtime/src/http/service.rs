@@ -16,7 +16,7 @@ use super::body::{RequestBody, ResponseBody};
 use super::problem::Problem;
 use super::replay::Replay;
 use super::request::{self, Read, RequestPrint};
-use super::settings::Settings;
+use super::settings::LayerSettings;
 use crate::call::Call;
 use crate::engine::Frame;
 use crate::error::Error;
@@ -50,11 +50,11 @@ pub type ResponseFuture<B, E> =
 #[derive(Clone)]
 pub struct Idempotency<S> {
     inner: S,
-    settings: Arc<Settings>,
+    settings: Arc<LayerSettings>,
 }
 
 impl<S> Idempotency<S> {
-    pub(crate) fn new(inner: S, settings: Arc<Settings>) -> Self {
+    pub(crate) fn new(inner: S, settings: Arc<LayerSettings>) -> Self {
         Idempotency { inner, settings }
     }
 
@@ -124,7 +124,7 @@ where
 
 /// The path of one request through the layer.
 async fn respond<S, ReqBody, ResBody>(
-    settings: Arc<Settings>,
+    settings: Arc<LayerSettings>,
     mut inner: S,
     request: Request<ReqBody>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
@@ -290,7 +290,10 @@ enum Unstored<E, B: Body> {
 }
 
 /// Reads a response to store it, or hands it on unstored.
-async fn keep<E, B>(settings: &Settings, response: Response<B>) -> Result<Replay, Unstored<E, B>>
+async fn keep<E, B>(
+    settings: &LayerSettings,
+    response: Response<B>,
+) -> Result<Replay, Unstored<E, B>>
 where
     B: Body<Data = Bytes>,
 {

@@ -282,7 +282,9 @@ mod tests {
         })
         .unwrap();
         config.validate().expect("registered");
-        let idem = crate::context::Idem::connect(&config).await.expect("connected");
+        let idem = crate::context::Idem::connect(&config)
+            .await
+            .expect("connected");
         assert!(idem.store().downcast_ref::<MemoryStore>().is_some());
     }
 

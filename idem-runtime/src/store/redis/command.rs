@@ -12,9 +12,9 @@ use crate::error::StoreError;
 use crate::record::Claim;
 use crate::store::Fence;
 
-use super::background;
+use super::connections::ConnectionSource;
 use super::failure;
-use super::links::Lender;
+use super::runtimes;
 use super::scripts::{Lua, Scripts};
 use super::servers::Conn;
 use super::waiters::Hub;
@@ -22,7 +22,7 @@ use super::waiters::Hub;
 /// What a store's clones share: where its connections come from, what wakes its waiters,
 /// and the settings of its command path.
 pub(super) struct Shared {
-    pub(super) lender: Lender,
+    pub(super) lender: ConnectionSource,
     /// What wakes waiting calls: pub/sub on a connection of the store's own. `None` on an
     /// application's pool, whose connections are lent for one operation at a time: waiting
     /// calls look again every [`FALLBACK_POLL`](super::FALLBACK_POLL) instead.
@@ -59,7 +59,7 @@ impl Shared {
     /// after the request if the request still arrives.
     pub(super) async fn query(
         &self,
-        request: &Request<'_>,
+        request: &Query<'_>,
         undo: Option<(&[u8], Duration)>,
     ) -> Result<Answer, StoreError> {
         let shared = self;
@@ -68,7 +68,7 @@ impl Shared {
         let mut resent = None;
         loop {
             let lent = match &shared.lender {
-                Lender::Own(links) => match resent {
+                ConnectionSource::Own(links) => match resent {
                     None => match links.ready() {
                         Ok(lent) => Ok(lent),
                         Err(Some(place)) => links.again(place).await,
@@ -79,10 +79,10 @@ impl Shared {
                 // Sent again, an operation takes another checkout (the closed connection was
                 // taken out of the pool).
                 #[cfg(feature = "deadpool-redis")]
-                Lender::Pool(pool) => super::links::checkout(pool).await,
+                ConnectionSource::Pool(pool) => super::connections::checkout(pool).await,
             };
             // A Cluster or a pooled connection stays this operation's until `lent` is dropped.
-            let mut lent = lent.map_err(|e| failure::unlinked(e, &shared.url))?;
+            let mut lent = lent.map_err(|e| failure::no_connection(e, &shared.url))?;
             match tokio::time::timeout(within, send(&mut lent.conn, request, replicas)).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(error)) => {
@@ -116,7 +116,7 @@ impl Shared {
     }
 
     /// Runs a fenced script: 1 is [`Fence::Held`].
-    pub(super) async fn fenced(&self, request: Request<'_>) -> Result<Fence, StoreError> {
+    pub(super) async fn fenced(&self, request: Query<'_>) -> Result<Fence, StoreError> {
         let answer = self.query(&request, None).await?;
         self.fence(answer.value)
     }
@@ -148,7 +148,7 @@ impl Shared {
         key: &str,
         holder: &Claim,
     ) -> Result<Option<Duration>, StoreError> {
-        let request = Request::script(&self.scripts.peek, key, &[&holder.encoded()]);
+        let request = Query::script(&self.scripts.peek, key, &[&holder.encoded()]);
         let answer = self.query(&request, None).await?;
         let left: i64 = self.parse(answer.value)?;
         Ok(u64::try_from(left).ok().map(Duration::from_millis))
@@ -157,7 +157,7 @@ impl Shared {
 
 /// What [`Shared::query`] sends: a command on one key; for a script, the script to load
 /// where the server answers `NOSCRIPT`; and what follows the command in the same round trip.
-pub(super) struct Request<'a> {
+pub(super) struct Query<'a> {
     pub(super) cmd: Cmd,
     pub(super) key: &'a str,
     pub(super) script: Option<&'static Lua>,
@@ -167,9 +167,9 @@ pub(super) struct Request<'a> {
     pub(super) expiry: bool,
 }
 
-impl<'a> Request<'a> {
+impl<'a> Query<'a> {
     pub(super) fn command(cmd: Cmd, key: &'a str) -> Self {
-        Request {
+        Query {
             cmd,
             key,
             script: None,
@@ -187,25 +187,25 @@ impl<'a> Request<'a> {
         for arg in args {
             cmd.arg(*arg);
         }
-        Request {
+        Query {
             script: Some(lua),
-            ..Request::command(cmd, key)
+            ..Query::command(cmd, key)
         }
     }
 
     pub(super) fn replicated(self) -> Self {
-        Request {
+        Query {
             replicated: true,
             ..self
         }
     }
 
     pub(super) fn with_expiry(self, expiry: bool) -> Self {
-        Request { expiry, ..self }
+        Query { expiry, ..self }
     }
 }
 
-/// The answers to a [`Request`].
+/// The answers to a [`Query`].
 pub(super) struct Answer {
     /// The command's.
     pub(super) value: Value,
@@ -226,7 +226,7 @@ pub(super) struct Answer {
 /// reach another node than the one that finally runs the script.
 async fn send(
     conn: &mut Conn,
-    request: &Request<'_>,
+    request: &Query<'_>,
     replicas: Option<Replicas>,
 ) -> RedisResult<Answer> {
     // Boxed, like the loading below: the rare path's state stays out of every command's future.
@@ -327,8 +327,8 @@ struct Undo {
 impl Undo {
     /// Sends the release in the background, on idem's own runtime: the caller's may end first.
     fn send(self, mut conn: Conn) {
-        background::spawn(false, async move {
-            let request = Request::script(&self.scripts.release, &self.key, &[&self.claim]);
+        runtimes::spawn(false, async move {
+            let request = Query::script(&self.scripts.release, &self.key, &[&self.claim]);
             let undone = tokio::time::timeout(self.within, send(&mut conn, &request, None)).await;
             let undone = undone.map(|answer| answer.map(|answer| answer.value));
             tracing::debug!(?undone, "idem released a claim whose SET timed out");
@@ -356,7 +356,7 @@ mod tests {
     #[test]
     fn a_script_missing_on_a_node_is_sent_whole_with_the_same_keys_and_arguments() {
         let lua = &super::super::scripts::CLUSTER.renew;
-        let request = Request::script(lua, "idem:s:k", &[b"claim", b"30000"]);
+        let request = Query::script(lua, "idem:s:k", &[b"claim", b"30000"]);
         let eval = evaluate(lua, &request.cmd);
         let words: Vec<Vec<u8>> = eval
             .args_iter()

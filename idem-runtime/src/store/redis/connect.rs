@@ -7,11 +7,11 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::error::Error;
 
-use super::background::Home;
 use super::command::{Replicas, Shared};
-use super::links::{Lender, Links};
+use super::connections::{ConnectionSource, Connections};
 #[cfg(feature = "deadpool-redis")]
 use super::pooled;
+use super::runtimes::ConnectRuntime;
 use super::servers::{Target, Timeouts};
 use super::waiters::Hub;
 use super::{CLUSTER_POOL, NODE_POOL, RedisOptions, RedisStore, scripts};
@@ -172,7 +172,7 @@ impl RedisStore {
         let pool = pooled::Pooled::new(pool, options.connect_timeout);
         let pool_size = pool.max_size();
         let store = RedisStore::assemble(
-            Lender::Pool(pool),
+            ConnectionSource::Pool(pool),
             None,
             Deployment {
                 cluster: false,
@@ -202,11 +202,11 @@ impl RedisStore {
         let pool_size = options
             .pool_size
             .unwrap_or(if cluster { CLUSTER_POOL } else { NODE_POOL });
-        let home = Arc::new(Home::default());
-        let links = Links::new(servers.clone(), home.clone(), timeouts, pool_size, cluster);
+        let home = Arc::new(ConnectRuntime::default());
+        let links = Connections::new(servers.clone(), home.clone(), timeouts, pool_size, cluster);
         let hub = Hub::new(servers, home, timeouts, options.command_timeout);
         let store = RedisStore::assemble(
-            Lender::Own(links),
+            ConnectionSource::Own(links),
             Some(Arc::new(hub)),
             Deployment {
                 cluster,
@@ -223,7 +223,7 @@ impl RedisStore {
 
     /// A store whose operations take their connections from `lender`.
     pub(super) fn assemble(
-        lender: Lender,
+        lender: ConnectionSource,
         hub: Option<Arc<Hub>>,
         deployment: Deployment,
         options: &RedisOptions,

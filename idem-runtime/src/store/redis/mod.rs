@@ -24,9 +24,9 @@
 //! - `checks.rs`: what `connect` checks before the first call (version, deployment, eviction);
 //! - `command.rs`: the path of every command (lent connection, timeout, a missing script
 //!   loaded, a closed connection replaced, the answer read);
-//! - `links.rs`: the connections commands go over, shared and pipelined to one server, one
+//! - `connections.rs`: the connections commands go over, shared and pipelined to one server, one
 //!   operation at a time per Cluster connection; `servers.rs`: one server or a Cluster, from
-//!   the URL; `background.rs`: the runtime that drives them (the callers' while they come
+//!   the URL; `runtimes.rs`: the runtime that drives them (the callers' while they come
 //!   from one, idem's own once they come from more);
 //! - `scripts.rs`: the Lua scripts, run by SHA; `waiters.rs`: pub/sub that wakes waiting
 //!   calls; `failure.rs`: which errors mean what; `stats.rs`: the operator's count;
@@ -37,15 +37,15 @@
 //! it (see `pooled.rs`): deadpool-redis's `UNWATCH`+`PING` at each checkout adds a round trip
 //! per operation, and waiters look at their key every 50 ms instead of subscribing.
 
-mod background;
 mod checks;
 mod command;
 mod connect;
+mod connections;
 mod failure;
-mod links;
 mod options;
 #[cfg(feature = "deadpool-redis")]
 mod pooled;
+mod runtimes;
 mod scripts;
 mod servers;
 mod stats;
@@ -65,7 +65,7 @@ use crate::store::{Fence, Inspection, Stats, Store, StoreFuture};
 
 pub use self::options::RedisOptions;
 
-use self::command::{Request, Shared, millis};
+use self::command::{Query, Shared, millis};
 
 /// The connections kept to one server by default: multiplexed and shared, one is enough.
 const NODE_POOL: usize = 1;
@@ -173,7 +173,7 @@ impl RedisStore {
             .arg("PX")
             .arg(millis(lease))
             .arg("GET");
-        let request = Request::command(cmd, key).replicated().with_expiry(expiry);
+        let request = Query::command(cmd, key).replicated().with_expiry(expiry);
         let answer = self
             .shared
             .query(&request, Some((&mine[..], lease)))
@@ -235,7 +235,7 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, Fence> {
         Box::pin(async move {
             let ttl = millis(ttl).to_string();
-            let request = Request::script(
+            let request = Query::script(
                 &self.shared.scripts.complete,
                 key,
                 &[&claim.encoded(), payload, ttl.as_bytes()],
@@ -253,7 +253,7 @@ impl Store for RedisStore {
 
     fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
         Box::pin(async move {
-            let request = Request::script(&self.shared.scripts.release, key, &[&claim.encoded()]);
+            let request = Query::script(&self.shared.scripts.release, key, &[&claim.encoded()]);
             self.shared.fenced(request).await
         })
     }
@@ -266,7 +266,7 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, Fence> {
         Box::pin(async move {
             let lease = millis(lease).to_string();
-            let request = Request::script(
+            let request = Query::script(
                 &self.shared.scripts.renew,
                 key,
                 &[&claim.encoded(), lease.as_bytes()],
@@ -325,7 +325,7 @@ impl Store for RedisStore {
             get.arg("GET").arg(key);
             let answer = self
                 .shared
-                .query(&Request::command(get, key).with_expiry(true), None)
+                .query(&Query::command(get, key).with_expiry(true), None)
                 .await?;
             let Some(bytes) = self.shared.parse::<Option<Vec<u8>>>(answer.value)? else {
                 return Ok(Inspection::Absent);
@@ -341,7 +341,7 @@ impl Store for RedisStore {
     /// A script: `DEL key`, and `(S)PUBLISH` to wake the waiters when it deleted a record.
     fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let request = Request::script(&self.shared.scripts.forget, key, &[]);
+            let request = Query::script(&self.shared.scripts.forget, key, &[]);
             let answer = self.shared.query(&request, None).await?;
             Ok(self.shared.parse::<i64>(answer.value)? == 1)
         })

@@ -52,7 +52,7 @@ impl Pooled {
     }
 
     /// A connection checked out of the pool, back in it when the returned [`Checkout`] is
-    /// dropped (`links.rs` lends the two as one `Lent`).
+    /// dropped (`connections.rs` lends the two as one `LentConnection`).
     pub(super) async fn get(&self) -> Result<(Conn, Box<Checkout>), NotCheckedOut> {
         match tokio::time::timeout(self.within, self.pool.get()).await {
             Ok(Ok(object)) => {

@@ -26,7 +26,7 @@ use redis::{
 
 use crate::error::Error;
 
-use super::background::{Home, MadeOn};
+use super::runtimes::{ConnectRuntime, DrivenBy};
 
 /// The servers of a store.
 pub(super) enum Servers {
@@ -148,15 +148,15 @@ pub(super) struct Timeouts {
 }
 
 impl Servers {
-    /// A connection for commands, and the runtime it was made on (see [`Home`]). `on_push`
+    /// A connection for commands, and the runtime it was made on (see [`ConnectRuntime`]). `on_push`
     /// receives the pushes of a single-server connection (a cluster connection handles its own:
     /// it reconnects a node whose socket closed).
     pub(super) async fn connect(
         &self,
         timeouts: Timeouts,
         on_push: impl redis::aio::AsyncPushSender,
-        home: &Home,
-    ) -> RedisResult<(Conn, MadeOn)> {
+        home: &ConnectRuntime,
+    ) -> RedisResult<(Conn, DrivenBy)> {
         match self {
             Servers::Node(client) => {
                 let config = redis::AsyncConnectionConfig::new()
@@ -188,8 +188,8 @@ impl Servers {
         &self,
         timeouts: Timeouts,
         on_push: impl redis::aio::AsyncPushSender,
-        home: &Home,
-    ) -> RedisResult<(Conn, MadeOn)> {
+        home: &ConnectRuntime,
+    ) -> RedisResult<(Conn, DrivenBy)> {
         match self {
             Servers::Node(_) => self.connect(timeouts, on_push, home).await,
             #[cfg(feature = "redis-cluster")]
@@ -209,8 +209,8 @@ impl Servers {
     async fn cluster(
         client: &ClusterClient,
         config: ClusterConfig,
-        home: &Home,
-    ) -> RedisResult<(Conn, MadeOn)> {
+        home: &ConnectRuntime,
+    ) -> RedisResult<(Conn, DrivenBy)> {
         let client = client.clone();
         let make = async move { client.get_async_connection_with_config(config).await };
         let (conn, made_on) = home.make(make).await?;
