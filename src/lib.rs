@@ -30,7 +30,8 @@
 //!
 //! See the [`idempotent`] attribute for its options, [`Call`] for the same engine without the
 //! attribute, [`Config`] and [`init`] (or [`install`], for a store built from the application's
-//! own clients) to choose the store, and [`Store`] to bring another backend. A call made before
+//! own clients) to choose the store, and [`Store`] to bring another backend
+//! ([`store::registry::register_scheme`] lets `IDEM_STORE` choose it). A call made before
 //! either fails with [`Error::Config`]: idem never falls back to a store of one process.
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]

@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::codec::{CachingShape, PlainShape, ResultShape};
-use crate::engine::{self, Request};
+use crate::codec::{CachingCodec, PlainCodec, ResultCodec};
+use crate::engine::{self, CallRequest};
 use crate::error::Error;
 use crate::outcome::Outcome;
 use crate::record::Fingerprint;
@@ -46,7 +46,7 @@ use crate::store::StoreHandle;
 /// ```
 #[must_use = "a Call does nothing until one of its run methods is awaited"]
 #[derive(Debug)]
-pub struct Call(Request);
+pub struct Call(CallRequest);
 
 impl Call {
     /// A call of `scope` (the namespace, such as the function's path) with `key`.
@@ -72,7 +72,7 @@ impl Call {
 
     /// A call whose key is encoded already (see `key.rs`).
     pub(crate) fn keyed(scope: Cow<'static, str>, key: String) -> Self {
-        Call(Request {
+        Call(CallRequest {
             scope,
             key,
             ttl: None,
@@ -132,7 +132,7 @@ impl Call {
     {
         // The engine's future itself, not one wrapped around it: a call's future is moved
         // whole on every call, and each layer adds to what is copied.
-        engine::execute(self.0, body, PlainShape::new(), std::convert::identity)
+        engine::execute(self.0, body, PlainCodec::new(), |result, _| result)
     }
 
     /// [`run`](Call::run), giving the value alone (the attribute's runner of a plain function).
@@ -141,7 +141,7 @@ impl Call {
         T: Serialize + DeserializeOwned,
         F: Future<Output = T>,
     {
-        engine::execute(self.0, body, PlainShape::new(), |result| {
+        engine::execute(self.0, body, PlainCodec::new(), |result, _| {
             result.map(|outcome| outcome.value)
         })
     }
@@ -156,7 +156,23 @@ impl Call {
         T: Serialize + DeserializeOwned,
         F: Future<Output = Result<T, E>>,
     {
-        engine::execute(self.0, body, ResultShape::new(), std::convert::identity)
+        engine::execute(self.0, body, ResultCodec::new(), |result, _| result)
+    }
+
+    /// [`run_result`](Call::run_result), handing how it ended to `answer` with the call's
+    /// frame, when it got one: the HTTP layer reads the store and lease of a rejected call
+    /// there instead of resolving them again.
+    #[cfg(feature = "http")]
+    pub(crate) fn run_result_framed<T, E, F, O>(
+        self,
+        body: F,
+        answer: impl FnOnce(Result<Outcome<Result<T, E>>, Error>, Option<&engine::Frame<'_>>) -> O,
+    ) -> impl Future<Output = O>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Future<Output = Result<T, E>>,
+    {
+        engine::execute(self.0, body, ResultCodec::new(), answer)
     }
 
     /// Like [`run_result`](Call::run_result), but the errors for which `cache_err` returns
@@ -172,12 +188,9 @@ impl Call {
         F: Future<Output = Result<T, E>>,
         P: FnOnce(&E) -> bool,
     {
-        engine::execute(
-            self.0,
-            body,
-            CachingShape::new(cache_err),
-            std::convert::identity,
-        )
+        engine::execute(self.0, body, CachingCodec::new(cache_err), |result, _| {
+            result
+        })
     }
 
     /// Runs `body` once for this key in **transactional mode**: the claim and the stored value
@@ -233,7 +246,7 @@ impl Call {
         T: Serialize + DeserializeOwned,
         B: AsyncFnOnce(&mut sqlx::PgConnection) -> T,
     {
-        engine::tx::execute(self.0, conn, body, PlainShape::new()).await
+        engine::tx::execute(self.0, conn, body, PlainCodec::new()).await
     }
 
     /// [`run_tx`](Call::run_tx) for a fallible `body`: an `Ok` value is stored with the body's
@@ -250,7 +263,7 @@ impl Call {
         T: Serialize + DeserializeOwned,
         B: AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, E>,
     {
-        engine::tx::execute(self.0, conn, body, ResultShape::new()).await
+        engine::tx::execute(self.0, conn, body, ResultCodec::new()).await
     }
 
     /// [`run_tx`](Call::run_tx) for a fallible `body` whose errors for which `cache_err`
@@ -271,7 +284,7 @@ impl Call {
         B: AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, E>,
         P: FnOnce(&E) -> bool,
     {
-        engine::tx::execute(self.0, conn, body, CachingShape::new(cache_err)).await
+        engine::tx::execute(self.0, conn, body, CachingCodec::new(cache_err)).await
     }
 
     /// [`run_result_caching_tx`](Call::run_result_caching_tx) with every error permanent:
@@ -287,7 +300,7 @@ impl Call {
         E: Serialize + DeserializeOwned,
         B: AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, E>,
     {
-        let every = CachingShape::every(|_: &E| true);
+        let every = CachingCodec::every(|_: &E| true);
         engine::tx::execute(self.0, conn, body, every).await
     }
 }

@@ -23,7 +23,7 @@ const HEAD: &str = r#"{"v":1,"codec":"json","fp":"#;
 
 /// Which side of a `Result` a record holds, or that it holds no value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Side {
+pub(crate) enum RecordSide {
     Ok,
     Err,
     /// The first call's result could not be stored; the value is a JSON object with the
@@ -34,12 +34,12 @@ pub(crate) enum Side {
 /// A decoded envelope; the value is still its JSON text.
 pub(crate) struct Envelope<'a> {
     pub(crate) fingerprint: Option<Fingerprint>,
-    pub(crate) side: Side,
+    pub(crate) side: RecordSide,
     pub(crate) value: &'a str,
 }
 
 #[derive(Deserialize)]
-struct Wire<'a> {
+struct RawEnvelope<'a> {
     v: u32,
     codec: &'a str,
     fp: Option<&'a str>,
@@ -69,7 +69,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 
 /// Reads an envelope; the error says why the bytes are not one.
 pub(crate) fn open(bytes: &[u8]) -> Result<Envelope<'_>, String> {
-    let wire: Wire<'_> =
+    let wire: RawEnvelope<'_> =
         serde_json::from_slice(bytes).map_err(|e| format!("not an idem envelope: {e}"))?;
     if wire.v != VERSION {
         return Err(format!(
@@ -88,9 +88,9 @@ pub(crate) fn open(bytes: &[u8]) -> Result<Envelope<'_>, String> {
         ),
     };
     let (side, value) = match (wire.ok, wire.err, wire.unstorable) {
-        (Some(value), None, None) => (Side::Ok, value),
-        (None, Some(value), None) => (Side::Err, value),
-        (None, None, Some(value)) => (Side::Unstorable, value),
+        (Some(value), None, None) => (RecordSide::Ok, value),
+        (None, Some(value), None) => (RecordSide::Err, value),
+        (None, None, Some(value)) => (RecordSide::Unstorable, value),
         _ => {
             return Err(
                 "the envelope must hold exactly one of `ok`, `err` and `unstorable`".to_owned(),
@@ -121,8 +121,8 @@ pub(crate) fn open_written(text: &str) -> Option<Envelope<'_>> {
         }
     };
     let (side, rest) = match rest.strip_prefix(r#","ok":"#) {
-        Some(rest) => (Side::Ok, rest),
-        None => (Side::Err, rest.strip_prefix(r#","err":"#)?),
+        Some(rest) => (RecordSide::Ok, rest),
+        None => (RecordSide::Err, rest.strip_prefix(r#","err":"#)?),
     };
     Some(Envelope {
         fingerprint,
@@ -147,7 +147,7 @@ pub(crate) fn fingerprint_of(bytes: &[u8]) -> Option<Fingerprint> {
 /// are not strings fails) must never be stored as a result.
 pub(crate) fn seal<V: Serialize + DeserializeOwned>(
     fingerprint: Option<&Fingerprint>,
-    side: Side,
+    side: RecordSide,
     value: &V,
 ) -> Result<Vec<u8>, String> {
     let mut out = head(fingerprint, side);
@@ -170,7 +170,7 @@ pub(crate) fn seal_unstorable(
     type_name: &str,
     reason: &str,
 ) -> Vec<u8> {
-    let mut out = head(fingerprint, Side::Unstorable);
+    let mut out = head(fingerprint, RecordSide::Unstorable);
     let what = Unstorable {
         type_name: type_name.to_owned(),
         reason: reason.to_owned(),
@@ -181,7 +181,7 @@ pub(crate) fn seal_unstorable(
 }
 
 /// The envelope up to its value.
-fn head(fingerprint: Option<&Fingerprint>, side: Side) -> Vec<u8> {
+fn head(fingerprint: Option<&Fingerprint>, side: RecordSide) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(HEAD.as_bytes());
     match fingerprint {
@@ -193,9 +193,9 @@ fn head(fingerprint: Option<&Fingerprint>, side: Side) -> Vec<u8> {
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(match side {
-        Side::Ok => b",\"ok\":",
-        Side::Err => b",\"err\":",
-        Side::Unstorable => b",\"unstorable\":",
+        RecordSide::Ok => b",\"ok\":",
+        RecordSide::Err => b",\"err\":",
+        RecordSide::Unstorable => b",\"unstorable\":",
     });
     out
 }
@@ -210,7 +210,7 @@ fn decode<T: DeserializeOwned>(json: &str) -> Result<T, String> {
 }
 
 /// What to do with a body's result.
-pub(crate) enum Seal {
+pub(crate) enum Disposition {
     /// Store these bytes and replay them.
     Store(Vec<u8>),
     /// Do not store: release the key so that a retry runs again (a transient error).
@@ -221,14 +221,14 @@ pub(crate) enum Seal {
 }
 
 /// How one kind of function result is stored and replayed.
-pub(crate) trait Shape<R> {
+pub(crate) trait Codec<R> {
     /// Decides what to store for `value`.
-    fn seal(&mut self, value: &R, fingerprint: Option<&Fingerprint>) -> Seal;
+    fn seal(&mut self, value: &R, fingerprint: Option<&Fingerprint>) -> Disposition;
     /// Rebuilds a stored result.
     fn open(&self, envelope: &Envelope<'_>) -> Result<R, String>;
     /// The Rust type a record is decoded as, for [`Error::Decode`](crate::Error::Decode).
     fn type_name(&self) -> &'static str;
-    /// Whether [`seal`](Shape::seal) may answer [`Seal::Release`] (the transactional mode
+    /// Whether [`seal`](Codec::seal) may answer [`Disposition::Release`] (the transactional mode
     /// takes a savepoint before the body only then).
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     fn may_release(&self) -> bool {
@@ -238,36 +238,36 @@ pub(crate) trait Shape<R> {
 
 fn seal_or_report<V: Serialize + DeserializeOwned>(
     fp: Option<&Fingerprint>,
-    side: Side,
+    side: RecordSide,
     value: &V,
-) -> Seal {
+) -> Disposition {
     match seal(fp, side, value) {
-        Ok(bytes) => Seal::Store(bytes),
-        Err(reason) => Seal::Unstorable(reason),
+        Ok(bytes) => Disposition::Store(bytes),
+        Err(reason) => Disposition::Unstorable(reason),
     }
 }
 
 /// A plain value: always stored.
-pub(crate) struct PlainShape<T>(PhantomData<fn() -> T>);
+pub(crate) struct PlainCodec<T>(PhantomData<fn() -> T>);
 
-impl<T> PlainShape<T> {
+impl<T> PlainCodec<T> {
     pub(crate) fn new() -> Self {
-        PlainShape(PhantomData)
+        PlainCodec(PhantomData)
     }
 }
 
-impl<T: Serialize + DeserializeOwned> Shape<T> for PlainShape<T> {
-    fn seal(&mut self, value: &T, fp: Option<&Fingerprint>) -> Seal {
-        seal_or_report(fp, Side::Ok, value)
+impl<T: Serialize + DeserializeOwned> Codec<T> for PlainCodec<T> {
+    fn seal(&mut self, value: &T, fp: Option<&Fingerprint>) -> Disposition {
+        seal_or_report(fp, RecordSide::Ok, value)
     }
 
     fn open(&self, envelope: &Envelope<'_>) -> Result<T, String> {
         match envelope.side {
-            Side::Ok => decode(envelope.value),
-            Side::Err => {
+            RecordSide::Ok => decode(envelope.value),
+            RecordSide::Err => {
                 Err("the record holds an error, but this function returns no Result".into())
             }
-            Side::Unstorable => Err(NO_VALUE.into()),
+            RecordSide::Unstorable => Err(NO_VALUE.into()),
         }
     }
 
@@ -281,29 +281,29 @@ impl<T: Serialize + DeserializeOwned> Shape<T> for PlainShape<T> {
 }
 
 /// A `Result` whose errors are transient: `Ok` stored, `Err` released.
-pub(crate) struct ResultShape<T, E>(PhantomData<fn() -> (T, E)>);
+pub(crate) struct ResultCodec<T, E>(PhantomData<fn() -> (T, E)>);
 
-impl<T, E> ResultShape<T, E> {
+impl<T, E> ResultCodec<T, E> {
     pub(crate) fn new() -> Self {
-        ResultShape(PhantomData)
+        ResultCodec(PhantomData)
     }
 }
 
-impl<T: Serialize + DeserializeOwned, E> Shape<Result<T, E>> for ResultShape<T, E> {
-    fn seal(&mut self, value: &Result<T, E>, fp: Option<&Fingerprint>) -> Seal {
+impl<T: Serialize + DeserializeOwned, E> Codec<Result<T, E>> for ResultCodec<T, E> {
+    fn seal(&mut self, value: &Result<T, E>, fp: Option<&Fingerprint>) -> Disposition {
         match value {
-            Ok(value) => seal_or_report(fp, Side::Ok, value),
-            Err(_) => Seal::Release,
+            Ok(value) => seal_or_report(fp, RecordSide::Ok, value),
+            Err(_) => Disposition::Release,
         }
     }
 
     fn open(&self, envelope: &Envelope<'_>) -> Result<Result<T, E>, String> {
         match envelope.side {
-            Side::Ok => decode(envelope.value).map(Ok),
-            Side::Err => {
+            RecordSide::Ok => decode(envelope.value).map(Ok),
+            RecordSide::Err => {
                 Err("the record holds an error, but this function does not cache errors".into())
             }
-            Side::Unstorable => Err(NO_VALUE.into()),
+            RecordSide::Unstorable => Err(NO_VALUE.into()),
         }
     }
 
@@ -314,7 +314,7 @@ impl<T: Serialize + DeserializeOwned, E> Shape<Result<T, E>> for ResultShape<T, 
 
 /// A `Result` with `cache_err`: `Ok` stored, `Err` stored when the predicate says it is
 /// permanent.
-pub(crate) struct CachingShape<T, E, P> {
+pub(crate) struct CachingCodec<T, E, P> {
     cache_err: Option<P>,
     /// The predicate says yes to every error (`cache_err = true`).
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
@@ -322,9 +322,9 @@ pub(crate) struct CachingShape<T, E, P> {
     types: PhantomData<fn() -> (T, E)>,
 }
 
-impl<T, E, P> CachingShape<T, E, P> {
+impl<T, E, P> CachingCodec<T, E, P> {
     pub(crate) fn new(cache_err: P) -> Self {
-        CachingShape {
+        CachingCodec {
             cache_err: Some(cache_err),
             every: false,
             types: PhantomData,
@@ -334,39 +334,39 @@ impl<T, E, P> CachingShape<T, E, P> {
     /// A shape whose `cache_err` stores every error: it never releases.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn every(cache_err: P) -> Self {
-        CachingShape {
+        CachingCodec {
             every: true,
-            ..CachingShape::new(cache_err)
+            ..CachingCodec::new(cache_err)
         }
     }
 }
 
-impl<T, E, P> Shape<Result<T, E>> for CachingShape<T, E, P>
+impl<T, E, P> Codec<Result<T, E>> for CachingCodec<T, E, P>
 where
     T: Serialize + DeserializeOwned,
     E: Serialize + DeserializeOwned,
     P: FnOnce(&E) -> bool,
 {
-    fn seal(&mut self, value: &Result<T, E>, fp: Option<&Fingerprint>) -> Seal {
+    fn seal(&mut self, value: &Result<T, E>, fp: Option<&Fingerprint>) -> Disposition {
         match value {
-            Ok(value) => seal_or_report(fp, Side::Ok, value),
+            Ok(value) => seal_or_report(fp, RecordSide::Ok, value),
             Err(error)
                 if self
                     .cache_err
                     .take()
                     .is_some_and(|permanent| permanent(error)) =>
             {
-                seal_or_report(fp, Side::Err, error)
+                seal_or_report(fp, RecordSide::Err, error)
             }
-            Err(_) => Seal::Release,
+            Err(_) => Disposition::Release,
         }
     }
 
     fn open(&self, envelope: &Envelope<'_>) -> Result<Result<T, E>, String> {
         match envelope.side {
-            Side::Ok => decode(envelope.value).map(Ok),
-            Side::Err => decode(envelope.value).map(Err),
-            Side::Unstorable => Err(NO_VALUE.into()),
+            RecordSide::Ok => decode(envelope.value).map(Ok),
+            RecordSide::Err => decode(envelope.value).map(Err),
+            RecordSide::Unstorable => Err(NO_VALUE.into()),
         }
     }
 
@@ -386,7 +386,7 @@ mod tests {
     #[test]
     fn envelope_round_trips_and_is_readable() {
         let fp = Fingerprint::of_bytes(b"req");
-        let bytes = seal(Some(&fp), Side::Ok, &vec![1, 2, 3]).unwrap();
+        let bytes = seal(Some(&fp), RecordSide::Ok, &vec![1, 2, 3]).unwrap();
         let text = std::str::from_utf8(&bytes).unwrap();
         assert!(
             text.starts_with("{\"v\":1,\"codec\":\"json\",\"fp\":\""),
@@ -396,7 +396,7 @@ mod tests {
         let envelope = open(&bytes).unwrap();
         assert_eq!(envelope.fingerprint, Some(fp));
         assert_eq!(
-            PlainShape::<Vec<u8>>::new().open(&envelope).unwrap(),
+            PlainCodec::<Vec<u8>>::new().open(&envelope).unwrap(),
             vec![1, 2, 3]
         );
     }
@@ -404,8 +404,8 @@ mod tests {
     #[test]
     fn null_values_are_values() {
         for bytes in [
-            seal(None, Side::Ok, &()).unwrap(),
-            seal(None, Side::Ok, &None::<u8>).unwrap(),
+            seal(None, RecordSide::Ok, &()).unwrap(),
+            seal(None, RecordSide::Ok, &None::<u8>).unwrap(),
         ] {
             let envelope = open(&bytes).unwrap();
             assert_eq!(envelope.value, "null");
@@ -437,13 +437,13 @@ mod tests {
 
     #[test]
     fn caching_shape_stores_only_permanent_errors() {
-        let mut shape = CachingShape::<u8, String, _>::new(|e: &String| e == "permanent");
+        let mut shape = CachingCodec::<u8, String, _>::new(|e: &String| e == "permanent");
         assert!(matches!(
             shape.seal(&Err("transient".into()), None),
-            Seal::Release
+            Disposition::Release
         ));
-        let mut shape = CachingShape::<u8, String, _>::new(|e: &String| e == "permanent");
-        let Seal::Store(bytes) = shape.seal(&Err("permanent".into()), None) else {
+        let mut shape = CachingCodec::<u8, String, _>::new(|e: &String| e == "permanent");
+        let Disposition::Store(bytes) = shape.seal(&Err("permanent".into()), None) else {
             panic!("a permanent error is stored")
         };
         assert_eq!(
@@ -455,7 +455,7 @@ mod tests {
     #[test]
     fn written_envelopes_are_read_in_place_like_parsed_ones() {
         let fp = Fingerprint::of_bytes(b"req");
-        for (fingerprint, side) in [(Some(&fp), Side::Ok), (None, Side::Err)] {
+        for (fingerprint, side) in [(Some(&fp), RecordSide::Ok), (None, RecordSide::Err)] {
             let bytes = seal(fingerprint, side, &("x".to_owned(), [1, 2])).unwrap();
             let quick = open_written(std::str::from_utf8(&bytes).unwrap()).expect("as written");
             let parsed = open(&bytes).unwrap();
@@ -464,7 +464,7 @@ mod tests {
             assert_eq!(quick.value, r#"["x",[1,2]]"#);
             assert!(matches!(
                 (quick.side, parsed.side),
-                (Side::Ok, Side::Ok) | (Side::Err, Side::Err)
+                (RecordSide::Ok, RecordSide::Ok) | (RecordSide::Err, RecordSide::Err)
             ));
         }
     }
@@ -487,16 +487,16 @@ mod tests {
         // Laid out as written but not one value: decoding fails, so the parser decides.
         let two = b"{\"v\":1,\"codec\":\"json\",\"fp\":null,\"ok\":1,\"err\":2}";
         let quick = open_written(std::str::from_utf8(two).unwrap()).expect("the layout matches");
-        assert!(PlainShape::<u8>::new().open(&quick).is_err());
+        assert!(PlainCodec::<u8>::new().open(&quick).is_err());
         assert!(open(two).is_err());
     }
 
     #[test]
     fn the_fingerprint_is_read_from_the_head() {
         let fp = Fingerprint::of_bytes(b"req");
-        let sealed = seal(Some(&fp), Side::Ok, &vec![1, 2, 3]).unwrap();
+        let sealed = seal(Some(&fp), RecordSide::Ok, &vec![1, 2, 3]).unwrap();
         assert_eq!(fingerprint_of(&sealed), Some(fp));
-        let without = seal(None, Side::Ok, &1_u8).unwrap();
+        let without = seal(None, RecordSide::Ok, &1_u8).unwrap();
         assert_eq!(fingerprint_of(&without), None);
         for other in [&b""[..], b"{\"v\":1}", b"claim:1:", &sealed[..40]] {
             assert_eq!(fingerprint_of(other), None);

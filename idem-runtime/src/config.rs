@@ -1,11 +1,18 @@
 //! [`Config`]: which store idem uses and how, from code, the environment or a config file.
+//!
+//! This file holds the settings, their defaults (written here once: each backend's options
+//! start from them) and their builders; `env.rs` reads them from the `IDEM_*` variables, and
+//! `validate.rs` checks them, asking the store registry (`store/registry.rs`) for the store
+//! URL's scheme.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
 use crate::error::Error;
-use crate::store::store_kind;
+
+mod env;
+mod validate;
 
 /// What a call does when the store is unavailable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -41,8 +48,9 @@ pub enum FailMode {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Config {
-    /// The store: `memory`, `redis://…`, `rediss://…`, `redis+cluster://…` or
-    /// `postgres://…`.
+    /// The store: `memory`, `redis://…`, `rediss://…`, `redis+cluster://…`,
+    /// `postgres://…`, or a URL whose scheme was registered with
+    /// [`register_scheme`](crate::store::registry::register_scheme).
     pub store: String,
     /// The first part of every key.
     pub prefix: String,
@@ -101,6 +109,8 @@ pub struct Config {
     pub pg_create_table: bool,
 }
 
+/// The one place the defaults are written: `RedisOptions::default()`,
+/// `PostgresOptions::default()` and `MemoryStore::new()` start from them.
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -111,7 +121,7 @@ impl Default for Config {
             pool_size: None,
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(2),
-            memory_capacity: 100_000,
+            memory_capacity: MEMORY_CAPACITY,
             ttl: Duration::from_secs(24 * 3600),
             lease: Duration::from_secs(30),
             wait: Duration::from_secs(10),
@@ -126,149 +136,10 @@ impl Default for Config {
     }
 }
 
-const STORE_FORMS: &str = "`memory`, `redis://host:6379/0`, `rediss://host:6380/0`, `redis+cluster://host1:port1,host2:port2` or `postgres://user:password@host:5432/db`";
-
 impl Config {
-    /// The environment variables [`Config::from_env`] reads, for tools that list or clear them.
-    pub const ENV_VARS: &'static [&'static str] = &[
-        "IDEM_STORE",
-        "IDEM_PREFIX",
-        "IDEM_FAIL_MODE",
-        "IDEM_HASH_KEYS",
-        "IDEM_POOL_SIZE",
-        "IDEM_CONNECT_TIMEOUT",
-        "IDEM_COMMAND_TIMEOUT",
-        "IDEM_MEMORY_CAPACITY",
-        "IDEM_TTL",
-        "IDEM_LEASE",
-        "IDEM_WAIT",
-        "IDEM_MIN_REPLICAS",
-        "IDEM_REPLICA_TIMEOUT",
-        "IDEM_LOCAL_CACHE",
-        "IDEM_ALLOW_EVICTION",
-        "IDEM_PG_SCHEMA",
-        "IDEM_PG_TABLE",
-        "IDEM_PG_CREATE_TABLE",
-    ];
-
-    /// Reads the `IDEM_*` environment variables over the defaults:
-    ///
-    /// | variable | meaning | default |
-    /// |---|---|---|
-    /// | `IDEM_STORE` | `memory`, `redis://host:6379/0`, `rediss://…`, `redis+cluster://h1:p1,h2:p2`, `postgres://user:pass@host:5432/db` | `memory` |
-    /// | `IDEM_PREFIX` | the first part of every key | `idem` |
-    /// | `IDEM_FAIL_MODE` | `closed` or `open` | `closed` |
-    /// | `IDEM_HASH_KEYS` | `true` to store every key as its SHA-256 | `false` |
-    /// | `IDEM_POOL_SIZE` | connections to the store | 1 (one server), 16 (Cluster), 10 (PostgreSQL) |
-    /// | `IDEM_CONNECT_TIMEOUT`, `IDEM_COMMAND_TIMEOUT` | durations such as `5s`, `250ms` | `5s`, `2s` |
-    /// | `IDEM_MEMORY_CAPACITY` | records the memory store holds at most | `100000` |
-    /// | `IDEM_TTL`, `IDEM_LEASE`, `IDEM_WAIT` | defaults for functions that set none | `24h`, `30s`, `10s` |
-    /// | `IDEM_MIN_REPLICAS` | replicas that must acknowledge a claim or a result (Redis) | `0` |
-    /// | `IDEM_REPLICA_TIMEOUT` | how long a write waits for them | `1s` |
-    /// | `IDEM_LOCAL_CACHE` | completed records kept in process, in front of the store (`0` is off) | `0` |
-    /// | `IDEM_ALLOW_EVICTION` | `true` to accept a Redis that can evict records | `false` |
-    /// | `IDEM_PG_SCHEMA`, `IDEM_PG_TABLE` | the PostgreSQL store's table | `public`, `idem_records` |
-    /// | `IDEM_PG_CREATE_TABLE` | `false` to refuse a missing table instead of creating it | `true` |
-    ///
-    /// A malformed value is [`Error::Config`] naming the variable and what it accepts.
-    pub fn from_env() -> Result<Config, Error> {
-        Config::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    /// Like [`from_env`](Config::from_env), reading the variables through `lookup`.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
-        let mut config = Config::default();
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        if let Some(store) = get("IDEM_STORE") {
-            config.store = store.trim().to_owned();
-            check_store(&config.store, "IDEM_STORE")?;
-        }
-        if let Some(prefix) = get("IDEM_PREFIX") {
-            config.prefix = prefix;
-        }
-        if let Some(mode) = get("IDEM_FAIL_MODE") {
-            config.fail_mode = match mode.trim().to_ascii_lowercase().as_str() {
-                "closed" => FailMode::Closed,
-                "open" => FailMode::Open,
-                _ => return Err(bad_var("IDEM_FAIL_MODE", &mode, "`closed` or `open`")),
-            };
-        }
-        let flag = |name: &str, value: String| -> Result<bool, Error> {
-            match value.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => Ok(true),
-                "0" | "false" | "no" | "off" => Ok(false),
-                _ => Err(bad_var(name, &value, "`true` or `false`")),
-            }
-        };
-        if let Some(v) = get("IDEM_HASH_KEYS") {
-            config.hash_keys = flag("IDEM_HASH_KEYS", v)?;
-        }
-        if let Some(v) = get("IDEM_PG_CREATE_TABLE") {
-            config.pg_create_table = flag("IDEM_PG_CREATE_TABLE", v)?;
-        }
-        if let Some(v) = get("IDEM_PG_SCHEMA") {
-            config.pg_schema = v.trim().to_owned();
-        }
-        if let Some(v) = get("IDEM_PG_TABLE") {
-            config.pg_table = v.trim().to_owned();
-        }
-        if let Some(flag) = get("IDEM_ALLOW_EVICTION") {
-            config.allow_eviction = match flag.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => true,
-                "0" | "false" | "no" | "off" => false,
-                _ => return Err(bad_var("IDEM_ALLOW_EVICTION", &flag, "`true` or `false`")),
-            };
-        }
-        let count = |name: &str, value: String| -> Result<usize, Error> {
-            match value.trim().parse::<usize>() {
-                Ok(n) if n > 0 => Ok(n),
-                _ => Err(bad_var(name, &value, "a whole number greater than 0")),
-            }
-        };
-        if let Some(v) = get("IDEM_POOL_SIZE") {
-            config.pool_size = Some(count("IDEM_POOL_SIZE", v)?);
-        }
-        if let Some(v) = get("IDEM_MEMORY_CAPACITY") {
-            config.memory_capacity = count("IDEM_MEMORY_CAPACITY", v)?;
-        }
-        if let Some(v) = get("IDEM_LOCAL_CACHE") {
-            config.local_cache = v.trim().parse().map_err(|_| {
-                bad_var(
-                    "IDEM_LOCAL_CACHE",
-                    &v,
-                    "a whole number of records (0 turns the local cache off)",
-                )
-            })?;
-        }
-        if let Some(v) = get("IDEM_MIN_REPLICAS") {
-            config.min_replicas = v.trim().parse().map_err(|_| {
-                bad_var(
-                    "IDEM_MIN_REPLICAS",
-                    &v,
-                    "a whole number of replicas (0 does not wait for replicas)",
-                )
-            })?;
-        }
-        for (name, slot) in [
-            ("IDEM_CONNECT_TIMEOUT", &mut config.connect_timeout),
-            ("IDEM_COMMAND_TIMEOUT", &mut config.command_timeout),
-            ("IDEM_TTL", &mut config.ttl),
-            ("IDEM_LEASE", &mut config.lease),
-            ("IDEM_WAIT", &mut config.wait),
-            ("IDEM_REPLICA_TIMEOUT", &mut config.replica_timeout),
-        ] {
-            if let Some(v) = get(name) {
-                *slot = humantime::parse_duration(v.trim()).map_err(|_| {
-                    bad_var(name, &v, "a duration such as `250ms`, `30s`, `24h` or `7d`")
-                })?;
-            }
-        }
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// The store: `memory`, `redis://…`, `rediss://…`, `redis+cluster://…` or
-    /// `postgres://…`.
+    /// The store: `memory`, `redis://…`, `rediss://…`, `redis+cluster://…`,
+    /// `postgres://…`, or a URL whose scheme was registered with
+    /// [`register_scheme`](crate::store::registry::register_scheme).
     pub fn store(mut self, url: impl Into<String>) -> Self {
         self.store = url.into();
         self
@@ -434,40 +305,11 @@ impl Config {
         self.pg_create_table = create;
         self
     }
-
-    /// Checks the values that have limits; [`init`](crate::init) calls it.
-    pub fn validate(&self) -> Result<(), Error> {
-        check_store(&self.store, "store")?;
-        if self.prefix.is_empty()
-            || self.prefix.len() > MAX_PREFIX_BYTES
-            || self.prefix.chars().any(char::is_control)
-        {
-            return Err(Error::Config(format!(
-                "prefix `{}` is not valid; expected 1 to {MAX_PREFIX_BYTES} bytes of printable text",
-                self.prefix.escape_debug()
-            )));
-        }
-        if self.pool_size == Some(0) || self.memory_capacity == 0 {
-            return Err(Error::Config(
-                "pool_size and memory_capacity must be greater than 0".into(),
-            ));
-        }
-        check_ttl(self.ttl)?;
-        check_lease(self.lease)?;
-        if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
-            return Err(Error::Config("timeouts must be greater than 0".into()));
-        }
-        if self.min_replicas > 0 {
-            // `WAIT n 0` would block until the replicas answer, however long that takes.
-            at_least_1ms(
-                "replica_timeout",
-                "`WAIT` with no timeout blocks until the replicas answer",
-                self.replica_timeout,
-            )?;
-        }
-        Ok(())
-    }
 }
+
+/// The memory store's default capacity, in records
+/// ([`store::memory::DEFAULT_CAPACITY`](crate::store::memory::DEFAULT_CAPACITY)).
+pub(crate) const MEMORY_CAPACITY: usize = 100_000;
 
 /// The longest prefix: it starts every store key.
 const MAX_PREFIX_BYTES: usize = 64;
@@ -506,13 +348,7 @@ pub(crate) fn check_lease(value: Duration) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_store(url: &str, name: &str) -> Result<(), Error> {
-    match store_kind(url) {
-        Some(_) => Ok(()),
-        None => Err(bad_var(name, url, STORE_FORMS)),
-    }
-}
-
+/// The error of a setting `name` whose `value` is not one of what is `expected`.
 fn bad_var(name: &str, value: &str, expected: &str) -> Error {
     Error::Config(format!(
         "{name}=`{value}` is not valid; expected {expected}"
@@ -528,27 +364,9 @@ fn duration_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration,
     })
 }
 
-/// A [`RedisStore`](crate::RedisStore)'s options from the store URL and the Redis settings.
-#[cfg(feature = "redis")]
-impl From<&Config> for crate::store::redis::RedisOptions {
-    fn from(config: &Config) -> Self {
-        let mut options = crate::store::redis::RedisOptions::new(config.store.clone())
-            .connect_timeout(config.connect_timeout)
-            .command_timeout(config.command_timeout)
-            .min_replicas(config.min_replicas)
-            .replica_timeout(config.replica_timeout)
-            .allow_eviction(config.allow_eviction);
-        if let Some(connections) = config.pool_size {
-            options = options.pool_size(connections);
-        }
-        options
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreKind;
     use std::collections::HashMap;
 
     fn from(vars: &[(&str, &str)]) -> Result<Config, Error> {
@@ -662,7 +480,7 @@ mod tests {
     fn postgres_urls_and_table_settings_are_read() {
         for url in ["postgres://u:p@127.0.0.1:5433/app", "postgresql://u@h/db"] {
             let config = from(&[("IDEM_STORE", url)]).unwrap();
-            assert_eq!(store_kind(&config.store), Some(StoreKind::Postgres));
+            assert_eq!(config.store, url);
         }
         let config = from(&[
             ("IDEM_PG_SCHEMA", "billing"),

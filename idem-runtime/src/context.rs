@@ -11,9 +11,7 @@ use crate::cache::LocalCache;
 use crate::config::{Config, FailMode};
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::record_key::RecordKey;
-use crate::store::memory::MemoryStore;
 use crate::store::{Claim, Fence, Record, Store, StoreFuture, StoreHandle};
-use crate::store::{StoreKind, store_kind};
 
 /// The settings of a configured idem that are not the store itself.
 #[derive(Debug)]
@@ -71,20 +69,17 @@ pub(crate) fn not_configured() -> Error {
 }
 
 impl Idem {
-    /// Builds the store named by `config` and checks that it answers.
+    /// Builds the store named by `config` (the constructor of its URL's scheme: built in, or
+    /// registered with [`register_scheme`](crate::store::registry::register_scheme)) and
+    /// checks that it answers.
     ///
     /// Fails with [`Error::Config`] for an invalid configuration, or with [`Error::Connect`] when
     /// the store cannot be reached within the connect timeout.
     pub async fn connect(config: &Config) -> Result<Idem, Error> {
-        config.validate()?;
-        let store = match store_kind(&config.store) {
-            Some(StoreKind::Memory) => {
-                StoreHandle::new(MemoryStore::with_capacity(config.memory_capacity))
-            }
-            Some(StoreKind::Redis | StoreKind::RedisCluster) => connect_redis(config).await?,
-            Some(StoreKind::Postgres) => connect_postgres(config).await?,
-            None => unreachable!("validate() accepts only known store kinds"),
-        };
+        // The registry's row for the store's scheme: its constructor builds the backend's
+        // options from `config`.
+        let connector = config.checked()?;
+        let store = connector.connect(config).await?;
         Ok(Idem::with_settings(store, config))
     }
 
@@ -244,49 +239,6 @@ impl Store for NotInstalled {
     fn describe(&self) -> String {
         "none installed".to_owned()
     }
-}
-
-#[cfg(not(feature = "redis"))]
-async fn connect_redis(config: &Config) -> Result<StoreHandle, Error> {
-    Err(Error::Config(format!(
-        "store `{}` needs {}",
-        config.store,
-        crate::error::needs_feature("redis")
-    )))
-}
-
-#[cfg(feature = "redis")]
-async fn connect_redis(config: &Config) -> Result<StoreHandle, Error> {
-    crate::store::redis::RedisStore::connect(config)
-        .await
-        .map(StoreHandle::new)
-}
-
-#[cfg(not(feature = "postgres"))]
-async fn connect_postgres(config: &Config) -> Result<StoreHandle, Error> {
-    Err(Error::Config(format!(
-        "store `{}` needs {}",
-        config.store,
-        crate::error::needs_feature("postgres")
-    )))
-}
-
-/// Translates `config` into the PostgreSQL store's own options.
-#[cfg(feature = "postgres")]
-async fn connect_postgres(config: &Config) -> Result<StoreHandle, Error> {
-    use crate::store::postgres::{PostgresOptions, PostgresStore};
-    let mut options = PostgresOptions::default()
-        .schema(config.pg_schema.clone())
-        .table(config.pg_table.clone())
-        .create_table(config.pg_create_table)
-        .connect_timeout(config.connect_timeout)
-        .statement_timeout(config.command_timeout);
-    if let Some(size) = config.pool_size {
-        options = options.pool_size(u32::try_from(size).unwrap_or(u32::MAX));
-    }
-    PostgresStore::connect(&config.store, &options)
-        .await
-        .map(StoreHandle::new)
 }
 
 /// Configures idem for the whole process: call it once at start-up, before the first

@@ -83,12 +83,12 @@ fn push_head(out: &mut String, prefix: &str, scope: &str) {
 const KEPT_HEADS: usize = 8;
 
 thread_local! {
-    static HEADS: RefCell<Heads> = const { RefCell::new(Heads { kept: Vec::new(), next: 0 }) };
+    static HEADS: RefCell<HeadCache> = const { RefCell::new(HeadCache { kept: Vec::new(), next: 0 }) };
 }
 
 /// The heads of store keys made lately on this thread, by prefix and scope (compared by
 /// content, so a head is never used for another prefix or scope).
-struct Heads {
+struct HeadCache {
     kept: Vec<Head>,
     /// Where the next head is kept once all places are taken.
     next: usize,
@@ -100,7 +100,7 @@ struct Head {
     encoded: Box<str>,
 }
 
-impl Heads {
+impl HeadCache {
     /// A store key's start, its head written, with room for `key_len` more bytes.
     fn start(&mut self, prefix: &str, scope: &str, key_len: usize) -> String {
         let found = self

@@ -16,7 +16,7 @@ pub const STORE_SECONDS: &str = "idem_store_seconds";
 
 /// How a call ended, as the `outcome` label of [`CALLS_TOTAL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Outcome {
+pub(crate) enum Ending {
     Executed,
     Replayed,
     Waited,
@@ -33,23 +33,23 @@ pub(crate) enum Outcome {
     Conflict,
 }
 
-impl Outcome {
+impl Ending {
     pub(crate) fn label(self) -> &'static str {
         match self {
-            Outcome::Executed => "executed",
-            Outcome::Replayed => "replayed",
-            Outcome::Waited => "waited",
-            Outcome::Rejected => "rejected",
-            Outcome::Mismatch => "mismatch",
-            Outcome::StoreError => "store_error",
-            Outcome::LeaseLost => "lease_lost",
-            Outcome::FailOpen => "fail_open",
-            Outcome::DecodeError => "decode_error",
-            Outcome::NotStored => "not_stored",
-            Outcome::Unstorable => "unstorable",
-            Outcome::ConfigError => "config_error",
-            Outcome::FingerprintError => "fingerprint_error",
-            Outcome::Conflict => "conflict",
+            Ending::Executed => "executed",
+            Ending::Replayed => "replayed",
+            Ending::Waited => "waited",
+            Ending::Rejected => "rejected",
+            Ending::Mismatch => "mismatch",
+            Ending::StoreError => "store_error",
+            Ending::LeaseLost => "lease_lost",
+            Ending::FailOpen => "fail_open",
+            Ending::DecodeError => "decode_error",
+            Ending::NotStored => "not_stored",
+            Ending::Unstorable => "unstorable",
+            Ending::ConfigError => "config_error",
+            Ending::FingerprintError => "fingerprint_error",
+            Ending::Conflict => "conflict",
         }
     }
 }
@@ -65,16 +65,16 @@ const KEPT_KEYS: usize = 4_096;
 thread_local! {
     /// The counter keys of static scopes (by the scope's address and length) and outcomes,
     /// built once per thread: counting a call then allocates nothing and hashes no label.
-    static KEYS: RefCell<HashMap<(usize, usize, Outcome), metrics::Key, Mix>> =
-        const { RefCell::new(HashMap::with_hasher(Mix)) };
+    static KEYS: RefCell<HashMap<(usize, usize, Ending), metrics::Key, MixHasher>> =
+        const { RefCell::new(HashMap::with_hasher(MixHasher)) };
 }
 
 /// A hasher for [`KEYS`]: its keys are an address, a length and an outcome, from this
 /// process, so a multiply-rotate mix spreads them well enough, for far less than SipHash.
 #[derive(Clone, Copy, Default)]
-struct Mix;
+struct MixHasher;
 
-impl BuildHasher for Mix {
+impl BuildHasher for MixHasher {
     type Hasher = Mixer;
     fn build_hasher(&self) -> Mixer {
         Mixer(0)
@@ -103,7 +103,7 @@ impl Hasher for Mixer {
     }
 }
 
-fn key_of(scope: metrics::SharedString, outcome: Outcome) -> metrics::Key {
+fn key_of(scope: metrics::SharedString, outcome: Ending) -> metrics::Key {
     metrics::Key::from_parts(
         CALLS_TOTAL,
         vec![
@@ -131,7 +131,7 @@ pub(crate) fn count_forget(scope: &str) {
     clippy::ptr_arg,
     reason = "a borrowed static scope becomes a label without allocating"
 )]
-pub(crate) fn count(scope: &Cow<'static, str>, outcome: Outcome) {
+pub(crate) fn count(scope: &Cow<'static, str>, outcome: Ending) {
     let scope = match scope {
         Cow::Borrowed(scope) => scope,
         Cow::Owned(scope) => return increment(&key_of(scope.clone().into(), outcome)),

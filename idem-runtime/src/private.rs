@@ -210,7 +210,8 @@ mod tx {
 
     /// The argument `tx = ` names, as the PostgreSQL connection it must be. The macro calls
     /// `<ArgType as TxConnection>::connection(arg)` with the argument type's own spans, so that
-    /// another type is one error, on it.
+    /// another type is one error, on it. The engine then writes through the store that the
+    /// connection's type names (its `Transactional` impl, see `store/tx.rs`).
     #[diagnostic::on_unimplemented(
         message = "`tx = ...` must name an argument of type `&mut sqlx::PgConnection` of sqlx 0.9, not `{Self}`",
         label = "the connection the record is written through, inside its transaction",

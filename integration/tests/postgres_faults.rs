@@ -22,7 +22,7 @@ async fn store(server: &PostgresServer) -> PostgresStore {
         .pool_size(4)
         .statement_timeout(Duration::from_millis(500))
         .connect_timeout(Duration::from_secs(2));
-    PostgresStore::connect(&server.url(), &options)
+    PostgresStore::connect_with(&server.url(), options)
         .await
         .expect("connect to the test's PostgreSQL")
 }

@@ -22,7 +22,7 @@ async fn counted_store(server: &PostgresServer) -> PostgresStore {
         .application_name(COUNTED)
         .reaper_interval(None)
         .pool_size(1);
-    PostgresStore::connect(&server.url(), &options)
+    PostgresStore::connect_with(&server.url(), options)
         .await
         .expect("connect to the test's PostgreSQL")
 }
@@ -241,7 +241,7 @@ async fn the_table_is_created_where_configured_or_named_in_an_error() {
         .table("keys")
         .create_table(false);
     server.psql("CREATE SCHEMA billing");
-    let error = PostgresStore::connect(&server.url(), &off)
+    let error = PostgresStore::connect_with(&server.url(), off.clone())
         .await
         .unwrap_err();
     let message = error.to_string();
@@ -253,7 +253,9 @@ async fn the_table_is_created_where_configured_or_named_in_an_error() {
     );
     // Created by the user with the public SQL, then used as it is.
     server.psql(&off.migration().unwrap());
-    let store = PostgresStore::connect(&server.url(), &off).await.unwrap();
+    let store = PostgresStore::connect_with(&server.url(), off)
+        .await
+        .unwrap();
     let scope = scope("custom_table");
     Call::new(scope.clone(), "k")
         .store(store.clone())
@@ -287,9 +289,10 @@ async fn the_table_is_created_where_configured_or_named_in_an_error() {
 
     // A table of another shape is refused.
     server.psql("CREATE TABLE public.other (key text PRIMARY KEY)");
-    let error = PostgresStore::connect(&server.url(), &PostgresOptions::default().table("other"))
-        .await
-        .unwrap_err();
+    let error =
+        PostgresStore::connect_with(&server.url(), PostgresOptions::default().table("other"))
+            .await
+            .unwrap_err();
     assert!(matches!(error, Error::Config(_)), "{error:?}");
 }
 
@@ -300,7 +303,7 @@ async fn the_reaper_deletes_expired_rows_in_bounded_batches() {
         .application_name("idem-reaper")
         .reaper_interval(Some(Duration::from_millis(300)))
         .reaper_batch(10);
-    let store = PostgresStore::connect(&server.url(), &options)
+    let store = PostgresStore::connect_with(&server.url(), options)
         .await
         .unwrap();
     let scope = scope("reaper");
@@ -407,7 +410,7 @@ async fn idem_store_postgres_url_selects_the_store() {
 async fn a_replay_is_a_read_that_a_row_lock_does_not_hold_up() {
     let server = PostgresServer::start();
     let options = PostgresOptions::default().statement_timeout(Duration::from_millis(500));
-    let store = PostgresStore::connect(&server.url(), &options)
+    let store = PostgresStore::connect_with(&server.url(), options)
         .await
         .unwrap();
     let scope = scope("row_lock");
@@ -453,7 +456,7 @@ async fn a_store_on_the_applications_own_pool_shares_it() {
     // The application's pool: here the first store's, as an application hands in its own.
     let pool = first.pool().clone();
     let options = PostgresOptions::default().table("from_pool");
-    let store = PostgresStore::from_pool(pool.clone(), &options)
+    let store = PostgresStore::from_pool(pool.clone(), options)
         .await
         .unwrap();
     assert!(
@@ -558,7 +561,7 @@ async fn the_migration_runs_as_raw_sql_or_through_sqlx_migrate_not_as_one_prepar
             .await
             .unwrap();
     }
-    let store = PostgresStore::connect(&url("by_raw_sql"), &no_table())
+    let store = PostgresStore::connect_with(&url("by_raw_sql"), no_table())
         .await
         .expect("the table made by raw_sql is idem's");
     let done = Call::new(scope("migrated"), "raw")
@@ -599,7 +602,7 @@ async fn the_migration_runs_as_raw_sql_or_through_sqlx_migrate_not_as_one_prepar
         .await
         .expect("the shipped folder is the same migration");
     let _ = std::fs::remove_dir_all(&dir);
-    let store = PostgresStore::connect(&url("by_migrator"), &no_table())
+    let store = PostgresStore::connect_with(&url("by_migrator"), no_table())
         .await
         .expect("the table made by sqlx migrate is idem's");
     let done = Call::new(scope("migrated"), "migrator")

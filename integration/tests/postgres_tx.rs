@@ -27,7 +27,7 @@ const COUNTED: &str = "idem-tx-counted";
 async fn setup() -> (PostgresServer, PostgresStore, PgPool) {
     let server = PostgresServer::start();
     let options = PostgresOptions::default().reaper_interval(None);
-    let store = PostgresStore::connect(&server.url(), &options)
+    let store = PostgresStore::connect_with(&server.url(), options)
         .await
         .expect("connect the plain store");
     let pool = PgPoolOptions::new()
@@ -551,9 +551,9 @@ async fn items_in(conn: &mut PgConnection, key: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_and_forget_through_another_store_say_where_transactional_records_live() {
     let (server, store, pool) = setup().await;
-    let elsewhere = PostgresStore::connect(
+    let elsewhere = PostgresStore::connect_with(
         &server.url(),
-        &PostgresOptions::default()
+        PostgresOptions::default()
             .table("other_records")
             .reaper_interval(None),
     )

@@ -33,7 +33,7 @@ fn pool(server: &RedisServer, max_size: usize, wait: Option<Duration>) -> Pool {
 
 /// Short timeouts, so that the failing cases end quickly.
 fn options() -> RedisOptions {
-    RedisOptions::new("")
+    RedisOptions::default()
         .connect_timeout(Duration::from_millis(500))
         .command_timeout(Duration::from_millis(500))
 }

@@ -154,7 +154,11 @@ async fn a_duplicate_of_this_stores_call_is_woken_by_its_completion() {
     let db = TempDb::new("woken");
     // Neither a poll nor the holder's lease can end the wait within the test: only a wake-up.
     let options = SqliteOptions::default().poll_interval(LONG);
-    let store = Forwarding::new(SqliteStore::connect(&db.url(), &options).await.unwrap());
+    let store = Forwarding::new(
+        SqliteStore::connect_with(&db.url(), options.clone())
+            .await
+            .unwrap(),
+    );
     let scope = scope("woken");
     let (finish, holder) = held(store.clone(), &scope, "k").await;
     let waiter = tokio::spawn(
@@ -275,7 +279,9 @@ async fn corrupt_rows_are_typed_errors_and_never_run_the_body() {
 async fn a_file_locked_past_busy_timeout_is_a_store_timeout_and_replays_still_read() {
     let db = TempDb::new("locked");
     let options = SqliteOptions::default().busy_timeout(Duration::from_millis(200));
-    let store = SqliteStore::connect(&db.url(), &options).await.unwrap();
+    let store = SqliteStore::connect_with(&db.url(), options.clone())
+        .await
+        .unwrap();
     let scope = scope("locked");
     let done = Call::new(scope.clone(), "done")
         .store(store.clone())
@@ -347,7 +353,7 @@ async fn the_file_is_in_wal_mode_with_full_sync_unless_told_otherwise() {
     assert_eq!((mode.as_str(), sync), ("wal", 2), "WAL, synchronous = FULL");
     assert!(db.path().exists(), "the file was created");
 
-    let normal = SqliteStore::connect(&db.url(), &SqliteOptions::default().full_sync(false))
+    let normal = SqliteStore::connect_with(&db.url(), SqliteOptions::default().full_sync(false))
         .await
         .unwrap();
     let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
@@ -361,7 +367,9 @@ async fn the_file_is_in_wal_mode_with_full_sync_unless_told_otherwise() {
 async fn the_table_is_created_where_configured_or_named_in_an_error() {
     let db = TempDb::new("table");
     let off = SqliteOptions::default().table("keys").create_table(false);
-    let error = SqliteStore::connect(&db.url(), &off).await.unwrap_err();
+    let error = SqliteStore::connect_with(&db.url(), off.clone())
+        .await
+        .unwrap_err();
     let message = error.to_string();
     assert!(matches!(error, Error::Config(_)), "{error:?}");
     assert!(
@@ -375,7 +383,9 @@ async fn the_table_is_created_where_configured_or_named_in_an_error() {
         .execute(&mut own)
         .await
         .unwrap();
-    let store = SqliteStore::connect(&db.url(), &off).await.unwrap();
+    let store = SqliteStore::connect_with(&db.url(), off.clone())
+        .await
+        .unwrap();
     let scope = scope("custom_table");
     Call::new(scope.clone(), "k")
         .store(store.clone())
@@ -412,7 +422,7 @@ async fn the_table_is_created_where_configured_or_named_in_an_error() {
         .execute(&mut own)
         .await
         .unwrap();
-    let error = SqliteStore::connect(&db.url(), &SqliteOptions::default().table("other"))
+    let error = SqliteStore::connect_with(&db.url(), SqliteOptions::default().table("other"))
         .await
         .unwrap_err();
     assert!(matches!(error, Error::Config(_)), "{error:?}");
@@ -432,7 +442,7 @@ async fn the_shipped_migration_runs_through_sqlx_migrate() {
     let file = std::fs::read_to_string(shipped.join("20261201000000_idem_records.sql")).unwrap();
     assert_eq!(file, idem::sqlite::MIGRATION);
     let no_table = SqliteOptions::default().create_table(false);
-    let store = SqliteStore::connect(&db.url(), &no_table)
+    let store = SqliteStore::connect_with(&db.url(), no_table.clone())
         .await
         .expect("the table made by sqlx migrate is idem's");
     let done = Call::new(scope("migrated"), "k")
@@ -449,7 +459,9 @@ async fn the_reaper_deletes_expired_rows_in_bounded_batches() {
     let options = SqliteOptions::default()
         .reaper_interval(Some(Duration::from_millis(200)))
         .reaper_batch(10);
-    let store = SqliteStore::connect(&db.url(), &options).await.unwrap();
+    let store = SqliteStore::connect_with(&db.url(), options.clone())
+        .await
+        .unwrap();
     let scope = scope("reaper");
     for key in 0..35 {
         Call::new(scope.clone(), key)
@@ -497,7 +509,7 @@ async fn a_store_on_the_applications_own_pool_shares_it() {
         .journal_mode(SqliteJournalMode::Wal);
     let pool = SqlitePool::connect_with(file).await.unwrap();
     let options = SqliteOptions::default().table("from_pool");
-    let store = SqliteStore::from_pool(pool.clone(), &options)
+    let store = SqliteStore::from_pool(pool.clone(), options.clone())
         .await
         .unwrap();
     assert!(

@@ -28,7 +28,7 @@ pub struct Setup {
 impl Setup {
     pub async fn new(server: &PostgresServer) -> Setup {
         let options = PostgresOptions::default().reaper_interval(None);
-        let store = PostgresStore::connect(&server.url(), &options)
+        let store = PostgresStore::connect_with(&server.url(), options)
             .await
             .expect("connect to the benchmark's PostgreSQL");
         let pool = store.pool().clone();
@@ -174,7 +174,7 @@ async fn bytes(report: &mut Report, server: &PostgresServer) {
     let options = PostgresOptions::default()
         .table("bench_bytes")
         .reaper_interval(None);
-    let store = PostgresStore::connect(&server.url(), &options)
+    let store = PostgresStore::connect_with(&server.url(), options)
         .await
         .expect("connect to the benchmark's PostgreSQL");
     let idem = Idem::with_settings(store, &Config::default());

@@ -1,337 +1,268 @@
-//! The state machine of a call in transactional mode (`tx = conn`, PostgreSQL): the claim and
-//! the result are written through the caller's connection, inside its transaction, so that
-//! they commit or roll back with the body's own writes.
+//! The state machine of a call in transactional mode (`tx = conn`): the claim and the result
+//! are written through the caller's connection, inside its transaction, so that they commit or
+//! roll back with the body's own writes. The call's frame (its key, settings, span, checks and
+//! ending) is the plain path's (`frame.rs`); the statements are those of the
+//! [`TxStore`] the connection's type names ([`Transactional`]).
 //!
 //! No lease is renewed and no heartbeat runs: the claim's row is invisible to every other
 //! transaction until the caller commits, and by then it is completed. A concurrent duplicate
-//! waits on PostgreSQL's lock on the key (its upsert waits for the claiming transaction to
-//! end), bounded by `wait`. The claim's `expires_at` (now + lease) is only a backstop, for a
-//! caller that commits a claim its call never completed (a panic or a dropped call).
+//! waits on the database's lock on the key (its claim waits for the claiming transaction to
+//! end), bounded by `wait`. The claim's expiry (now + lease) is only a backstop, for a caller
+//! that commits a claim its call never completed (a panic or a dropped call).
 //!
 //! Statements, besides the body's own:
 //! - a replay: 1 (the claim, which reads the record);
 //! - a first call of a plain `T`, or of a `Result` whose every error is stored: 2 (claim,
 //!   complete);
-//! - a first call of a `Result` whose errors may be released: 4 (claim, `SAVEPOINT`, complete,
-//!   `RELEASE SAVEPOINT`); a released error: claim, `SAVEPOINT`, `ROLLBACK TO SAVEPOINT`,
-//!   delete of the claim;
+//! - a first call of a `Result` whose errors may be released: 4 (claim, savepoint, complete,
+//!   release of the savepoint); a released error: claim, savepoint, rollback to the
+//!   savepoint, delete of the claim;
 //! - on a connection outside any transaction, `BEGIN` and `COMMIT` (or `ROLLBACK`) around
 //!   these, and no savepoint: a released error rolls the whole call back;
-//! - once per table and process, before the first claim: a `to_regclass` look for the table,
-//!   so that a missing one is an error that leaves the caller's transaction usable.
+//! - whatever [`TxStore::prepare`] sends before the first claim (PostgreSQL: once per table and
+//!   process, a `to_regclass` look for the table, so that a missing one is an error that
+//!   leaves the caller's transaction usable).
 
-use std::time::Duration;
-
-use sqlx::Connection;
-use sqlx::postgres::PgConnection;
 use tokio::time::Instant;
-use tracing::Instrument;
 
-use super::{Ran, checked, counted_error, ended, mismatch, open, span_of};
-use crate::codec::{self, Seal, Shape};
-use crate::context::Idem;
-use crate::engine::Request;
+use super::frame::{CallRequest, Finished, Frame, Lookup, Sealed};
+use crate::codec::Codec;
+
 use crate::error::Error;
-use crate::key;
-use crate::observe::{Outcome as Counted, StoreOp, timed};
+use crate::observe::{StoreOp, timed};
 use crate::outcome::{Outcome, Status};
 use crate::record::{Claim, Record};
-use crate::store::postgres::tx::{Claimed, TxRecords};
+use crate::store::tx::{Claimed, Transactional, TxStore, UNSEEN_RETRIES};
 
-/// How often a claim asks again when a concurrent claim committed the key after its snapshot.
-const UNSEEN_RETRIES: u32 = 8;
-
-/// Runs `body` once for the call's key, with the claim and the result written through `conn`.
-pub(crate) async fn execute<R, B, S>(
-    call: Request,
-    conn: &mut PgConnection,
+/// Runs `body` once for the call's key, with the claim and the result written through `conn`
+/// by the [`TxStore`] of its type.
+pub(crate) async fn execute<C, R, B, S>(
+    call: CallRequest,
+    conn: &mut C,
     body: B,
     shape: S,
 ) -> Result<Outcome<R>, Error>
 where
-    B: AsyncFnOnce(&mut PgConnection) -> R,
-    S: Shape<R>,
+    C: Transactional + ?Sized,
+    B: AsyncFnOnce(&mut C) -> R,
+    S: Codec<R>,
 {
     // The records live in the caller's database: a call needs no installed store, and then
     // runs with the default settings.
-    let (key, ttl, lease, wait, store) = Idem::with_current_or_unconfigured(|current| {
-        let settings = &current.settings;
-        let key = key::store_key(&settings.prefix, &call.scope, &call.key, settings.hash_keys);
-        let store = call.store.as_ref().unwrap_or(&current.store);
-        (
-            key,
-            settings.ttl,
-            settings.lease,
-            settings.wait,
-            TxRecords::of(store),
-        )
-    });
-    store.remember(&call.scope);
-    let span = span_of(&call.scope, &key);
-    let ttl = call.ttl.unwrap_or(ttl);
-    let lease = call.lease.unwrap_or(lease);
-    let checked = checked(call.fingerprint, &key, ttl, lease);
-    let result = match checked {
-        Err(error) => Err(error),
-        Ok(fingerprint) => {
-            let run = TxRun {
-                records: store,
-                claim: Claim::new(fingerprint),
-                key,
-                ttl,
-                lease,
-                wait: call.wait.unwrap_or(wait),
-            };
-            if span.is_disabled() {
-                Box::pin(run.go(conn, body, shape)).await
-            } else {
-                Box::pin(run.go(conn, body, shape).instrument(span.clone())).await
-            }
-        }
+    let frame = Frame::open(&call, Lookup::Tx)?;
+    let Some(store) = frame.store() else {
+        unreachable!("a transactional call never reads the local cache");
     };
-    let counted = match &result {
-        Ok(ran) => ran.counted,
-        Err(error) => counted_error(error),
+    let run = TxRun {
+        frame: &frame,
+        store: C::Store::of(store, frame.scope),
+        claim: Claim::new(frame.fingerprint),
     };
-    ended(&span, &call.scope, counted);
-    result.map(|ran| ran.outcome)
+    let result = frame.in_span(Box::pin(run.go(conn, body, shape))).await;
+    frame.finish(result)
 }
 
-/// One call, resolved against its table and settings.
-struct TxRun {
-    records: TxRecords,
-    key: String,
+/// One call in transactional mode: its frame, the records of its connection's type, and its
+/// claim.
+struct TxRun<'f, T> {
+    /// The call, resolved.
+    frame: &'f Frame<'f>,
+    /// The records of the connection's type.
+    store: T,
+    /// Its claim: a new token and the request's fingerprint.
     claim: Claim,
-    ttl: Duration,
-    lease: Duration,
-    wait: Duration,
-}
-
-/// The bytes to store for a body's value.
-struct Sealed {
-    bytes: Vec<u8>,
-    /// The value could not be stored: `bytes` say why.
-    unstorable: bool,
 }
 
 /// How the body's run ended, for the transaction around it.
 enum Ended<R> {
     /// Keep what the call wrote.
-    Kept(Ran<R>),
+    Kept(Finished<R>),
     /// The body's error is not stored: undo what the call wrote.
-    Released(Ran<R>),
+    Released(Finished<R>),
 }
 
-impl TxRun {
-    async fn go<R, B, S>(self, conn: &mut PgConnection, body: B, shape: S) -> Result<Ran<R>, Error>
+impl<T> TxRun<'_, T> {
+    /// The call in the caller's transaction, or in one of its own when `conn` is outside any.
+    async fn go<C, R, B, S>(self, conn: &mut C, body: B, shape: S) -> Result<Finished<R>, Error>
     where
-        B: AsyncFnOnce(&mut PgConnection) -> R,
-        S: Shape<R>,
+        C: Send + ?Sized,
+        T: TxStore<C>,
+        B: AsyncFnOnce(&mut C) -> R,
+        S: Codec<R>,
     {
-        if conn.is_in_transaction() {
+        let key = &self.frame.key;
+        if self.store.in_transaction(conn) {
             return match self.run(conn, body, shape, true).await? {
                 Ended::Kept(ran) | Ended::Released(ran) => Ok(ran),
             };
         }
-        // A connection outside any transaction gets one of its own for the call.
-        let mut own = conn
-            .begin()
-            .await
-            .map_err(|error| self.records.failed(&self.key, error))?;
-        // Dropped on an error (or with the call's future): sqlx rolls it back.
-        match self.run(&mut own, body, shape, false).await? {
+        // A connection outside any transaction gets one of its own for the call; dropped on
+        // an error (or with the call's future), it rolls back.
+        let mut own = self.store.begin(conn, key).await?;
+        match self.run(&mut *own, body, shape, false).await? {
             Ended::Kept(ran) => {
-                own.commit()
-                    .await
-                    .map_err(|error| self.records.failed(&self.key, error))?;
+                self.store.commit(own, key).await?;
                 Ok(ran)
             }
             Ended::Released(ran) => {
-                own.rollback()
-                    .await
-                    .map_err(|error| self.records.failed(&self.key, error))?;
+                self.store.rollback(own, key).await?;
                 Ok(ran)
             }
         }
     }
 
     /// The call inside a transaction: claim or replay, then the body and its record. With
-    /// `savepoint`, a body whose error may be released runs after a `SAVEPOINT`, so that the
+    /// `savepoint`, a body whose error may be released runs after a savepoint, so that the
     /// release undoes its writes and leaves the caller's transaction usable.
-    async fn run<R, B, S>(
+    async fn run<C, R, B, S>(
         &self,
-        conn: &mut PgConnection,
+        conn: &mut C,
         body: B,
         mut shape: S,
         savepoint: bool,
     ) -> Result<Ended<R>, Error>
     where
-        B: AsyncFnOnce(&mut PgConnection) -> R,
-        S: Shape<R>,
+        C: Send + ?Sized,
+        T: TxStore<C>,
+        B: AsyncFnOnce(&mut C) -> R,
+        S: Codec<R>,
     {
+        let key = &self.frame.key;
         if let Some(replayed) = self.claim_or_replay(conn, &shape).await? {
             return Ok(Ended::Kept(replayed));
         }
         if savepoint && shape.may_release() {
-            let mut inner = conn
-                .begin()
-                .await
-                .map_err(|error| self.records.failed(&self.key, error))?;
-            let value = body(&mut inner).await;
-            return match self.sealed(&value, &mut shape) {
+            let mut inner = self.store.begin(conn, key).await?;
+            let value = body(&mut *inner).await;
+            return match self.frame.seal(&value, &mut shape) {
                 None => {
-                    inner
-                        .rollback()
-                        .await
-                        .map_err(|error| self.records.failed(&self.key, error))?;
+                    self.store.rollback(inner, key).await?;
                     self.release(conn).await?;
-                    Ok(Ended::Kept(Ran::new(value, Status::Executed)))
+                    Ok(Ended::Kept(Finished::new(value, Status::Executed)))
                 }
                 Some(sealed) => {
-                    let ran = self.store(&mut inner, value, sealed).await?;
-                    inner
-                        .commit()
-                        .await
-                        .map_err(|error| self.records.failed(&self.key, error))?;
+                    let ran = self.store_value(&mut *inner, value, sealed).await?;
+                    self.store.commit(inner, key).await?;
                     Ok(Ended::Kept(ran))
                 }
             };
         }
         let value = body(conn).await;
-        match self.sealed(&value, &mut shape) {
+        match self.frame.seal(&value, &mut shape) {
             // Without a savepoint, in a transaction of our own: rolling it back undoes the
             // claim and the body's writes together.
-            None if !savepoint => Ok(Ended::Released(Ran::new(value, Status::Executed))),
+            None if !savepoint => Ok(Ended::Released(Finished::new(value, Status::Executed))),
             // A shape that said it never releases: the claim goes, the writes stay.
             None => {
                 self.release(conn).await?;
-                Ok(Ended::Kept(Ran::new(value, Status::Executed)))
+                Ok(Ended::Kept(Finished::new(value, Status::Executed)))
             }
-            Some(sealed) => self.store(conn, value, sealed).await.map(Ended::Kept),
-        }
-    }
-
-    /// What to store for `value`, or `None` to release the claim.
-    fn sealed<R, S: Shape<R>>(&self, value: &R, shape: &mut S) -> Option<Sealed> {
-        let fingerprint = self.claim.fingerprint.as_ref();
-        match shape.seal(value, fingerprint) {
-            Seal::Release => None,
-            Seal::Store(bytes) => Some(Sealed {
-                bytes,
-                unstorable: false,
-            }),
-            Seal::Unstorable(reason) => {
-                tracing::error!(key = %self.key, %reason, type_name = shape.type_name(), "idem cannot store the result so that it reads back as its type; it is returned to this call only, and later calls with its key get Error::Unstorable");
-                Some(Sealed {
-                    bytes: codec::seal_unstorable(fingerprint, shape.type_name(), &reason),
-                    unstorable: true,
-                })
-            }
+            Some(sealed) => self.store_value(conn, value, sealed).await.map(Ended::Kept),
         }
     }
 
     /// Claims the key, or replays its record, or waits for the transaction that holds it;
     /// `None` when the key is this call's.
-    async fn claim_or_replay<R, S: Shape<R>>(
+    async fn claim_or_replay<C, R, S>(
         &self,
-        conn: &mut PgConnection,
+        conn: &mut C,
         shape: &S,
-    ) -> Result<Option<Ran<R>>, Error> {
-        let deadline = Instant::now() + self.wait;
+    ) -> Result<Option<Finished<R>>, Error>
+    where
+        C: Send + ?Sized,
+        T: TxStore<C>,
+        S: Codec<R>,
+    {
+        let TxRun {
+            frame,
+            store,
+            claim,
+        } = self;
+        let key = &frame.key;
+        let deadline = Instant::now() + frame.wait;
+        let mut prepared = false;
         let mut waited = false;
         let mut unseen = 0;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let claimed = timed(
-                StoreOp::Claim,
-                self.records
-                    .claim(conn, &self.key, &self.claim, self.lease, left),
-            )
+            // The checks before the first claim are timed as part of it.
+            let claimed = timed(StoreOp::Claim, async {
+                if !prepared {
+                    store.prepare(conn, key).await?;
+                    prepared = true;
+                }
+                store.claim(conn, key, claim, frame.lease, left).await
+            })
             .await?;
             let holder = match claimed {
                 Claimed::Held => return Ok(None),
                 Claimed::Found(Record::Completed { payload, .. }) => {
-                    let status = if waited {
-                        Status::Waited
-                    } else {
-                        Status::Replayed
-                    };
-                    let value = open(&self.key, self.claim.fingerprint.as_ref(), &payload, shape)?;
-                    return Ok(Some(Ran::new(value, status)));
+                    let value = frame.replay(&payload, shape)?;
+                    return Ok(Some(Finished::replayed(value, waited)));
                 }
                 Claimed::Found(Record::InProgress(holder)) => holder,
                 // Not an answer of the transactional claim (its lock wait running out is
                 // `Error::InProgress` already), the same if it were.
-                Claimed::Locked => {
-                    return Err(Error::InProgress {
-                        key: self.key.clone(),
-                    });
-                }
+                Claimed::Locked => return Err(frame.in_progress()),
                 // The claim waited for another transaction's, committed after its snapshot:
                 // a new statement sees it (under READ COMMITTED; stricter levels fail with a
                 // serialization error instead).
                 Claimed::Unseen => {
                     unseen += 1;
                     if unseen > UNSEEN_RETRIES {
-                        return Err(Error::InProgress {
-                            key: self.key.clone(),
-                        });
+                        return Err(frame.in_progress());
                     }
                     waited = true;
                     continue;
                 }
             };
             // Held by a call outside any transaction (the plain store): wait as it would.
-            if mismatch(self.claim.fingerprint.as_ref(), holder.fingerprint.as_ref()) {
-                return Err(Error::KeyMismatch {
-                    key: self.key.clone(),
-                });
+            if frame.mismatch(holder.fingerprint.as_ref()) {
+                return Err(frame.key_mismatch());
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::InProgress {
-                    key: self.key.clone(),
-                });
+                return Err(frame.in_progress());
             }
-            timed(StoreOp::Wait, async {
-                self.records.wait(&self.key, &holder, deadline - now).await;
-                Ok::<(), Error>(())
-            })
-            .await?;
+            timed(StoreOp::Wait, store.wait(key, &holder, deadline - now)).await;
             waited = true;
         }
     }
 
-    /// Stores what the body returned, as the plain store would.
-    async fn store<R>(
+    /// Stores what the body returned, as the plain path would.
+    async fn store_value<C, R>(
         &self,
-        conn: &mut PgConnection,
+        conn: &mut C,
         value: R,
         sealed: Sealed,
-    ) -> Result<Ran<R>, Error> {
+    ) -> Result<Finished<R>, Error>
+    where
+        C: Send + ?Sized,
+        T: TxStore<C>,
+    {
+        let key = &self.frame.key;
         let held = timed(
             StoreOp::Complete,
-            self.records
-                .complete(conn, &self.key, &self.claim, &sealed.bytes, self.ttl),
+            self.store
+                .complete(conn, key, &self.claim, &sealed.bytes, self.frame.ttl),
         )
         .await?;
         if !held {
-            tracing::warn!(key = %self.key, "idem's claim was deleted inside the transaction before its completion; the result is returned but not stored");
-            return Ok(Ran::new(value, Status::NotStored));
+            tracing::warn!(key = %key, "idem's claim was deleted inside the transaction before its completion; the result is returned but not stored");
+            return Ok(Finished::new(value, Status::NotStored));
         }
-        if sealed.unstorable {
-            return Ok(Ran {
-                counted: Counted::Unstorable,
-                ..Ran::new(value, Status::NotStored)
-            });
-        }
-        Ok(Ran::new(value, Status::Executed))
+        Ok(Finished::stored(value, Status::Executed, sealed.unstorable))
     }
 
-    async fn release(&self, conn: &mut PgConnection) -> Result<(), Error> {
+    /// Deletes the claim's row, so that a retry runs the body again.
+    async fn release<C>(&self, conn: &mut C) -> Result<(), Error>
+    where
+        C: Send + ?Sized,
+        T: TxStore<C>,
+    {
         timed(
             StoreOp::Release,
-            self.records.release(conn, &self.key, &self.claim),
+            self.store.release(conn, &self.frame.key, &self.claim),
         )
         .await
         .map(|_| ())

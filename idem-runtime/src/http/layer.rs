@@ -10,7 +10,7 @@ use http::{HeaderName, Method};
 use tower::Layer;
 
 use super::service::Idempotency;
-use super::settings::Settings;
+use super::settings::LayerSettings;
 use crate::store::StoreHandle;
 
 /// A [`tower::Layer`] that makes an HTTP service idempotent per `Idempotency-Key` header; the
@@ -65,7 +65,7 @@ use crate::store::StoreHandle;
 #[derive(Clone)]
 #[must_use = "a layer does nothing until it wraps a service"]
 pub struct IdempotencyLayer {
-    pub(crate) settings: Settings,
+    pub(crate) settings: LayerSettings,
 }
 
 impl Default for IdempotencyLayer {
@@ -87,7 +87,7 @@ impl IdempotencyLayer {
     /// ```
     pub fn new() -> Self {
         IdempotencyLayer {
-            settings: Settings::default(),
+            settings: LayerSettings::default(),
         }
     }
 

@@ -15,8 +15,8 @@ use http_body::Body;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::IDEMPOTENT_REPLAYED;
 use super::body::ResponseBody;
+use super::headers::IDEMPOTENT_REPLAYED;
 
 /// A stored response: the status, the headers the layer replays, and the body.
 #[derive(Debug)]

@@ -26,7 +26,7 @@ pub(crate) enum BadKey {
 
 /// How a header is named in a problem's detail: as the draft spells it, for the default.
 pub(crate) fn label(header: &HeaderName) -> &str {
-    if *header == super::IDEMPOTENCY_KEY {
+    if *header == super::headers::IDEMPOTENCY_KEY {
         "Idempotency-Key"
     } else {
         header.as_str()
@@ -217,11 +217,11 @@ mod tests {
         let mut headers = HeaderMap::new();
         for v in values {
             headers.append(
-                super::super::IDEMPOTENCY_KEY,
+                super::super::headers::IDEMPOTENCY_KEY,
                 HeaderValue::from_bytes(v).unwrap(),
             );
         }
-        idempotency_key(&headers, &super::super::IDEMPOTENCY_KEY)
+        idempotency_key(&headers, &super::super::headers::IDEMPOTENCY_KEY)
     }
 
     #[test]

@@ -16,12 +16,12 @@ use super::body::{RequestBody, ResponseBody};
 use super::problem::Problem;
 use super::replay::Replay;
 use super::request::{self, Read, RequestPrint};
-use super::settings::Settings;
+use super::settings::LayerSettings;
 use crate::call::Call;
-use crate::context::Idem;
+use crate::engine::Frame;
 use crate::error::Error;
 use crate::outcome::Outcome;
-use crate::store::Inspection;
+use crate::store::{Inspection, StoreHandle};
 
 /// The future of an [`Idempotency`] service: the wrapped service's response, a replayed one,
 /// or a problem.
@@ -50,11 +50,11 @@ pub type ResponseFuture<B, E> =
 #[derive(Clone)]
 pub struct Idempotency<S> {
     inner: S,
-    settings: Arc<Settings>,
+    settings: Arc<LayerSettings>,
 }
 
 impl<S> Idempotency<S> {
-    pub(crate) fn new(inner: S, settings: Arc<Settings>) -> Self {
+    pub(crate) fn new(inner: S, settings: Arc<LayerSettings>) -> Self {
         Idempotency { inner, settings }
     }
 
@@ -124,7 +124,7 @@ where
 
 /// The path of one request through the layer.
 async fn respond<S, ReqBody, ResBody>(
-    settings: Arc<Settings>,
+    settings: Arc<LayerSettings>,
     mut inner: S,
     request: Request<ReqBody>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
@@ -186,11 +186,21 @@ where
         call = call.store(store.clone());
     }
     let request = Request::from_parts(parts, RequestBody::read(data, trailers));
-    let ran = call
-        .run_result(async {
-            let response = inner.call(request).await.map_err(Unstored::Error)?;
-            keep(&settings, response).await
-        })
+    let (ran, rejected) = call
+        .run_result_framed(
+            async {
+                let response = inner.call(request).await.map_err(Unstored::Error)?;
+                keep(&settings, response).await
+            },
+            // A rejected call keeps the store it asked and its lease, for `Retry-After`.
+            |ran, frame| {
+                let rejected = match (&ran, frame) {
+                    (Err(Error::InProgress { .. }), Some(frame)) => Rejected::of(frame),
+                    _ => None,
+                };
+                (ran, rejected)
+            },
+        )
         .await;
     match ran {
         Ok(Outcome {
@@ -205,38 +215,50 @@ where
             ..
         }) => Err(error),
         Err(Error::InProgress { key }) => {
-            Ok(Problem::InProgress(retry_after(&settings, &key).await).into_response())
+            let seconds = match rejected {
+                Some(rejected) => rejected.retry_after(&key).await,
+                // Not a rejection of a call that asked its store (never seen).
+                None => 1,
+            };
+            Ok(Problem::InProgress(seconds).into_response())
         }
         Err(error) => Ok(problem_of(&error).into_response()),
     }
 }
 
-/// The whole seconds, at least one, until the lease of the request holding `key` (a store
-/// key) ends: asked of the store on this rejection only, else the configured lease.
-async fn retry_after(settings: &Settings, key: &str) -> u64 {
-    let (store, lease) = Idem::with_current_or_unconfigured(|current| {
-        (
-            settings
-                .store
-                .clone()
-                .unwrap_or_else(|| current.store.clone()),
-            settings.lease.unwrap_or(current.settings.lease),
-        )
-    });
-    let left = match store.inspect(key).await {
-        Ok(Inspection::InProgress {
-            lease_left: Some(left),
-            ..
-        }) => left,
-        // Finished meanwhile: retry at once.
-        Ok(Inspection::Absent | Inspection::Completed { .. }) => Duration::ZERO,
-        Ok(_) => lease,
-        Err(error) => {
-            tracing::debug!(%error, "idem: the store cannot tell the lease left; Retry-After is the lease");
-            lease
-        }
-    };
-    whole_seconds(left)
+/// What the call of a rejected request resolved: the store it asked and its lease.
+struct Rejected {
+    store: StoreHandle,
+    lease: Duration,
+}
+
+impl Rejected {
+    /// The store and lease of `frame`; `None` for a replay from the local cache.
+    fn of(frame: &Frame<'_>) -> Option<Rejected> {
+        Some(Rejected {
+            store: frame.store()?.clone(),
+            lease: frame.lease,
+        })
+    }
+
+    /// The whole seconds, at least one, until the lease of the request holding `key` (a store
+    /// key) ends: asked of the store on this rejection only, else the call's lease.
+    async fn retry_after(&self, key: &str) -> u64 {
+        let left = match self.store.inspect(key).await {
+            Ok(Inspection::InProgress {
+                lease_left: Some(left),
+                ..
+            }) => left,
+            // Finished meanwhile: retry at once.
+            Ok(Inspection::Absent | Inspection::Completed { .. }) => Duration::ZERO,
+            Ok(_) => self.lease,
+            Err(error) => {
+                tracing::debug!(%error, "idem: the store cannot tell the lease left; Retry-After is the lease");
+                self.lease
+            }
+        };
+        whole_seconds(left)
+    }
 }
 
 /// `duration` in whole seconds, rounded up, at least one.
@@ -268,7 +290,10 @@ enum Unstored<E, B: Body> {
 }
 
 /// Reads a response to store it, or hands it on unstored.
-async fn keep<E, B>(settings: &Settings, response: Response<B>) -> Result<Replay, Unstored<E, B>>
+async fn keep<E, B>(
+    settings: &LayerSettings,
+    response: Response<B>,
+) -> Result<Replay, Unstored<E, B>>
 where
     B: Body<Data = Bytes>,
 {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::request::Parts;
 use http::{HeaderName, Method, StatusCode, header};
 
-use super::IDEMPOTENCY_KEY;
+use super::headers::IDEMPOTENCY_KEY;
 use crate::store::StoreHandle;
 
 /// The default of [`IdempotencyLayer::max_request_body`] and
@@ -21,7 +21,7 @@ pub(crate) type Principal = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
 /// What [`IdempotencyLayer`]'s builder sets; shared by every clone of the service.
 #[derive(Clone)]
-pub(crate) struct Settings {
+pub(crate) struct LayerSettings {
     pub(crate) header: HeaderName,
     pub(crate) required: bool,
     pub(crate) scope: Cow<'static, str>,
@@ -38,7 +38,7 @@ pub(crate) struct Settings {
     pub(crate) store: Option<StoreHandle>,
 }
 
-impl Settings {
+impl LayerSettings {
     /// Whether a response with `status` is stored and replayed (otherwise the key is released).
     pub(crate) fn stores(&self, status: StatusCode) -> bool {
         if status.is_server_error() {
@@ -50,10 +50,10 @@ impl Settings {
     }
 }
 
-impl Default for Settings {
+impl Default for LayerSettings {
     /// The defaults that [`IdempotencyLayer::new`](super::IdempotencyLayer::new) documents.
     fn default() -> Self {
-        Settings {
+        LayerSettings {
             header: IDEMPOTENCY_KEY,
             required: false,
             scope: Cow::Borrowed("http"),
@@ -72,7 +72,7 @@ impl Default for Settings {
     }
 }
 
-impl fmt::Debug for Settings {
+impl fmt::Debug for LayerSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyLayer")
             .field("header", &self.header)

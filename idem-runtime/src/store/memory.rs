@@ -10,14 +10,16 @@ use hashbrown::hash_table::OccupiedEntry;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::error::{StoreError, StoreErrorKind};
+use crate::config::Config;
+use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::record::{Claim, Record};
 use crate::store::{Fence, Inspection, Stats, Store, StoreFuture};
 
 const SHARDS: usize = 16;
 
-/// The default capacity, in records.
-pub const DEFAULT_CAPACITY: usize = 100_000;
+/// The default capacity, in records: [`Config::memory_capacity`](Config#structfield.memory_capacity)'s
+/// default, where it is written.
+pub const DEFAULT_CAPACITY: usize = crate::config::MEMORY_CAPACITY;
 
 /// An in-process [`Store`]: records in sharded hash tables, expiry by [`Instant`], waiters woken
 /// by [`Notify`] (no polling).
@@ -166,6 +168,13 @@ impl MemoryStore {
     /// A store holding at most [`DEFAULT_CAPACITY`] records.
     pub fn new() -> Self {
         MemoryStore::with_capacity(DEFAULT_CAPACITY)
+    }
+
+    /// A store holding at most `config.memory_capacity` records: what [`init`](crate::init)
+    /// does for `IDEM_STORE=memory`. It never fails; it is `async` and returns a `Result` as
+    /// every store's `connect` does.
+    pub async fn connect(config: &Config) -> Result<MemoryStore, Error> {
+        Ok(MemoryStore::with_capacity(config.memory_capacity))
     }
 
     /// A store holding at most `capacity` records (at least one).

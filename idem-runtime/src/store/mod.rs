@@ -3,10 +3,15 @@
 //! This file holds the trait and what every store shares; the rest, one concern per file:
 //! - `memory.rs`: [`MemoryStore`](memory::MemoryStore), for one process (its waiters wait on
 //!   a `Notify` kept in the record they wait for, under the record's own lock);
-//! - `redis/`, `postgres/`: the stores shared by processes and machines;
+//! - `redis/`, `postgres/`: the stores shared by processes and machines, each with its options
+//!   (`options.rs`, read from a `Config` there);
+//! - `registry.rs`: which store a URL's scheme names (`IDEM_STORE`), the built-in schemes and
+//!   those registered by other crates ([`registry::register_scheme`]);
 //! - `wake.rs`: the wake registry of the shared stores, the calls of this process that wait
 //!   for an in-flight call, by tag, which `redis/waiters.rs` and `postgres/listen.rs` wake;
-//! - `stats.rs`: the operator's count of records.
+//! - `stats.rs`: the operator's count of records;
+//! - `tx.rs`: what the transactional mode asks of a database (`TxStore`), which each
+//!   transactional backend implements in its own folder.
 
 use std::future::Future;
 use std::ops::Deref;
@@ -19,6 +24,7 @@ use crate::record::Fingerprint;
 pub use crate::record::{Claim, Record, Token};
 
 pub mod memory;
+pub mod registry;
 mod stats;
 pub use stats::{ScopeStats, Stats};
 #[cfg(feature = "postgres")]
@@ -30,30 +36,12 @@ pub mod redis;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;
+#[cfg(feature = "postgres")]
+pub(crate) mod tx;
 #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 // Each backend uses part of it: with one of the two, the other's part goes unused.
 #[cfg_attr(not(all(feature = "redis", feature = "postgres")), allow(dead_code))]
 mod wake;
-
-/// Which backend a store URL names, by its scheme: how `Config` and the stores read a URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum StoreKind {
-    Memory,
-    Redis,
-    RedisCluster,
-    Postgres,
-}
-
-pub(crate) fn store_kind(url: &str) -> Option<StoreKind> {
-    let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
-    match scheme {
-        "memory" => Some(StoreKind::Memory),
-        "redis" | "rediss" | "redis+unix" | "unix" => Some(StoreKind::Redis),
-        "redis+cluster" | "rediss+cluster" => Some(StoreKind::RedisCluster),
-        "postgres" | "postgresql" => Some(StoreKind::Postgres),
-        _ => None,
-    }
-}
 
 /// The future a [`Store`] operation returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Barrier, oneshot};
 use tokio::time::Instant;
 
-use super::{Forwarding, store_key};
+use super::keys::store_key;
+use super::stores::Forwarding;
 use crate::store::{Claim, Fence, Record};
 use crate::{Call, Error, Fingerprint, Inspection, Status, StoreHandle};
 
@@ -815,7 +816,7 @@ pub async fn inspect_and_forget(store: StoreHandle) {
     }
     finish.send(7).unwrap();
     assert_eq!(first.await.unwrap().unwrap().status, Status::Executed);
-    let payload = crate::codec::seal(Some(&fp), crate::codec::Side::Ok, &7_u32).unwrap();
+    let payload = crate::codec::seal(Some(&fp), crate::codec::RecordSide::Ok, &7_u32).unwrap();
     match on_store(crate::inspect(&scope, "k")).await.unwrap() {
         Inspection::Completed {
             ttl_left,
@@ -867,7 +868,7 @@ pub async fn stats_count_by_state(store: StoreHandle) {
     let base = format!("stats{:016x}", rand::random::<u64>());
     let prefix = format!("{base}:");
     let (lease, ttl) = (Duration::from_secs(20), Duration::from_secs(60));
-    let payload = crate::codec::seal(None, crate::codec::Side::Ok, &1_u8).unwrap();
+    let payload = crate::codec::seal(None, crate::codec::RecordSide::Ok, &1_u8).unwrap();
     let claimed = |key: String| {
         let store = store.clone();
         async move {

@@ -23,13 +23,9 @@
 //! of its own random scope, so a store shared between cases or runs gives the same results.
 
 mod conformance;
+mod keys;
 mod stores;
 
 pub use conformance::*;
+pub use keys::store_key;
 pub use stores::{DownStore, Forwarding, Op, Watched};
-
-/// The store key of a call of `scope` with `key` under `prefix`, encoded as every call encodes
-/// it: for tests that look at a store's records directly.
-pub fn store_key(prefix: &str, scope: &str, key: &str) -> String {
-    crate::key::store_key(prefix, scope, &crate::key::one_part(key.to_owned()), false)
-}

@@ -32,8 +32,10 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres};
 use tokio::time::Instant;
 
+use crate::config::Config;
 use crate::error::{Error, StoreError};
 use crate::record::{Claim, Record, Token};
+use crate::store::tx::{Claimed, UNSEEN_RETRIES};
 use crate::store::{Fence, Inspection, Stats, Store, StoreFuture};
 
 pub use self::options::PostgresOptions;
@@ -41,7 +43,7 @@ pub use self::table::MIGRATION;
 
 use self::listen::Hub;
 use self::reaper::Reaper;
-use self::sql::{Claimed, Statements};
+use self::sql::Statements;
 use self::table::Table;
 
 /// Runs `$op`, an expression of `$conn: &mut PgConnection`, on a connection of the store's
@@ -70,9 +72,6 @@ const LEASE_GRACE: Duration = Duration::from_millis(2);
 /// How long a waiter sleeps between looks while the listener is down.
 const FALLBACK_POLL: Duration = Duration::from_millis(25);
 
-/// How often a claim asks again when a concurrent claim committed the key after its snapshot.
-const UNSEEN_RETRIES: u32 = 8;
-
 /// How long a claim waits on the key's row lock before it reports the key held by a claim it
 /// cannot see (a caller's transaction that has not ended); the wait for that transaction then
 /// goes on in [`Store::wait`], bounded by the call's `wait`. A concurrent plain claim holds the
@@ -99,10 +98,11 @@ const UNSEEN_HOLDER: Token = Token::from_bytes([0; 16]);
 /// # }
 /// ```
 ///
-/// Build it from a URL ([`open`](PostgresStore::open), [`connect`](PostgresStore::connect)
-/// with [`PostgresOptions`]), from a pool the application already has
-/// ([`from_pool`](PostgresStore::from_pool)), or let [`init`](crate::init) do it for
-/// `IDEM_STORE=postgres://…`. URLs are libpq's: `postgres://user:password@host:port/db` (or
+/// Build it from a [`Config`] ([`connect`](PostgresStore::connect), or let
+/// [`init`](crate::init) do it for `IDEM_STORE=postgres://…`), from a URL
+/// ([`open`](PostgresStore::open), [`connect_with`](PostgresStore::connect_with) with
+/// [`PostgresOptions`]), or from a pool the application already has
+/// ([`from_pool`](PostgresStore::from_pool)). URLs are libpq's: `postgres://user:password@host:port/db` (or
 /// `postgresql://`), with `?sslmode=require` (or `verify-full`) for TLS through rustls,
 /// checked against the system's roots.
 ///
@@ -138,9 +138,18 @@ struct Shared {
 }
 
 impl PostgresStore {
+    /// Connects to the PostgreSQL that `config` names (its `store` URL), with the PostgreSQL
+    /// settings of `config` (`PostgresOptions::from(config)`): what [`init`](crate::init) does
+    /// for `IDEM_STORE=postgres://…`.
+    ///
+    /// Fails as [`connect_with`](PostgresStore::connect_with) does.
+    pub async fn connect(config: &Config) -> Result<PostgresStore, Error> {
+        PostgresStore::connect_with(&config.store, PostgresOptions::from(config)).await
+    }
+
     /// Connects to the PostgreSQL at `url` with the default [`PostgresOptions`].
     pub async fn open(url: &str) -> Result<PostgresStore, Error> {
-        PostgresStore::connect(url, &PostgresOptions::default()).await
+        PostgresStore::connect_with(url, PostgresOptions::default()).await
     }
 
     /// Connects to the PostgreSQL at `url` with `options`, checks that it answers, and
@@ -150,7 +159,7 @@ impl PostgresStore {
     /// the server refuses, invalid options, or a missing table that is not to be created
     /// (the message holds the SQL to run); with [`Error::Connect`] when the server cannot be
     /// reached within `connect_timeout`.
-    pub async fn connect(url: &str, options: &PostgresOptions) -> Result<PostgresStore, Error> {
+    pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<PostgresStore, Error> {
         options.checked()?;
         let connect: PgConnectOptions = url.parse().map_err(|e| {
             Error::Config(format!(
@@ -162,7 +171,7 @@ impl PostgresStore {
             .application_name(&options.application_name)
             .options([("statement_timeout", timeout.as_str())]);
         let pool = PgPoolOptions::new()
-            .max_connections(options.pool_size)
+            .max_connections(u32::try_from(options.pool_size).unwrap_or(u32::MAX))
             .min_connections(0)
             .acquire_timeout(options.connect_timeout)
             // A broken connection shows at its first statement, which is then tried again on
@@ -174,12 +183,9 @@ impl PostgresStore {
 
     /// A store on a pool the application already has (its `statement_timeout` and
     /// `application_name` are the pool's; `options.pool_size` is ignored), checked and with
-    /// the table created as by [`connect`](PostgresStore::connect). The waiters' listener
-    /// opens one more connection with the pool's options.
-    pub async fn from_pool(
-        pool: PgPool,
-        options: &PostgresOptions,
-    ) -> Result<PostgresStore, Error> {
+    /// the table created as by [`connect_with`](PostgresStore::connect_with). The waiters'
+    /// listener opens one more connection with the pool's options.
+    pub async fn from_pool(pool: PgPool, options: PostgresOptions) -> Result<PostgresStore, Error> {
         let table = options.checked()?;
         let connect = pool.connect_options();
         let describe = describe(&connect, &table);

@@ -1,12 +1,19 @@
-//! [`PostgresOptions`]: how a [`PostgresStore`](super::PostgresStore) uses its database.
+//! [`PostgresOptions`]: how a [`PostgresStore`](super::PostgresStore) uses its database, set in
+//! code or read from an application's [`Config`].
 
 use std::time::Duration;
 
+use crate::config::Config;
+use crate::error::Error;
+
 use super::table::Table;
 
-/// The settings of a [`PostgresStore`](super::PostgresStore), independent of any application
-/// configuration ([`Config`](crate::Config) translates `IDEM_STORE=postgres://…` and the
-/// `IDEM_PG_*` variables into these).
+/// The settings of a [`PostgresStore`](super::PostgresStore): its table, connections, timeouts
+/// and reaper. The URL is given beside them
+/// ([`PostgresStore::connect_with`](super::PostgresStore::connect_with)). Built in code from
+/// [`PostgresOptions::default()`], or from a [`Config`] (`PostgresOptions::from(&config)`: the
+/// `IDEM_PG_*` variables, `IDEM_POOL_SIZE` and the timeouts; what
+/// [`PostgresStore::connect`](super::PostgresStore::connect) does).
 ///
 /// ```
 /// # use idem_runtime as idem;
@@ -26,12 +33,12 @@ pub struct PostgresOptions {
     /// The table; `idem_records` by default.
     pub table: String,
     /// Whether connecting creates the table and its index when they are missing (the
-    /// default); when off, a missing table is [`Error::Config`](crate::Error::Config) naming
+    /// default); when off, a missing table is [`Error::Config`] naming
     /// the SQL to run.
     pub create_table: bool,
     /// How many connections the store keeps for its statements (each carries one statement
     /// at a time); 10 by default. The waiters' listener has one more.
-    pub pool_size: u32,
+    pub pool_size: usize,
     /// How long making a connection (or waiting for a free one) may take; 5 s by default.
     pub connect_timeout: Duration,
     /// How long one statement may take: the connections' `statement_timeout`, and the
@@ -47,15 +54,30 @@ pub struct PostgresOptions {
     pub application_name: String,
 }
 
+/// The connections a store keeps when [`Config::pool_size`](Config#structfield.pool_size)
+/// sets none.
+const POOL_SIZE: usize = 10;
+
+/// The defaults: those of [`Config::default()`], where they are written, and the reaper's.
 impl Default for PostgresOptions {
     fn default() -> Self {
+        PostgresOptions::from(&Config::default())
+    }
+}
+
+/// The PostgreSQL settings of `config`: `pg_schema`, `pg_table`, `pg_create_table`,
+/// `pool_size` (10 when unset), `connect_timeout`, and `command_timeout` as the
+/// `statement_timeout`. Its URL is not part of them; the reaper's settings and the
+/// `application_name` are the defaults.
+impl From<&Config> for PostgresOptions {
+    fn from(config: &Config) -> Self {
         PostgresOptions {
-            schema: "public".to_owned(),
-            table: "idem_records".to_owned(),
-            create_table: true,
-            pool_size: 10,
-            connect_timeout: Duration::from_secs(5),
-            statement_timeout: Duration::from_secs(2),
+            schema: config.pg_schema.clone(),
+            table: config.pg_table.clone(),
+            create_table: config.pg_create_table,
+            pool_size: config.pool_size.unwrap_or(POOL_SIZE),
+            connect_timeout: config.connect_timeout,
+            statement_timeout: config.command_timeout,
             reaper_interval: Some(Duration::from_secs(60)),
             reaper_batch: 1000,
             application_name: "idem".to_owned(),
@@ -83,7 +105,7 @@ impl PostgresOptions {
     }
 
     /// How many connections the store keeps (at least one).
-    pub fn pool_size(mut self, size: u32) -> Self {
+    pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
         self
     }
@@ -121,22 +143,22 @@ impl PostgresOptions {
     /// The SQL that creates the table and its index (`CREATE TABLE IF NOT EXISTS …`), to put
     /// in an application's own migrations; [`MIGRATION`](super::MIGRATION) for the default
     /// names. An error names a schema or table that is not valid.
-    pub fn migration(&self) -> Result<String, crate::Error> {
+    pub fn migration(&self) -> Result<String, Error> {
         Ok(self.checked()?.migration())
     }
 
     /// Checks every value; the table's names, checked.
-    pub(super) fn checked(&self) -> Result<Table, crate::Error> {
+    pub(super) fn checked(&self) -> Result<Table, Error> {
         if self.pool_size == 0 || self.reaper_batch == 0 {
-            return Err(crate::Error::Config(
+            return Err(Error::Config(
                 "the PostgreSQL pool_size and reaper_batch must be greater than 0".into(),
             ));
         }
         if self.connect_timeout.is_zero() || self.statement_timeout.is_zero() {
-            return Err(crate::Error::Config(
+            return Err(Error::Config(
                 "the PostgreSQL timeouts must be greater than 0".into(),
             ));
         }
-        Table::new(&self.schema, &self.table).map_err(crate::Error::Config)
+        Table::new(&self.schema, &self.table).map_err(Error::Config)
     }
 }

@@ -37,6 +37,7 @@ use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr, SqlStr};
 use super::failure;
 use super::table::Table;
 use crate::record::{Claim, Fingerprint, Record, Token};
+use crate::store::tx::Claimed;
 use crate::store::{Inspection, Stats};
 
 /// A quoted string literal.
@@ -228,22 +229,6 @@ impl Statements {
             )),
         }
     }
-}
-
-/// What a claim statement answered.
-#[derive(Debug)]
-pub(crate) enum Claimed {
-    /// The key was free (absent or expired) and is now held by the claim.
-    Held,
-    /// A live record holds the key.
-    Found(Record),
-    /// Nothing: a concurrent claim committed the key after this statement's snapshot was
-    /// taken. Asking again sees it.
-    Unseen,
-    /// A transaction that has not ended holds the key's row (a claim in a caller's
-    /// transaction, invisible until it commits), and the claim's lock wait ran out: the key
-    /// is held by a claim this statement cannot see.
-    Locked,
 }
 
 /// Whole milliseconds, at least one, as the `int8` the statements take.

@@ -1,22 +1,25 @@
-//! The store's side of the transactional mode (`tx = conn`): the records of one table written
-//! through the caller's connection, inside its transaction, and PostgreSQL's answers as the
-//! errors a caller can act on. The engine's side (what to do with them) is `engine/tx.rs`.
+//! The transactional mode (`tx = conn`) on sqlx's [`PgConnection`]: [`PgTxStore`], the
+//! [`TxStore`] of the records of one table written through the caller's connection, inside its
+//! transaction, and PostgreSQL's answers as the errors a caller can act on. The engine's side
+//! (what to do with them) is `engine/tx.rs`.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Postgres, Transaction};
 
 use super::sql::{self, Statements};
 use super::table::Table;
 use super::{PostgresStore, check_key, failure, listen};
 use crate::error::Error;
 use crate::record::Claim;
+use crate::store::tx::{Claimed, Transactional, TxFuture, TxStore};
 use crate::store::{Store, StoreHandle};
-
-pub(crate) use super::sql::Claimed;
 
 /// SQLSTATEs the transactional mode tells apart.
 mod code {
@@ -30,9 +33,14 @@ mod code {
     pub(super) const NO_TABLE: &str = "42P01";
 }
 
+/// A call with `tx = conn` on a `&mut PgConnection` writes through [`PgTxStore`].
+impl Transactional for PgConnection {
+    type Store = PgTxStore;
+}
+
 /// The table of the records written in callers' transactions, and how to wait for a holder
 /// that is not in one (a call through the plain [`PostgresStore`]).
-pub(crate) struct TxRecords {
+pub(crate) struct PgTxStore {
     sql: Arc<Statements>,
     table: Table,
     /// The configured store, when it is a `PostgresStore`: its listener wakes a waiter.
@@ -51,107 +59,163 @@ fn default_table() -> &'static (Arc<Statements>, Table) {
 /// How long a waiter sleeps between looks when no listener can wake it.
 const POLL: Duration = Duration::from_millis(25);
 
-impl TxRecords {
+impl TxStore<PgConnection> for PgTxStore {
+    type Transaction<'c> = Transaction<'c, Postgres>;
+
     /// The table of `store` if it is a [`PostgresStore`], else the default one.
-    pub(crate) fn of(store: &StoreHandle) -> TxRecords {
-        match store.downcast_ref::<PostgresStore>() {
-            Some(store) => TxRecords {
+    fn of(store: &StoreHandle, scope: &str) -> PgTxStore {
+        let records = match store.downcast_ref::<PostgresStore>() {
+            Some(store) => PgTxStore {
                 sql: store.shared.sql.clone(),
                 table: store.shared.table.clone(),
                 store: Some(store.clone()),
             },
             None => {
                 let (sql, table) = default_table();
-                TxRecords {
+                PgTxStore {
                     sql: sql.clone(),
                     table: table.clone(),
                     store: None,
                 }
             }
-        }
+        };
+        records.remember(scope);
+        records
     }
 
-    /// Claims `key` in the connection's transaction or reads its live record, waiting at most
-    /// `wait` for a concurrent transaction that claimed it and has not ended.
-    pub(crate) async fn claim(
-        &self,
-        conn: &mut PgConnection,
-        key: &str,
-        claim: &Claim,
+    fn in_transaction(&self, conn: &PgConnection) -> bool {
+        conn.is_in_transaction()
+    }
+
+    fn begin<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        key: &'a str,
+    ) -> TxFuture<'a, Transaction<'a, Postgres>> {
+        Box::pin(async move { conn.begin().await.map_err(|error| self.failed(key, error)) })
+    }
+
+    fn commit<'a>(
+        &'a self,
+        transaction: Transaction<'a, Postgres>,
+        key: &'a str,
+    ) -> TxFuture<'a, ()> {
+        Box::pin(async move {
+            transaction
+                .commit()
+                .await
+                .map_err(|error| self.failed(key, error))
+        })
+    }
+
+    fn rollback<'a>(
+        &'a self,
+        transaction: Transaction<'a, Postgres>,
+        key: &'a str,
+    ) -> TxFuture<'a, ()> {
+        Box::pin(async move {
+            transaction
+                .rollback()
+                .await
+                .map_err(|error| self.failed(key, error))
+        })
+    }
+
+    /// Refuses a key with a NUL character, and looks for the table before the first claim
+    /// through it in this process: a statement on a missing table would abort the caller's
+    /// transaction, this look (`to_regclass`) does not.
+    fn prepare<'a>(&'a self, conn: &'a mut PgConnection, key: &'a str) -> TxFuture<'a, ()> {
+        Box::pin(async move {
+            check_key(key).map_err(|source| Error::Store {
+                key: key.to_owned(),
+                source,
+            })?;
+            if self.sql.table_found.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let found = sql::table_exists(&mut *conn, &self.sql)
+                .await
+                .map_err(|error| self.failed(key, error))?;
+            if !found {
+                return Err(Error::Config(format!(
+                    "the table {} does not exist in the database of the transaction's connection, and idem never creates a table inside a caller's transaction; idem wrote nothing, so the transaction is still usable (the table can even be created in it); create it with:\n{}",
+                    self.table.qualified(),
+                    self.table.migration()
+                )));
+            }
+            self.sql.table_found.store(true, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        key: &'a str,
+        claim: &'a Claim,
         lease: Duration,
         wait: Duration,
-    ) -> Result<Claimed, Error> {
-        check_key(key).map_err(|source| Error::Store {
-            key: key.to_owned(),
-            source,
-        })?;
-        if !self.sql.table_found.load(Ordering::Relaxed) {
-            self.find_table(conn, key).await?;
-        }
-        sql::tx_claim(conn, &self.sql, key, claim, lease, wait)
-            .await
-            .map_err(|error| self.failed(key, error))
+    ) -> TxFuture<'a, Claimed> {
+        Box::pin(async move {
+            sql::tx_claim(conn, &self.sql, key, claim, lease, wait)
+                .await
+                .map_err(|error| self.failed(key, error))
+        })
     }
 
-    /// Looks for the table before the first claim through it in this process: a statement
-    /// on a missing table would abort the caller's transaction, this look does not.
-    async fn find_table(&self, conn: &mut PgConnection, key: &str) -> Result<(), Error> {
-        let found = sql::table_exists(&mut *conn, &self.sql)
-            .await
-            .map_err(|error| self.failed(key, error))?;
-        if !found {
-            return Err(Error::Config(format!(
-                "the table {} does not exist in the database of the transaction's connection, and idem never creates a table inside a caller's transaction; idem wrote nothing, so the transaction is still usable (the table can even be created in it); create it with:\n{}",
-                self.table.qualified(),
-                self.table.migration()
-            )));
-        }
-        self.sql.table_found.store(true, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Stores `payload` for the claim with expiry `ttl`; `false` if the claim's row is gone.
-    pub(crate) async fn complete(
-        &self,
-        conn: &mut PgConnection,
-        key: &str,
-        claim: &Claim,
-        payload: &[u8],
+    fn complete<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        key: &'a str,
+        claim: &'a Claim,
+        payload: &'a [u8],
         ttl: Duration,
-    ) -> Result<bool, Error> {
-        let tag = listen::tag(key);
-        sql::tx_complete(conn, &self.sql, key, claim, payload, ttl, &tag)
-            .await
-            .map_err(|error| self.failed(key, error))
+    ) -> TxFuture<'a, bool> {
+        Box::pin(async move {
+            let tag = listen::tag(key);
+            sql::tx_complete(conn, &self.sql, key, claim, payload, ttl, &tag)
+                .await
+                .map_err(|error| self.failed(key, error))
+        })
     }
 
-    /// Deletes the claim's row.
-    pub(crate) async fn release(
-        &self,
-        conn: &mut PgConnection,
-        key: &str,
-        claim: &Claim,
-    ) -> Result<bool, Error> {
-        sql::tx_release(conn, &self.sql, key, claim)
-            .await
-            .map_err(|error| self.failed(key, error))
+    fn release<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        key: &'a str,
+        claim: &'a Claim,
+    ) -> TxFuture<'a, bool> {
+        Box::pin(async move {
+            sql::tx_release(conn, &self.sql, key, claim)
+                .await
+                .map_err(|error| self.failed(key, error))
+        })
     }
 
-    /// Waits (at most `timeout`) for `holder`, a claim made outside any caller's transaction,
-    /// to end: on the store's listener when there is one, else for a short while.
-    pub(crate) async fn wait(&self, key: &str, holder: &Claim, timeout: Duration) {
-        match &self.store {
-            Some(store) => {
-                if store.wait(key, holder, timeout).await.is_err() {
-                    tokio::time::sleep(timeout.min(POLL)).await;
+    /// On the configured store's listener when it is a [`PostgresStore`], else for a short
+    /// while.
+    fn wait<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a Claim,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            match &self.store {
+                Some(store) => {
+                    if store.wait(key, holder, timeout).await.is_err() {
+                        tokio::time::sleep(timeout.min(POLL)).await;
+                    }
                 }
+                None => tokio::time::sleep(timeout.min(POLL)).await,
             }
-            None => tokio::time::sleep(timeout.min(POLL)).await,
-        }
+        })
     }
+}
 
+impl PgTxStore {
     /// A statement's failure as the error a caller acts on.
-    pub(crate) fn failed(&self, key: &str, error: sqlx::Error) -> Error {
+    fn failed(&self, key: &str, error: sqlx::Error) -> Error {
         let code = match &error {
             sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
             _ => None,
@@ -190,10 +254,10 @@ fn written_to() -> &'static RwLock<HashMap<String, Vec<Table>>> {
     WRITTEN.get_or_init(RwLock::default)
 }
 
-impl TxRecords {
+impl PgTxStore {
     /// Notes that calls of `scope` write their records to this table: a shared read after the
     /// first call of the scope on it, a write the first time.
-    pub(crate) fn remember(&self, scope: &str) {
+    fn remember(&self, scope: &str) {
         let known = written_to()
             .read()
             .unwrap_or_else(PoisonError::into_inner)

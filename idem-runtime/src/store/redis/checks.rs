@@ -24,8 +24,8 @@ use redis::{Cmd, FromRedisValue, RedisResult, Value};
 use crate::error::{Error, StoreError, StoreErrorKind};
 
 use super::RedisStore;
+use super::connections::NoConnection;
 use super::failure;
-use super::links::Unlinked;
 use super::scripts::Lua;
 use super::servers::Conn;
 
@@ -54,7 +54,7 @@ impl Said {
 
 /// Why the start-up check failed.
 enum Checked {
-    Link(Unlinked),
+    Link(NoConnection),
     Command(redis::RedisError),
 }
 
@@ -99,21 +99,21 @@ impl RedisStore {
                     ),
                 )));
             }
-            Ok(Err(Checked::Link(Unlinked::Failed(e)) | Checked::Command(e)))
+            Ok(Err(Checked::Link(NoConnection::Failed(e)) | Checked::Command(e)))
                 if failure::is_auth(&e) =>
             {
                 return Err(Error::Config(format!(
                     "Redis at {url} refused the credentials ({e}); check the user and password in the store URL"
                 )));
             }
-            Ok(Err(Checked::Link(Unlinked::Failed(e)) | Checked::Command(e)))
+            Ok(Err(Checked::Link(NoConnection::Failed(e)) | Checked::Command(e)))
                 if failure::is_not_a_cluster(&e) =>
             {
                 return Err(Error::Config(format!(
                     "Redis at {url} is not part of a Redis Cluster ({e}); name a single server with redis://host:port/db"
                 )));
             }
-            Ok(Err(Checked::Link(e))) => return Err(unreachable(failure::unlinked(e, url))),
+            Ok(Err(Checked::Link(e))) => return Err(unreachable(failure::no_connection(e, url))),
             Ok(Err(Checked::Command(e))) => return Err(unreachable(failure::command(e, url))),
         };
         for server in &inspected.servers {

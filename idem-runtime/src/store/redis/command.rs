@@ -2,6 +2,7 @@
 //! command timeout (a missing script loaded, a closed connection replaced, `WAIT` and `PTTL`
 //! behind the write), the answer read.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
@@ -11,13 +12,38 @@ use crate::error::StoreError;
 use crate::record::Claim;
 use crate::store::Fence;
 
-use super::background;
-use super::links::Lender;
+use super::connections::ConnectionSource;
+use super::failure;
+use super::runtimes;
 use super::scripts::{Lua, Scripts};
 use super::servers::Conn;
-use super::{RedisStore, Replicas, failure};
+use super::waiters::Hub;
 
-impl RedisStore {
+/// What a store's clones share: where its connections come from, what wakes its waiters,
+/// and the settings of its command path.
+pub(super) struct Shared {
+    pub(super) lender: ConnectionSource,
+    /// What wakes waiting calls: pub/sub on a connection of the store's own. `None` on an
+    /// application's pool, whose connections are lent for one operation at a time: waiting
+    /// calls look again every [`FALLBACK_POLL`](super::FALLBACK_POLL) instead.
+    pub(super) hub: Option<Arc<Hub>>,
+    pub(super) scripts: &'static Scripts,
+    pub(super) cluster: bool,
+    pub(super) url: String,
+    pub(super) pool_size: usize,
+    pub(super) command_timeout: Duration,
+    pub(super) replicas: Option<Replicas>,
+}
+
+/// How many replicas must acknowledge a claim or a result (`min_replicas`) and how long a
+/// write waits for them (`replica_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Replicas {
+    pub(super) count: usize,
+    pub(super) timeout: Duration,
+}
+
+impl Shared {
     /// Runs `request` on one of the shared connections within the command timeout; with
     /// `request.replicated` and `min_replicas` set, `WAIT` follows in the same round trip (and
     /// the timeout grows by `replica_timeout`).
@@ -33,16 +59,16 @@ impl RedisStore {
     /// after the request if the request still arrives.
     pub(super) async fn query(
         &self,
-        request: &Request<'_>,
+        request: &Query<'_>,
         undo: Option<(&[u8], Duration)>,
     ) -> Result<Answer, StoreError> {
-        let shared = &self.shared;
+        let shared = self;
         let replicas = shared.replicas.filter(|_| request.replicated);
         let within = shared.command_timeout + replicas.map_or(Duration::ZERO, |r| r.timeout);
         let mut resent = None;
         loop {
             let lent = match &shared.lender {
-                Lender::Own(links) => match resent {
+                ConnectionSource::Own(links) => match resent {
                     None => match links.ready() {
                         Ok(lent) => Ok(lent),
                         Err(Some(place)) => links.again(place).await,
@@ -50,14 +76,13 @@ impl RedisStore {
                     },
                     Some(place) => links.again(place).await,
                 },
-                // Boxed: a checkout's future is large, and the store's own path would carry
-                // it. Sent again, an operation takes another checkout (the closed connection
-                // was taken out of the pool).
+                // Sent again, an operation takes another checkout (the closed connection was
+                // taken out of the pool).
                 #[cfg(feature = "deadpool-redis")]
-                Lender::Pool(pool) => Box::pin(pool.get()).await,
+                ConnectionSource::Pool(pool) => super::connections::checkout(pool).await,
             };
             // A Cluster or a pooled connection stays this operation's until `lent` is dropped.
-            let mut lent = lent.map_err(|e| failure::unlinked(e, &shared.url))?;
+            let mut lent = lent.map_err(|e| failure::no_connection(e, &shared.url))?;
             match tokio::time::timeout(within, send(&mut lent.conn, request, replicas)).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(error)) => {
@@ -91,7 +116,7 @@ impl RedisStore {
     }
 
     /// Runs a fenced script: 1 is [`Fence::Held`].
-    pub(super) async fn fenced(&self, request: Request<'_>) -> Result<Fence, StoreError> {
+    pub(super) async fn fenced(&self, request: Query<'_>) -> Result<Fence, StoreError> {
         let answer = self.query(&request, None).await?;
         self.fence(answer.value)
     }
@@ -104,21 +129,15 @@ impl RedisStore {
     }
 
     pub(super) fn parse<T: FromRedisValue>(&self, answer: Value) -> Result<T, StoreError> {
-        T::from_redis_value(answer).map_err(|e| failure::command(e.into(), &self.shared.url))
+        T::from_redis_value(answer).map_err(|e| failure::command(e.into(), &self.url))
     }
 
     /// Checks that `min_replicas` replicas acknowledged a write.
     pub(super) fn replicated(&self, acked: Option<i64>, what: &str) -> Result<(), StoreError> {
-        match (self.shared.replicas, acked) {
-            (Some(replicas), Some(acked)) if acked < replicas.count as i64 => {
-                Err(failure::not_replicated(
-                    &self.shared.url,
-                    what,
-                    acked,
-                    replicas.count,
-                    replicas.timeout,
-                ))
-            }
+        match (self.replicas, acked) {
+            (Some(replicas), Some(acked)) if acked < replicas.count as i64 => Err(
+                failure::not_replicated(&self.url, what, acked, replicas.count, replicas.timeout),
+            ),
             _ => Ok(()),
         }
     }
@@ -129,16 +148,16 @@ impl RedisStore {
         key: &str,
         holder: &Claim,
     ) -> Result<Option<Duration>, StoreError> {
-        let request = Request::script(&self.shared.scripts.peek, key, &[&holder.encoded()]);
+        let request = Query::script(&self.scripts.peek, key, &[&holder.encoded()]);
         let answer = self.query(&request, None).await?;
         let left: i64 = self.parse(answer.value)?;
         Ok(u64::try_from(left).ok().map(Duration::from_millis))
     }
 }
 
-/// What [`RedisStore::query`] sends: a command on one key; for a script, the script to load
+/// What [`Shared::query`] sends: a command on one key; for a script, the script to load
 /// where the server answers `NOSCRIPT`; and what follows the command in the same round trip.
-pub(super) struct Request<'a> {
+pub(super) struct Query<'a> {
     pub(super) cmd: Cmd,
     pub(super) key: &'a str,
     pub(super) script: Option<&'static Lua>,
@@ -148,9 +167,9 @@ pub(super) struct Request<'a> {
     pub(super) expiry: bool,
 }
 
-impl<'a> Request<'a> {
+impl<'a> Query<'a> {
     pub(super) fn command(cmd: Cmd, key: &'a str) -> Self {
-        Request {
+        Query {
             cmd,
             key,
             script: None,
@@ -168,25 +187,25 @@ impl<'a> Request<'a> {
         for arg in args {
             cmd.arg(*arg);
         }
-        Request {
+        Query {
             script: Some(lua),
-            ..Request::command(cmd, key)
+            ..Query::command(cmd, key)
         }
     }
 
     pub(super) fn replicated(self) -> Self {
-        Request {
+        Query {
             replicated: true,
             ..self
         }
     }
 
     pub(super) fn with_expiry(self, expiry: bool) -> Self {
-        Request { expiry, ..self }
+        Query { expiry, ..self }
     }
 }
 
-/// The answers to a [`Request`].
+/// The answers to a [`Query`].
 pub(super) struct Answer {
     /// The command's.
     pub(super) value: Value,
@@ -207,7 +226,7 @@ pub(super) struct Answer {
 /// reach another node than the one that finally runs the script.
 async fn send(
     conn: &mut Conn,
-    request: &Request<'_>,
+    request: &Query<'_>,
     replicas: Option<Replicas>,
 ) -> RedisResult<Answer> {
     // Boxed, like the loading below: the rare path's state stays out of every command's future.
@@ -308,8 +327,8 @@ struct Undo {
 impl Undo {
     /// Sends the release in the background, on idem's own runtime: the caller's may end first.
     fn send(self, mut conn: Conn) {
-        background::spawn(false, async move {
-            let request = Request::script(&self.scripts.release, &self.key, &[&self.claim]);
+        runtimes::spawn(false, async move {
+            let request = Query::script(&self.scripts.release, &self.key, &[&self.claim]);
             let undone = tokio::time::timeout(self.within, send(&mut conn, &request, None)).await;
             let undone = undone.map(|answer| answer.map(|answer| answer.value));
             tracing::debug!(?undone, "idem released a claim whose SET timed out");
@@ -337,7 +356,7 @@ mod tests {
     #[test]
     fn a_script_missing_on_a_node_is_sent_whole_with_the_same_keys_and_arguments() {
         let lua = &super::super::scripts::CLUSTER.renew;
-        let request = Request::script(lua, "idem:s:k", &[b"claim", b"30000"]);
+        let request = Query::script(lua, "idem:s:k", &[b"claim", b"30000"]);
         let eval = evaluate(lua, &request.cmd);
         let words: Vec<Vec<u8>> = eval
             .args_iter()

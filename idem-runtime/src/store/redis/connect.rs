@@ -4,15 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::Config;
 use crate::error::Error;
 
-use super::background::Home;
-use super::links::{Lender, Links};
+use super::command::{Replicas, Shared};
+use super::connections::{ConnectionSource, Connections};
 #[cfg(feature = "deadpool-redis")]
 use super::pooled;
+use super::runtimes::ConnectRuntime;
 use super::servers::{Target, Timeouts};
 use super::waiters::Hub;
-use super::{CLUSTER_POOL, NODE_POOL, RedisOptions, RedisStore, Replicas, Shared, scripts};
+use super::{CLUSTER_POOL, NODE_POOL, RedisOptions, RedisStore, scripts};
 
 /// What a store is connected to, for its scripts and its messages.
 pub(super) struct Deployment {
@@ -32,9 +34,17 @@ pub(super) fn replicas(options: &RedisOptions) -> Option<Replicas> {
 }
 
 impl RedisStore {
-    /// Connects to the Redis (or Redis Cluster) named by `options` and checks that it answers.
-    /// `options` is a [`RedisOptions`], a URL, or the application's [`Config`](crate::Config)
-    /// (`&config`), which names the store and its settings.
+    /// Connects to the Redis (or Redis Cluster) that `config` names (its `store` URL), with
+    /// the Redis settings of `config` (`RedisOptions::from(config)`), and checks that it
+    /// answers: what [`init`](crate::init) does for `IDEM_STORE=redis://…`.
+    ///
+    /// Fails as [`connect_with`](RedisStore::connect_with) does.
+    pub async fn connect(config: &Config) -> Result<RedisStore, Error> {
+        RedisStore::connect_with(&config.store, RedisOptions::from(config)).await
+    }
+
+    /// Connects to the Redis (or Redis Cluster) at `url` with `options` and checks that it
+    /// answers.
     ///
     /// Fails with [`Error::Config`] for a URL that does not parse or names no Redis, for
     /// credentials the server refuses, for a server older than Redis 7.0, for a URL of the
@@ -42,22 +52,20 @@ impl RedisStore {
     /// not in a Cluster), and for a server that may evict records unless
     /// [`allow_eviction`](RedisOptions::allow_eviction) accepts it; with [`Error::Connect`] when
     /// the server cannot be reached or does not answer within `connect_timeout`.
-    pub async fn connect(options: impl Into<RedisOptions>) -> Result<RedisStore, Error> {
-        let options = options.into();
-        let target = Target::parse(&options.url)?;
+    pub async fn connect_with(url: &str, options: RedisOptions) -> Result<RedisStore, Error> {
+        let target = Target::parse(url)?;
         RedisStore::start(target, &options).await
     }
 
     /// Connects to the Redis at `url` with the default options; see
-    /// [`connect`](RedisStore::connect).
+    /// [`connect_with`](RedisStore::connect_with).
     pub async fn open(url: &str) -> Result<RedisStore, Error> {
-        RedisStore::connect(url).await
+        RedisStore::connect_with(url, RedisOptions::default()).await
     }
 
     /// A store on the server an application's own `redis::Client` names, with its address,
-    /// credentials and TLS settings; `options` gives the rest (its URL is not used). The store
-    /// makes its own connections from it, speaking RESP3 (for the pushes that wake waiting
-    /// calls).
+    /// credentials and TLS settings; `options` gives the rest. The store makes its own
+    /// connections from it, speaking RESP3 (for the pushes that wake waiting calls).
     pub async fn from_client(
         client: &redis::Client,
         options: RedisOptions,
@@ -67,9 +75,9 @@ impl RedisStore {
     }
 
     /// A store on the Redis Cluster an application's own `ClusterClient` reaches; `options`
-    /// gives the rest (its URL is not used). Waiting calls are woken by sharded pub/sub when
-    /// the client speaks RESP3 (`ClusterClientBuilder::use_protocol`), and look again every
-    /// 50 ms otherwise. The client's own retry settings apply.
+    /// gives the rest. Waiting calls are woken by sharded pub/sub when the client speaks RESP3
+    /// (`ClusterClientBuilder::use_protocol`), and look again every 50 ms otherwise. The
+    /// client's own retry settings apply.
     #[cfg(feature = "redis-cluster")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
     pub async fn from_cluster_client(
@@ -106,19 +114,19 @@ impl RedisStore {
     #[cfg(feature = "deadpool-redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "deadpool-redis")))]
     pub async fn from_deadpool(pool: deadpool_redis::Pool) -> Result<RedisStore, Error> {
-        RedisStore::from_deadpool_with(pool, RedisOptions::new(String::new())).await
+        RedisStore::from_deadpool_with(pool, RedisOptions::default()).await
     }
 
     /// A store on an application's own [`deadpool_redis::Pool`] (deadpool-redis 0.23, on the
     /// same redis-rs as idem), one server: each operation checks a connection out of the pool,
     /// sends its command (with the same scripts, fencing and `min_replicas` as a store of its own
     /// connections) and gives the connection back. `options` gives the timeouts,
-    /// `min_replicas` and `allow_eviction`; its URL and `pool_size` are not used (the pool's
+    /// `min_replicas` and `allow_eviction`; its `pool_size` is not used (the pool's
     /// `max_size` bounds the operations in flight). Like [`connect`](RedisStore::connect), it
     /// checks the server on a pooled connection before it returns (Redis 7.0 or later, not a
     /// Cluster node, no eviction unless `allow_eviction`), and loads the scripts.
     ///
-    /// The settings of an application's [`Config`](crate::Config) apply with
+    /// The settings of an application's [`Config`] apply with
     /// `RedisOptions::from(&config)`:
     ///
     /// ```no_run
@@ -164,7 +172,7 @@ impl RedisStore {
         let pool = pooled::Pooled::new(pool, options.connect_timeout);
         let pool_size = pool.max_size();
         let store = RedisStore::assemble(
-            Lender::Pool(pool),
+            ConnectionSource::Pool(pool),
             None,
             Deployment {
                 cluster: false,
@@ -194,11 +202,11 @@ impl RedisStore {
         let pool_size = options
             .pool_size
             .unwrap_or(if cluster { CLUSTER_POOL } else { NODE_POOL });
-        let home = Arc::new(Home::default());
-        let links = Links::new(servers.clone(), home.clone(), timeouts, pool_size, cluster);
+        let home = Arc::new(ConnectRuntime::default());
+        let links = Connections::new(servers.clone(), home.clone(), timeouts, pool_size, cluster);
         let hub = Hub::new(servers, home, timeouts, options.command_timeout);
         let store = RedisStore::assemble(
-            Lender::Own(links),
+            ConnectionSource::Own(links),
             Some(Arc::new(hub)),
             Deployment {
                 cluster,
@@ -215,7 +223,7 @@ impl RedisStore {
 
     /// A store whose operations take their connections from `lender`.
     pub(super) fn assemble(
-        lender: Lender,
+        lender: ConnectionSource,
         hub: Option<Arc<Hub>>,
         deployment: Deployment,
         options: &RedisOptions,

@@ -6,7 +6,7 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 use crate::error::{StoreError, StoreErrorKind};
 
-use super::links::Unlinked;
+use super::connections::NoConnection;
 
 /// Whether the connection that reported `error` must be replaced.
 pub(super) fn breaks_connection(error: &RedisError) -> bool {
@@ -79,13 +79,13 @@ pub(super) fn timed_out(url: &str, after: Duration) -> StoreError {
 }
 
 /// The store error for a connection to the Redis at `url` that could not be made.
-pub(super) fn unlinked(error: Unlinked, url: &str) -> StoreError {
+pub(super) fn no_connection(error: NoConnection, url: &str) -> StoreError {
     match error {
-        Unlinked::TimedOut(within) => StoreError::new(
+        NoConnection::TimedOut(within) => StoreError::new(
             StoreErrorKind::Timeout,
             format!("connecting to Redis at {url} took longer than {within:?} (connect_timeout)"),
         ),
-        Unlinked::Failed(error) => {
+        NoConnection::Failed(error) => {
             let kind = match kind_of(&error) {
                 StoreErrorKind::Timeout => StoreErrorKind::Timeout,
                 _ => StoreErrorKind::Unavailable,
@@ -102,7 +102,7 @@ pub(super) fn unlinked(error: Unlinked, url: &str) -> StoreError {
             StoreError::new(kind, message).with_source(error)
         }
         #[cfg(feature = "deadpool-redis")]
-        Unlinked::Pool(unpooled) => unpooled.store_error(url),
+        NoConnection::Pool(unpooled) => unpooled.store_error(url),
     }
 }
 
@@ -172,8 +172,8 @@ mod tests {
         for kind in [io::ErrorKind::ConnectionRefused, io::ErrorKind::TimedOut] {
             assert!(!not_redis(&io(kind)), "{kind:?}");
         }
-        let refused = unlinked(
-            Unlinked::Failed(io(io::ErrorKind::ConnectionRefused)),
+        let refused = no_connection(
+            NoConnection::Failed(io(io::ErrorKind::ConnectionRefused)),
             "redis://h:1/0",
         );
         assert!(
@@ -181,8 +181,8 @@ mod tests {
                 .to_string()
                 .starts_with("cannot connect to Redis at redis://h:1/0")
         );
-        let closed = unlinked(
-            Unlinked::Failed(io(io::ErrorKind::BrokenPipe)),
+        let closed = no_connection(
+            NoConnection::Failed(io(io::ErrorKind::BrokenPipe)),
             "redis://h:1/0",
         );
         assert!(

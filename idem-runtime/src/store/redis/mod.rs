@@ -19,13 +19,14 @@
 //! complete send `WAIT` in the same round trip, right behind their write.
 //!
 //! This file holds the store and its operations; the rest, one concern per file:
-//! - `connect.rs`: making a store (from options, a URL, a client, a pool);
+//! - `connect.rs`: making a store (from a `Config`, a URL and options, a client, a pool);
+//! - `options.rs`: [`RedisOptions`], and how they are read from a `Config`;
 //! - `checks.rs`: what `connect` checks before the first call (version, deployment, eviction);
 //! - `command.rs`: the path of every command (lent connection, timeout, a missing script
 //!   loaded, a closed connection replaced, the answer read);
-//! - `links.rs`: the connections commands go over, shared and pipelined to one server, one
+//! - `connections.rs`: the connections commands go over, shared and pipelined to one server, one
 //!   operation at a time per Cluster connection; `servers.rs`: one server or a Cluster, from
-//!   the URL; `background.rs`: the runtime that drives them (the callers' while they come
+//!   the URL; `runtimes.rs`: the runtime that drives them (the callers' while they come
 //!   from one, idem's own once they come from more);
 //! - `scripts.rs`: the Lua scripts, run by SHA; `waiters.rs`: pub/sub that wakes waiting
 //!   calls; `failure.rs`: which errors mean what; `stats.rs`: the operator's count;
@@ -36,15 +37,15 @@
 //! it (see `pooled.rs`): deadpool-redis's `UNWATCH`+`PING` at each checkout adds a round trip
 //! per operation, and waiters look at their key every 50 ms instead of subscribing.
 
-mod background;
 mod checks;
 mod command;
 mod connect;
+mod connections;
 mod failure;
-mod links;
 mod options;
 #[cfg(feature = "deadpool-redis")]
 mod pooled;
+mod runtimes;
 mod scripts;
 mod servers;
 mod stats;
@@ -64,10 +65,7 @@ use crate::store::{Fence, Inspection, Stats, Store, StoreFuture};
 
 pub use self::options::RedisOptions;
 
-use self::command::{Request, millis};
-use self::links::Lender;
-use self::scripts::Scripts;
-use self::waiters::Hub;
+use self::command::{Query, Shared, millis};
 
 /// The connections kept to one server by default: multiplexed and shared, one is enough.
 const NODE_POOL: usize = 1;
@@ -90,9 +88,10 @@ const CLUSTER_RELOOK: Duration = Duration::from_millis(250);
 /// A [`Store`] on Redis 7.0 or later, one server or a Redis Cluster (feature `redis`):
 /// exactly-once across every process and machine that shares it.
 ///
-/// Build it with [`RedisStore::connect`] from [`RedisOptions`], a URL or a
-/// [`Config`](crate::Config) (or let [`init`](crate::init) do it for `IDEM_STORE=redis://…`),
-/// with [`RedisStore::open`] from a URL, from the application's own client
+/// Build it with [`RedisStore::connect`] from a [`Config`](crate::Config) (or let
+/// [`init`](crate::init) do it for `IDEM_STORE=redis://…`), with
+/// [`RedisStore::connect_with`] from a URL and [`RedisOptions`], with [`RedisStore::open`] from
+/// a URL alone, from the application's own client
 /// ([`from_client`](RedisStore::from_client), [`from_cluster_client`](RedisStore::from_cluster_client)),
 /// or on the application's own `deadpool_redis::Pool` (`from_deadpool`, feature
 /// `deadpool-redis`):
@@ -156,28 +155,6 @@ pub struct RedisStore {
     shared: Arc<Shared>,
 }
 
-struct Shared {
-    lender: Lender,
-    /// What wakes waiting calls: pub/sub on a connection of the store's own. `None` on an
-    /// application's pool, whose connections are lent for one operation at a time: waiting
-    /// calls look again every [`FALLBACK_POLL`] instead.
-    hub: Option<Arc<Hub>>,
-    scripts: &'static Scripts,
-    cluster: bool,
-    url: String,
-    pool_size: usize,
-    command_timeout: Duration,
-    replicas: Option<Replicas>,
-}
-
-/// How many replicas must acknowledge a claim or a result (`min_replicas`) and how long a
-/// write waits for them (`replica_timeout`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Replicas {
-    count: usize,
-    timeout: Duration,
-}
-
 impl RedisStore {
     /// `SET key claim NX PX lease GET`, and `PTTL key` in the same round trip when `expiry`.
     async fn claim_or_read(
@@ -196,9 +173,12 @@ impl RedisStore {
             .arg("PX")
             .arg(millis(lease))
             .arg("GET");
-        let request = Request::command(cmd, key).replicated().with_expiry(expiry);
-        let answer = self.query(&request, Some((&mine[..], lease))).await?;
-        match self.parse::<Option<Vec<u8>>>(answer.value)? {
+        let request = Query::command(cmd, key).replicated().with_expiry(expiry);
+        let answer = self
+            .shared
+            .query(&request, Some((&mine[..], lease)))
+            .await?;
+        match self.shared.parse::<Option<Vec<u8>>>(answer.value)? {
             // Our own claim is found when the cluster client sent the SET again after the
             // first one was applied but its answer lost: the key is ours either way.
             Some(found) if *found != *mine => Ok(Some(match Record::from_bytes(found) {
@@ -211,7 +191,7 @@ impl RedisStore {
                 },
                 in_progress => in_progress,
             })),
-            _ => match self.replicated(answer.acked, "claim") {
+            _ => match self.shared.replicated(answer.acked, "claim") {
                 Ok(()) => Ok(None),
                 Err(error) => {
                     // Not durable, so not ours to run on: free the key for a retry.
@@ -255,14 +235,15 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, Fence> {
         Box::pin(async move {
             let ttl = millis(ttl).to_string();
-            let request = Request::script(
+            let request = Query::script(
                 &self.shared.scripts.complete,
                 key,
                 &[&claim.encoded(), payload, ttl.as_bytes()],
             );
-            let answer = self.query(&request.replicated(), None).await?;
-            match self.fence(answer.value)? {
+            let answer = self.shared.query(&request.replicated(), None).await?;
+            match self.shared.fence(answer.value)? {
                 Fence::Held => self
+                    .shared
                     .replicated(answer.acked, "result")
                     .map(|()| Fence::Held),
                 Fence::Lost => Ok(Fence::Lost),
@@ -272,8 +253,8 @@ impl Store for RedisStore {
 
     fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
         Box::pin(async move {
-            let request = Request::script(&self.shared.scripts.release, key, &[&claim.encoded()]);
-            self.fenced(request).await
+            let request = Query::script(&self.shared.scripts.release, key, &[&claim.encoded()]);
+            self.shared.fenced(request).await
         })
     }
 
@@ -285,12 +266,12 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, Fence> {
         Box::pin(async move {
             let lease = millis(lease).to_string();
-            let request = Request::script(
+            let request = Query::script(
                 &self.shared.scripts.renew,
                 key,
                 &[&claim.encoded(), lease.as_bytes()],
             );
-            self.fenced(request).await
+            self.shared.fenced(request).await
         })
     }
 
@@ -319,7 +300,7 @@ impl Store for RedisStore {
                 },
                 _ => false,
             };
-            let Some(left) = self.lease_left(key, holder).await? else {
+            let Some(left) = self.shared.lease_left(key, holder).await? else {
                 return Ok(());
             };
             // A holder that crashed sends nothing: its lease ending is the last wake-up.
@@ -343,9 +324,10 @@ impl Store for RedisStore {
             let mut get = Cmd::with_capacity(2, key.len() + 3);
             get.arg("GET").arg(key);
             let answer = self
-                .query(&Request::command(get, key).with_expiry(true), None)
+                .shared
+                .query(&Query::command(get, key).with_expiry(true), None)
                 .await?;
-            let Some(bytes) = self.parse::<Option<Vec<u8>>>(answer.value)? else {
+            let Some(bytes) = self.shared.parse::<Option<Vec<u8>>>(answer.value)? else {
                 return Ok(Inspection::Absent);
             };
             let left = answer
@@ -359,9 +341,9 @@ impl Store for RedisStore {
     /// A script: `DEL key`, and `(S)PUBLISH` to wake the waiters when it deleted a record.
     fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let request = Request::script(&self.shared.scripts.forget, key, &[]);
-            let answer = self.query(&request, None).await?;
-            Ok(self.parse::<i64>(answer.value)? == 1)
+            let request = Query::script(&self.shared.scripts.forget, key, &[]);
+            let answer = self.shared.query(&request, None).await?;
+            Ok(self.shared.parse::<i64>(answer.value)? == 1)
         })
     }
 

@@ -1,25 +1,31 @@
 //! [`RedisOptions`]: how a [`RedisStore`](super::RedisStore) connects and behaves, set in code
-//! or translated from an application's [`Config`](crate::Config).
+//! or read from an application's [`Config`].
 
 use std::time::Duration;
 
-/// The settings of a [`RedisStore`](super::RedisStore): its URL, connections, timeouts and
-/// durability. Built in code, or from a [`Config`](crate::Config) (`RedisOptions::from(&config)`,
-/// which [`RedisStore::connect`](super::RedisStore::connect) accepts as it is).
+use crate::config::Config;
+
+/// The settings of a [`RedisStore`](super::RedisStore): connections, timeouts and durability.
+/// The URL is given beside them ([`RedisStore::connect_with`](super::RedisStore::connect_with)).
+/// Built in code from [`RedisOptions::default()`], or from a [`Config`]
+/// (`RedisOptions::from(&config)`, what [`RedisStore::connect`](super::RedisStore::connect)
+/// does).
 ///
 /// ```
 /// # use idem_runtime as idem;
 /// use std::time::Duration;
-/// use idem::store::redis::RedisOptions;
+/// use idem::RedisOptions;
 ///
-/// let options = RedisOptions::new("redis://127.0.0.1:6379/0")
+/// let options = RedisOptions::default()
 ///     .command_timeout(Duration::from_millis(500))
 ///     .min_replicas(1);
-/// assert_eq!(options.url(), "redis://127.0.0.1:6379/0");
+/// let config = idem::Config::default()
+///     .command_timeout(Duration::from_millis(500))
+///     .min_replicas(1);
+/// assert_eq!(RedisOptions::from(&config), options);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisOptions {
-    pub(super) url: String,
     pub(super) pool_size: Option<usize>,
     pub(super) connect_timeout: Duration,
     pub(super) command_timeout: Duration,
@@ -28,26 +34,29 @@ pub struct RedisOptions {
     pub(super) allow_eviction: bool,
 }
 
-impl RedisOptions {
-    /// The defaults for the Redis (or Redis Cluster) at `url`: `redis://…`, `rediss://…`,
-    /// `redis+unix://…`, `redis+cluster://h1:p1,h2:p2` or `rediss+cluster://…`.
-    pub fn new(url: impl Into<String>) -> Self {
+/// The defaults are those of [`Config::default()`], where they are written.
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions::from(&Config::default())
+    }
+}
+
+/// The Redis settings of `config`: `pool_size`, the timeouts, `min_replicas`,
+/// `replica_timeout` and `allow_eviction`. Its URL is not part of them.
+impl From<&Config> for RedisOptions {
+    fn from(config: &Config) -> Self {
         RedisOptions {
-            url: url.into(),
-            pool_size: None,
-            connect_timeout: Duration::from_secs(5),
-            command_timeout: Duration::from_secs(2),
-            min_replicas: 0,
-            replica_timeout: Duration::from_secs(1),
-            allow_eviction: false,
+            pool_size: config.pool_size,
+            connect_timeout: config.connect_timeout,
+            command_timeout: config.command_timeout,
+            min_replicas: config.min_replicas,
+            replica_timeout: config.replica_timeout,
+            allow_eviction: config.allow_eviction,
         }
     }
+}
 
-    /// The URL.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
+impl RedisOptions {
     /// How many connections to keep: by default 1 to one server (multiplexed, shared by every
     /// call) and 16 to a Cluster (each carrying one operation at a time).
     pub fn pool_size(mut self, connections: usize) -> Self {
@@ -68,7 +77,7 @@ impl RedisOptions {
     }
 
     /// How many replicas must acknowledge a claim or a result (`WAIT`, in the same round
-    /// trip); 0, the default, does not wait. See [`Config::min_replicas`](crate::Config::min_replicas).
+    /// trip); 0, the default, does not wait. See [`Config::min_replicas`].
     pub fn min_replicas(mut self, replicas: usize) -> Self {
         self.min_replicas = replicas;
         self
@@ -81,22 +90,9 @@ impl RedisOptions {
     }
 
     /// Accept a server that may evict records (`maxmemory` with a policy other than
-    /// `noeviction`); refused by default. See
-    /// [`Config::allow_eviction`](crate::Config::allow_eviction).
+    /// `noeviction`); refused by default. See [`Config::allow_eviction`].
     pub fn allow_eviction(mut self, allow: bool) -> Self {
         self.allow_eviction = allow;
         self
-    }
-}
-
-impl From<&str> for RedisOptions {
-    fn from(url: &str) -> Self {
-        RedisOptions::new(url)
-    }
-}
-
-impl From<String> for RedisOptions {
-    fn from(url: String) -> Self {
-        RedisOptions::new(url)
     }
 }

@@ -4,7 +4,7 @@
 //! Each operation checks a connection out of the pool ([`Pooled::get`]), sends its command (or
 //! its pipeline: `PTTL`, `WAIT`, the `SCRIPT LOAD` after a `NOSCRIPT`) on it, and gives it back
 //! when it returns, through the same path as the store's own connections (see
-//! `RedisStore::query`): the pooled connection is a redis-rs `MultiplexedConnection`, so the
+//! `Shared::query`): the pooled connection is a redis-rs `MultiplexedConnection`, so the
 //! operation carries a clone of its handle and the checkout holds the pool's object. The pool's
 //! own rules apply: its `max_size` bounds the operations in flight, its wait, create and recycle
 //! timeouts bound a checkout, and deadpool-redis checks every connection it lends again with a
@@ -28,7 +28,6 @@ use redis::aio::MultiplexedConnection;
 
 use crate::error::{StoreError, StoreErrorKind};
 
-use super::links::{Lent, Unlinked};
 use super::servers::Conn;
 
 /// What a store built on an application's pool calls itself in messages and in `describe`.
@@ -52,8 +51,9 @@ impl Pooled {
         self.pool.status().max_size
     }
 
-    /// A connection checked out of the pool, back in it when the returned [`Lent`] is dropped.
-    pub(super) async fn get(&self) -> Result<Lent<'_>, Unlinked> {
+    /// A connection checked out of the pool, back in it when the returned [`Checkout`] is
+    /// dropped (`connections.rs` lends the two as one `LentConnection`).
+    pub(super) async fn get(&self) -> Result<(Conn, Box<Checkout>), NotCheckedOut> {
         match tokio::time::timeout(self.within, self.pool.get()).await {
             Ok(Ok(object)) => {
                 let conn = Conn::Node(MultiplexedConnection::clone(&object));
@@ -61,16 +61,16 @@ impl Pooled {
                     object: Some(object),
                     broken: false,
                 });
-                Ok(Lent::pooled(conn, checkout))
+                Ok((conn, checkout))
             }
             // The pool's manager could not make a connection: as when the store makes one.
-            Ok(Err(PoolError::Backend(error))) => Err(Unlinked::Failed(error)),
-            Ok(Err(error)) => Err(Unlinked::Pool(Unpooled {
+            Ok(Err(PoolError::Backend(error))) => Err(NotCheckedOut::Connect(error)),
+            Ok(Err(error)) => Err(NotCheckedOut::Pool(Unpooled {
                 error: Some(error),
                 within: self.within,
                 status: self.pool.status(),
             })),
-            Err(_) => Err(Unlinked::Pool(Unpooled {
+            Err(_) => Err(NotCheckedOut::Pool(Unpooled {
                 error: None,
                 within: self.within,
                 status: self.pool.status(),
@@ -103,6 +103,14 @@ impl Drop for Checkout {
             drop(deadpool_redis::Connection::take(object));
         }
     }
+}
+
+/// Why a checkout lent no connection.
+pub(super) enum NotCheckedOut {
+    /// The pool's manager could not make a connection.
+    Connect(redis::RedisError),
+    /// The pool itself: exhausted, closed, timed out.
+    Pool(Unpooled),
 }
 
 /// Why the pool lent no connection (other than its manager failing to make one).

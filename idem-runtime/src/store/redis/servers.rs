@@ -25,9 +25,8 @@ use redis::{
 };
 
 use crate::error::Error;
-use crate::store::{StoreKind, store_kind};
 
-use super::background::{Home, MadeOn};
+use super::runtimes::{ConnectRuntime, DrivenBy};
 
 /// The servers of a store.
 pub(super) enum Servers {
@@ -88,13 +87,14 @@ impl Target {
         }
     }
 
-    /// Reads a store URL.
+    /// Reads a Redis URL: its scheme says one server or a Cluster, and TLS or not.
     pub(super) fn parse(url: &str) -> Result<Target, Error> {
         if cfg!(not(feature = "redis-tls")) && url.starts_with("rediss") {
             return Err(needs_tls(url));
         }
-        match store_kind(url) {
-            Some(StoreKind::Redis) => {
+        let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
+        match scheme {
+            "redis" | "rediss" | "redis+unix" | "unix" => {
                 let info = parse_node(url)?;
                 let described = describe(&info);
                 let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
@@ -111,9 +111,9 @@ impl Target {
                 })
             }
             #[cfg(feature = "redis-cluster")]
-            Some(StoreKind::RedisCluster) => parse_cluster(url),
+            "redis+cluster" | "rediss+cluster" => parse_cluster(url),
             #[cfg(not(feature = "redis-cluster"))]
-            Some(StoreKind::RedisCluster) => Err(Error::Config(format!(
+            "redis+cluster" | "rediss+cluster" => Err(Error::Config(format!(
                 "store `{}` is a Redis Cluster, which needs {}",
                 redact(url),
                 crate::error::needs_feature("redis-cluster")
@@ -148,15 +148,15 @@ pub(super) struct Timeouts {
 }
 
 impl Servers {
-    /// A connection for commands, and the runtime it was made on (see [`Home`]). `on_push`
+    /// A connection for commands, and the runtime it was made on (see [`ConnectRuntime`]). `on_push`
     /// receives the pushes of a single-server connection (a cluster connection handles its own:
     /// it reconnects a node whose socket closed).
     pub(super) async fn connect(
         &self,
         timeouts: Timeouts,
         on_push: impl redis::aio::AsyncPushSender,
-        home: &Home,
-    ) -> RedisResult<(Conn, MadeOn)> {
+        home: &ConnectRuntime,
+    ) -> RedisResult<(Conn, DrivenBy)> {
         match self {
             Servers::Node(client) => {
                 let config = redis::AsyncConnectionConfig::new()
@@ -188,8 +188,8 @@ impl Servers {
         &self,
         timeouts: Timeouts,
         on_push: impl redis::aio::AsyncPushSender,
-        home: &Home,
-    ) -> RedisResult<(Conn, MadeOn)> {
+        home: &ConnectRuntime,
+    ) -> RedisResult<(Conn, DrivenBy)> {
         match self {
             Servers::Node(_) => self.connect(timeouts, on_push, home).await,
             #[cfg(feature = "redis-cluster")]
@@ -209,8 +209,8 @@ impl Servers {
     async fn cluster(
         client: &ClusterClient,
         config: ClusterConfig,
-        home: &Home,
-    ) -> RedisResult<(Conn, MadeOn)> {
+        home: &ConnectRuntime,
+    ) -> RedisResult<(Conn, DrivenBy)> {
         let client = client.clone();
         let make = async move { client.get_async_connection_with_config(config).await };
         let (conn, made_on) = home.make(make).await?;

@@ -65,7 +65,7 @@ impl RedisStore {
             .lender
             .lend()
             .await
-            .map_err(|e| failure::unlinked(e, url))?;
+            .map_err(|e| failure::no_connection(e, url))?;
         let mut conn = lent.conn.clone();
         let (mut walks, store_keys) = masters(&mut conn, url, within).await?;
         let pattern = format!("{}*", glob_escape(prefix));

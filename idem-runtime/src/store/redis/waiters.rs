@@ -10,7 +10,7 @@
 //! its last waiter leaving unsubscribes it.
 //!
 //! The subscriber connection is made and driven like the command connections (see
-//! `background.rs`): on the runtime of the waiter that needs it while the store's calls all
+//! `runtimes.rs`): on the runtime of the waiter that needs it while the store's calls all
 //! come from one runtime, else on idem's own, so that it serves the waiters of every runtime.
 //!
 //! On one server the subscriber is a multiplexed connection and subscribes with `SUBSCRIBE`.
@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use redis::{PushInfo, PushKind, RedisError, Value};
 
-use super::background::{self, Home, MadeOn};
 use super::failure;
+use super::runtimes::{self, ConnectRuntime, DrivenBy};
 use super::servers::{Conn, Servers, Timeouts};
 use crate::store::wake::{Hooks, Registry, Tags};
 
@@ -52,7 +52,7 @@ pub(super) struct Hub {
     /// board decided them.
     listener: tokio::sync::Mutex<Option<Listener>>,
     servers: Arc<Servers>,
-    home: Arc<Home>,
+    home: Arc<ConnectRuntime>,
     timeouts: Timeouts,
     command_timeout: Duration,
 }
@@ -61,7 +61,7 @@ struct Listener {
     conn: Conn,
     alive: Arc<AtomicBool>,
     /// The runtime that drives it.
-    made_on: MadeOn,
+    made_on: DrivenBy,
 }
 
 /// Forgets every subscription: the connection that held them is gone or being replaced
@@ -101,14 +101,14 @@ impl Hooks for Hub {
         // Unsubscribing is a round trip: sent in the background, on the caller's runtime (or,
         // without one, on idem's own).
         let hub = self.clone();
-        background::spawn(true, async move { hub.unsubscribe(channel).await });
+        runtimes::spawn(true, async move { hub.unsubscribe(channel).await });
     }
 }
 
 impl Hub {
     pub(super) fn new(
         servers: Arc<Servers>,
-        home: Arc<Home>,
+        home: Arc<ConnectRuntime>,
         timeouts: Timeouts,
         command_timeout: Duration,
     ) -> Self {
@@ -130,7 +130,7 @@ impl Hub {
 
     /// Makes sure the subscriber connection is subscribed to the ticket's channel.
     ///
-    /// A subscriber made on another caller's runtime is replaced first (see `Home`), and one
+    /// A subscriber made on another caller's runtime is replaced first (see `ConnectRuntime`), and one
     /// found closed while subscribing is replaced once and the subscription sent again, as
     /// commands are (its waiters are woken either way, and subscribe again on the new one).
     pub(super) async fn listen(&self, ticket: &Ticket) -> Result<(), RedisError> {

@@ -33,9 +33,10 @@ impl Pools {
             ))
         })?;
         let connect = parsed.busy_timeout(options.busy_timeout);
-        let pool = |size: u32| {
+        // sqlx counts connections in a u32: a larger pool_size is as many as it can keep.
+        let pool = |size: usize| {
             SqlitePoolOptions::new()
-                .max_connections(size)
+                .max_connections(u32::try_from(size).unwrap_or(u32::MAX))
                 .acquire_timeout(options.connect_timeout)
                 // No ping before each statement: a connection to a file does not break.
                 .test_before_acquire(false)

@@ -28,9 +28,10 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use tokio::time::Instant;
 
+use crate::config::Config;
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::record::{Claim, Record};
-use crate::store::{Fence, Inspection, Stats, Store, StoreFuture, StoreHandle};
+use crate::store::{Fence, Inspection, Stats, Store, StoreFuture};
 
 pub use self::options::SqliteOptions;
 pub use self::table::MIGRATION;
@@ -130,7 +131,16 @@ impl SqliteStore {
     /// # }
     /// ```
     pub async fn open(url: &str) -> Result<SqliteStore, Error> {
-        SqliteStore::connect(url, &SqliteOptions::default()).await
+        SqliteStore::connect_with(url, SqliteOptions::default()).await
+    }
+
+    /// Opens the database of `config`'s URL with the options read from `config`
+    /// ([`SqliteOptions::from`]): what `idem::init` and [`Idem::connect`](crate::Idem::connect)
+    /// do for `IDEM_STORE=sqlite://…`.
+    ///
+    /// Fails as [`connect_with`](SqliteStore::connect_with) does.
+    pub async fn connect(config: &Config) -> Result<SqliteStore, Error> {
+        SqliteStore::connect_with(&config.store, SqliteOptions::from(config)).await
     }
 
     /// Opens (or creates) the SQLite database at `url` with `options`: WAL mode,
@@ -150,11 +160,12 @@ impl SqliteStore {
     /// let options = idem::SqliteOptions::default()
     ///     .busy_timeout(Duration::from_millis(500))
     ///     .pool_size(2);
-    /// let store = idem::SqliteStore::connect("sqlite://idem.db", &options).await?;
+    /// let store = idem::SqliteStore::connect_with("sqlite://idem.db", options).await?;
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn connect(url: &str, options: &SqliteOptions) -> Result<SqliteStore, Error> {
+    pub async fn connect_with(url: &str, options: SqliteOptions) -> Result<SqliteStore, Error> {
+        let options = &options;
         let table = options.checked()?;
         let Pools {
             reads,
@@ -175,7 +186,7 @@ impl SqliteStore {
     /// A store on a pool the application already has: its statements, reads and writes, run
     /// on that pool with its own settings (journal mode, `synchronous`, `busy_timeout`;
     /// `options.pool_size`, `busy_timeout` and `full_sync` are ignored), and the table is
-    /// checked and created as by [`connect`](SqliteStore::connect). Open the pool's file in
+    /// checked and created as by [`connect_with`](SqliteStore::connect_with). Open the pool's file in
     /// WAL mode (`SqliteConnectOptions::journal_mode`), or readers and writers wait for each
     /// other.
     ///
@@ -189,14 +200,12 @@ impl SqliteStore {
     ///     .create_if_missing(true)
     ///     .journal_mode(SqliteJournalMode::Wal);
     /// let pool = SqlitePool::connect_lazy_with(file);
-    /// let store = idem::SqliteStore::from_pool(pool, &idem::SqliteOptions::default()).await?;
+    /// let store = idem::SqliteStore::from_pool(pool, idem::SqliteOptions::default()).await?;
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn from_pool(
-        pool: SqlitePool,
-        options: &SqliteOptions,
-    ) -> Result<SqliteStore, Error> {
+    pub async fn from_pool(pool: SqlitePool, options: SqliteOptions) -> Result<SqliteStore, Error> {
+        let options = &options;
         let table = options.checked()?;
         let describe = describe(&pool.connect_options(), &table);
         SqliteStore::build(pool.clone(), pool, describe, None, table, options).await
@@ -274,28 +283,6 @@ impl SqliteStore {
             .await
             .map_err(|e| self.failed(e))
     }
-}
-
-/// Builds the store that `config.store` names (`sqlite://…`), for the store registry
-/// (`IDEM_STORE=sqlite://…`), with the default [`SqliteOptions`] and these settings of
-/// `config`: [`pool_size`](crate::Config::pool_size) (the read connections; 4 when `None`),
-/// [`connect_timeout`](crate::Config::connect_timeout) (opening the file, waiting for a
-/// connection) and [`command_timeout`](crate::Config::command_timeout) (SQLite's
-/// `busy_timeout`: how long one statement waits for another connection's write lock). It does
-/// not validate `config`: its caller does.
-#[allow(dead_code, reason = "the store registry calls it for sqlite:// URLs")]
-pub(crate) async fn connect_config(
-    config: &crate::config::Config,
-) -> Result<StoreHandle, crate::error::Error> {
-    let mut options = SqliteOptions::default()
-        .connect_timeout(config.connect_timeout)
-        .busy_timeout(config.command_timeout);
-    if let Some(size) = config.pool_size {
-        options = options.pool_size(u32::try_from(size).unwrap_or(u32::MAX));
-    }
-    SqliteStore::connect(&config.store, &options)
-        .await
-        .map(StoreHandle::new)
 }
 
 impl Store for SqliteStore {

@@ -3,9 +3,12 @@
 use std::time::Duration;
 
 use super::table::Table;
+use crate::config::Config;
+use crate::error::Error;
 
-/// The settings of a [`SqliteStore`](super::SqliteStore), independent of any application
-/// configuration.
+/// The settings of a [`SqliteStore`](super::SqliteStore). `From<&Config>` takes
+/// `pool_size`, `connect_timeout` and `command_timeout` (as `busy_timeout`) from a
+/// [`Config`]; `Default` is `From<&Config::default()>`.
 ///
 /// ```
 /// # use idem_runtime as idem;
@@ -22,14 +25,14 @@ pub struct SqliteOptions {
     /// The table; `idem_records` by default.
     pub table: String,
     /// Whether opening the store creates the table and its index when they are missing (the
-    /// default); when off, a missing table is [`Error::Config`](crate::Error::Config) naming
+    /// default); when off, a missing table is [`Error::Config`](Error::Config) naming
     /// the SQL to run.
     pub create_table: bool,
     /// How many connections the store reads through (claims that find a record, waiters,
     /// operators); 4 by default. Writes go through one more connection of the store's own,
     /// so that the writes of this process queue for it instead of for SQLite's lock. An
     /// in-memory database (`sqlite::memory:`) has one connection in all.
-    pub pool_size: u32,
+    pub pool_size: usize,
     /// How long opening the file (or waiting for a free connection) may take; 5 s by default.
     pub connect_timeout: Duration,
     /// How long one statement waits for the write lock that another connection holds (another
@@ -55,14 +58,25 @@ pub struct SqliteOptions {
     pub reaper_batch: u32,
 }
 
+/// The read connections of a store whose `Config` leaves `pool_size` unset.
+const POOL_SIZE: usize = 4;
+
 impl Default for SqliteOptions {
     fn default() -> Self {
+        SqliteOptions::from(&Config::default())
+    }
+}
+
+impl From<&Config> for SqliteOptions {
+    /// A `Config`'s `pool_size` (4 when unset), `connect_timeout`, and `command_timeout` as
+    /// the `busy_timeout`; the rest are the store's own defaults.
+    fn from(config: &Config) -> Self {
         SqliteOptions {
             table: "idem_records".to_owned(),
             create_table: true,
-            pool_size: 4,
-            connect_timeout: Duration::from_secs(5),
-            busy_timeout: Duration::from_secs(2),
+            pool_size: config.pool_size.unwrap_or(POOL_SIZE),
+            connect_timeout: config.connect_timeout,
+            busy_timeout: config.command_timeout,
             full_sync: true,
             poll_interval: Duration::from_millis(25),
             reaper_interval: Some(Duration::from_secs(60)),
@@ -85,7 +99,7 @@ impl SqliteOptions {
     }
 
     /// How many connections the store reads through (at least one).
-    pub fn pool_size(mut self, size: u32) -> Self {
+    pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
         self
     }
@@ -136,14 +150,14 @@ impl SqliteOptions {
     /// assert!(sql.contains(r#"CREATE INDEX IF NOT EXISTS "billing_keys_expires_at""#));
     /// assert!(idem::SqliteOptions::default().table("sqlite_x").migration().is_err());
     /// ```
-    pub fn migration(&self) -> Result<String, crate::Error> {
+    pub fn migration(&self) -> Result<String, Error> {
         Ok(self.checked()?.migration())
     }
 
     /// Checks every value; the table's name, checked.
-    pub(super) fn checked(&self) -> Result<Table, crate::Error> {
+    pub(super) fn checked(&self) -> Result<Table, Error> {
         if self.pool_size == 0 || self.reaper_batch == 0 {
-            return Err(crate::Error::Config(
+            return Err(Error::Config(
                 "the SQLite pool_size and reaper_batch must be greater than 0".into(),
             ));
         }
@@ -151,12 +165,12 @@ impl SqliteOptions {
             || self.busy_timeout.is_zero()
             || self.poll_interval.is_zero()
         {
-            return Err(crate::Error::Config(
+            return Err(Error::Config(
                 "the SQLite connect_timeout, busy_timeout and poll_interval must be greater than 0"
                     .into(),
             ));
         }
-        Table::new(&self.table).map_err(crate::Error::Config)
+        Table::new(&self.table).map_err(Error::Config)
     }
 }
 
@@ -174,7 +188,7 @@ mod tests {
             SqliteOptions::default().table(""),
         ] {
             assert!(
-                matches!(options.checked(), Err(crate::Error::Config(_))),
+                matches!(options.checked(), Err(Error::Config(_))),
                 "{options:?}"
             );
         }

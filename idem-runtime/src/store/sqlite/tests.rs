@@ -1,5 +1,5 @@
 //! The SQLite store on files of a temporary directory: what the integration tests do not reach
-//! (the settings `connect_config` reads, keys SQLite must keep apart, files it cannot open).
+//! (what `IDEM_STORE=sqlite://…` opens, keys SQLite must keep apart, files it cannot open).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,15 +33,16 @@ impl Drop for TempDir {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_config_reads_the_url_and_the_settings_that_apply() {
+async fn idem_store_sqlite_opens_the_url_with_the_settings_that_apply() {
     let dir = TempDir::new();
     let config = crate::Config::default()
         .store(dir.url("config.db"))
         .pool_size(2)
         .connect_timeout(Duration::from_secs(3))
         .command_timeout(Duration::from_millis(750));
-    let handle = connect_config(&config).await.unwrap();
-    let store = handle.downcast_ref::<SqliteStore>().unwrap();
+    config.validate().expect("sqlite:// is a built-in scheme");
+    let idem = crate::context::Idem::connect(&config).await.unwrap();
+    let store = idem.store().downcast_ref::<SqliteStore>().unwrap();
     assert_eq!(store.shared.busy_timeout, Some(Duration::from_millis(750)));
     assert_eq!(store.pool().options().get_max_connections(), 2);
     assert_eq!(

@@ -18,14 +18,14 @@
 //! to that place makes a new connection (one at a time per place). An operation that was
 //! dealt a connection the store did not yet know to be closed (the server dropped an idle
 //! client, or a network device an idle socket) fails on it with a connection error, and is
-//! sent once more on the new connection of the same place (see `RedisStore::query`). Checking
+//! sent once more on the new connection of the same place (see `Shared::query`). Checking
 //! a connection costs no round trip: there is no `PING`. A connection is made, and driven, on
 //! the runtime of the call that needs it while the store's calls all come from one runtime,
-//! else on idem's own (see `background.rs`): one made on another caller's runtime is replaced
+//! else on idem's own (see `runtimes.rs`): one made on another caller's runtime is replaced
 //! like a broken one.
 //!
 //! On an application's `deadpool_redis::Pool` the store keeps no connection: each operation
-//! checks one out of the pool through the same [`Lender`], and holds it until it returns (see
+//! checks one out of the pool through the same [`ConnectionSource`], and holds it until it returns (see
 //! `pooled.rs`).
 //!
 //! A Cluster connection is never flagged: it holds one connection per node and repairs them
@@ -50,7 +50,7 @@ use std::time::Duration;
 use redis::{PushInfo, PushKind, RedisError};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use super::background::{Home, MadeOn};
+use super::runtimes::{ConnectRuntime, DrivenBy};
 use super::servers::{Conn, Servers, Timeouts};
 
 /// A shared connection and whether it is known to be broken.
@@ -59,7 +59,7 @@ pub(super) struct Link {
     pub(super) conn: Conn,
     broken: Arc<AtomicBool>,
     /// The runtime that drives it.
-    made_on: MadeOn,
+    made_on: DrivenBy,
 }
 
 impl Link {
@@ -69,7 +69,7 @@ impl Link {
 }
 
 /// Why no connection could be had.
-pub(super) enum Unlinked {
+pub(super) enum NoConnection {
     /// Connecting failed.
     Failed(RedisError),
     /// Connecting took longer than `connect_timeout`.
@@ -80,48 +80,62 @@ pub(super) enum Unlinked {
 }
 
 /// Where a store's operations get their connections: its own (one server or a Cluster), or an
-/// application's pool. Either lends a [`Lent`] connection, so the command path after it is the
-/// same for both (see `RedisStore::query`, which awaits the lending in place: one future layer
-/// less on every operation than a `Lender::get` of its own).
-pub(super) enum Lender {
+/// application's pool. Either lends a [`LentConnection`] connection, so the command path after it is the
+/// same for both (see `Shared::query`, which awaits the lending in place: one future layer
+/// less on every operation than a `ConnectionSource::get` of its own).
+pub(super) enum ConnectionSource {
     /// The store's own connections.
-    Own(Links),
+    Own(Connections),
     /// Connections checked out of an application's `deadpool_redis::Pool`, one per operation.
     #[cfg(feature = "deadpool-redis")]
     Pool(super::pooled::Pooled),
 }
 
-impl Lender {
-    /// Makes every connection of the store's own now (see [`Links::fill`]), or checks one out
+impl ConnectionSource {
+    /// Makes every connection of the store's own now (see [`Connections::fill`]), or checks one out
     /// of the pool, and lends one: for the checks at connect time.
-    pub(super) async fn fill(&self) -> Result<Lent<'_>, Unlinked> {
+    pub(super) async fn fill(&self) -> Result<LentConnection<'_>, NoConnection> {
         match self {
-            Lender::Own(links) => {
+            ConnectionSource::Own(links) => {
                 let link = links.fill().await?;
-                Ok(Lent::shared(link, 0))
+                Ok(LentConnection::shared(link, 0))
             }
             #[cfg(feature = "deadpool-redis")]
-            Lender::Pool(pool) => Box::pin(pool.get()).await,
+            ConnectionSource::Pool(pool) => checkout(pool).await,
         }
     }
 
     /// Lends a connection for an operator's operation (see `stats.rs`); the calls' own path
-    /// lends in place, in `RedisStore::query`.
-    pub(super) async fn lend(&self) -> Result<Lent<'_>, Unlinked> {
+    /// lends in place, in `Shared::query`.
+    pub(super) async fn lend(&self) -> Result<LentConnection<'_>, NoConnection> {
         match self {
-            Lender::Own(links) => links.get().await,
+            ConnectionSource::Own(links) => links.get().await,
             #[cfg(feature = "deadpool-redis")]
-            Lender::Pool(pool) => Box::pin(pool.get()).await,
+            ConnectionSource::Pool(pool) => checkout(pool).await,
         }
     }
 }
 
+/// A connection checked out of an application's pool, lent until the `LentConnection` is dropped.
+/// (Boxed: a checkout's future is large, and the store's own path would carry it.)
+#[cfg(feature = "deadpool-redis")]
+pub(super) async fn checkout(
+    pool: &super::pooled::Pooled,
+) -> Result<LentConnection<'_>, NoConnection> {
+    use super::pooled::NotCheckedOut;
+    match Box::pin(pool.get()).await {
+        Ok((conn, checkout)) => Ok(LentConnection::pooled(conn, checkout)),
+        Err(NotCheckedOut::Connect(error)) => Err(NoConnection::Failed(error)),
+        Err(NotCheckedOut::Pool(unpooled)) => Err(NoConnection::Pool(unpooled)),
+    }
+}
+
 /// The connections of a store.
-pub(super) struct Links {
+pub(super) struct Connections {
     servers: Arc<Servers>,
-    home: Arc<Home>,
+    home: Arc<ConnectRuntime>,
     timeouts: Timeouts,
-    places: Box<[Place]>,
+    places: Box<[Slot]>,
     next: AtomicUsize,
     /// Whether an operation holds its connection alone (Cluster connections).
     exclusive: bool,
@@ -129,41 +143,41 @@ pub(super) struct Links {
 
 /// A connection handed to one operation; with exclusive use (a Cluster connection, a pooled
 /// connection), the operation holds it until this is dropped.
-pub(super) struct Lent<'a> {
+pub(super) struct LentConnection<'a> {
     pub(super) conn: Conn,
-    hold: Hold<'a>,
-    /// Where the connection is kept, for [`Links::again`].
+    hold: LentKind<'a>,
+    /// Where the connection is kept, for [`Connections::again`].
     pub(super) place: usize,
 }
 
-/// What a [`Lent`] connection keeps while the operation runs.
-enum Hold<'a> {
+/// What a [`LentConnection`] connection keeps while the operation runs.
+enum LentKind<'a> {
     /// A shared connection of the store's own to one server: the flag that marks it broken.
-    Shared(Arc<AtomicBool>),
+    Multiplexed(Arc<AtomicBool>),
     /// A Cluster connection's permit. The connection repairs itself, so it is never flagged.
     Exclusive(#[allow(dead_code)] SemaphorePermit<'a>),
     /// A connection checked out of an application's pool, back in it when this is dropped.
-    /// Boxed: deadpool's object is large, and every `Lent` of the store's own connections
+    /// Boxed: deadpool's object is large, and every `LentConnection` of the store's own connections
     /// would be as large (and copied with `memcpy` on every operation).
     #[cfg(feature = "deadpool-redis")]
     Pooled(Box<super::pooled::Checkout>),
 }
 
-impl<'a> Lent<'a> {
+impl<'a> LentConnection<'a> {
     /// A shared connection of the store's own.
     fn shared(link: Link, place: usize) -> Self {
-        Lent {
+        LentConnection {
             conn: link.conn,
-            hold: Hold::Shared(link.broken),
+            hold: LentKind::Multiplexed(link.broken),
             place,
         }
     }
 
     /// A Cluster connection, held with `permit`.
     fn exclusive(link: Link, permit: SemaphorePermit<'a>, place: usize) -> Self {
-        Lent {
+        LentConnection {
             conn: link.conn,
-            hold: Hold::Exclusive(permit),
+            hold: LentKind::Exclusive(permit),
             place,
         }
     }
@@ -171,9 +185,9 @@ impl<'a> Lent<'a> {
     /// A connection checked out of a pool.
     #[cfg(feature = "deadpool-redis")]
     pub(super) fn pooled(conn: Conn, checkout: Box<super::pooled::Checkout>) -> Self {
-        Lent {
+        LentConnection {
             conn,
-            hold: Hold::Pooled(checkout),
+            hold: LentKind::Pooled(checkout),
             place: 0,
         }
     }
@@ -183,10 +197,10 @@ impl<'a> Lent<'a> {
     /// (and closed) instead of going back. A Cluster connection repairs itself and stays.
     pub(super) fn discard(&mut self) {
         match &mut self.hold {
-            Hold::Shared(broken) => broken.store(true, Ordering::Release),
-            Hold::Exclusive(_) => {}
+            LentKind::Multiplexed(broken) => broken.store(true, Ordering::Release),
+            LentKind::Exclusive(_) => {}
             #[cfg(feature = "deadpool-redis")]
-            Hold::Pooled(checkout) => checkout.discard(),
+            LentKind::Pooled(checkout) => checkout.discard(),
         }
     }
 
@@ -197,7 +211,7 @@ impl<'a> Lent<'a> {
 }
 
 /// One of the store's connections, once made.
-struct Place {
+struct Slot {
     link: Mutex<Option<Link>>,
     /// Held while a connection for this place is being made, so that operations dealt to a
     /// broken place make one new connection between them, not one each.
@@ -206,9 +220,9 @@ struct Place {
     user: Semaphore,
 }
 
-impl Default for Place {
+impl Default for Slot {
     fn default() -> Self {
-        Place {
+        Slot {
             link: Mutex::default(),
             connecting: tokio::sync::Mutex::default(),
             user: Semaphore::new(1),
@@ -216,7 +230,7 @@ impl Default for Place {
     }
 }
 
-impl Place {
+impl Slot {
     fn healthy(&self) -> Option<Link> {
         let link = self.link.lock().unwrap_or_else(PoisonError::into_inner);
         link.as_ref().filter(|link| link.is_healthy()).cloned()
@@ -227,21 +241,21 @@ impl Place {
     }
 }
 
-impl Links {
+impl Connections {
     /// `count` (at least one) connections to `servers` (which must speak RESP3), made with
     /// `timeouts` when first needed; each used by one operation at a time if `exclusive`.
     pub(super) fn new(
         servers: Arc<Servers>,
-        home: Arc<Home>,
+        home: Arc<ConnectRuntime>,
         timeouts: Timeouts,
         count: usize,
         exclusive: bool,
     ) -> Self {
-        Links {
+        Connections {
             servers,
             home,
             timeouts,
-            places: (0..count.max(1)).map(|_| Place::default()).collect(),
+            places: (0..count.max(1)).map(|_| Slot::default()).collect(),
             next: AtomicUsize::new(0),
             exclusive,
         }
@@ -250,17 +264,17 @@ impl Links {
     /// A shared connection to one server, when the next place holds a healthy one that may
     /// serve a call made here: the common case, lent without a future of its own. Else
     /// `Err(Some(place))` when the place dealt must make its connection first (then
-    /// [`again`](Links::again) with that place: dealing another place instead would pass over
+    /// [`again`](Connections::again) with that place: dealing another place instead would pass over
     /// a closed connection for good, and the store would run on fewer connections than it has
     /// places), and `Err(None)` for Cluster connections, held one operation at a time (then
-    /// [`get`](Links::get)).
-    pub(super) fn ready(&self) -> Result<Lent<'_>, Option<usize>> {
+    /// [`get`](Connections::get)).
+    pub(super) fn ready(&self) -> Result<LentConnection<'_>, Option<usize>> {
         if self.exclusive {
             return Err(None);
         }
         let at = self.next.fetch_add(1, Ordering::Relaxed) % self.places.len();
         match self.usable(&self.places[at]) {
-            Some(link) => Ok(Lent::shared(link, at)),
+            Some(link) => Ok(LentConnection::shared(link, at)),
             None => Err(Some(at)),
         }
     }
@@ -268,7 +282,7 @@ impl Links {
     /// A connection for one operation: the next place's, made first if it has none or a
     /// broken one. With exclusive use, the first free place from there on, or else the next
     /// place's once its operation is done.
-    pub(super) async fn get(&self) -> Result<Lent<'_>, Unlinked> {
+    pub(super) async fn get(&self) -> Result<LentConnection<'_>, NoConnection> {
         let next = self.next.fetch_add(1, Ordering::Relaxed);
         let mut at = next % self.places.len();
         let mut held = None;
@@ -290,8 +304,8 @@ impl Links {
         }
         let link = self.at(at).await?;
         Ok(match held {
-            Some(permit) => Lent::exclusive(link, permit, at),
-            None => Lent::shared(link, at),
+            Some(permit) => LentConnection::exclusive(link, permit, at),
+            None => LentConnection::shared(link, at),
         })
     }
 
@@ -300,7 +314,7 @@ impl Links {
     /// it was dealt turned out to be closed. (Dealt the next place instead, it could meet
     /// another connection that closed at the same time, as when the server dropped all its
     /// clients, and a closed connection would never be made again.)
-    pub(super) async fn again(&self, place: usize) -> Result<Lent<'_>, Unlinked> {
+    pub(super) async fn again(&self, place: usize) -> Result<LentConnection<'_>, NoConnection> {
         let at = place % self.places.len();
         let held = match self.exclusive {
             true => Some(
@@ -314,20 +328,20 @@ impl Links {
         };
         let link = self.at(at).await?;
         Ok(match held {
-            Some(permit) => Lent::exclusive(link, permit, at),
-            None => Lent::shared(link, at),
+            Some(permit) => LentConnection::exclusive(link, permit, at),
+            None => LentConnection::shared(link, at),
         })
     }
 
     /// Makes every connection now, all at once; the first one's failure is returned (the
     /// others are made again when needed).
-    pub(super) async fn fill(&self) -> Result<Link, Unlinked> {
+    pub(super) async fn fill(&self) -> Result<Link, NoConnection> {
         let rest = (1..self.places.len()).map(|at| self.at(at));
         let (first, _) = tokio::join!(self.at(0), join_all(rest));
         first
     }
 
-    async fn at(&self, at: usize) -> Result<Link, Unlinked> {
+    async fn at(&self, at: usize) -> Result<Link, NoConnection> {
         let place = &self.places[at];
         if let Some(link) = self.usable(place) {
             return Ok(link);
@@ -338,15 +352,15 @@ impl Links {
     }
 
     /// The place's connection, if it is healthy and may serve a call made here (a connection
-    /// driven by another caller's runtime is replaced too: see `Home`).
-    fn usable(&self, place: &Place) -> Option<Link> {
+    /// driven by another caller's runtime is replaced too: see `ConnectRuntime`).
+    fn usable(&self, place: &Slot) -> Option<Link> {
         place
             .healthy()
             .filter(|link| self.home.serves(link.made_on))
     }
 
     /// Makes the place's connection anew, once between the operations that found it unusable.
-    async fn replace(&self, place: &Place) -> Result<Link, Unlinked> {
+    async fn replace(&self, place: &Slot) -> Result<Link, NoConnection> {
         let _connecting = place.connecting.lock().await;
         if let Some(link) = self.usable(place) {
             return Ok(link);
@@ -356,7 +370,7 @@ impl Links {
         Ok(link)
     }
 
-    async fn create(&self) -> Result<Link, Unlinked> {
+    async fn create(&self) -> Result<Link, NoConnection> {
         let broken = Arc::new(AtomicBool::new(false));
         let flag = broken.clone();
         let on_push = move |push: PushInfo| {
@@ -373,8 +387,8 @@ impl Links {
                 broken,
                 made_on,
             }),
-            Ok(Err(error)) => Err(Unlinked::Failed(error)),
-            Err(_) => Err(Unlinked::TimedOut(within)),
+            Ok(Err(error)) => Err(NoConnection::Failed(error)),
+            Err(_) => Err(NoConnection::TimedOut(within)),
         }
     }
 }

@@ -15,7 +15,7 @@
 //! call that needs one, as long as all its calls come from that one runtime; a call from any
 //! other runtime (also after the first one ended) moves the store's connections for good to a
 //! multi-thread runtime of idem's own, started then and kept for the life of the process (see
-//! [`Home`]). Calls on any runtime only exchange messages with the drivers (channels work
+//! [`ConnectRuntime`]). Calls on any runtime only exchange messages with the drivers (channels work
 //! across runtimes) and time themselves on their own runtime.
 
 use std::future::Future;
@@ -60,19 +60,19 @@ fn handle() -> io::Result<&'static Handle> {
 /// Where one store makes its connections: on the runtime of the call that needs one, until a
 /// call comes from another runtime; from then on, on idem's own.
 #[derive(Debug, Default)]
-pub(super) struct Home {
+pub(super) struct ConnectRuntime {
     /// Whether the store has served calls from more than one runtime.
     moved: AtomicBool,
 }
 
 /// The runtime a connection was made on; `None` for idem's own.
-pub(super) type MadeOn = Option<Id>;
+pub(super) type DrivenBy = Option<Id>;
 
-impl Home {
+impl ConnectRuntime {
     /// Whether a connection made on `made_on` may carry a command of a call made here: one made
     /// on idem's own runtime always, one made on a caller's runtime for calls on that runtime.
     /// When it may not, the store's connections move to idem's own runtime, for good.
-    pub(super) fn serves(&self, made_on: MadeOn) -> bool {
+    pub(super) fn serves(&self, made_on: DrivenBy) -> bool {
         let Some(made_on) = made_on else {
             return true;
         };
@@ -88,7 +88,7 @@ impl Home {
     pub(super) async fn make<T: Send + 'static>(
         &self,
         make: impl Future<Output = RedisResult<T>> + Send + 'static,
-    ) -> RedisResult<(T, MadeOn)> {
+    ) -> RedisResult<(T, DrivenBy)> {
         match (self.moved.load(Ordering::Acquire), current()) {
             (false, Some(here)) => Ok((make.await?, Some(here))),
             _ => Ok((run(make).await??, None)),
@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn connections_move_to_idems_runtime_once_a_second_runtime_calls() {
-        let home = Home::default();
+        let home = ConnectRuntime::default();
         let make = || async { Ok::<_, redis::RedisError>(()) };
         let first = Builder::new_current_thread().enable_all().build().unwrap();
         let (_, made_on) = first.block_on(home.make(make())).unwrap();

@@ -1,0 +1,130 @@
+//! What the transactional mode (`tx = conn`) asks of a database: [`TxStore`], the records of
+//! calls written through a caller's own connection, inside its transaction, and
+//! [`Transactional`], the connection types that name their [`TxStore`]. The engine's side
+//! (what to do with the answers) is `engine/tx.rs`; each backend implements both traits in
+//! its own folder (PostgreSQL through sqlx: `postgres/tx.rs`).
+//!
+//! Crate-visible, not public: every backend lives in this crate, the attribute and
+//! [`Call`](crate::Call) name their connection types concretely, and the shape of these
+//! traits (their futures, the answers of a claim, the errors a backend maps its own to)
+//! should be proven by a second backend before anything outside the crate depends on it.
+
+use std::future::Future;
+use std::ops::DerefMut;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::record::{Claim, Record};
+use crate::store::StoreHandle;
+
+/// The future a [`TxStore`] operation returns: boxed, like a [`Store`](crate::Store)'s, so
+/// that the engine's future, generic over the backend, is `Send` wherever the backend's
+/// futures are.
+pub(crate) type TxFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+/// How often a claim asks again when it answered [`Claimed::Unseen`].
+pub(crate) const UNSEEN_RETRIES: u32 = 8;
+
+/// What a claim statement answered.
+#[derive(Debug)]
+pub(crate) enum Claimed {
+    /// The key was free (absent or expired) and is now held by the claim.
+    Held,
+    /// A live record holds the key.
+    Found(Record),
+    /// Nothing: a concurrent claim committed the key after this statement's snapshot was
+    /// taken. Asking again sees it.
+    Unseen,
+    /// A transaction that has not ended holds the key's row (a claim in a caller's
+    /// transaction, invisible until it commits), and the claim's lock wait ran out: the key
+    /// is held by a claim this statement cannot see.
+    Locked,
+}
+
+/// A connection type the transactional mode writes records through: the engine runs a call
+/// on a `&mut C` with the [`TxStore`] that `C` names.
+pub(crate) trait Transactional: Send {
+    /// The records of calls made through connections of this type.
+    type Store: TxStore<Self>;
+}
+
+/// The records of transactional calls written through connections of type `C`: each
+/// operation is a statement (or a transaction's begin or end) on the caller's connection, and
+/// each failure is already the [`Error`] a caller acts on.
+///
+/// Every operation but [`wait`](TxStore::wait) runs through `C`, inside its transaction, and
+/// so commits or rolls back with the body's own writes. The engine counts and times them.
+pub(crate) trait TxStore<C: ?Sized + Send>: Sized + Send + Sync {
+    /// A transaction begun on a connection: its own, or a savepoint inside the caller's. The
+    /// body and the statements run on the connection it gives; dropped without
+    /// [`commit`](TxStore::commit) or [`rollback`](TxStore::rollback) (an error, a dropped
+    /// call), it rolls back.
+    type Transaction<'c>: DerefMut<Target = C> + Send
+    where
+        Self: 'c,
+        C: 'c;
+
+    /// The records of a call of `scope` whose resolved store is `store` (the configured one,
+    /// or the call's own): a backend takes its table from a store of its own kind and falls
+    /// back to its default one otherwise. It also notes where the scope's records go, for
+    /// [`inspect`](crate::inspect) and [`forget`](crate::forget) through another store.
+    fn of(store: &StoreHandle, scope: &str) -> Self;
+
+    /// Whether `conn` is inside a transaction (the caller's): then the call runs in it, else
+    /// in one of its own.
+    fn in_transaction(&self, conn: &C) -> bool;
+
+    /// Begins a transaction on `conn`: `BEGIN` outside any, a savepoint inside one.
+    fn begin<'a>(&'a self, conn: &'a mut C, key: &'a str) -> TxFuture<'a, Self::Transaction<'a>>;
+
+    /// Commits `transaction` (releases the savepoint).
+    fn commit<'a>(&'a self, transaction: Self::Transaction<'a>, key: &'a str) -> TxFuture<'a, ()>;
+
+    /// Rolls `transaction` back (to the savepoint).
+    fn rollback<'a>(&'a self, transaction: Self::Transaction<'a>, key: &'a str)
+    -> TxFuture<'a, ()>;
+
+    /// Checks, before a call's first claim, that its record can be written through `conn`
+    /// without aborting the caller's transaction: the key is one the database can hold, the
+    /// table exists (a backend may look once per table and process). A failure leaves the
+    /// transaction usable.
+    fn prepare<'a>(&'a self, conn: &'a mut C, key: &'a str) -> TxFuture<'a, ()>;
+
+    /// Claims `key` for `claim` with expiry `lease`, or reads the live record that holds it,
+    /// waiting at most `wait` for a concurrent transaction that claimed it and has not ended
+    /// (past it: [`Error::InProgress`], or [`Claimed::Locked`]).
+    fn claim<'a>(
+        &'a self,
+        conn: &'a mut C,
+        key: &'a str,
+        claim: &'a Claim,
+        lease: Duration,
+        wait: Duration,
+    ) -> TxFuture<'a, Claimed>;
+
+    /// Stores `payload` for `claim` with expiry `ttl` and wakes the waiters when the
+    /// transaction commits; `false` when the claim's row is gone.
+    fn complete<'a>(
+        &'a self,
+        conn: &'a mut C,
+        key: &'a str,
+        claim: &'a Claim,
+        payload: &'a [u8],
+        ttl: Duration,
+    ) -> TxFuture<'a, bool>;
+
+    /// Deletes `claim`'s row (a released error); `false` when it is gone.
+    fn release<'a>(&'a self, conn: &'a mut C, key: &'a str, claim: &'a Claim)
+    -> TxFuture<'a, bool>;
+
+    /// Waits (at most `timeout`, and it may return early) for `holder`, a claim made outside
+    /// any caller's transaction (through the plain store), to end. Never fails: the engine
+    /// looks again.
+    fn wait<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a Claim,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
