@@ -424,6 +424,21 @@ async fn postgres_inspect_forget_and_stats() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_inspect_forget_and_stats() {
+    let dir = std::env::temp_dir().join(format!(
+        "idem-cli-sqlite-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).expect("a temp directory");
+    let url = format!("sqlite://{}", dir.join("idem.db").display());
+    inspect_forget_and_stats(&url).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stats_samples() {
     let server = PostgresServer::start();
     fill(&server.url(), 30).await;
