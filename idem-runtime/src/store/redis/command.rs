@@ -70,9 +70,8 @@ impl Shared {
             let lent = match &shared.lender {
                 ConnectionSource::Own(links) => match resent {
                     None => match links.ready() {
-                        Ok(lent) => Ok(lent),
-                        Err(Some(place)) => links.again(place).await,
-                        Err(None) => links.get().await,
+                        Some(lent) => Ok(lent),
+                        None => links.get().await,
                     },
                     Some(place) => links.again(place).await,
                 },

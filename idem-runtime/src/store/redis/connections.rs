@@ -261,21 +261,23 @@ impl Connections {
         }
     }
 
-    /// A shared connection to one server, when the next place holds a healthy one that may
-    /// serve a call made here: the common case, lent without a future of its own. Else
-    /// `Err(Some(place))` when the place dealt must make its connection first (then
-    /// [`again`](Connections::again) with that place: dealing another place instead would pass over
-    /// a closed connection for good, and the store would run on fewer connections than it has
-    /// places), and `Err(None)` for Cluster connections, held one operation at a time (then
-    /// [`get`](Connections::get)).
-    pub(super) fn ready(&self) -> Result<LentConnection<'_>, Option<usize>> {
+    /// A shared connection to one server, when the next slot holds a healthy one that may
+    /// serve a call made here: the common case, lent without a future of its own. `None` for
+    /// Cluster connections (held one operation at a time) and when the slot's connection must
+    /// be made; then [`get`](Connections::get), which is dealt the same slot again (the turn
+    /// is handed back): dealt the next slot instead, a slot whose connection closed would be
+    /// passed over for good, and the store would run on fewer connections than it has slots.
+    pub(super) fn ready(&self) -> Option<LentConnection<'_>> {
         if self.exclusive {
-            return Err(None);
+            return None;
         }
         let at = self.next.fetch_add(1, Ordering::Relaxed) % self.places.len();
         match self.usable(&self.places[at]) {
-            Some(link) => Ok(LentConnection::shared(link, at)),
-            None => Err(Some(at)),
+            Some(link) => Some(LentConnection::shared(link, at)),
+            None => {
+                self.next.fetch_sub(1, Ordering::Relaxed);
+                None
+            }
         }
     }
 
@@ -309,11 +311,10 @@ impl Connections {
         })
     }
 
-    /// The connection of `place`, made anew if it was discarded: for an operation dealt a
-    /// place whose connection must be made first, and for one sent again after the connection
-    /// it was dealt turned out to be closed. (Dealt the next place instead, it could meet
-    /// another connection that closed at the same time, as when the server dropped all its
-    /// clients, and a closed connection would never be made again.)
+    /// The connection of `place` once more, made anew if it was discarded: for an operation
+    /// sent again after the connection it was dealt turned out to be closed. (Dealt the next
+    /// place instead, it could meet another connection that closed at the same time, as when
+    /// the server dropped all its clients.)
     pub(super) async fn again(&self, place: usize) -> Result<LentConnection<'_>, NoConnection> {
         let at = place % self.places.len();
         let held = match self.exclusive {
