@@ -452,6 +452,29 @@ mod tests {
         );
     }
 
+    /// Only a shape that can answer `Release` says it may: a plain value never does, a
+    /// `Result` does for its errors, and a `cache_err` shape unless it stores every error.
+    #[test]
+    fn shapes_say_whether_they_may_release() {
+        assert!(!PlainShape::<u8>::new().may_release());
+        assert!(ResultShape::<u8, String>::new().may_release());
+        let some = CachingShape::<u8, String, _>::new(|e: &String| e == "permanent");
+        assert!(some.may_release());
+        let mut every = CachingShape::<u8, String, _>::every(|_: &String| true);
+        assert!(!every.may_release());
+        assert!(matches!(
+            every.seal(&Err("any".into()), None),
+            Seal::Store(_)
+        ));
+        let mut result = ResultShape::<u8, String>::new();
+        assert!(matches!(result.seal(&Err("e".into()), None), Seal::Release));
+        assert!(matches!(result.seal(&Ok(1), None), Seal::Store(_)));
+        assert!(matches!(
+            PlainShape::<u8>::new().seal(&1, None),
+            Seal::Store(_)
+        ));
+    }
+
     #[test]
     fn written_envelopes_are_read_in_place_like_parsed_ones() {
         let fp = Fingerprint::of_bytes(b"req");
