@@ -475,6 +475,20 @@ mod tests {
         ));
     }
 
+    /// Each shape names the type its records are decoded as, for `Error::Decode`.
+    #[test]
+    fn shapes_name_their_type() {
+        use std::any::type_name;
+        assert_eq!(PlainShape::<u8>::new().type_name(), type_name::<u8>());
+        // Only its `Ok` values are stored: they are what a record is decoded as.
+        assert_eq!(
+            ResultShape::<u8, String>::new().type_name(),
+            type_name::<u8>()
+        );
+        let caching = CachingShape::<u8, String, _>::new(|_: &String| true);
+        assert_eq!(caching.type_name(), type_name::<Result<u8, String>>());
+    }
+
     #[test]
     fn written_envelopes_are_read_in_place_like_parsed_ones() {
         let fp = Fingerprint::of_bytes(b"req");

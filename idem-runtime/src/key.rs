@@ -431,6 +431,8 @@ mod tests {
         assert_eq!(segment.len(), 65);
         assert_eq!(scope_name(std::str::from_utf8(segment).unwrap()), None);
         assert_eq!(stored_scope(br"a\"), br"a\");
+        assert_eq!(stored_scope(b"abc"), b"abc", "no colon: all of it");
+        assert_eq!(stored_scope(b""), b"");
     }
 
     #[test]
