@@ -834,4 +834,24 @@ mod tests {
             .count();
         assert_eq!(used, SHARDS);
     }
+
+    /// `connect` honours the configured capacity; a store says what it is and holds.
+    #[tokio::test]
+    async fn a_connected_store_has_the_configured_capacity() {
+        let store = MemoryStore::connect(&Config::default().memory_capacity(1))
+            .await
+            .unwrap();
+        assert!(store.is_empty());
+        assert_eq!(
+            claim_now(&store, "a", Duration::from_secs(60)).unwrap(),
+            None
+        );
+        assert!(!store.is_empty());
+        assert_eq!(store.len(), 1);
+        let refused = claim_now(&store, "b", Duration::from_secs(60));
+        assert_eq!(refused.unwrap_err().kind(), StoreErrorKind::Full);
+        assert_eq!(store.describe(), "memory");
+        assert!(format!("{store:?}").contains("capacity: 1"), "{store:?}");
+        assert_eq!(MemoryStore::default().inner.capacity, DEFAULT_CAPACITY);
+    }
 }
