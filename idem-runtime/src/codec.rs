@@ -452,6 +452,46 @@ mod tests {
         );
     }
 
+    /// Only a codec that can answer `Release` says it may: a plain value never does, a
+    /// `Result` does for its errors, and a `cache_err` codec unless it stores every error.
+    #[test]
+    fn codecs_say_whether_they_may_release() {
+        assert!(!PlainCodec::<u8>::new().may_release());
+        assert!(ResultCodec::<u8, String>::new().may_release());
+        let some = CachingCodec::<u8, String, _>::new(|e: &String| e == "permanent");
+        assert!(some.may_release());
+        let mut every = CachingCodec::<u8, String, _>::every(|_: &String| true);
+        assert!(!every.may_release());
+        assert!(matches!(
+            every.seal(&Err("any".into()), None),
+            Disposition::Store(_)
+        ));
+        let mut result = ResultCodec::<u8, String>::new();
+        assert!(matches!(
+            result.seal(&Err("e".into()), None),
+            Disposition::Release
+        ));
+        assert!(matches!(result.seal(&Ok(1), None), Disposition::Store(_)));
+        assert!(matches!(
+            PlainCodec::<u8>::new().seal(&1, None),
+            Disposition::Store(_)
+        ));
+    }
+
+    /// Each codec names the type its records are decoded as, for `Error::Decode`.
+    #[test]
+    fn codecs_name_their_type() {
+        use std::any::type_name;
+        assert_eq!(PlainCodec::<u8>::new().type_name(), type_name::<u8>());
+        // Only its `Ok` values are stored: they are what a record is decoded as.
+        assert_eq!(
+            ResultCodec::<u8, String>::new().type_name(),
+            type_name::<u8>()
+        );
+        let caching = CachingCodec::<u8, String, _>::new(|_: &String| true);
+        assert_eq!(caching.type_name(), type_name::<Result<u8, String>>());
+    }
+
     #[test]
     fn written_envelopes_are_read_in_place_like_parsed_ones() {
         let fp = Fingerprint::of_bytes(b"req");

@@ -383,6 +383,39 @@ mod tests {
         assert_eq!(stored.len(), "p:#:k".len() + 64);
     }
 
+    /// The limits are inclusive: a key or scope of exactly the limit stays readable, one byte
+    /// more is hashed.
+    #[test]
+    fn keys_and_scopes_of_the_limit_stay_readable() {
+        let key = "k".repeat(MAX_KEY_BYTES);
+        assert_eq!(single("p", "s", &key), format!("p:s:{key}"));
+        let longer = format!("{key}k");
+        assert!(single("p", "s", &longer).starts_with("p:s:#"));
+        let scope = "s".repeat(MAX_SCOPE_BYTES);
+        assert_eq!(single("p", &scope, "k"), format!("p:{scope}:k"));
+        let longer = format!("{scope}s");
+        assert!(single("p", &longer, "k").starts_with("p:#"));
+    }
+
+    /// The control characters' edges, ASCII and not: below a space and DEL are control
+    /// characters; a space, `~` and other printable characters are not.
+    #[test]
+    fn control_characters_are_told_from_their_neighbours() {
+        for printable in [" ", "~", "a b", "é ~", "\u{a0}"] {
+            assert!(!has_control(printable), "{printable:?}");
+            assert_eq!(single("p", "s", printable), format!("p:s:{printable}"));
+        }
+        for control in [
+            "\0", "\u{1f}", "a\u{7f}", "é\u{1f}", "é\u{7f}", "\u{80}", "\u{9f}",
+        ] {
+            assert!(has_control(control), "{control:?}");
+            assert!(
+                single("p", "s", control).starts_with("p:s:#"),
+                "{control:?}"
+            );
+        }
+    }
+
     #[test]
     fn scopes_are_read_back_from_store_keys() {
         for scope in ["billing::invoice", r"a:b.c\d:::e", "s", "", "x::"] {
@@ -398,6 +431,8 @@ mod tests {
         assert_eq!(segment.len(), 65);
         assert_eq!(scope_name(std::str::from_utf8(segment).unwrap()), None);
         assert_eq!(stored_scope(br"a\"), br"a\");
+        assert_eq!(stored_scope(b"abc"), b"abc", "no colon: all of it");
+        assert_eq!(stored_scope(b""), b"");
     }
 
     #[test]

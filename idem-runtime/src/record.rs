@@ -348,4 +348,57 @@ mod tests {
     fn tokens_differ() {
         assert_ne!(Token::random(), Token::random());
     }
+
+    /// A token's bytes are its value, big-endian, and read back to the same token: an all-zero
+    /// or reordered form would fence one claim with another's token.
+    #[test]
+    fn token_bytes_are_big_endian_and_read_back() {
+        let token = Token(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10);
+        let bytes: [u8; 16] = std::array::from_fn(|at| at as u8 + 1);
+        assert_eq!(token.to_bytes(), bytes);
+        assert_eq!(Token::from_bytes(bytes), token);
+        let random = Token::random();
+        assert_eq!(Token::from_bytes(random.to_bytes()), random);
+        assert_ne!(Token::from_bytes([0; 16]), token);
+        assert_eq!(token.to_hex(), "0102030405060708090a0b0c0d0e0f10");
+        assert_eq!(
+            format!("{token:?}"),
+            "Token(0102030405060708090a0b0c0d0e0f10)"
+        );
+    }
+
+    /// A token is exactly 32 hex digits: one digit more or less is not a claim.
+    #[test]
+    fn a_token_of_another_length_is_not_a_claim() {
+        let digits = "0123456789abcdef0123456789abcdef";
+        assert!(Claim::from_bytes(format!("claim:1:{digits}:-").as_bytes()).is_some());
+        for token in [&digits[1..], &format!("{digits}0")[..], ""] {
+            let bytes = format!("claim:1:{token}:-");
+            assert_eq!(Claim::from_bytes(bytes.as_bytes()), None, "{bytes}");
+        }
+        let fp = Fingerprint::of_bytes(b"request");
+        let short = &fp.to_hex()[1..];
+        assert_eq!(
+            Claim::from_bytes(format!("claim:1:{digits}:{short}").as_bytes()),
+            None
+        );
+    }
+
+    #[test]
+    fn fingerprints_round_trip_through_hex_and_bytes() {
+        let fp = Fingerprint::of_bytes(b"request");
+        // SHA-256 of `request`.
+        assert_eq!(
+            fp.to_hex(),
+            "1f58b9145b24d108d7ac38887338b3ea3229833b9c1e418250343f907bfd1047"
+        );
+        assert_eq!(Fingerprint::from_hex(&fp.to_hex()), Some(fp));
+        assert_eq!(Fingerprint::from_bytes(*fp.as_bytes()), fp);
+        assert_ne!(fp.as_bytes(), &[0; 32]);
+        assert_eq!(
+            Fingerprint::of(&"request").unwrap(),
+            Fingerprint::of_bytes(b"\"request\"")
+        );
+        assert_eq!(format!("{fp:?}"), format!("Fingerprint({})", fp.to_hex()));
+    }
 }

@@ -152,7 +152,14 @@ async fn a_call_in_progress_is_never_cached() {
     }
 
     finish.send(()).unwrap();
-    assert_eq!(holder.await.unwrap().unwrap().status, Status::Executed);
+    assert_eq!(
+        within("the holder's task", holder)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        Status::Executed
+    );
     let claimed = claims(&store);
     assert_eq!(
         charge(&idem, "o-1", 99).await.unwrap(),
@@ -193,7 +200,7 @@ async fn a_completion_whose_lease_was_lost_is_not_cached() {
         charge(&idem, "o-1", 2).await.unwrap(),
         (2, Status::Executed)
     );
-    let late = late.await.unwrap().unwrap();
+    let late = within("the late call's task", late).await.unwrap().unwrap();
     assert_eq!((late.value, late.status), (1, Status::LeaseLost));
 
     let ops = store.total_calls();
@@ -397,7 +404,14 @@ mod on_redis {
         );
 
         finish.send(()).unwrap();
-        assert_eq!(holder.await.unwrap().unwrap().status, Status::Executed);
+        assert_eq!(
+            within("the holder's task", holder)
+                .await
+                .unwrap()
+                .unwrap()
+                .status,
+            Status::Executed
+        );
         let monitor = server.monitor();
         let mismatch = idem
             .scope(
@@ -497,4 +511,15 @@ mod on_redis {
         let after = call(&idem, 5).await.unwrap();
         assert_eq!((after.value, after.status), (5, Status::Executed));
     }
+}
+
+/// Awaits a task's end, failing the test naming `what` if it never comes (the tests' time is
+/// paused: the bound is reached as soon as nothing else can run).
+async fn within<T>(
+    what: &str,
+    task: tokio::task::JoinHandle<T>,
+) -> Result<T, tokio::task::JoinError> {
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .unwrap_or_else(|_| panic!("waited 60 s for {what}, which never ended"))
 }

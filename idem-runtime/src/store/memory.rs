@@ -633,4 +633,225 @@ mod tests {
         assert!(!now(store.forget("k")).unwrap());
         assert_eq!(store.len(), 0);
     }
+
+    /// Paused time: a lease ends exactly at its length. Until then the claim holds the key
+    /// and is seen; from that instant the key is free, the old holder is fenced out (whatever
+    /// its token: a takeover is told apart by the claim), and a new claim takes it.
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_holds_until_the_instant_its_lease_ends() {
+        let store = MemoryStore::new();
+        let lease = Duration::from_secs(10);
+        let first = Claim::new(None);
+        assert_eq!(now(store.claim("k", &first, lease)).unwrap(), None);
+        tokio::time::advance(lease - Duration::from_nanos(1)).await;
+        let second = Claim::new(None);
+        assert_eq!(
+            now(store.claim("k", &second, lease)).unwrap(),
+            Some(Record::InProgress(first.clone())),
+            "a nanosecond before its end the lease holds"
+        );
+        assert_eq!(
+            now(store.inspect("k")).unwrap(),
+            Inspection::InProgress {
+                lease_left: Some(Duration::from_nanos(1)),
+                fingerprint: None
+            }
+        );
+        let stats = now(store.stats("", 10)).unwrap();
+        assert_eq!((stats.in_progress, stats.completed), (1, 0));
+
+        tokio::time::advance(Duration::from_nanos(1)).await;
+        assert_eq!(now(store.inspect("k")).unwrap(), Inspection::Absent);
+        let stats = now(store.stats("", 10)).unwrap();
+        assert_eq!((stats.in_progress, stats.completed), (0, 0));
+        assert_eq!(now(store.renew("k", &first, lease)).unwrap(), Fence::Lost);
+        assert_eq!(now(store.release("k", &first)).unwrap(), Fence::Lost);
+        assert_eq!(store.len(), 1, "a lost release drops nothing");
+        assert_eq!(
+            now(store.complete("k", &first, b"late", lease)).unwrap(),
+            Fence::Lost
+        );
+        assert_eq!(now(store.claim("k", &second, lease)).unwrap(), None);
+        assert_eq!(
+            now(store.complete("k", &first, b"late", lease)).unwrap(),
+            Fence::Lost
+        );
+        assert_eq!(
+            now(store.complete("k", &second, b"v", lease)).unwrap(),
+            Fence::Held
+        );
+        assert_eq!(
+            now(store.claim("k", &Claim::new(None), lease)).unwrap(),
+            Some(Record::Completed {
+                payload: b"v".to_vec(),
+                expires_in: Some(lease)
+            })
+        );
+        assert_eq!(store.len(), 1);
+    }
+
+    /// A completed record expires at its ttl's instant too; a claim then starts anew with no
+    /// payload left, and forgetting an expired record says it was not live.
+    #[tokio::test(start_paused = true)]
+    async fn a_completed_record_is_replayed_until_the_instant_its_ttl_ends() {
+        let store = MemoryStore::new();
+        let (lease, ttl) = (Duration::from_secs(5), Duration::from_secs(30));
+        let first = Claim::new(None);
+        now(store.claim("k", &first, lease)).unwrap();
+        assert_eq!(
+            now(store.complete("k", &first, b"v", ttl)).unwrap(),
+            Fence::Held
+        );
+        tokio::time::advance(ttl - Duration::from_nanos(1)).await;
+        assert!(matches!(
+            now(store.claim("k", &Claim::new(None), lease)).unwrap(),
+            Some(Record::Completed { .. })
+        ));
+        tokio::time::advance(Duration::from_nanos(1)).await;
+        let second = Claim::new(None);
+        assert_eq!(now(store.claim("k", &second, lease)).unwrap(), None);
+        assert_eq!(
+            now(store.claim("k", &Claim::new(None), lease)).unwrap(),
+            Some(Record::InProgress(second.clone())),
+            "the new claim holds the key, with the old payload gone"
+        );
+        assert_eq!(
+            now(store.complete("k", &second, b"w", ttl)).unwrap(),
+            Fence::Held
+        );
+        assert!(matches!(
+            now(store.claim("k", &Claim::new(None), lease)).unwrap(),
+            Some(Record::Completed { payload, .. }) if payload == b"w"
+        ));
+        tokio::time::advance(ttl).await;
+        assert!(!now(store.forget("k")).unwrap(), "expired: not live");
+        assert_eq!(store.len(), 0);
+    }
+
+    /// Only the holder of a live claim is waited for, and no longer than its lease or the
+    /// timeout, whichever ends first.
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_lasts_while_the_holder_holds_and_no_longer() {
+        let store = MemoryStore::new();
+        let lease = Duration::from_secs(60);
+        let holder = Claim::new(None);
+        now(store.claim("k", &holder, lease)).unwrap();
+        let took = |start: Instant| Instant::now() - start;
+
+        let start = Instant::now();
+        store.wait("k", &Claim::new(None), lease).await.unwrap();
+        store.wait("absent", &holder, lease).await.unwrap();
+        assert_eq!(took(start), Duration::ZERO, "nothing to wait for");
+
+        let start = Instant::now();
+        store
+            .wait("k", &holder, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            took(start),
+            Duration::from_secs(5),
+            "the timeout ends the wait"
+        );
+
+        let start = Instant::now();
+        store.wait("k", &holder, lease * 10).await.unwrap();
+        assert_eq!(
+            took(start),
+            lease - Duration::from_secs(5),
+            "the lease ends the wait"
+        );
+
+        let start = Instant::now();
+        store.wait("k", &holder, lease).await.unwrap();
+        assert_eq!(
+            took(start),
+            Duration::ZERO,
+            "an expired holder holds nothing"
+        );
+    }
+
+    /// Paused time: a full store sweeps at the instant its first record expires, not before.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_store_sweeps_from_the_instant_a_record_expires() {
+        let store = MemoryStore::with_capacity(1);
+        let lease = Duration::from_secs(1);
+        now(store.claim("a", &Claim::new(None), lease)).unwrap();
+        tokio::time::advance(lease - Duration::from_nanos(1)).await;
+        let refused = now(store.claim("b", &Claim::new(None), lease));
+        assert_eq!(refused.unwrap_err().kind(), StoreErrorKind::Full);
+        assert_eq!(store.inner.sweeps.load(Ordering::Relaxed), 0);
+        tokio::time::advance(Duration::from_nanos(1)).await;
+        assert_eq!(
+            now(store.claim("b", &Claim::new(None), lease)).unwrap(),
+            None
+        );
+        assert_eq!(store.inner.sweeps.load(Ordering::Relaxed), 1);
+        assert_eq!(store.len(), 1);
+    }
+
+    /// A sweep keeps the earliest expiry of the records it keeps, in every shard, so that the
+    /// next one runs when they expire.
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_learns_when_the_next_record_expires() {
+        const KEYS: usize = 256;
+        let store = MemoryStore::with_capacity(2 * KEYS + 1);
+        let second = Duration::from_secs(1);
+        now(store.claim("gone", &Claim::new(None), second)).unwrap();
+        for n in 0..KEYS {
+            now(store.claim(&format!("soon-{n}"), &Claim::new(None), second * 2)).unwrap();
+            now(store.claim(&format!("late-{n}"), &Claim::new(None), second * 60)).unwrap();
+        }
+        tokio::time::advance(second).await;
+        assert_eq!(
+            now(store.claim("x", &Claim::new(None), second * 60)).unwrap(),
+            None
+        );
+        assert_eq!(store.inner.sweeps.load(Ordering::Relaxed), 1);
+        assert_eq!(store.len(), 2 * KEYS + 1);
+        tokio::time::advance(second).await;
+        assert_eq!(
+            now(store.claim("y", &Claim::new(None), second * 60)).unwrap(),
+            None
+        );
+        assert_eq!(store.inner.sweeps.load(Ordering::Relaxed), 2);
+        assert_eq!(store.len(), KEYS + 2);
+    }
+
+    /// Keys are spread over every shard (256 keys leave one of 16 empty about once in a
+    /// million runs).
+    #[test]
+    fn keys_are_spread_over_the_shards() {
+        let store = MemoryStore::new();
+        for n in 0..256 {
+            claim_now(&store, &format!("k-{n}"), Duration::from_secs(60)).unwrap();
+        }
+        let used = store
+            .inner
+            .shards
+            .iter()
+            .filter(|shard| !lock(shard).is_empty())
+            .count();
+        assert_eq!(used, SHARDS);
+    }
+
+    /// `connect` honours the configured capacity; a store says what it is and holds.
+    #[tokio::test]
+    async fn a_connected_store_has_the_configured_capacity() {
+        let store = MemoryStore::connect(&Config::default().memory_capacity(1))
+            .await
+            .unwrap();
+        assert!(store.is_empty());
+        assert_eq!(
+            claim_now(&store, "a", Duration::from_secs(60)).unwrap(),
+            None
+        );
+        assert!(!store.is_empty());
+        assert_eq!(store.len(), 1);
+        let refused = claim_now(&store, "b", Duration::from_secs(60));
+        assert_eq!(refused.unwrap_err().kind(), StoreErrorKind::Full);
+        assert_eq!(store.describe(), "memory");
+        assert!(format!("{store:?}").contains("capacity: 1"), "{store:?}");
+        assert_eq!(MemoryStore::default().inner.capacity, DEFAULT_CAPACITY);
+    }
 }

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::keys::store_key;
 use super::stores::Forwarding;
+use super::within::within;
 use crate::store::{Claim, Fence, Record};
 use crate::{Call, Error, Fingerprint, Inspection, Status, StoreHandle};
 
@@ -61,7 +62,7 @@ pub async fn exactly_once_under_concurrency(store: StoreHandle) {
         let (store, scope, runs, start) =
             (store.clone(), scope.clone(), runs.clone(), start.clone());
         tasks.push(tokio::spawn(async move {
-            start.wait().await;
+            within("the other callers at the start", start.wait()).await;
             call(&store, &scope, "order-1")
                 .wait(Duration::from_secs(10))
                 .run(async move {
@@ -75,7 +76,7 @@ pub async fn exactly_once_under_concurrency(store: StoreHandle) {
     let mut values = HashSet::new();
     let mut executed = 0;
     for task in tasks {
-        let outcome = task
+        let outcome = within("a caller's task", task)
             .await
             .expect("caller task")
             .expect("every caller gets the value");
@@ -131,7 +132,7 @@ pub async fn many_keys_with_duplicates(store: StoreHandle) {
         }));
     }
     for task in tasks {
-        task.await.expect("caller task");
+        within("a caller's task", task).await.expect("caller task");
     }
     let runs = runs.lock().unwrap();
     assert_eq!(runs.len() as u64, KEYS, "every key ran");
@@ -251,7 +252,14 @@ pub async fn fingerprint_mismatch(store: StoreHandle) {
         "a mismatch does not wait"
     );
     finish.send(7).unwrap();
-    assert_eq!(holder.await.unwrap().unwrap().value, 7);
+    assert_eq!(
+        within("the first call", holder)
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        7
+    );
 }
 
 /// Starts a call on `key` whose body waits for the returned sender; returns once it holds the
@@ -272,7 +280,9 @@ async fn start_held(
         let _ = started.send(());
         finished.await.unwrap_or(0)
     }));
-    is_started.await.expect("the held call starts its body");
+    within("the held call's body to start", is_started)
+        .await
+        .expect("the held call starts its body");
     (finish, task)
 }
 
@@ -294,8 +304,15 @@ pub async fn waiter_gets_result(store: StoreHandle) {
     // waiter, however slow the machine.
     watched.waiting().await;
     finish.send(41).unwrap();
-    assert_eq!(first.await.unwrap().unwrap().status, Status::Executed);
-    let waited = waiter
+    assert_eq!(
+        within("the first call", first)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        Status::Executed
+    );
+    let waited = within("the waiter's task", waiter)
         .await
         .expect("waiter task")
         .expect("waiter gets the result");
@@ -329,7 +346,14 @@ pub async fn reject_without_wait(store: StoreHandle) {
         "the waiter gives up after its wait, took {elapsed:?}"
     );
     finish.send(5).unwrap();
-    assert_eq!(first.await.unwrap().unwrap().value, 5);
+    assert_eq!(
+        within("the first call", first)
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        5
+    );
 }
 
 /// With renewal off, a claim whose lease ends is taken by a second caller that runs; the
@@ -391,7 +415,14 @@ pub async fn renewal_keeps_long_body_exclusive(store: StoreHandle) {
         .run(body(runs.clone()))
         .await
         .expect("duplicate");
-    assert_eq!(first.await.unwrap().unwrap().status, Status::Executed);
+    assert_eq!(
+        within("the first call", first)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        Status::Executed
+    );
     assert_eq!(
         runs.load(Ordering::SeqCst),
         1,
@@ -815,7 +846,14 @@ pub async fn inspect_and_forget(store: StoreHandle) {
         other => panic!("a running call is in progress, got {other:?}"),
     }
     finish.send(7).unwrap();
-    assert_eq!(first.await.unwrap().unwrap().status, Status::Executed);
+    assert_eq!(
+        within("the first call", first)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        Status::Executed
+    );
     let payload = crate::codec::seal(Some(&fp), crate::codec::RecordSide::Ok, &7_u32).unwrap();
     match on_store(crate::inspect(&scope, "k")).await.unwrap() {
         Inspection::Completed {
@@ -958,7 +996,18 @@ macro_rules! conformance_tests {
             #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
                 let (store, _guard) = $make.await;
-                $crate::testing::$case($crate::StoreHandle::from(store)).await;
+                // Every wait of a case is bounded; this bounds the case too, so that one
+                // never hangs a test run.
+                ::tokio::time::timeout(
+                    ::std::time::Duration::from_secs(300),
+                    $crate::testing::$case($crate::StoreHandle::from(store)),
+                )
+                .await
+                .expect(concat!(
+                    "the conformance case `",
+                    stringify!($case),
+                    "` did not end within 300 s: something it awaited never came"
+                ));
             }
         )*
     };

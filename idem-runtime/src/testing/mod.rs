@@ -25,6 +25,7 @@
 mod conformance;
 mod keys;
 mod stores;
+mod within;
 
 pub use conformance::*;
 pub use keys::store_key;

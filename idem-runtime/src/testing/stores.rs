@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::within::within;
 use crate::store::{Claim, Fence, Record, StoreFuture};
 use crate::{Inspection, Store, StoreError, StoreErrorKind, StoreHandle};
 
@@ -207,7 +208,10 @@ impl Forwarding {
 
     /// Returns once `op` has been called `n` times (at once if it already was).
     pub async fn called(&self, op: Op, n: usize) {
-        self.until(|seen| seen.calls[op.index()] >= n).await;
+        self.until(&format!("{n} call(s) of {op}"), |seen| {
+            seen.calls[op.index()] >= n
+        })
+        .await;
     }
 
     /// Returns once some call has started to wait on this store (at once if one already did).
@@ -218,12 +222,16 @@ impl Forwarding {
     /// Returns once `n` distinct claims were told that the key is in progress (see
     /// [`in_progress_seen`](Forwarding::in_progress_seen)).
     pub async fn told_in_progress(&self, n: usize) {
-        self.until(|seen| seen.in_progress.len() >= n).await;
+        self.until(&format!("{n} claims told the key is in progress"), |seen| {
+            seen.in_progress.len() >= n
+        })
+        .await;
     }
 
-    async fn until(&self, condition: impl Fn(&Seen) -> bool) {
+    /// Returns once `condition` holds; fails the test naming `what` if it never does.
+    async fn until(&self, what: &str, condition: impl Fn(&Seen) -> bool) {
         let mut seen = self.seen.subscribe();
-        seen.wait_for(|seen| condition(seen))
+        within(what, seen.wait_for(|seen| condition(seen)))
             .await
             .expect("the sender lives in self");
     }
