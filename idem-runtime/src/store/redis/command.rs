@@ -78,7 +78,9 @@ impl Shared {
                 // Sent again, an operation takes another checkout (the closed connection was
                 // taken out of the pool).
                 #[cfg(feature = "deadpool-redis")]
-                ConnectionSource::Pool(pool) => super::connections::checkout(pool).await,
+                ConnectionSource::Pool(pool) => {
+                    super::connections::lend_checkout(Box::pin(pool.get()).await)
+                }
             };
             // A Cluster or a pooled connection stays this operation's until `lent` is dropped.
             let mut lent = lent.map_err(|e| failure::no_connection(e, &shared.url))?;

@@ -122,8 +122,17 @@ impl ConnectionSource {
 pub(super) async fn checkout(
     pool: &super::pooled::Pooled,
 ) -> Result<LentConnection<'_>, NoConnection> {
+    lend_checkout(Box::pin(pool.get()).await)
+}
+
+/// A checkout's answer as a lent connection, or why there is none (awaited in place by the
+/// command path: no future of its own around the pool's).
+#[cfg(feature = "deadpool-redis")]
+pub(super) fn lend_checkout<'a>(
+    checkout: Result<(Conn, Box<super::pooled::Checkout>), super::pooled::NotCheckedOut>,
+) -> Result<LentConnection<'a>, NoConnection> {
     use super::pooled::NotCheckedOut;
-    match Box::pin(pool.get()).await {
+    match checkout {
         Ok((conn, checkout)) => Ok(LentConnection::pooled(conn, checkout)),
         Err(NotCheckedOut::Connect(error)) => Err(NoConnection::Failed(error)),
         Err(NotCheckedOut::Pool(unpooled)) => Err(NoConnection::Pool(unpooled)),
