@@ -56,6 +56,14 @@ pub enum Fence {
     Lost,
 }
 
+impl Fence {
+    /// `Held` when a fenced statement found its claim (its row count said so), else `Lost`.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub(crate) fn from_held(held: bool) -> Fence {
+        if held { Fence::Held } else { Fence::Lost }
+    }
+}
+
 /// What a store holds under a key, as [`Store::inspect`] reports it: for operators, never on
 /// the path of a call. A record past its expiry is [`Absent`](Inspection::Absent).
 #[derive(Debug, Clone, PartialEq, Eq)]

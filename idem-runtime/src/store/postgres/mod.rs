@@ -427,7 +427,7 @@ impl Store for PostgresStore {
             // Rare (the lease was lost): look whether an earlier attempt of this completion
             // was applied before its connection broke.
             let ours = on_connection!(self, |conn| sql::completed_by(conn, sql, key, claim))?;
-            Ok(fence(ours))
+            Ok(Fence::from_held(ours))
         })
     }
 
@@ -437,7 +437,7 @@ impl Store for PostgresStore {
             let sql = &self.shared.sql;
             let tag = listen::tag(key);
             let held = on_connection!(self, |conn| sql::release(conn, sql, key, claim, &tag))?;
-            Ok(fence(held))
+            Ok(Fence::from_held(held))
         })
     }
 
@@ -451,7 +451,7 @@ impl Store for PostgresStore {
             check_key(key)?;
             let sql = &self.shared.sql;
             let held = on_connection!(self, |conn| sql::renew(conn, sql, key, claim, lease))?;
-            Ok(fence(held))
+            Ok(Fence::from_held(held))
         })
     }
 
@@ -521,10 +521,6 @@ impl Store for PostgresStore {
     fn describe(&self) -> String {
         self.shared.describe.clone()
     }
-}
-
-fn fence(held: bool) -> Fence {
-    if held { Fence::Held } else { Fence::Lost }
 }
 
 impl fmt::Debug for PostgresStore {

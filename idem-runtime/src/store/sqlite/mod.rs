@@ -342,7 +342,7 @@ impl Store for SqliteStore {
                 .map_err(|e| self.failed(e))?;
             shared.waiters.end(claim.token);
             shared.waiters.wake(key);
-            Ok(fence(held))
+            Ok(Fence::from_held(held))
         })
     }
 
@@ -355,7 +355,7 @@ impl Store for SqliteStore {
             shared.waiters.end(claim.token);
             let held = held.map_err(|e| self.failed(e))?;
             shared.waiters.wake(key);
-            Ok(fence(held))
+            Ok(Fence::from_held(held))
         })
     }
 
@@ -370,7 +370,7 @@ impl Store for SqliteStore {
             let held = sql::renew(&shared.writes, &shared.sql, key, claim, lease)
                 .await
                 .map_err(|e| self.failed(e))?;
-            Ok(fence(held))
+            Ok(Fence::from_held(held))
         })
     }
 
@@ -449,10 +449,6 @@ impl Store for SqliteStore {
     fn describe(&self) -> String {
         self.shared.describe.clone()
     }
-}
-
-fn fence(held: bool) -> Fence {
-    if held { Fence::Held } else { Fence::Lost }
 }
 
 impl fmt::Debug for SqliteStore {
