@@ -71,7 +71,7 @@ fn expand(args: Args, function: ItemFn, tx: Option<TxArg>) -> TokenStream {
     let call = Ident::new("__idem_call", Span::mixed_site());
     let new_call = new_call(&private, &args, &sig.ident);
     let checks = type_checks(&private, &returns, caching);
-    let body = body_future(&private, &block, &body_ty, tx.as_ref());
+    let body = body_future(&block, &body_ty, tx.as_ref());
     let runner = Runner::choose(&returns, &args.cache_err, tx.is_some());
     let run = run(
         &private,
@@ -192,12 +192,7 @@ fn type_checks(private: &TokenStream, returns: &Returns<'_>, caching: bool) -> V
 /// closure that receives the connection under the argument's own name, so that the engine can
 /// use it before and after the body. The `let` of type `body_ty` gives `?` and `return` their
 /// target type.
-fn body_future(
-    private: &TokenStream,
-    block: &Block,
-    body_ty: &Type,
-    tx: Option<&TxArg>,
-) -> TokenStream {
+fn body_future(block: &Block, body_ty: &Type, tx: Option<&TxArg>) -> TokenStream {
     let ret = Ident::new("__idem_ret", Span::mixed_site());
     match tx {
         None => quote_spanned! {block.span()=>
@@ -207,10 +202,13 @@ fn body_future(
                 #ret
             }
         },
+        // The connection under the argument's own name; its type comes from the runner's bound
+        // (`&mut` the connection `TxArgument` found, for any borrow the engine lends it), so
+        // that an argument of another type is one error, at the argument.
         Some(TxArg {
             name, mutability, ..
         }) => quote_spanned! {block.span()=>
-            async move |#mutability #name: &mut #private::PgConnection| {
+            async move |#mutability #name| {
                 #[allow(clippy::let_and_return, clippy::let_unit_value, unused_braces)]
                 let #ret: #body_ty = #block;
                 #ret
@@ -299,11 +297,12 @@ fn run(
     let anchor = anchor(returns, !matches!(cache_err, CacheErr::Never));
     let function = respan(path(private, runner.name()), anchor);
     // The connection, checked at the argument's type (its tokens keep their spans, so that
-    // the whole type is underlined): a wrong type is one error, there.
+    // the whole type is underlined): a wrong type is one error, there (the connection type is
+    // a parameter of the check, not a projection of it, so that nothing else fails with it).
     let conn = tx.map(|TxArg { name, ty, .. }| {
         let span = ty.span();
-        let check = respan(quote!(#private::TxConnection), span);
-        quote_spanned!(span=> <#ty as #check<'_>>::connection(#name),)
+        let check = respan(quote!(#private::TxArgument), span);
+        quote_spanned!(span=> <#ty as #check<'_, _>>::connection(#name),)
     });
     let predicate = match cache_err {
         CacheErr::Every(span) if runner.takes_predicate() => {

@@ -133,7 +133,7 @@ pub(crate) fn tx_argument(tx: Option<&Ident>, sig: &Signature) -> syn::Result<Op
         tx.span(),
         format!(
             "`tx = {tx}` must name an argument of the function: the `&mut sqlx::PgConnection` \
-             the record is written through; {listed}"
+             or `&mut sqlx::SqliteConnection` the record is written through; {listed}"
         ),
     ))
 }

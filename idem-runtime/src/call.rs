@@ -14,6 +14,8 @@ use crate::error::Error;
 use crate::outcome::Outcome;
 use crate::record::Fingerprint;
 use crate::store::StoreHandle;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use crate::store::tx::TxConnection;
 
 /// One idempotent call: its scope and key, and the options of the `#[idempotent]` attribute.
 ///
@@ -218,6 +220,17 @@ impl Call {
     /// Under `REPEATABLE READ` or `SERIALIZABLE`, a concurrent duplicate fails with
     /// [`Error::Conflict`]: roll back and retry the whole transaction.
     ///
+    /// `conn` is a `&mut` of any [`TxConnection`]: a connection, a `sqlx::Transaction` or a
+    /// pool connection, and the body receives the connection itself. **On SQLite** (feature
+    /// `sqlite`, a `SqliteConnection`), the record is a row of the table of the configured
+    /// [`SqliteStore`](crate::SqliteStore), else `idem_records`, in the connection's file; a
+    /// connection outside any transaction gets `BEGIN IMMEDIATE`, so that a duplicate waits for
+    /// the first transaction (up to the connection's `busy_timeout`) and replays it; in the
+    /// caller's transaction, a snapshot older than another connection's write, or a lock held
+    /// past `busy_timeout`, is [`Error::Conflict`] (begin with `BEGIN IMMEDIATE` to never meet
+    /// the first); a key held by a plain call (a lease) is [`Error::InProgress`] at once, since
+    /// that holder needs the write lock this transaction holds.
+    ///
     /// ```no_run
     /// # use idem_runtime as idem;
     /// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
@@ -235,72 +248,73 @@ impl Call {
     /// # Ok(())
     /// # }
     /// ```
-    #[cfg(feature = "postgres")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-    pub async fn run_tx<T, B>(
-        self,
-        conn: &mut sqlx::PgConnection,
-        body: B,
-    ) -> Result<Outcome<T>, Error>
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+    pub async fn run_tx<A, T, B>(self, conn: &mut A, body: B) -> Result<Outcome<T>, Error>
     where
+        A: TxConnection + ?Sized,
         T: Serialize + DeserializeOwned,
-        B: AsyncFnOnce(&mut sqlx::PgConnection) -> T,
+        B: AsyncFnOnce(&mut A::Conn) -> T,
     {
-        engine::tx::execute(self.0, conn, body, PlainCodec::new()).await
+        engine::tx::execute(self.0, conn.connection(), body, PlainCodec::new()).await
     }
 
     /// [`run_tx`](Call::run_tx) for a fallible `body`: an `Ok` value is stored with the body's
     /// writes; an `Err` leaves no trace: the body's writes and the claim are rolled back to a
     /// savepoint taken after the claim, and the caller's transaction stays usable.
-    #[cfg(feature = "postgres")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-    pub async fn run_result_tx<T, E, B>(
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+    pub async fn run_result_tx<A, T, E, B>(
         self,
-        conn: &mut sqlx::PgConnection,
+        conn: &mut A,
         body: B,
     ) -> Result<Outcome<Result<T, E>>, Error>
     where
+        A: TxConnection + ?Sized,
         T: Serialize + DeserializeOwned,
-        B: AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, E>,
+        B: AsyncFnOnce(&mut A::Conn) -> Result<T, E>,
     {
-        engine::tx::execute(self.0, conn, body, ResultCodec::new()).await
+        engine::tx::execute(self.0, conn.connection(), body, ResultCodec::new()).await
     }
 
     /// [`run_tx`](Call::run_tx) for a fallible `body` whose errors for which `cache_err`
     /// returns true are permanent: stored and replayed like a value, **with the body's
     /// writes kept** (they commit with the caller's transaction). Other errors leave no trace,
     /// as with [`run_result_tx`](Call::run_result_tx).
-    #[cfg(feature = "postgres")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-    pub async fn run_result_caching_tx<T, E, B, P>(
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+    pub async fn run_result_caching_tx<A, T, E, B, P>(
         self,
-        conn: &mut sqlx::PgConnection,
+        conn: &mut A,
         cache_err: P,
         body: B,
     ) -> Result<Outcome<Result<T, E>>, Error>
     where
+        A: TxConnection + ?Sized,
         T: Serialize + DeserializeOwned,
         E: Serialize + DeserializeOwned,
-        B: AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, E>,
+        B: AsyncFnOnce(&mut A::Conn) -> Result<T, E>,
         P: FnOnce(&E) -> bool,
     {
-        engine::tx::execute(self.0, conn, body, CachingCodec::new(cache_err)).await
+        let codec = CachingCodec::new(cache_err);
+        engine::tx::execute(self.0, conn.connection(), body, codec).await
     }
 
     /// [`run_result_caching_tx`](Call::run_result_caching_tx) with every error permanent:
     /// no savepoint is needed, since nothing is ever undone.
-    #[cfg(feature = "postgres")]
-    pub(crate) async fn run_result_storing_errors_tx<T, E, B>(
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub(crate) async fn run_result_storing_errors_tx<A, T, E, B>(
         self,
-        conn: &mut sqlx::PgConnection,
+        conn: &mut A,
         body: B,
     ) -> Result<Outcome<Result<T, E>>, Error>
     where
+        A: TxConnection + ?Sized,
         T: Serialize + DeserializeOwned,
         E: Serialize + DeserializeOwned,
-        B: AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, E>,
+        B: AsyncFnOnce(&mut A::Conn) -> Result<T, E>,
     {
         let every = CachingCodec::every(|_: &E| true);
-        engine::tx::execute(self.0, conn, body, every).await
+        engine::tx::execute(self.0, conn.connection(), body, every).await
     }
 }

@@ -91,18 +91,22 @@ pub enum Error {
         reason: String,
     },
 
-    /// A call in transactional mode (`tx = conn`, PostgreSQL) met a concurrent transaction that
-    /// PostgreSQL could not order with the caller's: a serialization failure (SQLSTATE
-    /// `40001`, under `REPEATABLE READ` or `SERIALIZABLE`) or a deadlock (`40P01`). PostgreSQL
-    /// has aborted the caller's transaction: roll it back and retry the whole transaction,
-    /// which then replays the other transaction's result or runs the body once. Retryable.
+    /// A call in transactional mode (`tx = conn`) met a concurrent transaction that the
+    /// database could not order with the caller's. On PostgreSQL: a serialization failure
+    /// (SQLSTATE `40001`, under `REPEATABLE READ` or `SERIALIZABLE`) or a deadlock (`40P01`),
+    /// and PostgreSQL has aborted the caller's transaction. On SQLite: the database's write
+    /// lock stayed held by another connection past the connection's `busy_timeout`
+    /// (`SQLITE_BUSY`), or another connection wrote since the caller's transaction read
+    /// (`SQLITE_BUSY_SNAPSHOT`; a transaction begun with `BEGIN IMMEDIATE` never meets it).
+    /// Either way: roll it back and retry the whole transaction, which then replays the other
+    /// transaction's result or runs the body once. Retryable.
     #[error(
-        "the transaction of the call with key `{key}` conflicted with a concurrent one and was aborted by PostgreSQL; roll it back and retry the whole transaction: {source}"
+        "the transaction of the call with key `{key}` conflicted with a concurrent one and the database refused it; roll it back and retry the whole transaction: {source}"
     )]
     Conflict {
         /// The store key of the call.
         key: String,
-        /// What PostgreSQL reported.
+        /// What the database reported.
         #[source]
         source: StoreError,
     },

@@ -72,4 +72,7 @@ pub use store::redis::{RedisOptions, RedisStore};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::sqlite::{self, SqliteOptions, SqliteStore};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+pub use store::tx::TxConnection;
 pub use store::{Inspection, ScopeStats, Stats, Store, StoreHandle};

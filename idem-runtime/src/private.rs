@@ -173,88 +173,92 @@ pub fn cache_every_error<E>(_: &E) -> bool {
     true
 }
 
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use self::tx::*;
 
-/// Wraps the code `tx = conn` generates: passed through with the `postgres` feature.
-#[cfg(feature = "postgres")]
+/// Wraps the code `tx = conn` generates: passed through with the `postgres` or `sqlite`
+/// feature.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __idem_with_tx {
     ($($code:tt)*) => { $($code)* };
 }
 
-/// Without the `postgres` feature, the code `tx = conn` generates is one error naming it.
-#[cfg(not(feature = "postgres"))]
+/// Without a database feature, the code `tx = conn` generates is one error naming them.
+#[cfg(not(any(feature = "postgres", feature = "sqlite")))]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __idem_with_tx {
     ($($code:tt)*) => {
         ::core::compile_error!(
-            "`tx = ...` needs the `postgres` feature of the `idem-fn` package: in Cargo.toml, `idem-fn = { version = \"0.2\", features = [\"postgres\"] }`"
+            "`tx = ...` needs the feature of the database of the idem-fn package: in Cargo.toml, `idem-fn = { version = \"0.2\", features = [\"postgres\"] }` (or `\"sqlite\"`)"
         )
     };
 }
 
 pub use crate::__idem_with_tx as with_tx;
 
-/// The runners of `tx = conn` (feature `postgres`).
-#[cfg(feature = "postgres")]
+/// The runners of `tx = conn` (feature `postgres` or `sqlite`).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod tx {
     use serde::Serialize;
     use serde::de::DeserializeOwned;
 
     use super::{Call, Error, ResultLike};
+    pub use crate::store::tx::TxConnection;
 
-    pub use sqlx::PgConnection;
-
-    /// The argument `tx = ` names, as the PostgreSQL connection it must be. The macro calls
-    /// `<ArgType as TxConnection>::connection(arg)` with the argument type's own spans, so that
+    /// The argument `tx = ` names, as one of the connections it may be: the macro calls
+    /// `<ArgType as TxArgument>::connection(arg)` with the argument type's own spans, so that
     /// another type is one error, on it. The engine then writes through the store that the
-    /// connection's type names (its `Transactional` impl, see `store/tx.rs`).
+    /// connection's type names (its `Transactional` impl, see `store/tx.rs`). The body
+    /// receives the argument under its own name and type, so only connections themselves are
+    /// arguments (a transaction is passed by the caller as `&mut *transaction`).
     #[diagnostic::on_unimplemented(
-        message = "`tx = ...` must name an argument of type `&mut sqlx::PgConnection` of sqlx 0.9, not `{Self}`",
+        message = "`tx = ...` must name an argument of type `&mut sqlx::PgConnection` or `&mut sqlx::SqliteConnection` of sqlx 0.9, not `{Self}`",
         label = "the connection the record is written through, inside its transaction",
-        note = "declare the argument as `conn: &mut sqlx::PgConnection`, and call the function with `&mut *transaction` (a `sqlx::Transaction<'_, Postgres>`) or `&mut *connection` (a pool's connection)",
-        note = "idem's transactional mode uses sqlx 0.9: a `PgConnection` of another sqlx version (0.8, …) is another type of the same name; `cargo tree -i sqlx` lists the versions in your build"
+        note = "declare the argument as `conn: &mut sqlx::PgConnection` (or `SqliteConnection`), and call the function with `&mut *transaction` (a `sqlx::Transaction`) or `&mut *connection` (a pool's connection)",
+        note = "idem's transactional mode uses sqlx 0.9, with the feature of each database (`postgres`, `sqlite`): a `PgConnection` of another sqlx version (0.8, …) is another type of the same name; `cargo tree -i sqlx` lists the versions in your build"
     )]
-    pub trait TxConnection<'c> {
+    pub trait TxArgument<'c, C: TxConnection + ?Sized + 'c> {
         /// The connection.
-        fn connection(self) -> &'c mut PgConnection;
+        fn connection(self) -> &'c mut C;
     }
 
-    impl<'c> TxConnection<'c> for &'c mut PgConnection {
-        fn connection(self) -> &'c mut PgConnection {
+    #[cfg(feature = "postgres")]
+    impl<'c> TxArgument<'c, sqlx::PgConnection> for &'c mut sqlx::PgConnection {
+        fn connection(self) -> &'c mut sqlx::PgConnection {
+            self
+        }
+    }
+
+    #[cfg(feature = "sqlite")]
+    impl<'c> TxArgument<'c, sqlx::SqliteConnection> for &'c mut sqlx::SqliteConnection {
+        fn connection(self) -> &'c mut sqlx::SqliteConnection {
             self
         }
     }
 
     /// `tx = conn` on a function returning a plain `T`.
-    pub async fn run_plain_tx<T, B>(
-        call: Call,
-        conn: &mut PgConnection,
-        body: B,
-    ) -> Result<T, Error>
+    pub async fn run_plain_tx<A, T, B>(call: Call, conn: &mut A, body: B) -> Result<T, Error>
     where
+        A: TxConnection + ?Sized,
         T: Serialize + DeserializeOwned,
-        B: AsyncFnOnce(&mut PgConnection) -> T,
+        B: AsyncFnOnce(&mut A::Conn) -> T,
     {
         call.run_tx(conn, body).await.map(|outcome| outcome.value)
     }
 
     /// `tx = conn` on a function returning `Result<T, E>`: `Ok` is stored with the body's
     /// writes, `Err` rolls them back to a savepoint. See [`lift`](super::lift).
-    pub async fn try_run_result_tx<R, B>(
-        call: Call,
-        conn: &mut PgConnection,
-        body: B,
-    ) -> Result<R, Error>
+    pub async fn try_run_result_tx<A, R, B>(call: Call, conn: &mut A, body: B) -> Result<R, Error>
     where
+        A: TxConnection + ?Sized,
         R: ResultLike,
         R::Ok: Serialize + DeserializeOwned,
-        B: AsyncFnOnce(&mut PgConnection) -> R,
+        B: AsyncFnOnce(&mut A::Conn) -> R,
     {
-        let body = async move |conn: &mut PgConnection| body(conn).await.into_result();
+        let body = async move |conn: &mut A::Conn| body(conn).await.into_result();
         call.run_result_tx(conn, body)
             .await
             .map(|outcome| R::from_result(outcome.value))
@@ -262,20 +266,21 @@ mod tx {
 
     /// `tx = conn` with `cache_err`: `Ok` and the errors `cache_err` says are permanent are
     /// stored with the body's writes; other errors roll them back to a savepoint.
-    pub async fn run_result_caching_tx<R, B, P>(
+    pub async fn run_result_caching_tx<A, R, B, P>(
         call: Call,
-        conn: &mut PgConnection,
+        conn: &mut A,
         cache_err: P,
         body: B,
     ) -> R
     where
+        A: TxConnection + ?Sized,
         R: ResultLike,
         R::Ok: Serialize + DeserializeOwned,
         R::Err: Serialize + DeserializeOwned + From<Error>,
-        B: AsyncFnOnce(&mut PgConnection) -> R,
+        B: AsyncFnOnce(&mut A::Conn) -> R,
         P: FnOnce(&R::Err) -> bool,
     {
-        let body = async move |conn: &mut PgConnection| body(conn).await.into_result();
+        let body = async move |conn: &mut A::Conn| body(conn).await.into_result();
         R::from_result(
             match call.run_result_caching_tx(conn, cache_err, body).await {
                 Ok(outcome) => outcome.value,
@@ -286,18 +291,15 @@ mod tx {
 
     /// `tx = conn` with `cache_err = true`: every result is stored with the body's writes (no
     /// savepoint).
-    pub async fn run_result_storing_errors_tx<R, B>(
-        call: Call,
-        conn: &mut PgConnection,
-        body: B,
-    ) -> R
+    pub async fn run_result_storing_errors_tx<A, R, B>(call: Call, conn: &mut A, body: B) -> R
     where
+        A: TxConnection + ?Sized,
         R: ResultLike,
         R::Ok: Serialize + DeserializeOwned,
         R::Err: Serialize + DeserializeOwned + From<Error>,
-        B: AsyncFnOnce(&mut PgConnection) -> R,
+        B: AsyncFnOnce(&mut A::Conn) -> R,
     {
-        let body = async move |conn: &mut PgConnection| body(conn).await.into_result();
+        let body = async move |conn: &mut A::Conn| body(conn).await.into_result();
         R::from_result(match call.run_result_storing_errors_tx(conn, body).await {
             Ok(outcome) => outcome.value,
             Err(error) => Err(R::Err::from(error)),

@@ -23,11 +23,10 @@ async fn transfer(
     );
     ::idem::__private::with_tx! {
         { let __idem_result = ::idem::__private::try_run_result_tx(__idem_call, < & mut
-        PgConnection as ::idem::__private::TxConnection < '_ >> ::connection(conn), async
-        move | conn : & mut ::idem::__private::PgConnection | {
-        #[allow(clippy::let_and_return, clippy::let_unit_value, unused_braces)] let
-        __idem_ret : Result < Receipt, LedgerError > = { ledger::apply(& mut * conn,
-        transfer). await }; __idem_ret }). await; ::idem::__private::lift(__idem_result)
-        }
+        PgConnection as ::idem::__private::TxArgument < '_, _ >> ::connection(conn),
+        async move | conn | { #[allow(clippy::let_and_return, clippy::let_unit_value,
+        unused_braces)] let __idem_ret : Result < Receipt, LedgerError > = {
+        ledger::apply(& mut * conn, transfer). await }; __idem_ret }). await;
+        ::idem::__private::lift(__idem_result) }
     }
 }

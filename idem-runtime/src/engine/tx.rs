@@ -96,10 +96,20 @@ impl<T> TxRun<'_, T> {
                 Ended::Kept(ran) | Ended::Released(ran) => Ok(ran),
             };
         }
-        // A connection outside any transaction gets one of its own for the call; dropped on
-        // an error (or with the call's future), it rolls back.
+        // A connection outside any transaction gets one of its own for the call, rolled back
+        // on an error before the call returns (dropped with the call's future, it rolls back
+        // at the connection's next use, as sqlx does).
         let mut own = self.store.begin(conn, key).await?;
-        match self.run(&mut *own, body, shape, false).await? {
+        let ended = match self.run(&mut *own, body, shape, false).await {
+            Ok(ended) => ended,
+            Err(error) => {
+                // The call's error is the one to report; a failed rollback leaves the
+                // connection to sqlx, which rolls back at its next use.
+                let _ = self.store.rollback(own, key).await;
+                return Err(error);
+            }
+        };
+        match ended {
             Ended::Kept(ran) => {
                 self.store.commit(own, key).await?;
                 Ok(ran)
@@ -224,7 +234,9 @@ impl<T> TxRun<'_, T> {
             if now >= deadline {
                 return Err(frame.in_progress());
             }
-            timed(StoreOp::Wait, store.wait(key, &holder, deadline - now)).await;
+            if !timed(StoreOp::Wait, store.wait(key, &holder, deadline - now)).await {
+                return Err(frame.in_progress());
+            }
             waited = true;
         }
     }

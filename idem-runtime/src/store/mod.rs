@@ -11,7 +11,8 @@
 //!   for an in-flight call, by tag, which `redis/waiters.rs` and `postgres/listen.rs` wake;
 //! - `stats.rs`: the operator's count of records;
 //! - `tx.rs`: what the transactional mode asks of a database (`TxStore`), which each
-//!   transactional backend implements in its own folder.
+//!   transactional backend implements in its own folder, and what it accepts as a connection
+//!   ([`TxConnection`](crate::TxConnection)).
 
 use std::future::Future;
 use std::ops::Deref;
@@ -36,7 +37,7 @@ pub mod redis;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) mod tx;
 #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 // Each backend uses part of it: with one of the two, the other's part goes unused.

@@ -1,13 +1,15 @@
 //! What the transactional mode (`tx = conn`) asks of a database: [`TxStore`], the records of
-//! calls written through a caller's own connection, inside its transaction, and
-//! [`Transactional`], the connection types that name their [`TxStore`]. The engine's side
-//! (what to do with the answers) is `engine/tx.rs`; each backend implements both traits in
-//! its own folder (PostgreSQL through sqlx: `postgres/tx.rs`).
+//! calls written through a caller's own connection, inside its transaction;
+//! [`Transactional`], the connection types that name their [`TxStore`]; and [`TxConnection`],
+//! what [`Call::run_tx`](crate::Call::run_tx) accepts (a connection, a transaction or a pool's
+//! connection of such a type). The engine's side (what to do with the answers) is
+//! `engine/tx.rs`; each backend implements these in its own folder (PostgreSQL through sqlx:
+//! `postgres/tx.rs`; SQLite through sqlx: `sqlite/tx.rs`).
 //!
-//! Crate-visible, not public: every backend lives in this crate, the attribute and
-//! [`Call`](crate::Call) name their connection types concretely, and the shape of these
-//! traits (their futures, the answers of a claim, the errors a backend maps its own to)
-//! should be proven by a second backend before anything outside the crate depends on it.
+//! Only [`TxConnection`] is public, and sealed: [`Transactional`] and [`TxStore`] are public
+//! in this crate-private module (nameable by no one outside), since every backend lives in
+//! this crate and the shape of these traits (their futures, the answers of a claim, the errors
+//! a backend maps its own to) may still change with the next backend.
 
 use std::future::Future;
 use std::ops::DerefMut;
@@ -28,7 +30,7 @@ pub(crate) const UNSEEN_RETRIES: u32 = 8;
 
 /// What a claim statement answered.
 #[derive(Debug)]
-pub(crate) enum Claimed {
+pub enum Claimed {
     /// The key was free (absent or expired) and is now held by the claim.
     Held,
     /// A live record holds the key.
@@ -44,10 +46,62 @@ pub(crate) enum Claimed {
 
 /// A connection type the transactional mode writes records through: the engine runs a call
 /// on a `&mut C` with the [`TxStore`] that `C` names.
-pub(crate) trait Transactional: Send {
+pub trait Transactional: Send {
     /// The records of calls made through connections of this type.
     type Store: TxStore<Self>;
 }
+
+/// What [`Call::run_tx`](crate::Call::run_tx) and its siblings write a call's record through,
+/// borrowed mutably: a connection whose database idem's transactional mode knows, or a
+/// transaction or a pool's connection of one, which the body receives as the connection
+/// itself ([`Conn`](TxConnection::Conn)).
+///
+/// Implemented (sealed) for, with the feature of each database:
+/// - `postgres`: `sqlx::PgConnection`, `sqlx::Transaction<'_, sqlx::Postgres>`,
+///   `sqlx::pool::PoolConnection<sqlx::Postgres>`;
+/// - `sqlite`: `sqlx::SqliteConnection`, `sqlx::Transaction<'_, sqlx::Sqlite>`,
+///   `sqlx::pool::PoolConnection<sqlx::Sqlite>`.
+///
+/// Inside a transaction (a `Transaction`, or a connection on which one was begun), the call
+/// runs in it; on a connection outside any, in one of its own.
+#[diagnostic::on_unimplemented(
+    message = "the transactional mode writes through a sqlx connection, transaction or pool connection of PostgreSQL or SQLite (sqlx 0.9), not `{Self}`",
+    label = "the connection the record is written through, inside its transaction",
+    note = "pass `&mut transaction` (a `sqlx::Transaction<'_, Postgres>` or `<'_, Sqlite>`), `&mut connection` or `&mut *conn`; each database needs its feature of idem-fn (`postgres`, `sqlite`)"
+)]
+pub trait TxConnection: sealed::Sealed {
+    /// The connection the body receives.
+    type Conn: Transactional + ?Sized;
+
+    /// The connection itself.
+    fn connection(&mut self) -> &mut Self::Conn;
+}
+
+/// Only this crate implements [`TxConnection`]: the transactional mode must know the
+/// database's statements.
+pub(crate) mod sealed {
+    /// The types [`TxConnection`](super::TxConnection) is implemented for.
+    pub trait Sealed {}
+}
+
+/// Implements [`TxConnection`] for each type listed, whose connection (itself, or by
+/// `DerefMut`) is `$conn`.
+macro_rules! tx_connections {
+    ($conn:ty: $($ty:ty),+ $(,)?) => {
+        $(
+            impl $crate::store::tx::sealed::Sealed for $ty {}
+
+            impl $crate::store::tx::TxConnection for $ty {
+                type Conn = $conn;
+
+                fn connection(&mut self) -> &mut $conn {
+                    &mut *self
+                }
+            }
+        )+
+    };
+}
+pub(crate) use tx_connections;
 
 /// The records of transactional calls written through connections of type `C`: each
 /// operation is a statement (or a transaction's begin or end) on the caller's connection, and
@@ -55,7 +109,7 @@ pub(crate) trait Transactional: Send {
 ///
 /// Every operation but [`wait`](TxStore::wait) runs through `C`, inside its transaction, and
 /// so commits or rolls back with the body's own writes. The engine counts and times them.
-pub(crate) trait TxStore<C: ?Sized + Send>: Sized + Send + Sync {
+pub trait TxStore<C: ?Sized + Send>: Sized + Send + Sync {
     /// A transaction begun on a connection: its own, or a savepoint inside the caller's. The
     /// body and the statements run on the connection it gives; dropped without
     /// [`commit`](TxStore::commit) or [`rollback`](TxStore::rollback) (an error, a dropped
@@ -119,12 +173,15 @@ pub(crate) trait TxStore<C: ?Sized + Send>: Sized + Send + Sync {
     -> TxFuture<'a, bool>;
 
     /// Waits (at most `timeout`, and it may return early) for `holder`, a claim made outside
-    /// any caller's transaction (through the plain store), to end. Never fails: the engine
-    /// looks again.
+    /// any caller's transaction (through the plain store), to end, and answers `true`; the
+    /// engine then looks again. Answers `false` at once when the holder cannot end while the
+    /// transaction is open (SQLite: the transaction holds, or will need, the database's one
+    /// write lock that the holder needs to complete, and its snapshot would not see the end
+    /// anyway): the call is then [`Error::InProgress`]. Never fails.
     fn wait<'a>(
         &'a self,
         key: &'a str,
         holder: &'a Claim,
         timeout: Duration,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Postgres, Transaction};
 
@@ -18,7 +19,7 @@ use super::table::Table;
 use super::{PostgresStore, check_key, failure, listen};
 use crate::error::Error;
 use crate::record::Claim;
-use crate::store::tx::{Claimed, Transactional, TxFuture, TxStore};
+use crate::store::tx::{Claimed, Transactional, TxFuture, TxStore, tx_connections};
 use crate::store::{Store, StoreHandle};
 
 /// SQLSTATEs the transactional mode tells apart.
@@ -38,9 +39,11 @@ impl Transactional for PgConnection {
     type Store = PgTxStore;
 }
 
+tx_connections!(PgConnection: PgConnection, Transaction<'_, Postgres>, PoolConnection<Postgres>);
+
 /// The table of the records written in callers' transactions, and how to wait for a holder
 /// that is not in one (a call through the plain [`PostgresStore`]).
-pub(crate) struct PgTxStore {
+pub struct PgTxStore {
     sql: Arc<Statements>,
     table: Table,
     /// The configured store, when it is a `PostgresStore`: its listener wakes a waiter.
@@ -199,7 +202,7 @@ impl TxStore<PgConnection> for PgTxStore {
         key: &'a str,
         holder: &'a Claim,
         timeout: Duration,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
         Box::pin(async move {
             match &self.store {
                 Some(store) => {
@@ -209,6 +212,8 @@ impl TxStore<PgConnection> for PgTxStore {
                 }
                 None => tokio::time::sleep(timeout.min(POLL)).await,
             }
+            // A row lock per key: the holder completes whatever this transaction holds.
+            true
         })
     }
 }

@@ -40,6 +40,15 @@ pub(super) fn locked(error: &sqlx::Error) -> bool {
     matches!(primary(error), Some(code::BUSY | code::LOCKED))
 }
 
+/// Whether `error` is SQLite's refusal of a statement on a table that does not exist (found
+/// when it prepares the statement: the transaction it was sent in is left as it was).
+pub(super) fn no_such_table(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.message().starts_with("no such table"),
+        _ => false,
+    }
+}
+
 /// A sqlx error as a store error of the right kind. `busy_timeout` is the store's, if it set it.
 pub(super) fn store_error(
     error: sqlx::Error,

@@ -19,6 +19,7 @@ mod options;
 mod reaper;
 mod sql;
 mod table;
+pub(crate) mod tx;
 mod waiters;
 
 use std::fmt;
@@ -109,6 +110,8 @@ struct Shared {
     /// otherwise.
     writes: SqlitePool,
     sql: Arc<Statements>,
+    /// The table, for the transactional mode's messages.
+    table: Table,
     waiters: Waiters,
     _reaper: Reaper,
     describe: String,
@@ -240,6 +243,7 @@ impl SqliteStore {
                 reads,
                 writes,
                 sql,
+                table,
                 waiters: Waiters::default(),
                 describe,
                 busy_timeout,

@@ -18,6 +18,11 @@
 //! | forget (operators) | `DELETE … WHERE key RETURNING live` |
 //! | stats (operators) | `SELECT key, state … WHERE key in the prefix's range, live ORDER BY key LIMIT n`, batch after batch; `SELECT count(*)` |
 //! | reap | `DELETE … WHERE key IN (SELECT key … WHERE expired LIMIT n)` |
+//!
+//! In the transactional mode (`tx.rs`), the claim is the same two statements (read, then take)
+//! inside the caller's transaction; completion and release drop the expiry from their
+//! condition (`tx_complete`, `tx_release`): the transaction holds the database's write lock
+//! from its claim on, so no one else can have taken the key, however long the body ran.
 
 use std::time::Duration;
 
@@ -50,6 +55,8 @@ pub(super) struct Statements {
     forget: SqlStr,
     count: SqlStr,
     reap: SqlStr,
+    tx_complete: SqlStr,
+    tx_release: SqlStr,
 }
 
 impl Statements {
@@ -97,6 +104,13 @@ impl Statements {
             reap: sql(format!(
                 "DELETE FROM {t} WHERE key IN (\
                     SELECT key FROM {t} WHERE expires_at <= {NOW} LIMIT ?1)"
+            )),
+            tx_complete: sql(format!(
+                "UPDATE {t} SET state = 'completed', payload = ?3, expires_at = {NOW} + ?4 \
+                 WHERE key = ?1 AND token = ?2 AND state = 'in_progress'"
+            )),
+            tx_release: sql(format!(
+                "DELETE FROM {t} WHERE key = ?1 AND token = ?2 AND state = 'in_progress'"
             )),
             table: t,
         }
@@ -408,6 +422,41 @@ pub(super) async fn reap<'e>(
         .execute(executor)
         .await?;
     Ok(done.rows_affected())
+}
+
+/// [`complete`] inside the caller's transaction, which holds the write lock: the claim's row,
+/// however long ago its lease ended; `true` if it was there.
+pub(super) async fn tx_complete<'e>(
+    executor: impl SqliteExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    claim: &Claim,
+    payload: &[u8],
+    ttl: Duration,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(sql.tx_complete.clone())
+        .bind(key)
+        .bind(&claim.token.to_bytes()[..])
+        .bind(payload)
+        .bind(millis(ttl))
+        .execute(executor)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// [`release`] inside the caller's transaction; `true` if the claim's row was there.
+pub(super) async fn tx_release<'e>(
+    executor: impl SqliteExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    claim: &Claim,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(sql.tx_release.clone())
+        .bind(key)
+        .bind(&claim.token.to_bytes()[..])
+        .execute(executor)
+        .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 #[cfg(test)]
