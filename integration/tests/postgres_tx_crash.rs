@@ -11,7 +11,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use idem::Call;
 use sqlx::Executor;
 use sqlx::postgres::{PgConnection, PgPoolOptions};
+use support::crash::{self, Random, Seen};
 use support::postgres::PostgresServer;
 use support::workers::Workers;
 
@@ -47,59 +48,6 @@ fn main() {
     );
 }
 
-/// A small random number generator (xorshift), seeded per process.
-struct Random(u64);
-
-impl Random {
-    fn new() -> Random {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        Random((nanos ^ u64::from(std::process::id()).rotate_left(32)) | 1)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-/// What the workers printed: `call <key> <value> <micros>` per committed call.
-#[derive(Default)]
-struct Seen {
-    values: BTreeMap<u64, Vec<i64>>,
-    calls: usize,
-    longest: Duration,
-    /// The workers (by process id) that walked the whole list.
-    done: HashSet<u32>,
-}
-
-impl Seen {
-    fn take(&mut self, line: &str) {
-        if let Some(pid) = line.strip_prefix("done ") {
-            self.done.insert(pid.parse().expect("a process id"));
-            return;
-        }
-        let mut parts = line.split(' ');
-        let (Some("call"), Some(key), Some(value), Some(micros)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            panic!("a worker printed {line:?}");
-        };
-        let key: u64 = key.parse().expect("a key");
-        self.values
-            .entry(key)
-            .or_default()
-            .push(value.parse().expect("a value"));
-        self.longest = self
-            .longest
-            .max(Duration::from_micros(micros.parse().expect("micros")));
-        self.calls += 1;
-    }
-}
-
 fn killed_workers_write_each_key_once_and_free_their_keys_at_once() {
     let server = PostgresServer::quiet();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -124,35 +72,9 @@ fn killed_workers_write_each_key_once_and_free_their_keys_at_once() {
 
     let mut workers = Workers::start_quiet(2, [(WORKER, server.url())]);
     let mut seen = Seen::default();
-    let mut random = Random::new();
-    let started = Instant::now();
-    let mut kills = 0;
-    while started.elapsed() < KILLING && (kills < MIN_KILLS || started.elapsed() < KILLING / 2) {
-        let pause = Duration::from_millis(20 + random.below(150));
-        let until = Instant::now() + pause;
-        while let Some(left) = until.checked_duration_since(Instant::now()) {
-            match workers.line_within(left) {
-                Some((_, line)) => seen.take(&line),
-                None => break,
-            }
-        }
-        // A worker that already finished its list is started again: it replays every key.
-        workers.restart(random.below(2) as usize);
-        kills += 1;
-    }
-    let killing = started.elapsed();
+    let (kills, killing) = crash::kill_at_random(&mut workers, &mut seen, MIN_KILLS, KILLING);
     // No more kills: both finish the list.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !(0..2).all(|n| seen.done.contains(&workers.pid(n))) {
-        let left = deadline
-            .checked_duration_since(Instant::now())
-            .expect("both workers finish within 60 s after the last kill");
-        match workers.line_within(left) {
-            Some((_, line)) => seen.take(&line),
-            None => panic!("waiting for the workers: no line within {left:?}"),
-        }
-    }
-    workers.finish(Duration::from_secs(60));
+    crash::finish(workers, &mut seen, Duration::from_secs(60));
 
     let (rows, records, ids): (Vec<(i64, i64)>, i64, i64) = runtime.block_on(async {
         let rows = sqlx::query_as("SELECT key, id FROM items ORDER BY key, id")
@@ -246,9 +168,7 @@ fn worker(url: &str) {
         .into_iter()
         .map(|k| k as u64)
         .collect();
-        for i in (1..keys.len()).rev() {
-            keys.swap(i, random.below(i as u64 + 1) as usize);
-        }
+        random.shuffle(&mut keys);
         let keys = Arc::new(keys);
         let next = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = (0..TASKS)

@@ -3,6 +3,7 @@
 
 pub mod calls;
 pub mod cluster;
+pub mod crash;
 pub mod harness;
 #[cfg(feature = "http")]
 pub mod http;
