@@ -9,6 +9,12 @@ use std::time::Duration;
 pub struct Token(u128);
 
 impl Token {
+    /// The holder a store reports for a key held by a claim it cannot see: a caller's
+    /// transaction that has not ended holds the key's row (PostgreSQL) or the database's write
+    /// lock (SQLite). No random token is all zeros.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub(crate) const UNSEEN: Token = Token(0);
+
     /// A new random token.
     pub fn random() -> Self {
         Token(rand::random())

@@ -276,9 +276,11 @@ async fn corrupt_rows_are_typed_errors_and_never_run_the_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_locked_past_busy_timeout_is_a_store_timeout_and_replays_still_read() {
+async fn a_file_locked_past_busy_timeout_is_in_progress_within_wait_even_fail_open() {
     let db = TempDb::new("locked");
-    let options = SqliteOptions::default().busy_timeout(Duration::from_millis(200));
+    let options = SqliteOptions::default()
+        .busy_timeout(Duration::from_millis(200))
+        .poll_interval(Duration::from_millis(20));
     let store = SqliteStore::connect_with(&db.url(), options.clone())
         .await
         .unwrap();
@@ -290,7 +292,8 @@ async fn a_file_locked_past_busy_timeout_is_a_store_timeout_and_replays_still_re
         .unwrap();
     assert_eq!(done.status, Status::Executed);
 
-    // Another connection holds the write lock: an application's transaction left open.
+    // Another connection holds the write lock: an application's transaction left open, which
+    // may hold the key (a transactional call's claim, invisible until it commits).
     let mut locker = own_connection(&db).await;
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut locker)
@@ -298,29 +301,34 @@ async fn a_file_locked_past_busy_timeout_is_a_store_timeout_and_replays_still_re
         .unwrap();
 
     let runs = AtomicUsize::new(0);
-    let blocked = Call::new(scope.clone(), "new")
-        .store(store.clone())
-        .run(async {
-            runs.fetch_add(1, Ordering::SeqCst);
-            2_u8
-        })
-        .await;
-    match blocked {
-        Err(Error::Store { source, .. }) => {
-            assert_eq!(source.kind(), StoreErrorKind::Timeout, "{source}");
-            let message = source.to_string();
-            assert!(
-                message.contains("locked by another connection")
-                    && message.contains("busy_timeout (200ms)"),
-                "{message}"
-            );
-        }
-        other => panic!("a claim past busy_timeout must be Error::Store, got {other:?}"),
+    for fail_mode in [idem::FailMode::Closed, idem::FailMode::Open] {
+        let config = idem::Config::default().fail_mode(fail_mode);
+        let started = tokio::time::Instant::now();
+        let blocked = idem::Idem::with_settings(store.clone(), &config)
+            .scope(
+                Call::new(scope.clone(), "new")
+                    .wait(Duration::from_millis(700))
+                    .run(async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        2_u8
+                    }),
+            )
+            .await;
+        assert!(
+            matches!(blocked, Err(Error::InProgress { .. })),
+            "{fail_mode:?}: a claim behind the lock is in progress, got {blocked:?}"
+        );
+        // It waited its `wait` (plus at most one try of busy_timeout), not just one try.
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(700) && waited < Duration::from_secs(5),
+            "{fail_mode:?}: waited {waited:?}"
+        );
     }
     assert_eq!(
         runs.load(Ordering::SeqCst),
         0,
-        "fail closed: the body did not run"
+        "the body never ran, fail closed or open"
     );
     let replay = Call::new(scope.clone(), "done")
         .store(store.clone())

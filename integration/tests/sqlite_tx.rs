@@ -371,3 +371,54 @@ async fn the_attribute_writes_through_the_connection() {
     );
     assert_eq!(records(&pool).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_duplicate_of_an_uncommitted_holder_waits_and_never_runs_even_fail_open() {
+    let db = TempDb::new("tx-plain-dup");
+    let pool = pool(&db, 2).await;
+    let options = idem::SqliteOptions::default()
+        .busy_timeout(Duration::from_millis(100))
+        .poll_interval(Duration::from_millis(10));
+    let store = SqliteStore::connect_with(&db.url(), options).await.unwrap();
+    let open = idem::Config::default().fail_mode(idem::FailMode::Open);
+    let plain = idem::Idem::with_settings(store.clone(), &open);
+    let runs = AtomicUsize::new(0);
+
+    // A transactional holder that has claimed the key and not committed.
+    let mut tx = pool.begin().await.unwrap();
+    let held = call("o7")
+        .store(store.clone())
+        .run_tx(&mut tx, async |conn: &mut SqliteConnection| {
+            insert_order(conn, "o7", 70).await;
+            70_i64
+        })
+        .await
+        .unwrap();
+    assert_eq!(held.status, Status::Executed);
+
+    // A plain duplicate meanwhile: in progress within its wait, fail-open or not.
+    let short = plain
+        .scope(
+            call("o7")
+                .wait(Duration::from_millis(300))
+                .run(async { runs.fetch_add(1, Ordering::SeqCst) as i64 }),
+        )
+        .await;
+    assert!(matches!(short, Err(Error::InProgress { .. })), "{short:?}");
+
+    // One that waits longer sees the commit and replays.
+    let waiting = plain.scope(
+        call("o7")
+            .wait(Duration::from_secs(20))
+            .run(async { runs.fetch_add(1, Ordering::SeqCst) as i64 }),
+    );
+    let commit = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tx.commit().await.unwrap();
+    };
+    let (replayed, ()) = tokio::join!(waiting, commit);
+    let replayed = replayed.unwrap();
+    assert_eq!((replayed.value, replayed.status), (70, Status::Waited));
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "the plain body never ran");
+    assert_eq!((orders(&pool, "o7").await, records(&pool).await), (1, 1));
+}

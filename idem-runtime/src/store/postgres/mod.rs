@@ -79,8 +79,8 @@ const FALLBACK_POLL: Duration = Duration::from_millis(25);
 const CLAIM_LOCK_WAIT: Duration = Duration::from_millis(50);
 
 /// The holder [`PostgresStore::claim`] reports for a key held by a claim it cannot see: its
-/// row is locked by a transaction that has not ended. No random token is all zeros.
-const UNSEEN_HOLDER: Token = Token::from_bytes([0; 16]);
+/// row is locked by a transaction that has not ended.
+const UNSEEN_HOLDER: Token = Token::UNSEEN;
 
 /// A [`Store`] on PostgreSQL: exactly-once across every process and machine that shares the
 /// database.

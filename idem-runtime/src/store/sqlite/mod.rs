@@ -31,7 +31,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::error::{Error, StoreError, StoreErrorKind};
-use crate::record::{Claim, Record};
+use crate::record::{Claim, Record, Token};
 use crate::store::{Fence, Inspection, Stats, Store, StoreFuture};
 
 pub use self::options::SqliteOptions;
@@ -93,9 +93,14 @@ const CLAIM_TRIES: u32 = 8;
 /// **Locks.** Each write holds the database's write lock for one statement. A statement that
 /// finds the lock held by another connection (another process, or an application's own
 /// transaction on the file) waits up to [`busy_timeout`](SqliteOptions::busy_timeout) (2 s by
-/// default) and then fails with a [`StoreError`] of kind [`StoreErrorKind::Timeout`]: the call
-/// is [`Error::Store`] (or runs unprotected with `fail_mode = open`). A duplicate's `wait` is
-/// not spent on that lock: it reads, and reads never wait in WAL mode.
+/// default). Past it, a claim treats the key as held by a claim it cannot see (a transaction
+/// in the transactional mode, `tx = conn`, may hold it until it commits): the call waits within
+/// its `wait`, trying again every [`poll_interval`](SqliteOptions::poll_interval) (each try
+/// waits up to `busy_timeout` for the lock), then replays, runs, or fails with
+/// [`Error::InProgress`]; never [`Error::Store`], so `fail_mode = open` never runs a second
+/// execution through it. Other writes (completion, release, renewal) fail past
+/// `busy_timeout` with a [`StoreError`] of kind [`StoreErrorKind::Timeout`]. A replay is a
+/// read, and reads never wait in WAL mode.
 ///
 /// Cloning it is cheap and shares the connections.
 #[derive(Clone)]
@@ -316,6 +321,16 @@ impl Store for SqliteStore {
                     }
                     // Another claim took the key since the read: read it.
                     Ok(false) => drop(making),
+                    // The write lock stayed held past `busy_timeout`: perhaps by a caller's
+                    // transaction that claimed this key (`tx = conn`), invisible until it
+                    // commits. Waiting for it is `wait`'s job, never a store failure (which
+                    // fail-open would run through, a second execution).
+                    Err(error) if failure::locked(&error) => {
+                        return Ok(Some(Record::InProgress(Claim {
+                            token: Token::UNSEEN,
+                            fingerprint: None,
+                        })));
+                    }
                     Err(error) => return Err(self.failed(error)),
                 }
                 tokio::task::yield_now().await;
@@ -389,6 +404,11 @@ impl Store for SqliteStore {
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let shared = &self.shared;
+            // A holder behind the write lock: the next claim tries the lock again.
+            if holder.token == Token::UNSEEN {
+                tokio::time::sleep(timeout.min(shared.poll_interval)).await;
+                return Ok(());
+            }
             let deadline = Instant::now() + timeout;
             let ticket = shared.waiters.register(key);
             let woken = ticket.wake().notified();
