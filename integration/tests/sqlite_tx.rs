@@ -144,7 +144,7 @@ async fn a_released_error_undoes_the_body_and_leaves_the_transaction_usable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_duplicates_in_their_own_transactions_run_the_body_once() {
-    const CALLERS: usize = 16;
+    const CALLERS: usize = 64;
     let db = TempDb::new("tx-concurrent");
     let pool = pool(&db, CALLERS as u32).await;
     let runs = Arc::new(AtomicUsize::new(0));
@@ -421,4 +421,103 @@ async fn a_plain_duplicate_of_an_uncommitted_holder_waits_and_never_runs_even_fa
     assert_eq!((replayed.value, replayed.status), (70, Status::Waited));
     assert_eq!(runs.load(Ordering::SeqCst), 0, "the plain body never ran");
     assert_eq!((orders(&pool, "o7").await, records(&pool).await), (1, 1));
+}
+
+/// The statements sqlx ran on a table, by their text, as the driver logs them (target
+/// `sqlx::query`): counted for the statements that name `table` only, so that the other tests
+/// of this process do not add to them.
+#[derive(Clone, Default)]
+struct Logged {
+    table: &'static str,
+    statements: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Logged {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.statements.lock().unwrap())
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logged {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Text(String);
+        impl tracing::field::Visit for Text {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if matches!(field.name(), "summary" | "db.statement") {
+                    self.0.push_str(&format!("{value:?} "));
+                }
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if matches!(field.name(), "summary" | "db.statement") {
+                    self.0.push_str(value);
+                    self.0.push(' ');
+                }
+            }
+        }
+        if event.metadata().target() != "sqlx::query" {
+            return;
+        }
+        let mut text = Text(String::new());
+        event.record(&mut text);
+        if text.0.contains(self.table) {
+            let verb = text
+                .0
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_uppercase();
+            self.statements.lock().unwrap().push(verb);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_per_call_counted_through_the_driver() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let logged = Logged {
+        table: "idem_counted",
+        ..Logged::default()
+    };
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(logged.clone()))
+        .expect("the only subscriber of this test's process");
+    let db = TempDb::new("tx-statements");
+    let pool = pool(&db, 2).await;
+    let store = SqliteStore::from_pool(
+        pool.clone(),
+        idem::SqliteOptions::default().table("idem_counted"),
+    )
+    .await
+    .unwrap();
+    logged.take();
+    let counted = |key: &str| call(key).store(store.clone());
+
+    let mut tx = pool.begin().await.unwrap();
+    counted("s1")
+        .run_tx(&mut tx, async |_: &mut SqliteConnection| 1_i64)
+        .await
+        .unwrap();
+    assert_eq!(
+        logged.take(),
+        ["SELECT", "INSERT", "UPDATE"],
+        "a first call"
+    );
+    let replay = counted("s1")
+        .run_tx(&mut tx, async |_: &mut SqliteConnection| 2_i64)
+        .await
+        .unwrap();
+    assert_eq!(replay.status, Status::Replayed);
+    assert_eq!(logged.take(), ["SELECT"], "a replay");
+    // A released error: its claim is deleted after the rollback to the savepoint.
+    counted("s2")
+        .run_result_tx(&mut tx, async |_: &mut SqliteConnection| {
+            Err::<i64, String>("no".into())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        logged.take(),
+        ["SELECT", "INSERT", "DELETE"],
+        "a released error"
+    );
+    tx.commit().await.unwrap();
 }
