@@ -1,18 +1,20 @@
-//! Transfers between two accounts in PostgreSQL, each applied exactly once although a flaky
-//! client delivers them again and again: `#[idempotent(tx = conn)]` writes idem's record in
-//! the transfer's own transaction, so the record and the balances commit (or roll back)
+//! Transfers between two accounts in PostgreSQL or SQLite, each applied exactly once although a
+//! flaky client delivers them again and again: `#[idempotent(tx = conn)]` writes idem's record
+//! in the transfer's own transaction, so the record and the balances commit (or roll back)
 //! together.
 //!
 //! ```sh
-//! cargo run -p idem-integration --example ledger
+//! cargo run -p idem-integration --example ledger            # PostgreSQL
+//! cargo run -p idem-integration --example ledger -- sqlite  # SQLite, in a temporary file
 //! ```
 //!
-//! runs against the PostgreSQL named by `DATABASE_URL` (it creates three tables there:
-//! `ledger_accounts`, `ledger_entries` and idem's `idem_records`), or else starts one of its
-//! own in a temporary directory on a free port, as the tests do. The client loses answers
-//! after the commit (and retries), delivers some transfers twice at once, and has some
-//! transactions cut before their commit; it prints, per transfer, how often it was delivered,
-//! how often its body ran, and how many ledger entries it left: always one.
+//! On PostgreSQL it runs against the server named by `DATABASE_URL` (it creates three tables
+//! there: `ledger_accounts`, `ledger_entries` and idem's `idem_records`), or else starts one of
+//! its own in a temporary directory on a free port, as the tests do. On SQLite it makes a file
+//! in a temporary directory. The client loses answers after the commit (and retries), delivers
+//! some transfers twice at once, and has some transactions cut before their commit; it prints,
+//! per transfer, how often it was delivered, how often its body ran, and how many ledger
+//! entries it left: always one.
 
 #[path = "../tests/support/postgres.rs"]
 #[allow(dead_code)]
@@ -24,6 +26,7 @@ use std::sync::Mutex;
 use idem::idempotent;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions};
 
 #[derive(Debug, Clone, Serialize)]
 struct Transfer {
@@ -55,44 +58,154 @@ enum TransferError {
 /// How often each transfer's body ran (rolled back runs included).
 static BODY_RUNS: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
 
+/// The transfer's statements: the same text for both databases (SQLite reads `$1` as a
+/// parameter too).
+const DEBIT: &str = "UPDATE ledger_accounts SET balance = balance - $1 WHERE name = $2 AND balance >= $1 RETURNING balance";
+const CREDIT: &str =
+    "UPDATE ledger_accounts SET balance = balance + $1 WHERE name = $2 RETURNING balance";
+const ENTRY: &str = "INSERT INTO ledger_entries (transfer, from_account, to_account, amount) VALUES ($1, $2, $3, $4) RETURNING id";
+
+/// The body of a transfer on either database: counts its run, then debits, credits and
+/// writes the entry through `$conn`.
+macro_rules! transfer_body {
+    ($conn:expr, $transfer:expr) => {{
+        let (conn, transfer) = ($conn, $transfer);
+        *BODY_RUNS
+            .lock()
+            .unwrap()
+            .entry(transfer.id.clone())
+            .or_default() += 1;
+        let from_balance: i64 = sqlx::query_scalar(DEBIT)
+            .bind(transfer.amount)
+            .bind(&transfer.from)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| TransferError::InsufficientFunds(transfer.from.clone()))?;
+        let to_balance: i64 = sqlx::query_scalar(CREDIT)
+            .bind(transfer.amount)
+            .bind(&transfer.to)
+            .fetch_one(&mut *conn)
+            .await?;
+        let entry: i64 = sqlx::query_scalar(ENTRY)
+            .bind(&transfer.id)
+            .bind(&transfer.from)
+            .bind(&transfer.to)
+            .bind(transfer.amount)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(Receipt {
+            entry,
+            from_balance,
+            to_balance,
+        })
+    }};
+}
+
 /// Moves `amount` from one account to the other and writes the ledger entry: once per
-/// transfer id, in the caller's transaction.
+/// transfer id, in the caller's PostgreSQL transaction.
 #[idempotent(key = transfer.id, tx = conn, fingerprint = transfer, ttl = "7d")]
 async fn apply(conn: &mut PgConnection, transfer: &Transfer) -> Result<Receipt, TransferError> {
-    *BODY_RUNS
-        .lock()
-        .unwrap()
-        .entry(transfer.id.clone())
-        .or_default() += 1;
-    let from_balance: i64 = sqlx::query_scalar(
-        "UPDATE ledger_accounts SET balance = balance - $1 WHERE name = $2 AND balance >= $1 RETURNING balance",
-    )
-    .bind(transfer.amount)
-    .bind(&transfer.from)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| TransferError::InsufficientFunds(transfer.from.clone()))?;
-    let to_balance: i64 = sqlx::query_scalar(
-        "UPDATE ledger_accounts SET balance = balance + $1 WHERE name = $2 RETURNING balance",
-    )
-    .bind(transfer.amount)
-    .bind(&transfer.to)
-    .fetch_one(&mut *conn)
-    .await?;
-    let entry: i64 = sqlx::query_scalar(
-        "INSERT INTO ledger_entries (transfer, from_account, to_account, amount) VALUES ($1, $2, $3, $4) RETURNING id",
-    )
-    .bind(&transfer.id)
-    .bind(&transfer.from)
-    .bind(&transfer.to)
-    .bind(transfer.amount)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(Receipt {
-        entry,
-        from_balance,
-        to_balance,
-    })
+    transfer_body!(conn, transfer)
+}
+
+/// [`apply`] in the caller's SQLite transaction.
+#[idempotent(key = transfer.id, tx = conn, fingerprint = transfer, ttl = "7d", scope = "ledger::apply")]
+async fn apply_sqlite(
+    conn: &mut SqliteConnection,
+    transfer: &Transfer,
+) -> Result<Receipt, TransferError> {
+    transfer_body!(conn, transfer)
+}
+
+/// The database the ledger is in: its pool.
+#[derive(Clone)]
+enum Bank {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// One delivery's transaction, then `fate`; `Ok` with the receipt when the answer arrives.
+macro_rules! deliver_in {
+    ($pool:expr, $apply:ident, $transfer:expr, $fate:expr) => {{
+        // On SQLite, `BEGIN IMMEDIATE`: a duplicate waits for the write lock instead of
+        // meeting a stale snapshot (see the README's "On SQLite").
+        let mut tx = $pool.await?;
+        let receipt = $apply(&mut tx, $transfer).await?;
+        match $fate {
+            Fate::CutBeforeCommit => {
+                drop(tx);
+                Err(TransferError::Lost)
+            }
+            Fate::LostAfterCommit => {
+                tx.commit().await?;
+                Err(TransferError::Lost)
+            }
+            Fate::Fine => {
+                tx.commit().await?;
+                Ok(receipt)
+            }
+        }
+    }};
+}
+
+impl Bank {
+    /// One delivery of `transfer`: its own transaction, and whatever `fate` does to it.
+    async fn deliver(&self, transfer: &Transfer, fate: Fate) -> Result<Receipt, TransferError> {
+        match self {
+            Bank::Postgres(pool) => deliver_in!(pool.begin(), apply, transfer, fate),
+            Bank::Sqlite(pool) => {
+                deliver_in!(
+                    pool.begin_with("BEGIN IMMEDIATE"),
+                    apply_sqlite,
+                    transfer,
+                    fate
+                )
+            }
+        }
+    }
+
+    /// Runs a statement of this example's own, with no result.
+    async fn execute(&self, sql: String) -> Result<(), sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(sql);
+        match self {
+            Bank::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+            Bank::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+        }
+    }
+
+    /// Opens an account.
+    async fn open(&self, name: &str, balance: i64) -> Result<(), sqlx::Error> {
+        let sql = "INSERT INTO ledger_accounts (name, balance) VALUES ($1, $2)";
+        match self {
+            Bank::Postgres(pool) => {
+                let query = sqlx::query(sql).bind(name).bind(balance);
+                query.execute(pool).await.map(drop)
+            }
+            Bank::Sqlite(pool) => {
+                let query = sqlx::query(sql).bind(name).bind(balance);
+                query.execute(pool).await.map(drop)
+            }
+        }
+    }
+
+    /// The ledger entries of this run's transfers, by transfer.
+    async fn entries(&self, like: String) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+        let sql = "SELECT transfer, count(*) FROM ledger_entries WHERE transfer LIKE $1 GROUP BY transfer";
+        let rows: Vec<(String, i64)> = match self {
+            Bank::Postgres(pool) => sqlx::query_as(sql).bind(like).fetch_all(pool).await?,
+            Bank::Sqlite(pool) => sqlx::query_as(sql).bind(like).fetch_all(pool).await?,
+        };
+        Ok(rows.into_iter().collect())
+    }
+
+    /// An account's balance.
+    async fn balance(&self, name: &str) -> Result<i64, sqlx::Error> {
+        let sql = "SELECT balance FROM ledger_accounts WHERE name = $1";
+        match self {
+            Bank::Postgres(pool) => sqlx::query_scalar(sql).bind(name).fetch_one(pool).await,
+            Bank::Sqlite(pool) => sqlx::query_scalar(sql).bind(name).fetch_one(pool).await,
+        }
+    }
 }
 
 /// What goes wrong with one delivery.
@@ -105,28 +218,8 @@ enum Fate {
     CutBeforeCommit,
 }
 
-/// One delivery of `transfer`: its own transaction, and whatever `fate` does to it.
-async fn deliver(pool: &PgPool, transfer: &Transfer, fate: Fate) -> Result<Receipt, TransferError> {
-    let mut tx = pool.begin().await?;
-    let receipt = apply(&mut tx, transfer).await?;
-    match fate {
-        Fate::CutBeforeCommit => {
-            drop(tx);
-            Err(TransferError::Lost)
-        }
-        Fate::LostAfterCommit => {
-            tx.commit().await?;
-            Err(TransferError::Lost)
-        }
-        Fate::Fine => {
-            tx.commit().await?;
-            Ok(receipt)
-        }
-    }
-}
-
 /// Delivers `transfer` until an answer arrives; returns how many deliveries it took.
-async fn retry(pool: &PgPool, transfer: &Transfer, fates: &mut Fates) -> (Receipt, usize) {
+async fn retry(bank: &Bank, transfer: &Transfer, fates: &mut Fates) -> (Receipt, usize) {
     let mut deliveries = 0;
     loop {
         deliveries += 1;
@@ -135,12 +228,12 @@ async fn retry(pool: &PgPool, transfer: &Transfer, fates: &mut Fates) -> (Receip
             // Delivered twice at once: the second waits on the first's lock, then replays.
             deliveries += 1;
             let (a, b) = tokio::join!(
-                deliver(pool, transfer, fate),
-                deliver(pool, transfer, Fate::Fine)
+                bank.deliver(transfer, fate),
+                bank.deliver(transfer, Fate::Fine)
             );
             a.or(b)
         } else {
-            deliver(pool, transfer, fate).await
+            bank.deliver(transfer, fate).await
         };
         match answer {
             Ok(receipt) => return (receipt, deliveries),
@@ -192,35 +285,64 @@ const OPENING: i64 = 1_000;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let own;
-    let url = match std::env::var("DATABASE_URL") {
-        Ok(url) => url,
-        Err(_) => {
-            println!("DATABASE_URL is not set: starting a PostgreSQL of this example's own");
-            own = postgres::PostgresServer::quiet();
-            own.url()
-        }
+    let sqlite = match std::env::args().nth(1).as_deref() {
+        None | Some("postgres") => false,
+        Some("sqlite") => true,
+        Some(other) => return Err(format!("unknown database `{other}`: postgres or sqlite").into()),
     };
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&url)
-        .await?;
-    for statement in [
-        "CREATE TABLE IF NOT EXISTS ledger_accounts (name text PRIMARY KEY, balance int8 NOT NULL)",
-        "CREATE TABLE IF NOT EXISTS ledger_entries (id bigserial PRIMARY KEY, transfer text NOT NULL, from_account text NOT NULL, to_account text NOT NULL, amount int8 NOT NULL)",
-    ] {
-        sqlx::query(statement).execute(&pool).await?;
-    }
-    // The store creates idem's table when it is missing; `tx` calls write to it.
-    let store = idem::PostgresStore::open(&url).await?;
+    let own_server;
+    let dir = std::env::temp_dir().join(format!("idem-ledger-{}", std::process::id()));
+    let (bank, store): (Bank, idem::StoreHandle) = if sqlite {
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("ledger.db");
+        println!("SQLite: {}", file.display());
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&file)
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal),
+            )
+            .await?;
+        // The store creates idem's table when it is missing; `tx` calls write to it.
+        let store =
+            idem::SqliteStore::from_pool(pool.clone(), idem::SqliteOptions::default()).await?;
+        (Bank::Sqlite(pool), store.into())
+    } else {
+        let url = match std::env::var("DATABASE_URL") {
+            Ok(url) => url,
+            Err(_) => {
+                println!("DATABASE_URL is not set: starting a PostgreSQL of this example's own");
+                own_server = postgres::PostgresServer::quiet();
+                own_server.url()
+            }
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await?;
+        let store = idem::PostgresStore::open(&url).await?;
+        (Bank::Postgres(pool), store.into())
+    };
+    let serial = if sqlite {
+        "INTEGER PRIMARY KEY AUTOINCREMENT"
+    } else {
+        "bigserial PRIMARY KEY"
+    };
+    bank.execute(
+        "CREATE TABLE IF NOT EXISTS ledger_accounts (name text PRIMARY KEY, balance int8 NOT NULL)"
+            .to_owned(),
+    )
+    .await?;
+    bank.execute(format!(
+        "CREATE TABLE IF NOT EXISTS ledger_entries (id {serial}, transfer text NOT NULL, from_account text NOT NULL, to_account text NOT NULL, amount int8 NOT NULL)"
+    ))
+    .await?;
     let run = format!("{:x}", std::process::id());
     let (alice, bob) = (format!("alice-{run}"), format!("bob-{run}"));
     for name in [&alice, &bob] {
-        sqlx::query("INSERT INTO ledger_accounts (name, balance) VALUES ($1, $2)")
-            .bind(name)
-            .bind(OPENING)
-            .execute(&pool)
-            .await?;
+        bank.open(name, OPENING).await?;
     }
 
     let idem = idem::Idem::with_settings(store, &idem::Config::default());
@@ -243,20 +365,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             to: to.clone(),
             amount: 10 * (n as i64 + 1),
         };
-        let (_, deliveries) = idem.scope(retry(&pool, &transfer, &mut fates)).await;
+        let (_, deliveries) = idem.scope(retry(&bank, &transfer, &mut fates)).await;
         delivered.insert(
             transfer.id.clone(),
             (transfer.amount, from.clone(), deliveries),
         );
     }
 
-    let entries: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT transfer, count(*) FROM ledger_entries WHERE transfer LIKE $1 GROUP BY transfer",
-    )
-    .bind(format!("transfer-{run}-%"))
-    .fetch_all(&pool)
-    .await?;
-    let entries: BTreeMap<String, i64> = entries.into_iter().collect();
+    let entries = bank.entries(format!("transfer-{run}-%")).await?;
     let runs = BODY_RUNS.lock().unwrap().clone();
     println!(
         "{:<24} {:>7} {:>11} {:>10} {:>14}",
@@ -281,20 +397,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "the client lost {} answers after the commit, had {} transactions cut before it, and delivered {} times twice at once",
         fates.lost, fates.cut, fates.duplicates
     );
-    let balance = |name: String| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>("SELECT balance FROM ledger_accounts WHERE name = $1")
-                .bind(name)
-                .fetch_one(&pool)
-                .await
-        }
-    };
-    let balances = [balance(alice.clone()).await?, balance(bob.clone()).await?];
+    let balances = [bank.balance(&alice).await?, bank.balance(&bob).await?];
     println!(
         "balances: {alice} {} (expected {}), {bob} {} (expected {}); every transfer applied once",
         balances[0], expected[0], balances[1], expected[1]
     );
     assert_eq!(balances, expected);
+    if sqlite {
+        drop(bank);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }
