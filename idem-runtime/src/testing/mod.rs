@@ -25,8 +25,13 @@
 mod conformance;
 mod keys;
 mod stores;
+mod tokens;
 mod within;
 
 pub use conformance::*;
 pub use keys::store_key;
 pub use stores::{DownStore, Forwarding, Op, Watched};
+pub use tokens::{
+    tokens_bound_and_count, tokens_redeem_once_under_concurrency,
+    tokens_redeemed_duplicate_replays, tokens_unknown_and_expired_are_refused,
+};
