@@ -100,25 +100,24 @@ pub fn is_well_formed(text: &str) -> bool {
     text.len() == TOKEN_LEN && text.bytes().all(|b| ALPHABET.contains(&b))
 }
 
-/// The store, prefix and default keep (ttl + lease) of the idem a call made here would use,
-/// with `store` instead of its store when given.
-pub(crate) fn resolve(
-    store: Option<&StoreHandle>,
-) -> Result<(StoreHandle, String, Duration), Error> {
-    let of = |idem: &Idem, store: StoreHandle| {
-        let settings = &idem.settings;
-        (
-            store,
-            settings.prefix.clone(),
-            settings.ttl + settings.lease,
-        )
-    };
+/// The store and key prefix of the idem a call made here would use, with `store` instead of
+/// its store when given.
+pub(crate) fn resolve(store: Option<&StoreHandle>) -> Result<(StoreHandle, String), Error> {
     match store {
         Some(store) => Ok(Idem::with_current_or_unconfigured(|idem| {
-            of(idem, store.clone())
+            (store.clone(), idem.settings.prefix.clone())
         })),
-        None => Idem::with_current(|idem| of(idem, idem.store.clone())),
+        None => Idem::with_current(|idem| (idem.store.clone(), idem.settings.prefix.clone())),
     }
+}
+
+/// How long a redeemed token is kept: the ttl and lease of the call it keys (`None`: the
+/// configured ones), so that a second submission is recognized while its result is replayed.
+pub(crate) fn keep(ttl: Option<Duration>, lease: Option<Duration>) -> Duration {
+    Idem::with_current_or_unconfigured(|idem| {
+        let settings = &idem.settings;
+        ttl.unwrap_or(settings.ttl) + lease.unwrap_or(settings.lease)
+    })
 }
 
 /// Issues a token of `scope` on `store`, live for `ttl`, within `max_live` when given.
@@ -172,7 +171,7 @@ pub(crate) async fn redeem_on(
 /// Fails with [`Error::Store`] when the store fails or does not support tokens, with
 /// [`Error::Config`] for a ttl under 1ms or when no idem is installed.
 pub async fn issue(scope: &str, ttl: Duration) -> Result<String, Error> {
-    let (store, prefix, _) = resolve(None)?;
+    let (store, prefix) = resolve(None)?;
     issue_on(&store, &prefix, scope, ttl, None).await
 }
 
@@ -198,7 +197,7 @@ pub async fn issue(scope: &str, ttl: Duration) -> Result<String, Error> {
 /// # }
 /// ```
 pub async fn issue_bounded(scope: &str, ttl: Duration, max_live: u32) -> Result<String, Error> {
-    let (store, prefix, _) = resolve(None)?;
+    let (store, prefix) = resolve(None)?;
     issue_on(&store, &prefix, scope, ttl, Some(max_live)).await
 }
 
@@ -214,8 +213,8 @@ pub async fn issue_bounded(scope: &str, ttl: Duration, max_live: u32) -> Result<
 /// Fails with [`Error::Store`] when the store fails or does not support tokens, and with
 /// [`Error::Config`] when no idem is installed.
 pub async fn redeem(scope: &str, token: &str) -> Result<Redemption, Error> {
-    let (store, prefix, keep) = resolve(None)?;
-    redeem_on(&store, &prefix, scope, token, keep).await
+    let (store, prefix) = resolve(None)?;
+    redeem_on(&store, &prefix, scope, token, keep(None, None)).await
 }
 
 /// A [`Call`] whose key is a server-issued token of its scope, made by
@@ -237,17 +236,8 @@ impl TokenCall {
     /// before, [`Error::UnknownToken`] otherwise.
     pub(crate) async fn admit(&self) -> Result<(), Error> {
         let request = self.call.request();
-        let (store, prefix, default_keep) = resolve(request.store.as_ref())?;
-        let keep = match (request.ttl, request.lease) {
-            (None, None) => default_keep,
-            (ttl, lease) => {
-                let (ttl, lease) = Idem::with_current_or_unconfigured(|idem| {
-                    let settings = &idem.settings;
-                    (ttl.unwrap_or(settings.ttl), lease.unwrap_or(settings.lease))
-                });
-                ttl + lease
-            }
-        };
+        let (store, prefix) = resolve(request.store.as_ref())?;
+        let keep = keep(request.ttl, request.lease);
         let scope = &request.scope;
         match redeem_on(&store, &prefix, scope, &request.key, keep).await? {
             Redemption::Unknown => Err(Error::UnknownToken {
