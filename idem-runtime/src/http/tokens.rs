@@ -71,8 +71,8 @@ impl TokenIssuer {
         TokenIssuer { settings }
     }
 
-    /// How long an issued token lives.
-    pub fn ttl(&self) -> Option<Duration> {
+    /// How long an issued token lives: the layer's [`issued_tokens`](super::IdempotencyLayer::issued_tokens) ttl, `None` outside token mode.
+    pub fn token_ttl(&self) -> Option<Duration> {
         self.settings.token_ttl
     }
 
@@ -100,7 +100,7 @@ impl TokenIssuer {
     async fn respond(self, request: Parts) -> Response<Full<Bytes>> {
         let problem = match self.issue(&request).await {
             Ok(token) => {
-                let expires_in = self.ttl().unwrap_or_default().as_secs();
+                let expires_in = self.token_ttl().unwrap_or_default().as_secs();
                 let body = serde_json::to_vec(&Issued {
                     token: &token,
                     expires_in,
