@@ -77,7 +77,8 @@ use crate::call::Call;
 use crate::context::Idem;
 use crate::error::Error;
 use crate::outcome::Outcome;
-use crate::store::{Issue, Redemption, StoreHandle, TokenKey};
+use crate::store::{Issue, StoreHandle};
+pub use crate::store::{Redemption, TokenKey};
 
 /// The length of a token: 16 random bytes in unpadded base64url.
 pub const TOKEN_LEN: usize = 22;
