@@ -45,12 +45,12 @@ async fn issuing_and_redeeming_are_one_command_each() {
         let monitor = server.monitor();
         let redeemed = idem.scope(tokens::redeem("forms", &token)).await.unwrap();
         assert_eq!(redeemed, expected);
-        assert_eq!(monitor.stop(), calls(&[("set", 1)]), "SET XX GET PX");
+        assert_eq!(monitor.stop(), calls(&[("evalsha", 1)]), "one script");
     }
     let monitor = server.monitor();
     let forged = idem.scope(tokens::redeem("forms", "AAAAAAAAAAAAAAAAAAAAAA"));
     assert_eq!(forged.await.unwrap(), Redemption::Unknown);
-    assert_eq!(monitor.stop(), calls(&[("set", 1)]), "XX writes nothing");
+    assert_eq!(monitor.stop(), calls(&[("evalsha", 1)]), "one script");
     let monitor = server.monitor();
     let malformed = idem.scope(tokens::redeem("forms", "not a token"));
     assert_eq!(malformed.await.unwrap(), Redemption::Unknown);
@@ -81,7 +81,7 @@ async fn issuing_and_redeeming_are_one_command_each() {
         .await
         .unwrap();
     assert_eq!(first.status, Status::Executed);
-    assert_eq!(monitor.stop(), calls(&[("set", 2), ("evalsha", 1)]));
+    assert_eq!(monitor.stop(), calls(&[("set", 1), ("evalsha", 2)]));
     let monitor = server.monitor();
     let again = Call::new("forms", &token)
         .store(store.clone())
@@ -90,5 +90,39 @@ async fn issuing_and_redeeming_are_one_command_each() {
         .await
         .unwrap();
     assert_eq!((again.value, again.status), (7, Status::Replayed));
-    assert_eq!(monitor.stop(), calls(&[("set", 2)]));
+    assert_eq!(monitor.stop(), calls(&[("set", 1), ("evalsha", 1)]));
+}
+
+/// The redeemed token's expiry is set at its first redemption, to the call's ttl and lease,
+/// and a duplicate leaves it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_does_not_extend_the_redeemed_token() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).await.unwrap();
+    let config = Config::default()
+        .ttl(Duration::from_secs(100))
+        .lease(Duration::from_secs(20));
+    let idem = Idem::with_settings(store, &config);
+    let token = idem
+        .scope(tokens::issue("forms", Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let key = TokenKey::new("idem", "forms", &token);
+    let left = || server.cmd::<i64>(&["PTTL", key.record()]);
+    assert!(left() <= 5_000, "the token's own ttl: {}", left());
+    let redeemed = idem.scope(tokens::redeem("forms", &token)).await.unwrap();
+    assert_eq!(redeemed, Redemption::Valid);
+    let first = left();
+    assert!(
+        (110_000..=120_000).contains(&first),
+        "ttl + lease from the redemption: {first}"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let again = idem.scope(tokens::redeem("forms", &token)).await.unwrap();
+    assert_eq!(again, Redemption::Redeemed);
+    assert!(
+        left() <= first - 1_000,
+        "not extended: {} after {first}",
+        left()
+    );
 }

@@ -52,7 +52,7 @@ struct Inner {
     epoch: Instant,
     /// Held by the one sweep running; other refused claims do not sweep too.
     sweeping: Mutex<()>,
-    /// The server-issued tokens, apart from the records (not counted in `capacity`).
+    /// The server-issued tokens, apart from the records: at most `capacity` of them too.
     tokens: TokenTable,
     /// How many sweeps ran, for the tests of their cost.
     #[cfg(test)]
@@ -505,8 +505,11 @@ impl Store for MemoryStore {
         ttl: Duration,
         max_live: Option<u32>,
     ) -> StoreFuture<'a, Issue> {
-        let issued = self.inner.tokens.issue(token, ttl, max_live);
-        Box::pin(std::future::ready(Ok(issued)))
+        let issued = self
+            .inner
+            .tokens
+            .issue(token, ttl, max_live, self.inner.capacity);
+        Box::pin(std::future::ready(issued))
     }
 
     /// One lock of the token table: look up by key, mark redeemed.

@@ -15,7 +15,7 @@
 //! | forget (operators) | script: `DEL`, `(S)PUBLISH` when it deleted a record | 1 |
 //! | stats (operators) | `DBSIZE`; per page of 1000 keys, `SCAN … MATCH prefix* TYPE string` and pipelined `GETRANGE key 0 7` (see `stats.rs`) | 1 + 2 per page |
 //! | issue a token | `SET record issued NX PX ttl`; within a bound, a script on the token and its scope's group, one hash tag (see `tokens.rs`) | 1 |
-//! | redeem a token | `SET record redeemed XX GET PX keep` | 1 |
+//! | redeem a token | script: `GET record`, and the first time `SET record redeemed PX keep` | 1 |
 //!
 //! So a replay costs one round trip and a first call two. With `min_replicas`, claim and
 //! complete send `WAIT` in the same round trip, right behind their write.
@@ -367,7 +367,7 @@ impl Store for RedisStore {
         Box::pin(self.issue(token, ttl, max_live))
     }
 
-    /// `SET record redeemed XX GET PX keep`: one command answers all three cases.
+    /// One script answers all three cases; see `tokens.rs`.
     fn redeem_token<'a>(
         &'a self,
         token: &'a TokenKey,

@@ -2,7 +2,8 @@
 //!
 //! Forgetting a key (an operator's `idem::forget`) is a script too, for the same reason:
 //! `DEL` and the wake-up of the waiters in one atomic step. So is issuing a token within a
-//! bound, which touches two keys of one hash tag (the scope's group and the token).
+//! bound, which touches two keys of one hash tag (the scope's group and the token), and
+//! redeeming one, which sets the redeemed token's expiry on its first redemption only.
 //!
 //! Each script touches one key (`KEYS[1]`) and applies its write only while the key holds
 //! exactly the claim's bytes (`ARGV[1]`): the compare-and-set that fences a holder whose lease
@@ -119,6 +120,18 @@ redis.call('SET', KEYS[2], 'issued', 'PX', ARGV[2])
 return 1
 ";
 
+/// `KEYS`: a token's record. `ARGV`: keep in ms. Marks a live token redeemed, and only the
+/// first time sets its expiry to `keep` (a duplicate leaves it: a mark that outlived the call's
+/// record would let a late duplicate run the call again). Returns what the key held before:
+/// nothing (unknown or expired), `issued` (this redemption consumed it) or `redeemed`.
+const REDEEM_TOKEN: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held == 'issued' then
+  redis.call('SET', KEYS[1], 'redeemed', 'PX', ARGV[1])
+end
+return held
+";
+
 /// One script: its source and its SHA1, computed once.
 pub(super) struct Lua {
     pub(super) source: &'static str,
@@ -147,11 +160,12 @@ pub(super) struct Scripts {
     pub(super) peek: Lua,
     pub(super) forget: Lua,
     pub(super) issue_token: Lua,
+    pub(super) redeem_token: Lua,
 }
 
 impl Scripts {
     /// Every script, for `SCRIPT LOAD` at connect time.
-    pub(super) fn all(&self) -> [&Lua; 6] {
+    pub(super) fn all(&self) -> [&Lua; 7] {
         [
             &self.complete,
             &self.release,
@@ -159,6 +173,7 @@ impl Scripts {
             &self.peek,
             &self.forget,
             &self.issue_token,
+            &self.redeem_token,
         ]
     }
 }
@@ -171,6 +186,7 @@ pub(super) static NODE: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     peek: Lua::new(PEEK),
     forget: Lua::new(forget!("PUBLISH")),
     issue_token: Lua::new(ISSUE_TOKEN),
+    redeem_token: Lua::new(REDEEM_TOKEN),
 });
 
 /// The scripts for a Redis Cluster: they wake waiters with `SPUBLISH`, within the key's shard.
@@ -181,6 +197,7 @@ pub(super) static CLUSTER: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     peek: Lua::new(PEEK),
     forget: Lua::new(forget!("SPUBLISH")),
     issue_token: Lua::new(ISSUE_TOKEN),
+    redeem_token: Lua::new(REDEEM_TOKEN),
 });
 
 #[cfg(test)]

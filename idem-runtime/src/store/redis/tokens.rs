@@ -4,15 +4,22 @@
 //! |---|---|
 //! | issue | `SET record issued NX PX ttl` |
 //! | issue within a bound | script: `TIME`, `ZREMRANGEBYSCORE group -inf now`, `ZCARD group`, then `ZADD group`, `PEXPIREAT group`, `SET record issued PX ttl` (see `scripts.rs`) |
-//! | redeem | `SET record redeemed XX GET PX keep` |
+//! | redeem | script: `GET record`, and when it held `issued`, `SET record redeemed PX keep` |
 //!
 //! A token's record is a string, `issued` or `redeemed`; its group (the scope's bounded
 //! tokens) a sorted set by expiry. Both carry the scope's hash tag, so on a Cluster the script
-//! is single-slot. Redeeming is one command that answers all three cases: `XX` writes only
-//! over a live token and `GET` returns what it held (nothing: unknown or expired; `issued`:
-//! this redemption consumed it; `redeemed`: redeemed before). Redis runs commands one at a
-//! time, so of concurrent redemptions exactly one reads `issued`. `PX keep` keeps the redeemed
-//! token as long as the call it keys is replayed.
+//! is single-slot. Redeeming answers all three cases in one atomic step: what the record held
+//! (nothing: unknown or expired; `issued`: this redemption consumed it; `redeemed`: redeemed
+//! before). Redis runs scripts one at a time, so of concurrent redemptions exactly one reads
+//! `issued`.
+//!
+//! Why a script and not the one command `SET record redeemed XX GET …`, which answers the same
+//! three cases: the redeemed token must live as long as the call it keys is replayed (`keep`,
+//! from the first redemption), and no more. With `KEEPTTL` it would live only as long as the
+//! token's own ttl, so a double submission after it would be refused while the call still
+//! replays; with `PX keep`, every duplicate would push its expiry further, past the call's
+//! record, and a late duplicate would then run the call again. The script sets the expiry at
+//! the first redemption only.
 
 use redis::Cmd;
 
@@ -81,16 +88,10 @@ impl RedisStore {
         keep: std::time::Duration,
     ) -> Result<Redemption, StoreError> {
         let record = token.record();
-        let mut cmd = Cmd::with_capacity(7, record.len() + 32);
-        cmd.arg("SET")
-            .arg(record)
-            .arg(REDEEMED)
-            .arg("XX")
-            .arg("GET")
-            .arg("PX")
-            .arg(millis(keep));
         let shared = &self.shared;
-        let answer = shared.query(&Query::command(cmd, record), None).await?;
+        let keep = millis(keep).to_string();
+        let request = Query::script(&shared.scripts.redeem_token, record, &[keep.as_bytes()]);
+        let answer = shared.query(&request, None).await?;
         match shared.parse::<Option<Vec<u8>>>(answer.value)?.as_deref() {
             None => Ok(Redemption::Unknown),
             Some(held) if held == ISSUED.as_bytes() => Ok(Redemption::Valid),
