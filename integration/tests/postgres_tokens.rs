@@ -119,3 +119,64 @@ async fn without_the_tokens_table_an_operation_says_what_to_create() {
     let redeemed = idem.scope(tokens::redeem("forms", &token)).await.unwrap();
     assert_eq!(redeemed, Redemption::Valid);
 }
+
+/// Two issues of one bounded scope whose statements both began before either could see the
+/// other's token (they waited on the scope's row, locked by a transaction of the test): the
+/// second counts the first's token all the same (the upsert works on the row's newest version,
+/// not the statement's snapshot), so the bound holds. A `count(*)` of the scope's tokens would
+/// have let both through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_bound_counts_issues_the_statement_could_not_see() {
+    let server = PostgresServer::quiet();
+    let store = PostgresStore::connect_with(&server.url(), PostgresOptions::default().pool_size(4))
+        .await
+        .unwrap();
+    let idem = Idem::with_settings(store, &Config::default());
+    let ttl = Duration::from_secs(600);
+    idem.scope(tokens::issue_bounded("forms", ttl, 2))
+        .await
+        .unwrap();
+    let group = idem::store::TokenKey::new("idem", "forms", "-")
+        .group()
+        .to_owned();
+    let pool = sqlx::PgPool::connect(&server.url()).await.unwrap();
+    let mut holder = pool.begin().await.unwrap();
+    let locked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM idem_records_tokens WHERE scope = $1 AND token = '' FOR UPDATE) AS head",
+    )
+    .bind(&group)
+    .fetch_one(&mut *holder)
+    .await
+    .unwrap();
+    assert_eq!(locked, 1, "the scope's row");
+    let issues: Vec<_> = (0..2)
+        .map(|_| {
+            let idem = idem.clone();
+            tokio::spawn(async move { idem.scope(tokens::issue_bounded("forms", ttl, 2)).await })
+        })
+        .collect();
+    // Both statements start (and take their snapshots) while the row is locked.
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(waiting).fetch_one(&pool).await.unwrap();
+        if waiting >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both issues wait on the row"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    holder.commit().await.unwrap();
+    let mut issued = 0;
+    for issue in issues {
+        match issue.await.unwrap() {
+            Ok(_) => issued += 1,
+            Err(idem::Error::TooManyTokens { max_live: 2, .. }) => {}
+            Err(error) => panic!("{error}"),
+        }
+    }
+    assert_eq!(issued, 1, "one more token within the bound of 2, not two");
+}
