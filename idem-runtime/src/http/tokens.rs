@@ -32,6 +32,48 @@ use crate::error::Error;
 /// (`Cache-Control: no-store`), or a `problem+json`: `429` `too-many-tokens` past the bound,
 /// `401` `no-principal` for a request the layer's principal function names no one for, `503`
 /// `store-unavailable`.
+///
+/// ```
+/// # use idem_runtime as idem;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::time::Duration;
+///
+/// use axum::{Router, routing::post};
+/// use http::{Request, StatusCode};
+/// use http_body_util::BodyExt;
+/// use idem::http::IdempotencyLayer;
+/// use tower::ServiceExt;
+///
+/// let layer = IdempotencyLayer::new()
+///     .store(idem::MemoryStore::new())
+///     .issued_tokens(Duration::from_secs(600))
+///     .max_live_tokens(20);
+/// let issuer = layer.token_issuer();
+/// let app = Router::new()
+///     .route("/orders", post(|| async { (StatusCode::CREATED, "order 1") }))
+///     .layer(layer)
+///     .route_service("/tokens", issuer.clone());
+///
+/// // A handler that renders a form would call `issuer.issue(&parts)`; a client asks the endpoint.
+/// let asked = app.clone().oneshot(Request::post("/tokens").body(axum::body::Body::empty()).unwrap());
+/// let answer = asked.await.unwrap();
+/// assert_eq!(answer.status(), StatusCode::CREATED);
+/// let body = answer.into_body().collect().await.unwrap().to_bytes();
+/// let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+/// let token = json["token"].as_str().unwrap().to_owned();
+///
+/// let submit = |key: String| {
+///     Request::post("/orders").header("idempotency-key", key).body(axum::body::Body::empty()).unwrap()
+/// };
+/// let first = app.clone().oneshot(submit(token.clone())).await.unwrap();
+/// assert_eq!(first.status(), StatusCode::CREATED);
+/// let double = app.clone().oneshot(submit(token)).await.unwrap();
+/// assert_eq!(double.headers()["idempotent-replayed"], "true");
+/// let forged = app.oneshot(submit("not-a-token".to_owned())).await.unwrap();
+/// assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct TokenIssuer {
     settings: Arc<LayerSettings>,
