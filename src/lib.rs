@@ -33,6 +33,10 @@
 //! own clients) to choose the store, and [`Store`] to bring another backend
 //! ([`store::registry::register_scheme`] lets `IDEM_STORE` choose it). A call made before
 //! either fails with [`Error::Config`]: idem never falls back to a store of one process.
+//!
+//! Besides keys the client chooses, [`tokens`] issues single-use tokens that the server hands
+//! out before a submission: a call keyed by one ([`Call::redeeming`]) runs once, a double
+//! submission replays, a forged or expired token is refused before the body runs.
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 

@@ -259,6 +259,8 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
                     "exact": stats.exact,
                     "sample": sample,
                     "store_keys": stats.store_keys,
+                    "tokens": stats.tokens,
+                    "redeemed_tokens": stats.redeemed_tokens,
                 });
                 if by_scope {
                     answer["scopes"] = scopes_json(&stats);

@@ -93,10 +93,13 @@ pub(crate) fn stats_text(
          in progress:  {}\n\
          completed:    {}\n\
          total:        {}\n\
-         counted:      {counted}",
+         counted:      {counted}\n\
+         tokens:       {} live, not redeemed; {} redeemed (server-issued tokens, apart from the records)",
         stats.in_progress,
         stats.completed,
-        stats.total()
+        stats.total(),
+        stats.tokens,
+        stats.redeemed_tokens
     );
     if let Some(keys) = stats.store_keys {
         let what = if postgres {

@@ -11,7 +11,7 @@ mod records;
 use std::process::Command;
 use std::time::Duration;
 
-use idem::{Call, Config, Idem, Inspection, Status};
+use idem::{Call, Config, Idem, Inspection, Status, tokens};
 use serde_json::Value;
 use support::cluster::RedisCluster;
 use support::postgres::PostgresServer;
@@ -188,8 +188,22 @@ async fn inspect_forget_and_stats(url: &str) {
     let json = idem_json(&["--store", url, "inspect", SCOPE, "order-1"]);
     assert_eq!(json["state"], "completed");
 
+    // Two server-issued tokens under the prefix `shop`, one of them redeemed: counted apart.
+    let ttl = Duration::from_secs(600);
+    let token = shop.scope(tokens::issue("forms", ttl)).await.unwrap();
+    shop.scope(tokens::issue_bounded("forms", ttl, 5))
+        .await
+        .unwrap();
+    let redeemed = shop.scope(tokens::redeem("forms", &token)).await.unwrap();
+    assert_eq!(redeemed, idem::store::Redemption::Valid);
+
     // Counted by state, exactly (a small store), under each prefix alone.
     let json = run_json(shop_args(&["stats"]));
+    assert_eq!(
+        (&json["tokens"], &json["redeemed_tokens"]),
+        (&Value::from(1), &Value::from(1)),
+        "{json}"
+    );
     assert_eq!(
         (
             &json["in_progress"],
@@ -221,6 +235,7 @@ async fn inspect_forget_and_stats(url: &str) {
         "completed:    3",
         "total:        4",
         "counted:      exact",
+        "tokens:       1 live, not redeemed; 1 redeemed",
     ] {
         assert!(text.contains(line), "{line:?} in {text}");
     }

@@ -118,6 +118,26 @@ impl Call {
         self
     }
 
+    /// Makes this call's key a server-issued token of its scope (see
+    /// [`tokens`](crate::tokens)): the returned call first redeems the key as a token of the
+    /// scope, in one store operation, and then runs as this call. A valid token runs the body
+    /// once; a token redeemed before (a double submission) replays the first call's result, or
+    /// waits for it while it runs; a token never issued for this scope, or expired, fails with
+    /// [`Error::UnknownToken`] before anything runs. The token is kept as redeemed for this
+    /// call's ttl and lease (from its redemption), as long as its result is replayed.
+    ///
+    /// Issue the token in the same scope as the call: `tokens::issue("shop::checkout", ttl)`,
+    /// then `Call::new("shop::checkout", &token).redeeming()`.
+    pub fn redeeming(self) -> crate::tokens::TokenCall {
+        crate::tokens::TokenCall::new(self)
+    }
+
+    /// The call's scope, encoded key, store, ttl and lease, for a call that redeems its key
+    /// as a token first.
+    pub(crate) fn request(&self) -> &CallRequest {
+        &self.0
+    }
+
     /// Turns the lease renewal off (on by default). Without it a body that runs longer than
     /// its lease loses its claim: for tests of lease expiry, rarely anything else.
     pub fn heartbeat(mut self, on: bool) -> Self {

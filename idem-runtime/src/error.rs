@@ -111,6 +111,30 @@ pub enum Error {
         source: StoreError,
     },
 
+    /// A call that needs a server-issued token as its key
+    /// ([`Call::redeeming`](crate::Call::redeeming)) was given one that was never issued for
+    /// its scope (forged, or another scope's or principal's) or that expired: the body did
+    /// not run. A token that was redeemed before is not this error: its call replays.
+    #[error(
+        "the token given to a call of `{scope}` was never issued for that scope, or it expired; the call did not run: ask for a new token"
+    )]
+    UnknownToken {
+        /// The scope the token was redeemed in.
+        scope: String,
+    },
+
+    /// [`tokens::issue_bounded`](crate::tokens::issue_bounded) found its scope holding as many
+    /// live tokens as the bound allows: no token was issued. Wait until one expires.
+    #[error(
+        "the scope `{scope}` already holds {max_live} live tokens, the most it may; no token was issued: retry once one expires"
+    )]
+    TooManyTokens {
+        /// The scope the token was asked for.
+        scope: String,
+        /// The bound.
+        max_live: u32,
+    },
+
     /// The configuration is invalid: the message names the setting and what it accepts.
     #[error("invalid idem configuration: {0}")]
     Config(String),

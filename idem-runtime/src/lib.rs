@@ -37,6 +37,7 @@ mod outcome;
 mod record;
 mod record_key;
 pub mod store;
+pub mod tokens;
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]

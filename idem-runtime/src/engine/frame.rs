@@ -365,6 +365,8 @@ fn counted_error(error: &Error) -> Ending {
         Error::Config(_) => Ending::ConfigError,
         Error::Fingerprint { .. } => Ending::FingerprintError,
         Error::Conflict { .. } => Ending::Conflict,
+        // Token errors come before the engine runs; never a call's ending.
+        Error::UnknownToken { .. } | Error::TooManyTokens { .. } => Ending::Rejected,
         Error::Store { .. } | Error::Connect { .. } | Error::AlreadyInitialized => {
             Ending::StoreError
         }

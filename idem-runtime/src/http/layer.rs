@@ -11,6 +11,7 @@ use tower::Layer;
 
 use super::service::Idempotency;
 use super::settings::LayerSettings;
+use super::tokens::TokenIssuer;
 use crate::store::StoreHandle;
 
 /// A [`tower::Layer`] that makes an HTTP service idempotent per `Idempotency-Key` header; the
@@ -326,6 +327,65 @@ impl IdempotencyLayer {
     {
         self.settings.principal = Some(Arc::new(principal));
         self
+    }
+
+    /// **Token mode**: keys must be tokens this layer issued (see [`token_issuer`](Self::token_issuer)),
+    /// each live for `ttl` from its issue, to the request's [principal](Self::principal) only.
+    /// A request's key is redeemed before its service runs: a live token runs the service
+    /// once; the same token again (a double submission, a resent request) replays the first
+    /// response, or waits for it, as a client-chosen key would; a key that is not a live
+    /// token of this principal (forged, expired, another principal's) is answered `400` with
+    /// the code `unknown-token`, and the service does not run. A request without a key is
+    /// `400` `missing-key` (the mode implies [`required`](Self::required)).
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// use std::time::Duration;
+    ///
+    /// let layer = idem::http::IdempotencyLayer::new()
+    ///     .issued_tokens(Duration::from_secs(600))
+    ///     .max_live_tokens(20);
+    /// let issuer = layer.token_issuer(); // a route of its own: route_service("/tokens", issuer)
+    /// # let _ = (layer, issuer);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When `ttl` is shorter than 1ms, as [`ttl`](Self::ttl) does.
+    pub fn issued_tokens(mut self, ttl: Duration) -> Self {
+        if let Err(error) = crate::config::check_ttl(ttl) {
+            panic!("IdempotencyLayer::issued_tokens: {error}");
+        }
+        self.settings.token_ttl = Some(ttl);
+        self.settings.required = true;
+        self
+    }
+
+    /// In token mode, at most `max` tokens a principal was issued whose ttl has not ended,
+    /// redeemed or not (a rate limit: `max` per token ttl); past it the issuer answers `429`
+    /// with the code `too-many-tokens` (or [`IssueError::TooMany`](super::IssueError::TooMany)).
+    /// Exact under concurrent requests. Default: no bound.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// use std::time::Duration;
+    ///
+    /// let layer = idem::http::IdempotencyLayer::new()
+    ///     .issued_tokens(Duration::from_secs(600))
+    ///     .max_live_tokens(20);
+    /// # let _ = layer;
+    /// ```
+    pub fn max_live_tokens(mut self, max: u32) -> Self {
+        self.settings.max_live_tokens = Some(max);
+        self
+    }
+
+    /// The issuer of this layer's tokens, sharing its settings as they are now (build the
+    /// layer first): a handler helper ([`TokenIssuer::issue`]) and an endpoint (a tower
+    /// `Service`, for `axum::Router::route_service`). Put the endpoint outside the layer's
+    /// methods or routes, or on a method the layer does not cover (`GET`).
+    pub fn token_issuer(&self) -> TokenIssuer {
+        TokenIssuer::new(Arc::new(self.settings.clone()))
     }
 
     /// Runs on `store` instead of the configured one.

@@ -16,6 +16,8 @@
 //! | the same key again, the same request | the stored status, [named headers](IdempotencyLayer::replay_headers) and body, with `Idempotent-Replayed: true` |
 //! | the same key with another request (method, path and query, body, [named headers](IdempotencyLayer::fingerprint_headers)) | `422` |
 //! | the store unavailable | `503` (fail closed); with `Config::fail_mode(FailMode::Open)` the service runs unprotected |
+//! | [token mode](IdempotencyLayer::issued_tokens): a key that is not a live token issued to this principal | `400` `unknown-token`, the service is not called |
+//! | token mode: a token issued to this principal, first or again | as any key: the service runs once, the same token again replays |
 //!
 //! **What is stored.** `2xx`, `3xx` and `4xx` responses are stored and replayed, except `408`
 //! and `429` (they say "try again later", so replaying them would be wrong). `5xx` responses
@@ -32,7 +34,13 @@
 //!
 //! **Errors** are `application/problem+json` bodies (RFC 9457) with `type`, `title`, `status`,
 //! `detail` and a stable `code`: `missing-key`, `invalid-key`, `body-too-large`,
-//! `body-unreadable`, `in-progress`, `key-mismatch`, `store-unavailable`, `internal`.
+//! `body-unreadable`, `in-progress`, `key-mismatch`, `store-unavailable`, `unknown-token`,
+//! `too-many-tokens` and `no-principal` (the last two from the [`TokenIssuer`]), `internal`.
+//!
+//! **Server-issued tokens.** In [token mode](IdempotencyLayer::issued_tokens) the server
+//! hands out the keys: the client asks the [`TokenIssuer`] (an endpoint, or a handler that
+//! puts the token in a form), submits with it, and a double submission replays the first's
+//! response. See [`idem::tokens`](crate::tokens) for what a token is.
 //!
 //! ```
 //! # use idem_runtime as idem;
@@ -71,8 +79,10 @@ mod replay;
 mod request;
 mod service;
 mod settings;
+mod tokens;
 
 pub use body::{RequestBody, ResponseBody};
 pub use headers::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 pub use layer::IdempotencyLayer;
 pub use service::{Idempotency, ResponseFuture};
+pub use tokens::{IssueError, TokenIssuer};

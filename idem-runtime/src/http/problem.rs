@@ -1,8 +1,9 @@
 //! The layer's own answers: `application/problem+json` bodies (RFC 9457).
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body::Body;
+use http_body_util::Full;
 use serde::Serialize;
 
 use super::body::ResponseBody;
@@ -25,6 +26,13 @@ pub(crate) enum Problem {
     KeyMismatch,
     /// The store failed and the configuration is fail-closed.
     StoreUnavailable,
+    /// The layer takes server-issued tokens only, and this key is not a live one of the
+    /// principal's.
+    UnknownToken,
+    /// The principal holds as many live tokens as the layer allows.
+    TooManyTokens(u32),
+    /// A token was asked for without a principal.
+    NoPrincipal,
     /// Something the client cannot fix (a corrupt record, an invalid configuration).
     Internal,
 }
@@ -49,6 +57,9 @@ impl Problem {
             Problem::InProgress(_) => StatusCode::CONFLICT,
             Problem::KeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::UnknownToken => StatusCode::BAD_REQUEST,
+            Problem::TooManyTokens(_) => StatusCode::TOO_MANY_REQUESTS,
+            Problem::NoPrincipal => StatusCode::UNAUTHORIZED,
             Problem::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -63,6 +74,9 @@ impl Problem {
             Problem::InProgress(_) => "in-progress",
             Problem::KeyMismatch => "key-mismatch",
             Problem::StoreUnavailable => "store-unavailable",
+            Problem::UnknownToken => "unknown-token",
+            Problem::TooManyTokens(_) => "too-many-tokens",
+            Problem::NoPrincipal => "no-principal",
             Problem::Internal => "internal",
         }
     }
@@ -80,13 +94,16 @@ impl Problem {
             Problem::InProgress(_) => "a request with this idempotency key is still being processed; retry later".to_owned(),
             Problem::KeyMismatch => "this idempotency key was already used with a different request (method, path, body or headers); use a new key for a new request".to_owned(),
             Problem::StoreUnavailable => "the idempotency store is unavailable, so the request was not processed; retry later".to_owned(),
+            Problem::UnknownToken => "this idempotency key is not a token this server issued to you, or it expired; ask for a new token and submit with it".to_owned(),
+            Problem::TooManyTokens(max) => format!("you already hold {max} live tokens, the most this server issues; use one, or retry once one expires"),
+            Problem::NoPrincipal => "tokens are issued to authenticated clients only".to_owned(),
             Problem::Internal => "the request could not be processed".to_owned(),
         }
     }
 
-    /// The `application/problem+json` response. `type` is `about:blank`: the status and the
-    /// `code` extension member say what happened.
-    pub(crate) fn into_response<B: Body>(self) -> Response<ResponseBody<B>> {
+    /// The status, `application/problem+json` body and headers of the answer. `type` is
+    /// `about:blank`: the status and the `code` extension member say what happened.
+    fn parts(&self) -> (StatusCode, Bytes, HeaderMap) {
         let status = self.status();
         let detail = self.detail();
         let json = serde_json::to_vec(&ProblemJson {
@@ -97,17 +114,32 @@ impl Problem {
             code: self.code(),
         })
         .unwrap_or_default();
-        let mut response = Response::new(ResponseBody::read(Bytes::from(json), None));
-        *response.status_mut() = status;
-        response.headers_mut().insert(
+        let mut headers = HeaderMap::new();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
         if let Problem::InProgress(seconds) = self {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
         }
+        (status, Bytes::from(json), headers)
+    }
+
+    /// The answer, as the layer's service answers.
+    pub(crate) fn into_response<B: Body>(self) -> Response<ResponseBody<B>> {
+        let (status, json, headers) = self.parts();
+        let mut response = Response::new(ResponseBody::read(json, None));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response
+    }
+
+    /// The answer with a body of its own, as the token issuer answers.
+    pub(crate) fn into_full_response(self) -> Response<Full<Bytes>> {
+        let (status, json, headers) = self.parts();
+        let mut response = Response::new(Full::new(json));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
         response
     }
 }

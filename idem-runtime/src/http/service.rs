@@ -21,7 +21,7 @@ use crate::call::Call;
 use crate::engine::Frame;
 use crate::error::Error;
 use crate::outcome::Outcome;
-use crate::store::{Inspection, StoreHandle};
+use crate::store::{Inspection, Redemption, StoreHandle};
 
 /// The future of an [`Idempotency`] service: the wrapped service's response, a replayed one,
 /// or a problem.
@@ -170,6 +170,12 @@ where
         }
     };
 
+    if settings.token_ttl.is_some()
+        && let Some(refused) = redeem(&settings, &principal, &key).await
+    {
+        return Ok(refused.into_response());
+    }
+
     let print = RequestPrint::of(&parts, &data, &settings.fingerprint_headers);
     let mut call = Call::with_parts(settings.scope.clone(), [principal.as_str(), key.as_str()])
         .fingerprint(&print);
@@ -223,6 +229,24 @@ where
             Ok(Problem::InProgress(seconds).into_response())
         }
         Err(error) => Ok(problem_of(&error).into_response()),
+    }
+}
+
+/// In token mode, redeems `key` as a token issued to `principal`: `None` for a live token or
+/// one redeemed before (the request goes on, and replays when it is a duplicate), the problem
+/// to answer otherwise. Tokens fail closed whatever the fail mode: an unchecked token is
+/// never taken for a valid one.
+async fn redeem(settings: &LayerSettings, principal: &str, key: &str) -> Option<Problem> {
+    let redeemed = async {
+        let (store, prefix) = crate::tokens::resolve(settings.store.as_ref())?;
+        let keep = crate::tokens::keep(settings.ttl, settings.lease);
+        let scope = settings.token_scope(principal);
+        crate::tokens::redeem_on(&store, &prefix, &scope, key, keep).await
+    };
+    match redeemed.await {
+        Ok(Redemption::Unknown) => Some(Problem::UnknownToken),
+        Ok(_) => None,
+        Err(error) => Some(problem_of(&error)),
     }
 }
 

@@ -36,9 +36,30 @@ pub(crate) struct LayerSettings {
     pub(crate) release_server_errors: bool,
     pub(crate) principal: Option<Principal>,
     pub(crate) store: Option<StoreHandle>,
+    /// Keys must be tokens the layer issued, each live this long, when set.
+    pub(crate) token_ttl: Option<Duration>,
+    /// How many live tokens a principal may be issued.
+    pub(crate) max_live_tokens: Option<u32>,
 }
 
 impl LayerSettings {
+    /// The principal's tag of a request (see `key.rs`): `None` when the layer names
+    /// principals and this request has none.
+    pub(crate) fn principal_of(&self, parts: &Parts) -> Option<String> {
+        match &self.principal {
+            None => Some(crate::key::principal_tag(None)),
+            Some(principal_of) => {
+                principal_of(parts).map(|name| crate::key::principal_tag(Some(&name)))
+            }
+        }
+    }
+
+    /// The token scope of a principal's tokens: the layer's scope and the principal's tag, as
+    /// the two parts of a key (an injective encoding).
+    pub(crate) fn token_scope(&self, principal: &str) -> String {
+        crate::key::of_parts(&[self.scope.as_ref(), principal])
+    }
+
     /// Whether a response with `status` is stored and replayed (otherwise the key is released).
     pub(crate) fn stores(&self, status: StatusCode) -> bool {
         if status.is_server_error() {
@@ -68,6 +89,8 @@ impl Default for LayerSettings {
             release_server_errors: true,
             principal: None,
             store: None,
+            token_ttl: None,
+            max_live_tokens: None,
         }
     }
 }
@@ -89,6 +112,8 @@ impl fmt::Debug for LayerSettings {
             .field("release_server_errors", &self.release_server_errors)
             .field("principal", &self.principal.as_ref().map(|_| "Fn(&Parts)"))
             .field("store", &self.store)
+            .field("token_ttl", &self.token_ttl)
+            .field("max_live_tokens", &self.max_live_tokens)
             .finish()
     }
 }

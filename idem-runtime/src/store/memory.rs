@@ -13,7 +13,8 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::record::{Claim, Record};
-use crate::store::{Fence, Inspection, Stats, Store, StoreFuture};
+use crate::store::token_table::TokenTable;
+use crate::store::{Fence, Inspection, Issue, Redemption, Stats, Store, StoreFuture, TokenKey};
 
 const SHARDS: usize = 16;
 
@@ -51,6 +52,8 @@ struct Inner {
     epoch: Instant,
     /// Held by the one sweep running; other refused claims do not sweep too.
     sweeping: Mutex<()>,
+    /// The server-issued tokens, apart from the records: at most `capacity` of them too.
+    tokens: TokenTable,
     /// How many sweeps ran, for the tests of their cost.
     #[cfg(test)]
     sweeps: AtomicUsize,
@@ -188,6 +191,7 @@ impl MemoryStore {
                 next_expiry: AtomicU64::new(u64::MAX),
                 epoch: Instant::now(),
                 sweeping: Mutex::new(()),
+                tokens: TokenTable::default(),
                 #[cfg(test)]
                 sweeps: AtomicUsize::new(0),
             }),
@@ -488,9 +492,34 @@ impl Store for MemoryStore {
                 stats.count(prefix, entry.key(), entry.pending.is_some());
             }
         }
+        self.inner.tokens.count(prefix, &mut stats);
         let held = self.inner.records.load(Ordering::Acquire) as u64;
         let stats = stats.with_store_keys(Some(held));
         Box::pin(std::future::ready(Ok(stats)))
+    }
+
+    /// One lock of the token table: the bound's count and the insert in one step.
+    fn issue_token<'a>(
+        &'a self,
+        token: &'a TokenKey,
+        ttl: Duration,
+        max_live: Option<u32>,
+    ) -> StoreFuture<'a, Issue> {
+        let issued = self
+            .inner
+            .tokens
+            .issue(token, ttl, max_live, self.inner.capacity);
+        Box::pin(std::future::ready(issued))
+    }
+
+    /// One lock of the token table: look up by key, mark redeemed.
+    fn redeem_token<'a>(
+        &'a self,
+        token: &'a TokenKey,
+        keep: Duration,
+    ) -> StoreFuture<'a, Redemption> {
+        let redeemed = self.inner.tokens.redeem(token, keep);
+        Box::pin(std::future::ready(Ok(redeemed)))
     }
 }
 

@@ -10,6 +10,9 @@
 //! - `wake.rs`: the wake registry of the shared stores, the calls of this process that wait
 //!   for an in-flight call, by tag, which `redis/waiters.rs` and `postgres/listen.rs` wake;
 //! - `stats.rs`: the operator's count of records;
+//! - `token_table.rs`: the memory store's tokens;
+//! - `token.rs`: where a server-issued token is kept ([`TokenKey`]) and what issuing and
+//!   redeeming it answer ([`Issue`], [`Redemption`]);
 //! - `tx.rs`: what the transactional mode asks of a database (`TxStore`), which each
 //!   transactional backend implements in its own folder, and what it accepts as a connection
 //!   ([`TxConnection`](crate::TxConnection)).
@@ -28,6 +31,9 @@ pub mod memory;
 pub mod registry;
 mod stats;
 pub use stats::{ScopeStats, Stats};
+pub(crate) mod token;
+mod token_table;
+pub use token::{Issue, Redemption, TokenKey};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
@@ -218,6 +224,44 @@ pub trait Store: std::any::Any + Send + Sync {
     fn stats<'a>(&'a self, prefix: &'a str, limit: usize) -> StoreFuture<'a, Stats> {
         let _ = (prefix, limit);
         Box::pin(std::future::ready(Err(unsupported(self, "stats"))))
+    }
+
+    /// Stores the server-issued token `token` (see [`idem::tokens`](crate::tokens)), live for
+    /// `ttl`, in one atomic step; with `max_live`, only while its scope holds fewer than that
+    /// many tokens issued with a bound whose ttl has not ended (redeemed or not: the bound is a
+    /// rate limit per ttl), and answers [`Issue::Full`] otherwise. Token records live apart
+    /// from call records (see [`TokenKey`]): no call key reaches them.
+    ///
+    /// The default fails with a [`StoreError`] of kind [`StoreErrorKind::Other`]: stores
+    /// written before it existed keep compiling.
+    fn issue_token<'a>(
+        &'a self,
+        token: &'a TokenKey,
+        ttl: Duration,
+        max_live: Option<u32>,
+    ) -> StoreFuture<'a, Issue> {
+        let _ = (token, ttl, max_live);
+        Box::pin(std::future::ready(Err(unsupported(self, "tokens"))))
+    }
+
+    /// Redeems `token` in one atomic step: a live token not yet redeemed becomes redeemed
+    /// ([`Redemption::Valid`], for exactly one of any number of concurrent redemptions) and
+    /// is kept, as redeemed, for at least `keep` more, so that a second submission with it
+    /// is told [`Redemption::Redeemed`] for as long as the call it keys is replayed; an
+    /// absent or expired token is [`Redemption::Unknown`].
+    ///
+    /// The token is found by its key, never by comparing it with others, so the time the
+    /// store takes does not depend on how much of a guess matches a real token.
+    ///
+    /// The default fails with a [`StoreError`] of kind [`StoreErrorKind::Other`]: stores
+    /// written before it existed keep compiling.
+    fn redeem_token<'a>(
+        &'a self,
+        token: &'a TokenKey,
+        keep: Duration,
+    ) -> StoreFuture<'a, Redemption> {
+        let _ = (token, keep);
+        Box::pin(std::future::ready(Err(unsupported(self, "tokens"))))
     }
 
     /// A short description for logs and examples, such as `memory` or `redis://host:6379/0`.

@@ -43,6 +43,12 @@ pub struct Stats {
     /// [`new`](Stats::new) only). Two scopes where one was expected: a function renamed or
     /// moved without an explicit `scope = "…"`.
     pub scopes: Option<Vec<ScopeStats>>,
+    /// Live server-issued tokens (see [`idem::tokens`](crate::tokens)) not yet redeemed, under
+    /// the prefix: counted apart from the records, and not within `limit` on stores that count
+    /// them with a statement of their own.
+    pub tokens: u64,
+    /// Redeemed tokens still kept (so that a second submission is told it was redeemed).
+    pub redeemed_tokens: u64,
 }
 
 /// The records of one scope among those [`Stats`] counted.
@@ -118,6 +124,8 @@ impl Stats {
             exact,
             store_keys: None,
             scopes: (!unscoped).then(Vec::new),
+            tokens: 0,
+            redeemed_tokens: 0,
         }
     }
 
@@ -151,6 +159,24 @@ impl Stats {
         let scope = String::from_utf8_lossy(key::stored_scope(rest));
         let (running, done) = if in_progress { (1, 0) } else { (0, 1) };
         self.add(&scope, running, done);
+    }
+
+    /// Counts one live server-issued token (redeemed or not) found under the prefix: for
+    /// stores that read their keys and find tokens among them.
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// let mut stats = idem::Stats::new(0, 0, true);
+    /// stats.count_token(false);
+    /// stats.count_token(true);
+    /// assert_eq!((stats.tokens, stats.redeemed_tokens, stats.total()), (1, 1, 0));
+    /// ```
+    pub fn count_token(&mut self, redeemed: bool) {
+        if redeemed {
+            self.redeemed_tokens += 1;
+        } else {
+            self.tokens += 1;
+        }
     }
 
     /// Adds `in_progress` and `completed` records of the scope `scope` (as stored), in all and

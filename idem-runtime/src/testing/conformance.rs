@@ -40,6 +40,10 @@ pub const CASES: &[&str] = &[
     "unstorable_result_is_reported_never_rerun",
     "inspect_and_forget",
     "stats_count_by_state",
+    "tokens_redeem_once_under_concurrency",
+    "tokens_unknown_and_expired_are_refused",
+    "tokens_redeemed_duplicate_replays",
+    "tokens_bound_and_count",
 ];
 
 /// A scope no other case or run uses.
@@ -988,6 +992,10 @@ macro_rules! conformance_tests {
                 unstorable_result_is_reported_never_rerun,
                 inspect_and_forget,
                 stats_count_by_state,
+                tokens_redeem_once_under_concurrency,
+                tokens_unknown_and_expired_are_refused,
+                tokens_redeemed_duplicate_replays,
+                tokens_bound_and_count,
             );
         }
     };

@@ -2,7 +2,10 @@
 //!
 //! - **The store conformance suite**: the behaviour every [`Store`](crate::Store) must show,
 //!   as async functions ([`exactly_once_under_concurrency`], [`fenced_operations`], … all
-//!   named in [`CASES`]) that panic with a description of what went wrong.
+//!   named in [`CASES`]) that panic with a description of what went wrong. The `tokens_…`
+//!   cases check server-issued tokens ([`tokens_redeem_once_under_concurrency`]: one of 64
+//!   concurrent redemptions is valid; unknown and expired tokens refused; a redeemed token's
+//!   duplicate replays; the bound); a store without tokens (the trait's defaults) passes them.
 //! - **Test stores**: [`Forwarding`] wraps any store to count and record its operations, fail
 //!   chosen ones, delay answers, hide the remaining lifetime of records, and tell a test when a
 //!   call waits or is told a key is in progress; [`DownStore`] is a store whose backend is
@@ -25,8 +28,13 @@
 mod conformance;
 mod keys;
 mod stores;
+mod tokens;
 mod within;
 
 pub use conformance::*;
 pub use keys::store_key;
 pub use stores::{DownStore, Forwarding, Op, Watched};
+pub use tokens::{
+    tokens_bound_and_count, tokens_redeem_once_under_concurrency,
+    tokens_redeemed_duplicate_replays, tokens_unknown_and_expired_are_refused,
+};

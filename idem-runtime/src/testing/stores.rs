@@ -359,6 +359,23 @@ impl Store for Forwarding {
     fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
         self.forward(Op::Forget, key, || self.inner.forget(key))
     }
+    /// Forwarded as it is: not counted, recorded or failed.
+    fn issue_token<'a>(
+        &'a self,
+        token: &'a crate::store::TokenKey,
+        ttl: Duration,
+        max_live: Option<u32>,
+    ) -> StoreFuture<'a, crate::store::Issue> {
+        self.inner.issue_token(token, ttl, max_live)
+    }
+    /// Forwarded as it is: not counted, recorded or failed.
+    fn redeem_token<'a>(
+        &'a self,
+        token: &'a crate::store::TokenKey,
+        keep: Duration,
+    ) -> StoreFuture<'a, crate::store::Redemption> {
+        self.inner.redeem_token(token, keep)
+    }
     fn describe(&self) -> String {
         self.name.clone().unwrap_or_else(|| self.inner.describe())
     }
@@ -414,6 +431,21 @@ impl Store for DownStore {
         down()
     }
     fn forget<'a>(&'a self, _: &'a str) -> StoreFuture<'a, bool> {
+        down()
+    }
+    fn issue_token<'a>(
+        &'a self,
+        _: &'a crate::store::TokenKey,
+        _: Duration,
+        _: Option<u32>,
+    ) -> StoreFuture<'a, crate::store::Issue> {
+        down()
+    }
+    fn redeem_token<'a>(
+        &'a self,
+        _: &'a crate::store::TokenKey,
+        _: Duration,
+    ) -> StoreFuture<'a, crate::store::Redemption> {
         down()
     }
     fn describe(&self) -> String {

@@ -41,6 +41,7 @@ macro_rules! http_suite {
             oversized_responses_pass_through_unstored,
             server_errors_release_the_key,
             server_errors_stored_when_configured,
+            issued_tokens_flow,
         );
     };
     (@cases $make:expr; $($case:ident,)*) => {
@@ -743,4 +744,94 @@ pub async fn server_errors_stored_when_configured(store: StoreHandle) {
     assert!(again.replayed());
     assert_eq!(again.text(), "the database is down");
     assert_eq!(app.runs(), 1);
+}
+
+/// Token mode: a token from the issuer's endpoint; the submission with it runs once; the
+/// double submission replays; a forged key, a client-chosen one, another principal's token and
+/// no key are refused before the handler runs; past the bound per principal the issuer
+/// answers 429, other principals unaffected.
+pub async fn issued_tokens_flow(store: StoreHandle) {
+    const BOUND: u32 = 3;
+    let layer = layer(&store)
+        .issued_tokens(Duration::from_secs(600))
+        .max_live_tokens(BOUND);
+    let issuer = layer.token_issuer();
+    let app =
+        App::serve_router(move |router| router.layer(layer).route_service("/tokens", issuer)).await;
+    let token_of = |principal: &'static str| {
+        let app = &app;
+        async move {
+            let reply = app.post("/tokens").auth(principal).send().await;
+            assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+            assert_eq!(reply.headers[header::CACHE_CONTROL], "no-store");
+            let json: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
+            assert_eq!(json["expires_in"], 600, "{json}");
+            json["token"].as_str().expect("a token").to_owned()
+        }
+    };
+
+    // Issue, submit, submit again.
+    let token = token_of("alice").await;
+    assert_eq!(token.len(), 22, "{token}");
+    let submit = |key: String, principal: &'static str| {
+        let app = &app;
+        async move {
+            app.post("/orders")
+                .key(&key)
+                .auth(principal)
+                .body("2 books")
+                .send()
+                .await
+        }
+    };
+    let first = submit(token.clone(), "alice").await;
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+    assert!(!first.replayed());
+    assert_eq!(app.runs(), 1);
+    let double = submit(token.clone(), "alice").await;
+    assert_eq!(double.status, StatusCode::CREATED);
+    assert!(double.replayed(), "the double submission replays");
+    assert_eq!(double.body, first.body);
+    assert_eq!(app.runs(), 1);
+
+    // Forged, client-chosen, another principal's: refused, the handler never runs.
+    let forged = submit("AAAAAAAAAAAAAAAAAAAAAA".to_owned(), "alice").await;
+    let detail = forged.assert_problem(400, "unknown-token");
+    assert!(detail.contains("new token"), "{detail}");
+    submit("order-7".to_owned(), "alice")
+        .await
+        .assert_problem(400, "unknown-token");
+    let bobs = token_of("bob").await;
+    submit(bobs.clone(), "alice")
+        .await
+        .assert_problem(400, "unknown-token");
+    submit(token.clone(), "bob")
+        .await
+        .assert_problem(400, "unknown-token");
+    app.post("/orders")
+        .auth("alice")
+        .body("x")
+        .send()
+        .await
+        .assert_problem(400, "missing-key");
+    assert_eq!(app.runs(), 1, "no refused request ran the handler");
+    // Bob's own token is still live: the refusals did not consume it.
+    let his = submit(bobs, "bob").await;
+    assert_eq!(his.status, StatusCode::CREATED);
+    assert!(!his.replayed());
+    assert_eq!(app.runs(), 2);
+
+    // The bound: alice holds one token (redeemed, its ttl not ended); two more, then 429.
+    for _ in 1..BOUND {
+        token_of("alice").await;
+    }
+    let past = app.post("/tokens").auth("alice").send().await;
+    let detail = past.assert_problem(429, "too-many-tokens");
+    assert!(detail.contains(&BOUND.to_string()), "{detail}");
+    token_of("carol").await;
+    // A request the principal function names no one for gets no token.
+    app.post("/tokens")
+        .send()
+        .await
+        .assert_problem(401, "no-principal");
 }

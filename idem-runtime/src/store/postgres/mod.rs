@@ -5,7 +5,8 @@
 //! once per connection (see `sql.rs`): a replay costs one statement, a first call two (claim,
 //! complete). Expiry is decided by the database's clock. Waiters are woken by
 //! `LISTEN`/`NOTIFY` (see `listen.rs`); expired rows are deleted in the background in bounded
-//! batches (see `reaper.rs`).
+//! batches (see `reaper.rs`). Server-issued tokens have a table of their own beside it (see
+//! `tokens.rs`).
 //!
 //! A key claimed inside a caller's transaction that has not committed (the transactional
 //! mode, `tx.rs`) is invisible here, but its row is locked: a claim waits on that lock for
@@ -20,6 +21,7 @@ mod options;
 mod reaper;
 mod sql;
 mod table;
+mod tokens;
 pub(crate) mod tx;
 
 use std::fmt;
@@ -36,15 +38,17 @@ use crate::config::Config;
 use crate::error::{Error, StoreError};
 use crate::record::{Claim, Record, Token};
 use crate::store::tx::{Claimed, UNSEEN_RETRIES};
-use crate::store::{Fence, Inspection, Stats, Store, StoreFuture};
+use crate::store::{Fence, Inspection, Issue, Redemption, Stats, Store, StoreFuture, TokenKey};
 
 pub use self::options::PostgresOptions;
 pub use self::table::MIGRATION;
+pub use self::tokens::TOKENS_MIGRATION;
 
 use self::listen::Hub;
 use self::reaper::Reaper;
 use self::sql::Statements;
 use self::table::Table;
+use self::tokens::{TokenStatements, TokenTable};
 
 /// Runs `$op`, an expression of `$conn: &mut PgConnection`, on a connection of the store's
 /// pool within the statement timeout, and again on another connection when one is broken.
@@ -125,6 +129,8 @@ struct Shared {
     pool: PgPool,
     sql: Arc<Statements>,
     table: Table,
+    token_table: TokenTable,
+    token_sql: TokenStatements,
     hub: Hub,
     _reaper: Reaper,
     describe: String,
@@ -203,6 +209,8 @@ impl PostgresStore {
                 pool_size: pool.options().get_max_connections(),
                 pool,
                 sql,
+                token_sql: TokenStatements::new(&TokenTable::of(&table)),
+                token_table: TokenTable::of(&table),
                 table: table.clone(),
                 describe,
                 connect_timeout: options.connect_timeout,
@@ -231,6 +239,24 @@ impl PostgresStore {
                         "connect_timeout",
                     ),
                 });
+            }
+        }
+        if options.create_table {
+            // Without it, token operations fail saying what to create; calls are unaffected.
+            let created = sqlx::raw_sql(sqlx::AssertSqlSafe(
+                store.shared.token_table.migration().to_owned(),
+            ))
+            .execute(&store.shared.pool);
+            match tokio::time::timeout(options.connect_timeout, created).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "idem could not create the PostgreSQL table of tokens; idem::tokens will fail until it exists");
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "idem timed out creating the PostgreSQL table of tokens; idem::tokens will fail until it exists"
+                    );
+                }
             }
         }
         Ok(store)
@@ -507,14 +533,64 @@ impl Store for PostgresStore {
     }
 
     /// One statement: at most `limit + 1` live rows of the prefix's key range (an index range
-    /// of the primary key), the first `limit` counted by state. [`Stats::store_keys`] is the
+    /// of the primary key), the first `limit` counted by state; and one more that counts at
+    /// most `limit` live tokens. [`Stats::store_keys`] is the
     /// planner's estimate of the table's rows (`pg_class.reltuples`, expired rows the reaper
     /// has not deleted yet included), `None` before the table was first analyzed.
     fn stats<'a>(&'a self, prefix: &'a str, limit: usize) -> StoreFuture<'a, Stats> {
         Box::pin(async move {
             check_key(prefix)?;
             let sql = &self.shared.sql;
-            on_connection!(self, |conn| sql::stats(conn, sql, prefix, limit))
+            let mut stats = on_connection!(self, |conn| sql::stats(conn, sql, prefix, limit))?;
+            // A second statement, on the tokens' table (none counted when it does not exist).
+            let token_sql = &self.shared.token_sql;
+            let counted = on_connection!(self, |conn| async {
+                match tokens::count(&mut *conn, token_sql, prefix, limit).await {
+                    Err(error) if tokens::no_table(&error) => Ok((0, 0)),
+                    other => other,
+                }
+            })?;
+            tokens::add(&mut stats, counted);
+            Ok(stats)
+        })
+    }
+
+    /// One statement on the tokens' table; see `tokens.rs`.
+    fn issue_token<'a>(
+        &'a self,
+        token: &'a TokenKey,
+        ttl: Duration,
+        max_live: Option<u32>,
+    ) -> StoreFuture<'a, Issue> {
+        Box::pin(async move {
+            check_key(token.record())?;
+            let sql = &self.shared.token_sql;
+            let issued = on_connection!(self, |conn| async {
+                match tokens::issue(&mut *conn, sql, token, ttl, max_live).await {
+                    Err(error) if tokens::no_table(&error) => Ok(None),
+                    other => other.map(Some),
+                }
+            });
+            issued?.ok_or_else(|| self.shared.token_table.missing(&self.shared.describe))
+        })
+    }
+
+    /// One statement on the tokens' table; see `tokens.rs`.
+    fn redeem_token<'a>(
+        &'a self,
+        token: &'a TokenKey,
+        keep: Duration,
+    ) -> StoreFuture<'a, Redemption> {
+        Box::pin(async move {
+            check_key(token.record())?;
+            let sql = &self.shared.token_sql;
+            let redeemed = on_connection!(self, |conn| async {
+                match tokens::redeem(&mut *conn, sql, token, keep).await {
+                    Err(error) if tokens::no_table(&error) => Ok(None),
+                    other => other.map(Some),
+                }
+            });
+            redeemed?.ok_or_else(|| self.shared.token_table.missing(&self.shared.describe))
         })
     }
 

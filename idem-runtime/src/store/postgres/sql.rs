@@ -489,7 +489,7 @@ const STORED_SCOPE: &str = r"^((?:[^\\:]|\\.)*)";
 /// The first text past every text that starts with `prefix`, in the byte order of the `key`
 /// column (`COLLATE "C"`, the order of code points): `prefix` with its last character that can
 /// grow grown by one and the rest cut off; `None` when there is none (an empty prefix).
-fn past(prefix: &str) -> Option<String> {
+pub(super) fn past(prefix: &str) -> Option<String> {
     let mut chars: Vec<char> = prefix.chars().collect();
     while let Some(last) = chars.pop() {
         let next = match last {

@@ -202,8 +202,8 @@ impl RedisStore {
             info.arg(section);
             on_every_master(info)
         };
-        let [complete, release, renew, peek, forget] = scripts;
-        let (servers, memories, complete, release, renew, peek, forget) = tokio::join!(
+        let [complete, release, renew, peek, forget, issue, redeem] = scripts;
+        let (servers, memories, complete, release, renew, peek, forget, issue, redeem) = tokio::join!(
             info("server"),
             info("memory"),
             load(complete),
@@ -211,8 +211,10 @@ impl RedisStore {
             load(renew),
             load(peek),
             load(forget),
+            load(issue),
+            load(redeem),
         );
-        for loaded in [complete, release, renew, peek, forget] {
+        for loaded in [complete, release, renew, peek, forget, issue, redeem] {
             loaded?;
         }
         let said = |answers: Vec<(Option<String>, Value)>| -> RedisResult<Vec<Said>> {

@@ -1,7 +1,7 @@
 //! [`RedisStore`]: the store shared by processes and machines, on Redis 7.0 or later, one
 //! server or a Redis Cluster.
 //!
-//! Every operation touches one key, so each is atomic and single-slot (no `CROSSSLOT` on a
+//! Every operation on a call's record touches that one key, so each is atomic and single-slot (no `CROSSSLOT` on a
 //! Cluster, where it runs on the master of the key's slot):
 //!
 //! | operation | Redis | round trips |
@@ -14,6 +14,8 @@
 //! | inspect (operators) | `GET key` and `PTTL key`, pipelined | 1 |
 //! | forget (operators) | script: `DEL`, `(S)PUBLISH` when it deleted a record | 1 |
 //! | stats (operators) | `DBSIZE`; per page of 1000 keys, `SCAN … MATCH prefix* TYPE string` and pipelined `GETRANGE key 0 7` (see `stats.rs`) | 1 + 2 per page |
+//! | issue a token | `SET record issued NX PX ttl`; within a bound, a script on the token and its scope's group, one hash tag (see `tokens.rs`) | 1 |
+//! | redeem a token | script: `GET record`, and the first time `SET record redeemed PX keep` | 1 |
 //!
 //! So a replay costs one round trip and a first call two. With `min_replicas`, claim and
 //! complete send `WAIT` in the same round trip, right behind their write.
@@ -30,7 +32,7 @@
 //!   from one, idem's own once they come from more);
 //! - `scripts.rs`: the Lua scripts, run by SHA; `waiters.rs`: pub/sub that wakes waiting
 //!   calls; `failure.rs`: which errors mean what; `stats.rs`: the operator's count;
-//!   `pooled.rs`: an application's deadpool-redis pool.
+//!   `pooled.rs`: an application's deadpool-redis pool; `tokens.rs`: server-issued tokens.
 //!
 //! On an application's `deadpool_redis::Pool` (`from_deadpool`, feature `deadpool-redis`),
 //! each operation checks a connection out of the pool instead and sends the same commands on
@@ -49,6 +51,7 @@ mod runtimes;
 mod scripts;
 mod servers;
 mod stats;
+mod tokens;
 mod waiters;
 
 use std::fmt;
@@ -61,7 +64,7 @@ use tokio::time::Instant;
 
 use crate::error::StoreError;
 use crate::record::{Claim, Record};
-use crate::store::{Fence, Inspection, Stats, Store, StoreFuture};
+use crate::store::{Fence, Inspection, Issue, Redemption, Stats, Store, StoreFuture, TokenKey};
 
 pub use self::options::RedisOptions;
 
@@ -352,6 +355,25 @@ impl Store for RedisStore {
     /// the database, idem's or not.
     fn stats<'a>(&'a self, prefix: &'a str, limit: usize) -> StoreFuture<'a, Stats> {
         Box::pin(self.count(prefix, limit))
+    }
+
+    /// `SET record issued NX PX ttl`, or within a bound one script; see `tokens.rs`.
+    fn issue_token<'a>(
+        &'a self,
+        token: &'a TokenKey,
+        ttl: Duration,
+        max_live: Option<u32>,
+    ) -> StoreFuture<'a, Issue> {
+        Box::pin(self.issue(token, ttl, max_live))
+    }
+
+    /// One script answers all three cases; see `tokens.rs`.
+    fn redeem_token<'a>(
+        &'a self,
+        token: &'a TokenKey,
+        keep: Duration,
+    ) -> StoreFuture<'a, Redemption> {
+        Box::pin(self.redeem(token, keep))
     }
 
     fn describe(&self) -> String {

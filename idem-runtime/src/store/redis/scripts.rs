@@ -1,7 +1,9 @@
 //! The Lua scripts of the fenced operations.
 //!
 //! Forgetting a key (an operator's `idem::forget`) is a script too, for the same reason:
-//! `DEL` and the wake-up of the waiters in one atomic step.
+//! `DEL` and the wake-up of the waiters in one atomic step. So is issuing a token within a
+//! bound, which touches two keys of one hash tag (the scope's group and the token), and
+//! redeeming one, which sets the redeemed token's expiry on its first redemption only.
 //!
 //! Each script touches one key (`KEYS[1]`) and applies its write only while the key holds
 //! exactly the claim's bytes (`ARGV[1]`): the compare-and-set that fences a holder whose lease
@@ -97,6 +99,39 @@ end
 return -2
 ";
 
+/// `KEYS`: a token scope's group (a sorted set of its bounded tokens by expiry, in ms) and the
+/// token's record, which share a hash tag (one slot). `ARGV`: token, ttl in ms, bound.
+/// Drops the group's expired tokens, and when fewer than the bound are left adds the token to
+/// the group and stores its record: returns 1; otherwise 0 and nothing is stored. The time is
+/// the server's (`TIME`), as the expiries of its keys are.
+const ISSUE_TOKEN: &str = r"
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+local expires = ms + tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], expires, ARGV[1])
+if redis.call('PEXPIRETIME', KEYS[1]) < expires then
+  redis.call('PEXPIREAT', KEYS[1], expires)
+end
+redis.call('SET', KEYS[2], 'issued', 'PX', ARGV[2])
+return 1
+";
+
+/// `KEYS`: a token's record. `ARGV`: keep in ms. Marks a live token redeemed, and only the
+/// first time sets its expiry to `keep` (a duplicate leaves it: a mark that outlived the call's
+/// record would let a late duplicate run the call again). Returns what the key held before:
+/// nothing (unknown or expired), `issued` (this redemption consumed it) or `redeemed`.
+const REDEEM_TOKEN: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held == 'issued' then
+  redis.call('SET', KEYS[1], 'redeemed', 'PX', ARGV[1])
+end
+return held
+";
+
 /// One script: its source and its SHA1, computed once.
 pub(super) struct Lua {
     pub(super) source: &'static str,
@@ -124,17 +159,21 @@ pub(super) struct Scripts {
     pub(super) renew: Lua,
     pub(super) peek: Lua,
     pub(super) forget: Lua,
+    pub(super) issue_token: Lua,
+    pub(super) redeem_token: Lua,
 }
 
 impl Scripts {
     /// Every script, for `SCRIPT LOAD` at connect time.
-    pub(super) fn all(&self) -> [&Lua; 5] {
+    pub(super) fn all(&self) -> [&Lua; 7] {
         [
             &self.complete,
             &self.release,
             &self.renew,
             &self.peek,
             &self.forget,
+            &self.issue_token,
+            &self.redeem_token,
         ]
     }
 }
@@ -146,6 +185,8 @@ pub(super) static NODE: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     renew: Lua::new(RENEW),
     peek: Lua::new(PEEK),
     forget: Lua::new(forget!("PUBLISH")),
+    issue_token: Lua::new(ISSUE_TOKEN),
+    redeem_token: Lua::new(REDEEM_TOKEN),
 });
 
 /// The scripts for a Redis Cluster: they wake waiters with `SPUBLISH`, within the key's shard.
@@ -155,6 +196,8 @@ pub(super) static CLUSTER: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     renew: Lua::new(RENEW),
     peek: Lua::new(PEEK),
     forget: Lua::new(forget!("SPUBLISH")),
+    issue_token: Lua::new(ISSUE_TOKEN),
+    redeem_token: Lua::new(REDEEM_TOKEN),
 });
 
 #[cfg(test)]

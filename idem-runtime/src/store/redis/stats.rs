@@ -7,7 +7,10 @@
 //! [`PAGE`] keys examined at a time; the masters of a Cluster take turns, a page each, so that
 //! a sample is drawn from all of them. The keys of a page are classified in one pipelined round
 //! trip of `GETRANGE key 0 7`: a claim starts with its mark, anything else is a completed
-//! record, and an empty answer is a key that expired in between (not counted). Counting stops
+//! record, and an empty answer is a key that expired in between (not counted). A token's
+//! record (its key names the token space, see `store/token.rs`) is counted as a token,
+//! redeemed or not by its value; a scope's group of tokens is a sorted set, which `TYPE
+//! string` leaves out. Counting stops
 //! at the first key found past `limit` counted records (the counts are then a sample); `DBSIZE`
 //! of every master gives the keys held in all.
 //!
@@ -32,6 +35,7 @@ use super::servers::Conn;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::record::CLAIM_MARK;
 use crate::store::Stats;
+use crate::store::token::{REDEEMED, is_token_key};
 
 /// How many keys one `SCAN` examines (its `COUNT`).
 const PAGE: usize = 1000;
@@ -106,7 +110,11 @@ impl RedisStore {
                         if head.is_empty() {
                             continue; // expired since the SCAN
                         }
-                        stats.count(prefix, &key, head.as_slice() == CLAIM_MARK.as_bytes());
+                        if is_token_key(prefix, &key) {
+                            stats.count_token(head.as_slice() == REDEEMED.as_bytes());
+                        } else {
+                            stats.count(prefix, &key, head.as_slice() == CLAIM_MARK.as_bytes());
+                        }
                         seen.insert(key);
                     }
                 }

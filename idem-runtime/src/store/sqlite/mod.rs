@@ -11,7 +11,8 @@
 //! are deleted in the background in bounded batches (see `reaper.rs`).
 //!
 //! The other files, one concern each: `options.rs` ([`SqliteOptions`]), `connect.rs` (the URL
-//! and the pools the store opens), `failure.rs` (SQLite's result codes as store errors).
+//! and the pools the store opens), `failure.rs` (SQLite's result codes as store errors),
+//! `tokens.rs` (server-issued tokens, in a table of their own).
 
 mod connect;
 mod failure;
@@ -19,6 +20,7 @@ mod options;
 mod reaper;
 mod sql;
 mod table;
+mod tokens;
 pub(crate) mod tx;
 mod waiters;
 
@@ -32,15 +34,17 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::record::{Claim, Record, Token};
-use crate::store::{Fence, Inspection, Stats, Store, StoreFuture};
+use crate::store::{Fence, Inspection, Issue, Redemption, Stats, Store, StoreFuture, TokenKey};
 
 pub use self::options::SqliteOptions;
 pub use self::table::MIGRATION;
+pub use self::tokens::TOKENS_MIGRATION;
 
 use self::connect::{Pools, describe};
 use self::reaper::Reaper;
 use self::sql::Statements;
 use self::table::Table;
+use self::tokens::TokenStatements;
 use self::waiters::Waiters;
 
 /// How long after the holder's lease ends a waiter looks again, for the row to have expired.
@@ -117,6 +121,7 @@ struct Shared {
     sql: Arc<Statements>,
     /// The table, for the transactional mode's messages.
     table: Table,
+    tokens: TokenStatements,
     waiters: Waiters,
     _reaper: Reaper,
     describe: String,
@@ -237,8 +242,19 @@ impl SqliteStore {
             options.connect_timeout,
         )
         .await?;
+        let tokens = TokenStatements::new(&table);
+        if options.create_table {
+            // Without it, token operations fail saying what to create; calls are unaffected.
+            let created = sqlx::raw_sql(sqlx::AssertSqlSafe(tokens.migration().to_owned()))
+                .execute(&writes)
+                .await;
+            if let Err(error) = created {
+                tracing::warn!(%error, "idem could not create the SQLite table of tokens; idem::tokens will fail until it exists");
+            }
+        }
         Ok(SqliteStore {
             shared: Arc::new(Shared {
+                tokens,
                 _reaper: Reaper::start(
                     writes.clone(),
                     sql.clone(),
@@ -464,9 +480,58 @@ impl Store for SqliteStore {
     fn stats<'a>(&'a self, prefix: &'a str, limit: usize) -> StoreFuture<'a, Stats> {
         Box::pin(async move {
             let shared = &self.shared;
-            sql::stats(&shared.reads, &shared.sql, prefix, limit)
+            let mut stats = sql::stats(&shared.reads, &shared.sql, prefix, limit)
                 .await
-                .map_err(|e| self.failed(e))
+                .map_err(|e| self.failed(e))?;
+            let (live, redeemed) =
+                match tokens::count(&shared.reads, &shared.tokens, prefix, limit).await {
+                    Err(error) if tokens::no_table(&error) => (0, 0),
+                    counted => counted.map_err(|e| self.failed(e))?,
+                };
+            stats.tokens += live;
+            stats.redeemed_tokens += redeemed;
+            Ok(stats)
+        })
+    }
+
+    /// One `INSERT` within the bound (its count in the same statement), then a `DELETE` of a
+    /// few expired tokens; see `tokens.rs`.
+    fn issue_token<'a>(
+        &'a self,
+        token: &'a TokenKey,
+        ttl: Duration,
+        max_live: Option<u32>,
+    ) -> StoreFuture<'a, Issue> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            let issued =
+                match tokens::issue(&shared.writes, &shared.tokens, token, ttl, max_live).await {
+                    Err(error) if tokens::no_table(&error) => {
+                        return Err(shared.tokens.missing(&shared.describe));
+                    }
+                    issued => issued.map_err(|e| self.failed(e))?,
+                };
+            if let Err(error) = tokens::sweep(&shared.writes, &shared.tokens).await {
+                tracing::debug!(%error, "idem could not delete expired SQLite tokens; the next issue tries again");
+            }
+            Ok(issued)
+        })
+    }
+
+    /// One `UPDATE … RETURNING`; see `tokens.rs`.
+    fn redeem_token<'a>(
+        &'a self,
+        token: &'a TokenKey,
+        keep: Duration,
+    ) -> StoreFuture<'a, Redemption> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            match tokens::redeem(&shared.writes, &shared.tokens, token, keep).await {
+                Err(error) if tokens::no_table(&error) => {
+                    Err(shared.tokens.missing(&shared.describe))
+                }
+                redeemed => redeemed.map_err(|e| self.failed(e)),
+            }
         })
     }
 
