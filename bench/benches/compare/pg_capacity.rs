@@ -261,7 +261,7 @@ async fn costs(server: &CapacityServer, probe: &mut Probe) -> PerCall {
     let mut per_call = PerCall::default();
     for callers in [1, CALLERS] {
         let calls = if callers == 1 {
-            scaled(3_000)
+            scaled(5_000)
         } else {
             scaled(20_000)
         };

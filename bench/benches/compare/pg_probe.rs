@@ -106,6 +106,11 @@ impl CapacityServer {
         String::from_utf8_lossy(&text).trim().to_owned()
     }
 
+    /// Runs `sql` with psql; the server's notices (psql's standard error).
+    pub fn psql_notices(&self, sql: &str) -> String {
+        String::from_utf8_lossy(&self.inner.try_psql(sql).stderr).into_owned()
+    }
+
     /// The server's log since it was started again.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data.with_file_name("capacity.log")).unwrap_or_default()

@@ -269,11 +269,20 @@ pub async fn reaper(server: &CapacityServer, probe: &mut Probe) -> Retention {
         .number(&format!("SELECT dead_tuple_count::float8 FROM pgstattuple('{table}')"))
         .await;
     let mark = probe.mark().await;
-    probe.exec(&format!("VACUUM {table}")).await;
+    let notices = server.psql_notices(&format!("VACUUM (VERBOSE) {table}"));
     let vacuum = probe.cost(&mark, table).await;
     retention.vacuum_cpu_us = vacuum.server_cpu * 1e6 / reaped_cost.rows;
     retention.vacuum_wal = vacuum.wal_bytes / reaped_cost.rows;
 
+    println!("\n`VACUUM (VERBOSE) {table}` (psql, its connection's start included in the CPU below):\n\n```");
+    for line in notices.lines().filter(|l| {
+        ["tuples:", "index scan", "system usage", "WAL usage", "removed", "avg read"]
+            .iter()
+            .any(|w| l.contains(w))
+    }) {
+        println!("{}", line.trim());
+    }
+    println!("```");
     let mark = probe.mark().await;
     probe
         .exec("ALTER TABLE proto_parts DETACH PARTITION proto_old; DROP TABLE proto_old")
@@ -555,14 +564,14 @@ pub fn sizing(per_call: &PerCall, bytes: &Bytes, retention: &Retention, churn: C
         per_call.first_wal_checkpoint,
     );
     println!(
-        "| calls/s | retention | records held | table + indexes, 64 B result | with 1 KB result | server cores (this machine's) | WAL per hour, no page images | WAL per hour, after a checkpoint |\n|---|---|---|---|---|---|---|---|"
+        "| calls/s | retention | records held | table + indexes, 64 B result | with 1 KB result | server cores (this machine's) | WAL per hour, no page images | WAL per hour, every call's pages new since the checkpoint (worst case) |\n|---|---|---|---|---|---|---|---|"
     );
     for rate in [1_000.0, 10_000.0, 100_000.0_f64] {
         for (name, seconds) in [("1 h", 3_600.0), ("24 h", 86_400.0), ("7 d", 604_800.0_f64)] {
             let records = rate * seconds;
             let gib = |b: f64| records * b / (1u64 << 30) as f64;
             println!(
-                "| {rate:.0} | {name} | {} | {} | {} | {:.1} | {:.1} GiB | {:.1} GiB |",
+                "| {rate:.0} | {name} | {} | {} | {} | {:.2} | {:.1} GiB | {:.1} GiB |",
                 human(records),
                 size(gib(small)),
                 size(gib(large)),
