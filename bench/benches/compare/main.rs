@@ -26,6 +26,7 @@ mod naive;
 mod on_postgres;
 mod on_redis;
 mod pg_bouncer;
+mod pg_bytes;
 mod pg_capacity;
 mod pg_probe;
 mod pg_retention;

@@ -1,7 +1,8 @@
 //! `--only pg-capacity`: what one PostgreSQL primary spends on idem's calls, measured through
 //! `PostgresStore` and the transactional mode on a server of the benchmark's own, read from
-//! the server's own counters (see `pg_probe.rs`); then retention (`pg_retention.rs`) and
-//! PgBouncer (`pg_bouncer.rs`). Prints Markdown tables; docs/SCALING.md explains them.
+//! the server's own counters (see `pg_probe.rs`); then bytes per record and the sizing table
+//! (`pg_bytes.rs`), expiry (`pg_retention.rs`) and PgBouncer (`pg_bouncer.rs`). Prints
+//! Markdown tables; docs/SCALING.md explains them.
 //!
 //! Bounded: a few minutes at the default scale. `IDEM_PG_SCALE` (default 1) multiplies the
 //! call counts; `IDEM_PG_CHURN_SECS` (default 120) is the length of the steady churn.
@@ -215,11 +216,11 @@ pub fn run() {
     runtime.block_on(async {
         let mut probe = Probe::new(&server).await;
         let per_call = costs(&server, &mut probe).await;
-        let bytes = crate::pg_retention::bytes(&server, &mut probe).await;
+        let bytes = crate::pg_bytes::bytes(&server, &mut probe).await;
         let retention = crate::pg_retention::reaper(&server, &mut probe).await;
         crate::pg_retention::partitions(&server, &mut probe).await;
         let churn = crate::pg_retention::churn(&server, &mut probe).await;
-        crate::pg_retention::sizing(&per_call, &bytes, &retention, churn);
+        crate::pg_bytes::sizing(&per_call, &bytes, &retention, churn);
         crate::pg_bouncer::rows(&server, &mut probe).await;
     });
     println!(
