@@ -107,8 +107,9 @@ pub fn sizing(per_call: &PerCall, bytes: &Bytes, retention: &Retention, churn: C
     let cpu = per_call.first_cpu_us + retention.reap_cpu_us + retention.vacuum_cpu_us;
     let wal = per_call.first_wal + retention.reap_wal + retention.vacuum_wal;
     let wal_checkpoint = per_call.first_wal_checkpoint + retention.reap_wal + retention.vacuum_wal;
+    let wal_compressed = per_call.first_wal_compressed + retention.reap_wal + retention.vacuum_wal;
     println!(
-        "\n## Sizing, from the figures above\n\nEvery call a first call with a new key (replays add {:.0} µs of server CPU each, no bytes). Bytes per record: as written, {small:.0} B with a 64 B result, {large:.0} B with a 1 KB result{churned}. Server CPU per call: first call {:.0} µs at 64 callers + reaper {:.1} µs + VACUUM {:.1} µs = {cpu:.0} µs. WAL per call: {:.0} + {:.0} + {:.0} = {wal:.0} B without full-page images, {wal_checkpoint:.0} B with the first call's WAL on a large table just after a checkpoint ({:.0} B).\n",
+        "\n## Sizing, from the figures above\n\nEvery call a first call with a new key (replays add {:.0} µs of server CPU each, no bytes). Bytes per record: as written, {small:.0} B with a 64 B result, {large:.0} B with a 1 KB result{churned}. Server CPU per call: first call {:.0} µs at 64 callers + reaper {:.1} µs + VACUUM {:.1} µs = {cpu:.0} µs. WAL per call: {:.0} + {:.0} + {:.0} = {wal:.0} B without full-page images, {wal_checkpoint:.0} B with the first call's WAL on a large table just after a checkpoint ({:.0} B), {wal_compressed:.0} B so with wal_compression ({:.0} B).\n",
         per_call.replay_cpu_us,
         per_call.first_cpu_us,
         retention.reap_cpu_us,
@@ -117,22 +118,24 @@ pub fn sizing(per_call: &PerCall, bytes: &Bytes, retention: &Retention, churn: C
         retention.reap_wal,
         retention.vacuum_wal,
         per_call.first_wal_checkpoint,
+        per_call.first_wal_compressed,
     );
     println!(
-        "| calls/s | retention | records held | table + indexes, 64 B result | with 1 KB result | server cores (this machine's) | WAL per hour, no page images | WAL per hour, every call's pages new since the checkpoint (worst case) |\n|---|---|---|---|---|---|---|---|"
+        "| calls/s | retention | records held | table + indexes, 64 B result | with 1 KB result | server cores (this machine's) | WAL per hour, no page images | WAL per hour, every call's pages new since the checkpoint (worst case) | the same, wal_compression |\n|---|---|---|---|---|---|---|---|---|"
     );
     for rate in [1_000.0, 10_000.0, 100_000.0_f64] {
         for (name, seconds) in [("1 h", 3_600.0), ("24 h", 86_400.0), ("7 d", 604_800.0_f64)] {
             let records = rate * seconds;
             let gib = |b: f64| records * b / (1u64 << 30) as f64;
             println!(
-                "| {rate:.0} | {name} | {} | {} | {} | {:.2} | {:.1} GiB | {:.1} GiB |",
+                "| {rate:.0} | {name} | {} | {} | {} | {:.2} | {:.1} GiB | {:.1} GiB | {:.1} GiB |",
                 human(records),
                 size(gib(small)),
                 size(gib(large)),
                 rate * cpu / 1e6,
                 rate * wal * 3_600.0 / (1u64 << 30) as f64,
                 rate * wal_checkpoint * 3_600.0 / (1u64 << 30) as f64,
+                rate * wal_compressed * 3_600.0 / (1u64 << 30) as f64,
             );
         }
     }

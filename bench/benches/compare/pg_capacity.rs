@@ -183,6 +183,8 @@ pub struct PerCall {
     pub first_wal: f64,
     /// WAL of a first call on a large table just after a checkpoint, bytes.
     pub first_wal_checkpoint: f64,
+    /// The same with `wal_compression` on.
+    pub first_wal_compressed: f64,
 }
 
 /// The whole part.
@@ -361,6 +363,42 @@ async fn costs(server: &CapacityServer, probe: &mut Probe) -> PerCall {
             &cost
         )
     );
+    // The same with the page images compressed (lz4 where the server has it).
+    let method = if server.try_psql("SET wal_compression = 'lz4'").contains("ERROR") {
+        "pglz"
+    } else {
+        "lz4"
+    };
+    probe
+        .exec(&format!(
+            "ALTER SYSTEM SET wal_compression = '{method}'; SELECT pg_reload_conf()"
+        ))
+        .await;
+    // Every backend reads the reload at its next statement; the checkpoint follows.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    probe.exec("CHECKPOINT").await;
+    let op = {
+        let (store, value) = (big.clone(), value.clone());
+        move || {
+            let (store, value) = (store.clone(), value.clone());
+            async move { first_call(&store, TTL, &value).await }
+        }
+    };
+    let (done, cost) = phase(probe, CALLERS, scaled(20_000), table, op).await;
+    println!(
+        "{}",
+        cost_row(
+            &format!("the same, wal_compression = {method}"),
+            CALLERS,
+            done,
+            &cost
+        )
+    );
+    per_call.first_wal_compressed = cost.wal_bytes / done as f64;
+    probe
+        .exec("ALTER SYSTEM RESET wal_compression; SELECT pg_reload_conf()")
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let leaves = probe
         .number(&format!("SELECT pg_relation_size('{table}_pkey')::float8 / 8192"))
         .await;
