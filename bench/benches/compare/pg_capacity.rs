@@ -370,10 +370,9 @@ async fn costs(server: &CapacityServer, probe: &mut Probe) -> PerCall {
         "lz4"
     };
     probe
-        .exec(&format!(
-            "ALTER SYSTEM SET wal_compression = '{method}'; SELECT pg_reload_conf()"
-        ))
+        .exec(&format!("ALTER SYSTEM SET wal_compression = '{method}'"))
         .await;
+    probe.exec("SELECT pg_reload_conf()").await;
     // Every backend reads the reload at its next statement; the checkpoint follows.
     tokio::time::sleep(Duration::from_millis(200)).await;
     probe.exec("CHECKPOINT").await;
@@ -395,9 +394,8 @@ async fn costs(server: &CapacityServer, probe: &mut Probe) -> PerCall {
         )
     );
     per_call.first_wal_compressed = cost.wal_bytes / done as f64;
-    probe
-        .exec("ALTER SYSTEM RESET wal_compression; SELECT pg_reload_conf()")
-        .await;
+    probe.exec("ALTER SYSTEM RESET wal_compression").await;
+    probe.exec("SELECT pg_reload_conf()").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let leaves = probe
         .number(&format!("SELECT pg_relation_size('{table}_pkey')::float8 / 8192"))
