@@ -8,7 +8,8 @@
 //! ```
 //!
 //! `--only` runs one part (`memory`, `redis`, `concurrent`, `floor`, `waiters`, `scaling`,
-//! `bytes`, `postgres`), for profiling it.
+//! `bytes`, `postgres`), for profiling it. `--only pg-capacity` runs the PostgreSQL capacity
+//! measurements of docs/SCALING.md (a few minutes; not part of the full run).
 //!
 //! It starts a `redis-server` and a PostgreSQL of its own on free loopback ports (and stops
 //! them at the end),
@@ -24,6 +25,11 @@ mod memory;
 mod naive;
 mod on_postgres;
 mod on_redis;
+mod pg_bouncer;
+mod pg_bytes;
+mod pg_capacity;
+mod pg_probe;
+mod pg_retention;
 mod peers;
 mod report;
 mod waiters;
@@ -60,6 +66,11 @@ fn main() {
         .position(|a| a == "--only")
         .and_then(|at| args.get(at + 1).cloned());
     let part = |name: &str| only.as_deref().is_none_or(|only| only == name);
+    // Minutes long and with a server of its own: run only when asked for.
+    if only.as_deref() == Some("pg-capacity") {
+        pg_capacity::run();
+        return;
+    }
     let plan = if quick { Plan::quick() } else { Plan::full() };
     let started = Instant::now();
 
