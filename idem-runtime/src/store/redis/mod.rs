@@ -64,7 +64,7 @@ use tokio::time::Instant;
 
 use crate::error::StoreError;
 use crate::record::{Claim, Record};
-use crate::store::{Fence, Inspection, Issue, Redemption, Stats, Store, TokenKey};
+use crate::store::{DynStore, Fence, Inspection, Issue, Redemption, Stats, Store, TokenKey};
 
 pub use self::options::RedisOptions;
 
@@ -197,8 +197,10 @@ impl RedisStore {
             _ => match self.shared.replicated(answer.acked, "claim") {
                 Ok(()) => Ok(None),
                 Err(error) => {
-                    // Not durable, so not ours to run on: free the key for a retry.
-                    if let Err(undo) = self.release(key, claim).await {
+                    // Not durable, so not ours to run on: free the key for a retry. Boxed
+                    // (through `DynStore`): inline, the release's state would more than
+                    // double every claim's future, for a path that almost never runs.
+                    if let Err(undo) = DynStore::release(self, key, claim).await {
                         tracing::debug!(%undo, "idem could not withdraw an unreplicated claim; it ends with its lease");
                     }
                     Err(error)
