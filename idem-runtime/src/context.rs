@@ -210,31 +210,26 @@ fn refused<T: Send + 'static>() -> StoreFuture<'static, T> {
 }
 
 impl Store for NotInstalled {
-    fn claim<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a Claim,
+    async fn claim(&self, _: &str, _: &Claim, _: Duration) -> Result<Option<Record>, StoreError> {
+        refused().await
+    }
+    async fn complete(
+        &self,
+        _: &str,
+        _: &Claim,
+        _: &[u8],
         _: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
-        refused()
+    ) -> Result<Fence, StoreError> {
+        refused().await
     }
-    fn complete<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a Claim,
-        _: &'a [u8],
-        _: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        refused()
+    async fn release(&self, _: &str, _: &Claim) -> Result<Fence, StoreError> {
+        refused().await
     }
-    fn release<'a>(&'a self, _: &'a str, _: &'a Claim) -> StoreFuture<'a, Fence> {
-        refused()
+    async fn renew(&self, _: &str, _: &Claim, _: Duration) -> Result<Fence, StoreError> {
+        refused().await
     }
-    fn renew<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, Fence> {
-        refused()
-    }
-    fn wait<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, ()> {
-        refused()
+    async fn wait(&self, _: &str, _: &Claim, _: Duration) -> Result<(), StoreError> {
+        refused().await
     }
     fn describe(&self) -> String {
         "none installed".to_owned()

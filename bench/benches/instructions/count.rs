@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Duration;
 
-use idem::store::{Claim, Record, StoreFuture};
+use idem::store::{Claim, Record};
 use idem::{Config, Idem, MemoryStore, Store};
 use tokio::runtime::Runtime;
 
@@ -209,7 +209,9 @@ fn fill(runtime: &Runtime, idem: &Idem, store: &MemoryStore, live: u64) {
 }
 
 /// The result of a memory store's operation, which is ready at once.
-fn ready<T>(future: StoreFuture<'_, T>) -> Result<T, idem::StoreError> {
+fn ready<T>(
+    future: impl std::future::Future<Output = Result<T, idem::StoreError>>,
+) -> Result<T, idem::StoreError> {
     let mut context = std::task::Context::from_waker(std::task::Waker::noop());
     match std::pin::pin!(future).poll(&mut context) {
         std::task::Poll::Ready(result) => result,

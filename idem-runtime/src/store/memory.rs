@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::record::{Claim, Record};
 use crate::store::token_table::TokenTable;
-use crate::store::{Fence, Inspection, Issue, Redemption, Stats, Store, StoreFuture, TokenKey};
+use crate::store::{Fence, Inspection, Issue, Redemption, Stats, Store, TokenKey};
 
 const SHARDS: usize = 16;
 
@@ -352,107 +352,94 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Store for MemoryStore {
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
+    async fn claim(
+        &self,
+        key: &str,
+        claim: &Claim,
         lease: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
-        let result = match self.try_claim(key, claim, lease) {
+    ) -> Result<Option<Record>, StoreError> {
+        match self.try_claim(key, claim, lease) {
             Err(full) if full.kind() == StoreErrorKind::Full && self.sweep_if_due() => {
                 self.try_claim(key, claim, lease)
             }
             result => result,
-        };
-        Box::pin(std::future::ready(result))
+        }
     }
 
-    fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        payload: &'a [u8],
+    async fn complete(
+        &self,
+        key: &str,
+        claim: &Claim,
+        payload: &[u8],
         ttl: Duration,
-    ) -> StoreFuture<'a, Fence> {
+    ) -> Result<Fence, StoreError> {
         let fence = self.fenced(key, claim, |mut entry| {
             let expires_at = Instant::now() + ttl;
             entry.get_mut().complete(payload, expires_at);
             self.expires(expires_at);
         });
-        Box::pin(std::future::ready(Ok(fence)))
+        Ok(fence)
     }
 
-    fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
+    async fn release(&self, key: &str, claim: &Claim) -> Result<Fence, StoreError> {
         let fence = self.fenced(key, claim, |entry| {
             entry.remove().0.wake();
             self.inner.records.fetch_sub(1, Ordering::AcqRel);
         });
-        Box::pin(std::future::ready(Ok(fence)))
+        Ok(fence)
     }
 
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        lease: Duration,
-    ) -> StoreFuture<'a, Fence> {
+    async fn renew(&self, key: &str, claim: &Claim, lease: Duration) -> Result<Fence, StoreError> {
         let fence = self.fenced(key, claim, |mut entry| {
             let expires_at = Instant::now() + lease;
             entry.get_mut().expires_at = expires_at;
             self.expires(expires_at);
         });
-        Box::pin(std::future::ready(Ok(fence)))
+        Ok(fence)
     }
 
-    fn wait<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a Claim,
-        timeout: Duration,
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let hash = self.hash(key.as_bytes());
-            let same_key = |e: &Entry| e.key() == key.as_bytes();
-            let (waiters, lease_end) = {
-                let now = Instant::now();
-                let mut shard = self.shard(hash);
-                match shard.find_mut(hash, same_key) {
-                    Some(entry) if entry.held_by(holder, now) => match entry.waiters() {
-                        Some(waiters) => (waiters, entry.expires_at),
-                        None => return Ok(()),
-                    },
-                    _ => return Ok(()),
-                }
-            };
-            let woken = waiters.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            // The holder may have finished between the look above and `enable`: look again
-            // now that no wake-up can be missed.
-            let still_held = self
-                .shard(hash)
-                .find(hash, same_key)
-                .is_some_and(|e| e.held_by(holder, Instant::now()));
-            if still_held {
-                let until = (Instant::now() + timeout).min(lease_end);
-                let _ = tokio::time::timeout_at(until, woken).await;
+    async fn wait(&self, key: &str, holder: &Claim, timeout: Duration) -> Result<(), StoreError> {
+        let hash = self.hash(key.as_bytes());
+        let same_key = |e: &Entry| e.key() == key.as_bytes();
+        let (waiters, lease_end) = {
+            let now = Instant::now();
+            let mut shard = self.shard(hash);
+            match shard.find_mut(hash, same_key) {
+                Some(entry) if entry.held_by(holder, now) => match entry.waiters() {
+                    Some(waiters) => (waiters, entry.expires_at),
+                    None => return Ok(()),
+                },
+                _ => return Ok(()),
             }
-            Ok(())
-        })
+        };
+        let woken = waiters.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        // The holder may have finished between the look above and `enable`: look again
+        // now that no wake-up can be missed.
+        let still_held = self
+            .shard(hash)
+            .find(hash, same_key)
+            .is_some_and(|e| e.held_by(holder, Instant::now()));
+        if still_held {
+            let until = (Instant::now() + timeout).min(lease_end);
+            let _ = tokio::time::timeout_at(until, woken).await;
+        }
+        Ok(())
     }
 
-    fn inspect<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Inspection> {
+    async fn inspect(&self, key: &str) -> Result<Inspection, StoreError> {
         let now = Instant::now();
         let hash = self.hash(key.as_bytes());
         let inspection = match self.shard(hash).find(hash, |e| e.key() == key.as_bytes()) {
             Some(entry) if entry.live(now) => entry.inspection(now),
             _ => Inspection::Absent,
         };
-        Box::pin(std::future::ready(Ok(inspection)))
+        Ok(inspection)
     }
 
     /// Removes the entry, expired or not, and wakes its waiters; `true` if it was live.
-    fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+    async fn forget(&self, key: &str) -> Result<bool, StoreError> {
         let now = Instant::now();
         let hash = self.hash(key.as_bytes());
         let found = self
@@ -468,7 +455,7 @@ impl Store for MemoryStore {
             }
             None => false,
         };
-        Box::pin(std::future::ready(Ok(live)))
+        Ok(live)
     }
 
     fn describe(&self) -> String {
@@ -477,7 +464,7 @@ impl Store for MemoryStore {
 
     /// Walks the shards one at a time, each locked while it is read; [`Stats::store_keys`]
     /// is the records held, expired ones not yet dropped included.
-    fn stats<'a>(&'a self, prefix: &'a str, limit: usize) -> StoreFuture<'a, Stats> {
+    async fn stats(&self, prefix: &str, limit: usize) -> Result<Stats, StoreError> {
         let now = Instant::now();
         let mut stats = Stats::new(0, 0, true);
         'shards: for shard in self.inner.shards.iter() {
@@ -495,31 +482,29 @@ impl Store for MemoryStore {
         self.inner.tokens.count(prefix, &mut stats);
         let held = self.inner.records.load(Ordering::Acquire) as u64;
         let stats = stats.with_store_keys(Some(held));
-        Box::pin(std::future::ready(Ok(stats)))
+        Ok(stats)
     }
 
     /// One lock of the token table: the bound's count and the insert in one step.
-    fn issue_token<'a>(
-        &'a self,
-        token: &'a TokenKey,
+    async fn issue_token(
+        &self,
+        token: &TokenKey,
         ttl: Duration,
         max_live: Option<u32>,
-    ) -> StoreFuture<'a, Issue> {
-        let issued = self
-            .inner
+    ) -> Result<Issue, StoreError> {
+        self.inner
             .tokens
-            .issue(token, ttl, max_live, self.inner.capacity);
-        Box::pin(std::future::ready(issued))
+            .issue(token, ttl, max_live, self.inner.capacity)
     }
 
     /// One lock of the token table: look up by key, mark redeemed.
-    fn redeem_token<'a>(
-        &'a self,
-        token: &'a TokenKey,
+    async fn redeem_token(
+        &self,
+        token: &TokenKey,
         keep: Duration,
-    ) -> StoreFuture<'a, Redemption> {
+    ) -> Result<Redemption, StoreError> {
         let redeemed = self.inner.tokens.redeem(token, keep);
-        Box::pin(std::future::ready(Ok(redeemed)))
+        Ok(redeemed)
     }
 }
 
@@ -537,7 +522,7 @@ mod tests {
     use std::sync::Barrier;
 
     /// Polls a memory store's future, which is ready at once.
-    fn now<T>(future: StoreFuture<'_, T>) -> Result<T, StoreError> {
+    fn now<T>(future: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
         let waker = std::task::Waker::noop();
         match std::pin::pin!(future).poll(&mut std::task::Context::from_waker(waker)) {
             std::task::Poll::Ready(result) => result,

@@ -50,7 +50,7 @@ pub(crate) mod tx;
 #[cfg_attr(not(all(feature = "redis", feature = "postgres")), allow(dead_code))]
 mod wake;
 
-/// The future a [`Store`] operation returns.
+/// The future a [`DynStore`] operation returns: a [`Store`]'s, boxed.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
 /// Whether a fenced write found its claim still holding the key.
@@ -137,66 +137,109 @@ fn unsupported(store: &(impl Store + ?Sized), operation: &str) -> StoreError {
 /// Fenced operations ([`complete`](Store::complete), [`release`](Store::release),
 /// [`renew`](Store::renew)) apply only while `claim` still holds the key (compare-and-set on the
 /// claim) and report [`Fence::Lost`] otherwise.
+///
+/// Each operation returns a future of the store's own type: implement them as `async fn`
+/// (the futures must be `Send`). A [`StoreHandle`] keeps any store behind one pointer and calls
+/// it through [`DynStore`], which every `Store` implements:
+///
+/// ```
+/// # use idem_runtime as idem;
+/// use std::time::Duration;
+/// use idem::{Store, StoreError};
+/// use idem::store::{Claim, Fence, Record};
+///
+/// /// Wraps another store and logs each claim.
+/// struct Logged<S>(S);
+///
+/// impl<S: Store> Store for Logged<S> {
+///     async fn claim(&self, key: &str, claim: &Claim, lease: Duration) -> Result<Option<Record>, StoreError> {
+///         println!("claim {key}");
+///         self.0.claim(key, claim, lease).await
+///     }
+///     async fn complete(&self, key: &str, claim: &Claim, payload: &[u8], ttl: Duration) -> Result<Fence, StoreError> {
+///         self.0.complete(key, claim, payload, ttl).await
+///     }
+///     async fn release(&self, key: &str, claim: &Claim) -> Result<Fence, StoreError> {
+///         self.0.release(key, claim).await
+///     }
+///     async fn renew(&self, key: &str, claim: &Claim, lease: Duration) -> Result<Fence, StoreError> {
+///         self.0.renew(key, claim, lease).await
+///     }
+///     async fn wait(&self, key: &str, holder: &Claim, timeout: Duration) -> Result<(), StoreError> {
+///         self.0.wait(key, holder, timeout).await
+///     }
+///     fn describe(&self) -> String {
+///         format!("logged {}", self.0.describe())
+///     }
+/// }
+///
+/// let handle = idem::StoreHandle::new(Logged(idem::MemoryStore::new()));
+/// assert_eq!(handle.describe(), "logged memory");
+/// ```
 pub trait Store: std::any::Any + Send + Sync {
     /// Claims `key` for `claim` with expiry `lease` if no record holds it and returns `None`;
     /// otherwise leaves the record unchanged and returns it.
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
+    fn claim(
+        &self,
+        key: &str,
+        claim: &Claim,
         lease: Duration,
-    ) -> StoreFuture<'a, Option<Record>>;
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
 
     /// Like [`claim`](Store::claim), and a completed record it finds tells how long it still
     /// lives ([`Record::Completed::expires_in`]), for the local cache. The engine calls this
     /// one when a local cache is on. Stores that report the lifetime anyway need not override
     /// it; one that reports it at a cost (a Redis `PTTL`) pays only here.
-    fn claim_with_expiry<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
+    fn claim_with_expiry(
+        &self,
+        key: &str,
+        claim: &Claim,
         lease: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
         self.claim(key, claim, lease)
     }
 
     /// Replaces `claim` by the completed `payload` with expiry `ttl`, and wakes the waiters.
-    fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        payload: &'a [u8],
+    fn complete(
+        &self,
+        key: &str,
+        claim: &Claim,
+        payload: &[u8],
         ttl: Duration,
-    ) -> StoreFuture<'a, Fence>;
+    ) -> impl Future<Output = Result<Fence, StoreError>> + Send;
 
     /// Deletes `claim`, so that the next call runs again, and wakes the waiters.
-    fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence>;
+    fn release(
+        &self,
+        key: &str,
+        claim: &Claim,
+    ) -> impl Future<Output = Result<Fence, StoreError>> + Send;
 
     /// Extends the expiry of `claim` to `lease` from now.
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
+    fn renew(
+        &self,
+        key: &str,
+        claim: &Claim,
         lease: Duration,
-    ) -> StoreFuture<'a, Fence>;
+    ) -> impl Future<Output = Result<Fence, StoreError>> + Send;
 
     /// Waits until `key` is no longer held by `holder` (completed, released, expired or
     /// claimed anew) or `timeout` has passed. It may return early; the caller looks again.
-    fn wait<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a Claim,
+    fn wait(
+        &self,
+        key: &str,
+        holder: &Claim,
         timeout: Duration,
-    ) -> StoreFuture<'a, ()>;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// What `key` holds now, for operators (see [`idem::inspect`](crate::inspect)); never
     /// called on the path of a call. A record past its expiry is [`Inspection::Absent`].
     ///
     /// The default fails with a [`StoreError`] of kind [`StoreErrorKind::Other`]: stores
     /// written before it existed keep compiling.
-    fn inspect<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Inspection> {
+    fn inspect(&self, key: &str) -> impl Future<Output = Result<Inspection, StoreError>> + Send {
         let _ = key;
-        Box::pin(std::future::ready(Err(unsupported(self, "inspect"))))
+        std::future::ready(Err(unsupported(self, "inspect")))
     }
 
     /// Deletes whatever `key` holds (a claim or a completed record), so that the next call
@@ -205,9 +248,9 @@ pub trait Store: std::any::Any + Send + Sync {
     ///
     /// The default fails with a [`StoreError`] of kind [`StoreErrorKind::Other`]: stores
     /// written before it existed keep compiling.
-    fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+    fn forget(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let _ = key;
-        Box::pin(std::future::ready(Err(unsupported(self, "forget"))))
+        std::future::ready(Err(unsupported(self, "forget")))
     }
 
     /// How many live records the store holds under the keys that start with `prefix` (the
@@ -221,9 +264,13 @@ pub trait Store: std::any::Any + Send + Sync {
     ///
     /// The default fails with a [`StoreError`] of kind [`StoreErrorKind::Other`]: stores
     /// written before it existed keep compiling.
-    fn stats<'a>(&'a self, prefix: &'a str, limit: usize) -> StoreFuture<'a, Stats> {
+    fn stats(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Stats, StoreError>> + Send {
         let _ = (prefix, limit);
-        Box::pin(std::future::ready(Err(unsupported(self, "stats"))))
+        std::future::ready(Err(unsupported(self, "stats")))
     }
 
     /// Stores the server-issued token `token` (see [`idem::tokens`](crate::tokens)), live for
@@ -234,14 +281,14 @@ pub trait Store: std::any::Any + Send + Sync {
     ///
     /// The default fails with a [`StoreError`] of kind [`StoreErrorKind::Other`]: stores
     /// written before it existed keep compiling.
-    fn issue_token<'a>(
-        &'a self,
-        token: &'a TokenKey,
+    fn issue_token(
+        &self,
+        token: &TokenKey,
         ttl: Duration,
         max_live: Option<u32>,
-    ) -> StoreFuture<'a, Issue> {
+    ) -> impl Future<Output = Result<Issue, StoreError>> + Send {
         let _ = (token, ttl, max_live);
-        Box::pin(std::future::ready(Err(unsupported(self, "tokens"))))
+        std::future::ready(Err(unsupported(self, "tokens")))
     }
 
     /// Redeems `token` in one atomic step: a live token not yet redeemed becomes redeemed
@@ -255,23 +302,163 @@ pub trait Store: std::any::Any + Send + Sync {
     ///
     /// The default fails with a [`StoreError`] of kind [`StoreErrorKind::Other`]: stores
     /// written before it existed keep compiling.
-    fn redeem_token<'a>(
-        &'a self,
-        token: &'a TokenKey,
+    fn redeem_token(
+        &self,
+        token: &TokenKey,
         keep: Duration,
-    ) -> StoreFuture<'a, Redemption> {
+    ) -> impl Future<Output = Result<Redemption, StoreError>> + Send {
         let _ = (token, keep);
-        Box::pin(std::future::ready(Err(unsupported(self, "tokens"))))
+        std::future::ready(Err(unsupported(self, "tokens")))
     }
 
     /// A short description for logs and examples, such as `memory` or `redis://host:6379/0`.
     fn describe(&self) -> String;
 }
 
+/// [`Store`] behind a pointer: each operation's future boxed ([`StoreFuture`]), so that a
+/// [`StoreHandle`] holds any store as one type. Every `Store` implements it; implement
+/// `Store`, never this.
+pub trait DynStore: std::any::Any + Send + Sync {
+    /// [`Store::claim`].
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<Record>>;
+    /// [`Store::claim_with_expiry`].
+    fn claim_with_expiry<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<Record>>;
+    /// [`Store::complete`].
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        payload: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Fence>;
+    /// [`Store::release`].
+    fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence>;
+    /// [`Store::renew`].
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        lease: Duration,
+    ) -> StoreFuture<'a, Fence>;
+    /// [`Store::wait`].
+    fn wait<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a Claim,
+        timeout: Duration,
+    ) -> StoreFuture<'a, ()>;
+    /// [`Store::inspect`].
+    fn inspect<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Inspection>;
+    /// [`Store::forget`].
+    fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool>;
+    /// [`Store::stats`].
+    fn stats<'a>(&'a self, prefix: &'a str, limit: usize) -> StoreFuture<'a, Stats>;
+    /// [`Store::issue_token`].
+    fn issue_token<'a>(
+        &'a self,
+        token: &'a TokenKey,
+        ttl: Duration,
+        max_live: Option<u32>,
+    ) -> StoreFuture<'a, Issue>;
+    /// [`Store::redeem_token`].
+    fn redeem_token<'a>(
+        &'a self,
+        token: &'a TokenKey,
+        keep: Duration,
+    ) -> StoreFuture<'a, Redemption>;
+    /// [`Store::describe`].
+    fn describe(&self) -> String;
+}
+
+impl<S: Store> DynStore for S {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<Record>> {
+        Box::pin(Store::claim(self, key, claim, lease))
+    }
+    fn claim_with_expiry<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<Record>> {
+        Box::pin(Store::claim_with_expiry(self, key, claim, lease))
+    }
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        payload: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Fence> {
+        Box::pin(Store::complete(self, key, claim, payload, ttl))
+    }
+    fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
+        Box::pin(Store::release(self, key, claim))
+    }
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a Claim,
+        lease: Duration,
+    ) -> StoreFuture<'a, Fence> {
+        Box::pin(Store::renew(self, key, claim, lease))
+    }
+    fn wait<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a Claim,
+        timeout: Duration,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(Store::wait(self, key, holder, timeout))
+    }
+    fn inspect<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Inspection> {
+        Box::pin(Store::inspect(self, key))
+    }
+    fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(Store::forget(self, key))
+    }
+    fn stats<'a>(&'a self, prefix: &'a str, limit: usize) -> StoreFuture<'a, Stats> {
+        Box::pin(Store::stats(self, prefix, limit))
+    }
+    fn issue_token<'a>(
+        &'a self,
+        token: &'a TokenKey,
+        ttl: Duration,
+        max_live: Option<u32>,
+    ) -> StoreFuture<'a, Issue> {
+        Box::pin(Store::issue_token(self, token, ttl, max_live))
+    }
+    fn redeem_token<'a>(
+        &'a self,
+        token: &'a TokenKey,
+        keep: Duration,
+    ) -> StoreFuture<'a, Redemption> {
+        Box::pin(Store::redeem_token(self, token, keep))
+    }
+    fn describe(&self) -> String {
+        Store::describe(self)
+    }
+}
+
 /// A shared handle to any [`Store`]: what [`with_store`](crate::with_store), the `store = `
-/// option and [`Config`](crate::Config) produce. Cloning it is cheap.
+/// option and [`Config`](crate::Config) produce. Cloning it is cheap. Its operations are those
+/// of [`DynStore`] (each future boxed).
 #[derive(Clone)]
-pub struct StoreHandle(Arc<dyn Store>);
+pub struct StoreHandle(Arc<dyn DynStore>);
 
 impl StoreHandle {
     /// Wraps a store.
@@ -280,7 +467,7 @@ impl StoreHandle {
     }
 
     /// Wraps a store that is already shared.
-    pub fn from_arc(store: Arc<dyn Store>) -> Self {
+    pub fn from_arc<S: Store>(store: Arc<S>) -> Self {
         StoreHandle(store)
     }
 
@@ -298,7 +485,7 @@ impl<S: Store> From<S> for StoreHandle {
 }
 
 impl Deref for StoreHandle {
-    type Target = dyn Store;
+    type Target = dyn DynStore;
 
     fn deref(&self) -> &Self::Target {
         &*self.0

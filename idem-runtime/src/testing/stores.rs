@@ -303,78 +303,74 @@ impl std::fmt::Debug for Forwarding {
 }
 
 impl Store for Forwarding {
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
+    async fn claim(
+        &self,
+        key: &str,
+        claim: &Claim,
         lease: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
+    ) -> Result<Option<Record>, StoreError> {
         let found = self.forward(Op::Claim, key, || self.inner.claim(key, claim, lease));
-        self.found(claim, found)
+        self.found(claim, found).await
     }
-    fn claim_with_expiry<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
+    async fn claim_with_expiry(
+        &self,
+        key: &str,
+        claim: &Claim,
         lease: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
+    ) -> Result<Option<Record>, StoreError> {
         let found = self.forward(Op::ClaimWithExpiry, key, || {
             self.inner.claim_with_expiry(key, claim, lease)
         });
-        self.found(claim, found)
+        self.found(claim, found).await
     }
-    fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        payload: &'a [u8],
+    async fn complete(
+        &self,
+        key: &str,
+        claim: &Claim,
+        payload: &[u8],
         ttl: Duration,
-    ) -> StoreFuture<'a, Fence> {
+    ) -> Result<Fence, StoreError> {
         self.forward(Op::Complete, key, || {
             self.inner.complete(key, claim, payload, ttl)
         })
+        .await
     }
-    fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
+    async fn release(&self, key: &str, claim: &Claim) -> Result<Fence, StoreError> {
         self.forward(Op::Release, key, || self.inner.release(key, claim))
+            .await
     }
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        lease: Duration,
-    ) -> StoreFuture<'a, Fence> {
+    async fn renew(&self, key: &str, claim: &Claim, lease: Duration) -> Result<Fence, StoreError> {
         self.forward(Op::Renew, key, || self.inner.renew(key, claim, lease))
+            .await
     }
-    fn wait<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a Claim,
-        timeout: Duration,
-    ) -> StoreFuture<'a, ()> {
+    async fn wait(&self, key: &str, holder: &Claim, timeout: Duration) -> Result<(), StoreError> {
         self.forward(Op::Wait, key, || self.inner.wait(key, holder, timeout))
+            .await
     }
-    fn inspect<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Inspection> {
+    async fn inspect(&self, key: &str) -> Result<Inspection, StoreError> {
         self.forward(Op::Inspect, key, || self.inner.inspect(key))
+            .await
     }
-    fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+    async fn forget(&self, key: &str) -> Result<bool, StoreError> {
         self.forward(Op::Forget, key, || self.inner.forget(key))
+            .await
     }
     /// Forwarded as it is: not counted, recorded or failed.
-    fn issue_token<'a>(
-        &'a self,
-        token: &'a crate::store::TokenKey,
+    async fn issue_token(
+        &self,
+        token: &crate::store::TokenKey,
         ttl: Duration,
         max_live: Option<u32>,
-    ) -> StoreFuture<'a, crate::store::Issue> {
-        self.inner.issue_token(token, ttl, max_live)
+    ) -> Result<crate::store::Issue, StoreError> {
+        self.inner.issue_token(token, ttl, max_live).await
     }
     /// Forwarded as it is: not counted, recorded or failed.
-    fn redeem_token<'a>(
-        &'a self,
-        token: &'a crate::store::TokenKey,
+    async fn redeem_token(
+        &self,
+        token: &crate::store::TokenKey,
         keep: Duration,
-    ) -> StoreFuture<'a, crate::store::Redemption> {
-        self.inner.redeem_token(token, keep)
+    ) -> Result<crate::store::Redemption, StoreError> {
+        self.inner.redeem_token(token, keep).await
     }
     fn describe(&self) -> String {
         self.name.clone().unwrap_or_else(|| self.inner.describe())
@@ -401,52 +397,47 @@ fn down<T>() -> StoreFuture<'static, T> {
 }
 
 impl Store for DownStore {
-    fn claim<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a Claim,
+    async fn claim(&self, _: &str, _: &Claim, _: Duration) -> Result<Option<Record>, StoreError> {
+        down().await
+    }
+    async fn complete(
+        &self,
+        _: &str,
+        _: &Claim,
+        _: &[u8],
         _: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
-        down()
+    ) -> Result<Fence, StoreError> {
+        down().await
     }
-    fn complete<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a Claim,
-        _: &'a [u8],
-        _: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        down()
+    async fn release(&self, _: &str, _: &Claim) -> Result<Fence, StoreError> {
+        down().await
     }
-    fn release<'a>(&'a self, _: &'a str, _: &'a Claim) -> StoreFuture<'a, Fence> {
-        down()
+    async fn renew(&self, _: &str, _: &Claim, _: Duration) -> Result<Fence, StoreError> {
+        down().await
     }
-    fn renew<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, Fence> {
-        down()
+    async fn wait(&self, _: &str, _: &Claim, _: Duration) -> Result<(), StoreError> {
+        down().await
     }
-    fn wait<'a>(&'a self, _: &'a str, _: &'a Claim, _: Duration) -> StoreFuture<'a, ()> {
-        down()
+    async fn inspect(&self, _: &str) -> Result<Inspection, StoreError> {
+        down().await
     }
-    fn inspect<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Inspection> {
-        down()
+    async fn forget(&self, _: &str) -> Result<bool, StoreError> {
+        down().await
     }
-    fn forget<'a>(&'a self, _: &'a str) -> StoreFuture<'a, bool> {
-        down()
-    }
-    fn issue_token<'a>(
-        &'a self,
-        _: &'a crate::store::TokenKey,
+    async fn issue_token(
+        &self,
+        _: &crate::store::TokenKey,
         _: Duration,
         _: Option<u32>,
-    ) -> StoreFuture<'a, crate::store::Issue> {
-        down()
+    ) -> Result<crate::store::Issue, StoreError> {
+        down().await
     }
-    fn redeem_token<'a>(
-        &'a self,
-        _: &'a crate::store::TokenKey,
+    async fn redeem_token(
+        &self,
+        _: &crate::store::TokenKey,
         _: Duration,
-    ) -> StoreFuture<'a, crate::store::Redemption> {
-        down()
+    ) -> Result<crate::store::Redemption, StoreError> {
+        down().await
     }
     fn describe(&self) -> String {
         "down".into()

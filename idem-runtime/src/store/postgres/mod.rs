@@ -38,7 +38,7 @@ use crate::config::Config;
 use crate::error::{Error, StoreError};
 use crate::record::{Claim, Record, Token};
 use crate::store::tx::{Claimed, UNSEEN_RETRIES};
-use crate::store::{Fence, Inspection, Issue, Redemption, Stats, Store, StoreFuture, TokenKey};
+use crate::store::{Fence, Inspection, Issue, Redemption, Stats, Store, TokenKey};
 
 pub use self::options::PostgresOptions;
 pub use self::table::MIGRATION;
@@ -386,150 +386,126 @@ fn check_key(key: &str) -> Result<(), StoreError> {
 }
 
 impl Store for PostgresStore {
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
+    async fn claim(
+        &self,
+        key: &str,
+        claim: &Claim,
         lease: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
-        Box::pin(async move {
-            check_key(key)?;
-            let sql = &self.shared.sql;
-            for _ in 0..UNSEEN_RETRIES {
-                let claimed = on_connection!(self, |conn| sql::claim(
-                    conn,
-                    sql,
-                    key,
-                    claim,
-                    lease,
-                    CLAIM_LOCK_WAIT
-                ))?;
-                match claimed {
-                    Claimed::Held => return Ok(None),
-                    // In progress in a transaction that has not committed: waiting for it is
-                    // `wait`'s job, bounded by the call's own wait, never a store failure.
-                    Claimed::Locked => {
-                        return Ok(Some(Record::InProgress(Claim {
-                            token: UNSEEN_HOLDER,
-                            fingerprint: None,
-                        })));
-                    }
-                    // Our own claim is found when a retry follows an attempt whose answer was
-                    // lost after it was applied: the key is ours either way.
-                    Claimed::Found(Record::InProgress(found)) if found == *claim => {
-                        return Ok(None);
-                    }
-                    Claimed::Found(record) => return Ok(Some(record)),
-                    Claimed::Unseen => tokio::task::yield_now().await,
-                }
-            }
-            Err(StoreError::new(
-                crate::error::StoreErrorKind::Protocol,
-                format!(
-                    "PostgreSQL at {} kept answering the claim of a key with no row",
-                    self.shared.describe
-                ),
-            ))
-        })
-    }
-
-    fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        payload: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        Box::pin(async move {
-            check_key(key)?;
-            let sql = &self.shared.sql;
-            let tag = listen::tag(key);
-            let held = on_connection!(self, |conn| sql::complete(
-                conn, sql, key, claim, payload, ttl, &tag
+    ) -> Result<Option<Record>, StoreError> {
+        check_key(key)?;
+        let sql = &self.shared.sql;
+        for _ in 0..UNSEEN_RETRIES {
+            let claimed = on_connection!(self, |conn| sql::claim(
+                conn,
+                sql,
+                key,
+                claim,
+                lease,
+                CLAIM_LOCK_WAIT
             ))?;
-            if held {
-                return Ok(Fence::Held);
+            match claimed {
+                Claimed::Held => return Ok(None),
+                // In progress in a transaction that has not committed: waiting for it is
+                // `wait`'s job, bounded by the call's own wait, never a store failure.
+                Claimed::Locked => {
+                    return Ok(Some(Record::InProgress(Claim {
+                        token: UNSEEN_HOLDER,
+                        fingerprint: None,
+                    })));
+                }
+                // Our own claim is found when a retry follows an attempt whose answer was
+                // lost after it was applied: the key is ours either way.
+                Claimed::Found(Record::InProgress(found)) if found == *claim => {
+                    return Ok(None);
+                }
+                Claimed::Found(record) => return Ok(Some(record)),
+                Claimed::Unseen => tokio::task::yield_now().await,
             }
-            // Rare (the lease was lost): look whether an earlier attempt of this completion
-            // was applied before its connection broke.
-            let ours = on_connection!(self, |conn| sql::completed_by(conn, sql, key, claim))?;
-            Ok(Fence::from_held(ours))
-        })
+        }
+        Err(StoreError::new(
+            crate::error::StoreErrorKind::Protocol,
+            format!(
+                "PostgreSQL at {} kept answering the claim of a key with no row",
+                self.shared.describe
+            ),
+        ))
     }
 
-    fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
-        Box::pin(async move {
-            check_key(key)?;
-            let sql = &self.shared.sql;
-            let tag = listen::tag(key);
-            let held = on_connection!(self, |conn| sql::release(conn, sql, key, claim, &tag))?;
-            Ok(Fence::from_held(held))
-        })
+    async fn complete(
+        &self,
+        key: &str,
+        claim: &Claim,
+        payload: &[u8],
+        ttl: Duration,
+    ) -> Result<Fence, StoreError> {
+        check_key(key)?;
+        let sql = &self.shared.sql;
+        let tag = listen::tag(key);
+        let held = on_connection!(self, |conn| sql::complete(
+            conn, sql, key, claim, payload, ttl, &tag
+        ))?;
+        if held {
+            return Ok(Fence::Held);
+        }
+        // Rare (the lease was lost): look whether an earlier attempt of this completion
+        // was applied before its connection broke.
+        let ours = on_connection!(self, |conn| sql::completed_by(conn, sql, key, claim))?;
+        Ok(Fence::from_held(ours))
     }
 
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        lease: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        Box::pin(async move {
-            check_key(key)?;
-            let sql = &self.shared.sql;
-            let held = on_connection!(self, |conn| sql::renew(conn, sql, key, claim, lease))?;
-            Ok(Fence::from_held(held))
-        })
+    async fn release(&self, key: &str, claim: &Claim) -> Result<Fence, StoreError> {
+        check_key(key)?;
+        let sql = &self.shared.sql;
+        let tag = listen::tag(key);
+        let held = on_connection!(self, |conn| sql::release(conn, sql, key, claim, &tag))?;
+        Ok(Fence::from_held(held))
     }
 
-    fn wait<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a Claim,
-        timeout: Duration,
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            check_key(key)?;
-            if holder.token == UNSEEN_HOLDER {
-                return self.lock_wait(key, timeout).await;
-            }
-            let deadline = Instant::now() + timeout;
-            let ticket = self.shared.hub.register(listen::tag(key));
-            let woken = ticket.wake().notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            // Registered first, then look: a completion after the look wakes us.
-            let listening = self.shared.hub.listening();
-            let Some(left) = self.lease_left(key, holder).await? else {
-                return Ok(());
-            };
-            // A holder that crashed sends nothing: its lease ending is the last wake-up.
-            let mut until = deadline.min(Instant::now() + left + LEASE_GRACE);
-            if !listening {
-                until = until.min(Instant::now() + FALLBACK_POLL);
-            }
-            let _ = tokio::time::timeout_at(until, woken).await;
-            Ok(())
-        })
+    async fn renew(&self, key: &str, claim: &Claim, lease: Duration) -> Result<Fence, StoreError> {
+        check_key(key)?;
+        let sql = &self.shared.sql;
+        let held = on_connection!(self, |conn| sql::renew(conn, sql, key, claim, lease))?;
+        Ok(Fence::from_held(held))
+    }
+
+    async fn wait(&self, key: &str, holder: &Claim, timeout: Duration) -> Result<(), StoreError> {
+        check_key(key)?;
+        if holder.token == UNSEEN_HOLDER {
+            return self.lock_wait(key, timeout).await;
+        }
+        let deadline = Instant::now() + timeout;
+        let ticket = self.shared.hub.register(listen::tag(key));
+        let woken = ticket.wake().notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        // Registered first, then look: a completion after the look wakes us.
+        let listening = self.shared.hub.listening();
+        let Some(left) = self.lease_left(key, holder).await? else {
+            return Ok(());
+        };
+        // A holder that crashed sends nothing: its lease ending is the last wake-up.
+        let mut until = deadline.min(Instant::now() + left + LEASE_GRACE);
+        if !listening {
+            until = until.min(Instant::now() + FALLBACK_POLL);
+        }
+        let _ = tokio::time::timeout_at(until, woken).await;
+        Ok(())
     }
 
     /// One `SELECT` of the live row; the fingerprint of a completed record is the row's
     /// `fingerprint` column.
-    fn inspect<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Inspection> {
-        Box::pin(async move {
-            check_key(key)?;
-            let sql = &self.shared.sql;
-            on_connection!(self, |conn| sql::inspect(conn, sql, key))
-        })
+    async fn inspect(&self, key: &str) -> Result<Inspection, StoreError> {
+        check_key(key)?;
+        let sql = &self.shared.sql;
+        on_connection!(self, |conn| sql::inspect(conn, sql, key))
     }
 
     /// One `DELETE` that notifies the waiters of the key.
-    fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            check_key(key)?;
-            let sql = &self.shared.sql;
-            let tag = listen::tag(key);
-            on_connection!(self, |conn| sql::forget(conn, sql, key, &tag))
-        })
+    async fn forget(&self, key: &str) -> Result<bool, StoreError> {
+        check_key(key)?;
+        let sql = &self.shared.sql;
+        let tag = listen::tag(key);
+        on_connection!(self, |conn| sql::forget(conn, sql, key, &tag))
     }
 
     /// One statement: at most `limit + 1` live rows of the prefix's key range (an index range
@@ -537,61 +513,55 @@ impl Store for PostgresStore {
     /// most `limit` live tokens. [`Stats::store_keys`] is the
     /// planner's estimate of the table's rows (`pg_class.reltuples`, expired rows the reaper
     /// has not deleted yet included), `None` before the table was first analyzed.
-    fn stats<'a>(&'a self, prefix: &'a str, limit: usize) -> StoreFuture<'a, Stats> {
-        Box::pin(async move {
-            check_key(prefix)?;
-            let sql = &self.shared.sql;
-            let mut stats = on_connection!(self, |conn| sql::stats(conn, sql, prefix, limit))?;
-            // A second statement, on the tokens' table (none counted when it does not exist).
-            let token_sql = &self.shared.token_sql;
-            let counted = on_connection!(self, |conn| async {
-                match tokens::count(&mut *conn, token_sql, prefix, limit).await {
-                    Err(error) if tokens::no_table(&error) => Ok((0, 0)),
-                    other => other,
-                }
-            })?;
-            tokens::add(&mut stats, counted);
-            Ok(stats)
-        })
+    async fn stats(&self, prefix: &str, limit: usize) -> Result<Stats, StoreError> {
+        check_key(prefix)?;
+        let sql = &self.shared.sql;
+        let mut stats = on_connection!(self, |conn| sql::stats(conn, sql, prefix, limit))?;
+        // A second statement, on the tokens' table (none counted when it does not exist).
+        let token_sql = &self.shared.token_sql;
+        let counted = on_connection!(self, |conn| async {
+            match tokens::count(&mut *conn, token_sql, prefix, limit).await {
+                Err(error) if tokens::no_table(&error) => Ok((0, 0)),
+                other => other,
+            }
+        })?;
+        tokens::add(&mut stats, counted);
+        Ok(stats)
     }
 
     /// One statement on the tokens' table; see `tokens.rs`.
-    fn issue_token<'a>(
-        &'a self,
-        token: &'a TokenKey,
+    async fn issue_token(
+        &self,
+        token: &TokenKey,
         ttl: Duration,
         max_live: Option<u32>,
-    ) -> StoreFuture<'a, Issue> {
-        Box::pin(async move {
-            check_key(token.record())?;
-            let sql = &self.shared.token_sql;
-            let issued = on_connection!(self, |conn| async {
-                match tokens::issue(&mut *conn, sql, token, ttl, max_live).await {
-                    Err(error) if tokens::no_table(&error) => Ok(None),
-                    other => other.map(Some),
-                }
-            });
-            issued?.ok_or_else(|| self.shared.token_table.missing(&self.shared.describe))
-        })
+    ) -> Result<Issue, StoreError> {
+        check_key(token.record())?;
+        let sql = &self.shared.token_sql;
+        let issued = on_connection!(self, |conn| async {
+            match tokens::issue(&mut *conn, sql, token, ttl, max_live).await {
+                Err(error) if tokens::no_table(&error) => Ok(None),
+                other => other.map(Some),
+            }
+        });
+        issued?.ok_or_else(|| self.shared.token_table.missing(&self.shared.describe))
     }
 
     /// One statement on the tokens' table; see `tokens.rs`.
-    fn redeem_token<'a>(
-        &'a self,
-        token: &'a TokenKey,
+    async fn redeem_token(
+        &self,
+        token: &TokenKey,
         keep: Duration,
-    ) -> StoreFuture<'a, Redemption> {
-        Box::pin(async move {
-            check_key(token.record())?;
-            let sql = &self.shared.token_sql;
-            let redeemed = on_connection!(self, |conn| async {
-                match tokens::redeem(&mut *conn, sql, token, keep).await {
-                    Err(error) if tokens::no_table(&error) => Ok(None),
-                    other => other.map(Some),
-                }
-            });
-            redeemed?.ok_or_else(|| self.shared.token_table.missing(&self.shared.describe))
-        })
+    ) -> Result<Redemption, StoreError> {
+        check_key(token.record())?;
+        let sql = &self.shared.token_sql;
+        let redeemed = on_connection!(self, |conn| async {
+            match tokens::redeem(&mut *conn, sql, token, keep).await {
+                Err(error) if tokens::no_table(&error) => Ok(None),
+                other => other.map(Some),
+            }
+        });
+        redeemed?.ok_or_else(|| self.shared.token_table.missing(&self.shared.describe))
     }
 
     fn describe(&self) -> String {

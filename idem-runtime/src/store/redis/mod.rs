@@ -64,7 +64,7 @@ use tokio::time::Instant;
 
 use crate::error::StoreError;
 use crate::record::{Claim, Record};
-use crate::store::{Fence, Inspection, Issue, Redemption, Stats, Store, StoreFuture, TokenKey};
+use crate::store::{DynStore, Fence, Inspection, Issue, Redemption, Stats, Store, TokenKey};
 
 pub use self::options::RedisOptions;
 
@@ -197,8 +197,10 @@ impl RedisStore {
             _ => match self.shared.replicated(answer.acked, "claim") {
                 Ok(()) => Ok(None),
                 Err(error) => {
-                    // Not durable, so not ours to run on: free the key for a retry.
-                    if let Err(undo) = self.release(key, claim).await {
+                    // Not durable, so not ours to run on: free the key for a retry. Boxed
+                    // (through `DynStore`): inline, the release's state would more than
+                    // double every claim's future, for a path that almost never runs.
+                    if let Err(undo) = DynStore::release(self, key, claim).await {
                         tracing::debug!(%undo, "idem could not withdraw an unreplicated claim; it ends with its lease");
                     }
                     Err(error)
@@ -209,171 +211,153 @@ impl RedisStore {
 }
 
 impl Store for RedisStore {
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
+    fn claim(
+        &self,
+        key: &str,
+        claim: &Claim,
         lease: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
-        Box::pin(self.claim_or_read(key, claim, lease, false))
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        self.claim_or_read(key, claim, lease, false)
     }
 
     /// The claim with `PTTL key` in the same round trip: a completed record comes with the
     /// lifetime it has left.
-    fn claim_with_expiry<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
+    fn claim_with_expiry(
+        &self,
+        key: &str,
+        claim: &Claim,
         lease: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
-        Box::pin(self.claim_or_read(key, claim, lease, true))
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        self.claim_or_read(key, claim, lease, true)
     }
 
-    fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        payload: &'a [u8],
+    async fn complete(
+        &self,
+        key: &str,
+        claim: &Claim,
+        payload: &[u8],
         ttl: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        Box::pin(async move {
-            let ttl = millis(ttl).to_string();
-            let request = Query::script(
-                &self.shared.scripts.complete,
-                key,
-                &[&claim.encoded(), payload, ttl.as_bytes()],
-            );
-            let answer = self.shared.query(&request.replicated(), None).await?;
-            match self.shared.fence(answer.value)? {
-                Fence::Held => self
-                    .shared
-                    .replicated(answer.acked, "result")
-                    .map(|()| Fence::Held),
-                Fence::Lost => Ok(Fence::Lost),
-            }
-        })
+    ) -> Result<Fence, StoreError> {
+        let ttl = millis(ttl).to_string();
+        let request = Query::script(
+            &self.shared.scripts.complete,
+            key,
+            &[&claim.encoded(), payload, ttl.as_bytes()],
+        );
+        let answer = self.shared.query(&request.replicated(), None).await?;
+        match self.shared.fence(answer.value)? {
+            Fence::Held => self
+                .shared
+                .replicated(answer.acked, "result")
+                .map(|()| Fence::Held),
+            Fence::Lost => Ok(Fence::Lost),
+        }
     }
 
-    fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
-        Box::pin(async move {
-            let request = Query::script(&self.shared.scripts.release, key, &[&claim.encoded()]);
-            self.shared.fenced(request).await
-        })
+    async fn release(&self, key: &str, claim: &Claim) -> Result<Fence, StoreError> {
+        let request = Query::script(&self.shared.scripts.release, key, &[&claim.encoded()]);
+        self.shared.fenced(request).await
     }
 
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        lease: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        Box::pin(async move {
-            let lease = millis(lease).to_string();
-            let request = Query::script(
-                &self.shared.scripts.renew,
-                key,
-                &[&claim.encoded(), lease.as_bytes()],
-            );
-            self.shared.fenced(request).await
-        })
+    async fn renew(&self, key: &str, claim: &Claim, lease: Duration) -> Result<Fence, StoreError> {
+        let lease = millis(lease).to_string();
+        let request = Query::script(
+            &self.shared.scripts.renew,
+            key,
+            &[&claim.encoded(), lease.as_bytes()],
+        );
+        self.shared.fenced(request).await
     }
 
-    fn wait<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a Claim,
-        timeout: Duration,
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let deadline = Instant::now() + timeout;
-            let ticket = self.shared.hub.as_ref().map(|hub| hub.register(key));
-            // Without a hub (an application's pool) nothing wakes the waiter but its timer.
-            let unwoken = Notify::new();
-            let woken = ticket.as_ref().map_or(&unwoken, |t| t.wake()).notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            // Subscribe first, then look: a completion after the look is published to us.
-            let listening = match (&self.shared.hub, &ticket) {
-                (Some(hub), Some(ticket)) => match hub.listen(ticket).await {
-                    Ok(()) => true,
-                    Err(error) => {
-                        tracing::debug!(%error, "idem cannot subscribe for completions; waiting by polling");
-                        false
-                    }
-                },
-                _ => false,
-            };
-            let Some(left) = self.shared.lease_left(key, holder).await? else {
-                return Ok(());
-            };
-            // A holder that crashed sends nothing: its lease ending is the last wake-up.
-            let mut until = deadline.min(Instant::now() + left + LEASE_GRACE);
-            if !listening {
-                until = until.min(Instant::now() + FALLBACK_POLL);
-            }
-            if self.shared.cluster {
-                until = until.min(Instant::now() + CLUSTER_RELOOK);
-            }
-            let _ = tokio::time::timeout_at(until, woken).await;
-            Ok(())
-        })
+    async fn wait(&self, key: &str, holder: &Claim, timeout: Duration) -> Result<(), StoreError> {
+        let deadline = Instant::now() + timeout;
+        let ticket = self.shared.hub.as_ref().map(|hub| hub.register(key));
+        // Without a hub (an application's pool) nothing wakes the waiter but its timer.
+        let unwoken = Notify::new();
+        let woken = ticket.as_ref().map_or(&unwoken, |t| t.wake()).notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        // Subscribe first, then look: a completion after the look is published to us.
+        let listening = match (&self.shared.hub, &ticket) {
+            (Some(hub), Some(ticket)) => match hub.listen(ticket).await {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::debug!(%error, "idem cannot subscribe for completions; waiting by polling");
+                    false
+                }
+            },
+            _ => false,
+        };
+        let Some(left) = self.shared.lease_left(key, holder).await? else {
+            return Ok(());
+        };
+        // A holder that crashed sends nothing: its lease ending is the last wake-up.
+        let mut until = deadline.min(Instant::now() + left + LEASE_GRACE);
+        if !listening {
+            until = until.min(Instant::now() + FALLBACK_POLL);
+        }
+        if self.shared.cluster {
+            until = until.min(Instant::now() + CLUSTER_RELOOK);
+        }
+        let _ = tokio::time::timeout_at(until, woken).await;
+        Ok(())
     }
 
     /// `GET key` and `PTTL key` in one round trip (on a Cluster, both to the key's master).
     /// The whole payload comes back: the fingerprint of a completed record is read from its
     /// envelope's head.
-    fn inspect<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Inspection> {
-        Box::pin(async move {
-            let mut get = Cmd::with_capacity(2, key.len() + 3);
-            get.arg("GET").arg(key);
-            let answer = self
-                .shared
-                .query(&Query::command(get, key).with_expiry(true), None)
-                .await?;
-            let Some(bytes) = self.shared.parse::<Option<Vec<u8>>>(answer.value)? else {
-                return Ok(Inspection::Absent);
-            };
-            let left = answer
-                .expiry
-                .and_then(|ms| u64::try_from(ms).ok())
-                .map(Duration::from_millis);
-            Ok(Inspection::of_bytes(&bytes, left))
-        })
+    async fn inspect(&self, key: &str) -> Result<Inspection, StoreError> {
+        let mut get = Cmd::with_capacity(2, key.len() + 3);
+        get.arg("GET").arg(key);
+        let answer = self
+            .shared
+            .query(&Query::command(get, key).with_expiry(true), None)
+            .await?;
+        let Some(bytes) = self.shared.parse::<Option<Vec<u8>>>(answer.value)? else {
+            return Ok(Inspection::Absent);
+        };
+        let left = answer
+            .expiry
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(Duration::from_millis);
+        Ok(Inspection::of_bytes(&bytes, left))
     }
 
     /// A script: `DEL key`, and `(S)PUBLISH` to wake the waiters when it deleted a record.
-    fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            let request = Query::script(&self.shared.scripts.forget, key, &[]);
-            let answer = self.shared.query(&request, None).await?;
-            Ok(self.shared.parse::<i64>(answer.value)? == 1)
-        })
+    async fn forget(&self, key: &str) -> Result<bool, StoreError> {
+        let request = Query::script(&self.shared.scripts.forget, key, &[]);
+        let answer = self.shared.query(&request, None).await?;
+        Ok(self.shared.parse::<i64>(answer.value)? == 1)
     }
 
     /// `SCAN` on every master, a page at a time, never `KEYS`; see `stats.rs`.
     /// [`Stats::store_keys`] is `DBSIZE` (summed over the masters of a Cluster): every key of
     /// the database, idem's or not.
-    fn stats<'a>(&'a self, prefix: &'a str, limit: usize) -> StoreFuture<'a, Stats> {
-        Box::pin(self.count(prefix, limit))
+    fn stats(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Stats, StoreError>> + Send {
+        self.count(prefix, limit)
     }
 
     /// `SET record issued NX PX ttl`, or within a bound one script; see `tokens.rs`.
-    fn issue_token<'a>(
-        &'a self,
-        token: &'a TokenKey,
+    fn issue_token(
+        &self,
+        token: &TokenKey,
         ttl: Duration,
         max_live: Option<u32>,
-    ) -> StoreFuture<'a, Issue> {
-        Box::pin(self.issue(token, ttl, max_live))
+    ) -> impl Future<Output = Result<Issue, StoreError>> + Send {
+        self.issue(token, ttl, max_live)
     }
 
     /// One script answers all three cases; see `tokens.rs`.
-    fn redeem_token<'a>(
-        &'a self,
-        token: &'a TokenKey,
+    fn redeem_token(
+        &self,
+        token: &TokenKey,
         keep: Duration,
-    ) -> StoreFuture<'a, Redemption> {
-        Box::pin(self.redeem(token, keep))
+    ) -> impl Future<Output = Result<Redemption, StoreError>> + Send {
+        self.redeem(token, keep)
     }
 
     fn describe(&self) -> String {

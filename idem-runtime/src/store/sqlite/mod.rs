@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::record::{Claim, Record, Token};
-use crate::store::{Fence, Inspection, Issue, Redemption, Stats, Store, StoreFuture, TokenKey};
+use crate::store::{Fence, Inspection, Issue, Redemption, Stats, Store, TokenKey};
 
 pub use self::options::SqliteOptions;
 pub use self::table::MIGRATION;
@@ -313,226 +313,194 @@ impl SqliteStore {
 impl Store for SqliteStore {
     /// Reads the live record; without one, inserts the claim (or takes over an expired row) in
     /// one statement. A replay and a duplicate are one read each.
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
+    async fn claim(
+        &self,
+        key: &str,
+        claim: &Claim,
         lease: Duration,
-    ) -> StoreFuture<'a, Option<Record>> {
-        Box::pin(async move {
-            let shared = &self.shared;
-            for _ in 0..CLAIM_TRIES {
-                let found = sql::live(&shared.reads, &shared.sql, key)
-                    .await
-                    .map_err(|e| self.failed(e))?;
-                if let Some(record) = found {
-                    return Ok(Some(record));
-                }
-                // Noted before the claim exists, so that no waiter of it ever polls.
-                let making = shared.waiters.making(claim.token);
-                match sql::take(&shared.writes, &shared.sql, key, claim, lease).await {
-                    Ok(true) => {
-                        making.keep();
-                        return Ok(None);
-                    }
-                    // Another claim took the key since the read: read it.
-                    Ok(false) => drop(making),
-                    // The write lock stayed held past `busy_timeout`: perhaps by a caller's
-                    // transaction that claimed this key (`tx = conn`), invisible until it
-                    // commits. Waiting for it is `wait`'s job, never a store failure (which
-                    // fail-open would run through, a second execution).
-                    Err(error) if failure::locked(&error) => {
-                        return Ok(Some(Record::InProgress(Claim {
-                            token: Token::UNSEEN,
-                            fingerprint: None,
-                        })));
-                    }
-                    Err(error) => return Err(self.failed(error)),
-                }
-                tokio::task::yield_now().await;
+    ) -> Result<Option<Record>, StoreError> {
+        let shared = &self.shared;
+        for _ in 0..CLAIM_TRIES {
+            let found = sql::live(&shared.reads, &shared.sql, key)
+                .await
+                .map_err(|e| self.failed(e))?;
+            if let Some(record) = found {
+                return Ok(Some(record));
             }
-            Err(StoreError::new(
-                StoreErrorKind::Protocol,
-                format!(
-                    "the SQLite database {} kept freeing the key of a claim between its read and its insert",
-                    shared.describe
-                ),
-            ))
-        })
+            // Noted before the claim exists, so that no waiter of it ever polls.
+            let making = shared.waiters.making(claim.token);
+            match sql::take(&shared.writes, &shared.sql, key, claim, lease).await {
+                Ok(true) => {
+                    making.keep();
+                    return Ok(None);
+                }
+                // Another claim took the key since the read: read it.
+                Ok(false) => drop(making),
+                // The write lock stayed held past `busy_timeout`: perhaps by a caller's
+                // transaction that claimed this key (`tx = conn`), invisible until it
+                // commits. Waiting for it is `wait`'s job, never a store failure (which
+                // fail-open would run through, a second execution).
+                Err(error) if failure::locked(&error) => {
+                    return Ok(Some(Record::InProgress(Claim {
+                        token: Token::UNSEEN,
+                        fingerprint: None,
+                    })));
+                }
+                Err(error) => return Err(self.failed(error)),
+            }
+            tokio::task::yield_now().await;
+        }
+        Err(StoreError::new(
+            StoreErrorKind::Protocol,
+            format!(
+                "the SQLite database {} kept freeing the key of a claim between its read and its insert",
+                shared.describe
+            ),
+        ))
     }
 
-    fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        payload: &'a [u8],
+    async fn complete(
+        &self,
+        key: &str,
+        claim: &Claim,
+        payload: &[u8],
         ttl: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        Box::pin(async move {
-            let shared = &self.shared;
-            // A failure leaves the claim as it was (SQLite applies a statement whole or not
-            // at all): the engine tries again, still the holder.
-            let held = sql::complete(&shared.writes, &shared.sql, key, claim, payload, ttl)
-                .await
-                .map_err(|e| self.failed(e))?;
-            shared.waiters.end(claim.token);
-            shared.waiters.wake(key);
-            Ok(Fence::from_held(held))
-        })
+    ) -> Result<Fence, StoreError> {
+        let shared = &self.shared;
+        // A failure leaves the claim as it was (SQLite applies a statement whole or not
+        // at all): the engine tries again, still the holder.
+        let held = sql::complete(&shared.writes, &shared.sql, key, claim, payload, ttl)
+            .await
+            .map_err(|e| self.failed(e))?;
+        shared.waiters.end(claim.token);
+        shared.waiters.wake(key);
+        Ok(Fence::from_held(held))
     }
 
-    fn release<'a>(&'a self, key: &'a str, claim: &'a Claim) -> StoreFuture<'a, Fence> {
-        Box::pin(async move {
-            let shared = &self.shared;
-            let held = sql::release(&shared.writes, &shared.sql, key, claim).await;
-            // Released or not, the engine does not ask again: the claim ends here or with its
-            // lease, and its waiters look for themselves.
-            shared.waiters.end(claim.token);
-            let held = held.map_err(|e| self.failed(e))?;
-            shared.waiters.wake(key);
-            Ok(Fence::from_held(held))
-        })
+    async fn release(&self, key: &str, claim: &Claim) -> Result<Fence, StoreError> {
+        let shared = &self.shared;
+        let held = sql::release(&shared.writes, &shared.sql, key, claim).await;
+        // Released or not, the engine does not ask again: the claim ends here or with its
+        // lease, and its waiters look for themselves.
+        shared.waiters.end(claim.token);
+        let held = held.map_err(|e| self.failed(e))?;
+        shared.waiters.wake(key);
+        Ok(Fence::from_held(held))
     }
 
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a Claim,
-        lease: Duration,
-    ) -> StoreFuture<'a, Fence> {
-        Box::pin(async move {
-            let shared = &self.shared;
-            let held = sql::renew(&shared.writes, &shared.sql, key, claim, lease)
-                .await
-                .map_err(|e| self.failed(e))?;
-            Ok(Fence::from_held(held))
-        })
+    async fn renew(&self, key: &str, claim: &Claim, lease: Duration) -> Result<Fence, StoreError> {
+        let shared = &self.shared;
+        let held = sql::renew(&shared.writes, &shared.sql, key, claim, lease)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(Fence::from_held(held))
     }
 
     /// Returns when this store completes or releases the key, when the holder's lease ends, or
     /// when a look every `poll_interval` finds the holder gone (a holder this store did not
     /// claim for: another process, another store on the file).
-    fn wait<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a Claim,
-        timeout: Duration,
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let shared = &self.shared;
-            // A holder behind the write lock: the next claim tries the lock again.
-            if holder.token == Token::UNSEEN {
-                tokio::time::sleep(timeout.min(shared.poll_interval)).await;
+    async fn wait(&self, key: &str, holder: &Claim, timeout: Duration) -> Result<(), StoreError> {
+        let shared = &self.shared;
+        // A holder behind the write lock: the next claim tries the lock again.
+        if holder.token == Token::UNSEEN {
+            tokio::time::sleep(timeout.min(shared.poll_interval)).await;
+            return Ok(());
+        }
+        let deadline = Instant::now() + timeout;
+        let ticket = shared.waiters.register(key);
+        let woken = ticket.wake().notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        // Registered first, then look: a completion after the look wakes us.
+        loop {
+            let Some(left) = self.lease_left(key, holder).await? else {
+                return Ok(());
+            };
+            let now = Instant::now();
+            // A holder that crashed sends nothing: its lease ending is the last wake-up.
+            let last = deadline.min(now + left + LEASE_GRACE);
+            let until = if shared.waiters.holds(holder.token) {
+                last
+            } else {
+                last.min(now + shared.poll_interval)
+            };
+            if tokio::time::timeout_at(until, woken.as_mut()).await.is_ok() || until >= last {
                 return Ok(());
             }
-            let deadline = Instant::now() + timeout;
-            let ticket = shared.waiters.register(key);
-            let woken = ticket.wake().notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            // Registered first, then look: a completion after the look wakes us.
-            loop {
-                let Some(left) = self.lease_left(key, holder).await? else {
-                    return Ok(());
-                };
-                let now = Instant::now();
-                // A holder that crashed sends nothing: its lease ending is the last wake-up.
-                let last = deadline.min(now + left + LEASE_GRACE);
-                let until = if shared.waiters.holds(holder.token) {
-                    last
-                } else {
-                    last.min(now + shared.poll_interval)
-                };
-                if tokio::time::timeout_at(until, woken.as_mut()).await.is_ok() || until >= last {
-                    return Ok(());
-                }
-            }
-        })
+        }
     }
 
     /// One `SELECT` of the live row; the fingerprint of a completed record is the row's
     /// `fingerprint` column.
-    fn inspect<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Inspection> {
-        Box::pin(async move {
-            let shared = &self.shared;
-            sql::inspect(&shared.reads, &shared.sql, key)
-                .await
-                .map_err(|e| self.failed(e))
-        })
+    async fn inspect(&self, key: &str) -> Result<Inspection, StoreError> {
+        let shared = &self.shared;
+        sql::inspect(&shared.reads, &shared.sql, key)
+            .await
+            .map_err(|e| self.failed(e))
     }
 
     /// One `DELETE`, which wakes the waiters of the key in this process.
-    fn forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            let shared = &self.shared;
-            let live = sql::forget(&shared.writes, &shared.sql, key)
-                .await
-                .map_err(|e| self.failed(e))?;
-            shared.waiters.wake(key);
-            Ok(live)
-        })
+    async fn forget(&self, key: &str) -> Result<bool, StoreError> {
+        let shared = &self.shared;
+        let live = sql::forget(&shared.writes, &shared.sql, key)
+            .await
+            .map_err(|e| self.failed(e))?;
+        shared.waiters.wake(key);
+        Ok(live)
     }
 
     /// The live rows of the prefix's key range (an index range of the primary key), read in
     /// batches of at most 1000 keys, one statement each, and counted by state and scope;
     /// [`Stats::store_keys`] is the table's row count (expired rows the reaper has not deleted
     /// yet included).
-    fn stats<'a>(&'a self, prefix: &'a str, limit: usize) -> StoreFuture<'a, Stats> {
-        Box::pin(async move {
-            let shared = &self.shared;
-            let mut stats = sql::stats(&shared.reads, &shared.sql, prefix, limit)
-                .await
-                .map_err(|e| self.failed(e))?;
-            let (live, redeemed) =
-                match tokens::count(&shared.reads, &shared.tokens, prefix, limit).await {
-                    Err(error) if tokens::no_table(&error) => (0, 0),
-                    counted => counted.map_err(|e| self.failed(e))?,
-                };
-            stats.tokens += live;
-            stats.redeemed_tokens += redeemed;
-            Ok(stats)
-        })
+    async fn stats(&self, prefix: &str, limit: usize) -> Result<Stats, StoreError> {
+        let shared = &self.shared;
+        let mut stats = sql::stats(&shared.reads, &shared.sql, prefix, limit)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let (live, redeemed) =
+            match tokens::count(&shared.reads, &shared.tokens, prefix, limit).await {
+                Err(error) if tokens::no_table(&error) => (0, 0),
+                counted => counted.map_err(|e| self.failed(e))?,
+            };
+        stats.tokens += live;
+        stats.redeemed_tokens += redeemed;
+        Ok(stats)
     }
 
     /// One `INSERT` within the bound (its count in the same statement), then a `DELETE` of a
     /// few expired tokens; see `tokens.rs`.
-    fn issue_token<'a>(
-        &'a self,
-        token: &'a TokenKey,
+    async fn issue_token(
+        &self,
+        token: &TokenKey,
         ttl: Duration,
         max_live: Option<u32>,
-    ) -> StoreFuture<'a, Issue> {
-        Box::pin(async move {
-            let shared = &self.shared;
-            let issued =
-                match tokens::issue(&shared.writes, &shared.tokens, token, ttl, max_live).await {
-                    Err(error) if tokens::no_table(&error) => {
-                        return Err(shared.tokens.missing(&shared.describe));
-                    }
-                    issued => issued.map_err(|e| self.failed(e))?,
-                };
-            if let Err(error) = tokens::sweep(&shared.writes, &shared.tokens).await {
-                tracing::debug!(%error, "idem could not delete expired SQLite tokens; the next issue tries again");
+    ) -> Result<Issue, StoreError> {
+        let shared = &self.shared;
+        let issued = match tokens::issue(&shared.writes, &shared.tokens, token, ttl, max_live).await
+        {
+            Err(error) if tokens::no_table(&error) => {
+                return Err(shared.tokens.missing(&shared.describe));
             }
-            Ok(issued)
-        })
+            issued => issued.map_err(|e| self.failed(e))?,
+        };
+        if let Err(error) = tokens::sweep(&shared.writes, &shared.tokens).await {
+            tracing::debug!(%error, "idem could not delete expired SQLite tokens; the next issue tries again");
+        }
+        Ok(issued)
     }
 
     /// One `UPDATE … RETURNING`; see `tokens.rs`.
-    fn redeem_token<'a>(
-        &'a self,
-        token: &'a TokenKey,
+    async fn redeem_token(
+        &self,
+        token: &TokenKey,
         keep: Duration,
-    ) -> StoreFuture<'a, Redemption> {
-        Box::pin(async move {
-            let shared = &self.shared;
-            match tokens::redeem(&shared.writes, &shared.tokens, token, keep).await {
-                Err(error) if tokens::no_table(&error) => {
-                    Err(shared.tokens.missing(&shared.describe))
-                }
-                redeemed => redeemed.map_err(|e| self.failed(e)),
-            }
-        })
+    ) -> Result<Redemption, StoreError> {
+        let shared = &self.shared;
+        match tokens::redeem(&shared.writes, &shared.tokens, token, keep).await {
+            Err(error) if tokens::no_table(&error) => Err(shared.tokens.missing(&shared.describe)),
+            redeemed => redeemed.map_err(|e| self.failed(e)),
+        }
     }
 
     fn describe(&self) -> String {
