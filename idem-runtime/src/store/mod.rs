@@ -1,4 +1,5 @@
-//! The [`Store`] trait and the stores that implement it.
+//! The [`Store`] trait, [`DynStore`] (its boxed form, which a [`StoreHandle`] holds), and the
+//! stores that implement it.
 //!
 //! This file holds the trait and what every store shares; the rest, one concern per file:
 //! - `memory.rs`: [`MemoryStore`](memory::MemoryStore), for one process (its waiters wait on
