@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::outcome::Outcome;
 use crate::record::Fingerprint;
 use crate::store::StoreHandle;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 use crate::store::tx::TxConnection;
 
 /// One idempotent call: its scope and key, and the options of the `#[idempotent]` attribute.
@@ -248,8 +248,11 @@ impl Call {
     /// # Ok(())
     /// # }
     /// ```
-    #[cfg(any(feature = "postgres", feature = "sqlite"))]
-    #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+    #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql")))
+    )]
     pub async fn run_tx<A, T, B>(self, conn: &mut A, body: B) -> Result<Outcome<T>, Error>
     where
         A: TxConnection + ?Sized,
@@ -262,8 +265,11 @@ impl Call {
     /// [`run_tx`](Call::run_tx) for a fallible `body`: an `Ok` value is stored with the body's
     /// writes; an `Err` leaves no trace: the body's writes and the claim are rolled back to a
     /// savepoint taken after the claim, and the caller's transaction stays usable.
-    #[cfg(any(feature = "postgres", feature = "sqlite"))]
-    #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+    #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql")))
+    )]
     pub async fn run_result_tx<A, T, E, B>(
         self,
         conn: &mut A,
@@ -281,8 +287,11 @@ impl Call {
     /// returns true are permanent: stored and replayed like a value, **with the body's
     /// writes kept** (they commit with the caller's transaction). Other errors leave no trace,
     /// as with [`run_result_tx`](Call::run_result_tx).
-    #[cfg(any(feature = "postgres", feature = "sqlite"))]
-    #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+    #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql")))
+    )]
     pub async fn run_result_caching_tx<A, T, E, B, P>(
         self,
         conn: &mut A,
@@ -302,7 +311,7 @@ impl Call {
 
     /// [`run_result_caching_tx`](Call::run_result_caching_tx) with every error permanent:
     /// no savepoint is needed, since nothing is ever undone.
-    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
     pub(crate) async fn run_result_storing_errors_tx<A, T, E, B>(
         self,
         conn: &mut A,
