@@ -213,22 +213,26 @@ impl MariaDb {
         let log = read(&self.dir.join("general.log"));
         let mut out = Vec::new();
         for line in log.lines() {
-            // `<time>\t<id> <Command>\t<text>`, the time empty when it did not change.
-            let Some((head, text)) = line
-                .split_once('\t')
-                .and_then(|(_, rest)| rest.split_once('\t'))
-            else {
+            // `<time>\t<id> <Command>\t<text>`, the time left out (`\t\t`) when it did not
+            // change.
+            let mut parts = line.split('\t');
+            let head = parts.by_ref().find(|part| {
+                let mut words = part.split_whitespace();
+                matches!(
+                    (words.next(), words.next(), words.next()),
+                    (Some(id), Some(command), None)
+                        if id.parse::<u64>().is_ok() && command.chars().all(|c| c.is_ascii_alphabetic())
+                )
+            });
+            let Some(head) = head else {
                 continue;
             };
-            let mut head = head.split_whitespace();
-            let (Some(thread), Some(command)) = (head.next(), head.next()) else {
+            let mut words = head.split_whitespace();
+            let (Some(thread), Some(command)) = (words.next(), words.next()) else {
                 continue;
             };
-            if thread.parse::<u64>().ok() != Some(id) {
-                continue;
-            }
-            if matches!(command, "Query" | "Execute") {
-                out.push(text.to_owned());
+            if thread.parse::<u64>().ok() == Some(id) && matches!(command, "Query" | "Execute") {
+                out.push(parts.collect::<Vec<_>>().join("\t"));
             }
         }
         out
@@ -240,8 +244,9 @@ impl MariaDb {
     }
 }
 
+/// A log file's text; bound bytes (tokens) in the general log are not UTF-8.
 fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
 }
 
 /// A watcher of this process: when its stdin closes (this process exited), it kills the server

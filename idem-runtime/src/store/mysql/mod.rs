@@ -60,6 +60,11 @@ const CLAIM_TRIES: u32 = 8;
 /// is locked by a transaction that has not ended.
 const UNSEEN_HOLDER: Token = Token::UNSEEN;
 
+/// How long (seconds) a claim's insert waits on a row lock before it reports the key held by a
+/// claim it cannot see: InnoDB's shortest lock wait. A concurrent plain claim holds the lock
+/// for one statement only, far less than this.
+const CLAIM_LOCK_WAIT: u64 = 1;
+
 /// A [`Store`] on MySQL or MariaDB (InnoDB): exactly-once across every process and machine
 /// that shares the database.
 ///
@@ -270,15 +275,20 @@ impl MySqlStore {
         on_connection!(self, |conn| sql::lease_left(conn, sql, key, holder))
     }
 
-    /// Claims an absent or expired key: `Ok(true)` if it did, `Ok(false)` if a live row
-    /// appeared since the read, `Err` with the lock error when a transaction holds the row.
-    async fn take(&self, key: &str, claim: &Claim, lease: Duration) -> Result<bool, sqlx::Error> {
-        let shared = &self.shared;
-        let inserted = sql::insert(&shared.pool, &shared.sql, key, claim, lease).await;
-        match inserted {
+    /// Claims an absent or expired key on one connection: `Ok(true)` if it did, `Ok(false)`
+    /// if a live row appeared since the read, `Err` with the lock error when a transaction
+    /// holds the row past [`CLAIM_LOCK_WAIT`] seconds.
+    async fn take(
+        conn: &mut sqlx::MySqlConnection,
+        sql: &Statements,
+        key: &str,
+        claim: &Claim,
+        lease: Duration,
+    ) -> Result<bool, sqlx::Error> {
+        match sql::insert(&mut *conn, sql, key, claim, lease, CLAIM_LOCK_WAIT).await {
             Ok(()) => Ok(true),
             Err(error) if failure::duplicate(&error) => {
-                sql::take_expired(&shared.pool, &shared.sql, key, claim, lease).await
+                sql::take_expired(&mut *conn, sql, key, claim, lease).await
             }
             Err(error) => Err(error),
         }
@@ -303,30 +313,33 @@ impl Store for MySqlStore {
                 }
                 // Noted before the claim exists, so that no waiter of it ever polls.
                 let making = shared.waiters.making(claim.token);
-                let taken =
-                    tokio::time::timeout(shared.statement_timeout, self.take(key, claim, lease))
-                        .await
-                        .map_err(|_| {
-                            failure::timed_out(&shared.describe, shared.statement_timeout)
-                        })?;
+                let mut lent = self.lend().await?;
+                let answer = {
+                    let conn: &mut sqlx::MySqlConnection = &mut lent;
+                    let take = MySqlStore::take(conn, &shared.sql, key, claim, lease);
+                    tokio::time::timeout(shared.statement_timeout, take).await
+                };
+                let taken = match answer {
+                    // A transaction that has not ended holds the key's row: perhaps a caller's
+                    // that claimed it (`tx = conn`), invisible until it commits. Waiting for
+                    // it is `wait`'s job, never a store failure (which fail-open would run
+                    // through, a second execution).
+                    Ok(Err(error)) if failure::lock_timed_out(&error) => None,
+                    answer => Some(self.settle(&mut lent, answer)?),
+                };
                 match taken {
-                    Ok(true) => {
+                    Some(true) => {
                         making.keep();
                         return Ok(None);
                     }
                     // Another claim took the key since the read: read it.
-                    Ok(false) => drop(making),
-                    // A transaction that has not ended holds the key's row: perhaps a caller's
-                    // that claimed it (`tx = conn`), invisible until it commits. Waiting for it
-                    // is `wait`'s job, never a store failure (which fail-open would run
-                    // through, a second execution).
-                    Err(error) if failure::lock_timed_out(&error) => {
+                    Some(false) => drop(making),
+                    None => {
                         return Ok(Some(Record::InProgress(Claim {
                             token: UNSEEN_HOLDER,
                             fingerprint: None,
                         })));
                     }
-                    Err(error) => return Err(self.failed(error)),
                 }
                 tokio::task::yield_now().await;
             }

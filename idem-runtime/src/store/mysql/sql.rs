@@ -35,9 +35,10 @@
 //! | complete | `UPDATE … SET state, payload, expires_at WHERE key, token, in progress` |
 //! | release (a released error, after the rollback to the savepoint) | `DELETE … WHERE key, token, in progress` |
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sqlx::mysql::{MySqlExecutor, MySqlRow};
+use sqlx::mysql::{MySqlConnection, MySqlExecutor, MySqlRow};
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqlStr};
 
 use super::table::Table;
@@ -167,10 +168,15 @@ fn left(ms: i64) -> Duration {
 }
 
 /// A lock wait as `innodb_lock_wait_timeout` takes it: whole seconds, rounded down, so that a
-/// wait never lasts longer than asked (MySQL raises 0 to 1; MariaDB's 0 waits not at all).
+/// wait never lasts much longer than asked (MySQL raises 0 to 1; MariaDB's 0 waits not at
+/// all). [`LOCK_WAIT_SLACK`] is added first: a call's `wait` of 10 s, of which a few
+/// microseconds went before its claim, still waits 10 s on the lock.
 pub(super) fn lock_wait_seconds(wait: Duration) -> u64 {
-    wait.as_secs().min(1 << 30)
+    (wait + LOCK_WAIT_SLACK).as_secs().min(1 << 30)
 }
+
+/// How much longer than asked a lock wait may last, for whole seconds.
+const LOCK_WAIT_SLACK: Duration = Duration::from_millis(10);
 
 /// The live record of `key`, if any.
 pub(super) async fn live<'e>(
@@ -186,7 +192,7 @@ pub(super) async fn live<'e>(
 }
 
 /// Inserts the claim of an absent key; fails with `ER_DUP_ENTRY` when the key has a row.
-pub(super) async fn insert_claim<'e>(
+async fn insert_claim<'e>(
     executor: impl MySqlExecutor<'e>,
     statement: SqlStr,
     key: &str,
@@ -203,25 +209,48 @@ pub(super) async fn insert_claim<'e>(
     Ok(())
 }
 
-/// Inserts the claim of an absent key through the store's statement.
-pub(super) async fn insert<'e>(
-    executor: impl MySqlExecutor<'e>,
+/// Whether a server of this process refused `SET STATEMENT` (MySQL): a claim then sets the
+/// session's lock wait around its insert.
+static NO_SET_STATEMENT: AtomicBool = AtomicBool::new(false);
+
+/// Inserts the claim of an absent key, waiting at most `seconds` on a row lock held by
+/// another transaction (past it: `ER_LOCK_WAIT_TIMEOUT`); fails with `ER_DUP_ENTRY` when the
+/// key has a row. MariaDB: one statement (`SET STATEMENT innodb_lock_wait_timeout = n FOR
+/// INSERT …`); MySQL: the session's `innodb_lock_wait_timeout` set around the insert and set
+/// back (three).
+pub(super) async fn insert(
+    conn: &mut MySqlConnection,
     sql: &Statements,
     key: &str,
     claim: &Claim,
     lease: Duration,
+    seconds: u64,
 ) -> Result<(), sqlx::Error> {
-    insert_claim(executor, sql.insert.clone(), key, claim, lease).await
-}
-
-/// The claim's insert that waits at most `seconds` for a row lock, in one statement
-/// (MariaDB's `SET STATEMENT … FOR`).
-pub(super) fn insert_waiting(sql: &Statements, seconds: u64) -> SqlStr {
-    AssertSqlSafe(format!(
-        "SET STATEMENT innodb_lock_wait_timeout = {seconds} FOR {}",
-        insert_text(&sql.table)
-    ))
-    .into_sql_str()
+    if !NO_SET_STATEMENT.load(Ordering::Relaxed) {
+        let statement = AssertSqlSafe(format!(
+            "SET STATEMENT innodb_lock_wait_timeout = {seconds} FOR {}",
+            insert_text(&sql.table)
+        ))
+        .into_sql_str();
+        match insert_claim(&mut *conn, statement, key, claim, lease).await {
+            Err(error) if super::failure::syntax(&error) => {
+                NO_SET_STATEMENT.store(true, Ordering::Relaxed);
+            }
+            done => return done,
+        }
+    }
+    sqlx::query(
+        "SET @idem_lock_wait = @@SESSION.innodb_lock_wait_timeout, \
+         SESSION innodb_lock_wait_timeout = ?",
+    )
+    .bind(seconds)
+    .execute(&mut *conn)
+    .await?;
+    let inserted = insert_claim(&mut *conn, sql.insert.clone(), key, claim, lease).await;
+    sqlx::query("SET SESSION innodb_lock_wait_timeout = @idem_lock_wait")
+        .execute(&mut *conn)
+        .await?;
+    inserted
 }
 
 /// Takes over the expired row of `key` for `claim`; `true` if it did (a live row is left
@@ -418,7 +447,7 @@ pub(super) async fn lease_left<'e>(
 /// the connection's `innodb_lock_wait_timeout` for the wait and back to what it was. Returns
 /// when the lock is free or the wait ran out, which is not an error.
 pub(super) async fn lock_wait(
-    conn: &mut sqlx::MySqlConnection,
+    conn: &mut MySqlConnection,
     sql: &Statements,
     key: &str,
     wait: Duration,
@@ -614,7 +643,8 @@ mod tests {
         assert_eq!(millis(Duration::from_micros(10)), 1);
         assert_eq!(millis(Duration::from_secs(30)), 30_000);
         assert_eq!(millis(Duration::MAX), i64::MAX / 2);
-        assert_eq!(lock_wait_seconds(Duration::from_millis(999)), 0);
+        assert_eq!(lock_wait_seconds(Duration::from_millis(985)), 0);
+        assert_eq!(lock_wait_seconds(Duration::from_millis(9995)), 10);
         assert_eq!(lock_wait_seconds(Duration::from_millis(2500)), 2);
     }
 }

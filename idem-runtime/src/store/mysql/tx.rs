@@ -23,7 +23,6 @@
 //!   holder's completion needs, until this transaction ends.
 //! - A statement on a missing table fails alone (1146) and leaves the transaction as it was.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -61,10 +60,6 @@ fn default_table() -> &'static (Arc<Statements>, Table) {
         (Arc::new(Statements::new(&table)), table)
     })
 }
-
-/// Whether a server of this process refused `SET STATEMENT` (MySQL): the claim then sets the
-/// session's lock wait around its insert.
-static NO_SET_STATEMENT: AtomicBool = AtomicBool::new(false);
 
 impl TxStore<MySqlConnection> for MySqlTxStore {
     type Transaction<'c> = Transaction<'c, MySql>;
@@ -139,7 +134,8 @@ impl TxStore<MySqlConnection> for MySqlTxStore {
     ) -> TxFuture<'a, Claimed> {
         Box::pin(async move {
             let failed = |error| self.failed(key, error);
-            match self.insert(conn, key, claim, lease, wait).await {
+            let seconds = sql::lock_wait_seconds(wait);
+            match sql::insert(&mut *conn, &self.sql, key, claim, lease, seconds).await {
                 Ok(()) => return Ok(Claimed::Held),
                 Err(error) if failure::duplicate(&error) => {}
                 Err(error) => return Err(failed(error)),
@@ -205,40 +201,6 @@ impl TxStore<MySqlConnection> for MySqlTxStore {
 }
 
 impl MySqlTxStore {
-    /// Inserts the claim, waiting at most `wait`, rounded down to whole seconds, on a row
-    /// lock.
-    async fn insert(
-        &self,
-        conn: &mut MySqlConnection,
-        key: &str,
-        claim: &Claim,
-        lease: Duration,
-        wait: Duration,
-    ) -> Result<(), sqlx::Error> {
-        let seconds = sql::lock_wait_seconds(wait);
-        if !NO_SET_STATEMENT.load(Ordering::Relaxed) {
-            let statement = sql::insert_waiting(&self.sql, seconds);
-            match sql::insert_claim(&mut *conn, statement, key, claim, lease).await {
-                Err(error) if failure::syntax(&error) => {
-                    NO_SET_STATEMENT.store(true, Ordering::Relaxed);
-                }
-                done => return done,
-            }
-        }
-        sqlx::query(
-            "SET @idem_lock_wait = @@SESSION.innodb_lock_wait_timeout, \
-             SESSION innodb_lock_wait_timeout = ?",
-        )
-        .bind(seconds)
-        .execute(&mut *conn)
-        .await?;
-        let inserted = sql::insert(&mut *conn, &self.sql, key, claim, lease).await;
-        sqlx::query("SET SESSION innodb_lock_wait_timeout = @idem_lock_wait")
-            .execute(&mut *conn)
-            .await?;
-        inserted
-    }
-
     /// A statement's failure as the error a caller acts on.
     fn failed(&self, key: &str, error: sqlx::Error) -> Error {
         let key = key.to_owned();
