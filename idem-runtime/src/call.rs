@@ -231,6 +231,17 @@ impl Call {
     /// the first); a key held by a plain call (a lease) is [`Error::InProgress`] at once, since
     /// that holder needs the write lock this transaction holds.
     ///
+    /// **On MySQL/MariaDB** (feature `mysql`, a `MySqlConnection`), the record is a row of the
+    /// table of the configured [`MySqlStore`](crate::MySqlStore), else `idem_records`, in the
+    /// connection's database. The claim is an `INSERT` that waits on a concurrent transaction's
+    /// row lock for [`wait`](Call::wait) rounded down to whole seconds
+    /// (`innodb_lock_wait_timeout`), then [`Error::InProgress`] with only that statement rolled
+    /// back (the caller's transaction goes on); the record it meets is read with a locking
+    /// read, never the REPEATABLE READ snapshot. A deadlock is [`Error::Conflict`], after which
+    /// InnoDB has rolled the whole transaction back: roll back and retry. A key held by a plain
+    /// call (a lease) is [`Error::InProgress`] at once, since that holder needs the row lock
+    /// this transaction's claim took.
+    ///
     /// ```no_run
     /// # use idem_runtime as idem;
     /// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {

@@ -655,3 +655,41 @@ async fn a_plain_duplicate_of_an_uncommitted_holder_waits_and_never_runs_even_fa
     assert_eq!(runs.load(Ordering::SeqCst), 0, "the plain body never ran");
     assert_eq!((orders(&pool, "o7").await, records(&pool).await), (1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_stores_statements_are_counted_by_the_server() {
+    // One connection: every statement of the store is on it.
+    let pool = pool("plain_count", 1).await;
+    let options = idem::MySqlOptions::default().reaper_interval(None);
+    let store = MySqlStore::from_pool(pool.clone(), options).await.unwrap();
+    let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let server = MariaDb::shared();
+    let run = || {
+        Call::new("mysql-plain", "p1")
+            .store(store.clone())
+            .run(async { 7_i64 })
+    };
+
+    let from = server.statements(id).len();
+    assert_eq!(run().await.unwrap().status, Status::Executed);
+    let first = logged(id, from);
+    assert_eq!(first.len(), 3, "{first:#?}");
+    assert!(first[0].starts_with("SELECT `state`"), "{first:#?}");
+    assert!(
+        first[1].starts_with("SET STATEMENT innodb_lock_wait_timeout = 1 FOR"),
+        "{first:#?}"
+    );
+    assert!(
+        first[2].starts_with("UPDATE `idem_records` SET"),
+        "{first:#?}"
+    );
+
+    let from = server.statements(id).len();
+    assert_eq!(run().await.unwrap().status, Status::Replayed);
+    let replay = logged(id, from);
+    assert_eq!(replay.len(), 1, "{replay:#?}");
+    assert!(replay[0].starts_with("SELECT `state`"), "{replay:#?}");
+}
