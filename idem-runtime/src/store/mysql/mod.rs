@@ -10,9 +10,10 @@
 //!
 //! A key claimed inside a caller's transaction that has not committed (the transactional
 //! mode, `tx.rs`) is invisible to a plain read, but its row is locked: the claim's insert waits
-//! on that lock for 1 s at most (the connections' `innodb_lock_wait_timeout`, InnoDB's
-//! shortest), then reports the key in progress, and [`Store::wait`] waits on the lock itself,
-//! bounded by the call's `wait` in whole seconds. A lock wait is never a store failure: it is
+//! on that lock not at all on MariaDB (`innodb_lock_wait_timeout` = 0 for that statement; 1 s
+//! on MySQL, its shortest), reports the key in progress, and [`Store::wait`] waits on the lock
+//! itself, bounded by the call's `wait` in whole seconds (the fraction left by polling every
+//! `poll_interval`). A lock wait is never a store failure: it is
 //! neither `Error::Store` nor a reason to run the body unprotected.
 //!
 //! The other files, one concern each: `options.rs` ([`MySqlOptions`]), `connect.rs` (the URL
@@ -61,9 +62,10 @@ const CLAIM_TRIES: u32 = 8;
 const UNSEEN_HOLDER: Token = Token::UNSEEN;
 
 /// How long (seconds) a claim's insert waits on a row lock before it reports the key held by a
-/// claim it cannot see: InnoDB's shortest lock wait. A concurrent plain claim holds the lock
-/// for one statement only, far less than this.
-const CLAIM_LOCK_WAIT: u64 = 1;
+/// claim it cannot see: not at all on MariaDB, 1 s on MySQL (its shortest). A concurrent plain
+/// claim that holds the lock for its one statement is then waited for as such a holder is (on
+/// the lock, a moment), and the claim looks again.
+const CLAIM_LOCK_WAIT: u64 = 0;
 
 /// A [`Store`] on MySQL or MariaDB (InnoDB): exactly-once across every process and machine
 /// that shares the database.
@@ -101,9 +103,10 @@ const CLAIM_LOCK_WAIT: u64 = 1;
 /// every [`poll_interval`](MySqlOptions::poll_interval).
 ///
 /// **Locks.** A key whose row a caller's transaction holds (the transactional mode, `tx =
-/// conn`, before it commits) is in progress: the claim waits up to 1 s on the row lock, then
-/// the call waits on the lock itself within its `wait` (whole seconds; the fraction of a second
-/// left is waited by polling), then replays, runs, or fails with [`Error::InProgress`]; never
+/// conn`, before it commits) is in progress: the claim does not wait on the row lock (MySQL:
+/// 1 s, its shortest lock wait), the call waits on the lock itself within its `wait` (whole
+/// seconds; the fraction of a second left is waited by polling), then replays, runs, or fails
+/// with [`Error::InProgress`]; never
 /// [`Error::Store`], so `fail_mode = open` never runs a second execution through it.
 ///
 /// Cloning it is cheap and shares the connections.

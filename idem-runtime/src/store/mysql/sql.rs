@@ -4,14 +4,15 @@
 //! Every statement decides expiry by the server's clock ([`NOW`], milliseconds since the Unix
 //! epoch from `UTC_TIMESTAMP(6)`, whatever the session's time zone), never the client's. In the
 //! plain store each runs in its own implicit transaction (autocommit), so a plain `SELECT`
-//! reads the newest committed rows; the connections wait at most 1 s on a row lock (their
-//! `innodb_lock_wait_timeout`, InnoDB's shortest), which only a caller's transaction that has
-//! not ended holds for longer than one statement.
+//! reads the newest committed rows; the claim's insert does not wait on a row lock
+//! (`innodb_lock_wait_timeout` = 0 for that statement on MariaDB; MySQL's shortest is 1 s), and
+//! the store's own connections keep 1 s for every other statement: only a caller's
+//! transaction that has not ended holds a row for longer than one statement.
 //!
 //! | operation | statements |
 //! |---|---|
 //! | claim: read the live record (a replay and a duplicate stop here) | `SELECT … WHERE key, live` |
-//! | claim: take an absent key | `INSERT` |
+//! | claim: take an absent key | `SET STATEMENT innodb_lock_wait_timeout = 0 FOR INSERT` (MySQL: `SET @… = @@innodb_lock_wait_timeout, innodb_lock_wait_timeout = 0`, `INSERT`, `SET innodb_lock_wait_timeout = @…`) |
 //! | claim: take an expired key (the insert met its row) | `UPDATE … WHERE key, expired` |
 //! | complete | `UPDATE … SET state, payload, expires_at WHERE key, token, in progress, live` |
 //! | release | `DELETE … WHERE key, token, in progress, live` |
