@@ -8,9 +8,10 @@
 //! cargo run --example quickstart                                  # in-process memory store
 //! IDEM_STORE=redis://127.0.0.1:6379/0 cargo run --example quickstart   # shared Redis
 //! IDEM_STORE=postgres://user:pass@127.0.0.1:5432/db cargo run --features postgres --example quickstart   # PostgreSQL
+//! IDEM_STORE=mysql://user:pass@127.0.0.1:3306/db cargo run --features mysql --example quickstart   # MySQL / MariaDB
 //! ```
 //!
-//! On a shared store (Redis, PostgreSQL), a second run of the process replays the first run's
+//! On a shared store (Redis, PostgreSQL, MySQL, a SQLite file), a second run of the process replays the first run's
 //! receipt: the gateway is called zero times until the record's ttl ends.
 
 use std::collections::BTreeSet;

@@ -333,8 +333,8 @@ fn config(cli: &Cli, lookup: impl Fn(&str) -> Option<String>) -> Result<Config, 
 
 /// The store URLs, for messages.
 const FORMS: &str = "redis://host:port/db, rediss://host:port/db, \
-redis+cluster://host1:port1,host2:port2, postgres://user:password@host:port/db \
-or sqlite://path/to/idem.db";
+redis+cluster://host1:port1,host2:port2, postgres://user:password@host:port/db, \
+mysql://user:password@host:port/db or sqlite://path/to/idem.db";
 
 /// A library error as one line: what failed, and why.
 fn store_error(error: &idem::Error) -> String {

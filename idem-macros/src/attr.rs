@@ -394,7 +394,8 @@ fn parse_tx(input: ParseStream) -> Result<Ident> {
     Err(Error::new_spanned(
         found,
         "expected the name of the argument that is the connection, such as `tx = conn` \
-         (an argument `conn: &mut sqlx::PgConnection` or `&mut sqlx::SqliteConnection`)",
+         (an argument `conn: &mut sqlx::PgConnection`, `&mut sqlx::SqliteConnection` or \
+         `&mut sqlx::MySqlConnection`)",
     ))
 }
 

@@ -46,7 +46,7 @@ mod tests;
 /// | `cache_err = true`, `false` or a closure `\|e: &E\| -> bool` | which `Err` results are permanent, stored and replayed; the others release the key so a retry runs again | `false` |
 /// | `scope = "name"` | the namespace of the keys, a string literal | the function's path, `module::fn_name` |
 /// | `store = EXPR` | the store for this function, anything `Into<StoreHandle>` | the configured store |
-/// | `tx = ARG` | (feature `postgres` or `sqlite`) transactional mode: `ARG` names the argument `&mut sqlx::PgConnection` or `&mut sqlx::SqliteConnection` through which the claim and the result are written, in the caller's transaction, so that they commit or roll back with the body's writes; duplicates wait on the database's lock, not on a lease; an unstored `Err` rolls the body's writes back to a savepoint. Not with `store` | none |
+/// | `tx = ARG` | (feature `postgres`, `sqlite` or `mysql`) transactional mode: `ARG` names the argument `&mut sqlx::PgConnection`, `&mut sqlx::SqliteConnection` or `&mut sqlx::MySqlConnection` through which the claim and the result are written, in the caller's transaction, so that they commit or roll back with the body's writes; duplicates wait on the database's lock, not on a lease; an unstored `Err` rolls the body's writes back to a savepoint. Not with `store` | none |
 /// | `crate = path` | where `idem` is, when it is re-exported | `::idem` |
 ///
 /// Duration literals (`"250ms"`, `"30s"`, `"24h"`, `"7d"`, ...) are checked at compile time.

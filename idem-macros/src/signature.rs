@@ -132,8 +132,9 @@ pub(crate) fn tx_argument(tx: Option<&Ident>, sig: &Signature) -> syn::Result<Op
     Err(Error::new(
         tx.span(),
         format!(
-            "`tx = {tx}` must name an argument of the function: the `&mut sqlx::PgConnection` \
-             or `&mut sqlx::SqliteConnection` the record is written through; {listed}"
+            "`tx = {tx}` must name an argument of the function: the `&mut sqlx::PgConnection`, \
+             `&mut sqlx::SqliteConnection` or `&mut sqlx::MySqlConnection` the record is written \
+             through; {listed}"
         ),
     ))
 }

@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::outcome::Outcome;
 use crate::record::Fingerprint;
 use crate::store::StoreHandle;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 use crate::store::tx::TxConnection;
 
 /// One idempotent call: its scope and key, and the options of the `#[idempotent]` attribute.
@@ -251,6 +251,17 @@ impl Call {
     /// the first); a key held by a plain call (a lease) is [`Error::InProgress`] at once, since
     /// that holder needs the write lock this transaction holds.
     ///
+    /// **On MySQL/MariaDB** (feature `mysql`, a `MySqlConnection`), the record is a row of the
+    /// table of the configured [`MySqlStore`](crate::MySqlStore), else `idem_records`, in the
+    /// connection's database. The claim is an `INSERT` that waits on a concurrent transaction's
+    /// row lock for [`wait`](Call::wait) rounded down to whole seconds
+    /// (`innodb_lock_wait_timeout`), then [`Error::InProgress`] with only that statement rolled
+    /// back (the caller's transaction goes on); the record it meets is read with a locking
+    /// read, never the REPEATABLE READ snapshot. A deadlock is [`Error::Conflict`], after which
+    /// InnoDB has rolled the whole transaction back: roll back and retry. A key held by a plain
+    /// call (a lease) is [`Error::InProgress`] at once, since that holder needs the row lock
+    /// this transaction's claim took.
+    ///
     /// ```no_run
     /// # use idem_runtime as idem;
     /// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
@@ -268,8 +279,11 @@ impl Call {
     /// # Ok(())
     /// # }
     /// ```
-    #[cfg(any(feature = "postgres", feature = "sqlite"))]
-    #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+    #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql")))
+    )]
     pub async fn run_tx<A, T, B>(self, conn: &mut A, body: B) -> Result<Outcome<T>, Error>
     where
         A: TxConnection + ?Sized,
@@ -282,8 +296,11 @@ impl Call {
     /// [`run_tx`](Call::run_tx) for a fallible `body`: an `Ok` value is stored with the body's
     /// writes; an `Err` leaves no trace: the body's writes and the claim are rolled back to a
     /// savepoint taken after the claim, and the caller's transaction stays usable.
-    #[cfg(any(feature = "postgres", feature = "sqlite"))]
-    #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+    #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql")))
+    )]
     pub async fn run_result_tx<A, T, E, B>(
         self,
         conn: &mut A,
@@ -301,8 +318,11 @@ impl Call {
     /// returns true are permanent: stored and replayed like a value, **with the body's
     /// writes kept** (they commit with the caller's transaction). Other errors leave no trace,
     /// as with [`run_result_tx`](Call::run_result_tx).
-    #[cfg(any(feature = "postgres", feature = "sqlite"))]
-    #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+    #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql")))
+    )]
     pub async fn run_result_caching_tx<A, T, E, B, P>(
         self,
         conn: &mut A,
@@ -322,7 +342,7 @@ impl Call {
 
     /// [`run_result_caching_tx`](Call::run_result_caching_tx) with every error permanent:
     /// no savepoint is needed, since nothing is ever undone.
-    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
     pub(crate) async fn run_result_storing_errors_tx<A, T, E, B>(
         self,
         conn: &mut A,

@@ -400,7 +400,7 @@ mod tests {
     #[test]
     fn malformed_variables_name_the_variable_and_the_forms() {
         for (name, value, expect) in [
-            ("IDEM_STORE", "mysql://x", "redis+cluster://"),
+            ("IDEM_STORE", "mongodb://x", "redis+cluster://"),
             ("IDEM_FAIL_MODE", "sometimes", "`closed` or `open`"),
             ("IDEM_POOL_SIZE", "0", "greater than 0"),
             ("IDEM_TTL", "forever", "`24h`"),

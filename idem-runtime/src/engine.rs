@@ -27,7 +27,7 @@ use crate::record::{Claim, Record};
 use crate::store::{Fence, StoreHandle};
 
 mod frame;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) mod tx;
 
 pub(crate) use self::frame::{CallRequest, Frame};

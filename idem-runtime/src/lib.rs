@@ -61,6 +61,9 @@ pub use outcome::{Outcome, Status};
 pub use record::Fingerprint;
 pub use record_key::RecordKey;
 pub use store::memory::MemoryStore;
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub use store::mysql::{self, MySqlOptions, MySqlStore};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::postgres;
@@ -73,7 +76,10 @@ pub use store::redis::{RedisOptions, RedisStore};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::sqlite::{self, SqliteOptions, SqliteStore};
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql")))
+)]
 pub use store::tx::TxConnection;
 pub use store::{Inspection, ScopeStats, Stats, Store, StoreHandle};

@@ -173,12 +173,12 @@ pub fn cache_every_error<E>(_: &E) -> bool {
     true
 }
 
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub use self::tx::*;
 
-/// Wraps the code `tx = conn` generates: passed through with the `postgres` or `sqlite`
+/// Wraps the code `tx = conn` generates: passed through with the `postgres`, `sqlite` or `mysql`
 /// feature.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __idem_with_tx {
@@ -186,21 +186,21 @@ macro_rules! __idem_with_tx {
 }
 
 /// Without a database feature, the code `tx = conn` generates is one error naming them.
-#[cfg(not(any(feature = "postgres", feature = "sqlite")))]
+#[cfg(not(any(feature = "postgres", feature = "sqlite", feature = "mysql")))]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __idem_with_tx {
     ($($code:tt)*) => {
         ::core::compile_error!(
-            "`tx = ...` needs the feature of the database of the idem-fn package: in Cargo.toml, `idem-fn = { version = \"0.2\", features = [\"postgres\"] }` (or `\"sqlite\"`)"
+            "`tx = ...` needs the feature of the database of the idem-fn package: in Cargo.toml, `idem-fn = { version = \"0.2\", features = [\"postgres\"] }` (or `\"sqlite\"`, `\"mysql\"`)"
         )
     };
 }
 
 pub use crate::__idem_with_tx as with_tx;
 
-/// The runners of `tx = conn` (feature `postgres` or `sqlite`).
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+/// The runners of `tx = conn` (feature `postgres`, `sqlite` or `mysql`).
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod tx {
     use serde::Serialize;
     use serde::de::DeserializeOwned;
@@ -215,10 +215,10 @@ mod tx {
     /// receives the argument under its own name and type, so only connections themselves are
     /// arguments (a transaction is passed by the caller as `&mut *transaction`).
     #[diagnostic::on_unimplemented(
-        message = "`tx = ...` must name an argument of type `&mut sqlx::PgConnection` or `&mut sqlx::SqliteConnection` of sqlx 0.9, not `{Self}`",
+        message = "`tx = ...` must name an argument of type `&mut sqlx::PgConnection`, `&mut sqlx::SqliteConnection` or `&mut sqlx::MySqlConnection` of sqlx 0.9, not `{Self}`",
         label = "the connection the record is written through, inside its transaction",
-        note = "declare the argument as `conn: &mut sqlx::PgConnection` (or `SqliteConnection`), and call the function with `&mut *transaction` (a `sqlx::Transaction`) or `&mut *connection` (a pool's connection)",
-        note = "idem's transactional mode uses sqlx 0.9, with the feature of each database (`postgres`, `sqlite`): a `PgConnection` of another sqlx version (0.8, …) is another type of the same name; `cargo tree -i sqlx` lists the versions in your build"
+        note = "declare the argument as `conn: &mut sqlx::PgConnection` (or `SqliteConnection`, `MySqlConnection`), and call the function with `&mut *transaction` (a `sqlx::Transaction`) or `&mut *connection` (a pool's connection)",
+        note = "idem's transactional mode uses sqlx 0.9, with the feature of each database (`postgres`, `sqlite`, `mysql`): a `PgConnection` of another sqlx version (0.8, …) is another type of the same name; `cargo tree -i sqlx` lists the versions in your build"
     )]
     pub trait TxArgument<'c, C: TxConnection + ?Sized + 'c> {
         /// The connection.
@@ -235,6 +235,13 @@ mod tx {
     #[cfg(feature = "sqlite")]
     impl<'c> TxArgument<'c, sqlx::SqliteConnection> for &'c mut sqlx::SqliteConnection {
         fn connection(self) -> &'c mut sqlx::SqliteConnection {
+            self
+        }
+    }
+
+    #[cfg(feature = "mysql")]
+    impl<'c> TxArgument<'c, sqlx::MySqlConnection> for &'c mut sqlx::MySqlConnection {
+        fn connection(self) -> &'c mut sqlx::MySqlConnection {
             self
         }
     }

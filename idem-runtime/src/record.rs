@@ -12,7 +12,7 @@ impl Token {
     /// The holder a store reports for a key held by a claim it cannot see: a caller's
     /// transaction that has not ended holds the key's row (PostgreSQL) or the database's write
     /// lock (SQLite). No random token is all zeros.
-    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
     pub(crate) const UNSEEN: Token = Token(0);
 
     /// A new random token.

@@ -4,7 +4,7 @@
 //! This file holds the trait and what every store shares; the rest, one concern per file:
 //! - `memory.rs`: [`MemoryStore`](memory::MemoryStore), for one process (its waiters wait on
 //!   a `Notify` kept in the record they wait for, under the record's own lock);
-//! - `redis/`, `postgres/`: the stores shared by processes and machines, each with its options
+//! - `redis/`, `postgres/`, `mysql/`: the stores shared by processes and machines, each with its options
 //!   (`options.rs`, read from a `Config` there);
 //! - `registry.rs`: which store a URL's scheme names (`IDEM_STORE`), the built-in schemes and
 //!   those registered by other crates ([`registry::register_scheme`]);
@@ -35,6 +35,9 @@ pub use stats::{ScopeStats, Stats};
 pub(crate) mod token;
 mod token_table;
 pub use token::{Issue, Redemption, TokenKey};
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub mod mysql;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
@@ -44,9 +47,14 @@ pub mod redis;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) mod tx;
-#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+#[cfg(any(
+    feature = "redis",
+    feature = "postgres",
+    feature = "sqlite",
+    feature = "mysql"
+))]
 // Each backend uses part of it: with one of the two, the other's part goes unused.
 #[cfg_attr(not(all(feature = "redis", feature = "postgres")), allow(dead_code))]
 mod wake;
@@ -66,7 +74,7 @@ pub enum Fence {
 
 impl Fence {
     /// `Held` when a fenced statement found its claim (its row count said so), else `Lost`.
-    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
     pub(crate) fn from_held(held: bool) -> Fence {
         if held { Fence::Held } else { Fence::Lost }
     }

@@ -7,7 +7,7 @@
 //! [`Config::validate`](crate::Config::validate) asks for the row of the URL's scheme and
 //! [`Idem::connect`](crate::Idem::connect) runs its constructor, which builds the backend's
 //! options from the `Config` in the backend's own folder (`RedisStore::connect`,
-//! `PostgresStore::connect`, `MemoryStore::connect`). A built-in scheme whose feature is off
+//! `PostgresStore::connect`, `MySqlStore::connect`, `MemoryStore::connect`). A built-in scheme whose feature is off
 //! keeps its row: its constructor fails with [`Error::Config`] naming the feature to add.
 
 use std::future::Future;
@@ -40,10 +40,12 @@ const BUILT_IN: &[(&str, BuiltIn)] = &[
     ("postgres", postgres),
     ("postgresql", postgres),
     ("sqlite", sqlite),
+    ("mysql", mysql),
+    ("mariadb", mysql),
 ];
 
 /// The forms of the built-in store URLs, for the error of an unknown scheme.
-const FORMS: &str = "`memory`, `redis://host:6379/0`, `rediss://host:6380/0`, `redis+cluster://host1:port1,host2:port2`, `postgres://user:password@host:5432/db`, `sqlite://path/to/idem.db`";
+const FORMS: &str = "`memory`, `redis://host:6379/0`, `rediss://host:6380/0`, `redis+cluster://host1:port1,host2:port2`, `postgres://user:password@host:5432/db`, `sqlite://path/to/idem.db`, `mysql://user:password@host:3306/db`";
 
 /// The schemes registered by [`register_scheme`], in the order they were.
 static REGISTERED: RwLock<Vec<(String, Registered)>> = RwLock::new(Vec::new());
@@ -205,8 +207,24 @@ fn sqlite(config: &Config) -> ConnectFuture<'_> {
     needs(config, "sqlite")
 }
 
+#[cfg(feature = "mysql")]
+fn mysql(config: &Config) -> ConnectFuture<'_> {
+    use crate::store::mysql::MySqlStore;
+    Box::pin(async move { Ok(StoreHandle::new(MySqlStore::connect(config).await?)) })
+}
+
+#[cfg(not(feature = "mysql"))]
+fn mysql(config: &Config) -> ConnectFuture<'_> {
+    needs(config, "mysql")
+}
+
 /// The constructor of a built-in scheme whose `feature` is off: an error naming it.
-#[cfg(not(all(feature = "redis", feature = "postgres", feature = "sqlite")))]
+#[cfg(not(all(
+    feature = "redis",
+    feature = "postgres",
+    feature = "sqlite",
+    feature = "mysql"
+)))]
 fn needs<'a>(config: &Config, feature: &str) -> ConnectFuture<'a> {
     Box::pin(std::future::ready(Err(Error::Config(format!(
         "store `{}` needs {}",
@@ -241,6 +259,8 @@ mod tests {
             "postgres",
             "postgresql",
             "sqlite",
+            "mysql",
+            "mariadb",
         ] {
             let message = config_error(register_scheme(scheme, counted));
             assert!(message.contains("is built into idem"), "{message}");
@@ -326,6 +346,8 @@ mod tests {
                 "postgres",
                 "postgres://",
             ),
+            ("mysql://idem@127.0.0.1:1/idem", "mysql", "mysql://"),
+            ("mariadb://idem@127.0.0.1:1/idem", "mysql", "mysql://"),
         ] {
             let config = Config::default()
                 .store(url)
@@ -338,6 +360,7 @@ mod tests {
             };
             let enabled = match feature {
                 "redis" => cfg!(feature = "redis"),
+                "mysql" => cfg!(feature = "mysql"),
                 _ => cfg!(feature = "postgres"),
             };
             let message = error.to_string();

@@ -4,7 +4,7 @@
 //! what [`Call::run_tx`](crate::Call::run_tx) accepts (a connection, a transaction or a pool's
 //! connection of such a type). The engine's side (what to do with the answers) is
 //! `engine/tx.rs`; each backend implements these in its own folder (PostgreSQL through sqlx:
-//! `postgres/tx.rs`; SQLite through sqlx: `sqlite/tx.rs`).
+//! `postgres/tx.rs`; SQLite through sqlx: `sqlite/tx.rs`; MySQL through sqlx: `mysql/tx.rs`).
 //!
 //! Only [`TxConnection`] is public, and sealed: [`Transactional`] and [`TxStore`] are public
 //! in this crate-private module (nameable by no one outside), since every backend lives in
@@ -60,14 +60,16 @@ pub trait Transactional: Send {
 /// - `postgres`: `sqlx::PgConnection`, `sqlx::Transaction<'_, sqlx::Postgres>`,
 ///   `sqlx::pool::PoolConnection<sqlx::Postgres>`;
 /// - `sqlite`: `sqlx::SqliteConnection`, `sqlx::Transaction<'_, sqlx::Sqlite>`,
-///   `sqlx::pool::PoolConnection<sqlx::Sqlite>`.
+///   `sqlx::pool::PoolConnection<sqlx::Sqlite>`;
+/// - `mysql`: `sqlx::MySqlConnection`, `sqlx::Transaction<'_, sqlx::MySql>`,
+///   `sqlx::pool::PoolConnection<sqlx::MySql>`.
 ///
 /// Inside a transaction (a `Transaction`, or a connection on which one was begun), the call
 /// runs in it; on a connection outside any, in one of its own.
 #[diagnostic::on_unimplemented(
-    message = "the transactional mode writes through a sqlx connection, transaction or pool connection of PostgreSQL or SQLite (sqlx 0.9), not `{Self}`",
+    message = "the transactional mode writes through a sqlx connection, transaction or pool connection of PostgreSQL, SQLite or MySQL (sqlx 0.9), not `{Self}`",
     label = "the connection the record is written through, inside its transaction",
-    note = "pass `&mut transaction` (a `sqlx::Transaction<'_, Postgres>` or `<'_, Sqlite>`), `&mut connection` or `&mut *conn`; each database needs its feature of idem-fn (`postgres`, `sqlite`)"
+    note = "pass `&mut transaction` (a `sqlx::Transaction<'_, Postgres>`, `<'_, Sqlite>` or `<'_, MySql>`), `&mut connection` or `&mut *conn`; each database needs its feature of idem-fn (`postgres`, `sqlite`, `mysql`)"
 )]
 pub trait TxConnection: sealed::Sealed {
     /// The connection the body receives.

@@ -7,6 +7,7 @@ pub mod crash;
 pub mod harness;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod mariadb;
 pub mod nats;
 pub mod postgres;
 pub mod redis;

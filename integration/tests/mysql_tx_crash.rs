@@ -1,0 +1,219 @@
+//! Worker processes killed at random moments while they run `tx = conn` calls on one MariaDB
+//! database: every key's business row is written exactly once, the records agree, and a killed
+//! transaction frees its row locks as soon as the server sees its connection close (no call
+//! waits for a lease).
+//!
+//! This test binary has no libtest harness (`harness = false`): run normally, it starts a
+//! MariaDB server of its own, creates the tables, and starts two copies of itself as workers
+//! (`IDEM_MYSQL_TX_WORKER` set to the database's URL). Each worker walks the keys without a
+//! business row yet in its own random order, two calls at a time; each call is a transaction
+//! of idem's own (`BEGIN` on a pool connection) whose body inserts the key's business row (the
+//! table has no unique key: only idem keeps a second row out), says so (`body <key>`) and
+//! sleeps a few milliseconds. The test SIGKILLs a random worker every 20 to 170 ms (and starts
+//! it again), then lets both finish the list.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use idem::Call;
+use sqlx::MySqlConnection;
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use support::crash::{self, Random, Seen};
+use support::mariadb::MariaDb;
+use support::workers::Workers;
+
+/// Set in a worker's environment to the database's URL.
+const WORKER: &str = "IDEM_MYSQL_TX_WORKER";
+const KEYS: u64 = 200;
+/// Calls in flight in each worker.
+const TASKS: usize = 2;
+const MIN_KILLS: usize = 30;
+/// The kills stop after this long, or once `MIN_KILLS` happened and half of it passed.
+const KILLING: Duration = Duration::from_secs(16);
+/// The lease each call is given: a call that waited for a lease would take at least this.
+const LEASE: Duration = Duration::from_secs(10);
+/// The longest any call may take: far below the lease.
+const MAX_CALL: Duration = Duration::from_secs(3);
+const SCOPE: &str = "mysql-tx-crash";
+
+fn main() {
+    if let Ok(url) = std::env::var(WORKER) {
+        worker(&url);
+        return;
+    }
+    support::harness::run_single(
+        "killed_workers_write_each_key_once_on_one_database",
+        killed_workers_write_each_key_once_on_one_database,
+    );
+}
+
+/// A pool on the database.
+async fn open(url: &str, connections: u32) -> MySqlPool {
+    MySqlPoolOptions::new()
+        .max_connections(connections)
+        .connect(url)
+        .await
+        .expect("connect to the test's MariaDB")
+}
+
+fn killed_workers_write_each_key_once_on_one_database() {
+    let server = MariaDb::start();
+    let url = server.database("tx_crash");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let pool = runtime.block_on(async {
+        let pool = open(&url, 2).await;
+        sqlx::raw_sql(idem::mysql::MIGRATION)
+            .execute(&pool)
+            .await
+            .expect("idem's table");
+        sqlx::raw_sql(
+            "CREATE TABLE items (id BIGINT AUTO_INCREMENT PRIMARY KEY, k BIGINT NOT NULL) ENGINE = InnoDB",
+        )
+        .execute(&pool)
+        .await
+        .expect("the business table");
+        pool
+    });
+
+    let mut workers = Workers::start_quiet(2, [(WORKER, url.clone())]);
+    let mut seen = Seen::default();
+    let (kills, killing) = crash::kill_at_random(&mut workers, &mut seen, MIN_KILLS, KILLING);
+    crash::finish(workers, &mut seen, Duration::from_secs(60));
+
+    let (rows, records): (Vec<(i64, i64)>, i64) = runtime.block_on(async {
+        let rows = sqlx::query_as("SELECT k, id FROM items ORDER BY k, id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let records = sqlx::query_scalar(
+            "SELECT count(*) FROM idem_records WHERE state = 'completed' AND `key` LIKE 'idem:mysql-tx-crash:%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (rows, records)
+    });
+    // A body whose row is not there ran in a transaction a kill rolled back.
+    let rolled_back = seen.bodies.saturating_sub(rows.len());
+    println!(
+        "mysql tx crash test: {kills} SIGKILLs in {killing:.1?}, {} bodies ran, {rolled_back} of them in a transaction a kill rolled back, {KEYS} keys, {} business rows, {records} records, {} committed calls (replays of a key the other worker ran included); the longest call took {:?} (lease {LEASE:?})",
+        seen.bodies,
+        rows.len(),
+        seen.calls,
+        seen.longest
+    );
+    assert!(kills >= MIN_KILLS, "{kills} kills");
+    assert!(
+        seen.bodies > rows.len(),
+        "no kill hit a body inside its transaction"
+    );
+    let mut per_key: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for (key, id) in &rows {
+        per_key.entry(*key).or_default().push(*id);
+    }
+    assert_eq!(per_key.len() as u64, KEYS, "every key has its row");
+    for (key, ids) in &per_key {
+        assert_eq!(ids.len(), 1, "key {key} has the business rows {ids:?}");
+        let values = seen
+            .values
+            .get(&(*key as u64))
+            .map_or(&[][..], Vec::as_slice);
+        assert!(
+            values.iter().all(|v| v == &ids[0]),
+            "key {key}: row {} but the calls returned {values:?}",
+            ids[0]
+        );
+    }
+    // The records agree: each replays its key's row id, and the body never runs again.
+    runtime.block_on(async {
+        let mut conn = pool.acquire().await.unwrap();
+        for (key, ids) in &per_key {
+            let replayed = Call::new(SCOPE, *key as u64)
+                .run_tx(&mut conn, async |_: &mut MySqlConnection| -> i64 {
+                    panic!("key {key} runs again")
+                })
+                .await
+                .unwrap();
+            assert_eq!(replayed.value, ids[0], "key {key}");
+        }
+    });
+    assert_eq!(records as u64, KEYS, "one completed record per key");
+    assert!(
+        seen.longest < MAX_CALL,
+        "a call took {:?}: it waited for more than a killed transaction",
+        seen.longest
+    );
+}
+
+/// Walks every key in a random order, `TASKS` calls at a time; prints each body and each
+/// committed call.
+fn worker(url: &str) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let pool = open(url, TASKS as u32).await;
+        let mut random = Random::new();
+        let mut keys: Vec<u64> = Vec::new();
+        for key in 0..KEYS {
+            let present: i64 = sqlx::query_scalar("SELECT count(*) FROM items WHERE k = ?")
+                .bind(key as i64)
+                .fetch_one(&pool)
+                .await
+                .expect("the keys left");
+            if present == 0 {
+                keys.push(key);
+            }
+        }
+        random.shuffle(&mut keys);
+        let keys = Arc::new(keys);
+        let next = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let (pool, keys, next) = (pool.clone(), keys.clone(), next.clone());
+                tokio::spawn(async move {
+                    let mut random = Random::new();
+                    while let Some(&key) = keys.get(next.fetch_add(1, Ordering::SeqCst)) {
+                        let pause = Duration::from_millis(2 + random.below(30));
+                        let start = Instant::now();
+                        let mut conn = pool.acquire().await.expect("a connection");
+                        // Outside any transaction: idem begins one and commits it with the
+                        // body's row.
+                        let id = Call::new(SCOPE, key)
+                            .lease(LEASE)
+                            .wait(Duration::from_secs(30))
+                            .run_tx(&mut conn, async |conn: &mut MySqlConnection| {
+                                let done = sqlx::query("INSERT INTO items (k) VALUES (?)")
+                                    .bind(key as i64)
+                                    .execute(&mut *conn)
+                                    .await
+                                    .expect("the business row");
+                                let id = done.last_insert_id() as i64;
+                                println!("body {key}");
+                                tokio::time::sleep(pause).await;
+                                id
+                            })
+                            .await
+                            .expect("the call")
+                            .value;
+                        println!("call {key} {id} {}", start.elapsed().as_micros());
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("a worker task");
+        }
+        pool.close().await;
+    });
+    println!("done {}", std::process::id());
+}
