@@ -17,7 +17,8 @@
 //! neither `Error::Store` nor a reason to run the body unprotected.
 //!
 //! The other files, one concern each: `options.rs` ([`MySqlOptions`]), `connect.rs` (the URL
-//! and the pool the store opens), `failure.rs` (the server's error numbers as store errors).
+//! and the pool the store opens), `failure.rs` (the server's error numbers as store errors),
+//! `tokens.rs` (server-issued tokens, in a table of their own).
 
 mod connect;
 mod failure;
@@ -25,6 +26,7 @@ mod options;
 mod reaper;
 mod sql;
 mod table;
+mod tokens;
 pub(crate) mod tx;
 mod waiters;
 
@@ -40,14 +42,16 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::record::{Claim, Record, Token};
-use crate::store::{Fence, Inspection, Stats, Store};
+use crate::store::{Fence, Inspection, Issue, Redemption, Stats, Store, TokenKey};
 
 pub use self::options::MySqlOptions;
 pub use self::table::MIGRATION;
+pub use self::tokens::TOKENS_MIGRATION;
 
 use self::reaper::Reaper;
 use self::sql::Statements;
 use self::table::Table;
+use self::tokens::TokenStatements;
 use self::waiters::Waiters;
 
 /// How long after the holder's lease ends a waiter looks again, for the row to have expired.
@@ -118,6 +122,8 @@ pub struct MySqlStore {
 struct Shared {
     pool: MySqlPool,
     sql: Arc<Statements>,
+    /// The server-issued tokens' table and statements (`tokens.rs`).
+    tokens: TokenStatements,
     /// The table, for the transactional mode and messages.
     table: Table,
     waiters: Waiters,
@@ -213,8 +219,19 @@ impl MySqlStore {
     ) -> Result<MySqlStore, Error> {
         let sql = Arc::new(Statements::new(&table));
         table::prepare(&pool, &describe, &table, options.create_table).await?;
+        let tokens = TokenStatements::new(&table);
+        if options.create_table {
+            // Without it, token operations fail saying what to create; calls are unaffected.
+            let created = sqlx::raw_sql(sqlx::AssertSqlSafe(tokens.migration().to_owned()))
+                .execute(&pool)
+                .await;
+            if let Err(error) = created {
+                tracing::warn!(%error, "idem could not create the MySQL table of tokens; idem::tokens will fail until it exists");
+            }
+        }
         Ok(MySqlStore {
             shared: Arc::new(Shared {
+                tokens,
                 _reaper: Reaper::start(
                     pool.clone(),
                     sql.clone(),
@@ -461,9 +478,52 @@ impl Store for MySqlStore {
     /// rows the reaper has not deleted yet included).
     async fn stats(&self, prefix: &str, limit: usize) -> Result<Stats, StoreError> {
         let shared = &self.shared;
-        sql::stats(&shared.pool, &shared.sql, &shared.table, prefix, limit)
+        let mut stats = sql::stats(&shared.pool, &shared.sql, &shared.table, prefix, limit)
             .await
-            .map_err(|e| self.failed(e))
+            .map_err(|e| self.failed(e))?;
+        let (live, redeemed) =
+            match tokens::count(&shared.pool, &shared.tokens, prefix, limit).await {
+                Err(error) if tokens::no_table(&error) => (0, 0),
+                counted => counted.map_err(|e| self.failed(e))?,
+            };
+        stats.tokens += live;
+        stats.redeemed_tokens += redeemed;
+        Ok(stats)
+    }
+
+    /// One `INSERT` (within the bound: its count in the same statement, under InnoDB's shared
+    /// locks), then a `DELETE` of a few expired tokens; see `tokens.rs`.
+    async fn issue_token(
+        &self,
+        token: &TokenKey,
+        ttl: Duration,
+        max_live: Option<u32>,
+    ) -> Result<Issue, StoreError> {
+        let shared = &self.shared;
+        let issued = match tokens::issue(&shared.pool, &shared.tokens, token, ttl, max_live).await {
+            Err(error) if tokens::no_table(&error) => {
+                return Err(shared.tokens.missing(&shared.describe));
+            }
+            issued => issued.map_err(|e| self.failed(e))?,
+        };
+        if let Err(error) = tokens::sweep(&shared.pool, &shared.tokens).await {
+            tracing::debug!(%error, "idem could not delete expired MySQL tokens; the next issue tries again");
+        }
+        Ok(issued)
+    }
+
+    /// One conditional `UPDATE` (a valid redemption), a `SELECT` after it otherwise; see
+    /// `tokens.rs`.
+    async fn redeem_token(
+        &self,
+        token: &TokenKey,
+        keep: Duration,
+    ) -> Result<Redemption, StoreError> {
+        let shared = &self.shared;
+        match tokens::redeem(&shared.pool, &shared.tokens, token, keep).await {
+            Err(error) if tokens::no_table(&error) => Err(shared.tokens.missing(&shared.describe)),
+            redeemed => redeemed.map_err(|e| self.failed(e)),
+        }
     }
 
     fn describe(&self) -> String {
