@@ -12,7 +12,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -119,34 +118,18 @@ fn killed_workers_write_each_key_once_on_one_file() {
         seen.bodies > rows.len(),
         "no kill hit a body inside its transaction"
     );
-    let mut per_key: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
-    for (key, id) in &rows {
-        per_key.entry(*key).or_default().push(*id);
-    }
-    assert_eq!(per_key.len() as u64, KEYS, "every key has its row");
-    for (key, ids) in &per_key {
-        assert_eq!(ids.len(), 1, "key {key} has the business rows {ids:?}");
-        let values = seen
-            .values
-            .get(&(*key as u64))
-            .map_or(&[][..], Vec::as_slice);
-        assert!(
-            values.iter().all(|v| v == &ids[0]),
-            "key {key}: row {} but the calls returned {values:?}",
-            ids[0]
-        );
-    }
+    let per_key = crash::one_row_per_key(&rows, &seen, KEYS);
     // The records agree: each replays its key's row id, and the body never runs again.
     runtime.block_on(async {
         let mut conn = pool.acquire().await.unwrap();
-        for (key, ids) in &per_key {
+        for (key, id) in &per_key {
             let replayed = Call::new(SCOPE, *key as u64)
                 .run_tx(&mut conn, async |_: &mut SqliteConnection| -> i64 {
                     panic!("key {key} runs again")
                 })
                 .await
                 .unwrap();
-            assert_eq!(replayed.value, ids[0], "key {key}");
+            assert_eq!(replayed.value, *id, "key {key}");
         }
     });
     assert_eq!(records as u64, KEYS, "one completed record per key");

@@ -117,3 +117,30 @@ pub fn finish(workers: Workers, seen: &mut Seen, within: Duration) {
     }
     workers.finish(within);
 }
+
+/// Checks the business rows `(key, row id)` the workers left: exactly one per key of `0..keys`,
+/// and every value a call of the key returned is that row's id. Returns each key's row id.
+pub fn one_row_per_key(rows: &[(i64, i64)], seen: &Seen, keys: u64) -> BTreeMap<i64, i64> {
+    let mut per_key: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for (key, id) in rows {
+        per_key.entry(*key).or_default().push(*id);
+    }
+    assert_eq!(per_key.len() as u64, keys, "every key has its row");
+    per_key
+        .into_iter()
+        .map(|(key, ids)| {
+            assert_eq!(ids.len(), 1, "key {key} has the business rows {ids:?}");
+            // A worker killed between its commit and its report printed nothing for the key.
+            let values = seen
+                .values
+                .get(&(key as u64))
+                .map_or(&[][..], Vec::as_slice);
+            assert!(
+                values.iter().all(|v| v == &ids[0]),
+                "key {key}: row {} but the calls returned {values:?}",
+                ids[0]
+            );
+            (key, ids[0])
+        })
+        .collect()
+}
