@@ -26,6 +26,7 @@
 mod admin;
 mod cache;
 mod call;
+mod call_context;
 mod codec;
 mod config;
 mod context;
@@ -53,6 +54,7 @@ pub mod __private;
 
 pub use admin::{forget, inspect, stats};
 pub use call::Call;
+pub use call_context::{CallContext, call_context, derive_key, with_status};
 pub use config::{Config, FailMode};
 pub use context::{Idem, init, install, with_store};
 pub use error::{Error, StoreError, StoreErrorKind};

@@ -521,3 +521,39 @@ async fn statements_per_call_counted_through_the_driver() {
     );
     tx.commit().await.unwrap();
 }
+
+/// A transactional body reads its call as a plain one does: the key it derives for a
+/// downstream system is the one a plain call of the same scope and key derives, and a retry
+/// after a rollback derives it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_body_derives_the_keys_of_its_call() {
+    let db = TempDb::new("tx-derived");
+    let pool = pool(&db, 2).await;
+    let derived = async |conn: &mut SqliteConnection| {
+        insert_order(conn, "derived", 1).await;
+        let call = idem::call_context().expect("a transactional body sees its call");
+        (call.key().to_owned(), idem::derive_key("charge").unwrap())
+    };
+    let mut conn = pool.acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let rolled_back = call("derived").run_tx(&mut tx, derived).await.unwrap();
+    tx.rollback().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let committed = call("derived").run_tx(&mut tx, derived).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(committed.status, Status::Executed);
+    assert_eq!(
+        committed.value, rolled_back.value,
+        "the retry after a rollback derives the same key"
+    );
+    assert_eq!(committed.value.0, "idem:sqlite-tx:derived");
+    let plain = idem::Idem::with_settings(idem::MemoryStore::new(), &idem::Config::default())
+        .scope(call("derived").run(async { idem::derive_key("charge").unwrap() }))
+        .await
+        .unwrap();
+    assert_eq!(
+        committed.value.1, plain.value,
+        "the plain call's derived key"
+    );
+    assert_eq!(orders(&pool, "derived").await, 1);
+}

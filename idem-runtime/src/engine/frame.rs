@@ -204,7 +204,16 @@ impl<'c> Frame<'c> {
             Err(error) => counted_error(error),
         };
         ended(&self.span, self.scope, counted);
+        if let Ok(ran) = &result {
+            crate::call_context::ended_with(ran.outcome.status);
+        }
         result.map(|ran| ran.outcome)
+    }
+
+    /// Runs `body` as this call's body: [`call_context`](crate::call_context) and
+    /// [`derive_key`](crate::derive_key) inside it answer for this call.
+    pub(crate) fn in_body<F: Future>(&self, body: F) -> impl Future<Output = F::Output> {
+        crate::call_context::in_body(self.scope, &self.key, body)
     }
 
     /// Decodes the envelope stored for the call (by its store or the local cache), after

@@ -29,6 +29,7 @@ pub const CASES: &[&str] = &[
     "waiter_gets_result",
     "reject_without_wait",
     "lease_expiry_fences_late_completion",
+    "derived_keys_survive_a_takeover",
     "renewal_keeps_long_body_exclusive",
     "errors_release_and_cache_err_stores",
     "panic_releases_claim",
@@ -393,6 +394,92 @@ pub async fn lease_expiry_fences_late_completion(store: StoreHandle) {
         (third.value, third.status),
         (2, Status::Replayed),
         "the second caller's record is kept"
+    );
+}
+
+/// A body reads its call ([`call_context`](crate::call_context)): scope and store key; the key
+/// it derives for a downstream system is the same on the attempt that took the key over after
+/// the first one's lease ended (the downstream system deduplicates the re-run), and differs
+/// per label. [`with_status`](crate::with_status) tells the caller how each call ended.
+pub async fn derived_keys_survive_a_takeover(store: StoreHandle) {
+    let scope = scope("derived");
+    let lease = Duration::from_millis(300);
+    let (sent, mut seen) = tokio::sync::mpsc::unbounded_channel::<(String, String, String)>();
+    let body = |sent: tokio::sync::mpsc::UnboundedSender<_>,
+                hold: Option<oneshot::Receiver<()>>,
+                value: u32| async move {
+        let call = crate::call_context().expect("a body sees its call");
+        let derived = crate::derive_key("charge").expect("a body derives keys");
+        assert_eq!(derived, call.derive_key("charge"));
+        assert_ne!(derived, call.derive_key("notify"), "one key per label");
+        sent.send((call.scope().to_owned(), call.key().to_owned(), derived))
+            .expect("the case listens");
+        if let Some(hold) = hold {
+            let _ = hold.await;
+        }
+        value
+    };
+    let (release_first, hold) = oneshot::channel();
+    let first = tokio::spawn(
+        call(&store, &scope, "k")
+            .lease(lease)
+            .heartbeat(false)
+            .run(body(sent.clone(), Some(hold), 1)),
+    );
+    let (first_scope, first_key, first_derived) = within("the first attempt's body", seen.recv())
+        .await
+        .expect("the first attempt sends what it derived");
+    assert_eq!(first_scope, scope);
+    assert_eq!(
+        first_key,
+        store_key("idem", &scope, "k"),
+        "the key as stored"
+    );
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let (second, status) = crate::with_status(
+        call(&store, &scope, "k")
+            .wait(Duration::ZERO)
+            .run(body(sent.clone(), None, 7)),
+    )
+    .await;
+    assert_eq!(
+        second.expect("the second attempt runs").status,
+        Status::Executed
+    );
+    assert_eq!(
+        status,
+        Some(Status::Executed),
+        "with_status reports the call"
+    );
+    let (_, second_key, second_derived) = within("the second attempt's body", seen.recv())
+        .await
+        .expect("the second attempt sends what it derived");
+    assert_eq!(second_key, first_key);
+    assert_eq!(
+        second_derived, first_derived,
+        "the attempt that took the key over derives the first attempt's key"
+    );
+    release_first.send(()).ok();
+    let late = within("the first attempt's end", first)
+        .await
+        .expect("the first attempt's task")
+        .expect("the first attempt's call");
+    // Its own value, not stored: the record is the second attempt's.
+    assert_eq!((late.value, late.status), (1, Status::LeaseLost));
+    let (replay, status) =
+        crate::with_status(call(&store, &scope, "k").run(body(sent, None, 9))).await;
+    assert_eq!(replay.expect("a replay").value, 7);
+    assert_eq!(status, Some(Status::Replayed));
+    assert!(seen.try_recv().is_err(), "a replay runs no body");
+    let (other, _) = crate::with_status(
+        call(&store, &scope, "other")
+            .run(async { crate::derive_key("charge").expect("a body derives keys") }),
+    )
+    .await;
+    assert_ne!(
+        other.expect("another key").value,
+        first_derived,
+        "one key per call"
     );
 }
 
@@ -981,6 +1068,7 @@ macro_rules! conformance_tests {
                 waiter_gets_result,
                 reject_without_wait,
                 lease_expiry_fences_late_completion,
+                derived_keys_survive_a_takeover,
                 renewal_keeps_long_body_exclusive,
                 errors_release_and_cache_err_stores,
                 panic_releases_claim,

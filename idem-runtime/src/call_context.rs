@@ -1,0 +1,298 @@
+//! What a body knows of its call ([`CallContext`], [`call_context`], [`derive_key`]) and what
+//! the caller of an `#[idempotent]` function learns of how it ended ([`with_status`]).
+//!
+//! Both are task-locals: the engine sets the call's context around its body, and
+//! [`with_status`] around the caller's future. Neither reaches a task the body spawns: pass
+//! the [`CallContext`] along (it is `Clone + Send`).
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::future::Future;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+use crate::outcome::Status;
+
+tokio::task_local! {
+    /// The call whose body is running.
+    static CALL: CallContext;
+    /// The status [`with_status`] reports, and the depth of idempotent bodies it was entered
+    /// at.
+    static OBSERVED: Observed;
+}
+
+/// The identity of the idempotent call whose body is running: its scope and its key as
+/// stored, and the keys it derives for the systems it calls.
+///
+/// Read it with [`call_context`] (or derive a key at once with [`derive_key`]) inside the
+/// body of an `#[idempotent]` function or of a [`Call`](crate::Call), on every store and in
+/// the transactional mode.
+///
+/// ```
+/// # use idem_runtime as idem;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), idem::Error> {
+/// let idem = idem::Idem::with_settings(idem::MemoryStore::new(), &idem::Config::default());
+/// let sent = idem
+///     .scope(idem::Call::new("shop::checkout", "order-7").run(async {
+///         let call = idem::call_context().expect("inside a call's body");
+///         assert_eq!(call.scope(), "shop::checkout");
+///         assert_eq!(call.key(), "idem:shop.checkout:order-7");
+///         // The `Idempotency-Key` of the gateway's charge: the same on every attempt.
+///         call.derive_key("charge")
+///     }))
+///     .await?;
+/// assert_eq!(sent.value, "idem_34622d2a456d64bbed2ffa0cd83940ebfba503f3");
+/// assert!(idem::call_context().is_none()); // outside a body
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallContext {
+    /// The call's scope, as the call named it.
+    scope: Cow<'static, str>,
+    /// The store key (see `key.rs`).
+    key: String,
+    /// How many idempotent bodies run around this one, this one included (1 for a call made
+    /// outside any body).
+    depth: u32,
+}
+
+/// The domain of a derived key's hash: no other hash of idem starts with these bytes.
+const DERIVED_KEY_DOMAIN: &[u8] = b"idem derived key 1\0";
+
+impl CallContext {
+    /// The call's scope (for the attribute, the function's path unless `scope = …` names
+    /// another).
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// The call's key as the store keeps it: prefix, scope and key encoded (and hashed when
+    /// long, unprintable or with `hash_keys`), as `idem inspect` and the logs show it.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// A key for a downstream system (a gateway's `Idempotency-Key`, a message id, an outbox
+    /// row's id), derived from this call's store key and `label`: **the same on every attempt
+    /// of this call** (a re-run after a crash or a lost lease sends the same key, so the
+    /// downstream system deduplicates it), different for every label and every other call.
+    ///
+    /// The format is part of what idem guarantees across versions: `idem_` followed by the
+    /// first 40 lowercase hex digits (160 bits) of SHA-256 over the bytes
+    /// `"idem derived key 1\0"`, the store key's length in bytes as a big-endian `u64`, the
+    /// store key, and the label. 45 ASCII characters of `[a-z0-9_]`: accepted as an
+    /// idempotency key by the common gateways (Stripe 255 characters, Adyen 64, PayPal 108,
+    /// Square 45). The store key includes the prefix, so two deployments with different
+    /// prefixes derive different keys.
+    pub fn derive_key(&self, label: &str) -> String {
+        let digest = self.digest(label);
+        let mut out = String::with_capacity(45);
+        out.push_str("idem_");
+        out.push_str(&hex::encode(&digest[..20]));
+        out
+    }
+
+    /// [`derive_key`](CallContext::derive_key) for a system that wants a UUID: the first 16
+    /// bytes of the same hash as an RFC 9562 UUID of version 8 (custom), its version and
+    /// variant bits set, in the hyphenated lowercase form (36 characters). Stable across
+    /// versions like the key.
+    pub fn derive_uuid(&self, label: &str) -> String {
+        let digest = self.digest(label);
+        let mut bytes: [u8; 16] = *digest.first_chunk().expect("SHA-256 has 32 bytes");
+        bytes[6] = (bytes[6] & 0x0f) | 0x80; // version 8
+        bytes[8] = (bytes[8] & 0x3f) | 0x80; // variant 10xx
+        let hex = hex::encode(bytes);
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        )
+    }
+
+    /// SHA-256 of the domain, the store key (length first, so that no key and label pair
+    /// shares its bytes with another) and `label`.
+    fn digest(&self, label: &str) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        hash.update(DERIVED_KEY_DOMAIN);
+        hash.update((self.key.len() as u64).to_be_bytes());
+        hash.update(self.key.as_bytes());
+        hash.update(label.as_bytes());
+        hash.finalize().into()
+    }
+}
+
+/// The call whose body is running on this task, or `None` outside any idempotent body (or in
+/// a task the body spawned: pass the context along).
+///
+/// In a body that calls another idempotent function, that function's body sees its own call.
+pub fn call_context() -> Option<CallContext> {
+    CALL.try_with(Clone::clone).ok()
+}
+
+/// [`CallContext::derive_key`] of the call whose body is running: a key for a downstream
+/// system, the same on every attempt of this call.
+///
+/// Fails with [`Error::Config`] outside an idempotent body (a key derived from nothing would
+/// be a new key on every attempt: the very thing it is for).
+pub fn derive_key(label: &str) -> Result<String, Error> {
+    CALL.try_with(|call| call.derive_key(label)).map_err(|_| {
+        Error::Config(format!(
+            "idem::derive_key({label:?}) was called outside the body of an idempotent call \
+             (or in a task the body spawned: pass idem::call_context() to it)"
+        ))
+    })
+}
+
+/// Runs `future` and reports how the last `#[idempotent]` function (or [`Call`](crate::Call))
+/// it awaited directly ended: executed, replayed, waited for, … (`None` when no such call
+/// returned a value). Calls made inside those calls' bodies are not reported, only the ones
+/// `future` itself awaits.
+///
+/// The attribute's functions return their value only; this is how their caller learns
+/// whether the body ran, for its own metrics or its response.
+///
+/// ```
+/// # use idem_runtime as idem;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), idem::Error> {
+/// let idem = idem::Idem::with_settings(idem::MemoryStore::new(), &idem::Config::default());
+/// let charge = || idem::Call::new("shop::charge", "order-7").run(async { 1250 });
+/// let (first, status) = idem.scope(idem::with_status(charge())).await;
+/// assert_eq!((first?.value, status), (1250, Some(idem::Status::Executed)));
+/// let (again, status) = idem.scope(idem::with_status(charge())).await;
+/// assert_eq!((again?.value, status), (1250, Some(idem::Status::Replayed)));
+/// # Ok(())
+/// # }
+/// ```
+pub async fn with_status<F: Future>(future: F) -> (F::Output, Option<Status>) {
+    let observed = Observed {
+        status: Cell::new(None),
+        depth: CALL.try_with(|call| call.depth).unwrap_or(0),
+    };
+    OBSERVED
+        .scope(observed, async {
+            let output = future.await;
+            let status = OBSERVED.with(|observed| observed.status.get());
+            (output, status)
+        })
+        .await
+}
+
+/// What [`with_status`] collects.
+struct Observed {
+    /// The status of the last call it reports.
+    status: Cell<Option<Status>>,
+    /// The depth of idempotent bodies around `with_status`: the calls it reports are made at
+    /// this depth.
+    depth: u32,
+}
+
+/// Runs `body` as the body of the call of `scope` and store key `key`.
+#[allow(
+    clippy::ptr_arg,
+    reason = "a borrowed static scope is kept without allocating"
+)]
+pub(crate) fn in_body<F: Future>(
+    scope: &Cow<'static, str>,
+    key: &str,
+    body: F,
+) -> impl Future<Output = F::Output> {
+    let depth = CALL.try_with(|call| call.depth).unwrap_or(0) + 1;
+    let context = CallContext {
+        scope: scope.clone(),
+        key: key.to_owned(),
+        depth,
+    };
+    CALL.scope(context, body)
+}
+
+/// A call ended with `status`: tell the [`with_status`] around it, if there is one and the
+/// call was made at its depth.
+pub(crate) fn ended_with(status: Status) {
+    let _ = OBSERVED.try_with(|observed| {
+        let depth = CALL.try_with(|call| call.depth).unwrap_or(0);
+        if depth == observed.depth {
+            observed.status.set(Some(status));
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(key: &str) -> CallContext {
+        CallContext {
+            scope: Cow::Borrowed("shop::checkout"),
+            key: key.to_owned(),
+            depth: 1,
+        }
+    }
+
+    /// The format is stored in other systems (a gateway keeps the keys it saw): these values
+    /// must never change. A change here is a breaking change of idem's stored format. (The
+    /// values were also computed apart from this code, from the format `derive_key`
+    /// documents, with Python's hashlib.)
+    #[test]
+    fn derived_keys_are_pinned_across_versions() {
+        let call = context("idem:shop.checkout:order-7");
+        assert_eq!(
+            call.derive_key("charge"),
+            "idem_34622d2a456d64bbed2ffa0cd83940ebfba503f3"
+        );
+        assert_eq!(
+            call.derive_uuid("charge"),
+            "34622d2a-456d-84bb-ad2f-fa0cd83940eb"
+        );
+    }
+
+    #[test]
+    fn derived_keys_have_a_fixed_length_and_charset_and_differ_per_label_and_call() {
+        let a = context("idem:shop.checkout:order-7");
+        let b = context("idem:shop.checkout:order-8");
+        let mut seen = std::collections::HashSet::new();
+        for call in [&a, &b] {
+            for label in ["charge", "notify", "", "charge\0", "ch", "arge"] {
+                let key = call.derive_key(label);
+                assert_eq!(key.len(), 45, "{key}");
+                assert!(key.starts_with("idem_"), "{key}");
+                assert!(
+                    key[5..]
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                    "{key}"
+                );
+                assert!(seen.insert(key.clone()), "{key} derived twice");
+                let uuid = call.derive_uuid(label);
+                assert_eq!(uuid.len(), 36);
+                assert_eq!(&uuid[14..15], "8", "version 8: {uuid}");
+                assert!("89ab".contains(&uuid[19..20]), "variant 10xx: {uuid}");
+                assert_eq!(uuid.replace('-', "")[..12], key[5..17]);
+            }
+        }
+        // The key's length goes first: a key and a label never pass for another pair.
+        assert_ne!(context("ab").derive_key("c"), context("a").derive_key("bc"));
+    }
+
+    #[tokio::test]
+    async fn outside_a_body_there_is_no_context_and_no_derived_key() {
+        assert!(call_context().is_none());
+        let error = derive_key("charge").unwrap_err();
+        assert!(
+            matches!(&error, Error::Config(message) if message.contains("outside the body")),
+            "{error}"
+        );
+        let inside = in_body(&Cow::Borrowed("s"), "idem:s:k", async {
+            (call_context(), derive_key("charge"))
+        })
+        .await;
+        assert_eq!(inside.0.map(|c| c.depth), Some(1));
+        assert_eq!(inside.1.unwrap(), context("idem:s:k").derive_key("charge"));
+    }
+}

@@ -1,0 +1,208 @@
+//! What a body knows of its call and what a caller learns of how it ended, through the
+//! attribute: `idem::call_context`, `idem::derive_key` and `idem::with_status`, and the
+//! contrast the README draws: a charge re-sent after a takeover reaches a deduplicating
+//! gateway with the same key (charged once) when the key is derived, with a new one (charged
+//! twice) when it is not.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use idem::{Call, Config, Idem, MemoryStore, Status, idempotent};
+
+fn memory() -> Idem {
+    Idem::with_settings(MemoryStore::new(), &Config::default())
+}
+
+#[idempotent(key = order, ttl = "1h", scope = "ctx::inner")]
+async fn inner(order: &str) -> (String, String) {
+    let call = idem::call_context().expect("the inner body sees its own call");
+    (call.scope().to_owned(), idem::derive_key("charge").unwrap())
+}
+
+#[idempotent(key = order, ttl = "1h", scope = "ctx::outer")]
+async fn outer(order: &str, inner_order: &str) -> (String, String, String) {
+    let call = idem::call_context().expect("the outer body sees its call");
+    // Inside a body, with_status reports the calls that body awaits.
+    let (inner_value, inner_status) = idem::with_status(inner(inner_order)).await;
+    let (inner_scope, _) = inner_value.expect("the inner call");
+    assert_eq!(inner_scope, "ctx::inner");
+    let after = idem::call_context().expect("the outer call again after the inner one");
+    assert_eq!(after, call, "the inner call's context ends with its body");
+    (
+        call.scope().to_owned(),
+        call.key().to_owned(),
+        format!(
+            "{:?}",
+            inner_status.expect("the inner call returned a value")
+        ),
+    )
+}
+
+#[idempotent(key = order, ttl = "1h", scope = "ctx::stalled")]
+async fn stalled(order: &str, inner_done: tokio::sync::mpsc::UnboundedSender<()>) -> u32 {
+    inner(order).await.unwrap();
+    inner_done.send(()).unwrap();
+    std::future::pending().await
+}
+
+#[tokio::test]
+async fn with_status_reports_the_calls_the_caller_awaits_not_those_inside_their_bodies() {
+    let idem = memory();
+    idem.scope(async {
+        let (first, status) = idem::with_status(outer("o1", "i1")).await;
+        let first = first.unwrap();
+        assert_eq!(status, Some(Status::Executed));
+        assert_eq!(first.0, "ctx::outer");
+        assert_eq!(first.1, "idem:ctx.outer:o1");
+        assert_eq!(first.2, "Executed", "the inner call ran");
+
+        // A new outer key whose inner call replays: the caller learns of the outer call only.
+        let (second, status) = idem::with_status(outer("o2", "i1")).await;
+        let second = second.unwrap();
+        assert_eq!(
+            status,
+            Some(Status::Executed),
+            "not the inner call's Replayed"
+        );
+        assert_eq!(second.2, "Replayed", "the body learns of its inner call");
+
+        let (replayed, status) = idem::with_status(outer("o1", "i1")).await;
+        assert_eq!(status, Some(Status::Replayed));
+        assert_eq!(replayed.unwrap(), first);
+
+        // Several calls: the last one that returned a value.
+        let (_, status) = idem::with_status(async {
+            inner("i9").await.unwrap();
+            inner("i1").await.unwrap()
+        })
+        .await;
+        assert_eq!(status, Some(Status::Replayed));
+        let (_, status) = idem::with_status(async { 5 }).await;
+        assert_eq!(status, None, "no idempotent call");
+
+        // A call dropped after its body's inner call ended: the caller's call never ended, so
+        // there is nothing to report (the inner call's status is not its caller's).
+        let (inner_done, mut is_inner_done) = tokio::sync::mpsc::unbounded_channel();
+        let (_, status) = idem::with_status(async {
+            tokio::select! {
+                _ = stalled("o5", inner_done) => unreachable!("the body never ends"),
+                _ = is_inner_done.recv() => {}
+            }
+        })
+        .await;
+        assert_eq!(status, None, "the inner call is not reported");
+    })
+    .await;
+    assert!(idem::call_context().is_none());
+}
+
+#[tokio::test]
+async fn derived_keys_are_the_same_for_the_same_call_and_differ_across_calls() {
+    let idem = memory();
+    let (a, b) = idem
+        .scope(async { (inner("k1").await.unwrap(), inner("k2").await.unwrap()) })
+        .await;
+    assert_ne!(a.1, b.1);
+    // Another process (another idem) with the same prefix derives the same keys: the key is
+    // the call's, not the process's.
+    let again = memory().scope(inner("k1")).await.unwrap();
+    assert_eq!(again.1, a.1);
+    // Another prefix is another deployment: other records, other keys.
+    let other = Idem::with_settings(MemoryStore::new(), &Config::default().prefix("staging"))
+        .scope(inner("k1"))
+        .await
+        .unwrap();
+    assert_ne!(other.1, a.1);
+}
+
+/// A payment gateway that deduplicates by `Idempotency-Key`, as Stripe does: it counts the
+/// requests each key sent and applies one effect per key.
+#[derive(Default)]
+struct Gateway {
+    requests: HashMap<String, usize>,
+    charged: HashSet<String>,
+}
+
+impl Gateway {
+    fn charge(gateway: &Mutex<Gateway>, idempotency_key: String) {
+        let mut gateway = gateway.lock().unwrap();
+        *gateway.requests.entry(idempotency_key.clone()).or_default() += 1;
+        gateway.charged.insert(idempotency_key);
+    }
+}
+
+/// `orders` orders, each charged by a first attempt that stalls past its lease after the
+/// gateway call (a crashed or paused worker) and by the attempt that takes its key over. The
+/// idempotency key of the charge is `key_of()`, called in the body. Returns the gateway.
+async fn stalled_then_taken_over(orders: usize, key_of: fn() -> String) -> Gateway {
+    let idem = memory();
+    let gateway = Arc::new(Mutex::new(Gateway::default()));
+    let lease = Duration::from_millis(30);
+    for order in 0..orders {
+        let call = || {
+            Call::new("checkout::charge", format!("order-{order}"))
+                .lease(lease)
+                .heartbeat(false)
+                .wait(Duration::ZERO)
+        };
+        let (charged, is_charged) = tokio::sync::oneshot::channel();
+        let first = tokio::spawn(idem.scope({
+            let gateway = gateway.clone();
+            call().run(async move {
+                Gateway::charge(&gateway, key_of());
+                let _ = charged.send(());
+                // The worker stalls here: its lease ends, it never completes.
+                std::future::pending::<u64>().await
+            })
+        }));
+        is_charged
+            .await
+            .expect("the first attempt reaches the gateway");
+        // The clock is paused: this is the lease passing, not a wait.
+        tokio::time::sleep(lease * 2).await;
+        let second = idem
+            .scope(call().run({
+                let gateway = gateway.clone();
+                async move {
+                    Gateway::charge(&gateway, key_of());
+                    1250_u64
+                }
+            }))
+            .await
+            .expect("the second attempt takes the key over");
+        assert_eq!((second.value, second.status), (1250, Status::Executed));
+        first.abort();
+    }
+    // The aborted first attempts may still hold a reference for a moment.
+    std::mem::take(&mut *gateway.lock().unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_charge_re_sent_after_a_takeover_is_charged_once_with_a_derived_key() {
+    let orders = 20;
+    let derived = stalled_then_taken_over(orders, || idem::derive_key("charge").unwrap()).await;
+    let fresh =
+        stalled_then_taken_over(orders, || format!("{:032x}", rand::random::<u128>())).await;
+    let sent = |g: &Gateway| g.requests.values().sum::<usize>();
+    println!(
+        "{orders} orders, each charged by an attempt that stalled and the one that took over: \
+         derived keys: {} requests, {} charges; a new key per attempt: {} requests, {} charges",
+        sent(&derived),
+        derived.charged.len(),
+        sent(&fresh),
+        fresh.charged.len()
+    );
+    assert_eq!(sent(&derived), 2 * orders);
+    assert_eq!(derived.charged.len(), orders, "each order charged once");
+    assert!(
+        derived.requests.values().all(|&n| n == 2),
+        "both attempts of an order sent the same key"
+    );
+    assert_eq!(sent(&fresh), 2 * orders);
+    assert_eq!(
+        fresh.charged.len(),
+        2 * orders,
+        "without a derived key, every takeover charges again"
+    );
+}
