@@ -120,6 +120,9 @@ pub async fn inspect(scope: &str, key: impl Into<RecordKey>) -> Result<Inspectio
 /// # }
 /// ```
 ///
+/// The call's recorded [`step`](crate::step)s are forgotten with it, so that the next call
+/// runs every step.
+///
 /// Fails with [`Error::Store`] when the store fails or does not support forgetting, and with
 /// [`Error::Config`] when this process's transactional calls (`tx = conn`) of `scope` write
 /// their records into a PostgreSQL table the configured store does not read (the message
@@ -136,6 +139,20 @@ pub async fn forget(scope: &str, key: impl Into<RecordKey>) -> Result<bool, Erro
     // Removed again: a call completing meanwhile may have cached the record once more.
     if let Some(local) = &local {
         local.remove(&key);
+    }
+    // The call's recorded steps go with it (see `step`): numbered from 1, the first one absent
+    // ends them.
+    if forgotten.is_ok() {
+        for index in 1.. {
+            match store
+                .forget(&crate::call_context::step_key(&key, index))
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(source) => return Err(Error::Store { key, source }),
+            }
+        }
     }
     match forgotten {
         Ok(deleted) => {

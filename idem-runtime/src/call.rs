@@ -83,6 +83,7 @@ impl Call {
             fingerprint: None,
             store: None,
             heartbeat: true,
+            step: false,
         })
     }
 

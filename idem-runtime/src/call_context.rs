@@ -8,11 +8,18 @@
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::future::Future;
+use std::time::Duration;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
+use crate::codec::{PlainCodec, ResultCodec};
+use crate::engine::{self, CallRequest};
 use crate::error::Error;
 use crate::outcome::Status;
+use crate::record::Fingerprint;
+use crate::store::StoreHandle;
 
 tokio::task_local! {
     /// The call whose body is running.
@@ -48,7 +55,7 @@ tokio::task_local! {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct CallContext {
     /// The call's scope, as the call named it.
     scope: Cow<'static, str>,
@@ -57,7 +64,63 @@ pub struct CallContext {
     /// How many idempotent bodies run around this one, this one included (1 for a call made
     /// outside any body).
     depth: u32,
+    /// What [`step`] does in this body.
+    steps: StepMode,
 }
+
+impl PartialEq for CallContext {
+    /// The same call: scope, key and depth (not the progress of its steps).
+    fn eq(&self, other: &Self) -> bool {
+        (&self.scope, &self.key, self.depth) == (&other.scope, &other.key, other.depth)
+    }
+}
+
+impl Eq for CallContext {}
+
+/// What [`step`] does in a body.
+#[derive(Debug, Clone)]
+pub(crate) enum StepMode {
+    /// Records each step's output in the call's store (the plain path).
+    Recorded(Steps),
+    /// Runs each step's future, recording nothing: the transactional mode (the body's writes
+    /// roll back together) and a fail-open call (the store is down).
+    Direct,
+    /// Inside a step's own future: steps do not nest.
+    InStep,
+}
+
+/// The steps of one attempt of a call: where they are recorded, and how far the body got.
+#[derive(Debug, Clone)]
+pub(crate) struct Steps {
+    /// The call's store.
+    store: StoreHandle,
+    /// The call's ttl: a step's record lives as long as the call's.
+    ttl: Duration,
+    /// The call's lease: a step's claim, and how long a step waits for the claim of an
+    /// earlier attempt's step.
+    lease: Duration,
+    /// The steps the body asked for so far.
+    taken: Cell<u32>,
+    /// The bytes of their recorded outputs (JSON).
+    bytes: Cell<usize>,
+}
+
+impl Steps {
+    /// No step taken yet, recorded in `store`.
+    pub(crate) fn new(store: &StoreHandle, ttl: Duration, lease: Duration) -> Steps {
+        Steps {
+            store: store.clone(),
+            ttl,
+            lease,
+            taken: Cell::new(0),
+            bytes: Cell::new(0),
+        }
+    }
+}
+
+/// The most bytes (of JSON) the steps of one call may record, all attempts together: step
+/// outputs are kept with the call for its ttl, and read back on every re-run.
+pub const STEP_BYTES_LIMIT: usize = 1 << 20;
 
 /// The domain of a derived key's hash: no other hash of idem starts with these bytes.
 const DERIVED_KEY_DOMAIN: &[u8] = b"idem derived key 1\0";
@@ -149,6 +212,187 @@ pub fn derive_key(label: &str) -> Result<String, Error> {
     })
 }
 
+/// Runs `future` as a **recorded step** of the idempotent call whose body is running: its
+/// output is stored with the call, and an attempt that takes the call over after an earlier
+/// one died (a crash, a lost lease) replays it **without running the future again**. The first
+/// step that did not complete runs again; give the downstream system a key from
+/// [`derive_key`] and it deduplicates that re-run too.
+///
+/// Steps are numbered in the order the body asks for them, and recorded under the call's
+/// store key, its number and its `name`: a re-run whose step at some place has another name
+/// (renamed, added before it, or one skipped) fails with [`Error::StepMismatch`] instead of
+/// replaying another step's output. A step waits (up to the call's lease) for the same step of
+/// an attempt that still runs it. A step's output must be `Serialize + DeserializeOwned`, as a
+/// call's; the outputs of a call's steps may hold [`STEP_BYTES_LIMIT`] bytes of JSON together
+/// ([`Error::StepsTooLarge`] past it). Each step costs a first run two store round trips, a
+/// replay one.
+///
+/// Where the body's effects cannot outlive it, the step records nothing and runs its future
+/// on every attempt: in the transactional mode (`tx = conn`: the body's writes and the call's
+/// record roll back together, so a re-run starts from nothing) and in a call that runs
+/// unprotected (fail-open with the store down). Outside an idempotent body, and inside another
+/// step's future, it is [`Error::Config`].
+///
+/// ```
+/// # use idem_runtime as idem;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), idem::Error> {
+/// let idem = idem::Idem::with_settings(idem::MemoryStore::new(), &idem::Config::default());
+/// let order = idem
+///     .scope(idem::Call::new("shop::order", "order-7").run_result(async {
+///         let reserved = idem::step("reserve", async { 3_u32 }).await?;
+///         // The gateway's idempotency key, for the step that may run again.
+///         let charge_key = idem::derive_key("charge")?;
+///         let charged = idem::step("charge", async move { format!("ch_{}", &charge_key[5..13]) })
+///             .await?;
+///         Ok::<_, idem::Error>((reserved, charged))
+///     }))
+///     .await?;
+/// assert_eq!(order.value?.0, 3);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn step<T, F>(name: &str, future: F) -> Result<T, Error>
+where
+    T: Serialize + DeserializeOwned,
+    F: Future<Output = T>,
+{
+    let Some((request, recorded)) = plan(name)? else {
+        return Ok(future.await);
+    };
+    let outcome = engine::execute(request, future, PlainCodec::new(), |result, _| result)
+        .await
+        .map_err(|error| recorded.mismatch(error, name))?;
+    recorded.account(&outcome.value)?;
+    Ok(outcome.value)
+}
+
+/// [`step`] for a fallible future: an `Ok` output is recorded and replayed; an `Err` is
+/// returned as it is and records nothing, so that the next attempt runs the step again (as
+/// [`Call::run_result`](crate::Call::run_result) does for a call).
+pub async fn try_step<T, E, F>(name: &str, future: F) -> Result<T, E>
+where
+    T: Serialize + DeserializeOwned,
+    E: From<Error>,
+    F: Future<Output = Result<T, E>>,
+{
+    let Some((request, recorded)) = plan(name)? else {
+        return future.await;
+    };
+    let outcome = engine::execute(request, future, ResultCodec::new(), |result, _| result)
+        .await
+        .map_err(|error| recorded.mismatch(error, name))?;
+    let value = outcome.value?;
+    recorded.account(&value)?;
+    Ok(value)
+}
+
+/// A step to record: where.
+struct Recorded {
+    /// The store key of the call whose step it is.
+    call_key: String,
+    /// The step's number.
+    index: u32,
+}
+
+impl Recorded {
+    /// A step recorded under another name at this place is [`Error::StepMismatch`].
+    fn mismatch(&self, error: Error, name: &str) -> Error {
+        match error {
+            Error::KeyMismatch { .. } => Error::StepMismatch {
+                key: self.call_key.clone(),
+                index: self.index,
+                name: name.to_owned(),
+            },
+            other => other,
+        }
+    }
+
+    /// Counts `value`'s bytes against the call's bound.
+    fn account<T: Serialize>(&self, value: &T) -> Result<(), Error> {
+        let size = serde_json::to_vec(value).map_or(0, |bytes| bytes.len());
+        let total = CALL
+            .try_with(|call| match &call.steps {
+                StepMode::Recorded(steps) => {
+                    let total = steps.bytes.get() + size;
+                    steps.bytes.set(total);
+                    total
+                }
+                _ => 0,
+            })
+            .unwrap_or(0);
+        if total > STEP_BYTES_LIMIT {
+            return Err(Error::StepsTooLarge {
+                key: self.call_key.clone(),
+                bytes: total,
+                limit: STEP_BYTES_LIMIT,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What [`step`] does with a step named `name` here: the call that records it (its store key,
+/// the call's store, ttl and lease), or `None` to run it unrecorded.
+fn plan(name: &str) -> Result<Option<(CallRequest, Recorded)>, Error> {
+    let outside = || {
+        Error::Config(format!(
+            "idem::step({name:?}) was called outside the body of an idempotent call (or in a \
+             task the body spawned): a step is recorded with its call"
+        ))
+    };
+    CALL.try_with(|call| match &call.steps {
+        StepMode::Direct => Ok(None),
+        StepMode::InStep => Err(Error::Config(format!(
+            "idem::step({name:?}) was called inside the future of another step of the call \
+             with key `{}`: steps do not nest; make it a step of the body",
+            call.key
+        ))),
+        StepMode::Recorded(steps) => {
+            let index = steps.taken.get() + 1;
+            steps.taken.set(index);
+            Ok(Some((
+                CallRequest {
+                    scope: call.scope.clone(),
+                    key: step_key(&call.key, index),
+                    ttl: Some(steps.ttl),
+                    lease: Some(steps.lease),
+                    wait: Some(steps.lease),
+                    fingerprint: Some(Ok(Fingerprint::of_bytes(name.as_bytes()))),
+                    store: Some(steps.store.clone()),
+                    heartbeat: true,
+                    step: true,
+                },
+                Recorded {
+                    call_key: call.key.clone(),
+                    index,
+                },
+            )))
+        }
+    })
+    .map_err(|_| outside())?
+}
+
+/// The store key of step `index` of the call of store key `call_key`:
+/// `<prefix>:#step:<the rest of the call's key>:<index>`. No call has this key: a call's
+/// scope is readable and never starts with `#`, or hashed as `#` and 64 hex digits (see
+/// `key.rs`); and the call's key is whole in it, so two calls' steps never share a key.
+pub(crate) fn step_key(call_key: &str, index: u32) -> String {
+    // The prefix ends at the first `:` not escaped by a `\` (see `key.rs`).
+    let mut escaped = false;
+    let split = call_key
+        .char_indices()
+        .find(|&(_, c)| {
+            let found = c == ':' && !escaped;
+            escaped = c == '\\' && !escaped;
+            found
+        })
+        .map_or(call_key.len(), |(at, _)| at);
+    let (prefix, rest) = call_key.split_at(split);
+    let rest = rest.strip_prefix(':').unwrap_or(rest);
+    format!("{prefix}:#step:{rest}:{index}")
+}
+
 /// Runs `future` and reports how the last `#[idempotent]` function (or [`Call`](crate::Call))
 /// it awaited directly ended: executed, replayed, waited for, … (`None` when no such call
 /// returned a value). Calls made inside those calls' bodies are not reported, only the ones
@@ -201,14 +445,25 @@ struct Observed {
 pub(crate) fn in_body<F: Future>(
     scope: &Cow<'static, str>,
     key: &str,
+    steps: StepMode,
     body: F,
 ) -> impl Future<Output = F::Output> {
-    let depth = CALL.try_with(|call| call.depth).unwrap_or(0) + 1;
-    let context = CallContext {
+    let inherited = match steps {
+        // A step's future runs in its call's context, where steps do not nest.
+        StepMode::InStep => CALL
+            .try_with(|call| CallContext {
+                steps: StepMode::InStep,
+                ..call.clone()
+            })
+            .ok(),
+        _ => None,
+    };
+    let context = inherited.unwrap_or_else(|| CallContext {
         scope: scope.clone(),
         key: key.to_owned(),
-        depth,
-    };
+        depth: CALL.try_with(|call| call.depth).unwrap_or(0) + 1,
+        steps,
+    });
     CALL.scope(context, body)
 }
 
@@ -232,6 +487,7 @@ mod tests {
             scope: Cow::Borrowed("shop::checkout"),
             key: key.to_owned(),
             depth: 1,
+            steps: StepMode::Direct,
         }
     }
 
@@ -280,6 +536,17 @@ mod tests {
         assert_ne!(context("ab").derive_key("c"), context("a").derive_key("bc"));
     }
 
+    #[test]
+    fn step_keys_put_a_scope_no_call_has_after_the_prefix() {
+        assert_eq!(
+            step_key("idem:shop.order:o-7", 2),
+            "idem:#step:shop.order:o-7:2"
+        );
+        assert_eq!(step_key(r"a\:b:s:k", 1), r"a\:b:#step:s:k:1");
+        assert_eq!(step_key(r"a\\:s:k", 1), r"a\\:#step:s:k:1");
+        assert_eq!(step_key("idem:s:a:b", 10), "idem:#step:s:a:b:10");
+    }
+
     #[tokio::test]
     async fn outside_a_body_there_is_no_context_and_no_derived_key() {
         assert!(call_context().is_none());
@@ -288,7 +555,7 @@ mod tests {
             matches!(&error, Error::Config(message) if message.contains("outside the body")),
             "{error}"
         );
-        let inside = in_body(&Cow::Borrowed("s"), "idem:s:k", async {
+        let inside = in_body(&Cow::Borrowed("s"), "idem:s:k", StepMode::Direct, async {
             (call_context(), derive_key("charge"))
         })
         .await;

@@ -122,7 +122,7 @@ impl PlainCall<'_> {
             Decision::Replay(ran) => Ok(ran),
             Decision::Unprotected(error) => {
                 tracing::warn!(key = %self.frame.key, %error, "idem store unavailable; running without idempotency (fail-open)");
-                let value = self.frame.in_body(body).await;
+                let value = self.frame.in_body(body, false).await;
                 Ok(Finished::new(value, Status::Unprotected))
             }
             // Boxed: running the body (lease renewal, completion retries) is most of this
@@ -201,7 +201,7 @@ impl PlainCall<'_> {
         S: Codec<R>,
     {
         let mut holding = Holding { run: Some(self) };
-        let value = self.with_heartbeat(self.frame.in_body(body)).await;
+        let value = self.with_heartbeat(self.frame.in_body(body, true)).await;
         let ran = match self.frame.seal(&value, shape) {
             None => {
                 self.release().await;

@@ -135,6 +135,39 @@ pub enum Error {
         max_live: u32,
     },
 
+    /// A re-run of a body that records steps ([`step`](crate::step)) asked for another step
+    /// than the one recorded at the same place of the sequence (a step renamed, added before
+    /// it, or skipped since the earlier attempt): the recorded output is not replayed as the
+    /// output of another step, and the step does not run. Finish or forget the call before
+    /// changing its steps.
+    #[error(
+        "step {index} of the call with key `{key}` is recorded under another name than `{name}`: the body's steps changed since an earlier attempt of this call; its recorded output is not replayed as `{name}`"
+    )]
+    StepMismatch {
+        /// The store key of the call.
+        key: String,
+        /// The step's place in the body's sequence (1 for the first step).
+        index: u32,
+        /// The name the body gave the step.
+        name: String,
+    },
+
+    /// The recorded outputs of a call's steps ([`step`](crate::step)) passed their bound
+    /// ([`STEP_BYTES_LIMIT`](crate::STEP_BYTES_LIMIT) bytes of JSON per call): the step that
+    /// passed it ran and its output is recorded, but the call fails here, on this and every
+    /// later attempt. Record less (an id, not a whole response).
+    #[error(
+        "the recorded steps of the call with key `{key}` hold {bytes} bytes, more than the {limit} a call may record; record smaller step outputs"
+    )]
+    StepsTooLarge {
+        /// The store key of the call.
+        key: String,
+        /// The bytes recorded so far, the last step's included.
+        bytes: usize,
+        /// The bound.
+        limit: usize,
+    },
+
     /// The configuration is invalid: the message names the setting and what it accepts.
     #[error("invalid idem configuration: {0}")]
     Config(String),

@@ -54,7 +54,9 @@ pub mod __private;
 
 pub use admin::{forget, inspect, stats};
 pub use call::Call;
-pub use call_context::{CallContext, call_context, derive_key, with_status};
+pub use call_context::{
+    CallContext, STEP_BYTES_LIMIT, call_context, derive_key, step, try_step, with_status,
+};
 pub use config::{Config, FailMode};
 pub use context::{Idem, init, install, with_store};
 pub use error::{Error, StoreError, StoreErrorKind};

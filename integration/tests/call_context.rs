@@ -206,3 +206,117 @@ async fn a_charge_re_sent_after_a_takeover_is_charged_once_with_a_derived_key() 
         "without a derived key, every takeover charges again"
     );
 }
+
+#[tokio::test]
+async fn a_step_outside_a_body_or_inside_another_step_is_a_config_error() {
+    let outside = idem::step("charge", async { 1 }).await;
+    assert!(
+        matches!(&outside, Err(idem::Error::Config(m)) if m.contains("outside the body")),
+        "{outside:?}"
+    );
+    let nested = memory()
+        .scope(Call::new("ctx::nested", "k").run(async {
+            idem::step("outer", async {
+                let inner = idem::step("inner", async { 1 }).await;
+                // The step's future sees its call, and derives the call's keys.
+                let derived = idem::derive_key("charge").unwrap();
+                (format!("{inner:?}"), derived)
+            })
+            .await
+            .unwrap()
+        }))
+        .await
+        .unwrap();
+    assert!(
+        nested.value.0.contains("steps do not nest"),
+        "{}",
+        nested.value.0
+    );
+    let expected = memory()
+        .scope(Call::new("ctx::nested", "k").run(async { idem::derive_key("charge").unwrap() }))
+        .await
+        .unwrap();
+    assert_eq!(nested.value.1, expected.value);
+}
+
+#[tokio::test]
+async fn the_recorded_steps_of_a_call_are_bounded() {
+    let big = "x".repeat(idem::STEP_BYTES_LIMIT / 2);
+    let result = memory()
+        .scope(Call::new("ctx::bounded", "k").run(async {
+            let a = idem::step("a", async { big.clone() })
+                .await
+                .map(|s| s.len());
+            let b = idem::step("b", async { big.clone() })
+                .await
+                .map(|s| s.len());
+            (format!("{a:?}"), format!("{b:?}"))
+        }))
+        .await
+        .unwrap();
+    assert_eq!(result.value.0, format!("Ok({})", big.len()));
+    assert!(
+        result.value.1.starts_with("Err(StepsTooLarge"),
+        "the step past the bound: {}",
+        result.value.1
+    );
+}
+
+/// A step and its records are stored under a key no call can have: the same scope with a
+/// client-chosen key made to look like a step's never reaches it.
+#[tokio::test]
+async fn no_call_key_reaches_a_step_record() {
+    let store = MemoryStore::new();
+    let idem = Idem::with_settings(store.clone(), &Config::default());
+    let recorded = idem
+        .scope(
+            Call::new("ctx::keys", "o")
+                .run(async { idem::step("charge", async { 1_u32 }).await.unwrap() }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(recorded.value, 1);
+    for key in ["o:1", "#step", "o:#step:1", "#step:ctx.keys:o:1"] {
+        for call in [
+            Call::new("ctx::keys", key),
+            Call::new("#step", key),
+            Call::with_parts("ctx::keys", ["o", "1"]),
+            Call::with_parts("#step", ["ctx.keys", "o", "1"]),
+        ] {
+            let other = idem.scope(call.run(async { 2_u32 })).await.unwrap();
+            assert_eq!(
+                other.value, 2,
+                "{key}: a call never replays a step's record"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn forgetting_a_call_forgets_its_steps() {
+    let idem = memory();
+    let runs = std::sync::atomic::AtomicUsize::new(0);
+    let order = || {
+        Call::new("ctx::forget", "o").run(async {
+            for name in ["reserve", "charge", "confirm"] {
+                idem::step(name, async {
+                    runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                })
+                .await
+                .unwrap();
+            }
+        })
+    };
+    idem.scope(async {
+        order().await.unwrap();
+        assert!(idem::forget("ctx::forget", "o").await.unwrap());
+        let again = order().await.unwrap();
+        assert_eq!(again.status, Status::Executed);
+        assert_eq!(
+            runs.load(std::sync::atomic::Ordering::SeqCst),
+            6,
+            "every step ran again"
+        );
+    })
+    .await;
+}

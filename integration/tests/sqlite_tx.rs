@@ -557,3 +557,32 @@ async fn a_transactional_body_derives_the_keys_of_its_call() {
     );
     assert_eq!(orders(&pool, "derived").await, 1);
 }
+
+/// In the transactional mode a step records nothing: its future runs on every attempt, since
+/// the body's writes and the call's record roll back together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_step_runs_on_every_attempt_and_records_nothing() {
+    let db = TempDb::new("tx-steps");
+    let pool = pool(&db, 2).await;
+    let runs = AtomicUsize::new(0);
+    let body = async |conn: &mut SqliteConnection| {
+        let n = idem::step("reserve", async { runs.fetch_add(1, Ordering::SeqCst) + 1 })
+            .await
+            .unwrap();
+        insert_order(conn, "stepped", n as i64).await;
+        n
+    };
+    let mut conn = pool.acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    call("stepped").run_tx(&mut tx, body).await.unwrap();
+    tx.rollback().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let second = call("stepped").run_tx(&mut tx, body).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        (second.value, runs.load(Ordering::SeqCst)),
+        (2, 2),
+        "the step ran again after the rollback"
+    );
+    assert_eq!(records(&pool).await, 1, "only the call's record, no step's");
+}

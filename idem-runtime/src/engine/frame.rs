@@ -14,6 +14,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use crate::cache::{Cached, LocalCache};
+use crate::call_context::{StepMode, Steps};
 use crate::codec::{self, Codec, Disposition, RecordSide};
 use crate::config::{FailMode, check_lease, check_ttl};
 use crate::context::Idem;
@@ -43,6 +44,9 @@ pub(crate) struct CallRequest {
     pub(crate) store: Option<StoreHandle>,
     /// Whether the lease is renewed while the body runs.
     pub(crate) heartbeat: bool,
+    /// A recorded step of another call's body ([`step`](crate::step)): `key` is its store key
+    /// already, and its future runs in the context of the call that records it.
+    pub(crate) step: bool,
 }
 
 /// Where a call may find its record before it asks a store, and whether it needs an
@@ -76,6 +80,8 @@ pub(crate) struct Frame<'c> {
     pub(crate) wait: Duration,
     /// Whether the lease is renewed while the body runs (the plain path).
     pub(crate) heartbeat: bool,
+    /// A recorded step (see [`CallRequest::step`]).
+    pub(crate) step: bool,
     /// The call's span (see [`span_of`]).
     pub(crate) span: tracing::Span,
     /// Where the call's record is.
@@ -117,7 +123,11 @@ impl<'c> Frame<'c> {
         // reference to the store, the settings or the cache.
         let resolve = |current: &Idem| {
             let settings = &current.settings;
-            let key = key::store_key(&settings.prefix, &call.scope, &call.key, settings.hash_keys);
+            let key = if call.step {
+                call.key.clone()
+            } else {
+                key::store_key(&settings.prefix, &call.scope, &call.key, settings.hash_keys)
+            };
             let local = match (lookup, &call.store) {
                 (Lookup::Plain, None) => current.local.as_ref(),
                 _ => None,
@@ -163,6 +173,7 @@ impl<'c> Frame<'c> {
             lease,
             wait,
             heartbeat: call.heartbeat,
+            step: call.step,
             span,
             source,
         })
@@ -211,9 +222,23 @@ impl<'c> Frame<'c> {
     }
 
     /// Runs `body` as this call's body: [`call_context`](crate::call_context) and
-    /// [`derive_key`](crate::derive_key) inside it answer for this call.
-    pub(crate) fn in_body<F: Future>(&self, body: F) -> impl Future<Output = F::Output> {
-        crate::call_context::in_body(self.scope, &self.key, body)
+    /// [`derive_key`](crate::derive_key) inside it answer for this call, and with `recorded`
+    /// its [`step`](crate::step)s are recorded in the call's store (the plain path, holding
+    /// its claim); else they run unrecorded. The future of a recorded step runs in the context
+    /// of the call that records it.
+    pub(crate) fn in_body<F: Future>(
+        &self,
+        body: F,
+        recorded: bool,
+    ) -> impl Future<Output = F::Output> {
+        let steps = match (self.step, recorded, self.store()) {
+            (true, _, _) => StepMode::InStep,
+            (false, true, Some(store)) => {
+                StepMode::Recorded(Steps::new(store, self.ttl, self.lease))
+            }
+            (false, _, _) => StepMode::Direct,
+        };
+        crate::call_context::in_body(self.scope, &self.key, steps, body)
     }
 
     /// Decodes the envelope stored for the call (by its store or the local cache), after
@@ -368,7 +393,8 @@ fn ended(span: &tracing::Span, scope: &Cow<'static, str>, counted: Ending) {
 fn counted_error(error: &Error) -> Ending {
     match error {
         Error::InProgress { .. } => Ending::Rejected,
-        Error::KeyMismatch { .. } => Ending::Mismatch,
+        Error::KeyMismatch { .. } | Error::StepMismatch { .. } => Ending::Mismatch,
+        Error::StepsTooLarge { .. } => Ending::Unstorable,
         Error::Decode { .. } => Ending::DecodeError,
         Error::Unstorable { .. } => Ending::Unstorable,
         Error::Config(_) => Ending::ConfigError,

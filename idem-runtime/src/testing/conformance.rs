@@ -30,6 +30,7 @@ pub const CASES: &[&str] = &[
     "reject_without_wait",
     "lease_expiry_fences_late_completion",
     "derived_keys_survive_a_takeover",
+    "steps_replay_after_a_takeover",
     "renewal_keeps_long_body_exclusive",
     "errors_release_and_cache_err_stores",
     "panic_releases_claim",
@@ -481,6 +482,164 @@ pub async fn derived_keys_survive_a_takeover(store: StoreHandle) {
         first_derived,
         "one key per call"
     );
+}
+
+/// Recorded steps ([`step`](crate::step)): an attempt that takes a key over after the first
+/// one's lease ended replays the steps the first one completed without running them, and runs
+/// the rest; a re-run whose steps differ from the recorded ones is
+/// [`Error::StepMismatch`]; a step whose future failed ([`try_step`](crate::try_step)) is not
+/// recorded and runs again.
+pub async fn steps_replay_after_a_takeover(store: StoreHandle) {
+    let scope = scope("steps");
+    let lease = Duration::from_millis(300);
+    let runs: Arc<[AtomicUsize; 3]> = Arc::new(Default::default());
+    let order = |hold: Option<oneshot::Receiver<()>>, reached: Option<oneshot::Sender<()>>| {
+        let runs = runs.clone();
+        async move {
+            let reserved = crate::step("reserve", async {
+                runs[0].fetch_add(1, Ordering::SeqCst);
+                format!("row-{}", runs[0].load(Ordering::SeqCst))
+            })
+            .await?;
+            let charged = crate::step("charge", async {
+                runs[1].fetch_add(1, Ordering::SeqCst);
+                crate::derive_key("charge").expect("a step runs in its call's body")
+            })
+            .await?;
+            if let Some(reached) = reached {
+                let _ = reached.send(());
+            }
+            if let Some(hold) = hold {
+                let _ = hold.await; // the first attempt stalls here, past its lease
+            }
+            crate::step("notify", async {
+                runs[2].fetch_add(1, Ordering::SeqCst);
+            })
+            .await?;
+            Ok::<_, Error>((reserved, charged))
+        }
+    };
+    let (release_first, hold) = oneshot::channel();
+    let (reached, is_reached) = oneshot::channel();
+    let first = tokio::spawn(
+        call(&store, &scope, "k")
+            .lease(lease)
+            .heartbeat(false)
+            .run_result(order(Some(hold), Some(reached))),
+    );
+    within("the first attempt's two steps", is_reached)
+        .await
+        .expect("the first attempt completes two steps");
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let second = call(&store, &scope, "k")
+        .wait(Duration::ZERO)
+        .run_result(order(None, None))
+        .await
+        .expect("the second attempt takes the key over");
+    assert_eq!(second.status, Status::Executed);
+    let (reserved, charged) = second.value.expect("the second attempt's steps");
+    assert_eq!(
+        reserved, "row-1",
+        "the recorded output of the first attempt's step"
+    );
+    let counts = |runs: &[AtomicUsize; 3]| runs.each_ref().map(|n| n.load(Ordering::SeqCst));
+    assert_eq!(
+        counts(&runs),
+        [1, 1, 1],
+        "completed steps replay without running; the rest run once"
+    );
+    let expected_key =
+        crate::Idem::with_settings(crate::MemoryStore::new(), &crate::Config::default())
+            .scope(
+                Call::new(scope.clone(), "k")
+                    .run(async { crate::derive_key("charge").expect("a derived key") }),
+            )
+            .await
+            .expect("a call")
+            .value;
+    assert_eq!(charged, expected_key, "the recorded step's output");
+    release_first.send(()).ok();
+    let late = within("the first attempt's end", first)
+        .await
+        .expect("the first attempt's task")
+        .expect("the first attempt's call");
+    // Its value is the second attempt's, step for step: a store may take its completion for a
+    // retry of the same write (Redis does) or fence it out.
+    assert!(
+        matches!(late.status, Status::LeaseLost | Status::Executed),
+        "{late:?}"
+    );
+    assert_eq!(
+        counts(&runs),
+        [1, 1, 1],
+        "the stalled attempt replays the step the other one completed: no step ran twice"
+    );
+
+    // Another sequence on a key whose steps are recorded: a typed error, nothing replayed.
+    let (release_first, hold) = oneshot::channel();
+    let (reached, is_reached) = oneshot::channel();
+    let first = tokio::spawn(
+        call(&store, &scope, "changed")
+            .lease(lease)
+            .heartbeat(false)
+            .run_result({
+                let runs = runs.clone();
+                async move {
+                    crate::step("reserve", async { runs[0].fetch_add(1, Ordering::SeqCst) })
+                        .await?;
+                    let _ = reached.send(());
+                    let _ = hold.await;
+                    Ok::<_, Error>(())
+                }
+            }),
+    );
+    within("the first attempt's step", is_reached)
+        .await
+        .expect("the first attempt completes its step");
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let changed = call(&store, &scope, "changed")
+        .wait(Duration::ZERO)
+        .run_result(async {
+            crate::step::<(), _>("charge", async {
+                unreachable!("a mismatched step never runs")
+            })
+            .await
+        })
+        .await
+        .expect("the call ran its body");
+    match changed.value {
+        Err(Error::StepMismatch { key, index, name }) => {
+            assert_eq!((index, name.as_str()), (1, "charge"));
+            assert_eq!(key, store_key("idem", &scope, "changed"));
+        }
+        other => panic!("expected Error::StepMismatch, got {other:?}"),
+    }
+    release_first.send(()).ok();
+    let _ = within("the first attempt's end", first).await;
+
+    // A failed step records nothing: the next attempt runs it again.
+    let tries = AtomicUsize::new(0);
+    let flaky = || {
+        call(&store, &scope, "flaky").run_result(async {
+            crate::try_step("charge", async {
+                match tries.fetch_add(1, Ordering::SeqCst) {
+                    0 => Err(Error::Config("the gateway timed out".to_owned())),
+                    n => Ok(n),
+                }
+            })
+            .await
+        })
+    };
+    let failed = flaky().await.expect("the first call");
+    assert!(failed.value.is_err(), "{failed:?}");
+    let retried = flaky().await.expect("the retry");
+    assert_eq!(retried.value.expect("the retry's step"), 1);
+    let replayed = flaky().await.expect("a replay");
+    assert_eq!(
+        (replayed.value.expect("the value"), replayed.status),
+        (1, Status::Replayed)
+    );
+    assert_eq!(tries.load(Ordering::SeqCst), 2);
 }
 
 /// With renewal on, a body running three times its lease keeps the key: a duplicate waits
@@ -1069,6 +1228,7 @@ macro_rules! conformance_tests {
                 reject_without_wait,
                 lease_expiry_fences_late_completion,
                 derived_keys_survive_a_takeover,
+                steps_replay_after_a_takeover,
                 renewal_keeps_long_body_exclusive,
                 errors_release_and_cache_err_stores,
                 panic_releases_claim,
