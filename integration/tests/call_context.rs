@@ -320,3 +320,42 @@ async fn forgetting_a_call_forgets_its_steps() {
     })
     .await;
 }
+
+/// A call with steps is one call in `idem_calls_total`: its steps are not counted as calls.
+#[test]
+fn a_call_with_steps_is_counted_once() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(memory().scope(async {
+            for _ in 0..2 {
+                Call::new("ctx::counted", "o")
+                    .run(async {
+                        for name in ["reserve", "charge", "confirm"] {
+                            idem::step(name, async { 1_u8 }).await.unwrap();
+                        }
+                    })
+                    .await
+                    .unwrap();
+            }
+        }));
+    });
+    let mut counts = HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        if let ("idem_calls_total", DebugValue::Counter(n)) = (key.name(), value) {
+            let outcome = key.labels().find(|l| l.key() == "outcome").unwrap();
+            counts.insert(outcome.value().to_owned(), n);
+        }
+    }
+    let expect: HashMap<String, u64> = [("executed".to_owned(), 1), ("replayed".to_owned(), 1)]
+        .into_iter()
+        .collect();
+    assert_eq!(counts, expect);
+}

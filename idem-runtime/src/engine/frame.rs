@@ -214,7 +214,14 @@ impl<'c> Frame<'c> {
             Ok(ran) => ran.counted,
             Err(error) => counted_error(error),
         };
-        ended(&self.span, self.scope, counted);
+        if self.step {
+            // A step is part of its call, which is counted once, when it ends.
+            if !self.span.is_disabled() {
+                self.span.record("outcome", counted.label());
+            }
+        } else {
+            ended(&self.span, self.scope, counted);
+        }
         if let Ok(ran) = &result {
             crate::call_context::ended_with(ran.outcome.status);
         }
