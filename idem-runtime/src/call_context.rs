@@ -222,10 +222,12 @@ pub fn derive_key(label: &str) -> Result<String, Error> {
 /// store key, its number and its `name`: a re-run whose step at some place has another name
 /// (renamed, added before it, or one skipped) fails with [`Error::StepMismatch`] instead of
 /// replaying another step's output. A step waits (up to the call's lease) for the same step of
-/// an attempt that still runs it. A step's output must be `Serialize + DeserializeOwned`, as a
-/// call's; the outputs of a call's steps may hold [`STEP_BYTES_LIMIT`] bytes of JSON together
-/// ([`Error::StepsTooLarge`] past it). Each step costs a first run two store round trips, a
-/// replay one.
+/// an attempt that still runs it; an attempt whose step lost its claim while it ran (the
+/// process stalled past the call's lease, and another attempt took the step over) gets
+/// [`Error::InProgress`] from it, not its own unrecorded output. A step's output must be
+/// `Serialize + DeserializeOwned`, as a call's; the outputs of a call's steps may hold
+/// [`STEP_BYTES_LIMIT`] bytes of JSON together ([`Error::StepsTooLarge`] past it). Each step
+/// costs a first run two store round trips, a replay one.
 ///
 /// Where the body's effects cannot outlive it, the step records nothing and runs its future
 /// on every attempt: in the transactional mode (`tx = conn`: the body's writes and the call's
@@ -263,6 +265,7 @@ where
     let outcome = engine::execute(request, future, PlainCodec::new(), |result, _| result)
         .await
         .map_err(|error| recorded.mismatch(error, name))?;
+    recorded.kept(outcome.status)?;
     recorded.account(&outcome.value)?;
     Ok(outcome.value)
 }
@@ -282,6 +285,7 @@ where
     let outcome = engine::execute(request, future, ResultCodec::new(), |result, _| result)
         .await
         .map_err(|error| recorded.mismatch(error, name))?;
+    recorded.kept(outcome.status)?;
     let value = outcome.value?;
     recorded.account(&value)?;
     Ok(value)
@@ -305,6 +309,18 @@ impl Recorded {
                 name: name.to_owned(),
             },
             other => other,
+        }
+    }
+
+    /// A step whose claim ended while its future ran (its lease passed: the process stalled)
+    /// lost it to another attempt, whose output is the step's: this attempt's is not, so it
+    /// stops here with [`Error::InProgress`].
+    fn kept(&self, status: Status) -> Result<(), Error> {
+        match status {
+            Status::LeaseLost => Err(Error::InProgress {
+                key: self.call_key.clone(),
+            }),
+            _ => Ok(()),
         }
     }
 

@@ -34,6 +34,24 @@ impl Random {
     }
 }
 
+/// What a crash test gathers from its workers' lines.
+pub trait Lines {
+    /// Takes one line a worker printed.
+    fn take(&mut self, line: &str);
+    /// Whether the worker of process id `pid` said it walked its whole list.
+    fn done(&self, pid: u32) -> bool;
+}
+
+impl Lines for Seen {
+    fn take(&mut self, line: &str) {
+        Seen::take(self, line);
+    }
+
+    fn done(&self, pid: u32) -> bool {
+        self.done.contains(&pid)
+    }
+}
+
 /// What the workers printed: `call <key> <value> <micros>` per committed call, `body <key>`
 /// when a body ran (before its transaction's end), `done <pid>` when a worker walked its list.
 #[derive(Default)]
@@ -79,7 +97,7 @@ impl Seen {
 /// meanwhile. Returns how many kills, and how long it took.
 pub fn kill_at_random(
     workers: &mut Workers,
-    seen: &mut Seen,
+    seen: &mut impl Lines,
     min_kills: usize,
     killing: Duration,
 ) -> (usize, Duration) {
@@ -104,9 +122,9 @@ pub fn kill_at_random(
 
 /// With no more kills, reads the lines of both workers until each has walked the list (at most
 /// `within`), and waits for them to exit.
-pub fn finish(workers: Workers, seen: &mut Seen, within: Duration) {
+pub fn finish(workers: Workers, seen: &mut impl Lines, within: Duration) {
     let deadline = Instant::now() + within;
-    while !(0..2).all(|n| seen.done.contains(&workers.pid(n))) {
+    while !(0..2).all(|n| seen.done(workers.pid(n))) {
         let left = deadline
             .checked_duration_since(Instant::now())
             .unwrap_or_else(|| panic!("both workers finish within {within:?} after the last kill"));
