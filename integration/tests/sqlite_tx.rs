@@ -144,6 +144,27 @@ async fn a_released_error_undoes_the_body_and_leaves_the_transaction_usable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_error_on_a_bare_connection_leaves_neither_the_body_nor_a_record() {
+    let db = TempDb::new("tx-release-bare");
+    let pool = pool(&db, 2).await;
+    let mut conn = pool.acquire().await.unwrap();
+    // Outside any transaction: the call's own one, rolled back whole.
+    let failed = call("o8")
+        .run_result_tx(&mut conn, async |conn: &mut SqliteConnection| {
+            insert_order(conn, "o8", 80).await;
+            Err::<i64, _>("declined".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (failed.value, failed.status),
+        (Err("declined".to_owned()), Status::Executed)
+    );
+    assert!(!conn.is_in_transaction(), "its own transaction ended");
+    assert_eq!((orders(&pool, "o8").await, records(&pool).await), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_duplicates_in_their_own_transactions_run_the_body_once() {
     const CALLERS: usize = 64;
     let db = TempDb::new("tx-concurrent");
