@@ -72,7 +72,8 @@ async fn retry_after_is_the_lease_when_the_store_cannot_inspect() {
     second.assert_problem(409, "in-progress");
     assert_eq!(second.headers[http::header::RETRY_AFTER], "2");
     app.open();
-    assert_eq!(first.await.unwrap().status, StatusCode::CREATED);
+    let first = idem::testing::within("the first request", first).await;
+    assert_eq!(first.unwrap().status, StatusCode::CREATED);
 }
 
 #[test]

@@ -133,7 +133,9 @@ async fn a_call_in_progress_is_never_cached() {
             10_u32
         }),
     );
-    started.await.unwrap();
+    idem::testing::within("the held call's body to start", started)
+        .await
+        .unwrap();
 
     // Every duplicate looks at the store, and finds the call still in progress.
     for n in 1..=3 {
@@ -380,7 +382,9 @@ mod on_redis {
                     10_u32
                 }),
         );
-        started.await.unwrap();
+        idem::testing::within("the held call's body to start", started)
+            .await
+            .unwrap();
 
         let monitor = server.monitor();
         for _ in 0..3 {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use idem::testing::within;
 use idem::{Call, Error, SqliteStore, Status, idempotent};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{Connection, SqliteConnection, SqlitePool};
@@ -143,6 +144,27 @@ async fn a_released_error_undoes_the_body_and_leaves_the_transaction_usable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_error_on_a_bare_connection_leaves_neither_the_body_nor_a_record() {
+    let db = TempDb::new("tx-release-bare");
+    let pool = pool(&db, 2).await;
+    let mut conn = pool.acquire().await.unwrap();
+    // Outside any transaction: the call's own one, rolled back whole.
+    let failed = call("o8")
+        .run_result_tx(&mut conn, async |conn: &mut SqliteConnection| {
+            insert_order(conn, "o8", 80).await;
+            Err::<i64, _>("declined".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (failed.value, failed.status),
+        (Err("declined".to_owned()), Status::Executed)
+    );
+    assert!(!conn.is_in_transaction(), "its own transaction ended");
+    assert_eq!((orders(&pool, "o8").await, records(&pool).await), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_duplicates_in_their_own_transactions_run_the_body_once() {
     const CALLERS: usize = 64;
     let db = TempDb::new("tx-concurrent");
@@ -154,7 +176,7 @@ async fn concurrent_duplicates_in_their_own_transactions_run_the_body_once() {
         let (pool, runs, start) = (pool.clone(), runs.clone(), start.clone());
         tasks.push(tokio::spawn(async move {
             let mut conn = pool.acquire().await.unwrap();
-            start.wait().await;
+            within("the other callers at the start", start.wait()).await;
             // Half on a bare connection (BEGIN IMMEDIATE by idem), half in a transaction the
             // caller began with BEGIN IMMEDIATE, as the module recommends.
             if caller % 2 == 0 {
@@ -182,7 +204,10 @@ async fn concurrent_duplicates_in_their_own_transactions_run_the_body_once() {
     }
     let mut executed = 0;
     for task in tasks {
-        let outcome = task.await.unwrap().expect("every duplicate replays");
+        let outcome = within("a caller's task", task)
+            .await
+            .unwrap()
+            .expect("every duplicate replays");
         assert_eq!(outcome.value, 30);
         executed += usize::from(outcome.status == Status::Executed);
     }
@@ -208,7 +233,9 @@ async fn a_key_held_by_a_plain_call_is_in_progress_at_once() {
                 finished.await.unwrap_or(0)
             }),
     );
-    is_started.await.unwrap();
+    within("the holder's body to start", is_started)
+        .await
+        .unwrap();
 
     let mut conn = pool.acquire().await.unwrap();
     let begun = tokio::time::Instant::now();
@@ -225,7 +252,8 @@ async fn a_key_held_by_a_plain_call_is_in_progress_at_once() {
     );
     assert!(!conn.is_in_transaction(), "its own transaction rolled back");
     finish.send(4).unwrap();
-    assert_eq!(holder.await.unwrap().unwrap().value, 4);
+    let held = within("the holder's task", holder).await.unwrap();
+    assert_eq!(held.unwrap().value, 4);
 
     // Once the holder completed, the transactional call replays it.
     let replay = Call::new("sqlite-tx", "o4")

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Barrier, oneshot};
 use tokio::time::Instant;
 
+use super::bounded::within;
 use super::keys::store_key;
 use super::stores::Forwarding;
-use super::within::within;
 use crate::store::{Claim, Fence, Record};
 use crate::{Call, Error, Fingerprint, Inspection, Status, StoreHandle};
 

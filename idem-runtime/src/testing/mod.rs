@@ -11,6 +11,7 @@
 //!   call waits or is told a key is in progress; [`DownStore`] is a store whose backend is
 //!   down.
 //! - [`store_key`]: the key a call writes under, for tests that look at a store's records.
+//! - [`within`]: awaits an event in a test, failing it with a message after [`EVENT_LIMIT`].
 //!
 //! Run the whole suite against a store with [`conformance_tests!`](crate::conformance_tests),
 //! which writes one `#[tokio::test]` per case (the calling crate needs `tokio` with the
@@ -25,12 +26,13 @@
 //! process, a temporary directory; `()` when there is nothing to keep). Every case uses keys
 //! of its own random scope, so a store shared between cases or runs gives the same results.
 
+mod bounded;
 mod conformance;
 mod keys;
 mod stores;
 mod tokens;
-mod within;
 
+pub use bounded::{EVENT_LIMIT, within};
 pub use conformance::*;
 pub use keys::store_key;
 pub use stores::{DownStore, Forwarding, Op, Watched};

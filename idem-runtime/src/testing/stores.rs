@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::within::within;
+use super::bounded::within;
 use crate::store::{Claim, Fence, Record, StoreFuture};
 use crate::{Inspection, Store, StoreError, StoreErrorKind, StoreHandle};
 

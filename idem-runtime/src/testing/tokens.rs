@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::Barrier;
 
-use super::within::within;
+use super::bounded::within;
 use crate::store::Redemption;
 use crate::{Call, Config, Error, Idem, Status, StoreHandle, tokens};
 

@@ -346,7 +346,70 @@ pub(super) fn millis(duration: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::connections::Connections;
+    use super::super::runtimes::ConnectRuntime;
+    use super::super::servers::{Target, Timeouts};
     use super::*;
+
+    /// The shared state of a store whose server is never asked: for the decisions made on an
+    /// answer already read.
+    fn unasked(replicas: Option<Replicas>) -> Shared {
+        let target = Target::parse("redis://127.0.0.1:1").expect("a Redis URL");
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(1),
+            attempt: Duration::from_secs(1),
+        };
+        let home = Arc::new(ConnectRuntime::default());
+        let links = Connections::new(Arc::new(target.servers), home, timeouts, 1, false);
+        Shared {
+            lender: ConnectionSource::Own(links),
+            hub: None,
+            scripts: &super::super::scripts::NODE,
+            cluster: false,
+            url: target.url,
+            pool_size: 1,
+            command_timeout: Duration::from_secs(1),
+            replicas,
+        }
+    }
+
+    #[test]
+    fn a_fenced_script_holds_on_1_only() {
+        let shared = unasked(None);
+        assert_eq!(shared.fence(Value::Int(1)).unwrap(), Fence::Held);
+        assert_eq!(shared.fence(Value::Int(0)).unwrap(), Fence::Lost);
+        assert!(shared.fence(Value::BulkString(b"x".to_vec())).is_err());
+        assert_eq!(shared.parse::<i64>(Value::Int(7)).unwrap(), 7);
+    }
+
+    #[test]
+    fn a_write_is_replicated_once_min_replicas_acknowledged_it() {
+        let two = unasked(Some(Replicas {
+            count: 2,
+            timeout: Duration::from_millis(100),
+        }));
+        two.replicated(Some(2), "claim").expect("as many as asked");
+        two.replicated(Some(3), "claim").expect("more than asked");
+        let error = two.replicated(Some(1), "claim").unwrap_err();
+        assert!(error.to_string().contains("only 1 of the 2"), "{error}");
+        two.replicated(None, "claim").expect("no WAIT was sent");
+        unasked(None)
+            .replicated(Some(0), "claim")
+            .expect("min_replicas unset");
+    }
+
+    #[test]
+    fn a_query_names_its_script_and_what_follows_it() {
+        let lua = &super::super::scripts::NODE.renew;
+        // A key longer than the arguments: the room made for the words is their sum.
+        let key = "idem:scope:a-key-longer-than-the-arguments";
+        let request = Query::script(lua, key, &[b"c"]);
+        assert!(request.script.is_some_and(|named| std::ptr::eq(named, lua)));
+        assert!(!request.replicated && !request.expiry);
+        let request = request.replicated().with_expiry(true);
+        assert!(request.replicated && request.expiry);
+        assert!(Query::command(redis::cmd("GET"), key).script.is_none());
+    }
 
     #[test]
     fn expiries_are_whole_positive_milliseconds() {

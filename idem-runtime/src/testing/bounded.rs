@@ -6,10 +6,11 @@ use std::future::Future;
 use std::time::Duration;
 
 /// How long a test waits for one event: far longer than any wait a case asks of a store.
-pub(crate) const EVENT_LIMIT: Duration = Duration::from_secs(60);
+pub const EVENT_LIMIT: Duration = Duration::from_secs(60);
 
-/// Awaits `event`, or panics naming `what` was awaited once [`EVENT_LIMIT`] has passed.
-pub(crate) async fn within<T>(what: &str, event: impl Future<Output = T>) -> T {
+/// Awaits `event` (a task, a channel, a barrier), or panics naming `what` was awaited once
+/// [`EVENT_LIMIT`] has passed: a test that waits for an event fails instead of hanging.
+pub async fn within<T>(what: &str, event: impl Future<Output = T>) -> T {
     match tokio::time::timeout(EVENT_LIMIT, event).await {
         Ok(value) => value,
         Err(_) => panic!(
