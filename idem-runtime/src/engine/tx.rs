@@ -461,6 +461,7 @@ mod tests {
             fingerprint: None,
             store: None,
             heartbeat: false,
+            step: false,
         }
     }
 
