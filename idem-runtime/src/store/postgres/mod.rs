@@ -19,6 +19,7 @@ mod failure;
 mod listen;
 mod options;
 mod reaper;
+mod sent;
 mod sql;
 mod table;
 mod tokens;
@@ -73,8 +74,12 @@ macro_rules! on_connection {
 /// How long after the holder's lease ends a waiter looks again, for the row to have expired.
 const LEASE_GRACE: Duration = Duration::from_millis(2);
 
-/// How long a waiter sleeps between looks while the listener is down.
-const FALLBACK_POLL: Duration = Duration::from_millis(25);
+/// How long a waiter sleeps before its first look again while no listener can wake it (it is
+/// down, or its `LISTEN` carries nothing, behind a pooler in transaction mode).
+const POLL_FIRST: Duration = Duration::from_millis(5);
+
+/// How long a polling waiter sleeps between looks at most: each sleep doubles up to it.
+const POLL_MAX: Duration = Duration::from_millis(100);
 
 /// How long a claim waits on the key's row lock before it reports the key held by a claim it
 /// cannot see (a caller's transaction that has not ended); the wait for that transaction then
@@ -195,7 +200,7 @@ impl PostgresStore {
         let table = options.checked()?;
         let connect = pool.connect_options();
         let describe = describe(&connect, &table);
-        let sql = Arc::new(Statements::new(&table));
+        let sql = Arc::new(Statements::new(&table, options.pooler));
         let store = PostgresStore {
             shared: Arc::new(Shared {
                 hub: Hub::new((*connect).clone(), options.connect_timeout, table.channel()),
@@ -209,7 +214,7 @@ impl PostgresStore {
                 pool_size: pool.options().get_max_connections(),
                 pool,
                 sql,
-                token_sql: TokenStatements::new(&TokenTable::of(&table)),
+                token_sql: TokenStatements::new(&TokenTable::of(&table), options.pooler),
                 token_table: TokenTable::of(&table),
                 table: table.clone(),
                 describe,
@@ -225,6 +230,7 @@ impl PostgresStore {
                 &store.shared.describe,
                 &table,
                 options.create_table,
+                options.pooler,
             ),
         )
         .await;
@@ -484,12 +490,27 @@ impl Store for PostgresStore {
             return Ok(());
         };
         // A holder that crashed sends nothing: its lease ending is the last wake-up.
-        let mut until = deadline.min(Instant::now() + left + LEASE_GRACE);
-        if !listening {
-            until = until.min(Instant::now() + FALLBACK_POLL);
+        let until = deadline.min(Instant::now() + left + LEASE_GRACE);
+        if listening {
+            let _ = tokio::time::timeout_at(until, woken).await;
+            return Ok(());
         }
-        let _ = tokio::time::timeout_at(until, woken).await;
-        Ok(())
+        // Nothing may wake us: look again and again, each sleep twice the last up to
+        // `POLL_MAX`, until the holder is gone or `until`. A look that would end past
+        // `until` is cut short there.
+        let mut pause = POLL_FIRST;
+        loop {
+            let next = until.min(Instant::now() + pause);
+            if tokio::time::timeout_at(next, woken.as_mut()).await.is_ok() || next >= until {
+                return Ok(());
+            }
+            pause = (pause * 2).min(POLL_MAX);
+            match tokio::time::timeout_at(until, self.lease_left(key, holder)).await {
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) | Err(_) => return Ok(()),
+                Ok(Err(error)) => return Err(error),
+            }
+        }
     }
 
     /// One `SELECT` of the live row; the fingerprint of a completed record is the row's
