@@ -13,13 +13,20 @@
 //!
 //! `LISTEN` may also succeed and carry nothing: behind a pooler in transaction mode
 //! (PgBouncer), the server connection that ran it goes back to the pooler's pool, and its
-//! notifications never reach the listener. So the listener does not trust its `LISTEN`: it
-//! sends a probe, a notification with a random payload, from another connection of its own
-//! (through the same URL, hence the same pooler), and counts as listening only once the probe
-//! came back, within [`PROBE_WAIT`]. This tests the very path a completion's notification
-//! takes; no setting can be wrong about it. A probe that does not come back leaves the waiters
-//! polling; the listener probes again later (after [`REPROBE_MIN`], doubling up to
-//! [`REPROBE_MAX`]), in case the probe was only slow.
+//! notifications never reach the listener. Worse, that server connection keeps listening for
+//! whichever client the pooler hands it to next, and a notification arriving in the middle of
+//! that client's statement is a protocol error to it (sqlx reports an unexpected message). So:
+//!
+//! - a store with [`PostgresOptions::pooler`](super::PostgresOptions::pooler) on never sends
+//!   `LISTEN` (no pooler in transaction mode carries it); its waiters poll;
+//! - any other store does not trust its `LISTEN`: the listener first listens on a probe
+//!   channel of its own (a random name), sends a notification on it from another connection
+//!   (through the same URL, hence the same pooler), and listens on the table's channel only
+//!   once the probe came back, within [`PROBE_WAIT`]. The probe tests the very path a
+//!   completion's notification takes. A probe that does not come back stops the listener for
+//!   the store's life and leaves its waiters polling: probing again would leave another
+//!   `LISTEN` on some pooled server connection. What a failed probe leaves behind is a
+//!   `LISTEN` on a channel no one notifies again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,7 +36,6 @@ use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
 use sqlx::{Connection, SqlSafeStr};
 use tokio::task::AbortHandle;
-use tokio::time::Instant;
 
 use super::sent::{Value, send};
 use crate::store::wake::Registry;
@@ -43,15 +49,6 @@ const RECONNECT_MAX: Duration = Duration::from_secs(1);
 /// How long the listener waits for its probe to come back (at most the connect timeout).
 const PROBE_WAIT: Duration = Duration::from_secs(2);
 
-/// How long after a probe that did not come back the listener tries again, at first.
-const REPROBE_MIN: Duration = Duration::from_secs(10);
-
-/// How long after a probe that did not come back the listener tries again, at most.
-const REPROBE_MAX: Duration = Duration::from_secs(600);
-
-/// The start of a probe's payload; a tag is hex digits only, so no waiter has it.
-const PROBE: &str = "idem-probe:";
-
 /// The tag a completion of `key` notifies: 32 hex digits of its SHA-256.
 pub(super) fn tag(key: &str) -> String {
     hex::encode(&Sha256::digest(key.as_bytes())[..16])
@@ -59,6 +56,8 @@ pub(super) fn tag(key: &str) -> String {
 
 /// The waiters of one store and its listener task.
 pub(super) struct Hub {
+    /// Whether the store listens at all (not behind a pooler in transaction mode).
+    enabled: bool,
     board: Arc<Board>,
     /// Set once the listener task runs; aborted when the store is dropped.
     task: Mutex<Option<AbortHandle>>,
@@ -86,8 +85,16 @@ impl Board {
 }
 
 impl Hub {
-    pub(super) fn new(connect: PgConnectOptions, connect_timeout: Duration, channel: &str) -> Hub {
+    /// The waiters of a store whose listener connects with `connect` and listens on
+    /// `channel`; a store behind a pooler in transaction mode (`enabled` false) never listens.
+    pub(super) fn new(
+        connect: PgConnectOptions,
+        connect_timeout: Duration,
+        channel: &str,
+        enabled: bool,
+    ) -> Hub {
         Hub {
+            enabled,
             board: Arc::default(),
             task: Mutex::new(None),
             connect,
@@ -109,6 +116,9 @@ impl Hub {
     }
 
     fn start(&self) {
+        if !self.enabled {
+            return;
+        }
         let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
         if task.is_some() {
             return;
@@ -145,32 +155,22 @@ struct Listener {
 impl Listener {
     async fn run(self) {
         let mut pause = Duration::from_millis(50);
-        let mut reprobe = REPROBE_MIN;
         loop {
             match self.listen().await {
-                Ok(mut listener) => match self.probe(&mut listener).await {
-                    Ok(true) => {
-                        pause = Duration::from_millis(50);
-                        reprobe = REPROBE_MIN;
-                        self.board.listening.store(true, Ordering::Release);
-                        // Notifications sent while no listener was up may have been missed.
-                        self.board.waiters.lock().wake_all();
-                        self.receive(&mut listener).await;
-                    }
-                    Ok(false) => {
-                        tracing::info!(
-                            "idem's LISTEN on PostgreSQL receives no notification (a pooler in transaction mode?); waiters poll the store"
-                        );
-                        drop(listener);
-                        self.board.lost();
-                        tokio::time::sleep(reprobe).await;
-                        reprobe = (reprobe * 2).min(REPROBE_MAX);
-                        continue;
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "idem's PostgreSQL listener could not probe its connection; connecting again");
-                    }
-                },
+                Ok(Some(mut listener)) => {
+                    pause = Duration::from_millis(50);
+                    self.board.listening.store(true, Ordering::Release);
+                    // Notifications sent while no listener was up may have been missed.
+                    self.board.waiters.lock().wake_all();
+                    self.receive(&mut listener).await;
+                }
+                Ok(None) => {
+                    tracing::info!(
+                        "idem's LISTEN on PostgreSQL receives no notification (a pooler in transaction mode?); waiters poll the store"
+                    );
+                    self.board.lost();
+                    return;
+                }
                 Err(error) => {
                     tracing::debug!(%error, "idem cannot listen for completions on PostgreSQL; waiters look again periodically");
                 }
@@ -181,13 +181,45 @@ impl Listener {
         }
     }
 
-    /// Whether a notification sent from another connection reaches `listener`: one is sent
-    /// with a random payload, and awaited for [`PROBE_WAIT`] at most (at most the connect
-    /// timeout). Other notifications that arrive meanwhile wake their waiters. An error when
-    /// the probe cannot be sent, or the listener's connection fails.
-    async fn probe(&self, listener: &mut PgListener) -> Result<bool, sqlx::Error> {
-        let payload = format!("{PROBE}{:032x}", rand::random::<u128>());
-        let wait = PROBE_WAIT.min(self.connect_timeout);
+    /// A new listener connection, listening on the channel once a probe showed that
+    /// notifications reach it; `None` when the probe did not come back.
+    async fn listen(&self) -> Result<Option<PgListener>, sqlx::Error> {
+        // A pool of one lets `PgListener` own its connection; reconnecting is done here, so
+        // that the board knows when notifications may have been lost.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(self.connect_timeout)
+            .connect_lazy_with(self.connect.clone());
+        let probe = format!("idem_probe_{:016x}", rand::random::<u64>());
+        let setup = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.ignore_pool_close_event(true);
+            listener.eager_reconnect(false);
+            listener.listen(&probe).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = match tokio::time::timeout(self.connect_timeout, setup).await {
+            Ok(listening) => listening?,
+            Err(_) => return Err(sqlx::Error::PoolTimedOut),
+        };
+        if !self.probe(&mut listener, &probe).await? {
+            return Ok(None);
+        }
+        let setup = async {
+            listener.listen(&self.channel).await?;
+            listener.unlisten(&probe).await
+        };
+        match tokio::time::timeout(self.connect_timeout, setup).await {
+            Ok(listening) => listening?,
+            Err(_) => return Err(sqlx::Error::PoolTimedOut),
+        }
+        Ok(Some(listener))
+    }
+
+    /// Whether a notification on `channel` sent from another connection reaches `listener`,
+    /// which listens on it: awaited for [`PROBE_WAIT`] at most (at most the connect timeout).
+    /// An error when the probe cannot be sent, or the listener's connection fails.
+    async fn probe(&self, listener: &mut PgListener, channel: &str) -> Result<bool, sqlx::Error> {
         let sent = async {
             // Named apart from the store's own connections, in `pg_stat_activity` and logs.
             let name = match self.connect.get_application_name() {
@@ -196,10 +228,10 @@ impl Listener {
             };
             let options = self.connect.clone().application_name(&name);
             let mut conn = PgConnection::connect_with(&options).await?;
-            // The simple query protocol: no prepared statement, whatever is in between.
+            // The simple query protocol: nothing prepared, whatever is in between.
             let notify = send(
                 &"SELECT pg_notify($1, $2)".into_sql_str(),
-                &[Value::Text(&self.channel), Value::Text(&payload)],
+                &[Value::Text(channel), Value::Text("probe")],
                 true,
             )
             .execute(&mut conn)
@@ -211,41 +243,12 @@ impl Listener {
             Ok(sent) => sent?,
             Err(_) => return Err(sqlx::Error::PoolTimedOut),
         }
-        let deadline = Instant::now() + wait;
-        loop {
-            let received = tokio::time::timeout_at(deadline, listener.try_recv()).await;
-            match received {
-                Err(_) => return Ok(false),
-                Ok(Ok(Some(notification))) if notification.payload() == payload => {
-                    return Ok(true);
-                }
-                Ok(Ok(Some(notification))) => {
-                    self.board.waiters.lock().wake(notification.payload());
-                }
-                Ok(Ok(None)) => return Err(sqlx::Error::PoolClosed),
-                Ok(Err(error)) => return Err(error),
-            }
-        }
-    }
-
-    /// A new listener connection, listening on the channel.
-    async fn listen(&self) -> Result<PgListener, sqlx::Error> {
-        // A pool of one lets `PgListener` own its connection; reconnecting is done here, so
-        // that the board knows when notifications may have been lost.
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(self.connect_timeout)
-            .connect_lazy_with(self.connect.clone());
-        let setup = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.ignore_pool_close_event(true);
-            listener.eager_reconnect(false);
-            listener.listen(&self.channel).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        match tokio::time::timeout(self.connect_timeout, setup).await {
-            Ok(listening) => listening,
-            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        let wait = PROBE_WAIT.min(self.connect_timeout);
+        match tokio::time::timeout(wait, listener.try_recv()).await {
+            Err(_) => Ok(false),
+            Ok(Ok(Some(notification))) => Ok(notification.channel() == channel),
+            Ok(Ok(None)) => Err(sqlx::Error::PoolClosed),
+            Ok(Err(error)) => Err(error),
         }
     }
 

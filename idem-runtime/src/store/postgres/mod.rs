@@ -4,8 +4,10 @@
 //! operation is one statement in its own implicit transaction (no `BEGIN`/`COMMIT`), prepared
 //! once per connection (see `sql.rs`): a replay costs one statement, a first call two (claim,
 //! complete). Expiry is decided by the database's clock. Waiters are woken by
-//! `LISTEN`/`NOTIFY` (see `listen.rs`); expired rows are deleted in the background in bounded
-//! batches (see `reaper.rs`). Server-issued tokens have a table of their own beside it (see
+//! `LISTEN`/`NOTIFY` (see `listen.rs`), and poll where that does not work; expired rows are
+//! deleted in the background in bounded batches (see `reaper.rs`). Behind a pooler in
+//! transaction mode, statements are sent with their values written in instead of prepared
+//! (see `sent.rs`). Server-issued tokens have a table of their own beside it (see
 //! `tokens.rs`).
 //!
 //! A key claimed inside a caller's transaction that has not committed (the transactional
@@ -203,7 +205,12 @@ impl PostgresStore {
         let sql = Arc::new(Statements::new(&table, options.pooler));
         let store = PostgresStore {
             shared: Arc::new(Shared {
-                hub: Hub::new((*connect).clone(), options.connect_timeout, table.channel()),
+                hub: Hub::new(
+                    (*connect).clone(),
+                    options.connect_timeout,
+                    table.channel(),
+                    !options.pooler,
+                ),
                 _reaper: Reaper::start(
                     pool.clone(),
                     sql.clone(),

@@ -57,8 +57,10 @@ pub struct PostgresOptions {
     /// connection for one transaction at a time; `false` by default. When on, no statement is
     /// prepared: each is sent with its values written in as literals, by the simple query
     /// protocol (still one round trip; the server parses and plans it every time). The
-    /// transactional mode's statements follow the store's setting. Waiters need no setting:
-    /// the store finds out whether `LISTEN` reaches it and polls when it does not.
+    /// transactional mode's statements follow the store's setting. The store then never
+    /// sends `LISTEN` (a pooler in transaction mode carries none, and would hand the
+    /// listening server connection to other clients): its waiters poll. Without it, the
+    /// store still checks that a notification reaches its listener before relying on it.
     pub pooler: bool,
 }
 
