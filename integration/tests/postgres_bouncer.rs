@@ -293,14 +293,12 @@ async fn a_waiter_never_waits_past_its_wait(bouncer: &PgBouncer) {
     assert_eq!(holder.await.unwrap().unwrap().value, 1);
 }
 
-/// The application's pool through the pooler: its connections prepare nothing either (a
-/// connection of a transaction-mode pooler is the application's business; these tests send
-/// only unprepared statements of their own).
+/// The application's pool through the pooler. What its own statements do there is the
+/// application's business: the tests send theirs unprepared (the simple query protocol).
 async fn application_pool(bouncer: &PgBouncer) -> PgPool {
-    let options: sqlx::postgres::PgConnectOptions = bouncer.url().parse().unwrap();
     PgPoolOptions::new()
         .max_connections(4)
-        .connect_with(options.statement_cache_capacity(0))
+        .connect(&bouncer.url())
         .await
         .expect("the application's pool through PgBouncer")
 }
