@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use idem::testing::{Forwarding, Op};
 use idem::{Call, Error, PostgresOptions, PostgresStore, Status, StoreHandle};
-use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::Executor;
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use support::pgbouncer::PgBouncer;
 use support::postgres::PostgresServer;
 use tokio::sync::oneshot;
@@ -150,14 +150,18 @@ async fn statements_are_sent_unprepared(server: &PostgresServer, bouncer: &PgBou
     let (first, first_sent) = sent_during(
         server,
         COUNTED,
-        Call::new(scope, "k").store(store.clone()).run(async { 7_u32 }),
+        Call::new(scope, "k")
+            .store(store.clone())
+            .run(async { 7_u32 }),
     )
     .await;
     assert_eq!(first.unwrap().status, Status::Executed);
     let (again, replay_sent) = sent_during(
         server,
         COUNTED,
-        Call::new(scope, "k").store(store.clone()).run(async { 8_u32 }),
+        Call::new(scope, "k")
+            .store(store.clone())
+            .run(async { 8_u32 }),
     )
     .await;
     let again = again.unwrap();
@@ -188,13 +192,8 @@ async fn statements_are_sent_unprepared(server: &PostgresServer, bouncer: &PgBou
 /// `wait` or the holder's lease would end it; its store never sent `LISTEN`.
 async fn a_waiter_gets_the_value_without_listen(server: &PostgresServer, bouncer: &PgBouncer) {
     let holder_store = store(bouncer, PostgresOptions::default()).await;
-    let waiter_store = Forwarding::new(
-        store(
-            bouncer,
-            PostgresOptions::default().application_name(WAITER),
-        )
-        .await,
-    );
+    let waiter_store =
+        Forwarding::new(store(bouncer, PostgresOptions::default().application_name(WAITER)).await);
     let scope = "bouncer::waiter";
     let (started, is_started) = oneshot::channel::<()>();
     let (finish, finished) = oneshot::channel::<()>();
@@ -227,7 +226,10 @@ async fn a_waiter_gets_the_value_without_listen(server: &PostgresServer, bouncer
     let completed = Instant::now();
     finish.send(()).expect("the holder waits");
     let held = holder.await.unwrap().unwrap();
-    assert_eq!((held.value.as_str(), held.status), ("held", Status::Executed));
+    assert_eq!(
+        (held.value.as_str(), held.status),
+        ("held", Status::Executed)
+    );
     let waited = waiter.await.unwrap().unwrap();
     let after = completed.elapsed();
     assert_eq!(

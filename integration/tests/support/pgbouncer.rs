@@ -40,10 +40,8 @@ impl PgBouncer {
     pub fn transaction_mode(server: &PostgresServer, pool_size: usize) -> PgBouncer {
         let bin = binary();
         for attempt in 0..5 {
-            let dir = std::env::temp_dir().join(format!(
-                "idem-pgbouncer-{}-{attempt}",
-                std::process::id()
-            ));
+            let dir = std::env::temp_dir()
+                .join(format!("idem-pgbouncer-{}-{attempt}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("create pgbouncer's directory");
             let port = free_port();
@@ -119,7 +117,10 @@ impl Drop for PgBouncer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("---- pgbouncer log ----\n{}\n---- end of log ----", self.log());
+            eprintln!(
+                "---- pgbouncer log ----\n{}\n---- end of log ----",
+                self.log()
+            );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -391,7 +391,11 @@ pub(super) async fn renew<'e>(
     let done = sql
         .send(
             &sql.renew,
-            &[Value::Text(key), Value::Bytes(&token), Value::Int(millis(lease))],
+            &[
+                Value::Text(key),
+                Value::Bytes(&token),
+                Value::Int(millis(lease)),
+            ],
         )
         .execute(executor)
         .await?;
@@ -589,7 +593,17 @@ pub(super) async fn tx_complete<'e>(
     ttl: Duration,
     tag: &str,
 ) -> Result<bool, sqlx::Error> {
-    store_result(executor, sql, &sql.tx_complete, key, claim, payload, ttl, tag).await
+    store_result(
+        executor,
+        sql,
+        &sql.tx_complete,
+        key,
+        claim,
+        payload,
+        ttl,
+        tag,
+    )
+    .await
 }
 
 /// Runs a completion statement (`complete` or `tx_complete`, which bind the same parameters);
