@@ -9,7 +9,9 @@
 //!
 //! When the listener connection drops, notifications sent meanwhile are lost: every waiter is
 //! woken to look again, and until the listener is back waiters poll the key (see
-//! [`PostgresStore::wait`](super::PostgresStore)) instead of sleeping until woken.
+//! [`PostgresStore::wait`](super::PostgresStore)) instead of sleeping until woken. While it
+//! connects, waiters sleep until it is up or has failed (both wake every waiter), looking again
+//! only if that takes long.
 //!
 //! `LISTEN` may also succeed and carry nothing: behind a pooler in transaction mode
 //! (PgBouncer), the server connection that ran it goes back to the pooler's pool, and its
@@ -28,7 +30,7 @@
 //!   `LISTEN` on some pooled server connection. What a failed probe leaves behind is a
 //!   `LISTEN` on a channel no one notifies again.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -71,15 +73,30 @@ pub(super) struct Hub {
 struct Board {
     /// The waiters by tag.
     waiters: Arc<Registry<()>>,
-    /// Whether the listener is connected, listening, and its probe came back: a completion
-    /// committed now will be delivered.
-    listening: AtomicBool,
+    /// What the listener does now: a [`Listening`] as a `u8`.
+    state: AtomicU8,
+}
+
+/// What a store's listener does, and so how its waiters wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Listening {
+    /// None runs, or it failed, or its `LISTEN` carries nothing: waiters poll.
+    Down = 0,
+    /// It connects and probes: waiters are woken when it is up or has failed.
+    Starting = 1,
+    /// Connected, listening, and its probe came back: a completion committed now wakes its
+    /// waiters.
+    Up = 2,
 }
 
 impl Board {
+    fn set(&self, state: Listening) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+
     /// Marks the listener down and wakes every waiter, so that each looks at its key again.
     fn lost(&self) {
-        self.listening.store(false, Ordering::Release);
+        self.set(Listening::Down);
         self.waiters.lock().wake_all();
     }
 }
@@ -110,9 +127,14 @@ impl Hub {
         Ticket::register(&self.board.waiters, tag)
     }
 
-    /// Whether a completion committed from now on will wake its waiters.
-    pub(super) fn listening(&self) -> bool {
-        self.board.listening.load(Ordering::Acquire)
+    /// What the listener does now: [`Listening::Up`] when a completion committed from now on
+    /// will wake its waiters.
+    pub(super) fn listening(&self) -> Listening {
+        match self.board.state.load(Ordering::Acquire) {
+            2 => Listening::Up,
+            1 => Listening::Starting,
+            _ => Listening::Down,
+        }
     }
 
     fn start(&self) {
@@ -156,10 +178,11 @@ impl Listener {
     async fn run(self) {
         let mut pause = Duration::from_millis(50);
         loop {
+            self.board.set(Listening::Starting);
             match self.listen().await {
                 Ok(Some(mut listener)) => {
                     pause = Duration::from_millis(50);
-                    self.board.listening.store(true, Ordering::Release);
+                    self.board.set(Listening::Up);
                     // Notifications sent while no listener was up may have been missed.
                     self.board.waiters.lock().wake_all();
                     self.receive(&mut listener).await;
@@ -205,11 +228,8 @@ impl Listener {
         if !self.probe(&mut listener, &probe).await? {
             return Ok(None);
         }
-        let setup = async {
-            listener.listen(&self.channel).await?;
-            listener.unlisten(&probe).await
-        };
-        match tokio::time::timeout(self.connect_timeout, setup).await {
+        // The probe's channel stays: no one notifies it again.
+        match tokio::time::timeout(self.connect_timeout, listener.listen(&self.channel)).await {
             Ok(listening) => listening?,
             Err(_) => return Err(sqlx::Error::PoolTimedOut),
         }

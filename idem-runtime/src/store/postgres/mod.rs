@@ -47,7 +47,7 @@ pub use self::options::PostgresOptions;
 pub use self::table::MIGRATION;
 pub use self::tokens::TOKENS_MIGRATION;
 
-use self::listen::Hub;
+use self::listen::{Hub, Listening};
 use self::reaper::Reaper;
 use self::sql::Statements;
 use self::table::Table;
@@ -492,26 +492,29 @@ impl Store for PostgresStore {
         tokio::pin!(woken);
         woken.as_mut().enable();
         // Registered first, then look: a completion after the look wakes us.
-        let listening = self.shared.hub.listening();
         let Some(left) = self.lease_left(key, holder).await? else {
             return Ok(());
         };
         // A holder that crashed sends nothing: its lease ending is the last wake-up.
         let until = deadline.min(Instant::now() + left + LEASE_GRACE);
-        if listening {
-            let _ = tokio::time::timeout_at(until, woken).await;
-            return Ok(());
-        }
-        // Nothing may wake us: look again and again, each sleep twice the last up to
-        // `POLL_MAX`, until the holder is gone or `until`. A look that would end past
-        // `until` is cut short there.
+        // While the listener is up, a notification wakes us; while it starts, its being up
+        // or failed does (or `POLL_MAX`, if it is slow); else nothing may wake us: look again
+        // and again, each sleep twice the last up to `POLL_MAX`. Every sleep and look ends at
+        // `until` at the latest.
         let mut pause = POLL_FIRST;
         loop {
-            let next = until.min(Instant::now() + pause);
+            let next = match self.shared.hub.listening() {
+                Listening::Up => until,
+                Listening::Starting => until.min(Instant::now() + POLL_MAX),
+                Listening::Down => {
+                    let next = until.min(Instant::now() + pause);
+                    pause = (pause * 2).min(POLL_MAX);
+                    next
+                }
+            };
             if tokio::time::timeout_at(next, woken.as_mut()).await.is_ok() || next >= until {
                 return Ok(());
             }
-            pause = (pause * 2).min(POLL_MAX);
             match tokio::time::timeout_at(until, self.lease_left(key, holder)).await {
                 Ok(Ok(Some(_))) => {}
                 Ok(Ok(None)) | Err(_) => return Ok(()),
