@@ -515,6 +515,19 @@ mod tests {
     }
 
     #[test]
+    fn the_pooler_setting_is_off_by_default_and_set_by_env_file_or_code() {
+        assert!(!Config::default().pg_pooler);
+        assert!(from(&[("IDEM_PG_POOLER", "true")]).unwrap().pg_pooler);
+        let error = from(&[("IDEM_PG_POOLER", "pgbouncer")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("IDEM_PG_POOLER"), "{error}");
+        let file: Config = serde_json::from_str(r#"{"pg_pooler":true}"#).unwrap();
+        assert!(file.pg_pooler);
+        assert!(Config::default().pg_pooler(true).pg_pooler);
+    }
+
+    #[test]
     fn min_replicas_is_off_by_default_and_set_by_env_file_or_code() {
         let default = Config::default();
         assert_eq!(
