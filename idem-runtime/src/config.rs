@@ -107,6 +107,9 @@ pub struct Config {
     pub pg_table: String,
     /// Whether connecting to PostgreSQL creates the table when it is missing.
     pub pg_create_table: bool,
+    /// Whether the PostgreSQL store is reached through a transaction-mode pooler (PgBouncer):
+    /// no prepared statements. See [`Config::pg_pooler`].
+    pub pg_pooler: bool,
 }
 
 /// The one place the defaults are written: `RedisOptions::default()`,
@@ -132,6 +135,7 @@ impl Default for Config {
             pg_schema: "public".to_owned(),
             pg_table: "idem_records".to_owned(),
             pg_create_table: true,
+            pg_pooler: false,
         }
     }
 }
@@ -303,6 +307,16 @@ impl Config {
     /// missing table is [`Error::Config`] naming the SQL to run.
     pub fn pg_create_table(mut self, create: bool) -> Self {
         self.pg_create_table = create;
+        self
+    }
+
+    /// Whether the PostgreSQL store reaches its database through a pooler in transaction mode
+    /// (PgBouncer's `pool_mode = transaction`), where prepared statements do not work: `true`
+    /// sends every statement with its values written in, by the simple query protocol
+    /// ([`PostgresOptions::pooler`](crate::PostgresOptions#structfield.pooler)). `false` by
+    /// default; `IDEM_PG_POOLER`.
+    pub fn pg_pooler(mut self, pooler: bool) -> Self {
+        self.pg_pooler = pooler;
         self
     }
 }
@@ -498,6 +512,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("IDEM_PG_CREATE_TABLE"), "{error}");
+    }
+
+    #[test]
+    fn the_pooler_setting_is_off_by_default_and_set_by_env_file_or_code() {
+        assert!(!Config::default().pg_pooler);
+        assert!(from(&[("IDEM_PG_POOLER", "true")]).unwrap().pg_pooler);
+        let error = from(&[("IDEM_PG_POOLER", "pgbouncer")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("IDEM_PG_POOLER"), "{error}");
+        let file: Config = serde_json::from_str(r#"{"pg_pooler":true}"#).unwrap();
+        assert!(file.pg_pooler);
+        assert!(Config::default().pg_pooler(true).pg_pooler);
     }
 
     #[test]

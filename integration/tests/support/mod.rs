@@ -9,6 +9,7 @@ pub mod harness;
 pub mod http;
 pub mod mariadb;
 pub mod nats;
+pub mod pgbouncer;
 pub mod postgres;
 pub mod redis;
 pub mod sqlite;

@@ -4,8 +4,10 @@
 //! operation is one statement in its own implicit transaction (no `BEGIN`/`COMMIT`), prepared
 //! once per connection (see `sql.rs`): a replay costs one statement, a first call two (claim,
 //! complete). Expiry is decided by the database's clock. Waiters are woken by
-//! `LISTEN`/`NOTIFY` (see `listen.rs`); expired rows are deleted in the background in bounded
-//! batches (see `reaper.rs`). Server-issued tokens have a table of their own beside it (see
+//! `LISTEN`/`NOTIFY` (see `listen.rs`), and poll where that does not work; expired rows are
+//! deleted in the background in bounded batches (see `reaper.rs`). Behind a pooler in
+//! transaction mode, statements are sent with their values written in instead of prepared
+//! (see `sent.rs`). Server-issued tokens have a table of their own beside it (see
 //! `tokens.rs`).
 //!
 //! A key claimed inside a caller's transaction that has not committed (the transactional
@@ -19,6 +21,7 @@ mod failure;
 mod listen;
 mod options;
 mod reaper;
+mod sent;
 mod sql;
 mod table;
 mod tokens;
@@ -44,7 +47,7 @@ pub use self::options::PostgresOptions;
 pub use self::table::MIGRATION;
 pub use self::tokens::TOKENS_MIGRATION;
 
-use self::listen::Hub;
+use self::listen::{Hub, Listening};
 use self::reaper::Reaper;
 use self::sql::Statements;
 use self::table::Table;
@@ -73,8 +76,12 @@ macro_rules! on_connection {
 /// How long after the holder's lease ends a waiter looks again, for the row to have expired.
 const LEASE_GRACE: Duration = Duration::from_millis(2);
 
-/// How long a waiter sleeps between looks while the listener is down.
-const FALLBACK_POLL: Duration = Duration::from_millis(25);
+/// How long a waiter sleeps before its first look again while no listener can wake it (it is
+/// down, or its `LISTEN` carries nothing, behind a pooler in transaction mode).
+const POLL_FIRST: Duration = Duration::from_millis(5);
+
+/// How long a polling waiter sleeps between looks at most: each sleep doubles up to it.
+const POLL_MAX: Duration = Duration::from_millis(100);
 
 /// How long a claim waits on the key's row lock before it reports the key held by a claim it
 /// cannot see (a caller's transaction that has not ended); the wait for that transaction then
@@ -195,10 +202,15 @@ impl PostgresStore {
         let table = options.checked()?;
         let connect = pool.connect_options();
         let describe = describe(&connect, &table);
-        let sql = Arc::new(Statements::new(&table));
+        let sql = Arc::new(Statements::new(&table, options.pooler));
         let store = PostgresStore {
             shared: Arc::new(Shared {
-                hub: Hub::new((*connect).clone(), options.connect_timeout, table.channel()),
+                hub: Hub::new(
+                    (*connect).clone(),
+                    options.connect_timeout,
+                    table.channel(),
+                    !options.pooler,
+                ),
                 _reaper: Reaper::start(
                     pool.clone(),
                     sql.clone(),
@@ -209,7 +221,7 @@ impl PostgresStore {
                 pool_size: pool.options().get_max_connections(),
                 pool,
                 sql,
-                token_sql: TokenStatements::new(&TokenTable::of(&table)),
+                token_sql: TokenStatements::new(&TokenTable::of(&table), options.pooler),
                 token_table: TokenTable::of(&table),
                 table: table.clone(),
                 describe,
@@ -225,6 +237,7 @@ impl PostgresStore {
                 &store.shared.describe,
                 &table,
                 options.create_table,
+                options.pooler,
             ),
         )
         .await;
@@ -479,17 +492,35 @@ impl Store for PostgresStore {
         tokio::pin!(woken);
         woken.as_mut().enable();
         // Registered first, then look: a completion after the look wakes us.
-        let listening = self.shared.hub.listening();
         let Some(left) = self.lease_left(key, holder).await? else {
             return Ok(());
         };
         // A holder that crashed sends nothing: its lease ending is the last wake-up.
-        let mut until = deadline.min(Instant::now() + left + LEASE_GRACE);
-        if !listening {
-            until = until.min(Instant::now() + FALLBACK_POLL);
+        let until = deadline.min(Instant::now() + left + LEASE_GRACE);
+        // While the listener is up, a notification wakes us; while it starts, its being up
+        // or failed does (or `POLL_MAX`, if it is slow); else nothing may wake us: look again
+        // and again, each sleep twice the last up to `POLL_MAX`. Every sleep and look ends at
+        // `until` at the latest.
+        let mut pause = POLL_FIRST;
+        loop {
+            let next = match self.shared.hub.listening() {
+                Listening::Up => until,
+                Listening::Starting => until.min(Instant::now() + POLL_MAX),
+                Listening::Down => {
+                    let next = until.min(Instant::now() + pause);
+                    pause = (pause * 2).min(POLL_MAX);
+                    next
+                }
+            };
+            if tokio::time::timeout_at(next, woken.as_mut()).await.is_ok() || next >= until {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(until, self.lease_left(key, holder)).await {
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) | Err(_) => return Ok(()),
+                Ok(Err(error)) => return Err(error),
+            }
         }
-        let _ = tokio::time::timeout_at(until, woken).await;
-        Ok(())
     }
 
     /// One `SELECT` of the live row; the fingerprint of a completed record is the row's

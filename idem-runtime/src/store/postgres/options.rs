@@ -52,6 +52,16 @@ pub struct PostgresOptions {
     /// The `application_name` of the store's connections (in `pg_stat_activity`); `idem` by
     /// default.
     pub application_name: String,
+    /// Whether the store reaches PostgreSQL through a pooler in transaction mode (PgBouncer's
+    /// `pool_mode = transaction`, and managed equivalents), which hands a client a server
+    /// connection for one transaction at a time; `false` by default. When on, no statement is
+    /// prepared: each is sent with its values written in as literals, by the simple query
+    /// protocol (still one round trip; the server parses and plans it every time). The
+    /// transactional mode's statements follow the store's setting. The store then never
+    /// sends `LISTEN` (a pooler in transaction mode carries none, and would hand the
+    /// listening server connection to other clients): its waiters poll. Without it, the
+    /// store still checks that a notification reaches its listener before relying on it.
+    pub pooler: bool,
 }
 
 /// The connections a store keeps when [`Config::pool_size`](Config#structfield.pool_size)
@@ -66,7 +76,7 @@ impl Default for PostgresOptions {
 }
 
 /// The PostgreSQL settings of `config`: `pg_schema`, `pg_table`, `pg_create_table`,
-/// `pool_size` (10 when unset), `connect_timeout`, and `command_timeout` as the
+/// `pg_pooler`, `pool_size` (10 when unset), `connect_timeout`, and `command_timeout` as the
 /// `statement_timeout`. Its URL is not part of them; the reaper's settings and the
 /// `application_name` are the defaults.
 impl From<&Config> for PostgresOptions {
@@ -81,6 +91,7 @@ impl From<&Config> for PostgresOptions {
             reaper_interval: Some(Duration::from_secs(60)),
             reaper_batch: 1000,
             application_name: "idem".to_owned(),
+            pooler: config.pg_pooler,
         }
     }
 }
@@ -137,6 +148,19 @@ impl PostgresOptions {
     /// The `application_name` of the store's connections.
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
         self.application_name = name.into();
+        self
+    }
+
+    /// Whether the store reaches PostgreSQL through a transaction-mode pooler (PgBouncer):
+    /// see [`pooler`](PostgresOptions#structfield.pooler).
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// let options = idem::PostgresOptions::default().pooler(true);
+    /// assert!(options.pooler);
+    /// ```
+    pub fn pooler(mut self, pooler: bool) -> Self {
+        self.pooler = pooler;
         self
     }
 

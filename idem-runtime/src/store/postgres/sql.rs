@@ -35,6 +35,7 @@ use sqlx::postgres::{PgConnection, PgExecutor, PgRow};
 use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr, SqlStr};
 
 use super::failure;
+use super::sent::{Sent, Value, send};
 use super::table::Table;
 use crate::record::{Claim, Fingerprint, Record, Token};
 use crate::store::tx::Claimed;
@@ -46,9 +47,12 @@ fn literal(text: &str) -> String {
 }
 
 /// The statements of one table, built once per store (sqlx prepares each once per connection
-/// and caches it by its text).
+/// and caches it by its text), or sent with their values written in (see `sent.rs`).
 #[derive(Debug)]
 pub(super) struct Statements {
+    /// Whether each statement is sent with its values written in, by the simple query
+    /// protocol, instead of prepared and cached: behind a transaction-mode pooler.
+    inline: bool,
     /// Whether the transactional mode has found the table in this process: it looks for it
     /// (`to_regclass`, which cannot abort the caller's transaction) until it does.
     pub(super) table_found: AtomicBool,
@@ -77,11 +81,13 @@ const HELD: &str =
     "key = $1 AND token = $2 AND state = 'in_progress' AND expires_at > clock_timestamp()";
 
 impl Statements {
-    pub(super) fn new(table: &Table) -> Statements {
+    /// The statements of `table`, sent with their values written in when `inline`.
+    pub(super) fn new(table: &Table, inline: bool) -> Statements {
         let t = table.qualified();
         let channel = literal(table.channel());
         let sql = |text: String| AssertSqlSafe(text).into_sql_str();
         Statements {
+            inline,
             table_found: AtomicBool::new(false),
             table_exists: sql(format!("SELECT to_regclass({}) IS NOT NULL", literal(&t))),
             // The live row, read first: a replay is a read (no insert attempt, no row lock).
@@ -231,6 +237,13 @@ impl Statements {
     }
 }
 
+impl Statements {
+    /// `statement` with `values`, to send the way this store sends statements.
+    fn send<'a>(&self, statement: &SqlStr, values: &[Value<'a>]) -> Sent<'a> {
+        send(statement, values, self.inline)
+    }
+}
+
 /// Whole milliseconds, at least one, as the `int8` the statements take.
 pub(super) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis())
@@ -248,12 +261,19 @@ pub(super) async fn claim<'e>(
     lease: Duration,
     lock_wait: Duration,
 ) -> Result<Claimed, sqlx::Error> {
-    let row = sqlx::query(sql.claim.clone())
-        .bind(key)
-        .bind(&claim.token.to_bytes()[..])
-        .bind(claim.fingerprint.as_ref().map(|fp| &fp.as_bytes()[..]))
-        .bind(millis(lease))
-        .bind(millis(lock_wait).to_string())
+    let token = claim.token.to_bytes();
+    let lock_wait = millis(lock_wait).to_string();
+    let row = sql
+        .send(
+            &sql.claim,
+            &[
+                Value::Text(key),
+                Value::Bytes(&token),
+                Value::OptBytes(claim.fingerprint.as_ref().map(|fp| &fp.as_bytes()[..])),
+                Value::Int(millis(lease)),
+                Value::Text(&lock_wait),
+            ],
+        )
         .fetch_optional(executor)
         .await;
     let row = match row {
@@ -320,8 +340,7 @@ pub(super) async fn complete<'e>(
     ttl: Duration,
     tag: &str,
 ) -> Result<bool, sqlx::Error> {
-    let statement = sql.complete.clone();
-    store_result(executor, statement, key, claim, payload, ttl, tag).await
+    store_result(executor, sql, &sql.complete, key, claim, payload, ttl, tag).await
 }
 
 /// Whether the live record of `key` is the one `claim` completed: a completion whose answer
@@ -333,9 +352,9 @@ pub(super) async fn completed_by<'e>(
     key: &str,
     claim: &Claim,
 ) -> Result<bool, sqlx::Error> {
-    let row: Option<bool> = sqlx::query_scalar(sql.completed_by.clone())
-        .bind(key)
-        .bind(&claim.token.to_bytes()[..])
+    let token = claim.token.to_bytes();
+    let row = sql
+        .send(&sql.completed_by, &[Value::Text(key), Value::Bytes(&token)])
         .fetch_optional(executor)
         .await?;
     Ok(row.is_some())
@@ -349,10 +368,12 @@ pub(super) async fn release<'e>(
     claim: &Claim,
     tag: &str,
 ) -> Result<bool, sqlx::Error> {
-    let row = sqlx::query(sql.release.clone())
-        .bind(key)
-        .bind(&claim.token.to_bytes()[..])
-        .bind(tag)
+    let token = claim.token.to_bytes();
+    let row = sql
+        .send(
+            &sql.release,
+            &[Value::Text(key), Value::Bytes(&token), Value::Text(tag)],
+        )
         .fetch_optional(executor)
         .await?;
     Ok(row.is_some())
@@ -366,10 +387,16 @@ pub(super) async fn renew<'e>(
     claim: &Claim,
     lease: Duration,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(sql.renew.clone())
-        .bind(key)
-        .bind(&claim.token.to_bytes()[..])
-        .bind(millis(lease))
+    let token = claim.token.to_bytes();
+    let done = sql
+        .send(
+            &sql.renew,
+            &[
+                Value::Text(key),
+                Value::Bytes(&token),
+                Value::Int(millis(lease)),
+            ],
+        )
         .execute(executor)
         .await?;
     Ok(done.rows_affected() == 1)
@@ -382,11 +409,12 @@ pub(super) async fn lease_left<'e>(
     key: &str,
     holder: &Claim,
 ) -> Result<Option<Duration>, sqlx::Error> {
-    let left: Option<i64> = sqlx::query_scalar(sql.lease_left.clone())
-        .bind(key)
-        .bind(&holder.token.to_bytes()[..])
+    let token = holder.token.to_bytes();
+    let row = sql
+        .send(&sql.lease_left, &[Value::Text(key), Value::Bytes(&token)])
         .fetch_optional(executor)
         .await?;
+    let left: Option<i64> = row.map(|row| row.try_get(0)).transpose()?;
     Ok(left.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
 }
 
@@ -396,8 +424,8 @@ pub(super) async fn inspect<'e>(
     sql: &Statements,
     key: &str,
 ) -> Result<Inspection, sqlx::Error> {
-    let row = sqlx::query(sql.inspect.clone())
-        .bind(key)
+    let row = sql
+        .send(&sql.inspect, &[Value::Text(key)])
         .fetch_optional(executor)
         .await?;
     let Some(row) = row else {
@@ -436,9 +464,8 @@ pub(super) async fn forget<'e>(
     key: &str,
     tag: &str,
 ) -> Result<bool, sqlx::Error> {
-    let row = sqlx::query(sql.forget.clone())
-        .bind(key)
-        .bind(tag)
+    let row = sql
+        .send(&sql.forget, &[Value::Text(key), Value::Text(tag)])
         .fetch_optional(executor)
         .await?;
     match row {
@@ -456,11 +483,17 @@ pub(super) async fn stats<'e>(
     limit: usize,
 ) -> Result<Stats, sqlx::Error> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
-    let rows = sqlx::query(sql.stats.clone())
-        .bind(prefix)
-        .bind(past(prefix))
-        .bind(limit)
-        .bind(STORED_SCOPE)
+    let past = past(prefix);
+    let rows = sql
+        .send(
+            &sql.stats,
+            &[
+                Value::Text(prefix),
+                Value::OptText(past.as_deref()),
+                Value::Int(limit),
+                Value::Text(STORED_SCOPE),
+            ],
+        )
         .fetch_all(executor)
         .await?;
     let mut stats = Stats::new(0, 0, true);
@@ -511,9 +544,10 @@ pub(super) async fn table_exists<'e>(
     executor: impl PgExecutor<'e>,
     sql: &Statements,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(sql.table_exists.clone())
+    sql.send(&sql.table_exists, &[])
         .fetch_one(executor)
-        .await
+        .await?
+        .try_get(0)
 }
 
 /// [`claim`] inside the caller's transaction, waiting at most `wait` for a concurrent
@@ -526,12 +560,19 @@ pub(super) async fn tx_claim<'e>(
     lease: Duration,
     wait: Duration,
 ) -> Result<Claimed, sqlx::Error> {
-    let row = sqlx::query(sql.tx_claim.clone())
-        .bind(key)
-        .bind(&claim.token.to_bytes()[..])
-        .bind(claim.fingerprint.as_ref().map(|fp| &fp.as_bytes()[..]))
-        .bind(millis(lease))
-        .bind(millis(wait).to_string())
+    let token = claim.token.to_bytes();
+    let wait = millis(wait).to_string();
+    let row = sql
+        .send(
+            &sql.tx_claim,
+            &[
+                Value::Text(key),
+                Value::Bytes(&token),
+                Value::OptBytes(claim.fingerprint.as_ref().map(|fp| &fp.as_bytes()[..])),
+                Value::Int(millis(lease)),
+                Value::Text(&wait),
+            ],
+        )
         .fetch_one(executor)
         .await?;
     match row.try_get::<Option<bool>, _>(0)? {
@@ -552,27 +593,44 @@ pub(super) async fn tx_complete<'e>(
     ttl: Duration,
     tag: &str,
 ) -> Result<bool, sqlx::Error> {
-    let statement = sql.tx_complete.clone();
-    store_result(executor, statement, key, claim, payload, ttl, tag).await
+    store_result(
+        executor,
+        sql,
+        &sql.tx_complete,
+        key,
+        claim,
+        payload,
+        ttl,
+        tag,
+    )
+    .await
 }
 
 /// Runs a completion statement (`complete` or `tx_complete`, which bind the same parameters);
 /// `true` if it found the claim holding the key.
+#[allow(clippy::too_many_arguments)]
 async fn store_result<'e>(
     executor: impl PgExecutor<'e>,
-    statement: SqlStr,
+    sql: &Statements,
+    statement: &SqlStr,
     key: &str,
     claim: &Claim,
     payload: &[u8],
     ttl: Duration,
     tag: &str,
 ) -> Result<bool, sqlx::Error> {
-    let row = sqlx::query(statement)
-        .bind(key)
-        .bind(&claim.token.to_bytes()[..])
-        .bind(payload)
-        .bind(millis(ttl))
-        .bind(tag)
+    let token = claim.token.to_bytes();
+    let row = sql
+        .send(
+            statement,
+            &[
+                Value::Text(key),
+                Value::Bytes(&token),
+                Value::Bytes(payload),
+                Value::Int(millis(ttl)),
+                Value::Text(tag),
+            ],
+        )
         .fetch_optional(executor)
         .await?;
     Ok(row.is_some())
@@ -586,9 +644,9 @@ pub(super) async fn tx_release<'e>(
     key: &str,
     claim: &Claim,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(sql.tx_release.clone())
-        .bind(key)
-        .bind(&claim.token.to_bytes()[..])
+    let token = claim.token.to_bytes();
+    let done = sql
+        .send(&sql.tx_release, &[Value::Text(key), Value::Bytes(&token)])
         .execute(executor)
         .await?;
     Ok(done.rows_affected() == 1)
@@ -604,9 +662,9 @@ pub(super) async fn lock_wait(
     wait: Duration,
 ) -> Result<(), sqlx::Error> {
     let mut own = conn.begin().await?;
-    let waited = sqlx::query(sql.lock_wait.clone())
-        .bind(key)
-        .bind(millis(wait).to_string())
+    let wait = millis(wait).to_string();
+    let waited = sql
+        .send(&sql.lock_wait, &[Value::Text(key), Value::Text(&wait)])
         .execute(&mut *own)
         .await;
     own.rollback().await?;
@@ -622,8 +680,8 @@ pub(super) async fn reap<'e>(
     sql: &Statements,
     batch: i64,
 ) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(sql.reap.clone())
-        .bind(batch)
+    let done = sql
+        .send(&sql.reap, &[Value::Int(batch)])
         .execute(executor)
         .await?;
     Ok(done.rows_affected())

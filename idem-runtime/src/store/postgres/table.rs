@@ -2,9 +2,10 @@
 //! store connects.
 
 use sqlx::postgres::PgConnection;
-use sqlx::{Connection, PgPool};
+use sqlx::{Connection, PgPool, Row, SqlSafeStr};
 
 use super::failure;
+use super::sent::{Value, send};
 use crate::error::Error;
 
 /// The SQL that creates the store's table and its index on `expires_at`, for the default
@@ -96,6 +97,7 @@ pub(super) async fn prepare(
     describe: &str,
     table: &Table,
     create: bool,
+    inline: bool,
 ) -> Result<(), Error> {
     let failed = |error: sqlx::Error| {
         if failure::refused(&error) {
@@ -115,11 +117,16 @@ pub(super) async fn prepare(
         .await
         .map_err(failed)?;
     let _ = probe.close().await;
-    let exists = |pool: PgPool| async move {
-        sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
-            .bind(table.qualified())
-            .fetch_one(&pool)
-            .await
+    let qualified = table.qualified();
+    let exists = |pool: PgPool| {
+        let qualified = qualified.clone();
+        async move {
+            let exists = "SELECT to_regclass($1) IS NOT NULL".into_sql_str();
+            send(&exists, &[Value::Text(&qualified)], inline)
+                .fetch_one(&pool)
+                .await?
+                .try_get::<bool, _>(0)
+        }
     };
     let migration = table.migration();
     if !exists(pool.clone()).await.map_err(failed)? {

@@ -23,6 +23,7 @@ use std::time::Duration;
 use sqlx::postgres::PgExecutor;
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqlStr};
 
+use super::sent::{Sent, Value, send};
 use super::sql::{millis, past};
 use super::table::Table;
 use crate::store::{Issue, Redemption, Stats, TokenKey};
@@ -84,6 +85,8 @@ impl TokenTable {
 
 /// The statements of the tokens' table, built once per store.
 pub(super) struct TokenStatements {
+    /// Whether each is sent with its values written in (see `sent.rs`).
+    inline: bool,
     issue: SqlStr,
     issue_bounded: SqlStr,
     redeem: SqlStr,
@@ -94,7 +97,8 @@ pub(super) struct TokenStatements {
 const IN_TTL: &str = "clock_timestamp() + $3 * interval '1 millisecond'";
 
 impl TokenStatements {
-    pub(super) fn new(tokens: &TokenTable) -> TokenStatements {
+    /// The statements of `tokens`, sent with their values written in when `inline`.
+    pub(super) fn new(tokens: &TokenTable, inline: bool) -> TokenStatements {
         let t = &tokens.qualified;
         let sql = |text: String| AssertSqlSafe(text).into_sql_str();
         // `now()`, not `clock_timestamp()`: a stable value, so the index finds the rows. The
@@ -116,6 +120,7 @@ impl TokenStatements {
         };
         let live = "ARRAY(SELECT e FROM unnest(h.issued) AS e WHERE e > clock_timestamp())";
         TokenStatements {
+            inline,
             issue: sql(format!("WITH {}, {}", swept(""), made(""))),
             issue_bounded: sql(format!(
                 "WITH {}, \
@@ -152,6 +157,13 @@ impl TokenStatements {
     }
 }
 
+impl TokenStatements {
+    /// `statement` with `values`, to send the way this store sends statements.
+    fn send<'a>(&self, statement: &SqlStr, values: &[Value<'a>]) -> Sent<'a> {
+        send(statement, values, self.inline)
+    }
+}
+
 /// Whether `error` says the tokens' table does not exist (`undefined_table`).
 pub(super) fn no_table(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01"))
@@ -164,18 +176,23 @@ pub(super) async fn issue<'e>(
     ttl: Duration,
     max_live: Option<u32>,
 ) -> Result<Issue, sqlx::Error> {
+    let mut values = vec![
+        Value::Text(token.group()),
+        Value::Text(token.token()),
+        Value::Int(millis(ttl)),
+    ];
     let statement = match max_live {
-        Some(_) => sql.issue_bounded.clone(),
-        None => sql.issue.clone(),
+        Some(max) => {
+            values.push(Value::Int(i64::from(max)));
+            &sql.issue_bounded
+        }
+        None => &sql.issue,
     };
-    let mut query = sqlx::query_scalar::<_, i64>(statement)
-        .bind(token.group())
-        .bind(token.token())
-        .bind(millis(ttl));
-    if let Some(max) = max_live {
-        query = query.bind(i64::from(max));
-    }
-    let made = query.fetch_one(executor).await?;
+    let made: i64 = sql
+        .send(statement, &values)
+        .fetch_one(executor)
+        .await?
+        .try_get(0)?;
     Ok(if made == 1 {
         Issue::Issued
     } else {
@@ -189,10 +206,15 @@ pub(super) async fn redeem<'e>(
     token: &TokenKey,
     keep: Duration,
 ) -> Result<Redemption, sqlx::Error> {
-    let row = sqlx::query(sql.redeem.clone())
-        .bind(token.group())
-        .bind(token.token())
-        .bind(millis(keep))
+    let row = sql
+        .send(
+            &sql.redeem,
+            &[
+                Value::Text(token.group()),
+                Value::Text(token.token()),
+                Value::Int(millis(keep)),
+            ],
+        )
         .fetch_one(executor)
         .await?;
     let (took, seen): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
@@ -210,10 +232,16 @@ pub(super) async fn count<'e>(
     prefix: &str,
     limit: usize,
 ) -> Result<(u64, u64), sqlx::Error> {
-    let row = sqlx::query(sql.count.clone())
-        .bind(prefix)
-        .bind(past(prefix))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    let past = past(prefix);
+    let row = sql
+        .send(
+            &sql.count,
+            &[
+                Value::Text(prefix),
+                Value::OptText(past.as_deref()),
+                Value::Int(i64::try_from(limit).unwrap_or(i64::MAX)),
+            ],
+        )
         .fetch_one(executor)
         .await?;
     let live: i64 = row.try_get(0)?;

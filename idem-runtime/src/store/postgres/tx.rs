@@ -55,7 +55,7 @@ fn default_table() -> &'static (Arc<Statements>, Table) {
     static DEFAULT: OnceLock<(Arc<Statements>, Table)> = OnceLock::new();
     DEFAULT.get_or_init(|| {
         let table = Table::new("public", "idem_records").expect("the default names are valid");
-        (Arc::new(Statements::new(&table)), table)
+        (Arc::new(Statements::new(&table, false)), table)
     })
 }
 
