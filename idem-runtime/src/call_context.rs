@@ -412,7 +412,8 @@ pub(crate) fn step_key(call_key: &str, index: u32) -> String {
 /// Runs `future` and reports how the last `#[idempotent]` function (or [`Call`](crate::Call))
 /// it awaited directly ended: executed, replayed, waited for, … (`None` when no such call
 /// returned a value). Calls made inside those calls' bodies are not reported, only the ones
-/// `future` itself awaits.
+/// `future` itself awaits (inside a body, a [`step`] it awaits is reported as a call:
+/// `Executed` when it ran, `Replayed` when an earlier attempt's output came back).
 ///
 /// The attribute's functions return their value only; this is how their caller learns
 /// whether the body ran, for its own metrics or its response.
