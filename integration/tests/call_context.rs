@@ -359,3 +359,25 @@ fn a_call_with_steps_is_counted_once() {
         .collect();
     assert_eq!(counts, expect);
 }
+
+/// Inside a body, `with_status` reports a step it awaits: executed, or replayed from an earlier
+/// attempt's record.
+#[tokio::test]
+async fn with_status_reports_a_step_inside_a_body() {
+    let idem = memory();
+    let attempt = || {
+        Call::new("ctx::step-status", "o").run_result(async {
+            let (charge, status) = idem::with_status(idem::step("charge", async { 7_u32 })).await;
+            charge.map_err(|e| e.to_string())?;
+            // Released: the next attempt runs the body again, and replays the step.
+            Err::<(), _>(format!("{status:?}"))
+        })
+    };
+    idem.scope(async {
+        let first = attempt().await.unwrap().value.unwrap_err();
+        assert_eq!(first, "Some(Executed)");
+        let second = attempt().await.unwrap().value.unwrap_err();
+        assert_eq!(second, "Some(Replayed)");
+    })
+    .await;
+}
