@@ -1,17 +1,19 @@
-//! Transfers between two accounts in PostgreSQL or SQLite, each applied exactly once although a
-//! flaky client delivers them again and again: `#[idempotent(tx = conn)]` writes idem's record
-//! in the transfer's own transaction, so the record and the balances commit (or roll back)
-//! together.
+//! Transfers between two accounts in PostgreSQL, SQLite or MySQL/MariaDB, each applied exactly
+//! once although a flaky client delivers them again and again: `#[idempotent(tx = conn)]`
+//! writes idem's record in the transfer's own transaction, so the record and the balances
+//! commit (or roll back) together.
 //!
 //! ```sh
 //! cargo run -p idem-integration --example ledger            # PostgreSQL
 //! cargo run -p idem-integration --example ledger -- sqlite  # SQLite, in a temporary file
+//! cargo run -p idem-integration --example ledger -- mysql   # MariaDB (or MySQL)
 //! ```
 //!
 //! On PostgreSQL it runs against the server named by `DATABASE_URL` (it creates three tables
 //! there: `ledger_accounts`, `ledger_entries` and idem's `idem_records`), or else starts one of
-//! its own in a temporary directory on a free port, as the tests do. On SQLite it makes a file
-//! in a temporary directory. The client loses answers after the commit (and retries), delivers
+//! its own in a temporary directory on a free port, as the tests do. On MySQL the same with
+//! `MYSQL_URL`, or a MariaDB of its own (`mariadbd` on a free port, never 3306). On SQLite it
+//! makes a file in a temporary directory. The client loses answers after the commit (and retries), delivers
 //! some transfers twice at once, and has some transactions cut before their commit; it prints,
 //! per transfer, how often it was delivered, how often its body ran, and how many ledger
 //! entries it left: always one.
@@ -20,11 +22,16 @@
 #[allow(dead_code)]
 mod postgres;
 
+#[path = "../tests/support/mariadb.rs"]
+#[allow(dead_code)]
+mod mariadb;
+
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use idem::idempotent;
 use serde::{Deserialize, Serialize};
+use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions};
 
@@ -117,11 +124,75 @@ async fn apply_sqlite(
     transfer_body!(conn, transfer)
 }
 
+/// [`apply`] in the caller's MySQL transaction: MySQL has no `UPDATE … RETURNING`, so each
+/// balance is read back in the transaction (InnoDB reads the transaction's own writes), and
+/// the entry's id is the insert's `LAST_INSERT_ID()`.
+#[idempotent(key = transfer.id, tx = conn, fingerprint = transfer, ttl = "7d", scope = "ledger::apply")]
+async fn apply_mysql(
+    conn: &mut MySqlConnection,
+    transfer: &Transfer,
+) -> Result<Receipt, TransferError> {
+    *BODY_RUNS
+        .lock()
+        .unwrap()
+        .entry(transfer.id.clone())
+        .or_default() += 1;
+    let debited = sqlx::query(
+        "UPDATE ledger_accounts SET balance = balance - ? WHERE name = ? AND balance >= ?",
+    )
+    .bind(transfer.amount)
+    .bind(&transfer.from)
+    .bind(transfer.amount)
+    .execute(&mut *conn)
+    .await?;
+    if debited.rows_affected() == 0 {
+        return Err(TransferError::InsufficientFunds(transfer.from.clone()));
+    }
+    sqlx::query("UPDATE ledger_accounts SET balance = balance + ? WHERE name = ?")
+        .bind(transfer.amount)
+        .bind(&transfer.to)
+        .execute(&mut *conn)
+        .await?;
+    let entry = sqlx::query(
+        "INSERT INTO ledger_entries (transfer, from_account, to_account, amount) VALUES (?, ?, ?, ?)",
+    )
+    .bind(&transfer.id)
+    .bind(&transfer.from)
+    .bind(&transfer.to)
+    .bind(transfer.amount)
+    .execute(&mut *conn)
+    .await?
+    .last_insert_id();
+    let balance = "SELECT balance FROM ledger_accounts WHERE name = ?";
+    let from_balance: i64 = sqlx::query_scalar(balance)
+        .bind(&transfer.from)
+        .fetch_one(&mut *conn)
+        .await?;
+    let to_balance: i64 = sqlx::query_scalar(balance)
+        .bind(&transfer.to)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(Receipt {
+        entry: i64::try_from(entry).expect("an entry id fits in an i64"),
+        from_balance,
+        to_balance,
+    })
+}
+
 /// The database the ledger is in: its pool.
 #[derive(Clone)]
 enum Bank {
     Postgres(PgPool),
     Sqlite(SqlitePool),
+    MySql(MySqlPool),
+}
+
+/// Which database the ledger is in, from the example's first argument.
+#[derive(Clone, Copy, PartialEq)]
+enum Database {
+    Postgres,
+    Sqlite,
+    MySql,
 }
 
 /// One delivery's transaction, then `fate`; `Ok` with the receipt when the answer arrives.
@@ -161,6 +232,7 @@ impl Bank {
                     fate
                 )
             }
+            Bank::MySql(pool) => deliver_in!(pool.begin(), apply_mysql, transfer, fate),
         }
     }
 
@@ -170,6 +242,7 @@ impl Bank {
         match self {
             Bank::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
             Bank::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+            Bank::MySql(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
         }
     }
 
@@ -185,6 +258,11 @@ impl Bank {
                 let query = sqlx::query(sql).bind(name).bind(balance);
                 query.execute(pool).await.map(drop)
             }
+            Bank::MySql(pool) => {
+                let sql = "INSERT INTO ledger_accounts (name, balance) VALUES (?, ?)";
+                let query = sqlx::query(sql).bind(name).bind(balance);
+                query.execute(pool).await.map(drop)
+            }
         }
     }
 
@@ -194,6 +272,10 @@ impl Bank {
         let rows: Vec<(String, i64)> = match self {
             Bank::Postgres(pool) => sqlx::query_as(sql).bind(like).fetch_all(pool).await?,
             Bank::Sqlite(pool) => sqlx::query_as(sql).bind(like).fetch_all(pool).await?,
+            Bank::MySql(pool) => {
+                let sql = "SELECT transfer, count(*) FROM ledger_entries WHERE transfer LIKE ? GROUP BY transfer";
+                sqlx::query_as(sql).bind(like).fetch_all(pool).await?
+            }
         };
         Ok(rows.into_iter().collect())
     }
@@ -204,6 +286,10 @@ impl Bank {
         match self {
             Bank::Postgres(pool) => sqlx::query_scalar(sql).bind(name).fetch_one(pool).await,
             Bank::Sqlite(pool) => sqlx::query_scalar(sql).bind(name).fetch_one(pool).await,
+            Bank::MySql(pool) => {
+                let sql = "SELECT balance FROM ledger_accounts WHERE name = ?";
+                sqlx::query_scalar(sql).bind(name).fetch_one(pool).await
+            }
         }
     }
 }
@@ -285,58 +371,83 @@ const OPENING: i64 = 1_000;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let sqlite = match std::env::args().nth(1).as_deref() {
-        None | Some("postgres") => false,
-        Some("sqlite") => true,
-        Some(other) => return Err(format!("unknown database `{other}`: postgres or sqlite").into()),
+    let database = match std::env::args().nth(1).as_deref() {
+        None | Some("postgres") => Database::Postgres,
+        Some("sqlite") => Database::Sqlite,
+        Some("mysql") => Database::MySql,
+        Some(other) => {
+            return Err(format!("unknown database `{other}`: postgres, sqlite or mysql").into());
+        }
     };
-    let own_server;
+    let (own_postgres, own_mariadb);
     let dir = std::env::temp_dir().join(format!("idem-ledger-{}", std::process::id()));
-    let (bank, store): (Bank, idem::StoreHandle) = if sqlite {
-        std::fs::create_dir_all(&dir)?;
-        let file = dir.join("ledger.db");
-        println!("SQLite: {}", file.display());
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(
-                SqliteConnectOptions::new()
-                    .filename(&file)
-                    .create_if_missing(true)
-                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal),
-            )
-            .await?;
-        // The store creates idem's table when it is missing; `tx` calls write to it.
-        let store =
-            idem::SqliteStore::from_pool(pool.clone(), idem::SqliteOptions::default()).await?;
-        (Bank::Sqlite(pool), store.into())
-    } else {
-        let url = match std::env::var("DATABASE_URL") {
-            Ok(url) => url,
-            Err(_) => {
-                println!("DATABASE_URL is not set: starting a PostgreSQL of this example's own");
-                own_server = postgres::PostgresServer::quiet();
-                own_server.url()
-            }
-        };
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect(&url)
-            .await?;
-        let store = idem::PostgresStore::open(&url).await?;
-        (Bank::Postgres(pool), store.into())
+    let (bank, store): (Bank, idem::StoreHandle) = match database {
+        Database::Sqlite => {
+            std::fs::create_dir_all(&dir)?;
+            let file = dir.join("ledger.db");
+            println!("SQLite: {}", file.display());
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(
+                    SqliteConnectOptions::new()
+                        .filename(&file)
+                        .create_if_missing(true)
+                        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal),
+                )
+                .await?;
+            // The store creates idem's table when it is missing; `tx` calls write to it.
+            let store =
+                idem::SqliteStore::from_pool(pool.clone(), idem::SqliteOptions::default()).await?;
+            (Bank::Sqlite(pool), store.into())
+        }
+        Database::Postgres => {
+            let url = match std::env::var("DATABASE_URL") {
+                Ok(url) => url,
+                Err(_) => {
+                    println!(
+                        "DATABASE_URL is not set: starting a PostgreSQL of this example's own"
+                    );
+                    own_postgres = postgres::PostgresServer::quiet();
+                    own_postgres.url()
+                }
+            };
+            let pool = PgPoolOptions::new()
+                .max_connections(4)
+                .connect(&url)
+                .await?;
+            let store = idem::PostgresStore::open(&url).await?;
+            (Bank::Postgres(pool), store.into())
+        }
+        Database::MySql => {
+            let url = match std::env::var("MYSQL_URL") {
+                Ok(url) => url,
+                Err(_) => {
+                    println!("MYSQL_URL is not set: starting a MariaDB of this example's own");
+                    own_mariadb = mariadb::MariaDb::start();
+                    own_mariadb.database("ledger")
+                }
+            };
+            let pool = MySqlPoolOptions::new()
+                .max_connections(4)
+                .connect(&url)
+                .await?;
+            // The store creates idem's table when it is missing; `tx` calls write to it.
+            let store =
+                idem::MySqlStore::from_pool(pool.clone(), idem::MySqlOptions::default()).await?;
+            (Bank::MySql(pool), store.into())
+        }
     };
-    let serial = if sqlite {
-        "INTEGER PRIMARY KEY AUTOINCREMENT"
-    } else {
-        "bigserial PRIMARY KEY"
+    let (name, serial) = match database {
+        Database::Sqlite => ("text", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+        Database::Postgres => ("text", "bigserial PRIMARY KEY"),
+        Database::MySql => ("varchar(100)", "bigint AUTO_INCREMENT PRIMARY KEY"),
     };
-    bank.execute(
-        "CREATE TABLE IF NOT EXISTS ledger_accounts (name text PRIMARY KEY, balance int8 NOT NULL)"
-            .to_owned(),
-    )
+    bank.execute(format!(
+        "CREATE TABLE IF NOT EXISTS ledger_accounts (name {name} PRIMARY KEY, balance bigint NOT NULL)"
+    ))
     .await?;
     bank.execute(format!(
-        "CREATE TABLE IF NOT EXISTS ledger_entries (id {serial}, transfer text NOT NULL, from_account text NOT NULL, to_account text NOT NULL, amount int8 NOT NULL)"
+        "CREATE TABLE IF NOT EXISTS ledger_entries (id {serial}, transfer {name} NOT NULL, from_account {name} NOT NULL, to_account {name} NOT NULL, amount bigint NOT NULL)"
     ))
     .await?;
     let run = format!("{:x}", std::process::id());
@@ -403,7 +514,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         balances[0], expected[0], balances[1], expected[1]
     );
     assert_eq!(balances, expected);
-    if sqlite {
+    if database == Database::Sqlite {
         drop(bank);
         let _ = std::fs::remove_dir_all(&dir);
     }
