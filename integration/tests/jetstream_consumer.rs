@@ -1,9 +1,9 @@
 //! The JetStream consumer example under crashes: 2,000 orders (one in ten published again as a
 //! new message after the duplicate window), two consumer processes, one of them SIGKILLed at
 //! random moments at least 20 times and started again; once every message is acked, the
-//! orders in PostgreSQL are counted. Run once per mode of idem's record (a lease in Redis, a
-//! lease in PostgreSQL, the transactional mode), reported side by side: the transactional mode
-//! must write every order exactly once.
+//! orders are counted. Run once per mode of idem's record (a lease in Redis, a lease in
+//! PostgreSQL, the transactional mode on PostgreSQL, on a SQLite file and on MariaDB), reported
+//! side by side: each transactional mode must write every order exactly once.
 //!
 //! This test binary has no libtest harness (`harness = false`): run normally, it starts
 //! nats-server (JetStream), PostgreSQL and Redis of its own and copies of itself as the
@@ -21,9 +21,11 @@ use std::time::Duration;
 
 use consumer::Mode;
 use run::{Plan, Report, Setup};
+use support::mariadb::MariaDb;
 use support::nats::NatsServer;
 use support::postgres::PostgresServer;
 use support::redis::RedisServer;
+use support::sqlite::TempDb;
 
 const ORDERS: usize = 2_000;
 
@@ -73,10 +75,14 @@ async fn jetstream_consumers_killed_mid_work() {
     };
     let program = || Command::new(std::env::current_exe().expect("the test binary's path"));
 
+    let mariadb = MariaDb::start();
+    let sqlite = TempDb::new("jetstream");
     let modes = [
         (Mode::Redis, database("orders_redis"), redis.url()),
         (Mode::Postgres, database("orders_postgres"), String::new()),
         (Mode::Tx, database("orders_tx"), String::new()),
+        (Mode::SqliteTx, sqlite.url(), String::new()),
+        (Mode::MySqlTx, mariadb.database("orders_tx"), String::new()),
     ];
     let plan = plan();
     let mut reports = Vec::new();
@@ -84,8 +90,8 @@ async fn jetstream_consumers_killed_mid_work() {
         // The plain PostgresStore keeps idem's table in the orders' database; in the
         // transactional mode it is the table the orders' transactions write the records to.
         let store_url = match mode {
-            Mode::Postgres | Mode::Tx => database_url.clone(),
             Mode::Redis => store_url,
+            _ => database_url.clone(),
         };
         let setup = Setup {
             mode,
@@ -138,7 +144,10 @@ fn check(plan: &Plan, report: &Report) {
         report.duplicates_skipped > 0,
         "{mode}: duplicates skipped by idem"
     );
-    if mode == Mode::Tx.name() {
+    if [Mode::Tx, Mode::SqliteTx, Mode::MySqlTx]
+        .iter()
+        .any(|tx| tx.name() == mode)
+    {
         assert_eq!(
             report.rows, plan.orders as u64,
             "{mode}: exactly one row per order"

@@ -2,8 +2,9 @@
 //! consumer, writes each order to PostgreSQL through an idempotent handler, and acks after
 //! the handler returns (whether it ran the write now or replayed an earlier run's result).
 //!
-//! In the transactional mode ([`Mode::Tx`]) the handler's insert, idem's claim and its result
-//! commit in one transaction, before the ack.
+//! In the transactional modes ([`Mode::Tx`] on PostgreSQL, [`Mode::SqliteTx`] on a SQLite file,
+//! [`Mode::MySqlTx`] on MySQL/MariaDB) the handler's insert, idem's claim and its result commit
+//! in one transaction of the orders' database, before the ack.
 //!
 //! It prints one line per event on stdout (`delivery`, `acked`, `failed`), which the process
 //! that started it counts; a line printed before a SIGKILL is already in the pipe.
@@ -15,7 +16,9 @@ use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures_util::StreamExt;
 use idem::idempotent;
 use serde::{Deserialize, Serialize};
+use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool};
 
 /// Any error, from any thread.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -27,9 +30,9 @@ pub const SUBJECT: &str = "orders.placed";
 /// The durable pull consumer both consumer processes share.
 pub const CONSUMER: &str = "order-writer";
 
-/// The table of the orders, with no unique constraint on `order_id`: an order written twice is
-/// two rows, which is what the runs count.
-pub const ORDERS_TABLE: &str = "CREATE TABLE IF NOT EXISTS jetstream_orders (
+/// The table of the orders on PostgreSQL, with no unique constraint on `order_id`: an order
+/// written twice is two rows, which is what the runs count.
+const ORDERS_TABLE: &str = "CREATE TABLE IF NOT EXISTS jetstream_orders (
     row_id    bigserial PRIMARY KEY,
     order_id  text NOT NULL,
     customer  text NOT NULL,
@@ -37,6 +40,26 @@ pub const ORDERS_TABLE: &str = "CREATE TABLE IF NOT EXISTS jetstream_orders (
     placed_by text NOT NULL,
     placed_at timestamptz NOT NULL DEFAULT clock_timestamp()
 )";
+
+/// [`ORDERS_TABLE`] on SQLite.
+const ORDERS_TABLE_SQLITE: &str = "CREATE TABLE IF NOT EXISTS jetstream_orders (
+    row_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_id  TEXT NOT NULL,
+    customer  TEXT NOT NULL,
+    cents     INTEGER NOT NULL,
+    placed_by TEXT NOT NULL,
+    placed_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
+)";
+
+/// [`ORDERS_TABLE`] on MySQL/MariaDB (InnoDB).
+const ORDERS_TABLE_MYSQL: &str = "CREATE TABLE IF NOT EXISTS jetstream_orders (
+    row_id    BIGINT AUTO_INCREMENT PRIMARY KEY,
+    order_id  VARCHAR(64) NOT NULL,
+    customer  VARCHAR(64) NOT NULL,
+    cents     BIGINT NOT NULL,
+    placed_by VARCHAR(64) NOT NULL,
+    placed_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+) ENGINE = InnoDB";
 
 /// Set in a consumer process's environment: its name. The others say where everything is.
 pub const ENV_WORKER: &str = "IDEM_JS_WORKER";
@@ -66,6 +89,13 @@ pub enum Mode {
     /// (`#[idempotent(tx = conn)]`): the claim, the order and the result commit together or
     /// not at all, and a duplicate waits on PostgreSQL's lock of the key, not on a lease.
     Tx,
+    /// [`Mode::Tx`] with the orders and idem's record in a SQLite file
+    /// (`IDEM_STORE=sqlite://…`, the same file): each order's transaction begins with
+    /// `BEGIN IMMEDIATE`, and a duplicate waits on the database's write lock.
+    SqliteTx,
+    /// [`Mode::Tx`] with the orders and idem's record in MySQL/MariaDB (`IDEM_STORE=mysql://…`,
+    /// the same database): a duplicate waits on InnoDB's lock of the key's row.
+    MySqlTx,
 }
 
 impl Mode {
@@ -75,15 +105,28 @@ impl Mode {
             Mode::Redis => "redis",
             Mode::Postgres => "postgres",
             Mode::Tx => "tx",
+            Mode::SqliteTx => "sqlite",
+            Mode::MySqlTx => "mysql",
         }
+    }
+
+    /// Whether idem's record commits with the order (no lease).
+    pub fn transactional(self) -> bool {
+        matches!(self, Mode::Tx | Mode::SqliteTx | Mode::MySqlTx)
     }
 
     /// The mode named `word` ([`Mode::as_str`]).
     pub fn parse(word: &str) -> Result<Mode, String> {
-        [Mode::Redis, Mode::Postgres, Mode::Tx]
-            .into_iter()
-            .find(|mode| mode.as_str() == word)
-            .ok_or_else(|| format!("{ENV_MODE}={word}: not a mode of the consumer"))
+        [
+            Mode::Redis,
+            Mode::Postgres,
+            Mode::Tx,
+            Mode::SqliteTx,
+            Mode::MySqlTx,
+        ]
+        .into_iter()
+        .find(|mode| mode.as_str() == word)
+        .ok_or_else(|| format!("{ENV_MODE}={word}: not a mode of the consumer"))
     }
 
     /// A short name for reports.
@@ -92,6 +135,8 @@ impl Mode {
             Mode::Redis => "redis (lease)",
             Mode::Postgres => "postgres (lease)",
             Mode::Tx => "postgres (tx)",
+            Mode::SqliteTx => "sqlite (tx)",
+            Mode::MySqlTx => "mysql (tx)",
         }
     }
 }
@@ -170,6 +215,136 @@ pub async fn insert_order(
     .await
 }
 
+/// [`insert_order`] on SQLite.
+async fn insert_order_sqlite(
+    conn: &mut SqliteConnection,
+    order: &OrderPlaced,
+    placed_by: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO jetstream_orders (order_id, customer, cents, placed_by)
+         VALUES (?, ?, ?, ?) RETURNING row_id",
+    )
+    .bind(&order.order_id)
+    .bind(&order.customer)
+    .bind(order.cents)
+    .bind(placed_by)
+    .fetch_one(conn)
+    .await
+}
+
+/// [`insert_order`] on MySQL/MariaDB: the row's id is the insert's `LAST_INSERT_ID()`.
+async fn insert_order_mysql(
+    conn: &mut MySqlConnection,
+    order: &OrderPlaced,
+    placed_by: &str,
+) -> Result<i64, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO jetstream_orders (order_id, customer, cents, placed_by) VALUES (?, ?, ?, ?)",
+    )
+    .bind(&order.order_id)
+    .bind(&order.customer)
+    .bind(order.cents)
+    .bind(placed_by)
+    .execute(conn)
+    .await?;
+    Ok(i64::try_from(done.last_insert_id()).expect("a row id fits in an i64"))
+}
+
+/// The orders' database, by mode: PostgreSQL for the lease modes and [`Mode::Tx`].
+#[derive(Clone)]
+pub enum Orders {
+    /// PostgreSQL.
+    Postgres(PgPool),
+    /// A SQLite file (WAL).
+    Sqlite(SqlitePool),
+    /// MySQL/MariaDB.
+    MySql(MySqlPool),
+}
+
+impl Orders {
+    /// A pool of `connections` on the orders' database `url` of `mode`: a `sqlite://<path>`
+    /// URL for [`Mode::SqliteTx`] (the file is made when missing).
+    pub async fn connect(mode: Mode, url: &str, connections: u32) -> Result<Orders, BoxError> {
+        Ok(match mode {
+            Mode::Redis | Mode::Postgres | Mode::Tx => Orders::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(connections)
+                    .connect(url)
+                    .await?,
+            ),
+            Mode::SqliteTx => {
+                let path = url
+                    .strip_prefix("sqlite://")
+                    .ok_or_else(|| format!("{url}: not a sqlite:// URL"))?;
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .busy_timeout(Duration::from_secs(10));
+                Orders::Sqlite(
+                    sqlx::sqlite::SqlitePoolOptions::new()
+                        .max_connections(connections)
+                        .connect_with(options)
+                        .await?,
+                )
+            }
+            Mode::MySqlTx => Orders::MySql(
+                MySqlPoolOptions::new()
+                    .max_connections(connections)
+                    .connect(url)
+                    .await?,
+            ),
+        })
+    }
+
+    /// Creates the orders' table, and idem's (its migration) in the transactional modes,
+    /// which write to it in the order's transaction and never create it.
+    pub async fn create_tables(&self, mode: Mode) -> Result<(), BoxError> {
+        let with_idem = |table: &str, migration: &str| {
+            let idem = if mode.transactional() { migration } else { "" };
+            sqlx::AssertSqlSafe(format!("{table};\n{idem}"))
+        };
+        match self {
+            Orders::Postgres(pool) => {
+                let sql = with_idem(ORDERS_TABLE, idem::postgres::MIGRATION);
+                sqlx::raw_sql(sql).execute(pool).await?;
+            }
+            Orders::Sqlite(pool) => {
+                let sql = with_idem(ORDERS_TABLE_SQLITE, idem::sqlite::MIGRATION);
+                sqlx::raw_sql(sql).execute(pool).await?;
+            }
+            Orders::MySql(pool) => {
+                let sql = with_idem(ORDERS_TABLE_MYSQL, idem::mysql::MIGRATION);
+                sqlx::raw_sql(sql).execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows written for the orders whose id is `LIKE` `like`, and how many distinct
+    /// orders they are.
+    pub async fn count(&self, like: &str) -> Result<(u64, u64), BoxError> {
+        let sql =
+            "SELECT count(*), count(DISTINCT order_id) FROM jetstream_orders WHERE order_id LIKE ";
+        let (rows, orders): (i64, i64) = match self {
+            Orders::Postgres(pool) => {
+                let sql = sqlx::AssertSqlSafe(format!("{sql}$1"));
+                sqlx::query_as(sql).bind(like).fetch_one(pool).await?
+            }
+            Orders::Sqlite(pool) => {
+                let sql = sqlx::AssertSqlSafe(format!("{sql}?"));
+                sqlx::query_as(sql).bind(like).fetch_one(pool).await?
+            }
+            Orders::MySql(pool) => {
+                let sql = sqlx::AssertSqlSafe(format!("{sql}?"));
+                sqlx::query_as(sql).bind(like).fetch_one(pool).await?
+            }
+        };
+        Ok((rows as u64, orders as u64))
+    }
+}
+
 /// The handler of the lease modes: once per order id while idem's record lives; the insert
 /// commits on its own, before idem stores the result.
 #[idempotent(key = order.order_id, ttl = "24h")]
@@ -210,18 +385,61 @@ async fn place_order_tx(
     })
 }
 
-/// One order in a transaction of its own: [`place_order_tx`], then the commit. An error (a
-/// failed insert, a duplicate that waited past `wait`) drops the transaction, which rolls back.
-async fn place_order_in_tx(
-    orders: &PgPool,
+/// [`place_order_tx`] on SQLite.
+#[idempotent(key = order.order_id, ttl = "24h", tx = conn)]
+async fn place_order_tx_sqlite(
+    conn: &mut SqliteConnection,
     order: &OrderPlaced,
     delivery: &Delivery,
 ) -> Result<Placed, HandlerError> {
-    let mut tx = orders.begin().await?;
-    let _ = delivery.tx_begun.set(Instant::now());
-    let placed = place_order_tx(&mut tx, order, delivery).await?;
-    tx.commit().await?;
-    Ok(placed)
+    let _ = delivery.body_started.set(Instant::now());
+    let row_id = insert_order_sqlite(conn, order, &delivery.name).await?;
+    tokio::time::sleep(delivery.work).await;
+    Ok(Placed {
+        row_id,
+        placed_by: delivery.name.clone(),
+    })
+}
+
+/// [`place_order_tx`] on MySQL/MariaDB.
+#[idempotent(key = order.order_id, ttl = "24h", tx = conn)]
+async fn place_order_tx_mysql(
+    conn: &mut MySqlConnection,
+    order: &OrderPlaced,
+    delivery: &Delivery,
+) -> Result<Placed, HandlerError> {
+    let _ = delivery.body_started.set(Instant::now());
+    let row_id = insert_order_mysql(conn, order, &delivery.name).await?;
+    tokio::time::sleep(delivery.work).await;
+    Ok(Placed {
+        row_id,
+        placed_by: delivery.name.clone(),
+    })
+}
+
+/// One order in a transaction of its own, then the commit. An error (a failed insert, a
+/// duplicate that waited past `wait`) drops the transaction, which rolls back. On SQLite the
+/// transaction begins with `BEGIN IMMEDIATE`: a duplicate waits for the write lock instead of
+/// meeting a stale snapshot.
+async fn place_order_in_tx(
+    orders: &Orders,
+    order: &OrderPlaced,
+    delivery: &Delivery,
+) -> Result<Placed, HandlerError> {
+    macro_rules! in_tx {
+        ($begin:expr, $handler:ident) => {{
+            let mut tx = $begin.await?;
+            let _ = delivery.tx_begun.set(Instant::now());
+            let placed = $handler(&mut tx, order, delivery).await?;
+            tx.commit().await?;
+            Ok(placed)
+        }};
+    }
+    match orders {
+        Orders::Postgres(pool) => in_tx!(pool.begin(), place_order_tx),
+        Orders::Sqlite(pool) => in_tx!(pool.begin_with("BEGIN IMMEDIATE"), place_order_tx_sqlite),
+        Orders::MySql(pool) => in_tx!(pool.begin(), place_order_tx_mysql),
+    }
 }
 
 /// Runs the consumer process named by `IDEM_JS_WORKER` until its stdin closes.
@@ -233,10 +451,7 @@ pub async fn run_worker() -> Result<(), BoxError> {
     let mode = Mode::parse(&env(ENV_MODE)?)?;
 
     idem::init(idem::Config::from_env()?).await?;
-    let orders = PgPoolOptions::new()
-        .max_connections(concurrency as u32 + 1)
-        .connect(&env(ENV_DATABASE)?)
-        .await?;
+    let orders = Orders::connect(mode, &env(ENV_DATABASE)?, concurrency as u32 + 1).await?;
     let jetstream = jetstream::new(async_nats::connect(env(ENV_NATS)?).await?);
     let consumer: PullConsumer = jetstream
         .get_stream(STREAM)
@@ -285,8 +500,13 @@ pub async fn run_worker() -> Result<(), BoxError> {
                 };
                 let called = Instant::now();
                 let placed = match mode {
-                    Mode::Redis | Mode::Postgres => place_order(orders, &order, &delivery).await,
-                    Mode::Tx => place_order_in_tx(orders, &order, &delivery).await,
+                    Mode::Redis | Mode::Postgres => match orders {
+                        Orders::Postgres(pool) => place_order(pool, &order, &delivery).await,
+                        _ => unreachable!("the lease modes write their orders to PostgreSQL"),
+                    },
+                    Mode::Tx | Mode::SqliteTx | Mode::MySqlTx => {
+                        place_order_in_tx(orders, &order, &delivery).await
+                    }
                 };
                 let before_body = delivery.before_body(called).as_micros();
                 let ran = if delivery.body_started.get().is_some() {

@@ -15,7 +15,13 @@
 //! IDEM_STORE=redis://127.0.0.1:6379/0 cargo run -p idem-integration --example jetstream_consumer
 //! IDEM_STORE=postgres://app@127.0.0.1/app cargo run -p idem-integration --example jetstream_consumer
 //! NATS_URL=nats://127.0.0.1:4222 DATABASE_URL=postgres://app@127.0.0.1/app cargo run -p idem-integration --example jetstream_consumer
+//! IDEM_JS_MODE=sqlite cargo run -p idem-integration --example jetstream_consumer   # orders and records in a SQLite file
+//! IDEM_JS_MODE=mysql cargo run -p idem-integration --example jetstream_consumer    # in a MariaDB of its own (or MYSQL_URL)
 //! ```
+//!
+//! `IDEM_JS_MODE` (`tx`, `sqlite`, `mysql`, `postgres`, `redis`) names the mode directly; the
+//! transactional modes on SQLite and MySQL keep the orders and idem's records in that database
+//! (a file in a temporary directory; the server `MYSQL_URL` names, or a MariaDB started here).
 //!
 //! `IDEM_STORE` chooses the mode. Without it, the transactional mode: the handler is
 //! `#[idempotent(key = order.order_id, tx = conn)]`, idem's record is in the orders' database
@@ -28,6 +34,9 @@
 //! them (the stream `ORDERS` is made afresh; orders go to the table `jetstream_orders`).
 //! `ORDERS` sets how many orders are published (default 300).
 
+#[allow(dead_code)]
+#[path = "../../tests/support/mariadb.rs"]
+mod mariadb;
 #[allow(dead_code)]
 #[path = "../../tests/support/nats.rs"]
 mod nats;
@@ -79,20 +88,41 @@ async fn main() -> Result<(), BoxError> {
             nats_server.url()
         }
     };
-    let postgres_server;
-    let database_url = match std::env::var("DATABASE_URL") {
-        Ok(url) => url,
-        Err(_) => {
-            postgres_server = postgres::PostgresServer::quiet();
-            println!("started PostgreSQL on {}", postgres_server.url());
-            postgres_server.url()
-        }
-    };
     let store = std::env::var("IDEM_STORE").ok();
-    let mode = mode_of_store(store.as_deref())?;
-    // In the transactional mode the configured store is the PostgresStore on the orders'
-    // database: its table is the one the transactions write to.
-    let store_url = store.unwrap_or_else(|| database_url.clone());
+    let mode = match std::env::var(consumer::ENV_MODE) {
+        Ok(word) => Mode::parse(&word)?,
+        Err(_) => mode_of_store(store.as_deref())?,
+    };
+    let (postgres_server, mariadb_server);
+    let dir = std::env::temp_dir().join(format!("idem-jetstream-{}", std::process::id()));
+    let database_url = match mode {
+        Mode::SqliteTx => {
+            std::fs::create_dir_all(&dir)?;
+            format!("sqlite://{}", dir.join("orders.db").display())
+        }
+        Mode::MySqlTx => match std::env::var("MYSQL_URL") {
+            Ok(url) => url,
+            Err(_) => {
+                mariadb_server = mariadb::MariaDb::start();
+                println!("started MariaDB on port {}", mariadb_server.port());
+                mariadb_server.database("orders")
+            }
+        },
+        Mode::Redis | Mode::Postgres | Mode::Tx => match std::env::var("DATABASE_URL") {
+            Ok(url) => url,
+            Err(_) => {
+                postgres_server = postgres::PostgresServer::quiet();
+                println!("started PostgreSQL on {}", postgres_server.url());
+                postgres_server.url()
+            }
+        },
+    };
+    // In the transactional modes the configured store is the store on the orders' database:
+    // its table is the one the transactions write to.
+    let store_url = match (mode.transactional(), store) {
+        (false, Some(store)) => store,
+        _ => database_url.clone(),
+    };
     let setup = Setup {
         mode,
         nats_url,
@@ -101,9 +131,10 @@ async fn main() -> Result<(), BoxError> {
         program: || Command::new(std::env::current_exe().expect("this program's path")),
     };
     // The transactional mode has no lease: a killed consumer's transaction frees its keys.
-    let lease = match mode {
-        Mode::Tx => String::new(),
-        Mode::Redis | Mode::Postgres => format!(", lease {:?}", plan.lease),
+    let lease = if mode.transactional() {
+        String::new()
+    } else {
+        format!(", lease {:?}", plan.lease)
     };
     println!(
         "mode: {}; {} orders, two consumers, ack_wait {:?}{lease}",
@@ -124,6 +155,9 @@ async fn main() -> Result<(), BoxError> {
         report.written_twice(),
         report.duplicates_skipped
     );
+    if mode == Mode::SqliteTx {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::AckPolicy, message::PublishMessage, stream};
 use tokio::sync::mpsc;
 
-use crate::consumer::{self, BoxError, CONSUMER, Mode, ORDERS_TABLE, OrderPlaced, STREAM, SUBJECT};
+use crate::consumer::{self, BoxError, CONSUMER, Mode, OrderPlaced, Orders, STREAM, SUBJECT};
 
 /// The shape of a run.
 #[derive(Debug, Clone)]
@@ -127,7 +127,7 @@ pub fn table(reports: &[Report]) -> String {
         ("duplicates skipped (replayed)", |r| {
             r.duplicates_skipped.to_string()
         }),
-        ("orders in PostgreSQL", |r| r.orders.to_string()),
+        ("orders in the database", |r| r.orders.to_string()),
         ("orders written twice", |r| r.written_twice().to_string()),
         ("calls waiting on a held key", |r| r.waits.to_string()),
         ("time lost waiting", |r| format!("{:.1?}", r.waited)),
@@ -260,15 +260,8 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Report, BoxError> {
     let run_id = format!("order-{:08x}", rand::random::<u32>());
     let deadline = Instant::now() + plan.deadline;
 
-    let orders = sqlx::PgPool::connect(&setup.database_url).await?;
-    sqlx::query(ORDERS_TABLE).execute(&orders).await?;
-    if setup.mode == Mode::Tx {
-        // The transactional mode writes idem's record to `public.idem_records` (or the
-        // configured PostgresStore's table) in the order's transaction, and never creates it.
-        sqlx::raw_sql(idem::postgres::MIGRATION)
-            .execute(&orders)
-            .await?;
-    }
+    let orders = Orders::connect(setup.mode, &setup.database_url, 2).await?;
+    orders.create_tables(setup.mode).await?;
 
     let jetstream = jetstream::new(async_nats::connect(&setup.nats_url).await?);
     let _ = jetstream.delete_stream(STREAM).await;
@@ -392,14 +385,7 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Report, BoxError> {
         ..Report::default()
     };
     count_lines(&lines, &mut report)?;
-    let like = format!("{run_id}-%");
-    (report.rows, report.orders) = sqlx::query_as::<_, (i64, i64)>(
-        "SELECT count(*), count(DISTINCT order_id) FROM jetstream_orders WHERE order_id LIKE $1",
-    )
-    .bind(&like)
-    .fetch_one(&orders)
-    .await
-    .map(|(rows, orders)| (rows as u64, orders as u64))?;
+    (report.rows, report.orders) = orders.count(&format!("{run_id}-%")).await?;
     Ok(report)
 }
 
