@@ -14,7 +14,14 @@
 //!   two outputs),
 //! - `did <order> <step> <output>` when the step returned (recorded, or replayed),
 //! - `charge <order> <idempotency key>` when the charge reaches the gateway,
+//! - `attempt <order>` when a body starts (the first attempt, or one that took the order over
+//!   from a killed worker, or a retry of a call whose step lost its claim),
 //! - `order <order>` when the call returned, `done <pid>` at the end of the list.
+//!
+//! Besides its assertions it prints the contrast: how many charges a body without recorded
+//! steps and with a new key per attempt would have sent again (each re-run of the charge step,
+//! and each later attempt that replayed it instead of running it, would have been a new
+//! charge).
 
 mod support;
 
@@ -30,7 +37,7 @@ use support::workers::Workers;
 
 /// Set in a worker's environment to the store's URL.
 const WORKER: &str = "IDEM_STEPS_WORKER";
-const ORDERS: u64 = 150;
+const ORDERS: u64 = 500;
 const STEPS: [&str; 3] = ["reserve", "charge", "notify"];
 const MIN_KILLS: usize = 30;
 /// The kills stop after this long, or once `MIN_KILLS` happened and half of it passed.
@@ -57,6 +64,10 @@ struct Orders {
     ran: BTreeMap<(u64, String), usize>,
     /// The outputs each step returned, by order and step.
     outputs: BTreeMap<(u64, String), BTreeSet<String>>,
+    /// How many times each step returned (ran, or replayed by a later attempt).
+    returned: BTreeMap<(u64, String), usize>,
+    /// The bodies started, by order.
+    attempts: BTreeMap<u64, usize>,
     /// The keys the gateway saw per order.
     charge_keys: BTreeMap<u64, BTreeSet<String>>,
     /// The requests the gateway got.
@@ -75,10 +86,18 @@ impl Lines for Orders {
                 *self.ran.entry(key).or_default() += 1;
             }
             ["did", order, step, output] => {
+                let key = (order.parse().expect("an order"), (*step).to_owned());
+                *self.returned.entry(key.clone()).or_default() += 1;
                 self.outputs
-                    .entry((order.parse().expect("an order"), (*step).to_owned()))
+                    .entry(key)
                     .or_default()
                     .insert((*output).to_owned());
+            }
+            ["attempt", order] => {
+                *self
+                    .attempts
+                    .entry(order.parse().expect("an order"))
+                    .or_default() += 1;
             }
             ["charge", order, key] => {
                 self.requests += 1;
@@ -117,15 +136,37 @@ fn killed_workers_never_run_a_completed_step_again() {
         crash::finish(workers, &mut orders, Duration::from_secs(90));
         let reruns: usize = orders.ran.values().map(|n| n - 1).sum();
         let charged: usize = orders.charge_keys.values().map(BTreeSet::len).sum();
+        let again = |counts: &BTreeMap<(u64, String), usize>, step: &str| -> usize {
+            counts
+                .iter()
+                .filter(|((_, name), _)| name == step)
+                .map(|(_, n)| n - 1)
+                .sum()
+        };
+        let ran_total: usize = orders.ran.values().sum();
+        // Each step returned once from the run that completed it; every other return is a
+        // later attempt's replay.
+        let replayed = again(&orders.returned, "reserve")
+            + again(&orders.returned, "charge")
+            + again(&orders.returned, "notify");
+        let takeovers: usize = orders.attempts.values().map(|n| n - 1).sum();
+        // Without steps every attempt that gets that far runs the charge: each re-run of the
+        // step and each later attempt that replayed it would have sent one more; with a new
+        // key per attempt, each of those is charged again.
+        let charged_again = again(&orders.ran, "charge") + again(&orders.returned, "charge");
         println!(
-            "steps crash test on {store}: {kills} SIGKILLs in {killing:.1?}, {ORDERS} orders placed; \
-             step futures started {} times for {} steps ({reruns} re-runs of a step a kill cut \
-             short); the gateway got {} requests and charged {charged} times",
-            orders.ran.values().sum::<usize>(),
+            "steps crash test on {store}: {kills} SIGKILLs in {killing:.1?}, {ORDERS} orders placed, \
+             {takeovers} bodies started again (taken over, or retried); step futures started \
+             {ran_total} times for {} steps ({reruns} re-runs of a step a kill cut short), \
+             {replayed} steps replayed by a later attempt; the gateway got {} requests and \
+             charged {charged} times. Without recorded steps and derived keys about \
+             {charged_again} charges would have been sent again with new keys",
             orders.ran.len(),
             orders.requests,
         );
         assert!(kills >= MIN_KILLS, "{kills} kills");
+        // Kills that never cut a call would prove nothing: some bodies started again.
+        assert!(takeovers > 0, "{kills} kills and no body started again");
         assert_eq!(orders.placed.len() as u64, ORDERS, "every order was placed");
         for order in 0..ORDERS {
             for step in STEPS {
@@ -198,6 +239,7 @@ fn worker(url: &str) {
 
 /// The body: three steps, each printing when its future starts and when it returned.
 async fn place_order(order: u64, pause: Duration) -> Result<String, idem::Error> {
+    println!("attempt {order}");
     let mut outputs = Vec::new();
     for step in STEPS {
         let output = idem::step(step, async move {
