@@ -8,11 +8,11 @@
 //! ```
 //!
 //! `--only` runs one part (`memory`, `redis`, `concurrent`, `floor`, `waiters`, `scaling`,
-//! `bytes`, `postgres`), for profiling it. `--only pg-capacity` runs the PostgreSQL capacity
+//! `bytes`, `postgres`, `sqlite`, `mysql`), for profiling it. `--only pg-capacity` runs the PostgreSQL capacity
 //! measurements of docs/SCALING.md (a few minutes; not part of the full run).
 //!
-//! It starts a `redis-server` and a PostgreSQL of its own on free loopback ports (and stops
-//! them at the end),
+//! It starts a `redis-server`, a PostgreSQL and a MariaDB of its own on free loopback ports
+//! (and stops them at the end), keeps its SQLite file in a temporary directory,
 //! runs every comparison on one current-thread tokio runtime (the client uses one core, the
 //! server the other), and prints the medians, the ratios and the targets. See BENCHMARKS.md
 //! for what each row means.
@@ -25,12 +25,13 @@ mod memory;
 mod naive;
 mod on_postgres;
 mod on_redis;
+mod on_sql;
+mod peers;
 mod pg_bouncer;
 mod pg_bytes;
 mod pg_capacity;
 mod pg_probe;
 mod pg_retention;
-mod peers;
 mod report;
 mod waiters;
 mod workload;
@@ -42,6 +43,10 @@ mod redis_server;
 #[allow(dead_code)]
 #[path = "../../../integration/tests/support/postgres.rs"]
 mod postgres_server;
+
+#[allow(dead_code)]
+#[path = "../../../integration/tests/support/mariadb.rs"]
+mod mariadb_server;
 
 use std::time::Instant;
 
@@ -136,6 +141,12 @@ fn main() {
             ));
             let setup = on_postgres::Setup::new(&server).await;
             on_postgres::rows(&mut report, &plan, &setup, &server).await;
+        }
+        if part("sqlite") {
+            on_sql::sqlite(&mut report, &plan).await;
+        }
+        if part("mysql") {
+            on_sql::mysql(&mut report, &plan).await;
         }
     });
     if part("bytes") {
