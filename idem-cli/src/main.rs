@@ -1,6 +1,7 @@
 //! `idem`: the command line of the `idem-fn` crate, for operators. It tells what a store holds
-//! for one call (`inspect`), deletes it so that the call runs again (`forget`), and counts the
-//! records by state (`stats`), on Redis, a Redis Cluster or PostgreSQL.
+//! for one call (`inspect`), deletes it so that the call runs again (`forget`), stores a result
+//! by hand for a call whose attempt was abandoned (`complete`), and counts the records by state
+//! (`stats`), on Redis, a Redis Cluster, PostgreSQL, SQLite or MySQL.
 //!
 //! It goes through the library: the configuration is read as an application reads it
 //! (`idem::Config::from_env`, the `IDEM_*` variables, `--store` and `--prefix` over them),
@@ -42,6 +43,7 @@ const USAGE: u8 = 2;
   idem inspect http 8e03978e-40d5 --principal sk_live_alice   # the HTTP layer's record
   idem inspect http 8e03978e-40d5 --http               # the HTTP layer, no principal
   idem forget --store-key 'idem:billing.invoice:inv-42'   # the key a log line shows
+  idem complete payouts::send po-7 --value '{\"id\":\"tr_1\"}' --ttl 7d   # settle an abandoned attempt
   idem inspect billing::invoice -- -x42                # a key that starts with `-`
   idem --store redis+cluster://10.0.0.1:7000,10.0.0.2:7000 stats --sample 50000 --json
   idem stats --by-scope                                # records per scope")]
@@ -111,6 +113,29 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Stores VALUE as the result of the call of SCOPE with KEY: its next call replays it
+    ///
+    /// For a call whose attempt was abandoned (`abandoned = "fail"`: inspect shows it) and whose
+    /// outcome an operator settled by hand. VALUE is the function's value as JSON (for a
+    /// `Result<T, E>`, the `T`); it is kept for --ttl. The call's attempt mark and recorded
+    /// steps are forgotten. Refused while a call holds the key or when it holds a result
+    /// already (forget it first). The record is named as for `inspect`.
+    #[command(override_usage = "idem complete [OPTIONS] SCOPE KEY --value JSON
+       idem complete [OPTIONS] SCOPE --part PART [--part PART]... --value JSON
+       idem complete [OPTIONS] --store-key RAW --value JSON")]
+    #[command(after_help = "Examples:
+  idem complete payouts::send po-7 --value '{\"id\":\"tr_1\"}'
+  idem complete shop::order --part acme --part 42 --value 42 --ttl 7d")]
+    Complete {
+        #[command(flatten)]
+        target: Target,
+        /// The value, as JSON
+        #[arg(long, value_name = "JSON")]
+        value: String,
+        /// How long it is kept [default: IDEM_TTL, else 24h]
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
     /// Counts the live records under the prefix by state, sampling a large store
     ///
     /// Counts calls in progress and completed records under the prefix (every scope). Counting
@@ -137,7 +162,15 @@ enum Command {
 enum Job {
     Inspect(record::Named),
     Forget(record::Named),
-    Stats { sample: u64, by_scope: bool },
+    Complete {
+        named: record::Named,
+        value: serde_json::Value,
+        ttl: std::time::Duration,
+    },
+    Stats {
+        sample: u64,
+        by_scope: bool,
+    },
 }
 
 /// Why the command failed, and so its exit status.
@@ -184,6 +217,12 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
     let job = match &cli.command {
         Command::Inspect { target } => Job::Inspect(target.named().map_err(Failure::Usage)?),
         Command::Forget { target } => Job::Forget(target.named().map_err(Failure::Usage)?),
+        Command::Complete { target, value, ttl } => Job::Complete {
+            named: target.named().map_err(Failure::Usage)?,
+            value: serde_json::from_str(value)
+                .map_err(|error| Failure::Usage(format!("--value is not JSON: {error}")))?,
+            ttl: ttl.unwrap_or(config.ttl),
+        },
         Command::Stats { sample, by_scope } => Job::Stats {
             sample: *sample,
             by_scope: *by_scope,
@@ -237,6 +276,23 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
                 format!(
                     "nothing to forget: no live record under {store_key}\nnot found:    {}",
                     named.hint(&store_key)
+                )
+            })
+        }
+        Job::Complete { named, value, ttl } => {
+            let store_key = idem.store_key_of(&named.scope, &named.key);
+            idem.scope(idem::complete(&named.scope, named.key.clone(), value, ttl))
+                .await
+                .map_err(|error| Failure::Store(store_error(&error)))?;
+            let mut answer = named.json(&store_key);
+            answer["completed"] = true.into();
+            answer["ttl_ms"] = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).into();
+            Ok(if cli.json {
+                answer.to_string()
+            } else {
+                format!(
+                    "completed {store_key}: its next call replays the value (kept {})",
+                    humantime::format_duration(ttl)
                 )
             })
         }

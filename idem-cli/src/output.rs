@@ -27,6 +27,16 @@ pub(crate) fn inspected(answer: &mut Value, inspection: &Inspection) {
             "size": size,
             "fingerprint": fingerprint.map(|fp| fp.to_hex()),
         }),
+        Inspection::Abandoned {
+            attempt,
+            since,
+            steps,
+        } => json!({
+            "state": "abandoned",
+            "attempt": attempt,
+            "since": humantime::format_rfc3339_millis(*since).to_string(),
+            "steps_completed": steps,
+        }),
         // `Absent`, and whatever a later version of the library reports.
         _ => json!({ "state": "absent" }),
     };
@@ -57,6 +67,26 @@ pub(crate) fn inspection_text(store_key: &str, inspection: &Inspection) -> Strin
             ("ttl left", left(*ttl_left)),
             ("size", format!("{size} bytes")),
             ("fingerprint", fingerprint(fp)),
+        ],
+        Inspection::Abandoned {
+            attempt,
+            since,
+            steps,
+        } => vec![
+            (
+                "state",
+                "abandoned (an attempt began and never ended: forget or complete the key)"
+                    .to_owned(),
+            ),
+            ("attempt", attempt.to_string()),
+            (
+                "since",
+                humantime::format_rfc3339_millis(*since).to_string(),
+            ),
+            (
+                "steps done",
+                steps.map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
+            ),
         ],
         _ => vec![(
             "state",

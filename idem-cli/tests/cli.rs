@@ -582,3 +582,98 @@ fn a_store_that_does_not_answer_exits_1() {
         "{run:?}"
     );
 }
+
+/// An attempt under `abandoned = "fail"` dropped mid-body: `inspect` shows it abandoned,
+/// `complete` stores the operator's value, which the next call replays; `complete` again is
+/// refused while the key holds a result. On a SQLite file (no server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_attempt_is_inspected_and_completed_by_hand() {
+    let dir = std::env::temp_dir().join(format!("idem-cli-abandoned-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temp directory");
+    let url = format!("sqlite://{}", dir.join("idem.db").display());
+    let app = connect(&url, "idem").await;
+    let (reached, is_reached) = oneshot::channel();
+    let first = tokio::spawn(
+        app.scope(
+            Call::new("payouts::send", "po-7")
+                .abandoned(idem::Abandoned::Fail)
+                .run(async move {
+                    let _ = reached.send(());
+                    std::future::pending::<u64>().await
+                }),
+        ),
+    );
+    tokio::time::timeout(Duration::from_secs(10), is_reached)
+        .await
+        .expect("the body starts in time")
+        .expect("the body starts");
+    first.abort();
+    let _ = first.await;
+    let call = || {
+        app.scope(
+            Call::new("payouts::send", "po-7")
+                .abandoned(idem::Abandoned::Fail)
+                .wait(Duration::from_secs(5))
+                .run(async { 1_u64 }),
+        )
+    };
+    assert!(matches!(
+        call().await,
+        Err(idem::Error::Abandoned { attempt: 1, .. })
+    ));
+    let shown = idem_json(&["--store", &url, "inspect", "payouts::send", "po-7"]);
+    assert_eq!(shown["state"], "abandoned", "{shown}");
+    assert_eq!(shown["attempt"], 1, "{shown}");
+    assert_eq!(shown["steps_completed"], 0, "{shown}");
+    let text = idem(&["--store", &url, "inspect", "payouts::send", "po-7"]);
+    assert!(
+        text.contains("abandoned") && text.contains("attempt:"),
+        "{text}"
+    );
+    let done = idem(&[
+        "--store",
+        &url,
+        "complete",
+        "payouts::send",
+        "po-7",
+        "--value",
+        "42",
+        "--ttl",
+        "1h",
+    ]);
+    assert!(
+        done.starts_with("completed idem:payouts.send:po-7"),
+        "{done}"
+    );
+    let replay = call().await.expect("the next call replays");
+    assert_eq!((replay.value, replay.status), (42, Status::Replayed));
+    let again = idem_with(
+        &[
+            "--store",
+            &url,
+            "complete",
+            "payouts::send",
+            "po-7",
+            "--value",
+            "7",
+        ],
+        &[],
+    );
+    assert_eq!(again.code, Some(1), "{again:?}");
+    assert!(again.stderr.contains("holds a result already"), "{again:?}");
+    let bad = idem_with(
+        &[
+            "--store",
+            &url,
+            "complete",
+            "payouts::send",
+            "po-8",
+            "--value",
+            "{",
+        ],
+        &[],
+    );
+    assert_eq!(bad.code, Some(2), "{bad:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

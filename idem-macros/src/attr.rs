@@ -19,13 +19,14 @@ use syn::parse::{Parse, ParseStream};
 use syn::{Error, Expr, ExprLit, Ident, Lit, LitStr, Path, Result, Token};
 
 /// Every option, in the order the documentation lists them.
-const OPTIONS: [&str; 10] = [
+const OPTIONS: [&str; 11] = [
     "key",
     "ttl",
     "lease",
     "wait",
     "fingerprint",
     "cache_err",
+    "abandoned",
     "scope",
     "store",
     "tx",
@@ -43,6 +44,8 @@ pub(crate) struct Args {
     pub(crate) wait: Option<Timing>,
     pub(crate) fingerprint: Option<Expr>,
     pub(crate) cache_err: CacheErr,
+    /// `abandoned = "rerun"` or `"fail"`: the policy's variant name.
+    pub(crate) abandoned: Option<Ident>,
     pub(crate) scope: Option<LitStr>,
     pub(crate) store: Option<Expr>,
     /// `tx = conn`: the argument that is the caller's PostgreSQL connection.
@@ -87,6 +90,7 @@ struct RawArgs {
     wait: Option<Given<Timing>>,
     fingerprint: Option<Given<Expr>>,
     cache_err: Option<Given<CacheErr>>,
+    abandoned: Option<Given<Ident>>,
     scope: Option<Given<LitStr>>,
     store: Option<Given<Expr>>,
     tx: Option<Given<Ident>>,
@@ -156,6 +160,7 @@ impl RawArgs {
             }),
             "fingerprint" => once(&mut self.fingerprint, at, input, Expr::parse),
             "cache_err" => once(&mut self.cache_err, at, input, parse_cache_err),
+            "abandoned" => once(&mut self.abandoned, at, input, parse_abandoned),
             "scope" => once(&mut self.scope, at, input, parse_scope),
             "store" => once(&mut self.store, at, input, Expr::parse),
             "tx" => once(&mut self.tx, at, input, parse_tx),
@@ -176,6 +181,7 @@ impl RawArgs {
     ///
     /// The rules:
     /// - `tx` and `store` exclude each other: the error is on the later of the two;
+    /// - `tx` and `abandoned` exclude each other: the error is on `abandoned`;
     /// - `key` is required: the error is on the whole attribute, which lacks it;
     /// - `cache_err` left out means `cache_err = false`.
     fn build(self) -> Result<Args> {
@@ -189,6 +195,10 @@ impl RawArgs {
                 Err(Error::new(later, TX_AND_STORE))
             }
             _ => Ok(()),
+        };
+        let exclusive = match (exclusive, &self.tx, &self.abandoned) {
+            (Ok(()), Some(_), Some(abandoned)) => Err(Error::new(abandoned.name, TX_AND_ABANDONED)),
+            (exclusive, _, _) => exclusive,
         };
         let key = self.key.ok_or_else(|| {
             Error::new(
@@ -205,6 +215,7 @@ impl RawArgs {
             wait: self.wait.map(Given::into_value),
             fingerprint: self.fingerprint.map(Given::into_value),
             cache_err: self.cache_err.map_or(CacheErr::Never, Given::into_value),
+            abandoned: self.abandoned.map(Given::into_value),
             scope: self.scope.map(Given::into_value),
             store: self.store.map(Given::into_value),
             tx: self.tx.map(Given::into_value),
@@ -397,6 +408,29 @@ fn parse_tx(input: ParseStream) -> Result<Ident> {
          (an argument `conn: &mut sqlx::PgConnection`, `&mut sqlx::SqliteConnection` or \
          `&mut sqlx::MySqlConnection`)",
     ))
+}
+
+/// Why `tx` and `abandoned` exclude each other.
+const TX_AND_ABANDONED: &str = "`abandoned` does not apply with `tx`: a transactional attempt \
+     never outlives its transaction (a crash rolls back the body's writes and the claim \
+     together), so no attempt is ever abandoned; remove `abandoned`";
+
+/// `abandoned = "rerun"` or `abandoned = "fail"`: the variant of `Abandoned` it names.
+fn parse_abandoned(input: ParseStream) -> Result<Ident> {
+    const EXPECTED: &str = "expected `abandoned = \"rerun\"` (run the body again, as the next \
+         attempt) or `abandoned = \"fail\"` (fail with idem::Error::Abandoned until an operator \
+         forgets or completes the key)";
+    let found = input.parse::<Expr>()?;
+    match &found {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => match lit.value().as_str() {
+            "rerun" => Ok(Ident::new("Rerun", lit.span())),
+            "fail" => Ok(Ident::new("Fail", lit.span())),
+            _ => Err(Error::new(lit.span(), EXPECTED)),
+        },
+        _ => Err(Error::new_spanned(found, EXPECTED)),
+    }
 }
 
 fn parse_scope(input: ParseStream) -> Result<LitStr> {

@@ -125,6 +125,9 @@ fn new_call(private: &TokenStream, args: &Args, name: &Ident) -> TokenStream {
     if let Some(store) = &args.store {
         options.push(quote_spanned!(store.span()=> .store(#store)));
     }
+    if let Some(policy) = &args.abandoned {
+        options.push(quote!(.abandoned(#private::Abandoned::#policy)));
+    }
     quote!(#private::call(#scope, #key) #(#options)*)
 }
 

@@ -91,9 +91,19 @@ fn unknown_option_lists_the_valid_ones() {
     assert_eq!(
         error("key = id, tll = \"1h\""),
         "unknown option `tll`, expected one of: key, ttl, lease, wait, fingerprint, cache_err, \
-         scope, store, tx, crate"
+         abandoned, scope, store, tx, crate"
     );
     assert!(error("key = id, 42").contains("expected an option"));
+}
+
+#[test]
+fn abandoned_is_rerun_or_fail_and_never_with_tx() {
+    assert!(error(r#"key = id, abandoned = "retry""#).contains(r#"`abandoned = "rerun"`"#));
+    assert!(error("key = id, abandoned = fail").contains(r#"`abandoned = "fail"`"#));
+    assert!(
+        error(r#"key = id, tx = conn, abandoned = "fail""#)
+            .contains("`abandoned` does not apply with `tx`")
+    );
 }
 
 #[test]

@@ -1,5 +1,7 @@
-//! What operators do to one key outside of a call: [`inspect`] it, [`forget`] it; and what
-//! they count: [`stats`].
+//! What operators do to one key outside of a call: [`inspect`] it, [`forget`] it,
+//! [`complete`] it by hand; and what they count: [`stats`].
+
+use std::time::Duration;
 
 use crate::context::Idem;
 use crate::error::Error;
@@ -79,13 +81,124 @@ fn reachable(scope: &str, store: &StoreHandle) -> Result<(), Error> {
 /// their records into a PostgreSQL table the configured store does not read (the message
 /// names the table and how to reach it); with [`Error::Config`] too when no idem is installed
 /// (see [`install`](crate::install)).
+///
+/// A key whose last attempt was abandoned (see [`Abandoned`](crate::Abandoned)) and that holds
+/// no live record is [`Inspection::Abandoned`], with the attempt, when it began and how many of
+/// its steps completed.
 pub async fn inspect(scope: &str, key: impl Into<RecordKey>) -> Result<Inspection, Error> {
     let (store, key, scope, _) = resolve(scope, &key.into())?;
     reachable(&scope, &store)?;
-    store
-        .inspect(&key)
+    let inspection = store.inspect(&key).await.map_err(|source| Error::Store {
+        key: key.clone(),
+        source,
+    })?;
+    if inspection == Inspection::Absent
+        && let Some(mark) = crate::abandoned::abandoned(&store, &key).await
+    {
+        return Ok(Inspection::Abandoned {
+            attempt: mark.attempt,
+            since: mark.since(),
+            steps: crate::abandoned::completed_steps(&store, &key).await,
+        });
+    }
+    Ok(inspection)
+}
+
+/// Stores `value` as the result of the call of `scope` with `key`, kept for `ttl`: the next
+/// call replays it instead of running its body. For an operator who settled by hand what an
+/// abandoned attempt did (see [`Abandoned`](crate::Abandoned)): the call's attempt mark and
+/// recorded steps are forgotten with it.
+///
+/// `value` is the function's value as JSON: for a function that returns `Result<T, E>`, the
+/// `T`; it must read back as that type, or the next call fails with [`Error::Decode`]. The
+/// record has no fingerprint, so a call with any request replays it.
+///
+/// ```
+/// # use idem_runtime as idem;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), idem::Error> {
+/// use std::time::Duration;
+/// idem::with_store(idem::MemoryStore::new(), async {
+///     idem::complete("billing::invoice", "inv-42", serde_json::json!(7), Duration::from_secs(3600)).await?;
+///     let call = idem::Call::new("billing::invoice", "inv-42").run(async { 1_u64 }).await?;
+///     assert_eq!(call.value, 7);
+///     Ok(())
+/// })
+/// .await
+/// # }
+/// ```
+///
+/// Fails with [`Error::InProgress`] when a call holds the key, with [`Error::Config`] when it
+/// holds a result already (forget it first) or `ttl` is below a second, and as [`forget`]
+/// fails otherwise.
+pub async fn complete(
+    scope: &str,
+    key: impl Into<RecordKey>,
+    value: serde_json::Value,
+    ttl: Duration,
+) -> Result<(), Error> {
+    let (store, key, scope, local) = resolve(scope, &key.into())?;
+    reachable(&scope, &store)?;
+    crate::config::check_ttl(ttl)?;
+    let failed = |source| Error::Store {
+        key: key.clone(),
+        source,
+    };
+    let payload =
+        crate::codec::seal(None, crate::codec::RecordSide::Ok, &value).map_err(|reason| {
+            Error::Config(format!("the value for `{key}` cannot be stored: {reason}"))
+        })?;
+    let claim = crate::record::Claim::new(None);
+    match store
+        .claim(&key, &claim, COMPLETE_LEASE)
         .await
-        .map_err(|source| Error::Store { key, source })
+        .map_err(failed)?
+    {
+        None => {}
+        Some(crate::record::Record::InProgress(_)) => return Err(Error::InProgress { key }),
+        Some(crate::record::Record::Completed { .. }) => {
+            return Err(Error::Config(format!(
+                "`{key}` holds a result already; forget it first to store another"
+            )));
+        }
+    }
+    match store
+        .complete(&key, &claim, &payload, ttl)
+        .await
+        .map_err(failed)?
+    {
+        crate::store::Fence::Held => {}
+        crate::store::Fence::Lost => return Err(Error::InProgress { key }),
+    }
+    if let Some(local) = &local {
+        local.remove(&key);
+    }
+    forget_beside(&store, &key).await?;
+    tracing::info!(scope = scope.as_str(), key = %key, "idem completed a key by hand");
+    Ok(())
+}
+
+/// How long [`complete`] holds the key between its claim and its result.
+const COMPLETE_LEASE: Duration = Duration::from_secs(30);
+
+/// Forgets what a call keeps beside its record: its attempt mark and its recorded steps
+/// (numbered from 1, the first one absent ends them). Whether there was a mark.
+async fn forget_beside(store: &StoreHandle, key: &str) -> Result<bool, Error> {
+    let failed = |source| Error::Store {
+        key: key.to_owned(),
+        source,
+    };
+    let marked = store
+        .forget(&crate::abandoned::mark_key(key))
+        .await
+        .map_err(failed)?;
+    for index in 1.. {
+        let step = crate::call_context::step_key(key, index);
+        if !store.forget(&step).await.map_err(failed)? {
+            break;
+        }
+    }
+    Ok(marked)
 }
 
 /// Deletes what the configured store holds for the call of `scope` with `key`, so that the
@@ -120,8 +233,9 @@ pub async fn inspect(scope: &str, key: impl Into<RecordKey>) -> Result<Inspectio
 /// # }
 /// ```
 ///
-/// The call's recorded [`step`](crate::step)s are forgotten with it, so that the next call
-/// runs every step.
+/// The call's recorded [`step`](crate::step)s and its attempt mark are forgotten with it, so
+/// that the next call runs every step, as attempt 1 (a key whose last attempt was abandoned
+/// holds only those: forgetting it counts as deleting a record).
 ///
 /// Fails with [`Error::Store`] when the store fails or does not support forgetting, and with
 /// [`Error::Config`] when this process's transactional calls (`tx = conn`) of `scope` write
@@ -140,22 +254,14 @@ pub async fn forget(scope: &str, key: impl Into<RecordKey>) -> Result<bool, Erro
     if let Some(local) = &local {
         local.remove(&key);
     }
-    // The call's recorded steps go with it (see `step`): numbered from 1, the first one absent
-    // ends them.
-    if forgotten.is_ok() {
-        for index in 1.. {
-            match store
-                .forget(&crate::call_context::step_key(&key, index))
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(source) => return Err(Error::Store { key, source }),
-            }
-        }
-    }
+    // The call's attempt mark and recorded steps go with it.
+    let marked = match &forgotten {
+        Ok(_) => forget_beside(&store, &key).await?,
+        Err(_) => false,
+    };
     match forgotten {
         Ok(deleted) => {
+            let deleted = deleted || marked;
             tracing::info!(scope, key = %key, deleted, "idem forgot a key");
             crate::observe::count_forget(scope);
             Ok(deleted)

@@ -84,6 +84,7 @@ impl Call {
             store: None,
             heartbeat: true,
             step: false,
+            abandoned: None,
         })
     }
 
@@ -137,6 +138,18 @@ impl Call {
     /// as a token first.
     pub(crate) fn request(&self) -> &CallRequest {
         &self.0
+    }
+
+    /// What this call does when it finds an abandoned attempt of its key, an earlier one that
+    /// began and never ended: run the body again as the next attempt, or fail with
+    /// [`Error::Abandoned`] until an operator decides (see [`Abandoned`](crate::Abandoned)).
+    /// Either marks each attempt in the store (one more round trip when the body runs) and
+    /// tells the body its number ([`CallContext::attempt`](crate::CallContext::attempt)).
+    /// Without it, the configured policy ([`Config::abandoned`](crate::Config::abandoned));
+    /// without one, the body runs again unmarked.
+    pub fn abandoned(mut self, policy: crate::Abandoned) -> Self {
+        self.0.abandoned = Some(policy);
+        self
     }
 
     /// Turns the lease renewal off (on by default). Without it a body that runs longer than

@@ -66,6 +66,8 @@ pub struct CallContext {
     depth: u32,
     /// What [`step`] does in this body.
     steps: StepMode,
+    /// The attempt's number, when the call marks its attempts.
+    attempt: Option<u32>,
 }
 
 impl PartialEq for CallContext {
@@ -136,6 +138,14 @@ impl CallContext {
     /// long, unprintable or with `hash_keys`), as `idem inspect` and the logs show it.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Which attempt of the call this body is: 1 for the first, n + 1 after it took over
+    /// attempt n, which was abandoned (see [`Abandoned`](crate::Abandoned)). `None` when the
+    /// call marks no attempts (it chose no policy, and none is configured), and in the
+    /// transactional mode, where an attempt never outlives its transaction.
+    pub fn attempt(&self) -> Option<u32> {
+        self.attempt
     }
 
     /// A key for a downstream system (a gateway's `Idempotency-Key`, a message id, an outbox
@@ -378,6 +388,7 @@ fn plan(name: &str) -> Result<Option<(CallRequest, Recorded)>, Error> {
                     store: Some(steps.store.clone()),
                     heartbeat: true,
                     step: true,
+                    abandoned: None,
                 },
                 Recorded {
                     call_key: call.key.clone(),
@@ -394,6 +405,13 @@ fn plan(name: &str) -> Result<Option<(CallRequest, Recorded)>, Error> {
 /// scope is readable and never starts with `#`, or hashed as `#` and 64 hex digits (see
 /// `key.rs`); and the call's key is whole in it, so two calls' steps never share a key.
 pub(crate) fn step_key(call_key: &str, index: u32) -> String {
+    beside(call_key, "#step", Some(index))
+}
+
+/// A key of the records kept beside the call of store key `call_key`:
+/// `<prefix>:<kind>:<the rest of the call's key>`, and `:<index>` with one. `kind` starts
+/// with `#` and is no hex number, so no call's key is one of these (see [`step_key`]).
+pub(crate) fn beside(call_key: &str, kind: &str, index: Option<u32>) -> String {
     // The prefix ends at the first `:` not escaped by a `\` (see `key.rs`).
     let mut escaped = false;
     let split = call_key
@@ -406,7 +424,10 @@ pub(crate) fn step_key(call_key: &str, index: u32) -> String {
         .map_or(call_key.len(), |(at, _)| at);
     let (prefix, rest) = call_key.split_at(split);
     let rest = rest.strip_prefix(':').unwrap_or(rest);
-    format!("{prefix}:#step:{rest}:{index}")
+    match index {
+        Some(index) => format!("{prefix}:{kind}:{rest}:{index}"),
+        None => format!("{prefix}:{kind}:{rest}"),
+    }
 }
 
 /// Runs `future` and reports how the last `#[idempotent]` function (or [`Call`](crate::Call))
@@ -463,6 +484,7 @@ pub(crate) fn in_body<F: Future>(
     scope: &Cow<'static, str>,
     key: &str,
     steps: StepMode,
+    attempt: Option<u32>,
     body: F,
 ) -> impl Future<Output = F::Output> {
     let inherited = match steps {
@@ -480,6 +502,7 @@ pub(crate) fn in_body<F: Future>(
         key: key.to_owned(),
         depth: CALL.try_with(|call| call.depth).unwrap_or(0) + 1,
         steps,
+        attempt,
     });
     CALL.scope(context, body)
 }
@@ -505,6 +528,7 @@ mod tests {
             key: key.to_owned(),
             depth: 1,
             steps: StepMode::Direct,
+            attempt: None,
         }
     }
 
@@ -572,9 +596,13 @@ mod tests {
             matches!(&error, Error::Config(message) if message.contains("outside the body")),
             "{error}"
         );
-        let inside = in_body(&Cow::Borrowed("s"), "idem:s:k", StepMode::Direct, async {
-            (call_context(), derive_key("charge"))
-        })
+        let inside = in_body(
+            &Cow::Borrowed("s"),
+            "idem:s:k",
+            StepMode::Direct,
+            None,
+            async { (call_context(), derive_key("charge")) },
+        )
         .await;
         assert_eq!(inside.0.map(|c| c.depth), Some(1));
         assert_eq!(inside.1.unwrap(), context("idem:s:k").derive_key("charge"));

@@ -56,6 +56,9 @@ pub struct Config {
     pub prefix: String,
     /// What a call does when the store is unavailable.
     pub fail_mode: FailMode,
+    /// What a call does when it finds an abandoned attempt, for functions that choose no
+    /// policy; `None` (the default) marks no attempts. See [`Config::abandoned`].
+    pub abandoned: Option<crate::Abandoned>,
     /// Whether every key is stored as its SHA-256.
     pub hash_keys: bool,
     /// How many connections the Redis store keeps; `None` (the default) picks for the
@@ -120,6 +123,7 @@ impl Default for Config {
             store: "memory".to_owned(),
             prefix: "idem".to_owned(),
             fail_mode: FailMode::Closed,
+            abandoned: None,
             hash_keys: false,
             pool_size: None,
             connect_timeout: Duration::from_secs(5),
@@ -158,6 +162,15 @@ impl Config {
     /// What a call does when the store is unavailable.
     pub fn fail_mode(mut self, mode: FailMode) -> Self {
         self.fail_mode = mode;
+        self
+    }
+
+    /// What every call that chooses no policy does when it finds an abandoned attempt of its
+    /// key (see [`Abandoned`](crate::Abandoned)): each call that runs its body then marks its
+    /// attempt in the store first, one more round trip, and its body knows the attempt's
+    /// number. Unset, calls mark nothing and re-run an abandoned attempt's body.
+    pub fn abandoned(mut self, policy: crate::Abandoned) -> Self {
+        self.abandoned = Some(policy);
         self
     }
 
@@ -400,8 +413,10 @@ mod tests {
             ("IDEM_POOL_SIZE", "4"),
             ("IDEM_COMMAND_TIMEOUT", "250ms"),
             ("IDEM_TTL", "7d"),
+            ("IDEM_ABANDONED", "Fail"),
         ])
         .unwrap();
+        assert_eq!(config.abandoned, Some(crate::Abandoned::Fail));
         assert_eq!(config.store, "redis://127.0.0.1:7000/1");
         assert_eq!(config.prefix, "shop");
         assert_eq!(config.fail_mode, FailMode::Open);
@@ -419,6 +434,7 @@ mod tests {
             ("IDEM_POOL_SIZE", "0", "greater than 0"),
             ("IDEM_TTL", "forever", "`24h`"),
             ("IDEM_HASH_KEYS", "maybe", "`true` or `false`"),
+            ("IDEM_ABANDONED", "retry", "`rerun` or `fail`"),
         ] {
             let error = from(&[(name, value)]).unwrap_err().to_string();
             assert!(error.contains(name) && error.contains(value), "{error}");

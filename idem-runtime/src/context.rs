@@ -22,6 +22,7 @@ pub(crate) struct Settings {
     pub(crate) ttl: Duration,
     pub(crate) lease: Duration,
     pub(crate) wait: Duration,
+    pub(crate) abandoned: Option<crate::Abandoned>,
 }
 
 impl Settings {
@@ -33,6 +34,7 @@ impl Settings {
             ttl: config.ttl,
             lease: config.lease,
             wait: config.wait,
+            abandoned: config.abandoned,
         }
     }
 }

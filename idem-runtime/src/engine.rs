@@ -122,7 +122,7 @@ impl PlainCall<'_> {
             Decision::Replay(ran) => Ok(ran),
             Decision::Unprotected(error) => {
                 tracing::warn!(key = %self.frame.key, %error, "idem store unavailable; running without idempotency (fail-open)");
-                let value = self.frame.in_body(body, false).await;
+                let value = self.frame.in_body(body, false, None).await;
                 Ok(Finished::new(value, Status::Unprotected))
             }
             // Boxed: running the body (lease renewal, completion retries) is most of this
@@ -201,9 +201,32 @@ impl PlainCall<'_> {
         S: Codec<R>,
     {
         let mut holding = Holding { run: Some(self) };
-        let value = self.with_heartbeat(self.frame.in_body(body, true)).await;
+        let attempt = match self.frame.abandoned {
+            None => None,
+            Some(policy) => {
+                let frame = self.frame;
+                match crate::abandoned::begin(&self.target.store, &frame.key, frame.ttl, policy)
+                    .await
+                {
+                    Ok(attempt) => Some(attempt),
+                    Err(error) => {
+                        holding.run = None;
+                        self.release().await;
+                        return Err(error);
+                    }
+                }
+            }
+        };
+        let value = self
+            .with_heartbeat(self.frame.in_body(body, true, attempt))
+            .await;
         let ran = match self.frame.seal(&value, shape) {
             None => {
+                // A result not stored ends the attempt: the next call is not told of an
+                // abandoned one.
+                if attempt.is_some() {
+                    crate::abandoned::end(&self.target.store, &self.frame.key).await;
+                }
                 self.release().await;
                 Finished::new(value, Status::Executed)
             }

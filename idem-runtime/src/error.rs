@@ -168,6 +168,29 @@ pub enum Error {
         limit: usize,
     },
 
+    /// An earlier attempt of this call began and never ended (its process died, or stalled past
+    /// its lease), so its body may have run in part, and the call's policy is
+    /// [`Abandoned::Fail`](crate::Abandoned::Fail): the body did not run. Every later call
+    /// fails so too, until an operator decides: [`forget`](crate::forget) the key (the next
+    /// call runs as attempt 1) or [`complete`](crate::complete) it with the value the body
+    /// would have returned (the next call replays it).
+    #[error(
+        "attempt {attempt} of the call with key `{key}` was abandoned (it began at {} and never ended; {}), and its policy is to fail: forget or complete the key to go on",
+        humantime::format_rfc3339_millis(*since),
+        match steps { Some(n) => format!("{n} of its steps completed"), None => "its steps are unknown".to_owned() }
+    )]
+    Abandoned {
+        /// The store key of the call.
+        key: String,
+        /// The abandoned attempt's number (1 for the first).
+        attempt: u32,
+        /// When it began, by its process's clock.
+        since: std::time::SystemTime,
+        /// How many of its recorded steps completed, counted from the first; `None` when
+        /// the store cannot tell.
+        steps: Option<u32>,
+    },
+
     /// The configuration is invalid: the message names the setting and what it accepts.
     #[error("invalid idem configuration: {0}")]
     Config(String),

@@ -12,7 +12,8 @@
 //!   `not_stored` (ran, result not stored: lease ended, or storing failed), `unstorable` (ran,
 //!   result cannot be stored as its type, or [`Error::Unstorable`]); `decode_error`
 //!   ([`Error::Decode`]); `config_error` ([`Error::Config`]), `fingerprint_error`
-//!   ([`Error::Fingerprint`]); `conflict` ([`Error::Conflict`], transactional mode).
+//!   ([`Error::Fingerprint`]); `conflict` ([`Error::Conflict`], transactional mode);
+//!   `abandoned` ([`Error::Abandoned`]).
 //! - `idem_forget_total{scope}`: a counter of [`forget`]s the store answered.
 //! - `idem_store_seconds{op}`: a histogram of store round-trip time per operation (`claim`,
 //!   `complete`, `release`, `renew`, `wait`).
@@ -23,6 +24,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod abandoned;
 mod admin;
 mod cache;
 mod call;
@@ -52,7 +54,8 @@ pub mod testing;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use admin::{forget, inspect, stats};
+pub use abandoned::Abandoned;
+pub use admin::{complete, forget, inspect, stats};
 pub use call::Call;
 pub use call_context::{
     CallContext, STEP_BYTES_LIMIT, call_context, derive_key, step, try_step, with_status,

@@ -31,6 +31,7 @@ pub(crate) enum Ending {
     ConfigError,
     FingerprintError,
     Conflict,
+    Abandoned,
 }
 
 impl Ending {
@@ -50,6 +51,7 @@ impl Ending {
             Ending::ConfigError => "config_error",
             Ending::FingerprintError => "fingerprint_error",
             Ending::Conflict => "conflict",
+            Ending::Abandoned => "abandoned",
         }
     }
 }

@@ -7,6 +7,7 @@ use std::future::Future;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use crate::abandoned::Abandoned;
 pub use crate::call::Call;
 pub use crate::error::Error;
 pub use crate::store::StoreHandle;

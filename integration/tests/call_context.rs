@@ -381,3 +381,77 @@ async fn with_status_reports_a_step_inside_a_body() {
     })
     .await;
 }
+
+/// A payout that must not be sent twice: a stalled attempt past its lease is abandoned, and
+/// the attribute's `abandoned = "fail"` refuses to run the body again.
+#[idempotent(key = id, lease = "200ms", abandoned = "fail", scope = "ctx::payout")]
+async fn payout(id: u64, started: Option<tokio::sync::oneshot::Sender<()>>) -> Option<u32> {
+    let attempt = idem::call_context().and_then(|call| call.attempt());
+    if let Some(started) = started {
+        // The first attempt tells it began, then never ends: the test drops it.
+        let _ = started.send(());
+        std::future::pending::<()>().await;
+    }
+    attempt
+}
+
+/// The same with `abandoned = "rerun"`: the next attempt runs, and knows it is the second.
+#[idempotent(key = id, lease = "200ms", abandoned = "rerun", scope = "ctx::notify")]
+async fn notify(id: u64, started: Option<tokio::sync::oneshot::Sender<()>>) -> Option<u32> {
+    let attempt = idem::call_context().and_then(|call| call.attempt());
+    if let Some(started) = started {
+        // The first attempt tells it began, then never ends: the test drops it.
+        let _ = started.send(());
+        std::future::pending::<()>().await;
+    }
+    attempt
+}
+
+#[tokio::test]
+async fn the_attribute_fails_or_reruns_an_abandoned_attempt_as_it_says() {
+    let idem = memory();
+    let (started, began) = tokio::sync::oneshot::channel();
+    let first = tokio::spawn(idem.scope(payout(1, Some(started))));
+    idem::testing::within("the first attempt's body", began)
+        .await
+        .expect("the first attempt begins");
+    first.abort();
+    let _ = first.await;
+    match idem.scope(payout(1, None)).await {
+        Err(idem::Error::Abandoned { attempt, steps, .. }) => {
+            assert_eq!((attempt, steps), (1, Some(0)));
+        }
+        other => panic!("expected Error::Abandoned, got {other:?}"),
+    }
+    assert_eq!(
+        idem.scope(payout(2, None)).await.expect("another key runs"),
+        Some(1)
+    );
+
+    let (started, began) = tokio::sync::oneshot::channel();
+    let first = tokio::spawn(idem.scope(notify(1, Some(started))));
+    idem::testing::within("the first attempt's body", began)
+        .await
+        .expect("the first attempt begins");
+    first.abort();
+    let _ = first.await;
+    assert_eq!(
+        idem.scope(notify(1, None))
+            .await
+            .expect("the next attempt runs"),
+        Some(2)
+    );
+    assert_eq!(
+        idem.scope(notify(3, None)).await.expect("a first attempt"),
+        Some(1)
+    );
+    // A function with no policy marks nothing: its body has no attempt number.
+    let plain = idem
+        .scope(
+            Call::new("ctx::plain", 1)
+                .run(async { idem::call_context().and_then(|call| call.attempt()) }),
+        )
+        .await
+        .expect("a call");
+    assert_eq!(plain.value, None);
+}

@@ -91,6 +91,7 @@ async fn conformance(bouncer: &PgBouncer) {
         lease_expiry_fences_late_completion,
         derived_keys_survive_a_takeover,
         steps_replay_after_a_takeover,
+        abandoned_attempts_fail_or_rerun,
         renewal_keeps_long_body_exclusive,
         errors_release_and_cache_err_stores,
         panic_releases_claim,

@@ -11,6 +11,7 @@ impl Config {
         "IDEM_STORE",
         "IDEM_PREFIX",
         "IDEM_FAIL_MODE",
+        "IDEM_ABANDONED",
         "IDEM_HASH_KEYS",
         "IDEM_POOL_SIZE",
         "IDEM_CONNECT_TIMEOUT",
@@ -36,6 +37,7 @@ impl Config {
     /// | `IDEM_STORE` | `memory`, `redis://host:6379/0`, `rediss://…`, `redis+cluster://h1:p1,h2:p2`, `postgres://user:pass@host:5432/db`, or a scheme registered with [`register_scheme`](crate::store::registry::register_scheme) | `memory` |
     /// | `IDEM_PREFIX` | the first part of every key | `idem` |
     /// | `IDEM_FAIL_MODE` | `closed` or `open` | `closed` |
+    /// | `IDEM_ABANDONED` | `rerun` or `fail`: what a call does when an earlier attempt of its key was abandoned (see [`Abandoned`](crate::Abandoned)) | unset: no attempt marks |
     /// | `IDEM_HASH_KEYS` | `true` to store every key as its SHA-256 | `false` |
     /// | `IDEM_POOL_SIZE` | connections to the store | 1 (one server), 16 (Cluster), 10 (PostgreSQL) |
     /// | `IDEM_CONNECT_TIMEOUT`, `IDEM_COMMAND_TIMEOUT` | durations such as `5s`, `250ms` | `5s`, `2s` |
@@ -71,6 +73,12 @@ impl Config {
                 "open" => FailMode::Open,
                 _ => return Err(bad_var("IDEM_FAIL_MODE", &mode, "`closed` or `open`")),
             };
+        }
+        if let Some(policy) = get("IDEM_ABANDONED") {
+            config.abandoned = Some(
+                crate::Abandoned::parse(&policy)
+                    .ok_or_else(|| bad_var("IDEM_ABANDONED", &policy, "`rerun` or `fail`"))?,
+            );
         }
         let flag = |name: &str, value: String| -> Result<bool, Error> {
             match value.trim().to_ascii_lowercase().as_str() {

@@ -47,6 +47,9 @@ pub(crate) struct CallRequest {
     /// A recorded step of another call's body ([`step`](crate::step)): `key` is its store key
     /// already, and its future runs in the context of the call that records it.
     pub(crate) step: bool,
+    /// What the call does when it finds an abandoned attempt; `None` takes the settings'
+    /// (where `None` marks no attempt).
+    pub(crate) abandoned: Option<crate::Abandoned>,
 }
 
 /// Where a call may find its record before it asks a store, and whether it needs an
@@ -82,6 +85,9 @@ pub(crate) struct Frame<'c> {
     pub(crate) heartbeat: bool,
     /// A recorded step (see [`CallRequest::step`]).
     pub(crate) step: bool,
+    /// What the call does when it finds an abandoned attempt (the call's, else the
+    /// settings'); `None`: it marks no attempt. Never for a step.
+    pub(crate) abandoned: Option<crate::Abandoned>,
     /// The call's span (see [`span_of`]).
     pub(crate) span: tracing::Span,
     /// Where the call's record is.
@@ -143,14 +149,15 @@ impl<'c> Frame<'c> {
             let ttl = call.ttl.unwrap_or(settings.ttl);
             let lease = call.lease.unwrap_or(settings.lease);
             let wait = call.wait.unwrap_or(settings.wait);
-            (key, ttl, lease, wait, source)
+            let abandoned = call.abandoned.or(settings.abandoned);
+            (key, ttl, lease, wait, abandoned, source)
         };
         let current = if call.store.is_some() || lookup == Lookup::Tx {
             Ok(Idem::with_current_or_unconfigured(resolve))
         } else {
             Idem::with_current(resolve)
         };
-        let (key, ttl, lease, wait, source) = match current {
+        let (key, ttl, lease, wait, abandoned, source) = match current {
             Ok(current) => current,
             Err(error) => {
                 observe::count(&call.scope, counted_error(&error));
@@ -174,6 +181,7 @@ impl<'c> Frame<'c> {
             wait,
             heartbeat: call.heartbeat,
             step: call.step,
+            abandoned: abandoned.filter(|_| !call.step),
             span,
             source,
         })
@@ -237,6 +245,7 @@ impl<'c> Frame<'c> {
         &self,
         body: F,
         recorded: bool,
+        attempt: Option<u32>,
     ) -> impl Future<Output = F::Output> {
         let steps = match (self.step, recorded, self.store()) {
             (true, _, _) => StepMode::InStep,
@@ -245,7 +254,7 @@ impl<'c> Frame<'c> {
             }
             (false, _, _) => StepMode::Direct,
         };
-        crate::call_context::in_body(self.scope, &self.key, steps, body)
+        crate::call_context::in_body(self.scope, &self.key, steps, attempt, body)
     }
 
     /// Decodes the envelope stored for the call (by its store or the local cache), after
@@ -400,6 +409,7 @@ fn ended(span: &tracing::Span, scope: &Cow<'static, str>, counted: Ending) {
 fn counted_error(error: &Error) -> Ending {
     match error {
         Error::InProgress { .. } => Ending::Rejected,
+        Error::Abandoned { .. } => Ending::Abandoned,
         Error::KeyMismatch { .. } | Error::StepMismatch { .. } => Ending::Mismatch,
         Error::StepsTooLarge { .. } => Ending::Unstorable,
         Error::Decode { .. } => Ending::DecodeError,

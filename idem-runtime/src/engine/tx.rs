@@ -143,7 +143,7 @@ impl<T> TxRun<'_, T> {
         }
         if savepoint && shape.may_release() {
             let mut inner = self.store.begin(conn, key).await?;
-            let value = self.frame.in_body(body(&mut *inner), false).await;
+            let value = self.frame.in_body(body(&mut *inner), false, None).await;
             return match self.frame.seal(&value, &mut shape) {
                 None => {
                     self.store.rollback(inner, key).await?;
@@ -157,7 +157,7 @@ impl<T> TxRun<'_, T> {
                 }
             };
         }
-        let value = self.frame.in_body(body(conn), false).await;
+        let value = self.frame.in_body(body(conn), false, None).await;
         match self.frame.seal(&value, &mut shape) {
             // Without a savepoint, in a transaction of our own: rolling it back undoes the
             // claim and the body's writes together.
@@ -462,6 +462,7 @@ mod tests {
             store: None,
             heartbeat: false,
             step: false,
+            abandoned: None,
         }
     }
 

@@ -106,6 +106,18 @@ pub enum Inspection {
         /// The stored payload's length in bytes (the encoded envelope of the result).
         size: usize,
     },
+    /// No live record, and an attempt that began and never ended is remembered (a call with
+    /// an [`Abandoned`](crate::Abandoned) policy marked it): reported by
+    /// [`idem::inspect`](crate::inspect), never by a store's own `inspect`.
+    Abandoned {
+        /// The abandoned attempt's number (1 for the first).
+        attempt: u32,
+        /// When it began, by its process's clock.
+        since: std::time::SystemTime,
+        /// How many of its recorded steps completed, counted from the first; `None` when the
+        /// store cannot tell.
+        steps: Option<u32>,
+    },
 }
 
 impl Inspection {

@@ -31,6 +31,7 @@ pub const CASES: &[&str] = &[
     "lease_expiry_fences_late_completion",
     "derived_keys_survive_a_takeover",
     "steps_replay_after_a_takeover",
+    "abandoned_attempts_fail_or_rerun",
     "renewal_keeps_long_body_exclusive",
     "errors_release_and_cache_err_stores",
     "panic_releases_claim",
@@ -482,6 +483,179 @@ pub async fn derived_keys_survive_a_takeover(store: StoreHandle) {
         first_derived,
         "one key per call"
     );
+}
+
+/// Abandoned attempts ([`Abandoned`](crate::Abandoned)): a call that marks its attempts and
+/// finds an earlier one that began and never ended fails with [`Error::Abandoned`] under
+/// `Fail` (every time, until an operator completes the key, which the next call replays, or
+/// forgets it, which makes the next call attempt 1), and runs as the next attempt under
+/// `Rerun`, with the earlier attempt's completed steps replayed. An error the body returns
+/// and the call does not store ends its attempt: the next call is attempt 1.
+pub async fn abandoned_attempts_fail_or_rerun(store: StoreHandle) {
+    use crate::Abandoned;
+    let scope = scope("abandoned");
+    let admin = crate::Idem::with_settings(store.clone(), &crate::Config::default());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let steps = Arc::new(AtomicUsize::new(0));
+    // A body that records one step, tells its attempt, then stalls while `hold` is open.
+    let body = |hold: Option<oneshot::Receiver<()>>,
+                reached: Option<oneshot::Sender<Option<u32>>>,
+                value: u64| {
+        let (runs, steps) = (runs.clone(), steps.clone());
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let attempt = crate::call_context()
+                .expect("a body sees its call")
+                .attempt();
+            crate::step("reserve", async {
+                steps.fetch_add(1, Ordering::SeqCst);
+            })
+            .await?;
+            if let Some(reached) = reached {
+                let _ = reached.send(attempt);
+            }
+            if let Some(hold) = hold {
+                let _ = hold.await;
+            }
+            Ok::<_, Error>((value, attempt))
+        }
+    };
+    let count = |n: &AtomicUsize| n.load(Ordering::SeqCst);
+
+    // An attempt under `Fail` that dies after its step: its future is dropped mid-body.
+    let (_keep, hold) = oneshot::channel();
+    let (reached, is_reached) = oneshot::channel();
+    let first = tokio::spawn(
+        call(&store, &scope, "f")
+            .abandoned(Abandoned::Fail)
+            .run_result(body(Some(hold), Some(reached), 1)),
+    );
+    let attempt = within("the first attempt's step", is_reached)
+        .await
+        .expect("the first attempt reaches its step");
+    assert_eq!(attempt, Some(1), "the first attempt is attempt 1");
+    first.abort();
+    let _ = within("the first attempt's end", first).await;
+    for _ in 0..2 {
+        let error = call(&store, &scope, "f")
+            .abandoned(Abandoned::Fail)
+            .wait(Duration::from_secs(5))
+            .run_result(body(None, None, 2))
+            .await
+            .expect_err("an abandoned attempt fails the call");
+        match error {
+            Error::Abandoned {
+                key,
+                attempt,
+                steps,
+                ..
+            } => {
+                assert_eq!(key, store_key("idem", &scope, "f"));
+                assert_eq!(attempt, 1, "the abandoned attempt's number");
+                assert_eq!(steps, Some(1), "its one completed step");
+            }
+            other => panic!("expected Error::Abandoned, got {other:?}"),
+        }
+    }
+    assert_eq!((count(&runs), count(&steps)), (1, 1), "no body ran again");
+    let inspected = admin
+        .scope(crate::inspect(&scope, "f"))
+        .await
+        .expect("inspect");
+    assert!(
+        matches!(
+            inspected,
+            Inspection::Abandoned {
+                attempt: 1,
+                steps: Some(1),
+                ..
+            }
+        ),
+        "{inspected:?}"
+    );
+    // Completed by hand: the next call replays the operator's value.
+    admin
+        .scope(crate::complete(
+            &scope,
+            "f",
+            serde_json::json!([40, 1]),
+            Duration::from_secs(60),
+        ))
+        .await
+        .expect("complete by hand");
+    let replay = call(&store, &scope, "f")
+        .abandoned(Abandoned::Fail)
+        .run_result(body(None, None, 3))
+        .await
+        .expect("a replay");
+    assert_eq!(
+        (replay.value.expect("the value"), replay.status),
+        ((40, Some(1)), Status::Replayed)
+    );
+    // Forgotten: the next call is attempt 1, and runs every step.
+    assert!(
+        admin
+            .scope(crate::forget(&scope, "f"))
+            .await
+            .expect("forget")
+    );
+    let again = call(&store, &scope, "f")
+        .abandoned(Abandoned::Fail)
+        .run_result(body(None, None, 4))
+        .await
+        .expect("a call after forget");
+    assert_eq!(again.value.expect("the value"), (4, Some(1)));
+    assert_eq!((count(&runs), count(&steps)), (2, 2));
+
+    // Under `Rerun`, the attempt that takes an abandoned one over is attempt 2 and replays its
+    // completed step.
+    let (_keep, hold) = oneshot::channel();
+    let (reached, is_reached) = oneshot::channel();
+    let first = tokio::spawn(
+        call(&store, &scope, "r")
+            .abandoned(Abandoned::Rerun)
+            .run_result(body(Some(hold), Some(reached), 5)),
+    );
+    within("the first attempt's step", is_reached)
+        .await
+        .expect("the first attempt reaches its step");
+    first.abort();
+    let _ = within("the first attempt's end", first).await;
+    let rerun = call(&store, &scope, "r")
+        .abandoned(Abandoned::Rerun)
+        .wait(Duration::from_secs(5))
+        .run_result(body(None, None, 6))
+        .await
+        .expect("the next attempt runs");
+    assert_eq!(
+        (rerun.value.expect("the value"), rerun.status),
+        ((6, Some(2)), Status::Executed)
+    );
+    assert_eq!(
+        (count(&runs), count(&steps)),
+        (4, 3),
+        "two bodies ran, the step once: the second replayed it"
+    );
+
+    // A released error ends its attempt: no abandoned attempt for the next call.
+    let failed = call(&store, &scope, "e")
+        .abandoned(Abandoned::Fail)
+        .run_result(async { Err::<u64, _>(std::io::Error::other("declined")) })
+        .await
+        .expect("the call ran");
+    assert!(failed.value.is_err());
+    let next = call(&store, &scope, "e")
+        .abandoned(Abandoned::Fail)
+        .run_result(async {
+            Ok::<_, std::io::Error>(
+                crate::call_context()
+                    .and_then(|call| call.attempt())
+                    .unwrap_or(0),
+            )
+        })
+        .await
+        .expect("the call runs");
+    assert_eq!(next.value.expect("the value"), 1, "attempt 1 again");
 }
 
 /// Recorded steps ([`step`](crate::step)): an attempt that takes a key over after the first
@@ -1229,6 +1403,7 @@ macro_rules! conformance_tests {
                 lease_expiry_fences_late_completion,
                 derived_keys_survive_a_takeover,
                 steps_replay_after_a_takeover,
+                abandoned_attempts_fail_or_rerun,
                 renewal_keeps_long_body_exclusive,
                 errors_release_and_cache_err_stores,
                 panic_releases_claim,

@@ -1,5 +1,6 @@
 //! `store = ...` and duration expressions: the values are ordinary expressions, evaluated
-//! before the body, from the arguments and the environment.
+//! before the body, from the arguments and the environment; `abandoned = "fail"` and
+//! `"rerun"`.
 #![deny(warnings)]
 
 use std::time::Duration;
@@ -30,7 +31,22 @@ async fn computed(id: u64, days: u64) -> u64 {
     id + days
 }
 
+/// What a call does when an earlier attempt was abandoned: fail until an operator decides.
+#[idempotent(key = id, abandoned = "fail", lease = "5s")]
+async fn charge_once(id: u64) -> u64 {
+    id
+}
+
+/// Or run again as the next attempt, which the body can read.
+#[idempotent(key = id, abandoned = "rerun")]
+async fn notify(id: u64) -> u32 {
+    let attempt = idem::call_context().and_then(|call| call.attempt());
+    attempt.unwrap_or(0) + u32::try_from(id).unwrap_or(0)
+}
+
 fn main() {
+    drop(charge_once(1));
+    drop(notify(1));
     let service = Service {
         store: MemoryStore::new().into(),
         ttl: Duration::from_secs(60),
