@@ -18,6 +18,12 @@
 //!   from a killed worker, or a retry of a call whose step lost its claim),
 //! - `order <order>` when the call returned, `done <pid>` at the end of the list.
 //!
+//! A last round on Redis runs the same workers with `abandoned = fail` (`Call::abandoned`): an
+//! order whose attempt a kill cut short is never run again (`abandoned <order>`); the test
+//! counts them, checks that no step ran twice, then resolves them by hand as an operator
+//! would: half forgotten (the next call runs the order as attempt 1), half completed with a
+//! value (the next call replays it).
+//!
 //! Besides its assertions it prints the contrast: how many charges a body without recorded
 //! steps and with a new key per attempt would have sent again (each re-run of the charge step,
 //! and each later attempt that replayed it instead of running it, would have been a new
@@ -37,6 +43,8 @@ use support::workers::Workers;
 
 /// Set in a worker's environment to the store's URL.
 const WORKER: &str = "IDEM_STEPS_WORKER";
+/// Set in a worker's environment (to anything) for the round with `abandoned = fail`.
+const FAIL: &str = "IDEM_STEPS_FAIL";
 const ORDERS: u64 = 500;
 const STEPS: [&str; 3] = ["reserve", "charge", "notify"];
 const MIN_KILLS: usize = 30;
@@ -74,6 +82,8 @@ struct Orders {
     requests: usize,
     /// The orders whose call returned.
     placed: HashSet<u64>,
+    /// The orders a worker found abandoned (`abandoned = fail`).
+    abandoned: HashSet<u64>,
     done: HashSet<u32>,
 }
 
@@ -108,6 +118,9 @@ impl Lines for Orders {
             }
             ["order", order] => {
                 self.placed.insert(order.parse().expect("an order"));
+            }
+            ["abandoned", order] => {
+                self.abandoned.insert(order.parse().expect("an order"));
             }
             ["done", pid] => {
                 self.done.insert(pid.parse().expect("a process id"));
@@ -164,6 +177,10 @@ fn killed_workers_never_run_a_completed_step_again() {
             orders.ran.len(),
             orders.requests,
         );
+        assert!(
+            orders.abandoned.is_empty(),
+            "no policy: nothing is abandoned"
+        );
         assert!(kills >= MIN_KILLS, "{kills} kills");
         // Kills that never cut a call would prove nothing: some bodies started again.
         assert!(takeovers > 0, "{kills} kills and no body started again");
@@ -195,6 +212,106 @@ fn killed_workers_never_run_a_completed_step_again() {
             "one key per order's charge"
         );
     }
+    abandoned_orders_are_never_run_again(&RedisServer::start().url());
+}
+
+/// The round with `abandoned = fail`, on Redis: the orders a kill cut short end abandoned, no
+/// step runs twice, and an operator resolves them.
+fn abandoned_orders_are_never_run_again(url: &str) {
+    let mut workers = Workers::start_quiet(2, [(WORKER, url), (FAIL, "1")]);
+    let mut orders = Orders::default();
+    let (kills, killing) = crash::kill_at_random(&mut workers, &mut orders, MIN_KILLS, KILLING);
+    crash::finish(workers, &mut orders, Duration::from_secs(90));
+    let abandoned = orders.abandoned.len();
+    println!(
+        "steps crash test on redis with abandoned = fail: {kills} SIGKILLs in {killing:.1?}; \
+         {} orders placed, {abandoned} abandoned (a kill cut their attempt short); step futures \
+         started {} times for {} steps, the gateway charged {} times",
+        orders.placed.len(),
+        orders.ran.values().sum::<usize>(),
+        orders.ran.len(),
+        orders
+            .charge_keys
+            .values()
+            .map(BTreeSet::len)
+            .sum::<usize>(),
+    );
+    assert!(kills >= MIN_KILLS, "{kills} kills");
+    assert!(abandoned > 0, "{kills} kills and no order abandoned");
+    assert_eq!(
+        orders.placed.len() + abandoned,
+        ORDERS as usize,
+        "every order placed or abandoned, never both"
+    );
+    assert!(orders.placed.is_disjoint(&orders.abandoned));
+    assert!(
+        orders.ran.values().all(|&n| n == 1),
+        "no step ran twice: an abandoned attempt is never run again"
+    );
+    assert!(orders.charge_keys.values().all(|keys| keys.len() == 1));
+
+    // The operator: forgets half of them (they run again, as attempt 1), completes the others
+    // by hand (their next call replays the operator's value).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let idem = Idem::connect(&Config::default().store(url))
+            .await
+            .expect("the store");
+        let mut sorted: Vec<u64> = orders.abandoned.iter().copied().collect();
+        sorted.sort_unstable();
+        for (n, order) in sorted.into_iter().enumerate() {
+            let call = || {
+                idem.scope(
+                    Call::new(SCOPE, order)
+                        .abandoned(idem::Abandoned::Fail)
+                        .run_result(async move {
+                            let attempt = idem::call_context().and_then(|call| call.attempt());
+                            Ok::<_, idem::Error>(format!("attempt-{}", attempt.unwrap_or(0)))
+                        }),
+                )
+            };
+            match call().await {
+                Err(idem::Error::Abandoned { attempt: 1, .. }) => {}
+                other => panic!("order {order}: expected Error::Abandoned, got {other:?}"),
+            }
+            let inspected = idem
+                .scope(idem::inspect(SCOPE, order))
+                .await
+                .expect("inspect");
+            assert!(
+                matches!(inspected, idem::Inspection::Abandoned { attempt: 1, .. }),
+                "order {order}: {inspected:?}"
+            );
+            let expected = if n % 2 == 0 {
+                assert!(
+                    idem.scope(idem::forget(SCOPE, order))
+                        .await
+                        .expect("forget")
+                );
+                "attempt-1".to_owned()
+            } else {
+                let value = serde_json::json!(format!("settled-{order}"));
+                idem.scope(idem::complete(
+                    SCOPE,
+                    order,
+                    value,
+                    Duration::from_secs(600),
+                ))
+                .await
+                .expect("complete by hand");
+                format!("settled-{order}")
+            };
+            let resolved = call().await.expect("a resolved order's call");
+            assert_eq!(
+                resolved.value.expect("its value"),
+                expected,
+                "order {order}"
+            );
+        }
+    });
 }
 
 /// Places every order in a random order, one at a time; prints what its steps do.
@@ -207,6 +324,7 @@ fn worker(url: &str) {
     runtime.block_on(async {
         let config = Config::default().store(url);
         let idem = Idem::connect(&config).await.expect("the store");
+        let fail = std::env::var_os(FAIL).is_some();
         let mut random = Random::new();
         let mut orders: Vec<u64> = (0..ORDERS).collect();
         random.shuffle(&mut orders);
@@ -215,23 +333,29 @@ fn worker(url: &str) {
             // A step whose claim was lost while it ran (this process stalled past its lease
             // under load) is Error::InProgress: the call is tried again, and replays.
             let mut tries = 0;
-            loop {
-                let placed = idem
-                    .scope(
-                        Call::new(SCOPE, order)
-                            .lease(LEASE)
-                            .wait(Duration::from_secs(30))
-                            .run_result(place_order(order, pause)),
-                    )
-                    .await
-                    .expect("the call");
+            let placed = loop {
+                let mut call = Call::new(SCOPE, order)
+                    .lease(LEASE)
+                    .wait(Duration::from_secs(30));
+                if fail {
+                    call = call.abandoned(idem::Abandoned::Fail);
+                }
+                let placed = match idem.scope(call.run_result(place_order(order, pause))).await {
+                    Ok(placed) => placed,
+                    Err(idem::Error::Abandoned { .. }) if fail => break false,
+                    Err(error) => panic!("order {order}: {error}"),
+                };
                 match placed.value {
-                    Ok(_) => break,
+                    Ok(_) => break true,
                     Err(idem::Error::InProgress { .. }) if tries < 20 => tries += 1,
                     Err(error) => panic!("order {order}: {error}"),
                 }
+            };
+            if placed {
+                println!("order {order}");
+            } else {
+                println!("abandoned {order}");
             }
-            println!("order {order}");
         }
     });
     println!("done {}", std::process::id());
