@@ -444,45 +444,50 @@ async fn outside_a_transaction(conn: &Client, key: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_outside_a_transaction_gets_one_of_its_own() {
-    let store = store().await;
-    let mut conn = client("idem-tokio-own").await;
-    let done = Call::new(scope("own"), "o1")
-        .store(store.clone())
-        .run_tx(&mut conn, async |conn: &mut Client| {
-            insert(conn, "o1", "committed by idem").await.unwrap();
-            // Not committed yet: another client does not see it.
-            assert_eq!(items("o1").await, 0, "the body runs in a transaction");
-            3_u8
-        })
-        .await
-        .unwrap();
-    assert_eq!(done.value, 3);
-    assert_eq!(items("o1").await, 1);
-    assert_eq!(records("o1").await, ["completed"]);
-    assert!(outside_a_transaction(&conn, "o1-probe").await);
-    // A released error rolls the call's own transaction back.
-    let failed = Call::new(scope("own"), "o2")
-        .store(store.clone())
-        .run_result_tx(&mut conn, async |conn: &mut Client| {
-            insert(conn, "o2", "rolled back").await.unwrap();
-            Err::<u8, _>("no".to_owned())
-        })
-        .await
-        .unwrap();
-    assert_eq!(failed.value, Err("no".to_owned()));
-    assert_eq!(items("o2").await, 0);
-    assert!(records("o2").await.is_empty());
-    assert!(outside_a_transaction(&conn, "o2-probe").await);
-    // A replay on the client.
-    let again = Call::new(scope("own"), "o1")
-        .store(store.clone())
-        .run_tx(&mut conn, async |_: &mut Client| -> u8 {
-            unreachable!("replayed")
-        })
-        .await
-        .unwrap();
-    assert_eq!((again.value, again.status), (3, Status::Replayed));
-    assert!(outside_a_transaction(&conn, "o3-probe").await);
+    // A call on a `Client` is `Send`: this one runs in a task of the multi-thread runtime.
+    tokio::spawn(async move {
+        let store = store().await;
+        let mut conn = client("idem-tokio-own").await;
+        let done = Call::new(scope("own"), "o1")
+            .store(store.clone())
+            .run_tx(&mut conn, async |conn: &mut Client| {
+                insert(conn, "o1", "committed by idem").await.unwrap();
+                // Not committed yet: another client does not see it.
+                assert_eq!(items("o1").await, 0, "the body runs in a transaction");
+                3_u8
+            })
+            .await
+            .unwrap();
+        assert_eq!(done.value, 3);
+        assert_eq!(items("o1").await, 1);
+        assert_eq!(records("o1").await, ["completed"]);
+        assert!(outside_a_transaction(&conn, "o1-probe").await);
+        // A released error rolls the call's own transaction back.
+        let failed = Call::new(scope("own"), "o2")
+            .store(store.clone())
+            .run_result_tx(&mut conn, async |conn: &mut Client| {
+                insert(conn, "o2", "rolled back").await.unwrap();
+                Err::<u8, _>("no".to_owned())
+            })
+            .await
+            .unwrap();
+        assert_eq!(failed.value, Err("no".to_owned()));
+        assert_eq!(items("o2").await, 0);
+        assert!(records("o2").await.is_empty());
+        assert!(outside_a_transaction(&conn, "o2-probe").await);
+        // A replay on the client.
+        let again = Call::new(scope("own"), "o1")
+            .store(store.clone())
+            .run_tx(&mut conn, async |_: &mut Client| -> u8 {
+                unreachable!("replayed")
+            })
+            .await
+            .unwrap();
+        assert_eq!((again.value, again.status), (3, Status::Replayed));
+        assert!(outside_a_transaction(&conn, "o3-probe").await);
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
