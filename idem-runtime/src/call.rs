@@ -276,6 +276,13 @@ impl Call {
     /// call (a lease) is [`Error::InProgress`] at once, since that holder needs the row lock
     /// this transaction's claim took.
     ///
+    /// **On tokio-postgres** (feature `tokio-postgres`), `conn` is a `tokio_postgres::Client`
+    /// (outside a transaction: idem begins one for the call) or a
+    /// `tokio_postgres::Transaction<'_>` (a savepoint in it), and with `deadpool-postgres`, a
+    /// pool's `Object` or `Transaction` (the body receives the client or transaction inside).
+    /// The records are [`PostgresStore`](crate::PostgresStore)'s rows, shared with calls
+    /// through sqlx. A call on a `Transaction` is not `Send` (see the README).
+    ///
     /// ```no_run
     /// # use idem_runtime as idem;
     /// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {

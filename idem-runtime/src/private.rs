@@ -216,10 +216,10 @@ mod tx {
     /// receives the argument under its own name and type, so only connections themselves are
     /// arguments (a transaction is passed by the caller as `&mut *transaction`).
     #[diagnostic::on_unimplemented(
-        message = "`tx = ...` must name an argument of type `&mut sqlx::PgConnection`, `&mut sqlx::SqliteConnection` or `&mut sqlx::MySqlConnection` of sqlx 0.9, not `{Self}`",
+        message = "`tx = ...` must name an argument of type `&mut sqlx::PgConnection`, `&mut sqlx::SqliteConnection` or `&mut sqlx::MySqlConnection` of sqlx 0.9, or `&mut tokio_postgres::Client` or `&mut tokio_postgres::Transaction<'_>` of tokio-postgres 0.7, not `{Self}`",
         label = "the connection the record is written through, inside its transaction",
-        note = "declare the argument as `conn: &mut sqlx::PgConnection` (or `SqliteConnection`, `MySqlConnection`), and call the function with `&mut *transaction` (a `sqlx::Transaction`) or `&mut *connection` (a pool's connection)",
-        note = "idem's transactional mode uses sqlx 0.9, with the feature of each database (`postgres`, `sqlite`, `mysql`): a `PgConnection` of another sqlx version (0.8, …) is another type of the same name; `cargo tree -i sqlx` lists the versions in your build"
+        note = "declare the argument as `conn: &mut sqlx::PgConnection` (or `SqliteConnection`, `MySqlConnection`), and call the function with `&mut *transaction` (a `sqlx::Transaction`) or `&mut *connection` (a pool's connection); on tokio-postgres, as `conn: &mut tokio_postgres::Transaction<'_>` (or `&mut tokio_postgres::Client`, outside a transaction), called with `&mut transaction` (a deadpool-postgres `Transaction` or `Object` derefs to them)",
+        note = "idem's transactional mode uses sqlx 0.9, with the feature of each database (`postgres`, `sqlite`, `mysql`), and tokio-postgres 0.7 with the feature `tokio-postgres`: a connection of another version is another type of the same name; `cargo tree -i sqlx` (or `-i tokio-postgres`) lists the versions in your build"
     )]
     pub trait TxArgument<'c, C: TxConnection + ?Sized + 'c> {
         /// The connection.
@@ -229,6 +229,22 @@ mod tx {
     #[cfg(feature = "postgres")]
     impl<'c> TxArgument<'c, sqlx::PgConnection> for &'c mut sqlx::PgConnection {
         fn connection(self) -> &'c mut sqlx::PgConnection {
+            self
+        }
+    }
+
+    #[cfg(feature = "tokio-postgres")]
+    impl<'c> TxArgument<'c, tokio_postgres::Client> for &'c mut tokio_postgres::Client {
+        fn connection(self) -> &'c mut tokio_postgres::Client {
+            self
+        }
+    }
+
+    #[cfg(feature = "tokio-postgres")]
+    impl<'c, 't> TxArgument<'c, tokio_postgres::Transaction<'t>>
+        for &'c mut tokio_postgres::Transaction<'t>
+    {
+        fn connection(self) -> &'c mut tokio_postgres::Transaction<'t> {
             self
         }
     }

@@ -7,7 +7,9 @@
 //! shared list of keys (those without a business row yet) in its own random order, two calls
 //! at a time; each call is a transaction whose body inserts the key's business row and sleeps
 //! a few milliseconds. The test SIGKILLs a random worker every 20 to 170 ms (and starts it
-//! again), then lets both finish the list.
+//! again), then lets both finish the list. It runs twice: with workers on sqlx, and with
+//! workers on tokio-postgres (`IDEM_TX_DRIVER`), whose records the test then replays through
+//! sqlx.
 
 mod support;
 
@@ -24,6 +26,10 @@ use support::workers::Workers;
 
 /// Set in a worker's environment to the PostgreSQL URL.
 const WORKER: &str = "IDEM_TX_WORKER";
+/// Set in a worker's environment to the driver its calls go through.
+const DRIVER: &str = "IDEM_TX_DRIVER";
+/// The driver of the tokio-postgres mode.
+const TOKIO_POSTGRES: &str = "tokio-postgres";
 const KEYS: u64 = 200;
 /// Calls in flight in each worker.
 const TASKS: usize = 2;
@@ -38,16 +44,23 @@ const SCOPE: &str = "tx-crash";
 
 fn main() {
     if let Ok(url) = std::env::var(WORKER) {
-        worker(&url);
+        match std::env::var(DRIVER) {
+            Ok(driver) if driver == TOKIO_POSTGRES => tokio_postgres_worker(&url),
+            _ => worker(&url),
+        }
         return;
     }
     support::harness::run_single(
         "killed_workers_write_each_key_once_and_free_their_keys_at_once",
-        killed_workers_write_each_key_once_and_free_their_keys_at_once,
+        || killed_workers_write_each_key_once_and_free_their_keys_at_once("sqlx"),
+    );
+    support::harness::run_single(
+        "killed_tokio_postgres_workers_write_each_key_once_and_free_their_keys_at_once",
+        || killed_workers_write_each_key_once_and_free_their_keys_at_once(TOKIO_POSTGRES),
     );
 }
 
-fn killed_workers_write_each_key_once_and_free_their_keys_at_once() {
+fn killed_workers_write_each_key_once_and_free_their_keys_at_once(driver: &str) {
     let server = PostgresServer::quiet();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -69,7 +82,8 @@ fn killed_workers_write_each_key_once_and_free_their_keys_at_once() {
         pool
     });
 
-    let mut workers = Workers::start_quiet(2, [(WORKER, server.url())]);
+    let mut workers =
+        Workers::start_quiet(2, [(WORKER, server.url()), (DRIVER, driver.to_owned())]);
     let mut seen = Seen::default();
     let (kills, killing) = crash::kill_at_random(&mut workers, &mut seen, MIN_KILLS, KILLING);
     // No more kills: both finish the list.
@@ -96,7 +110,7 @@ fn killed_workers_write_each_key_once_and_free_their_keys_at_once() {
     });
     let uncommitted = ids - rows.len() as i64;
     println!(
-        "tx crash test: {kills} SIGKILLs in {killing:.1?} ({uncommitted} bodies killed inside their transaction), {KEYS} keys, {} business rows, {records} records, {} committed calls; the longest call took {:?} (lease {LEASE:?})",
+        "tx crash test ({driver}): {kills} SIGKILLs in {killing:.1?} ({uncommitted} bodies killed inside their transaction), {KEYS} keys, {} business rows, {records} records, {} committed calls; the longest call took {:?} (lease {LEASE:?})",
         rows.len(),
         seen.calls,
         seen.longest
@@ -189,6 +203,80 @@ fn worker(url: &str) {
             task.await.expect("a worker task");
         }
         pool.close().await;
+    });
+    println!("done {}", std::process::id());
+}
+
+/// [`worker`] on tokio-postgres: each call in a transaction of a client of its own. A call on
+/// a `tokio_postgres::Transaction` is not `Send`: the calls are tasks of a `LocalSet`.
+fn tokio_postgres_worker(url: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async {
+        let connect = || async {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .expect("the worker's client");
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            client
+        };
+        let mut random = Random::new();
+        // The shared list: the keys without a business row yet.
+        let mut keys: Vec<u64> = connect()
+            .await
+            .query(
+                "SELECT k FROM generate_series(0, $1::int8 - 1) AS k WHERE NOT EXISTS (SELECT FROM items WHERE items.key = k)",
+                &[&(KEYS as i64)],
+            )
+            .await
+            .expect("the keys left")
+            .iter()
+            .map(|row| row.get::<_, i64>(0) as u64)
+            .collect();
+        random.shuffle(&mut keys);
+        let keys = Arc::new(keys);
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..TASKS {
+            let (keys, next) = (keys.clone(), next.clone());
+            let mut client = connect().await;
+            tasks.push(tokio::task::spawn_local(async move {
+                let mut random = Random::new();
+                while let Some(&key) = keys.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    let pause = Duration::from_millis(2 + random.below(30));
+                    let start = Instant::now();
+                    let mut tx = client.transaction().await.expect("begin");
+                    let id = Call::new(SCOPE, key)
+                        .lease(LEASE)
+                        .wait(Duration::from_secs(30))
+                        .run_tx(&mut tx, async |conn: &mut tokio_postgres::Transaction<'_>| {
+                            let id: i64 = conn
+                                .query_one(
+                                    "INSERT INTO items (key) VALUES ($1) RETURNING id",
+                                    &[&(key as i64)],
+                                )
+                                .await
+                                .expect("the business row")
+                                .get(0);
+                            tokio::time::sleep(pause).await;
+                            id
+                        })
+                        .await
+                        .expect("the call")
+                        .value;
+                    tx.commit().await.expect("commit");
+                    println!("call {key} {id} {}", start.elapsed().as_micros());
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("a worker task");
+        }
     });
     println!("done {}", std::process::id());
 }

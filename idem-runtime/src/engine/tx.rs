@@ -98,13 +98,14 @@ impl<T> TxRun<'_, T> {
         }
         // A connection outside any transaction gets one of its own for the call, rolled back
         // on an error before the call returns (dropped with the call's future, it rolls back
-        // at the connection's next use, as sqlx does).
+        // as its driver's transactions do: sqlx at the connection's next use, tokio-postgres's
+        // queued at once).
         let mut own = self.store.begin(conn, key).await?;
         let ended = match self.run(&mut *own, body, shape, false).await {
             Ok(ended) => ended,
             Err(error) => {
                 // The call's error is the one to report; a failed rollback leaves the
-                // connection to sqlx, which rolls back at its next use.
+                // connection to its driver (the transaction's drop rolls back).
                 let _ = self.store.rollback(own, key).await;
                 return Err(error);
             }

@@ -3,8 +3,9 @@
 //! [`Transactional`], the connection types that name their [`TxStore`]; and [`TxConnection`],
 //! what [`Call::run_tx`](crate::Call::run_tx) accepts (a connection, a transaction or a pool's
 //! connection of such a type). The engine's side (what to do with the answers) is
-//! `engine/tx.rs`; each backend implements these in its own folder (PostgreSQL through sqlx:
-//! `postgres/tx.rs`; SQLite through sqlx: `sqlite/tx.rs`; MySQL through sqlx: `mysql/tx.rs`).
+//! `engine/tx.rs`; each backend implements these in its own folder (PostgreSQL through sqlx
+//! or tokio-postgres: `postgres/tx.rs`, one store for both drivers' `postgres/session.rs`;
+//! SQLite through sqlx: `sqlite/tx.rs`; MySQL through sqlx: `mysql/tx.rs`).
 //!
 //! Only [`TxConnection`] is public, and sealed: [`Transactional`] and [`TxStore`] are public
 //! in this crate-private module (nameable by no one outside), since every backend lives in
@@ -62,14 +63,22 @@ pub trait Transactional: Send {
 /// - `sqlite`: `sqlx::SqliteConnection`, `sqlx::Transaction<'_, sqlx::Sqlite>`,
 ///   `sqlx::pool::PoolConnection<sqlx::Sqlite>`;
 /// - `mysql`: `sqlx::MySqlConnection`, `sqlx::Transaction<'_, sqlx::MySql>`,
-///   `sqlx::pool::PoolConnection<sqlx::MySql>`.
+///   `sqlx::pool::PoolConnection<sqlx::MySql>`;
+/// - `tokio-postgres`: `tokio_postgres::Client` (outside a transaction) and
+///   `tokio_postgres::Transaction<'_>`;
+/// - `deadpool-postgres`: `deadpool_postgres::Object` (its body receives the
+///   `tokio_postgres::Client`) and `deadpool_postgres::Transaction<'_>` (its body receives the
+///   `tokio_postgres::Transaction<'_>`).
 ///
-/// Inside a transaction (a `Transaction`, or a connection on which one was begun), the call
-/// runs in it; on a connection outside any, in one of its own.
+/// Inside a transaction (a `Transaction`, or a sqlx connection on which one was begun), the
+/// call runs in it; on a connection outside any, in one of its own. A tokio-postgres `Client`
+/// is always taken to be outside one (tokio-postgres reaches a transaction through its
+/// `Transaction`): a `BEGIN` sent by hand on it is not seen, and the call's `COMMIT` would
+/// end it.
 #[diagnostic::on_unimplemented(
-    message = "the transactional mode writes through a sqlx connection, transaction or pool connection of PostgreSQL, SQLite or MySQL (sqlx 0.9), not `{Self}`",
+    message = "the transactional mode writes through a sqlx connection, transaction or pool connection of PostgreSQL, SQLite or MySQL (sqlx 0.9), or a tokio-postgres client or transaction (0.7, or deadpool-postgres' of them), not `{Self}`",
     label = "the connection the record is written through, inside its transaction",
-    note = "pass `&mut transaction` (a `sqlx::Transaction<'_, Postgres>`, `<'_, Sqlite>` or `<'_, MySql>`), `&mut connection` or `&mut *conn`; each database needs its feature of idem-fn (`postgres`, `sqlite`, `mysql`)"
+    note = "pass `&mut transaction` (a `sqlx::Transaction<'_, Postgres>`, `<'_, Sqlite>` or `<'_, MySql>`, a `tokio_postgres::Transaction<'_>`), `&mut connection` or `&mut *conn`; each database needs its feature of idem-fn (`postgres`, `sqlite`, `mysql`, `tokio-postgres`, `deadpool-postgres`)"
 )]
 pub trait TxConnection: sealed::Sealed {
     /// The connection the body receives.

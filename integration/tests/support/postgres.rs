@@ -40,6 +40,40 @@ impl PostgresServer {
         PostgresServer::start_with(true)
     }
 
+    /// The server of this test process, started on first use and shared by its tests (each
+    /// with its own keys, and its own application name where it counts statements). Never
+    /// dropped: a watcher kills it and removes its directory when this process exits, however
+    /// it exits.
+    pub fn shared() -> &'static PostgresServer {
+        static SHARED: OnceLock<PostgresServer> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let server = PostgresServer::start();
+            server.watch();
+            server
+        })
+    }
+
+    /// Starts a watcher that holds a pipe to this process: when it closes (this process
+    /// exited), the watcher kills the postmaster (its backends follow) and removes the
+    /// directory.
+    fn watch(&self) {
+        let pid = self.pid().expect("the postmaster's pid");
+        let script = format!(
+            "cat >/dev/null; kill -KILL {pid} 2>/dev/null; while kill -0 {pid} 2>/dev/null; do sleep 0.05; done; sleep 0.5; rm -rf '{}'",
+            self.dir.display()
+        );
+        let mut watcher = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the server's watcher");
+        // The write end stays open until this process exits; the watcher is reaped by init.
+        std::mem::forget(watcher.stdin.take());
+        std::mem::forget(watcher);
+    }
+
     /// Starts a server that logs no statement (for measurements).
     pub fn quiet() -> PostgresServer {
         PostgresServer::start_with(false)

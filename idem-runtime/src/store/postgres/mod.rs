@@ -10,8 +10,13 @@
 //! (see `sent.rs`). Server-issued tokens have a table of their own beside it (see
 //! `tokens.rs`).
 //!
+//! The transactional mode (`tx = conn`) writes the same rows through the caller's connection
+//! (`tx.rs`), on sqlx or on tokio-postgres (feature `tokio-postgres`, `tokio_postgres.rs`):
+//! both drivers' connections are a `Session` (`session.rs`), so the store and its statements
+//! are written once.
+//!
 //! A key claimed inside a caller's transaction that has not committed (the transactional
-//! mode, `tx.rs`) is invisible here, but its row is locked: a claim waits on that lock for
+//! mode) is invisible here, but its row is locked: a claim waits on that lock for
 //! `CLAIM_LOCK_WAIT` (50 ms) at most, then reports the key in progress, and [`Store::wait`]
 //! waits on the lock itself (a statement in a transaction of its own, rolled back), bounded by
 //! the call's `wait`. A lock wait is never a store failure: it is neither `Error::Store` nor a
@@ -22,9 +27,12 @@ mod listen;
 mod options;
 mod reaper;
 mod sent;
+mod session;
 mod sql;
 mod table;
 mod tokens;
+#[cfg(feature = "tokio-postgres")]
+mod tokio_postgres;
 pub(crate) mod tx;
 
 use std::fmt;

@@ -21,7 +21,7 @@ use sqlx::{AssertSqlSafe, Postgres, RawSql, SqlStr};
 
 /// A value of a statement's parameter `$n`.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Value<'a> {
+pub enum Value<'a> {
     /// `text`.
     Text(&'a str),
     /// `text` or NULL.

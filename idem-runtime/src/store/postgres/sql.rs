@@ -31,11 +31,12 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnection, PgExecutor, PgRow};
+use sqlx::postgres::{PgConnection, PgExecutor};
 use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr, SqlStr};
 
 use super::failure;
 use super::sent::{Sent, Value, send};
+use super::session::{Columns, Failure, Session};
 use super::table::Table;
 use crate::record::{Claim, Fingerprint, Record, Token};
 use crate::store::tx::Claimed;
@@ -52,7 +53,7 @@ fn literal(text: &str) -> String {
 pub(super) struct Statements {
     /// Whether each statement is sent with its values written in, by the simple query
     /// protocol, instead of prepared and cached: behind a transaction-mode pooler.
-    inline: bool,
+    pub(super) inline: bool,
     /// Whether the transactional mode has found the table in this process: it looks for it
     /// (`to_regclass`, which cannot abort the caller's transaction) until it does.
     pub(super) table_found: AtomicBool,
@@ -289,27 +290,25 @@ pub(super) async fn claim<'e>(
     record(&row).map(Claimed::Found)
 }
 
-/// The record of a live row read by the claim statement.
-fn record(row: &PgRow) -> Result<Record, sqlx::Error> {
-    let state: String = row.try_get(1)?;
-    match state.as_str() {
-        "completed" => {
-            let payload: Option<Vec<u8>> = row.try_get(4)?;
-            let left: Option<i64> = row.try_get(5)?;
-            Ok(Record::Completed {
-                // A missing payload is corrupt: the engine reports it as `Error::Decode`.
-                payload: payload.unwrap_or_default(),
-                expires_in: left
-                    .and_then(|ms| u64::try_from(ms).ok())
-                    .map(Duration::from_millis),
-            })
-        }
-        "in_progress" => {
-            let token: Vec<u8> = row.try_get(2)?;
-            let fingerprint: Option<Vec<u8>> = row.try_get(3)?;
+/// The record of a live row read by a claim statement (the plain store's or the
+/// transactional mode's, through either driver).
+fn record<R: Columns>(row: &R) -> Result<Record, R::Error> {
+    let corrupt = |what: &str| R::Error::corrupt(what.to_owned());
+    match row.text(1)?.as_deref() {
+        Some("completed") => Ok(Record::Completed {
+            // A missing payload is corrupt: the engine reports it as `Error::Decode`.
+            payload: row.bytes(4)?.unwrap_or_default(),
+            expires_in: row
+                .int(5)?
+                .and_then(|ms| u64::try_from(ms).ok())
+                .map(Duration::from_millis),
+        }),
+        Some("in_progress") => {
+            let token = row.bytes(2)?.unwrap_or_default();
             let token = <[u8; 16]>::try_from(token.as_slice())
                 .map_err(|_| corrupt("a token that is not 16 bytes"))?;
-            let fingerprint = fingerprint
+            let fingerprint = row
+                .bytes(3)?
                 .map(|fp| {
                     <[u8; 32]>::try_from(fp.as_slice())
                         .map_err(|_| corrupt("a fingerprint that is not 32 bytes"))
@@ -320,13 +319,14 @@ fn record(row: &PgRow) -> Result<Record, sqlx::Error> {
                 fingerprint: fingerprint.map(Fingerprint::from_bytes),
             }))
         }
-        other => Err(corrupt(&format!("the unknown state `{other}`"))),
+        Some(other) => Err(corrupt(&format!("the unknown state `{other}`"))),
+        None => Err(corrupt("no state")),
     }
 }
 
 /// A row the store cannot read: a decoding error (not a broken connection).
 fn corrupt(what: &str) -> sqlx::Error {
-    sqlx::Error::Decode(format!("the idem table holds a row with {what}").into())
+    <sqlx::Error as Failure>::corrupt(what.to_owned())
 }
 
 /// Stores `payload` for the claim with expiry `ttl` and notifies `tag` on the table's channel;
@@ -340,7 +340,15 @@ pub(super) async fn complete<'e>(
     ttl: Duration,
     tag: &str,
 ) -> Result<bool, sqlx::Error> {
-    store_result(executor, sql, &sql.complete, key, claim, payload, ttl, tag).await
+    let token = claim.token.to_bytes();
+    let row = sql
+        .send(
+            &sql.complete,
+            &result_values(key, &token, payload, ttl, tag),
+        )
+        .fetch_optional(executor)
+        .await?;
+    Ok(row.is_some())
 }
 
 /// Whether the live record of `key` is the one `claim` completed: a completion whose answer
@@ -538,44 +546,43 @@ pub(super) fn past(prefix: &str) -> Option<String> {
     None
 }
 
-/// Whether the table exists, asked through `executor` without touching it (a missing table
-/// aborts no transaction).
-pub(super) async fn table_exists<'e>(
-    executor: impl PgExecutor<'e>,
+/// Whether the table exists, asked through `conn` without touching it (a missing table aborts
+/// no transaction).
+pub(super) async fn table_exists<S: Session>(
+    conn: &mut S,
     sql: &Statements,
-) -> Result<bool, sqlx::Error> {
-    sql.send(&sql.table_exists, &[])
-        .fetch_one(executor)
-        .await?
-        .try_get(0)
+) -> Result<bool, S::Error> {
+    let row = conn.query_opt(&sql.table_exists, &[], sql.inline).await?;
+    let found = match &row {
+        Some(row) => row.flag(0)?,
+        None => None,
+    };
+    found.ok_or_else(|| S::Error::corrupt("no answer to the look for the table".to_owned()))
 }
 
 /// [`claim`] inside the caller's transaction, waiting at most `wait` for a concurrent
 /// transaction's uncommitted claim of the key.
-pub(super) async fn tx_claim<'e>(
-    executor: impl PgExecutor<'e>,
+pub(super) async fn tx_claim<S: Session>(
+    conn: &mut S,
     sql: &Statements,
     key: &str,
     claim: &Claim,
     lease: Duration,
     wait: Duration,
-) -> Result<Claimed, sqlx::Error> {
+) -> Result<Claimed, S::Error> {
     let token = claim.token.to_bytes();
     let wait = millis(wait).to_string();
-    let row = sql
-        .send(
-            &sql.tx_claim,
-            &[
-                Value::Text(key),
-                Value::Bytes(&token),
-                Value::OptBytes(claim.fingerprint.as_ref().map(|fp| &fp.as_bytes()[..])),
-                Value::Int(millis(lease)),
-                Value::Text(&wait),
-            ],
-        )
-        .fetch_one(executor)
-        .await?;
-    match row.try_get::<Option<bool>, _>(0)? {
+    let values = [
+        Value::Text(key),
+        Value::Bytes(&token),
+        Value::OptBytes(claim.fingerprint.as_ref().map(|fp| &fp.as_bytes()[..])),
+        Value::Int(millis(lease)),
+        Value::Text(&wait),
+    ];
+    let Some(row) = conn.query_opt(&sql.tx_claim, &values, sql.inline).await? else {
+        return Err(S::Error::corrupt("no answer to a claim".to_owned()));
+    };
+    match row.flag(0)? {
         None => Ok(Claimed::Unseen),
         Some(true) => Ok(Claimed::Held),
         Some(false) => record(&row).map(Claimed::Found),
@@ -584,72 +591,52 @@ pub(super) async fn tx_claim<'e>(
 
 /// [`complete`] inside the caller's transaction, whatever the time (the claim cannot have
 /// been taken by another); `true` if the claim held the key.
-pub(super) async fn tx_complete<'e>(
-    executor: impl PgExecutor<'e>,
+pub(super) async fn tx_complete<S: Session>(
+    conn: &mut S,
     sql: &Statements,
     key: &str,
     claim: &Claim,
     payload: &[u8],
     ttl: Duration,
     tag: &str,
-) -> Result<bool, sqlx::Error> {
-    store_result(
-        executor,
-        sql,
-        &sql.tx_complete,
-        key,
-        claim,
-        payload,
-        ttl,
-        tag,
-    )
-    .await
-}
-
-/// Runs a completion statement (`complete` or `tx_complete`, which bind the same parameters);
-/// `true` if it found the claim holding the key.
-#[allow(clippy::too_many_arguments)]
-async fn store_result<'e>(
-    executor: impl PgExecutor<'e>,
-    sql: &Statements,
-    statement: &SqlStr,
-    key: &str,
-    claim: &Claim,
-    payload: &[u8],
-    ttl: Duration,
-    tag: &str,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool, S::Error> {
     let token = claim.token.to_bytes();
-    let row = sql
-        .send(
-            statement,
-            &[
-                Value::Text(key),
-                Value::Bytes(&token),
-                Value::Bytes(payload),
-                Value::Int(millis(ttl)),
-                Value::Text(tag),
-            ],
-        )
-        .fetch_optional(executor)
+    let values = result_values(key, &token, payload, ttl, tag);
+    let row = conn
+        .query_opt(&sql.tx_complete, &values, sql.inline)
         .await?;
     Ok(row.is_some())
 }
 
+/// The values of a completion statement (`complete` and `tx_complete` bind the same).
+fn result_values<'a>(
+    key: &'a str,
+    token: &'a [u8],
+    payload: &'a [u8],
+    ttl: Duration,
+    tag: &'a str,
+) -> [Value<'a>; 5] {
+    [
+        Value::Text(key),
+        Value::Bytes(token),
+        Value::Bytes(payload),
+        Value::Int(millis(ttl)),
+        Value::Text(tag),
+    ]
+}
+
 /// Deletes the claim's row inside the caller's transaction (no notification: the row was
 /// never visible to anyone else); `true` if it was there.
-pub(super) async fn tx_release<'e>(
-    executor: impl PgExecutor<'e>,
+pub(super) async fn tx_release<S: Session>(
+    conn: &mut S,
     sql: &Statements,
     key: &str,
     claim: &Claim,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool, S::Error> {
     let token = claim.token.to_bytes();
-    let done = sql
-        .send(&sql.tx_release, &[Value::Text(key), Value::Bytes(&token)])
-        .execute(executor)
-        .await?;
-    Ok(done.rows_affected() == 1)
+    let values = [Value::Text(key), Value::Bytes(&token)];
+    let deleted = conn.execute(&sql.tx_release, &values, sql.inline).await?;
+    Ok(deleted == 1)
 }
 
 /// Waits at most `wait` for the transaction that holds `key`'s row to end (it committed or
@@ -661,7 +648,7 @@ pub(super) async fn lock_wait(
     key: &str,
     wait: Duration,
 ) -> Result<(), sqlx::Error> {
-    let mut own = conn.begin().await?;
+    let mut own = Connection::begin(conn).await?;
     let wait = millis(wait).to_string();
     let waited = sql
         .send(&sql.lock_wait, &[Value::Text(key), Value::Text(&wait)])

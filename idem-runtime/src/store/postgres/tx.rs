@@ -1,8 +1,11 @@
-//! The transactional mode (`tx = conn`) on sqlx's [`PgConnection`]: [`PgTxStore`], the
-//! [`TxStore`] of the records of one table written through the caller's connection, inside its
-//! transaction, and PostgreSQL's answers as the errors a caller can act on. The engine's side
-//! (what to do with them) is `engine/tx.rs`.
+//! The transactional mode (`tx = conn`) on PostgreSQL: [`PgTxStore`], the [`TxStore`] of the
+//! records of one table written through the caller's connection, inside its transaction, and
+//! PostgreSQL's answers as the errors a caller can act on. One implementation for every
+//! driver's connection ([`Session`]: sqlx's [`PgConnection`] in `session.rs`,
+//! tokio-postgres's in `tokio_postgres.rs`), so that both drivers share the table and its records. The engine's side (what
+//! to do with the answers) is `engine/tx.rs`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -12,11 +15,12 @@ use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgConnection;
-use sqlx::{Connection, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 
+use super::session::{Failure, Session};
 use super::sql::{self, Statements};
 use super::table::Table;
-use super::{PostgresStore, check_key, failure, listen};
+use super::{PostgresStore, check_key, listen};
 use crate::error::Error;
 use crate::record::Claim;
 use crate::store::tx::{Claimed, Transactional, TxFuture, TxStore, tx_connections};
@@ -62,8 +66,13 @@ fn default_table() -> &'static (Arc<Statements>, Table) {
 /// How long a waiter sleeps between looks when no listener can wake it.
 const POLL: Duration = Duration::from_millis(25);
 
-impl TxStore<PgConnection> for PgTxStore {
-    type Transaction<'c> = Transaction<'c, Postgres>;
+/// One store for every driver's connection ([`Session`]): the same statements, the same
+/// table, the same answers.
+impl<C: Session> TxStore<C> for PgTxStore {
+    type Transaction<'c>
+        = C::Transaction<'c>
+    where
+        C: 'c;
 
     /// The table of `store` if it is a [`PostgresStore`], else the default one.
     fn of(store: &StoreHandle, scope: &str) -> PgTxStore {
@@ -86,39 +95,25 @@ impl TxStore<PgConnection> for PgTxStore {
         records
     }
 
-    fn in_transaction(&self, conn: &PgConnection) -> bool {
-        conn.is_in_transaction()
+    fn in_transaction(&self, conn: &C) -> bool {
+        conn.in_transaction()
     }
 
-    fn begin<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        key: &'a str,
-    ) -> TxFuture<'a, Transaction<'a, Postgres>> {
+    fn begin<'a>(&'a self, conn: &'a mut C, key: &'a str) -> TxFuture<'a, C::Transaction<'a>> {
         Box::pin(async move { conn.begin().await.map_err(|error| self.failed(key, error)) })
     }
 
-    fn commit<'a>(
-        &'a self,
-        transaction: Transaction<'a, Postgres>,
-        key: &'a str,
-    ) -> TxFuture<'a, ()> {
+    fn commit<'a>(&'a self, transaction: C::Transaction<'a>, key: &'a str) -> TxFuture<'a, ()> {
         Box::pin(async move {
-            transaction
-                .commit()
+            C::commit(transaction)
                 .await
                 .map_err(|error| self.failed(key, error))
         })
     }
 
-    fn rollback<'a>(
-        &'a self,
-        transaction: Transaction<'a, Postgres>,
-        key: &'a str,
-    ) -> TxFuture<'a, ()> {
+    fn rollback<'a>(&'a self, transaction: C::Transaction<'a>, key: &'a str) -> TxFuture<'a, ()> {
         Box::pin(async move {
-            transaction
-                .rollback()
+            C::rollback(transaction)
                 .await
                 .map_err(|error| self.failed(key, error))
         })
@@ -127,7 +122,7 @@ impl TxStore<PgConnection> for PgTxStore {
     /// Refuses a key with a NUL character, and looks for the table before the first claim
     /// through it in this process: a statement on a missing table would abort the caller's
     /// transaction, this look (`to_regclass`) does not.
-    fn prepare<'a>(&'a self, conn: &'a mut PgConnection, key: &'a str) -> TxFuture<'a, ()> {
+    fn prepare<'a>(&'a self, conn: &'a mut C, key: &'a str) -> TxFuture<'a, ()> {
         Box::pin(async move {
             check_key(key).map_err(|source| Error::Store {
                 key: key.to_owned(),
@@ -153,7 +148,7 @@ impl TxStore<PgConnection> for PgTxStore {
 
     fn claim<'a>(
         &'a self,
-        conn: &'a mut PgConnection,
+        conn: &'a mut C,
         key: &'a str,
         claim: &'a Claim,
         lease: Duration,
@@ -168,7 +163,7 @@ impl TxStore<PgConnection> for PgTxStore {
 
     fn complete<'a>(
         &'a self,
-        conn: &'a mut PgConnection,
+        conn: &'a mut C,
         key: &'a str,
         claim: &'a Claim,
         payload: &'a [u8],
@@ -184,7 +179,7 @@ impl TxStore<PgConnection> for PgTxStore {
 
     fn release<'a>(
         &'a self,
-        conn: &'a mut PgConnection,
+        conn: &'a mut C,
         key: &'a str,
         claim: &'a Claim,
     ) -> TxFuture<'a, bool> {
@@ -219,16 +214,13 @@ impl TxStore<PgConnection> for PgTxStore {
 }
 
 impl PgTxStore {
-    /// A statement's failure as the error a caller acts on.
-    fn failed(&self, key: &str, error: sqlx::Error) -> Error {
-        let code = match &error {
-            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
-            _ => None,
-        };
+    /// A statement's failure, through either driver, as the error a caller acts on.
+    fn failed(&self, key: &str, error: impl Failure) -> Error {
+        let code = error.sqlstate().map(Cow::into_owned);
         let key = key.to_owned();
         match code.as_deref() {
             Some(code::SERIALIZATION | code::DEADLOCK) => Error::Conflict {
-                source: failure::store_error(error, &self.describe()),
+                source: error.into_store_error(&self.describe()),
                 key,
             },
             Some(code::LOCK_TIMEOUT) => Error::InProgress { key },
@@ -239,7 +231,7 @@ impl PgTxStore {
                 self.table.migration()
             )),
             _ => Error::Store {
-                source: failure::store_error(error, &self.describe()),
+                source: error.into_store_error(&self.describe()),
                 key,
             },
         }
