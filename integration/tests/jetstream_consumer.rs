@@ -2,7 +2,8 @@
 //! new message after the duplicate window), two consumer processes, one of them SIGKILLed at
 //! random moments at least 20 times and started again; once every message is acked, the
 //! orders are counted. Run once per mode of idem's record (a lease in Redis, a lease in
-//! PostgreSQL, the transactional mode on PostgreSQL, on a SQLite file and on MariaDB), reported
+//! PostgreSQL, the transactional mode on PostgreSQL through sqlx and through tokio-postgres, on
+//! a SQLite file and on MariaDB), reported
 //! side by side: each transactional mode must write every order exactly once.
 //!
 //! This test binary has no libtest harness (`harness = false`): run normally, it starts
@@ -81,6 +82,7 @@ async fn jetstream_consumers_killed_mid_work() {
         (Mode::Redis, database("orders_redis"), redis.url()),
         (Mode::Postgres, database("orders_postgres"), String::new()),
         (Mode::Tx, database("orders_tx"), String::new()),
+        (Mode::TokioTx, database("orders_tokio"), String::new()),
         (Mode::SqliteTx, sqlite.url(), String::new()),
         (Mode::MySqlTx, mariadb.database("orders_tx"), String::new()),
     ];
@@ -144,7 +146,7 @@ fn check(plan: &Plan, report: &Report) {
         report.duplicates_skipped > 0,
         "{mode}: duplicates skipped by idem"
     );
-    if [Mode::Tx, Mode::SqliteTx, Mode::MySqlTx]
+    if [Mode::Tx, Mode::TokioTx, Mode::SqliteTx, Mode::MySqlTx]
         .iter()
         .any(|tx| tx.name() == mode)
     {

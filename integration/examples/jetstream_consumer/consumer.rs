@@ -2,7 +2,8 @@
 //! consumer, writes each order to PostgreSQL through an idempotent handler, and acks after
 //! the handler returns (whether it ran the write now or replayed an earlier run's result).
 //!
-//! In the transactional modes ([`Mode::Tx`] on PostgreSQL, [`Mode::SqliteTx`] on a SQLite file,
+//! In the transactional modes ([`Mode::Tx`] on PostgreSQL through sqlx, [`Mode::TokioTx`]
+//! through tokio-postgres and deadpool-postgres, [`Mode::SqliteTx`] on a SQLite file,
 //! [`Mode::MySqlTx`] on MySQL/MariaDB) the handler's insert, idem's claim and its result commit
 //! in one transaction of the orders' database, before the ack.
 //!
@@ -96,6 +97,9 @@ pub enum Mode {
     /// [`Mode::Tx`] with the orders and idem's record in MySQL/MariaDB (`IDEM_STORE=mysql://…`,
     /// the same database): a duplicate waits on InnoDB's lock of the key's row.
     MySqlTx,
+    /// [`Mode::Tx`] with the orders written through tokio-postgres (a deadpool-postgres pool,
+    /// `tx = conn` on a `tokio_postgres::Transaction`): the same table and records as sqlx's.
+    TokioTx,
 }
 
 impl Mode {
@@ -107,12 +111,16 @@ impl Mode {
             Mode::Tx => "tx",
             Mode::SqliteTx => "sqlite",
             Mode::MySqlTx => "mysql",
+            Mode::TokioTx => "tokio-postgres",
         }
     }
 
     /// Whether idem's record commits with the order (no lease).
     pub fn transactional(self) -> bool {
-        matches!(self, Mode::Tx | Mode::SqliteTx | Mode::MySqlTx)
+        matches!(
+            self,
+            Mode::Tx | Mode::SqliteTx | Mode::MySqlTx | Mode::TokioTx
+        )
     }
 
     /// The mode named `word` ([`Mode::as_str`]).
@@ -123,6 +131,7 @@ impl Mode {
             Mode::Tx,
             Mode::SqliteTx,
             Mode::MySqlTx,
+            Mode::TokioTx,
         ]
         .into_iter()
         .find(|mode| mode.as_str() == word)
@@ -137,6 +146,7 @@ impl Mode {
             Mode::Tx => "postgres (tx)",
             Mode::SqliteTx => "sqlite (tx)",
             Mode::MySqlTx => "mysql (tx)",
+            Mode::TokioTx => "tokio-pg (tx)",
         }
     }
 }
@@ -170,6 +180,9 @@ pub enum HandlerError {
     /// idem could not decide (store down, the key still in progress after `wait`).
     #[error(transparent)]
     Idempotency(#[from] idem::Error),
+    /// The orders database failed, through tokio-postgres or its pool.
+    #[error("orders database (tokio-postgres): {0}")]
+    Tokio(String),
 }
 
 /// One delivery of a message, as its handler sees it.
@@ -260,6 +273,8 @@ pub enum Orders {
     Sqlite(SqlitePool),
     /// MySQL/MariaDB.
     MySql(MySqlPool),
+    /// PostgreSQL through tokio-postgres, on a deadpool-postgres pool.
+    Tokio(deadpool_postgres::Pool),
 }
 
 impl Orders {
@@ -295,6 +310,15 @@ impl Orders {
                     .connect(url)
                     .await?,
             ),
+            Mode::TokioTx => {
+                let config: tokio_postgres::Config = url.parse()?;
+                let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+                Orders::Tokio(
+                    deadpool_postgres::Pool::builder(manager)
+                        .max_size(connections as usize)
+                        .build()?,
+                )
+            }
         })
     }
 
@@ -318,6 +342,10 @@ impl Orders {
                 let sql = with_idem(ORDERS_TABLE_MYSQL, idem::mysql::MIGRATION);
                 sqlx::raw_sql(sql).execute(pool).await?;
             }
+            Orders::Tokio(pool) => {
+                let sql = with_idem(ORDERS_TABLE, idem::postgres::MIGRATION);
+                pool.get().await?.batch_execute(sql.0.as_str()).await?;
+            }
         }
         Ok(())
     }
@@ -339,6 +367,14 @@ impl Orders {
             Orders::MySql(pool) => {
                 let sql = sqlx::AssertSqlSafe(format!("{sql}?"));
                 sqlx::query_as(sql).bind(like).fetch_one(pool).await?
+            }
+            Orders::Tokio(pool) => {
+                let row = pool
+                    .get()
+                    .await?
+                    .query_one(&format!("{sql}$1"), &[&like])
+                    .await?;
+                (row.get(0), row.get(1))
             }
         };
         Ok((rows as u64, orders as u64))
@@ -417,6 +453,35 @@ async fn place_order_tx_mysql(
     })
 }
 
+/// [`place_order_tx`] through tokio-postgres.
+#[idempotent(key = order.order_id, ttl = "24h", tx = conn)]
+async fn place_order_tx_tokio(
+    conn: &mut tokio_postgres::Transaction<'_>,
+    order: &OrderPlaced,
+    delivery: &Delivery,
+) -> Result<Placed, HandlerError> {
+    let _ = delivery.body_started.set(Instant::now());
+    let row_id: i64 = conn
+        .query_one(
+            "INSERT INTO jetstream_orders (order_id, customer, cents, placed_by)
+             VALUES ($1, $2, $3, $4) RETURNING row_id",
+            &[
+                &order.order_id,
+                &order.customer,
+                &order.cents,
+                &delivery.name,
+            ],
+        )
+        .await
+        .map_err(|error| HandlerError::Tokio(error.to_string()))?
+        .get(0);
+    tokio::time::sleep(delivery.work).await;
+    Ok(Placed {
+        row_id,
+        placed_by: delivery.name.clone(),
+    })
+}
+
 /// One order in a transaction of its own, then the commit. An error (a failed insert, a
 /// duplicate that waited past `wait`) drops the transaction, which rolls back. On SQLite the
 /// transaction begins with `BEGIN IMMEDIATE`: a duplicate waits for the write lock instead of
@@ -439,6 +504,15 @@ async fn place_order_in_tx(
         Orders::Postgres(pool) => in_tx!(pool.begin(), place_order_tx),
         Orders::Sqlite(pool) => in_tx!(pool.begin_with("BEGIN IMMEDIATE"), place_order_tx_sqlite),
         Orders::MySql(pool) => in_tx!(pool.begin(), place_order_tx_mysql),
+        Orders::Tokio(pool) => {
+            let tokio = |error: &dyn std::fmt::Display| HandlerError::Tokio(error.to_string());
+            let mut client = pool.get().await.map_err(|e| tokio(&e))?;
+            let mut tx = client.transaction().await.map_err(|e| tokio(&e))?;
+            let _ = delivery.tx_begun.set(Instant::now());
+            let placed = place_order_tx_tokio(&mut tx, order, delivery).await?;
+            tx.commit().await.map_err(|e| tokio(&e))?;
+            Ok(placed)
+        }
     }
 }
 
@@ -504,7 +578,7 @@ pub async fn run_worker() -> Result<(), BoxError> {
                         Orders::Postgres(pool) => place_order(pool, &order, &delivery).await,
                         _ => unreachable!("the lease modes write their orders to PostgreSQL"),
                     },
-                    Mode::Tx | Mode::SqliteTx | Mode::MySqlTx => {
+                    Mode::Tx | Mode::SqliteTx | Mode::MySqlTx | Mode::TokioTx => {
                         place_order_in_tx(orders, &order, &delivery).await
                     }
                 };

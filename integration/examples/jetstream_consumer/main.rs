@@ -19,7 +19,8 @@
 //! IDEM_JS_MODE=mysql cargo run -p idem-integration --example jetstream_consumer    # in a MariaDB of its own (or MYSQL_URL)
 //! ```
 //!
-//! `IDEM_JS_MODE` (`tx`, `sqlite`, `mysql`, `postgres`, `redis`) names the mode directly; the
+//! `IDEM_JS_MODE` (`tx`, `tokio-postgres`, `sqlite`, `mysql`, `postgres`, `redis`) names the
+//! mode directly (`tokio-postgres`: the transactional mode through tokio-postgres); the
 //! transactional modes on SQLite and MySQL keep the orders and idem's records in that database
 //! (a file in a temporary directory; the server `MYSQL_URL` names, or a MariaDB started here).
 //!
@@ -108,14 +109,16 @@ async fn main() -> Result<(), BoxError> {
                 mariadb_server.database("orders")
             }
         },
-        Mode::Redis | Mode::Postgres | Mode::Tx => match std::env::var("DATABASE_URL") {
-            Ok(url) => url,
-            Err(_) => {
-                postgres_server = postgres::PostgresServer::quiet();
-                println!("started PostgreSQL on {}", postgres_server.url());
-                postgres_server.url()
+        Mode::Redis | Mode::Postgres | Mode::Tx | Mode::TokioTx => {
+            match std::env::var("DATABASE_URL") {
+                Ok(url) => url,
+                Err(_) => {
+                    postgres_server = postgres::PostgresServer::quiet();
+                    println!("started PostgreSQL on {}", postgres_server.url());
+                    postgres_server.url()
+                }
             }
-        },
+        }
     };
     // In the transactional modes the configured store is the store on the orders' database:
     // its table is the one the transactions write to.
