@@ -7,6 +7,7 @@
 //! cargo run -p idem-integration --example ledger            # PostgreSQL
 //! cargo run -p idem-integration --example ledger -- sqlite  # SQLite, in a temporary file
 //! cargo run -p idem-integration --example ledger -- mysql   # MariaDB (or MySQL)
+//! cargo run -p idem-integration --example ledger -- tokio-postgres   # PostgreSQL through tokio-postgres
 //! ```
 //!
 //! On PostgreSQL it runs against the server named by `DATABASE_URL` (it creates three tables
@@ -56,6 +57,10 @@ enum TransferError {
     InsufficientFunds(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database (tokio-postgres): {0}")]
+    Tokio(#[from] tokio_postgres::Error),
+    #[error("pool (deadpool-postgres): {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
     #[error(transparent)]
     Idem(#[from] idem::Error),
     #[error("the client lost the answer")]
@@ -179,10 +184,48 @@ async fn apply_mysql(
     })
 }
 
+/// [`apply`] in the caller's transaction on tokio-postgres: the same statements, the same idem
+/// table and records.
+#[idempotent(key = transfer.id, tx = conn, fingerprint = transfer, ttl = "7d", scope = "ledger::apply")]
+async fn apply_tokio(
+    conn: &mut tokio_postgres::Transaction<'_>,
+    transfer: &Transfer,
+) -> Result<Receipt, TransferError> {
+    *BODY_RUNS
+        .lock()
+        .unwrap()
+        .entry(transfer.id.clone())
+        .or_default() += 1;
+    let from_balance: i64 = conn
+        .query_opt(DEBIT, &[&transfer.amount, &transfer.from])
+        .await?
+        .ok_or_else(|| TransferError::InsufficientFunds(transfer.from.clone()))?
+        .get(0);
+    let to_balance: i64 = conn
+        .query_one(CREDIT, &[&transfer.amount, &transfer.to])
+        .await?
+        .get(0);
+    let entry: i64 = conn
+        .query_one(
+            ENTRY,
+            &[&transfer.id, &transfer.from, &transfer.to, &transfer.amount],
+        )
+        .await?
+        .get(0);
+    Ok(Receipt {
+        entry,
+        from_balance,
+        to_balance,
+    })
+}
+
 /// The database the ledger is in: its pool.
 #[derive(Clone)]
 enum Bank {
     Postgres(PgPool),
+    /// PostgreSQL through tokio-postgres (a deadpool-postgres pool) for the transfers; its
+    /// sqlx pool for the example's own setup and counts.
+    Tokio(deadpool_postgres::Pool, PgPool),
     Sqlite(SqlitePool),
     MySql(MySqlPool),
 }
@@ -193,6 +236,7 @@ enum Database {
     Postgres,
     Sqlite,
     MySql,
+    Tokio,
 }
 
 /// One delivery's transaction, then `fate`; `Ok` with the receipt when the answer arrives.
@@ -233,6 +277,25 @@ impl Bank {
                 )
             }
             Bank::MySql(pool) => deliver_in!(pool.begin(), apply_mysql, transfer, fate),
+            Bank::Tokio(pool, _) => {
+                let mut client = pool.get().await?;
+                let mut tx = client.transaction().await?;
+                let receipt = apply_tokio(&mut tx, transfer).await?;
+                match fate {
+                    Fate::CutBeforeCommit => {
+                        drop(tx);
+                        Err(TransferError::Lost)
+                    }
+                    Fate::LostAfterCommit => {
+                        tx.commit().await?;
+                        Err(TransferError::Lost)
+                    }
+                    Fate::Fine => {
+                        tx.commit().await?;
+                        Ok(receipt)
+                    }
+                }
+            }
         }
     }
 
@@ -240,7 +303,9 @@ impl Bank {
     async fn execute(&self, sql: String) -> Result<(), sqlx::Error> {
         let sql = sqlx::AssertSqlSafe(sql);
         match self {
-            Bank::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+            Bank::Postgres(pool) | Bank::Tokio(_, pool) => {
+                sqlx::raw_sql(sql).execute(pool).await.map(drop)
+            }
             Bank::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
             Bank::MySql(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
         }
@@ -250,7 +315,7 @@ impl Bank {
     async fn open(&self, name: &str, balance: i64) -> Result<(), sqlx::Error> {
         let sql = "INSERT INTO ledger_accounts (name, balance) VALUES ($1, $2)";
         match self {
-            Bank::Postgres(pool) => {
+            Bank::Postgres(pool) | Bank::Tokio(_, pool) => {
                 let query = sqlx::query(sql).bind(name).bind(balance);
                 query.execute(pool).await.map(drop)
             }
@@ -270,7 +335,9 @@ impl Bank {
     async fn entries(&self, like: String) -> Result<BTreeMap<String, i64>, sqlx::Error> {
         let sql = "SELECT transfer, count(*) FROM ledger_entries WHERE transfer LIKE $1 GROUP BY transfer";
         let rows: Vec<(String, i64)> = match self {
-            Bank::Postgres(pool) => sqlx::query_as(sql).bind(like).fetch_all(pool).await?,
+            Bank::Postgres(pool) | Bank::Tokio(_, pool) => {
+                sqlx::query_as(sql).bind(like).fetch_all(pool).await?
+            }
             Bank::Sqlite(pool) => sqlx::query_as(sql).bind(like).fetch_all(pool).await?,
             Bank::MySql(pool) => {
                 let sql = "SELECT transfer, count(*) FROM ledger_entries WHERE transfer LIKE ? GROUP BY transfer";
@@ -284,7 +351,9 @@ impl Bank {
     async fn balance(&self, name: &str) -> Result<i64, sqlx::Error> {
         let sql = "SELECT balance FROM ledger_accounts WHERE name = $1";
         match self {
-            Bank::Postgres(pool) => sqlx::query_scalar(sql).bind(name).fetch_one(pool).await,
+            Bank::Postgres(pool) | Bank::Tokio(_, pool) => {
+                sqlx::query_scalar(sql).bind(name).fetch_one(pool).await
+            }
             Bank::Sqlite(pool) => sqlx::query_scalar(sql).bind(name).fetch_one(pool).await,
             Bank::MySql(pool) => {
                 let sql = "SELECT balance FROM ledger_accounts WHERE name = ?";
@@ -375,8 +444,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         None | Some("postgres") => Database::Postgres,
         Some("sqlite") => Database::Sqlite,
         Some("mysql") => Database::MySql,
+        Some("tokio-postgres") => Database::Tokio,
         Some(other) => {
-            return Err(format!("unknown database `{other}`: postgres, sqlite or mysql").into());
+            return Err(format!(
+                "unknown database `{other}`: postgres, tokio-postgres, sqlite or mysql"
+            )
+            .into());
         }
     };
     let (own_postgres, own_mariadb);
@@ -400,7 +473,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 idem::SqliteStore::from_pool(pool.clone(), idem::SqliteOptions::default()).await?;
             (Bank::Sqlite(pool), store.into())
         }
-        Database::Postgres => {
+        Database::Postgres | Database::Tokio => {
             let url = match std::env::var("DATABASE_URL") {
                 Ok(url) => url,
                 Err(_) => {
@@ -416,7 +489,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .connect(&url)
                 .await?;
             let store = idem::PostgresStore::open(&url).await?;
-            (Bank::Postgres(pool), store.into())
+            let bank = if database == Database::Tokio {
+                let config: tokio_postgres::Config = url.parse()?;
+                let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+                let tokio = deadpool_postgres::Pool::builder(manager)
+                    .max_size(4)
+                    .build()?;
+                Bank::Tokio(tokio, pool)
+            } else {
+                Bank::Postgres(pool)
+            };
+            (bank, store.into())
         }
         Database::MySql => {
             let url = match std::env::var("MYSQL_URL") {
@@ -439,7 +522,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (name, serial) = match database {
         Database::Sqlite => ("text", "INTEGER PRIMARY KEY AUTOINCREMENT"),
-        Database::Postgres => ("text", "bigserial PRIMARY KEY"),
+        Database::Postgres | Database::Tokio => ("text", "bigserial PRIMARY KEY"),
         Database::MySql => ("varchar(100)", "bigint AUTO_INCREMENT PRIMARY KEY"),
     };
     bank.execute(format!(
