@@ -228,10 +228,10 @@ impl PlainCall<'_> {
                     crate::abandoned::end(&self.target.store, &self.frame.key).await;
                 }
                 self.release().await;
-                Finished::new(value, Status::Executed)
+                Finished::new(value, took_over(Status::Executed, attempt))
             }
             Some(sealed) => {
-                let status = self.complete(sealed.bytes).await;
+                let status = took_over(self.complete(sealed.bytes).await, attempt);
                 Finished::stored(value, status, sealed.unstorable)
             }
         };
@@ -320,6 +320,15 @@ impl PlainCall<'_> {
     /// Releases the claim, so that a retry runs the body again.
     async fn release(&self) {
         release(&self.target.store, &self.frame.key, &self.claim).await;
+    }
+}
+
+/// [`Status::TookOver`] for a body that ran and ended as attempt 2 or later (it took over an
+/// abandoned attempt), else `status`.
+fn took_over(status: Status, attempt: Option<u32>) -> Status {
+    match (status, attempt) {
+        (Status::Executed, Some(attempt)) if attempt > 1 => Status::TookOver,
+        (status, _) => status,
     }
 }
 

@@ -37,4 +37,10 @@ pub enum Status {
     /// The store was unavailable and the configuration is fail-open: the body ran without
     /// idempotency protection.
     Unprotected,
+    /// The body ran as the attempt that took over an abandoned one (an earlier attempt began
+    /// and never ended, and the call's policy is [`Abandoned::Rerun`](crate::Abandoned::Rerun)),
+    /// and its result was stored (or, for a released error, not kept): what it did outside the
+    /// store may have been done twice, unless its steps were recorded and its downstream keys
+    /// derived. Counted as `executed`.
+    TookOver,
 }

@@ -435,11 +435,12 @@ async fn the_attribute_fails_or_reruns_an_abandoned_attempt_as_it_says() {
         .expect("the first attempt begins");
     first.abort();
     let _ = first.await;
+    let (rerun, status) = idem.scope(idem::with_status(notify(1, None))).await;
+    assert_eq!(rerun.expect("the next attempt runs"), Some(2));
     assert_eq!(
-        idem.scope(notify(1, None))
-            .await
-            .expect("the next attempt runs"),
-        Some(2)
+        status,
+        Some(Status::TookOver),
+        "the caller learns the call took an abandoned attempt over"
     );
     assert_eq!(
         idem.scope(notify(3, None)).await.expect("a first attempt"),

@@ -437,7 +437,7 @@ impl<R> Finished<R> {
     /// `value`, ended with `status`.
     pub(crate) fn new(value: R, status: Status) -> Self {
         let counted = match status {
-            Status::Executed => Ending::Executed,
+            Status::Executed | Status::TookOver => Ending::Executed,
             Status::Replayed => Ending::Replayed,
             Status::Waited => Ending::Waited,
             Status::LeaseLost => Ending::LeaseLost,

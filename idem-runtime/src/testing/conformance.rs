@@ -629,7 +629,7 @@ pub async fn abandoned_attempts_fail_or_rerun(store: StoreHandle) {
         .expect("the next attempt runs");
     assert_eq!(
         (rerun.value.expect("the value"), rerun.status),
-        ((6, Some(2)), Status::Executed)
+        ((6, Some(2)), Status::TookOver)
     );
     assert_eq!(
         (count(&runs), count(&steps)),
