@@ -604,7 +604,11 @@ pub async fn abandoned_attempts_fail_or_rerun(store: StoreHandle) {
         .run_result(body(None, None, 4))
         .await
         .expect("a call after forget");
-    assert_eq!(again.value.expect("the value"), (4, Some(1)));
+    assert_eq!(
+        (again.value.expect("the value"), again.status),
+        ((4, Some(1)), Status::Executed),
+        "a first attempt is no takeover"
+    );
     assert_eq!((count(&runs), count(&steps)), (2, 2));
 
     // Under `Rerun`, the attempt that takes an abandoned one over is attempt 2 and replays its
