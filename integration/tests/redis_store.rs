@@ -202,7 +202,8 @@ async fn min_replicas_with_no_replica_refuses_the_call_and_withdraws_its_claim()
 }
 
 /// An error the server answers (here a key of another type) is the call's, sent once: only a
-/// connection found closed is a reason to send a command again.
+/// connection found closed is a reason to send a command again, and only `NOSCRIPT` one to
+/// load a script.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_the_server_answers_is_not_sent_again() {
     let server = RedisServer::start();
@@ -220,10 +221,15 @@ async fn an_error_the_server_answers_is_not_sent_again() {
         }
         other => panic!("expected the server's WRONGTYPE, got {other:?}"),
     }
+    let renewed = store
+        .renew(&key, &Claim::new(None), Duration::from_secs(30))
+        .await;
+    let error = renewed.expect_err("a list is not a claim to renew");
+    assert!(error.to_string().contains("WRONGTYPE"), "{error}");
     assert_eq!(
         monitor.stop(),
-        calls(&[("set", 1)]),
-        "one SET, not sent again"
+        calls(&[("set", 1), ("evalsha", 1)]),
+        "one SET and one EVALSHA: neither sent again, no script loaded"
     );
 }
 
