@@ -255,3 +255,27 @@ fn each_call_has_a_span_with_scope_key_and_outcome() {
         assert!(key.starts_with("idem:shop.charge:#"), "{key}");
     }
 }
+
+/// A recorded step has a span of its own, as a call does, with its outcome (a step is counted
+/// with its call, but its span says how it ended).
+#[test]
+fn a_step_has_a_span_with_its_outcome() {
+    let captured = Captured::default();
+    captured.run(async {
+        let idem = Idem::with_settings(MemoryStore::new(), &Config::default());
+        let ran = idem
+            .scope(Call::new(SCOPE, KEY).run(async {
+                idem::step("reserve", async { 1 })
+                    .await
+                    .expect("the step is recorded")
+            }))
+            .await
+            .unwrap();
+        assert_eq!(ran.value, 1);
+    });
+    let spans = captured.idem_spans();
+    assert_eq!(spans.len(), 2, "the call's span and its step's: {spans:?}");
+    for span in &spans {
+        assert_eq!(field(span, "outcome"), Some("executed"), "{span:?}");
+    }
+}

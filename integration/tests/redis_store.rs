@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use idem::store::{Claim, Fence};
-use idem::{Call, Config, Error, FailMode, Idem, RedisStore, Status, Store, StoreErrorKind};
+use idem::{
+    Call, Config, Error, FailMode, Idem, RedisOptions, RedisStore, Status, Store, StoreErrorKind,
+};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -154,6 +156,117 @@ async fn scripts_are_reloaded_after_script_flush() {
         .await
         .unwrap();
     assert_eq!((replay.value, replay.status), (2, Status::Replayed));
+}
+
+/// `min_replicas` on a server with no replica: `WAIT` follows the claim in its round trip, runs
+/// out after `replica_timeout` (here longer than the command timeout, which it extends), and
+/// the claim it did not protect is withdrawn: the call is refused, its body never runs, the
+/// key is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_replicas_with_no_replica_refuses_the_call_and_withdraws_its_claim() {
+    let server = RedisServer::start();
+    let options = RedisOptions::default()
+        .command_timeout(Duration::from_millis(200))
+        .min_replicas(1)
+        .replica_timeout(Duration::from_millis(600));
+    let store = RedisStore::connect_with(&server.url(), options)
+        .await
+        .unwrap();
+    let monitor = server.monitor();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let refused = Call::new("replicas", "k")
+        .store(store.clone())
+        .run({
+            let runs = runs.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .await;
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "the body never ran");
+    match refused {
+        Err(Error::Store { source, .. }) => {
+            assert_eq!(source.kind(), StoreErrorKind::Unavailable, "{source}");
+            assert!(source.to_string().contains("only 0 of the 1"), "{source}");
+        }
+        other => panic!("expected the claim refused for min_replicas, got {other:?}"),
+    }
+    let sent = monitor.stop();
+    assert_eq!(
+        (sent.get("set"), sent.get("wait")),
+        (Some(&1), Some(&1)),
+        "the claim and its WAIT: {sent:?}"
+    );
+    let exists: i64 = server.cmd(&["EXISTS", &store_key("replicas", "k")]);
+    assert_eq!(exists, 0, "the unreplicated claim was withdrawn");
+}
+
+/// An error the server answers (here a key of another type) is the call's, sent once: only a
+/// connection found closed is a reason to send a command again, and only `NOSCRIPT` one to
+/// load a script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_the_server_answers_is_not_sent_again() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).await.unwrap();
+    let key = store_key("wrongtype", "k");
+    let _: i64 = server.cmd(&["LPUSH", &key, "not a record"]);
+    let monitor = server.monitor();
+    let refused = Call::new("wrongtype", "k")
+        .store(store.clone())
+        .run(async { 1 })
+        .await;
+    match refused {
+        Err(Error::Store { source, .. }) => {
+            assert!(source.to_string().contains("WRONGTYPE"), "{source}")
+        }
+        other => panic!("expected the server's WRONGTYPE, got {other:?}"),
+    }
+    let renewed = store
+        .renew(&key, &Claim::new(None), Duration::from_secs(30))
+        .await;
+    let error = renewed.expect_err("a list is not a claim to renew");
+    assert!(error.to_string().contains("WRONGTYPE"), "{error}");
+    assert_eq!(
+        monitor.stop(),
+        calls(&[("set", 1), ("evalsha", 1)]),
+        "one SET and one EVALSHA: neither sent again, no script loaded"
+    );
+}
+
+/// A command that closes its connection every time (a result over the server's query buffer
+/// limit) is sent once more on a new connection, and then fails: never sent again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_closes_its_connection_again_is_sent_twice_then_fails() {
+    let server = RedisServer::start();
+    let _: () = server.cmd(&["CONFIG", "SET", "client-query-buffer-limit", "1mb"]);
+    let store = store_on(&server, Duration::from_secs(2)).await;
+    let key = store_key("closing", "k");
+    let claim = Claim::new(None);
+    let lease = Duration::from_secs(30);
+    assert_eq!(store.claim(&key, &claim, lease).await.unwrap(), None);
+    let connections = || -> u64 {
+        let info: String = server.cmd(&["INFO", "stats"]);
+        info.lines()
+            .find_map(|line| line.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("INFO stats counts connections")
+    };
+    let before = connections();
+    let too_large = vec![b'x'; 2 << 20];
+    // Two attempts take at most a command timeout and a new connection's connect timeout
+    // each: the bound leaves room for a slow machine, and ends a resend that never stops.
+    let failed = tokio::time::timeout(
+        Duration::from_secs(15),
+        store.complete(&key, &claim, &too_large, lease),
+    )
+    .await
+    .expect("the completion fails within two attempts, not sent again and again");
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(
+        connections() - before,
+        1,
+        "one new connection for the one resend"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

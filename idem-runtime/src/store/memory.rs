@@ -273,9 +273,11 @@ impl MemoryStore {
             Some(entry) if entry.live(now) => Ok(Some(entry.record(now))),
             Some(expired) => {
                 // The lease or ttl ended: the key is free, and whoever waited on the old
-                // holder looks again.
-                expired.claim_anew(claim, now + lease);
-                self.expires(now + lease);
+                // holder looks again. (The sweep's bound is at or before the old expiry
+                // already; noted anyway, as every write does.)
+                let expires_at = now + lease;
+                expired.claim_anew(claim, expires_at);
+                self.expires(expires_at);
                 Ok(None)
             }
             None if !self.reserve() => Err(self.full()),
@@ -702,6 +704,43 @@ mod tests {
             })
         );
         assert_eq!(store.len(), 1);
+    }
+
+    /// Paused time: a renewal moves the end of the lease to a full lease from the instant of
+    /// the renewal, for its holder only; the key is then held until that instant, not before
+    /// and not after.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_holds_the_key_a_full_lease_from_its_instant() {
+        let store = MemoryStore::new();
+        let lease = Duration::from_secs(10);
+        let holder = Claim::new(None);
+        now(store.claim("k", &holder, lease)).unwrap();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(
+            now(store.renew("k", &Claim::new(None), lease)).unwrap(),
+            Fence::Lost,
+            "only the holder renews"
+        );
+        assert_eq!(now(store.renew("k", &holder, lease)).unwrap(), Fence::Held);
+        assert_eq!(
+            now(store.inspect("k")).unwrap(),
+            Inspection::InProgress {
+                lease_left: Some(lease),
+                fingerprint: None
+            }
+        );
+        tokio::time::advance(lease - Duration::from_nanos(1)).await;
+        assert_eq!(
+            now(store.claim("k", &Claim::new(None), lease)).unwrap(),
+            Some(Record::InProgress(holder.clone())),
+            "held past its first lease, until the renewed one ends"
+        );
+        tokio::time::advance(Duration::from_nanos(1)).await;
+        assert_eq!(now(store.renew("k", &holder, lease)).unwrap(), Fence::Lost);
+        assert_eq!(
+            now(store.claim("k", &Claim::new(None), lease)).unwrap(),
+            None
+        );
     }
 
     /// A completed record expires at its ttl's instant too; a claim then starts anew with no
