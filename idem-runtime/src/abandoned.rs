@@ -102,9 +102,9 @@ impl Mark {
         Claim::new(Some(Fingerprint::from_bytes(bytes)))
     }
 
-    /// The mark a claim holds; `None` for a claim that is no mark.
-    fn of(claim: &Claim) -> Option<Mark> {
-        let bytes = claim.fingerprint.as_ref()?.as_bytes();
+    /// The mark a claim's fingerprint carries; `None` for a claim that is no mark.
+    fn of(fingerprint: Option<&Fingerprint>) -> Option<Mark> {
+        let bytes = fingerprint?.as_bytes();
         if &bytes[..16] != MARK_TAG {
             return None;
         }
@@ -155,7 +155,7 @@ pub(crate) async fn begin(
                 )));
             }
         };
-        let Some(earlier) = Mark::of(&found) else {
+        let Some(earlier) = Mark::of(found.fingerprint.as_ref()) else {
             return Err(Error::Config(format!(
                 "the attempt mark of the key `{key}` is not one idem wrote (`{marks}`); forget \
                  the key to start again"
@@ -190,13 +190,7 @@ pub(crate) async fn end(store: &StoreHandle, key: &str) {
 /// key holds no live record and its mark is live. For [`inspect`](crate::inspect).
 pub(crate) async fn abandoned(store: &StoreHandle, key: &str) -> Option<Mark> {
     match store.inspect(&mark_key(key)).await {
-        Ok(Inspection::InProgress {
-            fingerprint: Some(fingerprint),
-            ..
-        }) => Mark::of(&Claim {
-            token: crate::record::Token::from_bytes([0; 16]),
-            fingerprint: Some(fingerprint),
-        }),
+        Ok(Inspection::InProgress { fingerprint, .. }) => Mark::of(fingerprint.as_ref()),
         _ => None,
     }
 }
@@ -227,15 +221,15 @@ mod tests {
             attempt: 3,
             since_ms: 1_764_000_000_123,
         };
-        assert_eq!(Mark::of(&mark.claim()), Some(mark));
+        assert_eq!(Mark::of(mark.claim().fingerprint.as_ref()), Some(mark));
         assert_eq!(
             mark.since(),
             UNIX_EPOCH + Duration::from_millis(1_764_000_000_123)
         );
         // A request's fingerprint is no mark.
         let claim = Claim::new(Some(Fingerprint::of_bytes(b"request")));
-        assert_eq!(Mark::of(&claim), None);
-        assert_eq!(Mark::of(&Claim::new(None)), None);
+        assert_eq!(Mark::of(claim.fingerprint.as_ref()), None);
+        assert_eq!(Mark::of(None), None);
     }
 
     #[test]
