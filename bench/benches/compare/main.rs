@@ -139,8 +139,7 @@ fn main() {
                     server.port()
                 ),
             ));
-            let setup = on_postgres::Setup::new(&server).await;
-            on_postgres::rows(&mut report, &plan, &setup, &server).await;
+            on_postgres::rows(&mut report, &plan, &server).await;
         }
         if part("sqlite") {
             on_sql::sqlite(&mut report, &plan).await;

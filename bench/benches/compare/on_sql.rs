@@ -1,13 +1,14 @@
-//! The SQLite and MySQL rows: idem on `SqliteStore` (a file in a temporary directory, WAL) and
-//! on `MySqlStore` (a MariaDB of the benchmark's own) against the raw statements a hand-written
-//! version sends, on the store's own pool, with one caller and with 64. The rows are the same
-//! as PostgreSQL's (`on_postgres.rs`); only the raw statements differ.
+//! The rows of the SQL stores: idem against the raw statements a hand-written version sends, on
+//! the store's own pool, with one caller and with 64 ([`rows`], the same for every database;
+//! only the raw statements differ, [`Raw`]). PostgreSQL's setup is in `on_postgres.rs`; the
+//! SQLite (a file in a temporary directory, WAL) and MySQL (a MariaDB of the benchmark's own)
+//! setups are here.
 
 use std::future::Future;
 use std::hint::black_box;
 
 use idem::{Config, Idem, MySqlOptions, MySqlStore, SqliteOptions, SqliteStore};
-use sqlx::{MySqlPool, SqlitePool};
+use sqlx::{MySqlPool, PgPool, SqlitePool};
 
 use crate::mariadb_server::MariaDb;
 use crate::measure::{Plan, latency_pair, throughput_pair};
@@ -20,9 +21,44 @@ const REPLAYED: u64 = 1_024;
 
 /// The raw statements of one database: a replay's read by key, a first call's insert of the
 /// claim and update to the result.
-trait Raw: Clone + Send + Sync + 'static {
+pub trait Raw: Clone + Send + Sync + 'static {
     fn select(&self, key: String) -> impl Future<Output = ()> + Send;
     fn insert_update(&self, order: u64) -> impl Future<Output = ()> + Send;
+}
+
+impl Raw for PgPool {
+    async fn select(&self, key: String) {
+        let row: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT payload FROM idem_records WHERE key = $1")
+                .bind(key)
+                .fetch_optional(self)
+                .await
+                .expect("SELECT");
+        assert!(black_box(row).is_some(), "the key is stored");
+    }
+
+    async fn insert_update(&self, order: u64) {
+        let key = format!("raw:{order}");
+        sqlx::query(
+            "INSERT INTO idem_records (key, state, token, expires_at) \
+             VALUES ($1, 'in_progress', $2, now() + interval '30 seconds')",
+        )
+        .bind(&key)
+        .bind(&[7_u8; 16][..])
+        .execute(self)
+        .await
+        .expect("INSERT");
+        let payload = serde_json::to_vec(&receipt(order)).expect("JSON");
+        sqlx::query(
+            "UPDATE idem_records SET state = 'completed', payload = $2, \
+             expires_at = now() + interval '1 hour' WHERE key = $1",
+        )
+        .bind(&key)
+        .bind(payload)
+        .execute(self)
+        .await
+        .expect("UPDATE");
+    }
 }
 
 impl Raw for SqlitePool {
@@ -144,8 +180,9 @@ pub async fn mysql(report: &mut Report, plan: &Plan) {
     .await;
 }
 
-/// One caller, then 64: replays and first calls against the raw statements.
-async fn rows<P: Raw>(report: &mut Report, plan: &Plan, name: &str, idem: Idem, raw: P) {
+/// One caller, then 64: replays and first calls against the raw statements, in sections named
+/// after `name` (the database).
+pub async fn rows<P: Raw>(report: &mut Report, plan: &Plan, name: &str, idem: Idem, raw: P) {
     for order in 0..REPLAYED {
         idem.scope(charge(order)).await.unwrap();
     }
