@@ -279,3 +279,51 @@ fn a_step_has_a_span_with_its_outcome() {
         assert_eq!(field(span, "outcome"), Some("executed"), "{span:?}");
     }
 }
+
+/// The lines a `log` logger was given, as `target: message`.
+static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        let line = format!("{}: {}", record.target(), record.args());
+        LOGGED.lock().unwrap().push(line);
+    }
+    fn flush(&self) {}
+}
+
+/// With no tracing subscriber, a `log` logger that prints debug lines still gets each call's
+/// span, through tracing's `log` feature (which sqlx turns on): idem skips making its span
+/// only when neither can print it. A process of its own: the logger and the absence of a
+/// subscriber are process-wide (nextest runs each test in its own).
+#[test]
+fn a_log_logger_gets_each_call_s_span_without_a_subscriber() {
+    assert!(
+        !tracing::dispatcher::has_been_set(),
+        "this test needs a process where no tracing subscriber was ever set (run it with nextest)"
+    );
+    log::set_logger(&Logger).expect("the only logger of this process");
+    log::set_max_level(log::LevelFilter::Debug);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let idem = Idem::with_settings(MemoryStore::new(), &Config::default());
+        for _ in 0..2 {
+            idem.scope(Call::new(SCOPE, KEY).run(async { 1 }))
+                .await
+                .unwrap();
+        }
+    });
+    let logged = LOGGED.lock().unwrap().clone();
+    let spans = logged
+        .iter()
+        .filter(|line| line.contains("idem; scope=shop::charge"))
+        .count();
+    assert_eq!(spans, 2, "one span line per call: {logged:#?}");
+}

@@ -359,6 +359,13 @@ pub(crate) struct Sealed {
 /// hashed otherwise, and with `hash_keys` hashed always; log lines never hold more of a key
 /// than the store does.
 fn span_of(scope: &str, key: &str) -> tracing::Span {
+    // Nothing can listen: no tracing subscriber was ever set, and no `log` logger prints
+    // debug lines (which tracing's `log` feature, turned on by sqlx, would send a span to).
+    // A disabled span made by the macro would still record its fields for `log` and log its
+    // end when dropped, a cost of every call.
+    if !tracing::dispatcher::has_been_set() && log::max_level() < log::LevelFilter::Debug {
+        return tracing::Span::none();
+    }
     let span = tracing::debug_span!(
         "idem",
         scope = %scope,
