@@ -27,7 +27,8 @@ return 0
 /// A claim's bytes, as long as idem's (`claim:1:<token>:-`).
 const CLAIM: &str = "claim:1:0123456789abcdef0123456789abcdef:-";
 
-async fn claim(conn: &mut MultiplexedConnection, key: &str) -> Option<Vec<u8>> {
+/// `SET NX PX GET` of idem's claim: the record `key` holds, if any.
+pub async fn claim(conn: &mut MultiplexedConnection, key: &str) -> Option<Vec<u8>> {
     redis::cmd("SET")
         .arg(key)
         .arg(CLAIM)

@@ -110,7 +110,9 @@ pub async fn scaling(report: &mut Report, plan: &Plan) {
     report.section("Memory store, scaling: replay of a random live key");
     const SMALL: u64 = 1_000;
     let (small, small_map) = filled(SMALL).await;
-    for (live, label, target) in [(100_000, "100k", 1.5), (1_000_000, "1M", 1.6)] {
+    // 1M's growth over 1k is the machine's caches more than the store's (the bare map grows
+    // more): its target is the row against the bare map at 1M below, the same DRAM misses.
+    for (live, label, target) in [(100_000, "100k", Some(1.5)), (1_000_000, "1M", None)] {
         let (large, large_map) = filled(live).await;
         let (base, cost) = latency_pair(
             plan,
@@ -133,7 +135,7 @@ pub async fn scaling(report: &mut Report, plan: &Plan) {
             "with 1k keys",
             (base, cost),
             Quantity::Nanos,
-            Some(Target::RatioAtMost(target)),
+            target.map(Target::RatioAtMost),
         );
         report.add_pair(
             &format!("{label} live keys, bare HashMap lookup + decode"),
@@ -142,6 +144,23 @@ pub async fn scaling(report: &mut Report, plan: &Plan) {
             Quantity::Nanos,
             None,
         );
+        if live == 1_000_000 {
+            let pair = latency_pair(
+                plan,
+                async || lookup(&large_map, live),
+                async || {
+                    black_box(large.scope(charge(below(live))).await.unwrap());
+                },
+            )
+            .await;
+            report.add_pair(
+                "1M live keys",
+                "bare HashMap lookup + decode, 1M",
+                pair,
+                Quantity::Nanos,
+                Some(Target::RatioAtMost(1.3)),
+            );
+        }
     }
 }
 

@@ -30,6 +30,12 @@ pub enum Operation {
     FloorReplay,
     /// idem's first call sent by hand: `SET NX PX GET`, then `EVALSHA` of the completion.
     FloorFirst,
+    /// [`FloorReplay`](Operation::FloorReplay), and the value decoded from the record: what
+    /// any replay by hand does before its caller has the value.
+    FloorReplayDecoded,
+    /// [`FloorFirst`](Operation::FloorFirst), with the value serialized for the completion:
+    /// what any first call by hand does before it can store its result.
+    FloorFirstEncoded,
     /// A replay through idem on `RedisStore`.
     RedisReplay,
     /// A first call through idem on `RedisStore`.
@@ -46,13 +52,15 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation, in the order they are counted.
-    pub const ALL: [Operation; 10] = [
+    pub const ALL: [Operation; 12] = [
         Operation::Direct,
         Operation::MemoryReplay,
         Operation::LocalCacheReplay,
         Operation::RawGet,
         Operation::FloorReplay,
         Operation::FloorFirst,
+        Operation::FloorReplayDecoded,
+        Operation::FloorFirstEncoded,
         Operation::RedisReplay,
         Operation::RedisFirst,
         Operation::DeadpoolReplay,
@@ -78,6 +86,8 @@ impl Operation {
             Operation::RawGet => "raw-get",
             Operation::FloorReplay => "floor-replay",
             Operation::FloorFirst => "floor-first",
+            Operation::FloorReplayDecoded => "floor-replay-decoded",
+            Operation::FloorFirstEncoded => "floor-first-encoded",
             Operation::RedisReplay => "redis-replay",
             Operation::RedisFirst => "redis-first",
             Operation::DeadpoolReplay => "deadpool-replay",
@@ -254,6 +264,30 @@ fn on_redis(runtime: &Runtime, op: Operation, calls: u64, url: &str) {
         Operation::FloorFirst => measure(runtime, None, calls, async || {
             by_hand::first(&mut conn, &payload).await;
         }),
+        Operation::FloorReplayDecoded => {
+            // Where the value starts in the record idem stored (found once, not per call).
+            const SIDE: &[u8] = b"\"ok\":";
+            let start = payload
+                .windows(SIDE.len())
+                .position(|w| w == SIDE)
+                .expect("a stored value")
+                + SIDE.len();
+            measure(runtime, None, calls, async || {
+                let found = by_hand::claim(&mut conn, &store_key(7))
+                    .await
+                    .expect("the record is stored");
+                let value = &found[start..found.len() - 1];
+                black_box(serde_json::from_slice::<Receipt>(value).expect("a receipt"));
+            })
+        }
+        Operation::FloorFirstEncoded => {
+            // The floor's first calls of another process may have used the default range.
+            fresh_from(3_000_000_000 + u64::from(std::process::id()) * 1_000_000);
+            measure(runtime, None, calls, async || {
+                let value = serde_json::to_vec(&crate::workload::receipt(7)).expect("JSON");
+                by_hand::first(&mut conn, &value).await;
+            })
+        }
         Operation::RedisReplay | Operation::DeadpoolReplay => {
             measure(runtime, Some(&idem), calls, async || {
                 black_box(charge(black_box(7)).await.unwrap());

@@ -224,20 +224,34 @@ enum Versus {
 /// The table of instructions per call.
 fn table(of: &impl Fn(Operation) -> f64) -> String {
     use Operation::*;
-    let rows: [(&str, Operation, &str, Operation, Versus); 10] = [
+    let rows: [(&str, Operation, &str, Operation, Versus); 17] = [
         (
             "Redis replay",
             RedisReplay,
             "floor replay",
             FloorReplay,
-            Versus::Ratio(Some(1.15)),
+            Versus::Ratio(Some(1.10)),
         ),
         (
             "Redis first call",
             RedisFirst,
             "floor first call",
             FloorFirst,
-            Versus::Ratio(Some(1.15)),
+            Versus::Ratio(Some(1.10)),
+        ),
+        (
+            "Redis replay",
+            RedisReplay,
+            "floor replay + the value decoded",
+            FloorReplayDecoded,
+            Versus::Ratio(Some(1.10)),
+        ),
+        (
+            "Redis first call",
+            RedisFirst,
+            "floor first call + the value encoded",
+            FloorFirstEncoded,
+            Versus::Ratio(Some(1.10)),
         ),
         (
             "Redis replay",
@@ -273,6 +287,41 @@ fn table(of: &impl Fn(Operation) -> f64) -> String {
             "raw GET",
             RawGet,
             Versus::Ratio(None),
+        ),
+        (
+            "floor replay + the value decoded",
+            FloorReplayDecoded,
+            "floor replay",
+            FloorReplay,
+            Versus::Difference,
+        ),
+        (
+            "floor first call + the value encoded",
+            FloorFirstEncoded,
+            "floor first call",
+            FloorFirst,
+            Versus::Difference,
+        ),
+        (
+            "memory store replay, 1k live records",
+            MemoryReplayAmong(1_000),
+            "bare `HashMap` lookup + decode, 1k",
+            MapLookupAmong(1_000),
+            Versus::Ratio(Some(1.3)),
+        ),
+        (
+            "local-cache replay (memory store behind)",
+            LocalCacheReplay,
+            "bare `HashMap` lookup + decode, 1k",
+            MapLookupAmong(1_000),
+            Versus::Ratio(Some(1.1)),
+        ),
+        (
+            "memory store replay, 1M live records",
+            MemoryReplayAmong(1_000_000),
+            "bare `HashMap` lookup + decode, 1M",
+            MapLookupAmong(1_000_000),
+            Versus::Ratio(Some(1.3)),
         ),
         (
             "memory store replay",
