@@ -9,7 +9,9 @@
 //!
 //! `--only` runs one part (`memory`, `redis`, `concurrent`, `floor`, `waiters`, `scaling`,
 //! `bytes`, `postgres`, `sqlite`, `mysql`), for profiling it. `--only pg-capacity` runs the PostgreSQL capacity
-//! measurements of docs/SCALING.md (a few minutes; not part of the full run).
+//! measurements of docs/SCALING.md (a few minutes; not part of the full run), `--only
+//! mysql-shapes` the statement shapes a MySQL claim could take (`mysql_shapes.rs`; not part of
+//! the full run either).
 //!
 //! It starts a `redis-server`, a PostgreSQL and a MariaDB of its own on free loopback ports
 //! (and stops them at the end), keeps its SQLite file in a temporary directory,
@@ -22,6 +24,7 @@ mod child;
 mod floor;
 mod measure;
 mod memory;
+mod mysql_shapes;
 mod naive;
 mod on_postgres;
 mod on_redis;
@@ -146,6 +149,10 @@ fn main() {
         }
         if part("mysql") {
             on_sql::mysql(&mut report, &plan).await;
+        }
+        // Not part of the full run: the evidence behind `MySqlStore`'s claim.
+        if only.as_deref() == Some("mysql-shapes") {
+            mysql_shapes::run(&mut report, &plan).await;
         }
     });
     if part("bytes") {
