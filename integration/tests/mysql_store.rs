@@ -129,3 +129,102 @@ async fn the_reaper_deletes_expired_rows_in_batches() {
         "the live row stays"
     );
 }
+
+/// While first calls clearly outnumber the rest, a claim inserts before it reads: a first
+/// call is then 2 statements instead of 3, and every outcome of a claim is the same as when it
+/// reads first (a replay, a holder's claim, an expired claim taken over). Counted from the
+/// server's general log, on a store of one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_mostly_first_calls_inserts_before_it_reads() {
+    let server = MariaDb::shared();
+    let url = server.database("store_order");
+    let options = MySqlOptions::default().pool_size(1).reaper_interval(None);
+    let store = MySqlStore::connect_with(&url, options).await.unwrap();
+    let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let idem = Idem::with_settings(store.clone(), &Config::default());
+    let call = |order: u64| {
+        idem.scope(idem::Call::new("shop::order", order).run(async move { order * 10 }))
+    };
+    let counted = async |order: u64| {
+        let from = server.statements(id).len();
+        let outcome = call(order).await.unwrap();
+        assert_eq!(outcome.value, order * 10);
+        (outcome.status, server.statements(id)[from..].to_vec())
+    };
+
+    // A new store reads first: the read, the insert, the completion.
+    let (status, first) = counted(1).await;
+    assert_eq!(status, idem::Status::Executed);
+    assert_eq!(first.len(), 3, "{first:#?}");
+    assert!(first[0].starts_with("SELECT"), "{first:#?}");
+    for order in 2..=40 {
+        call(order).await.unwrap();
+    }
+    // After 40 first calls: the insert, the completion.
+    let (status, first) = counted(41).await;
+    assert_eq!(status, idem::Status::Executed);
+    assert_eq!(first.len(), 2, "{first:#?}");
+    assert!(first[0].contains("INSERT INTO"), "{first:#?}");
+    assert!(first[1].starts_with("UPDATE"), "{first:#?}");
+
+    // A replay: the insert that meets the row, the read.
+    let (status, replay) = counted(7).await;
+    assert_eq!(status, idem::Status::Replayed);
+    assert_eq!(replay.len(), 2, "{replay:#?}");
+    assert!(replay[0].contains("INSERT INTO"), "{replay:#?}");
+    assert!(replay[1].starts_with("SELECT"), "{replay:#?}");
+
+    // A key held by a claim is reported held, with its holder; an expired claim is taken over.
+    let holder = Claim::new(None);
+    assert_eq!(
+        store
+            .claim("idem:order:held", &holder, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .claim(
+                "idem:order:held",
+                &Claim::new(None),
+                Duration::from_secs(60)
+            )
+            .await
+            .unwrap(),
+        Some(Record::InProgress(holder))
+    );
+    let lapsed = Claim::new(None);
+    assert_eq!(
+        store
+            .claim("idem:order:lapsed", &lapsed, Duration::from_millis(1))
+            .await
+            .unwrap(),
+        None
+    );
+    // Expiry is the server's clock: no event to wait on.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let taker = Claim::new(None);
+    assert_eq!(
+        store
+            .claim("idem:order:lapsed", &taker, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        None,
+        "the expired claim is taken over"
+    );
+    assert_eq!(
+        store
+            .claim(
+                "idem:order:lapsed",
+                &Claim::new(None),
+                Duration::from_secs(60)
+            )
+            .await
+            .unwrap(),
+        Some(Record::InProgress(taker))
+    );
+}

@@ -2,7 +2,9 @@
 //!
 //! One row per key in a table whose SQL is public ([`MIGRATION`], see `table.rs`); every
 //! operation is one or two statements, each in its own implicit transaction (autocommit, see
-//! `sql.rs`): a replay costs one statement, a first call three (read, insert, complete).
+//! `sql.rs`): a replay costs one statement, a first call three (read, insert, complete); while
+//! first calls clearly outnumber the rest, a claim inserts first (`order.rs`): a first call
+//! two, a replay two (the insert, then the read).
 //! Expiry is decided by the server's clock. MySQL has no notifications: waiters are woken by
 //! this store's own completions and look again every `poll_interval` for a holder elsewhere
 //! (see `waiters.rs`); expired rows are deleted in the background in bounded batches (see
@@ -18,11 +20,13 @@
 //!
 //! The other files, one concern each: `options.rs` ([`MySqlOptions`]), `connect.rs` (the URL
 //! and the pool the store opens), `failure.rs` (the server's error numbers as store errors),
-//! `tokens.rs` (server-issued tokens, in a table of their own).
+//! `tokens.rs` (server-issued tokens, in a table of their own), `order.rs` (whether a claim
+//! reads or inserts first).
 
 mod connect;
 mod failure;
 mod options;
+mod order;
 mod reaper;
 mod sql;
 mod table;
@@ -45,9 +49,11 @@ use crate::record::{Claim, Record, Token};
 use crate::store::{Fence, Inspection, Issue, Redemption, Stats, Store, TokenKey};
 
 pub use self::options::MySqlOptions;
+pub use self::order::ClaimOrder;
 pub use self::table::MIGRATION;
 pub use self::tokens::TOKENS_MIGRATION;
 
+use self::order::Order;
 use self::reaper::Reaper;
 use self::sql::Statements;
 use self::table::Table;
@@ -131,6 +137,8 @@ struct Shared {
     describe: String,
     statement_timeout: Duration,
     poll_interval: Duration,
+    /// Whether a claim reads or inserts first (`order.rs`).
+    order: Order,
 }
 
 /// Runs `$op`, an expression of `$conn: &mut MySqlConnection`, on a connection of the store's
@@ -242,6 +250,7 @@ impl MySqlStore {
                 sql,
                 table,
                 waiters: Waiters::default(),
+                order: Order::new(options.claim_order),
                 describe,
                 statement_timeout: options.statement_timeout,
                 poll_interval: options.poll_interval,
@@ -295,21 +304,24 @@ impl MySqlStore {
         on_connection!(self, |conn| sql::lease_left(conn, sql, key, holder))
     }
 
-    /// Claims an absent or expired key on one connection: `Ok(true)` if it did, `Ok(false)`
-    /// if a live row appeared since the read, `Err` with the lock error when a transaction
-    /// holds the row past [`CLAIM_LOCK_WAIT`] seconds.
+    /// Claims an absent key on one connection, or, with `expired`, an expired one: `Ok(true)`
+    /// if it did, `Ok(false)` if a row holds the key (a live one, or without `expired` any:
+    /// the caller reads it), `Err` with the lock error when a transaction holds the row past
+    /// [`CLAIM_LOCK_WAIT`] seconds.
     async fn take(
         conn: &mut sqlx::MySqlConnection,
         sql: &Statements,
         key: &str,
         claim: &Claim,
         lease: Duration,
+        expired: bool,
     ) -> Result<bool, sqlx::Error> {
         match sql::insert(&mut *conn, sql, key, claim, lease, CLAIM_LOCK_WAIT).await {
             Ok(()) => Ok(true),
-            Err(error) if failure::duplicate(&error) => {
+            Err(error) if failure::duplicate(&error) && expired => {
                 sql::take_expired(&mut *conn, sql, key, claim, lease).await
             }
+            Err(error) if failure::duplicate(&error) => Ok(false),
             Err(error) => Err(error),
         }
     }
@@ -317,7 +329,9 @@ impl MySqlStore {
 
 impl Store for MySqlStore {
     /// Reads the live record; without one, inserts the claim (or takes over an expired row).
-    /// A replay and a duplicate are one read each.
+    /// A replay and a duplicate are one read each. While first calls clearly outnumber the
+    /// rest, it inserts first instead (`order.rs`): a first call is then one statement less,
+    /// and a key that holds a record costs the insert that meets it before the read.
     async fn claim(
         &self,
         key: &str,
@@ -325,17 +339,25 @@ impl Store for MySqlStore {
         lease: Duration,
     ) -> Result<Option<Record>, StoreError> {
         let shared = &self.shared;
-        for _ in 0..CLAIM_TRIES {
-            let found = on_connection!(self, |conn| sql::live(conn, &shared.sql, key))?;
-            if let Some(record) = found {
-                return Ok(Some(record));
+        let insert_first = shared.order.insert_first();
+        for tried in 0..CLAIM_TRIES {
+            // Inserting first, a key that holds a row is read before anything else is tried:
+            // it is most likely live (a replay, a duplicate), and an expired one is taken over
+            // after the read found nothing.
+            let read = tried > 0 || !insert_first;
+            if read {
+                let found = on_connection!(self, |conn| sql::live(conn, &shared.sql, key))?;
+                if let Some(record) = found {
+                    shared.order.found(true);
+                    return Ok(Some(record));
+                }
             }
             // Noted before the claim exists, so that no waiter of it ever polls.
             let making = shared.waiters.making(claim.token);
             let mut lent = self.lend().await?;
             let answer = {
                 let conn: &mut sqlx::MySqlConnection = &mut lent;
-                let take = MySqlStore::take(conn, &shared.sql, key, claim, lease);
+                let take = MySqlStore::take(conn, &shared.sql, key, claim, lease, read);
                 tokio::time::timeout(shared.statement_timeout, take).await
             };
             let taken = match answer {
@@ -349,11 +371,14 @@ impl Store for MySqlStore {
             match taken {
                 Some(true) => {
                     making.keep();
+                    shared.order.found(false);
                     return Ok(None);
                 }
-                // Another claim took the key since the read: read it.
+                // A live row holds the key (another claim took it since the read, or the
+                // insert came first): read it.
                 Some(false) => drop(making),
                 None => {
+                    shared.order.found(true);
                     return Ok(Some(Record::InProgress(Claim {
                         token: UNSEEN_HOLDER,
                         fingerprint: None,

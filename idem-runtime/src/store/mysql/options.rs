@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::order::ClaimOrder;
 use super::table::Table;
 use crate::config::Config;
 use crate::error::Error;
@@ -47,6 +48,9 @@ pub struct MySqlOptions {
     pub reaper_interval: Option<Duration>,
     /// How many expired rows one reaper statement deletes at most; 1000 by default.
     pub reaper_batch: u32,
+    /// Whether a claim reads the key or inserts the claim first; learnt from the store's
+    /// claims by default ([`ClaimOrder::Learnt`]).
+    pub claim_order: ClaimOrder,
 }
 
 /// The connections a store keeps when [`Config::pool_size`](Config#structfield.pool_size)
@@ -72,6 +76,7 @@ impl From<&Config> for MySqlOptions {
             poll_interval: Duration::from_millis(25),
             reaper_interval: Some(Duration::from_secs(60)),
             reaper_batch: 1000,
+            claim_order: ClaimOrder::Learnt,
         }
     }
 }
@@ -122,6 +127,12 @@ impl MySqlOptions {
     /// How many rows one reaper statement deletes at most (at least one).
     pub fn reaper_batch(mut self, rows: u32) -> Self {
         self.reaper_batch = rows;
+        self
+    }
+
+    /// Whether a claim reads the key or inserts the claim first (see [`ClaimOrder`]).
+    pub fn claim_order(mut self, order: ClaimOrder) -> Self {
+        self.claim_order = order;
         self
     }
 

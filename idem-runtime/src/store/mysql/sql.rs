@@ -11,7 +11,7 @@
 //!
 //! | operation | statements |
 //! |---|---|
-//! | claim: read the live record (a replay and a duplicate stop here) | `SELECT … WHERE key, live` |
+//! | claim: read the live record (a replay and a duplicate stop here; while first calls clearly outnumber the rest, after the insert instead, see `order.rs`) | `SELECT … WHERE key, live` |
 //! | claim: take an absent key | `SET STATEMENT innodb_lock_wait_timeout = 0 FOR INSERT` (MySQL: `SET @… = @@innodb_lock_wait_timeout, innodb_lock_wait_timeout = 0`, `INSERT`, `SET innodb_lock_wait_timeout = @…`) |
 //! | claim: take an expired key (the insert met its row) | `UPDATE … WHERE key, expired` |
 //! | complete | `UPDATE … SET state, payload, expires_at WHERE key, token, in progress, live` |
