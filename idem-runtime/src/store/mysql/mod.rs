@@ -200,9 +200,11 @@ impl MySqlStore {
 
     /// A store on a pool the application already has, with its own settings (`pool_size` is
     /// ignored); the table is checked and created as by
-    /// [`connect_with`](MySqlStore::connect_with). The pool's connections keep their own
-    /// `innodb_lock_wait_timeout` (50 s by default): a claim of a key whose row a caller's
-    /// transaction holds waits that long at most, where the store's own connections wait 1 s.
+    /// [`connect_with`](MySqlStore::connect_with). A claim's insert never waits on a row lock,
+    /// as on the store's own connections; for the other statements the pool's connections keep
+    /// their own `innodb_lock_wait_timeout` (50 s by default): a completion, release or renewal
+    /// of a key whose row a caller's open transaction has locked (its insert met the row) waits
+    /// that long at most, where the store's own connections wait 1 s.
     ///
     /// ```no_run
     /// # use idem_runtime as idem;
