@@ -1,13 +1,17 @@
 //! The PostgreSQL rows: idem on `PostgresStore` against raw prepared statements on the same
-//! pool, with one caller and with 64 (`on_sql.rs`'s rows), and the bytes a record takes in the
-//! table.
+//! pool, with one caller and with 64 (`on_sql.rs`'s rows), the transactional mode on
+//! tokio-postgres against the same transaction written by hand, and the bytes a record takes in
+//! the table.
+
+use std::hint::black_box;
 
 use idem::{Config, Idem, PostgresOptions, PostgresStore};
+use tokio_postgres::{Client, NoTls};
 
-use crate::measure::Plan;
+use crate::measure::{Plan, latency_pair};
 use crate::postgres_server::PostgresServer;
-use crate::report::{Quantity, Report};
-use crate::workload::charge;
+use crate::report::{Quantity, Report, Target};
+use crate::workload::{Receipt, TTL, charge, fresh, receipt};
 
 /// Records written for the bytes row.
 const RECORDS: u64 = 10_000;
@@ -22,7 +26,105 @@ pub async fn rows(report: &mut Report, plan: &Plan, server: &PostgresServer) {
     let pool = store.pool().clone();
     let idem = Idem::with_settings(store, &Config::default());
     crate::on_sql::rows(report, plan, "PostgreSQL", idem, pool).await;
+    tokio_postgres_tx(report, plan, server).await;
     bytes(report, server).await;
+}
+
+/// A client of its own on the benchmark's server.
+async fn client(server: &PostgresServer) -> Client {
+    let (client, connection) = tokio_postgres::connect(&server.url(), NoTls)
+        .await
+        .expect("connect to the benchmark's PostgreSQL with tokio-postgres");
+    tokio::spawn(connection);
+    client
+}
+
+/// The transactional mode on tokio-postgres, one caller: `tx = conn` on a `Client` (idem's
+/// `BEGIN`, the claim, the completion on a first call, `COMMIT`) against the same transaction
+/// sent by hand on another client with prepared statements (`BEGIN`, a `SELECT` by key or the
+/// claim's `INSERT` and the result's `UPDATE`, `COMMIT`). The body writes nothing of its own:
+/// its writes would be the same on both sides.
+async fn tokio_postgres_tx(report: &mut Report, plan: &Plan, server: &PostgresServer) {
+    report.section(
+        "PostgreSQL, transactional mode on tokio-postgres (`tx = conn` on a `Client`), one caller",
+    );
+    let mut raw = client(server).await;
+    let mut own = client(server).await;
+    let select = raw
+        .prepare("SELECT payload FROM idem_records WHERE key = $1")
+        .await
+        .expect("prepare the SELECT");
+    let insert = raw
+        .prepare(
+            "INSERT INTO idem_records (key, state, token, expires_at) \
+             VALUES ($1, 'in_progress', $2, now() + interval '30 seconds')",
+        )
+        .await
+        .expect("prepare the INSERT");
+    let update = raw
+        .prepare(
+            "UPDATE idem_records SET state = 'completed', payload = $2, \
+             expires_at = now() + interval '1 hour' WHERE key = $1",
+        )
+        .await
+        .expect("prepare the UPDATE");
+    let call = async |client: &mut Client, order: u64| -> Receipt {
+        let outcome = idem::Call::new("bench::tx", order)
+            .ttl(TTL)
+            .run_tx(client, async |_: &mut Client| receipt(order))
+            .await
+            .expect("a transactional call");
+        outcome.value
+    };
+    call(&mut own, 7).await;
+    let key = "idem:bench.tx:7".to_owned();
+    let pair = latency_pair(
+        plan,
+        async || {
+            let tx = raw.transaction().await.expect("BEGIN");
+            let row = tx.query_opt(&select, &[&key]).await.expect("SELECT");
+            assert!(black_box(row).is_some(), "the key is stored");
+            tx.commit().await.expect("COMMIT");
+        },
+        async || {
+            black_box(call(&mut own, 7).await);
+        },
+    )
+    .await;
+    report.add_pair(
+        "replay",
+        "BEGIN, raw SELECT by key, COMMIT",
+        pair,
+        Quantity::Nanos,
+        Some(Target::RatioAtMost(1.3)),
+    );
+    let pair = latency_pair(
+        plan,
+        async || {
+            let order = fresh();
+            let key = format!("raw:tx:{order}");
+            let payload = serde_json::to_vec(&receipt(order)).expect("JSON");
+            let tx = raw.transaction().await.expect("BEGIN");
+            tx.execute(&insert, &[&key, &&[7_u8; 16][..]])
+                .await
+                .expect("INSERT");
+            tx.execute(&update, &[&key, &payload])
+                .await
+                .expect("UPDATE");
+            tx.commit().await.expect("COMMIT");
+        },
+        async || {
+            black_box(call(&mut own, fresh()).await);
+        },
+    )
+    .await;
+    report.add_pair(
+        "first call",
+        "BEGIN, raw INSERT + UPDATE, COMMIT",
+        pair,
+        Quantity::Nanos,
+        Some(Target::RatioAtMost(1.3)),
+    );
 }
 
 /// The bytes of table and indexes per completed record, in a table of their own, compacted.
