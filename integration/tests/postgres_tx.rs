@@ -819,7 +819,7 @@ async fn the_attribute_runs_the_body_once_in_the_callers_transaction() {
     assert_eq!(records(&pool, "m1").await, ["completed"]);
 }
 
-/// A plain call (through the `PostgresStore`, fail-open on) with a body that counts its runs.
+/// A plain call of `name`'s scope (see `support::calls::plain_duplicate`).
 fn plain_duplicate(
     store: &PostgresStore,
     name: &'static str,
@@ -827,19 +827,7 @@ fn plain_duplicate(
     wait: Duration,
     runs: Arc<AtomicUsize>,
 ) -> tokio::task::JoinHandle<(Result<idem::Outcome<u32>, Error>, Duration)> {
-    let config = idem::Config::default().fail_mode(idem::FailMode::Open);
-    let idem = idem::Idem::with_settings(store.clone(), &config);
-    tokio::spawn(idem.scope(async move {
-        let start = Instant::now();
-        let outcome = Call::new(scope(name), key)
-            .wait(wait)
-            .run(async {
-                runs.fetch_add(1, Ordering::SeqCst);
-                8_u32
-            })
-            .await;
-        (outcome, start.elapsed())
-    }))
+    support::calls::plain_duplicate(store, scope(name), key, wait, runs)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,3 +39,29 @@ pub async fn a_duplicate_gets_the_running_calls_result(store: &RedisStore, scope
     assert_eq!(duplicate.value, 10);
     assert!(duplicate.replayed(), "{:?}", duplicate.status);
 }
+
+/// A plain call of `scope`/`key` through `store`, fail-open on, waiting at most `wait`, with a
+/// body that counts its runs in `runs`: the duplicate of the transactional tests, spawned.
+/// Gives the call's result and how long it took.
+#[cfg(feature = "postgres")]
+pub fn plain_duplicate(
+    store: &idem::PostgresStore,
+    scope: String,
+    key: &'static str,
+    wait: Duration,
+    runs: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<(Result<idem::Outcome<u32>, idem::Error>, Duration)> {
+    let config = idem::Config::default().fail_mode(idem::FailMode::Open);
+    let idem = idem::Idem::with_settings(store.clone(), &config);
+    tokio::spawn(idem.scope(async move {
+        let start = tokio::time::Instant::now();
+        let outcome = Call::new(scope, key)
+            .wait(wait)
+            .run(async {
+                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                8_u32
+            })
+            .await;
+        (outcome, start.elapsed())
+    }))
+}

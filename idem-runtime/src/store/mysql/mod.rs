@@ -376,8 +376,12 @@ impl Store for MySqlStore {
                     shared.order.found(false);
                     return Ok(None);
                 }
-                // A live row holds the key (another claim took it since the read, or the
-                // insert came first): read it.
+                // A live row holds the key: read it. Inserting first, that is the way to a
+                // replay, read at once; after a read, another claim took the key in between.
+                Some(false) if !read => {
+                    drop(making);
+                    continue;
+                }
                 Some(false) => drop(making),
                 None => {
                     shared.order.found(true);
