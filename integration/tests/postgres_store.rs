@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use idem::store::{Claim, Record};
 use idem::{Call, Error, PostgresOptions, PostgresStore, Status, Store};
 use support::postgres::PostgresServer;
 use tokio::sync::{Barrier, oneshot};
@@ -116,6 +117,100 @@ async fn a_replay_is_one_statement_and_a_first_call_two() {
             s.starts_with("BEGIN") || s.starts_with("COMMIT") || s.starts_with("START TRANSACTION")
         }),
         "no BEGIN/COMMIT: {all:#?}"
+    );
+
+    // Once replays clearly outnumber first calls (`ClaimOrder::Learnt`), a claim reads first:
+    // a replay is a bare read of the live row, a first call three statements.
+    for _ in 0..40 {
+        let again = Call::new(scope.clone(), "k")
+            .store(store.clone())
+            .run(async { 9_u32 })
+            .await
+            .unwrap();
+        assert_eq!((again.value, again.status), (7, Status::Replayed));
+    }
+    let (again, read) = sent_during(
+        &server,
+        Call::new(scope.clone(), "k")
+            .store(store.clone())
+            .run(async { 10_u32 }),
+    )
+    .await;
+    let again = again.unwrap();
+    assert_eq!((again.value, again.status), (7, Status::Replayed));
+    assert_eq!(read.len(), 1, "a replay is the read alone: {read:#?}");
+    assert!(read[0].starts_with("SELECT false, state"), "{read:#?}");
+    let (first, first_sent) = sent_during(
+        &server,
+        Call::new(scope.clone(), "k2")
+            .store(store.clone())
+            .run(async { 11_u32 }),
+    )
+    .await;
+    assert_eq!(first.unwrap().status, Status::Executed);
+    assert_eq!(
+        first_sent.len(),
+        3,
+        "read, claim, complete: {first_sent:#?}"
+    );
+    assert!(
+        first_sent[0].starts_with("SELECT false, state"),
+        "{first_sent:#?}"
+    );
+    assert!(first_sent[1].starts_with("WITH live AS"), "{first_sent:#?}");
+    assert!(first_sent[2].starts_with("WITH done AS"), "{first_sent:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_reads_first_reports_the_holder_and_takes_over_an_expired_claim() {
+    let server = PostgresServer::start();
+    let options = PostgresOptions::default()
+        .reaper_interval(None)
+        .claim_order(idem::store::ClaimOrder::ReadFirst);
+    let store = PostgresStore::connect_with(&server.url(), options)
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(60);
+    let holder = Claim::new(None);
+    assert_eq!(
+        store.claim("idem:rf:held", &holder, lease).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .claim("idem:rf:held", &Claim::new(None), lease)
+            .await
+            .unwrap(),
+        Some(Record::InProgress(holder.clone())),
+        "the read finds the holder"
+    );
+    assert_eq!(
+        store.claim("idem:rf:held", &holder, lease).await.unwrap(),
+        None,
+        "the holder's own claim asked again is still its own"
+    );
+    let lapsed = Claim::new(None);
+    assert_eq!(
+        store
+            .claim("idem:rf:lapsed", &lapsed, Duration::from_millis(1))
+            .await
+            .unwrap(),
+        None
+    );
+    // Expiry is the server's clock: no event to wait on.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let taker = Claim::new(None);
+    assert_eq!(
+        store.claim("idem:rf:lapsed", &taker, lease).await.unwrap(),
+        None,
+        "the expired claim is taken over"
+    );
+    assert_eq!(
+        store
+            .claim("idem:rf:lapsed", &Claim::new(None), lease)
+            .await
+            .unwrap(),
+        Some(Record::InProgress(taker))
     );
 }
 

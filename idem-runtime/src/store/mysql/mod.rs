@@ -26,7 +26,6 @@
 mod connect;
 mod failure;
 mod options;
-mod order;
 mod reaper;
 mod sql;
 mod table;
@@ -49,16 +48,16 @@ use crate::record::{Claim, Record, Token};
 use crate::store::{Fence, Inspection, Issue, Redemption, Stats, Store, TokenKey};
 
 pub use self::options::MySqlOptions;
-pub use self::order::ClaimOrder;
 pub use self::table::MIGRATION;
 pub use self::tokens::TOKENS_MIGRATION;
+pub use crate::store::ClaimOrder;
 
-use self::order::Order;
 use self::reaper::Reaper;
 use self::sql::Statements;
 use self::table::Table;
 use self::tokens::TokenStatements;
 use self::waiters::Waiters;
+use crate::store::order::{Order, Start};
 
 /// How long after the holder's lease ends a waiter looks again, for the row to have expired.
 const LEASE_GRACE: Duration = Duration::from_millis(2);
@@ -252,7 +251,7 @@ impl MySqlStore {
                 sql,
                 table,
                 waiters: Waiters::default(),
-                order: Order::new(options.claim_order),
+                order: Order::new(options.claim_order, Start::ReadFirst),
                 describe,
                 statement_timeout: options.statement_timeout,
                 poll_interval: options.poll_interval,

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use super::order::ClaimOrder;
 use super::table::Table;
 use crate::config::Config;
 use crate::error::Error;
+use crate::store::ClaimOrder;
 
 /// The settings of a [`MySqlStore`](super::MySqlStore): its table, connections, timeouts,
 /// waiters and reaper. The URL is given beside them

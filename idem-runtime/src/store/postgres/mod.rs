@@ -3,7 +3,8 @@
 //! One row per key in a table whose SQL is public ([`MIGRATION`], see `table.rs`); every
 //! operation is one statement in its own implicit transaction (no `BEGIN`/`COMMIT`), prepared
 //! once per connection (see `sql.rs`): a replay costs one statement, a first call two (claim,
-//! complete). Expiry is decided by the database's clock. Waiters are woken by
+//! complete); while replays clearly outnumber first calls, a claim reads the key first
+//! (`order.rs`): a replay is then a bare read, a first call three statements. Expiry is decided by the database's clock. Waiters are woken by
 //! `LISTEN`/`NOTIFY` (see `listen.rs`), and poll where that does not work; expired rows are
 //! deleted in the background in bounded batches (see `reaper.rs`). Behind a pooler in
 //! transaction mode, statements are sent with their values written in instead of prepared
@@ -48,6 +49,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::error::{Error, StoreError};
 use crate::record::{Claim, Record, Token};
+use crate::store::order::{Order, Start};
 use crate::store::tx::{Claimed, UNSEEN_RETRIES};
 use crate::store::{Fence, Inspection, Issue, Redemption, Stats, Store, TokenKey};
 
@@ -147,6 +149,8 @@ struct Shared {
     token_table: TokenTable,
     token_sql: TokenStatements,
     hub: Hub,
+    /// Whether a claim reads before it claims (`order.rs`).
+    order: Order,
     _reaper: Reaper,
     describe: String,
     pool_size: u32,
@@ -226,6 +230,7 @@ impl PostgresStore {
                     options.reaper_batch,
                     options.statement_timeout,
                 ),
+                order: Order::new(options.claim_order, Start::InsertFirst),
                 pool_size: pool.options().get_max_connections(),
                 pool,
                 sql,
@@ -406,6 +411,15 @@ fn check_key(key: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// `record` as a claim's answer: `None` (the key is ours) when it is `claim`'s own, found when
+/// a retry follows an attempt whose answer was lost after it was applied.
+fn own_or(record: Record, claim: &Claim) -> Option<Record> {
+    match record {
+        Record::InProgress(found) if found == *claim => None,
+        record => Some(record),
+    }
+}
+
 impl Store for PostgresStore {
     async fn claim(
         &self,
@@ -415,6 +429,16 @@ impl Store for PostgresStore {
     ) -> Result<Option<Record>, StoreError> {
         check_key(key)?;
         let sql = &self.shared.sql;
+        let order = &self.shared.order;
+        // Reading first (while replays clearly outnumber first calls, `order.rs`): a key that
+        // holds a live record is answered by the bare read; without one, the claim follows.
+        if !order.insert_first() {
+            let found = on_connection!(self, |conn| sql::live(conn, sql, key))?;
+            if let Some(record) = found {
+                order.found(true);
+                return Ok(own_or(record, claim));
+            }
+        }
         for _ in 0..UNSEEN_RETRIES {
             let claimed = on_connection!(self, |conn| sql::claim(
                 conn,
@@ -425,21 +449,23 @@ impl Store for PostgresStore {
                 CLAIM_LOCK_WAIT
             ))?;
             match claimed {
-                Claimed::Held => return Ok(None),
+                Claimed::Held => {
+                    order.found(false);
+                    return Ok(None);
+                }
                 // In progress in a transaction that has not committed: waiting for it is
                 // `wait`'s job, bounded by the call's own wait, never a store failure.
                 Claimed::Locked => {
+                    order.found(true);
                     return Ok(Some(Record::InProgress(Claim {
                         token: UNSEEN_HOLDER,
                         fingerprint: None,
                     })));
                 }
-                // Our own claim is found when a retry follows an attempt whose answer was
-                // lost after it was applied: the key is ours either way.
-                Claimed::Found(Record::InProgress(found)) if found == *claim => {
-                    return Ok(None);
+                Claimed::Found(record) => {
+                    order.found(true);
+                    return Ok(own_or(record, claim));
                 }
-                Claimed::Found(record) => return Ok(Some(record)),
                 Claimed::Unseen => tokio::task::yield_now().await,
             }
         }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::store::ClaimOrder;
 
 use super::table::Table;
 
@@ -62,6 +63,11 @@ pub struct PostgresOptions {
     /// listening server connection to other clients): its waiters poll. Without it, the
     /// store still checks that a notification reaches its listener before relying on it.
     pub pooler: bool,
+    /// Whether a claim reads the key before it claims it, learnt from the store's own claims by
+    /// default ([`ClaimOrder::Learnt`]): the one statement that claims or reads the live row
+    /// first, and a bare read first while replays and duplicates clearly outnumber first
+    /// calls (a replay is then the cheapest statement, a first call one statement more).
+    pub claim_order: ClaimOrder,
 }
 
 /// The connections a store keeps when [`Config::pool_size`](Config#structfield.pool_size)
@@ -92,6 +98,7 @@ impl From<&Config> for PostgresOptions {
             reaper_batch: 1000,
             application_name: "idem".to_owned(),
             pooler: config.pg_pooler,
+            claim_order: ClaimOrder::Learnt,
         }
     }
 }
@@ -161,6 +168,21 @@ impl PostgresOptions {
     /// ```
     pub fn pooler(mut self, pooler: bool) -> Self {
         self.pooler = pooler;
+        self
+    }
+
+    /// Whether a claim reads the key or claims it first (see [`ClaimOrder`]).
+    ///
+    /// ```
+    /// # use idem_runtime as idem;
+    /// use idem::PostgresOptions;
+    /// use idem::store::ClaimOrder;
+    ///
+    /// let options = PostgresOptions::default().claim_order(ClaimOrder::ReadFirst);
+    /// assert_eq!(options.claim_order, ClaimOrder::ReadFirst);
+    /// ```
+    pub fn claim_order(mut self, order: ClaimOrder) -> Self {
+        self.claim_order = order;
         self
     }
 

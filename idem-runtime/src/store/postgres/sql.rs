@@ -7,6 +7,7 @@
 //!
 //! | operation | statement |
 //! |---|---|
+//! | read the record (a claim that reads first, see `order.rs`) | `SELECT … WHERE key, live` |
 //! | claim (or read the record) | `WITH live AS (SELECT the live row), cfg AS MATERIALIZED (SELECT set_config('lock_timeout', …, true)), claimed AS (INSERT … SELECT … FROM cfg WHERE NOT EXISTS live ON CONFLICT (key) DO UPDATE … WHERE expired RETURNING …) SELECT … FROM claimed UNION ALL SELECT … FROM live` |
 //! | complete | `WITH done AS (UPDATE … WHERE key, token, in progress, live RETURNING …) SELECT pg_notify(…) FROM done` |
 //! | release | `WITH gone AS (DELETE … WHERE key, token, in progress, live RETURNING …) SELECT pg_notify(…) FROM gone` |
@@ -58,6 +59,7 @@ pub(super) struct Statements {
     /// (`to_regclass`, which cannot abort the caller's transaction) until it does.
     pub(super) table_found: AtomicBool,
     table_exists: SqlStr,
+    live: SqlStr,
     claim: SqlStr,
     complete: SqlStr,
     release: SqlStr,
@@ -91,6 +93,12 @@ impl Statements {
             inline,
             table_found: AtomicBool::new(false),
             table_exists: sql(format!("SELECT to_regclass({}) IS NOT NULL", literal(&t))),
+            // The live row alone, in the columns of the claim's answer (its `held` false): what
+            // a claim that reads first sends before it claims.
+            live: sql(format!(
+                "SELECT false, state, token, fingerprint, payload, {LEFT_MS} FROM {t} \
+                 WHERE key = $1 AND expires_at > clock_timestamp()"
+            )),
             // The live row, read first: a replay is a read (no insert attempt, no row lock).
             // Without one, the upsert claims the key (absent or expired). A conflicting row
             // that another claim committed after this statement's snapshot was taken makes the
@@ -288,6 +296,19 @@ pub(super) async fn claim<'e>(
         return Ok(Claimed::Held);
     }
     record(&row).map(Claimed::Found)
+}
+
+/// The live record of `key`, if any: a read, claiming nothing.
+pub(super) async fn live<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+) -> Result<Option<Record>, sqlx::Error> {
+    let row = sql
+        .send(&sql.live, &[Value::Text(key)])
+        .fetch_optional(executor)
+        .await?;
+    row.as_ref().map(record).transpose()
 }
 
 /// The record of a live row read by a claim statement (the plain store's or the
