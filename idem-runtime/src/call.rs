@@ -311,7 +311,7 @@ impl Call {
         T: Serialize + DeserializeOwned,
         B: AsyncFnOnce(&mut A::Conn) -> T,
     {
-        engine::tx::execute(self.0, conn.connection(), body, PlainCodec::new()).await
+        engine::tx::execute_on(self.0, conn, body, PlainCodec::new()).await
     }
 
     /// [`run_tx`](Call::run_tx) for a fallible `body`: an `Ok` value is stored with the body's
@@ -332,7 +332,7 @@ impl Call {
         T: Serialize + DeserializeOwned,
         B: AsyncFnOnce(&mut A::Conn) -> Result<T, E>,
     {
-        engine::tx::execute(self.0, conn.connection(), body, ResultCodec::new()).await
+        engine::tx::execute_on(self.0, conn, body, ResultCodec::new()).await
     }
 
     /// [`run_tx`](Call::run_tx) for a fallible `body` whose errors for which `cache_err`
@@ -358,7 +358,7 @@ impl Call {
         P: FnOnce(&E) -> bool,
     {
         let codec = CachingCodec::new(cache_err);
-        engine::tx::execute(self.0, conn.connection(), body, codec).await
+        engine::tx::execute_on(self.0, conn, body, codec).await
     }
 
     /// [`run_result_caching_tx`](Call::run_result_caching_tx) with every error permanent:
@@ -376,6 +376,6 @@ impl Call {
         B: AsyncFnOnce(&mut A::Conn) -> Result<T, E>,
     {
         let every = CachingCodec::every(|_: &E| true);
-        engine::tx::execute(self.0, conn.connection(), body, every).await
+        engine::tx::execute_on(self.0, conn, body, every).await
     }
 }
