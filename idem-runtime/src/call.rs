@@ -279,7 +279,9 @@ impl Call {
     /// **On tokio-postgres** (feature `tokio-postgres`), `conn` is a `tokio_postgres::Client`
     /// (outside a transaction: idem begins one for the call) or a
     /// `tokio_postgres::Transaction<'_>` (a savepoint in it), and with `deadpool-postgres`, a
-    /// pool's `Object` or `Transaction` (the body receives the client or transaction inside).
+    /// pool's `Object` or `Transaction` (the body receives the client or transaction inside),
+    /// on which idem's statements are prepared once per connection in the pool's statement
+    /// cache (unless the store is [`PostgresOptions::pooler`](crate::PostgresOptions::pooler)).
     /// The records are [`PostgresStore`](crate::PostgresStore)'s rows, shared with calls
     /// through sqlx. A call on a `Transaction` is not `Send` (see the README).
     ///

@@ -1145,7 +1145,11 @@ async fn a_deadpool_object_prepares_the_claim_and_completion_once_a_bare_client_
     assert_eq!(done.unwrap().status, Status::Executed);
     tx.commit().await.unwrap();
     assert_eq!(object.statement_cache.size(), 2 + usize::from(looked));
-    assert_eq!(idem_statements(&in_tx).len(), 2, "claim, complete: {in_tx:#?}");
+    assert_eq!(
+        idem_statements(&in_tx).len(),
+        2,
+        "claim, complete: {in_tx:#?}"
+    );
 
     // The same calls on a bare `Client`.
     let mut bare = client(BARE).await;
@@ -1175,8 +1179,16 @@ async fn a_deadpool_object_prepares_the_claim_and_completion_once_a_bare_client_
             "on the object: {object:#?}\non a client: {client:#?}"
         );
     }
-    assert_eq!(idem_statements(&on_object[0]).len(), 4, "BEGIN, claim, complete, COMMIT");
-    assert_eq!(idem_statements(&on_object[2]).len(), 3, "BEGIN, claim, COMMIT");
+    assert_eq!(
+        idem_statements(&on_object[0]).len(),
+        4,
+        "BEGIN, claim, complete, COMMIT"
+    );
+    assert_eq!(
+        idem_statements(&on_object[2]).len(),
+        3,
+        "BEGIN, claim, COMMIT"
+    );
     // The object's claims and completions are executions of named (prepared) statements, the
     // client's of unnamed ones.
     for (start, on_object, on_client) in [("WITH cfg AS", 4, 3), ("WITH done AS", 3, 2)] {
@@ -1238,7 +1250,11 @@ async fn behind_a_pooler_a_deadpool_object_prepares_nothing() {
     tx.commit().await.unwrap();
     assert_eq!(object.statement_cache.size(), 0, "nothing prepared");
     for (start, count) in [("WITH cfg AS", 4), ("WITH done AS", 3)] {
-        assert_eq!(named_executions(POOLED, start), vec![false; count], "{start}");
+        assert_eq!(
+            named_executions(POOLED, start),
+            vec![false; count],
+            "{start}"
+        );
     }
     for key in ["q1", "q2", "q3"] {
         assert_eq!(records(key).await, ["completed"], "{key}");
