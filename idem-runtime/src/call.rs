@@ -279,7 +279,9 @@ impl Call {
     /// **On tokio-postgres** (feature `tokio-postgres`), `conn` is a `tokio_postgres::Client`
     /// (outside a transaction: idem begins one for the call) or a
     /// `tokio_postgres::Transaction<'_>` (a savepoint in it), and with `deadpool-postgres`, a
-    /// pool's `Object` or `Transaction` (the body receives the client or transaction inside).
+    /// pool's `Object` or `Transaction` (the body receives the client or transaction inside),
+    /// on which idem's statements are prepared once per connection in the pool's statement
+    /// cache (unless the store is [`PostgresOptions::pooler`](crate::PostgresOptions::pooler)).
     /// The records are [`PostgresStore`](crate::PostgresStore)'s rows, shared with calls
     /// through sqlx. A call on a `Transaction` is not `Send` (see the README).
     ///
@@ -311,7 +313,7 @@ impl Call {
         T: Serialize + DeserializeOwned,
         B: AsyncFnOnce(&mut A::Conn) -> T,
     {
-        engine::tx::execute(self.0, conn.connection(), body, PlainCodec::new()).await
+        engine::tx::execute_on(self.0, conn, body, PlainCodec::new()).await
     }
 
     /// [`run_tx`](Call::run_tx) for a fallible `body`: an `Ok` value is stored with the body's
@@ -332,7 +334,7 @@ impl Call {
         T: Serialize + DeserializeOwned,
         B: AsyncFnOnce(&mut A::Conn) -> Result<T, E>,
     {
-        engine::tx::execute(self.0, conn.connection(), body, ResultCodec::new()).await
+        engine::tx::execute_on(self.0, conn, body, ResultCodec::new()).await
     }
 
     /// [`run_tx`](Call::run_tx) for a fallible `body` whose errors for which `cache_err`
@@ -358,7 +360,7 @@ impl Call {
         P: FnOnce(&E) -> bool,
     {
         let codec = CachingCodec::new(cache_err);
-        engine::tx::execute(self.0, conn.connection(), body, codec).await
+        engine::tx::execute_on(self.0, conn, body, codec).await
     }
 
     /// [`run_result_caching_tx`](Call::run_result_caching_tx) with every error permanent:
@@ -376,6 +378,6 @@ impl Call {
         B: AsyncFnOnce(&mut A::Conn) -> Result<T, E>,
     {
         let every = CachingCodec::every(|_: &E| true);
-        engine::tx::execute(self.0, conn.connection(), body, every).await
+        engine::tx::execute_on(self.0, conn, body, every).await
     }
 }

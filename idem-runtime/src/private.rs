@@ -216,7 +216,7 @@ mod tx {
     /// receives the argument under its own name and type, so only connections themselves are
     /// arguments (a transaction is passed by the caller as `&mut *transaction`).
     #[diagnostic::on_unimplemented(
-        message = "`tx = ...` must name an argument of type `&mut sqlx::PgConnection`, `&mut sqlx::SqliteConnection` or `&mut sqlx::MySqlConnection` of sqlx 0.9, or `&mut tokio_postgres::Client` or `&mut tokio_postgres::Transaction<'_>` of tokio-postgres 0.7, not `{Self}`",
+        message = "`tx = ...` must name an argument of type `&mut sqlx::PgConnection`, `&mut sqlx::SqliteConnection` or `&mut sqlx::MySqlConnection` of sqlx 0.9, or `&mut tokio_postgres::Client` or `&mut tokio_postgres::Transaction<'_>` of tokio-postgres 0.7 (or `&mut deadpool_postgres::ClientWrapper` of deadpool-postgres 0.14), not `{Self}`",
         label = "the connection the record is written through, inside its transaction",
         note = "declare the argument as `conn: &mut sqlx::PgConnection` (or `SqliteConnection`, `MySqlConnection`), and call the function with `&mut *transaction` (a `sqlx::Transaction`) or `&mut *connection` (a pool's connection); on tokio-postgres, as `conn: &mut tokio_postgres::Transaction<'_>` (or `&mut tokio_postgres::Client`, outside a transaction), called with `&mut transaction` (a deadpool-postgres `Transaction` or `Object` derefs to them)",
         note = "idem's transactional mode uses sqlx 0.9, with the feature of each database (`postgres`, `sqlite`, `mysql`), and tokio-postgres 0.7 with the feature `tokio-postgres`: a connection of another version is another type of the same name; `cargo tree -i sqlx` (or `-i tokio-postgres`) lists the versions in your build"
@@ -245,6 +245,17 @@ mod tx {
         for &'c mut tokio_postgres::Transaction<'t>
     {
         fn connection(self) -> &'c mut tokio_postgres::Transaction<'t> {
+            self
+        }
+    }
+
+    /// A pool's client, which idem's statements are prepared in the cache of: the body
+    /// receives it (callers pass `&mut object`, which derefs to it).
+    #[cfg(feature = "deadpool-postgres")]
+    impl<'c> TxArgument<'c, deadpool_postgres::ClientWrapper>
+        for &'c mut deadpool_postgres::ClientWrapper
+    {
+        fn connection(self) -> &'c mut deadpool_postgres::ClientWrapper {
             self
         }
     }

@@ -3,7 +3,8 @@
 //! back with the body's writes, a duplicate waits on PostgreSQL's lock, `wait` bounds it,
 //! released errors leave no trace, a `Client` outside a transaction gets its own, a dropped
 //! call rolls back, the plain (sqlx) store and the tokio-postgres mode share records both ways,
-//! the statements each call sends, and 64 concurrent transactions on one key.
+//! the statements each call sends, deadpool-postgres' connections preparing them once in
+//! their statement cache (not behind a pooler), and 64 concurrent transactions on one key.
 
 mod support;
 
@@ -1050,4 +1051,245 @@ async fn deadpool_objects_and_transactions_and_the_attribute_run_the_body_once()
         assert_eq!(items(key).await, 1, "{key}");
         assert_eq!(records(key).await, ["completed"], "{key}");
     }
+}
+
+/// A deadpool-postgres pool of one connection, named `application` on the server.
+fn deadpool(application: &str) -> deadpool_postgres::Pool {
+    let mut config = deadpool_postgres::Config::new();
+    config.host = Some("127.0.0.1".into());
+    config.port = Some(server().port());
+    config.user = Some("postgres".into());
+    config.dbname = Some("postgres".into());
+    config.application_name = Some(application.into());
+    config.pool = Some(deadpool_postgres::PoolConfig::new(1));
+    config
+        .create_pool(Some(deadpool_postgres::Runtime::Tokio1), NoTls)
+        .unwrap()
+}
+
+/// How the server logged the executions of `application`'s statements that start with
+/// `start`: `true` for a named (prepared) statement, `false` for an unnamed one.
+fn named_executions(application: &str, start: &str) -> Vec<bool> {
+    let marker = format!("] {application}: LOG:  execute ");
+    server()
+        .log()
+        .lines()
+        .filter_map(|line| line.split_once(&marker).map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_once(": "))
+        .filter(|(_, sql)| sql.starts_with(start))
+        .map(|(name, _)| name != "<unnamed>")
+        .collect()
+}
+
+/// The statements of a call that are idem's (not the body's insert, not the look for the
+/// table, which only the first claim of a process through a table sends).
+fn idem_statements(sent: &[String]) -> Vec<String> {
+    sent.iter()
+        .filter(|s| !s.starts_with("INSERT INTO items") && !s.contains("to_regclass"))
+        .map(|s| {
+            // The same statement, whoever sent it: its text up to its first line's end.
+            s.lines().next().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadpool_object_prepares_the_claim_and_completion_once_a_bare_client_prepares_nothing() {
+    const CACHED: &str = "idem-tokio-cached";
+    const BARE: &str = "idem-tokio-bare";
+    let store = store().await;
+    let call = |key: &str| Call::new(scope("cached"), key.to_owned()).store(store.clone());
+    let pool = deadpool(CACHED);
+    let mut object = pool.get().await.unwrap();
+    assert_eq!(object.statement_cache.size(), 0, "a new connection");
+
+    // Two first calls and a replay on the pool's `Object`, the body on its `Client`.
+    let mut on_object = Vec::new();
+    let mut sizes = Vec::new();
+    for (key, expect) in [
+        ("p1", Status::Executed),
+        ("p2", Status::Executed),
+        ("p2", Status::Replayed),
+    ] {
+        let (done, sent) = sent_during(
+            CACHED,
+            call(key).run_tx(&mut object, async |conn: &mut Client| {
+                insert(conn, key, "prepared").await.unwrap();
+                1_u32
+            }),
+        )
+        .await;
+        assert_eq!(done.unwrap().status, expect, "{key}");
+        on_object.push(sent);
+        sizes.push(object.statement_cache.size());
+    }
+    // The first call looked for the table if it was the first claim of this process.
+    let looked = on_object[0].iter().any(|s| s.contains("to_regclass"));
+    assert_eq!(
+        sizes,
+        [2 + usize::from(looked); 3],
+        "claim and completion (and the look for the table) prepared once: {on_object:#?}"
+    );
+    // In the pool's `Transaction`: the same connection's cache, nothing more to prepare.
+    let mut tx = object.transaction().await.unwrap();
+    let (done, in_tx) = sent_during(
+        CACHED,
+        call("p3").run_tx(&mut tx, async |conn: &mut Transaction<'_>| {
+            insert(conn.client(), "p3", "prepared, in a transaction")
+                .await
+                .unwrap();
+            3_u32
+        }),
+    )
+    .await;
+    assert_eq!(done.unwrap().status, Status::Executed);
+    tx.commit().await.unwrap();
+    assert_eq!(object.statement_cache.size(), 2 + usize::from(looked));
+    assert_eq!(
+        idem_statements(&in_tx).len(),
+        2,
+        "claim, complete: {in_tx:#?}"
+    );
+
+    // The same calls on a bare `Client`.
+    let mut bare = client(BARE).await;
+    let mut on_client = Vec::new();
+    for (key, expect) in [
+        ("b1", Status::Executed),
+        ("b2", Status::Executed),
+        ("b2", Status::Replayed),
+    ] {
+        let (done, sent) = sent_during(
+            BARE,
+            call(key).run_tx(&mut bare, async |conn: &mut Client| {
+                insert(conn, key, "unnamed").await.unwrap();
+                1_u32
+            }),
+        )
+        .await;
+        assert_eq!(done.unwrap().status, expect, "{key}");
+        on_client.push(sent);
+    }
+
+    // The same statements, as many, in the same order, whichever the connection.
+    for (object, client) in on_object.iter().zip(&on_client) {
+        assert_eq!(
+            idem_statements(object),
+            idem_statements(client),
+            "on the object: {object:#?}\non a client: {client:#?}"
+        );
+    }
+    assert_eq!(
+        idem_statements(&on_object[0]).len(),
+        4,
+        "BEGIN, claim, complete, COMMIT"
+    );
+    assert_eq!(
+        idem_statements(&on_object[2]).len(),
+        3,
+        "BEGIN, claim, COMMIT"
+    );
+    // The object's claims and completions are executions of named (prepared) statements, the
+    // client's of unnamed ones.
+    for (start, on_object, on_client) in [("WITH cfg AS", 4, 3), ("WITH done AS", 3, 2)] {
+        assert_eq!(
+            named_executions(CACHED, start),
+            vec![true; on_object],
+            "{start} on the object"
+        );
+        assert_eq!(
+            named_executions(BARE, start),
+            vec![false; on_client],
+            "{start} on a client"
+        );
+    }
+    for key in ["p1", "p2", "p3", "b1", "b2"] {
+        assert_eq!(items(key).await, 1, "{key}");
+        assert_eq!(records(key).await, ["completed"], "{key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_pooler_a_deadpool_object_prepares_nothing() {
+    const POOLED: &str = "idem-tokio-pooler";
+    let options = PostgresOptions::default()
+        .create_table(false)
+        .reaper_interval(None)
+        .pooler(true);
+    let store = PostgresStore::connect_with(&server().url(), options)
+        .await
+        .expect("connect the plain store");
+    let call = |key: &str| Call::new(scope("pooler"), key.to_owned()).store(store.clone());
+    let pool = deadpool(POOLED);
+    let mut object = pool.get().await.unwrap();
+    for (key, expect) in [
+        ("q1", Status::Executed),
+        ("q1", Status::Replayed),
+        ("q2", Status::Executed),
+    ] {
+        let done = call(key)
+            .run_tx(&mut object, async |conn: &mut Client| {
+                insert(conn, key, "behind a pooler").await.unwrap();
+                1_u32
+            })
+            .await
+            .unwrap();
+        assert_eq!(done.status, expect, "{key}");
+    }
+    let mut tx = object.transaction().await.unwrap();
+    let done = call("q3")
+        .run_tx(&mut tx, async |conn: &mut Transaction<'_>| {
+            insert(conn.client(), "q3", "behind a pooler, in a transaction")
+                .await
+                .unwrap();
+            1_u32
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.status, Status::Executed);
+    tx.commit().await.unwrap();
+    assert_eq!(object.statement_cache.size(), 0, "nothing prepared");
+    for (start, count) in [("WITH cfg AS", 4), ("WITH done AS", 3)] {
+        assert_eq!(
+            named_executions(POOLED, start),
+            vec![false; count],
+            "{start}"
+        );
+    }
+    for key in ["q1", "q2", "q3"] {
+        assert_eq!(records(key).await, ["completed"], "{key}");
+    }
+}
+
+/// The attribute on a pool's `ClientWrapper`, called with an `Object`: its statements are
+/// prepared in the connection's cache.
+#[idem::idempotent(key = key, tx = conn, scope = "tokio_tx::macro_wrapper")]
+async fn record_on_wrapper(
+    conn: &mut deadpool_postgres::ClientWrapper,
+    key: &str,
+) -> Result<usize, Refused> {
+    insert(conn, key, "by the attribute, on a pool's client")
+        .await
+        .map_err(|error| Refused(error.to_string()))?;
+    Ok(conn.statement_cache.size())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attribute_on_a_client_wrapper_prepares_its_statements_in_the_pool_cache() {
+    let idem = idem::Idem::with_settings(store().await, &idem::Config::default());
+    let pool = deadpool("idem-tokio-wrapper");
+    let mut object = pool.get().await.unwrap();
+    idem.scope(async {
+        // The body sees the claim prepared (and the look for the table: the first claim of
+        // this process through the table); the completion comes after it.
+        let first = record_on_wrapper(&mut object, "w1").await.unwrap();
+        assert!((1..=2).contains(&first), "{first}");
+        assert_eq!(object.statement_cache.size(), first + 1);
+        // Replayed: the body's value, nothing more prepared.
+        assert_eq!(record_on_wrapper(&mut object, "w1").await, Ok(first));
+        assert_eq!(object.statement_cache.size(), first + 1);
+    })
+    .await;
+    assert_eq!(items("w1").await, 1);
+    assert_eq!(records("w1").await, ["completed"]);
 }

@@ -1,7 +1,7 @@
 //! The PostgreSQL rows: idem on `PostgresStore` against raw prepared statements on the same
 //! pool, with one caller and with 64 (`on_sql.rs`'s rows), the transactional mode on
-//! tokio-postgres against the same transaction written by hand, and the bytes a record takes in
-//! the table.
+//! tokio-postgres (a bare `Client`, and a deadpool-postgres `Object` with its statement cache)
+//! against the same transaction written by hand, and the bytes a record takes in the table.
 
 use std::hint::black_box;
 
@@ -39,17 +39,58 @@ async fn client(server: &PostgresServer) -> Client {
     client
 }
 
-/// The transactional mode on tokio-postgres, one caller: `tx = conn` on a `Client` (idem's
-/// `BEGIN`, the claim, the completion on a first call, `COMMIT`) against the same transaction
-/// sent by hand on another client with prepared statements (`BEGIN`, a `SELECT` by key or the
-/// claim's `INSERT` and the result's `UPDATE`, `COMMIT`). The body writes nothing of its own:
-/// its writes would be the same on both sides.
+/// The transactional mode on tokio-postgres, one caller: `tx = conn` on a bare `Client`, whose
+/// statements idem sends unnamed (parsed and planned on every call), then on a
+/// deadpool-postgres `Object`, whose statements idem prepares once in the connection's
+/// statement cache, each against the same transaction by hand ([`tx_rows`]).
 async fn tokio_postgres_tx(report: &mut Report, plan: &Plan, server: &PostgresServer) {
     report.section(
         "PostgreSQL, transactional mode on tokio-postgres (`tx = conn` on a `Client`), one caller",
     );
-    let mut raw = client(server).await;
     let mut own = client(server).await;
+    let call = async |order: u64| -> Receipt {
+        let outcome = idem::Call::new("bench::tx", order)
+            .ttl(TTL)
+            .run_tx(&mut own, async |_: &mut Client| receipt(order))
+            .await
+            .expect("a transactional call");
+        outcome.value
+    };
+    tx_rows(report, plan, server, call).await;
+
+    report.section(
+        "PostgreSQL, transactional mode on deadpool-postgres (`tx = conn` on an `Object`, statements prepared in its cache), one caller",
+    );
+    let config: tokio_postgres::Config = server.url().parse().expect("the server's URL");
+    let manager = deadpool_postgres::Manager::new(config, NoTls);
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(1)
+        .build()
+        .expect("a deadpool-postgres pool");
+    let mut object = pool.get().await.expect("a pool's connection");
+    let call = async |order: u64| -> Receipt {
+        let outcome = idem::Call::new("bench::tx", order)
+            .ttl(TTL)
+            .run_tx(&mut object, async |_: &mut Client| receipt(order))
+            .await
+            .expect("a transactional call");
+        outcome.value
+    };
+    tx_rows(report, plan, server, call).await;
+}
+
+/// A replay and a first call of `call` (idem's `BEGIN`, the claim, the completion on a first
+/// call, `COMMIT`) against the same transaction sent by hand on a client of its own with
+/// prepared statements (`BEGIN`, a `SELECT` by key or the claim's `INSERT` and the result's
+/// `UPDATE`, `COMMIT`). The body writes nothing of its own: its writes would be the same on
+/// both sides.
+async fn tx_rows(
+    report: &mut Report,
+    plan: &Plan,
+    server: &PostgresServer,
+    mut call: impl AsyncFnMut(u64) -> Receipt,
+) {
+    let mut raw = client(server).await;
     let select = raw
         .prepare("SELECT payload FROM idem_records WHERE key = $1")
         .await
@@ -68,15 +109,10 @@ async fn tokio_postgres_tx(report: &mut Report, plan: &Plan, server: &PostgresSe
         )
         .await
         .expect("prepare the UPDATE");
-    let call = async |client: &mut Client, order: u64| -> Receipt {
-        let outcome = idem::Call::new("bench::tx", order)
-            .ttl(TTL)
-            .run_tx(client, async |_: &mut Client| receipt(order))
-            .await
-            .expect("a transactional call");
-        outcome.value
-    };
-    call(&mut own, 7).await;
+    // The key replayed (the scope is `bench::tx` on both sides), stored first; the raw side
+    // reads its row.
+    let replayed = 7;
+    call(replayed).await;
     let key = "idem:bench.tx:7".to_owned();
     let pair = latency_pair(
         plan,
@@ -87,7 +123,7 @@ async fn tokio_postgres_tx(report: &mut Report, plan: &Plan, server: &PostgresSe
             tx.commit().await.expect("COMMIT");
         },
         async || {
-            black_box(call(&mut own, 7).await);
+            black_box(call(replayed).await);
         },
     )
     .await;
@@ -114,7 +150,7 @@ async fn tokio_postgres_tx(report: &mut Report, plan: &Plan, server: &PostgresSe
             tx.commit().await.expect("COMMIT");
         },
         async || {
-            black_box(call(&mut own, fresh()).await);
+            black_box(call(fresh()).await);
         },
     )
     .await;

@@ -32,7 +32,25 @@ use crate::error::Error;
 use crate::observe::{StoreOp, timed};
 use crate::outcome::{Outcome, Status};
 use crate::record::{Claim, Record};
-use crate::store::tx::{Claimed, Transactional, TxStore, UNSEEN_RETRIES};
+use crate::store::tx::{Claimed, Transactional, TxConnection, TxStore, UNSEEN_RETRIES};
+
+/// [`execute`] on what a caller passed ([`TxConnection`]): idem's statements go through its
+/// [`session`](TxConnection::session), and the body receives the connection
+/// [`lent`](TxConnection::lend) from it.
+pub(crate) async fn execute_on<A, R, B, S>(
+    call: CallRequest,
+    conn: &mut A,
+    body: B,
+    shape: S,
+) -> Result<Outcome<R>, Error>
+where
+    A: TxConnection + ?Sized,
+    B: AsyncFnOnce(&mut A::Conn) -> R,
+    S: Codec<R>,
+{
+    let body = async move |session: &mut A::Session| body(A::lend(session)).await;
+    execute(call, conn.session(), body, shape).await
+}
 
 /// Runs `body` once for the call's key, with the claim and the result written through `conn`
 /// by the [`TxStore`] of its type.

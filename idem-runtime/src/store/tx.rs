@@ -67,8 +67,11 @@ pub trait Transactional: Send {
 /// - `tokio-postgres`: `tokio_postgres::Client` (outside a transaction) and
 ///   `tokio_postgres::Transaction<'_>`;
 /// - `deadpool-postgres`: `deadpool_postgres::Object` (its body receives the
-///   `tokio_postgres::Client`) and `deadpool_postgres::Transaction<'_>` (its body receives the
-///   `tokio_postgres::Transaction<'_>`).
+///   `tokio_postgres::Client`), `deadpool_postgres::ClientWrapper` (what an `Object` derefs
+///   to; its body receives it) and `deadpool_postgres::Transaction<'_>` (its body receives the
+///   `tokio_postgres::Transaction<'_>`); idem's statements on them are prepared once per
+///   connection, in the pool's statement cache (unless the configured `PostgresStore` is
+///   behind a pooler).
 ///
 /// Inside a transaction (a `Transaction`, or a sqlx connection on which one was begun), the
 /// call runs in it; on a connection outside any, in one of its own. A tokio-postgres `Client`
@@ -84,8 +87,22 @@ pub trait TxConnection: sealed::Sealed {
     /// The connection the body receives.
     type Conn: Transactional + ?Sized;
 
+    /// The connection idem's own statements go through: [`Conn`](TxConnection::Conn) itself,
+    /// or, for a pool's connection that keeps a statement cache beside it (deadpool-postgres'
+    /// `Object` and `Transaction`), that wrapper, so that the statements are prepared once
+    /// per connection. The body still receives [`Conn`](TxConnection::Conn), lent by
+    /// [`lend`](TxConnection::lend).
+    type Session: Transactional + ?Sized;
+
     /// The connection itself.
     fn connection(&mut self) -> &mut Self::Conn;
+
+    /// The connection idem's statements go through.
+    fn session(&mut self) -> &mut Self::Session;
+
+    /// The connection the body receives, from the one idem's statements go through (or from
+    /// the transaction idem began on it, which derefs to it).
+    fn lend(session: &mut Self::Session) -> &mut Self::Conn;
 }
 
 /// Only this crate implements [`TxConnection`]: the transactional mode must know the
@@ -96,7 +113,7 @@ pub(crate) mod sealed {
 }
 
 /// Implements [`TxConnection`] for each type listed, whose connection (itself, or by
-/// `DerefMut`) is `$conn`.
+/// `DerefMut`) is `$conn`, both the body's and the one idem's statements go through.
 macro_rules! tx_connections {
     ($conn:ty: $($ty:ty),+ $(,)?) => {
         $(
@@ -104,9 +121,18 @@ macro_rules! tx_connections {
 
             impl $crate::store::tx::TxConnection for $ty {
                 type Conn = $conn;
+                type Session = $conn;
 
                 fn connection(&mut self) -> &mut $conn {
                     &mut *self
+                }
+
+                fn session(&mut self) -> &mut $conn {
+                    &mut *self
+                }
+
+                fn lend(session: &mut $conn) -> &mut $conn {
+                    session
                 }
             }
         )+

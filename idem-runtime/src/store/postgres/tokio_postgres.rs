@@ -5,9 +5,23 @@
 //! statements, the table and the store are the sqlx driver's (`sql.rs`, `tx.rs`): records
 //! written through either driver are the same rows.
 //!
-//! Each statement is sent by `query_typed` (its parameters' types given, an unnamed statement):
-//! one round trip, nothing prepared or cached on the connection, so it also works behind a
-//! transaction-mode pooler.
+//! On a bare `Client` or `Transaction`, each statement is sent by `query_typed` (its
+//! parameters' types given, an unnamed statement): one round trip, nothing prepared or cached
+//! on the connection, so it also works behind a transaction-mode pooler, but PostgreSQL parses
+//! and plans it on every call (the claim, a CTE, costs about four times as much unnamed as
+//! prepared). tokio-postgres gives a `Client` nothing to key a cache of prepared statements
+//! by; deadpool-postgres does: each of its connections carries a `StatementCache`. So a call
+//! on a pool's `Object` (or the `ClientWrapper` it derefs to) or a pool's `Transaction`
+//! prepares each of idem's statements (the claim, the completion, the release, the look for
+//! the table) once per connection, with their parameters' types, in that connection's cache,
+//! and then executes the prepared statement: one round trip, no planning after the first.
+//! The body still receives the `Client` or the tokio-postgres `Transaction`
+//! ([`TxConnection::lend`](crate::TxConnection::lend)). Not when the configured
+//! [`PostgresStore`](crate::PostgresStore) was built with
+//! [`PostgresOptions::pooler`](crate::PostgresOptions::pooler) (a transaction-mode pooler
+//! between the application and PostgreSQL, where a named statement may be missing on the
+//! next transaction's server connection): then the deadpool types send `query_typed` too.
+//! `BEGIN`, `COMMIT`, the savepoints and their ends are simple queries either way.
 //!
 //! A transaction idem begins ([`Begun`]) that is dropped before it ended (a dropped call, a
 //! panic in the body) rolls back as tokio-postgres's own `Transaction` does: its drop queues
@@ -23,7 +37,7 @@ use std::task::{Context, Waker};
 
 use ::tokio_postgres::error::SqlState;
 use ::tokio_postgres::types::{ToSql, Type};
-use ::tokio_postgres::{Client, Row, Transaction};
+use ::tokio_postgres::{Client, Row, Statement, Transaction};
 use sqlx::SqlStr;
 
 use super::sent::Value;
@@ -44,7 +58,8 @@ const RELEASE: &str = "RELEASE SAVEPOINT idem_call";
 /// this one rolls back to.
 const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT idem_call; RELEASE SAVEPOINT idem_call";
 
-/// A tokio-postgres connection: a client, or a transaction on one.
+/// A tokio-postgres connection: a client, or a transaction on one, bare or with the statement
+/// cache of deadpool-postgres' connection.
 pub trait TokioConnection: Send + Sync {
     /// Whether it is inside a transaction (a `Transaction` always is; a `Client` is taken to be
     /// outside one: tokio-postgres reaches a transaction through its `Transaction` type).
@@ -52,6 +67,13 @@ pub trait TokioConnection: Send + Sync {
 
     /// The client its statements go through.
     fn client(&self) -> &Client;
+
+    /// The cache of prepared statements of its connection, if it has one (deadpool-postgres'):
+    /// idem's statements are then prepared in it once, unless sent inline (behind a pooler).
+    #[cfg(feature = "deadpool-postgres")]
+    fn cache(&self) -> Option<&deadpool_postgres::StatementCache> {
+        None
+    }
 }
 
 impl TokioConnection for Client {
@@ -88,24 +110,108 @@ impl sealed::Sealed for Transaction<'_> {}
 
 impl<'t> TxConnection for Transaction<'t> {
     type Conn = Transaction<'t>;
+    type Session = Transaction<'t>;
 
     fn connection(&mut self) -> &mut Transaction<'t> {
         self
     }
+
+    fn session(&mut self) -> &mut Transaction<'t> {
+        self
+    }
+
+    fn lend<'s>(session: &'s mut Transaction<'t>) -> &'s mut Transaction<'t> {
+        session
+    }
 }
 
 #[cfg(feature = "deadpool-postgres")]
-tx_connections!(Client: deadpool_postgres::Object);
+impl TokioConnection for deadpool_postgres::ClientWrapper {
+    const IN_TRANSACTION: bool = false;
+
+    fn client(&self) -> &Client {
+        self
+    }
+
+    fn cache(&self) -> Option<&deadpool_postgres::StatementCache> {
+        Some(&self.statement_cache)
+    }
+}
+
+#[cfg(feature = "deadpool-postgres")]
+impl TokioConnection for deadpool_postgres::Transaction<'_> {
+    const IN_TRANSACTION: bool = true;
+
+    fn client(&self) -> &Client {
+        Transaction::client(self)
+    }
+
+    fn cache(&self) -> Option<&deadpool_postgres::StatementCache> {
+        Some(&self.statement_cache)
+    }
+}
+
+/// A call on a pool's client writes through [`PgTxStore`], in a transaction of its own, with
+/// its statements prepared in the connection's cache.
+#[cfg(feature = "deadpool-postgres")]
+impl Transactional for deadpool_postgres::ClientWrapper {
+    type Store = PgTxStore;
+}
+
+/// A call on a pool's transaction writes through [`PgTxStore`], in it, with its statements
+/// prepared in the connection's cache.
+#[cfg(feature = "deadpool-postgres")]
+impl Transactional for deadpool_postgres::Transaction<'_> {
+    type Store = PgTxStore;
+}
+
+// The body receives the `ClientWrapper` itself (a function whose `tx = conn` argument is one).
+#[cfg(feature = "deadpool-postgres")]
+tx_connections!(deadpool_postgres::ClientWrapper: deadpool_postgres::ClientWrapper);
+
+#[cfg(feature = "deadpool-postgres")]
+impl sealed::Sealed for deadpool_postgres::Object {}
+
+/// The body receives the `Client`; idem's statements go through the `ClientWrapper` and its
+/// cache.
+#[cfg(feature = "deadpool-postgres")]
+impl TxConnection for deadpool_postgres::Object {
+    type Conn = Client;
+    type Session = deadpool_postgres::ClientWrapper;
+
+    fn connection(&mut self) -> &mut Client {
+        self
+    }
+
+    fn session(&mut self) -> &mut deadpool_postgres::ClientWrapper {
+        self
+    }
+
+    fn lend(session: &mut deadpool_postgres::ClientWrapper) -> &mut Client {
+        session
+    }
+}
 
 #[cfg(feature = "deadpool-postgres")]
 impl sealed::Sealed for deadpool_postgres::Transaction<'_> {}
 
+/// The body receives tokio-postgres's `Transaction`; idem's statements go through the pool's,
+/// and its connection's cache.
 #[cfg(feature = "deadpool-postgres")]
 impl<'t> TxConnection for deadpool_postgres::Transaction<'t> {
     type Conn = Transaction<'t>;
+    type Session = deadpool_postgres::Transaction<'t>;
 
     fn connection(&mut self) -> &mut Transaction<'t> {
         self
+    }
+
+    fn session(&mut self) -> &mut deadpool_postgres::Transaction<'t> {
+        self
+    }
+
+    fn lend<'s>(session: &'s mut deadpool_postgres::Transaction<'t>) -> &'s mut Transaction<'t> {
+        session
     }
 }
 
@@ -214,13 +320,14 @@ impl<C: TokioConnection> Session for C {
         &'a mut self,
         statement: &'a SqlStr,
         values: &'a [Value<'a>],
-        _inline: bool,
+        inline: bool,
     ) -> Result<Option<Row>, TokioError> {
         let params = typed(values);
-        let rows = self
-            .client()
-            .query_typed(statement.as_str(), &params)
-            .await?;
+        let client = self.client();
+        let rows = match prepared(self, statement, &params, inline).await? {
+            Some(prepared) => client.query(&prepared, &bound(&params)).await?,
+            None => client.query_typed(statement.as_str(), &params).await?,
+        };
         Ok(rows.into_iter().next())
     }
 
@@ -228,14 +335,53 @@ impl<C: TokioConnection> Session for C {
         &'a mut self,
         statement: &'a SqlStr,
         values: &'a [Value<'a>],
-        _inline: bool,
+        inline: bool,
     ) -> Result<u64, TokioError> {
         let params = typed(values);
-        Ok(self
-            .client()
-            .execute_typed(statement.as_str(), &params)
-            .await?)
+        let client = self.client();
+        Ok(match prepared(self, statement, &params, inline).await? {
+            Some(prepared) => client.execute(&prepared, &bound(&params)).await?,
+            None => client.execute_typed(statement.as_str(), &params).await?,
+        })
     }
+}
+
+/// `statement` prepared (with the types of `params`) in `conn`'s statement cache, once per
+/// connection: `None` (send it unnamed) without a cache, or when `inline` (behind a
+/// transaction-mode pooler, where a named statement may be missing on the next transaction's
+/// server connection).
+#[cfg(feature = "deadpool-postgres")]
+async fn prepared<C: TokioConnection>(
+    conn: &C,
+    statement: &SqlStr,
+    params: &[(&(dyn ToSql + Sync), Type)],
+    inline: bool,
+) -> Result<Option<Statement>, TokioError> {
+    let Some(cache) = conn.cache().filter(|_| !inline) else {
+        return Ok(None);
+    };
+    let types: Vec<Type> = params.iter().map(|(_, ty)| ty.clone()).collect();
+    let prepared = cache
+        .prepare_typed(conn.client(), statement.as_str(), &types)
+        .await?;
+    Ok(Some(prepared))
+}
+
+/// Without deadpool-postgres, no connection has a statement cache: every statement is sent
+/// unnamed.
+#[cfg(not(feature = "deadpool-postgres"))]
+async fn prepared<C: TokioConnection>(
+    _conn: &C,
+    _statement: &SqlStr,
+    _params: &[(&(dyn ToSql + Sync), Type)],
+    _inline: bool,
+) -> Result<Option<Statement>, TokioError> {
+    Ok(None)
+}
+
+/// The values of `params`, for a prepared statement (which knows their types).
+fn bound<'a>(params: &[(&'a (dyn ToSql + Sync), Type)]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params.iter().map(|(value, _)| *value).collect()
 }
 
 /// `values` with the types sqlx declares for them, for `query_typed`.

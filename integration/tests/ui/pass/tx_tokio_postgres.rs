@@ -1,7 +1,8 @@
 //! `tx = conn` on tokio-postgres: a `&mut tokio_postgres::Transaction<'_>` (the caller's
 //! transaction) and a `&mut tokio_postgres::Client` (idem begins one) on every shape of
 //! function, called with deadpool-postgres' `Transaction` and `Object` (they deref to them),
-//! and `Call::run_tx` on each.
+//! a `&mut deadpool_postgres::ClientWrapper` called with an `Object`, and `Call::run_tx` on
+//! each.
 #![deny(warnings)]
 
 use idem::idempotent;
@@ -51,10 +52,22 @@ async fn plain_on_a_client(conn: &mut Client, id: u64) -> u64 {
     debit(conn, 1).await.unwrap_or(id)
 }
 
+/// On a pool's `ClientWrapper` (what its `Object` derefs to): idem's statements are prepared
+/// in the connection's cache, and the body receives the wrapper.
+#[idempotent(key = id, tx = conn)]
+async fn on_a_pooled_client(
+    conn: &mut deadpool_postgres::ClientWrapper,
+    id: u64,
+) -> Result<u64, Refused> {
+    let _cached = conn.statement_cache.size();
+    debit(conn, id as i64).await
+}
+
 async fn with_deadpool(pool: deadpool_postgres::Pool) -> Result<u64, Refused> {
     let mut object = pool.get().await.expect("a connection");
     // The pool's `Object` derefs to a `Client`: idem begins a transaction for the call.
     let mut total = plain_on_a_client(&mut object, 1).await? + on_a_client(&mut object, 2).await?;
+    total += on_a_pooled_client(&mut object, 9).await?;
     // The pool's `Transaction` derefs to tokio-postgres's: the call runs in it.
     let mut transaction = object.transaction().await.expect("begin");
     total += plain(&mut transaction, 3).await? + fallible(4, &mut transaction).await?;
