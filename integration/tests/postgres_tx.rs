@@ -619,7 +619,8 @@ async fn sent_during<F: Future>(server: &PostgresServer, f: F) -> (F::Output, Ve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_first_call_adds_two_statements_or_four_with_the_savepoint_and_a_replay_one() {
+async fn a_first_call_adds_two_statements_or_four_with_the_savepoint_and_a_replay_one_or_a_bare_read()
+ {
     let (server, store, _pool) = setup().await;
     let options: PgConnectOptions = server.url().parse().unwrap();
     let mut conn = PgConnection::connect_with(&options.application_name(COUNTED))
@@ -694,6 +695,27 @@ async fn a_first_call_adds_two_statements_or_four_with_the_savepoint_and_a_repla
         2,
         "claim + complete: {every:#?}"
     );
+
+    // Once replays clearly outnumber first calls on the table (`ClaimOrder::Learnt`), a claim
+    // reads first: a replay is the bare read of the live row, a first call adds three
+    // statements (read, claim, complete).
+    let mut tx = conn.begin().await.unwrap();
+    for _ in 0..40 {
+        let again = call("c1").run_tx(&mut tx, body("c1")).await.unwrap();
+        assert_eq!(again.status, Status::Replayed);
+    }
+    let (again, read) = sent_during(&server, call("c1").run_tx(&mut tx, body("c1"))).await;
+    assert_eq!(again.unwrap().status, Status::Replayed);
+    assert_eq!(read.len(), 1, "a replay is the read alone: {read:#?}");
+    assert!(read[0].starts_with("SELECT false, state"), "{read:#?}");
+    let (first, sent) = sent_during(&server, call("c4").run_tx(&mut tx, body("c4"))).await;
+    assert_eq!(first.unwrap().status, Status::Executed);
+    tx.commit().await.unwrap();
+    assert_eq!(body_sent(&sent), 1);
+    assert_eq!(sent.len() - 1, 3, "read, claim, complete: {sent:#?}");
+    assert!(sent[0].starts_with("SELECT false, state"), "{sent:#?}");
+    assert!(sent[1].starts_with("WITH cfg AS"), "{sent:#?}");
+    assert!(sent[3].starts_with("WITH done AS"), "{sent:#?}");
 }
 
 /// `cache_err = true` through the attribute's runner: every error stored, no savepoint.

@@ -49,7 +49,6 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::error::{Error, StoreError};
 use crate::record::{Claim, Record, Token};
-use crate::store::order::{Order, Start};
 use crate::store::tx::{Claimed, UNSEEN_RETRIES};
 use crate::store::{Fence, Inspection, Issue, Redemption, Stats, Store, TokenKey};
 
@@ -149,8 +148,6 @@ struct Shared {
     token_table: TokenTable,
     token_sql: TokenStatements,
     hub: Hub,
-    /// Whether a claim reads before it claims (`order.rs`).
-    order: Order,
     _reaper: Reaper,
     describe: String,
     pool_size: u32,
@@ -214,7 +211,7 @@ impl PostgresStore {
         let table = options.checked()?;
         let connect = pool.connect_options();
         let describe = describe(&connect, &table);
-        let sql = Arc::new(Statements::new(&table, options.pooler));
+        let sql = Arc::new(Statements::new(&table, options.pooler, options.claim_order));
         let store = PostgresStore {
             shared: Arc::new(Shared {
                 hub: Hub::new(
@@ -230,7 +227,6 @@ impl PostgresStore {
                     options.reaper_batch,
                     options.statement_timeout,
                 ),
-                order: Order::new(options.claim_order, Start::InsertFirst),
                 pool_size: pool.options().get_max_connections(),
                 pool,
                 sql,
@@ -429,7 +425,7 @@ impl Store for PostgresStore {
     ) -> Result<Option<Record>, StoreError> {
         check_key(key)?;
         let sql = &self.shared.sql;
-        let order = &self.shared.order;
+        let order = &sql.order;
         // Reading first (while replays clearly outnumber first calls, `order.rs`): a key that
         // holds a live record is answered by the bare read; without one, the claim follows.
         if !order.insert_first() {

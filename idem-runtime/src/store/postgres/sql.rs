@@ -25,6 +25,7 @@
 //!
 //! | operation | statement |
 //! |---|---|
+//! | read the record (a claim that reads first) | the plain store's read of the live row, as the caller's transaction sees it |
 //! | claim (or read the record), waiting at most `wait` on a concurrent transaction's uncommitted claim | `WITH cfg AS MATERIALIZED (SELECT current_setting('lock_timeout'), set_config('lock_timeout', wait, true)), live AS (…), claimed AS (INSERT … SELECT … FROM cfg WHERE NOT EXISTS live ON CONFLICT … RETURNING 1), answer AS (claimed UNION ALL live) SELECT answer.*, set_config('lock_timeout', old, true) FROM cfg LEFT JOIN answer ON true` |
 //! | complete | `WITH done AS (UPDATE … WHERE key, token, in progress RETURNING 1) SELECT pg_notify(…) FROM done` |
 //! | release (a released error, after the rollback to the savepoint) | `DELETE … WHERE key, token, in progress` |
@@ -40,6 +41,8 @@ use super::sent::{Sent, Value, send};
 use super::session::{Columns, Failure, Session};
 use super::table::Table;
 use crate::record::{Claim, Fingerprint, Record, Token};
+use crate::store::ClaimOrder;
+use crate::store::order::{Order, Start};
 use crate::store::tx::Claimed;
 use crate::store::{Inspection, Stats};
 
@@ -58,6 +61,9 @@ pub(super) struct Statements {
     /// Whether the transactional mode has found the table in this process: it looks for it
     /// (`to_regclass`, which cannot abort the caller's transaction) until it does.
     pub(super) table_found: AtomicBool,
+    /// Whether a claim on this table reads before it claims, learnt from the claims of the
+    /// plain store and of the transactional mode on it (`order.rs`).
+    pub(super) order: Order,
     table_exists: SqlStr,
     live: SqlStr,
     claim: SqlStr,
@@ -84,14 +90,16 @@ const HELD: &str =
     "key = $1 AND token = $2 AND state = 'in_progress' AND expires_at > clock_timestamp()";
 
 impl Statements {
-    /// The statements of `table`, sent with their values written in when `inline`.
-    pub(super) fn new(table: &Table, inline: bool) -> Statements {
+    /// The statements of `table`, sent with their values written in when `inline`, whose
+    /// claims read first or claim first as `order` says.
+    pub(super) fn new(table: &Table, inline: bool, order: ClaimOrder) -> Statements {
         let t = table.qualified();
         let channel = literal(table.channel());
         let sql = |text: String| AssertSqlSafe(text).into_sql_str();
         Statements {
             inline,
             table_found: AtomicBool::new(false),
+            order: Order::new(order, Start::InsertFirst),
             table_exists: sql(format!("SELECT to_regclass({}) IS NOT NULL", literal(&t))),
             // The live row alone, in the columns of the claim's answer (its `held` false): what
             // a claim that reads first sends before it claims.
@@ -591,6 +599,19 @@ pub(super) async fn tx_claim<S: Session>(
     lease: Duration,
     wait: Duration,
 ) -> Result<Claimed, S::Error> {
+    // Reading first (while replays clearly outnumber first calls, `order.rs`): the live row
+    // as this transaction sees it, committed or its own, as the claim's `live` reads it; a
+    // claim of a transaction that has not committed is invisible to both, and the claim that
+    // follows waits on its lock.
+    if !sql.order.insert_first() {
+        let row = conn
+            .query_opt(&sql.live, &[Value::Text(key)], sql.inline)
+            .await?;
+        if let Some(row) = row {
+            sql.order.found(true);
+            return record(&row).map(Claimed::Found);
+        }
+    }
     let token = claim.token.to_bytes();
     let wait = millis(wait).to_string();
     let values = [
@@ -605,8 +626,14 @@ pub(super) async fn tx_claim<S: Session>(
     };
     match row.flag(0)? {
         None => Ok(Claimed::Unseen),
-        Some(true) => Ok(Claimed::Held),
-        Some(false) => record(&row).map(Claimed::Found),
+        Some(true) => {
+            sql.order.found(false);
+            Ok(Claimed::Held)
+        }
+        Some(false) => {
+            sql.order.found(true);
+            record(&row).map(Claimed::Found)
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use super::{PostgresStore, check_key, listen};
 use crate::error::Error;
 use crate::record::Claim;
 use crate::store::tx::{Claimed, Transactional, TxFuture, TxStore, tx_connections};
-use crate::store::{Store, StoreHandle};
+use crate::store::{ClaimOrder, Store, StoreHandle};
 
 /// SQLSTATEs the transactional mode tells apart.
 mod code {
@@ -59,7 +59,10 @@ fn default_table() -> &'static (Arc<Statements>, Table) {
     static DEFAULT: OnceLock<(Arc<Statements>, Table)> = OnceLock::new();
     DEFAULT.get_or_init(|| {
         let table = Table::new("public", "idem_records").expect("the default names are valid");
-        (Arc::new(Statements::new(&table, false)), table)
+        (
+            Arc::new(Statements::new(&table, false, ClaimOrder::Learnt)),
+            table,
+        )
     })
 }
 
