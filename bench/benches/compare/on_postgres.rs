@@ -6,7 +6,8 @@
 use std::hint::black_box;
 
 use idem::{Config, Idem, PostgresOptions, PostgresStore};
-use tokio_postgres::{Client, NoTls};
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::measure::{Plan, latency_pair};
 use crate::postgres_server::PostgresServer;
@@ -42,21 +43,28 @@ async fn client(server: &PostgresServer) -> Client {
 /// The transactional mode on tokio-postgres, one caller: `tx = conn` on a bare `Client`, whose
 /// statements idem sends unnamed (parsed and planned on every call), then on a
 /// deadpool-postgres `Object`, whose statements idem prepares once in the connection's
-/// statement cache, each against the same transaction by hand ([`tx_rows`]).
+/// statement cache, each against the same transaction by hand on the same connection
+/// ([`tx_rows`]).
 async fn tokio_postgres_tx(report: &mut Report, plan: &Plan, server: &PostgresServer) {
     report.section(
         "PostgreSQL, transactional mode on tokio-postgres (`tx = conn` on a `Client`), one caller",
     );
-    let mut own = client(server).await;
+    let own = Mutex::new(client(server).await);
     let call = async |order: u64| -> Receipt {
+        let mut own = own.lock().await;
         let outcome = idem::Call::new("bench::tx", order)
             .ttl(TTL)
-            .run_tx(&mut own, async |_: &mut Client| receipt(order))
+            .run_tx(&mut *own, async |_: &mut Client| receipt(order))
             .await
             .expect("a transactional call");
         outcome.value
     };
-    tx_rows(report, plan, server, call).await;
+    let raw = async |statements: RawTx| {
+        let mut own = own.lock().await;
+        statements.run(&mut own).await;
+    };
+    let sql = Prepared::on(&*own.lock().await).await;
+    tx_rows(report, plan, sql, call, raw).await;
 
     report.section(
         "PostgreSQL, transactional mode on deadpool-postgres (`tx = conn` on an `Object`, statements prepared in its cache), one caller",
@@ -67,48 +75,102 @@ async fn tokio_postgres_tx(report: &mut Report, plan: &Plan, server: &PostgresSe
         .max_size(1)
         .build()
         .expect("a deadpool-postgres pool");
-    let mut object = pool.get().await.expect("a pool's connection");
+    let object = Mutex::new(pool.get().await.expect("a pool's connection"));
     let call = async |order: u64| -> Receipt {
+        let mut object = object.lock().await;
         let outcome = idem::Call::new("bench::tx", order)
             .ttl(TTL)
-            .run_tx(&mut object, async |_: &mut Client| receipt(order))
+            .run_tx(&mut *object, async |_: &mut Client| receipt(order))
             .await
             .expect("a transactional call");
         outcome.value
     };
-    tx_rows(report, plan, server, call).await;
+    let raw = async |statements: RawTx| {
+        let mut object = object.lock().await;
+        statements.run(&mut object).await;
+    };
+    let sql = Prepared::on(&***object.lock().await).await;
+    tx_rows(report, plan, sql, call, raw).await;
+}
+
+/// The raw side's prepared statements, on the connection both sides use.
+#[derive(Clone)]
+struct Prepared {
+    select: Statement,
+    insert: Statement,
+    update: Statement,
+}
+
+impl Prepared {
+    /// The raw side's statements, prepared on `conn`.
+    async fn on(conn: &Client) -> Prepared {
+        Prepared {
+            select: conn
+                .prepare("SELECT payload FROM idem_records WHERE key = $1")
+                .await
+                .expect("prepare the SELECT"),
+            insert: conn
+                .prepare(
+                    "INSERT INTO idem_records (key, state, token, expires_at) \
+                     VALUES ($1, 'in_progress', $2, now() + interval '30 seconds')",
+                )
+                .await
+                .expect("prepare the INSERT"),
+            update: conn
+                .prepare(
+                    "UPDATE idem_records SET state = 'completed', payload = $2, \
+                     expires_at = now() + interval '1 hour' WHERE key = $1",
+                )
+                .await
+                .expect("prepare the UPDATE"),
+        }
+    }
+}
+
+/// One transaction of the raw side: a replay's read of `key`, or a first call's insert and
+/// update of a fresh key.
+enum RawTx {
+    Replay(Prepared, String),
+    First(Prepared),
+}
+
+impl RawTx {
+    async fn run(self, client: &mut Client) {
+        let tx = client.transaction().await.expect("BEGIN");
+        match self {
+            RawTx::Replay(sql, key) => {
+                let row = tx.query_opt(&sql.select, &[&key]).await.expect("SELECT");
+                assert!(black_box(row).is_some(), "the key is stored");
+            }
+            RawTx::First(sql) => {
+                let order = fresh();
+                let key = format!("raw:tx:{order}");
+                let payload = serde_json::to_vec(&receipt(order)).expect("JSON");
+                tx.execute(&sql.insert, &[&key, &&[7_u8; 16][..]])
+                    .await
+                    .expect("INSERT");
+                tx.execute(&sql.update, &[&key, &payload])
+                    .await
+                    .expect("UPDATE");
+            }
+        }
+        tx.commit().await.expect("COMMIT");
+    }
 }
 
 /// A replay and a first call of `call` (idem's `BEGIN`, the claim, the completion on a first
-/// call, `COMMIT`) against the same transaction sent by hand on a client of its own with
-/// prepared statements (`BEGIN`, a `SELECT` by key or the claim's `INSERT` and the result's
-/// `UPDATE`, `COMMIT`). The body writes nothing of its own: its writes would be the same on
-/// both sides.
+/// call, `COMMIT`) against the same transaction sent by hand through `raw` with prepared
+/// statements `sql` (`BEGIN`, a `SELECT` by key or the claim's `INSERT` and the result's
+/// `UPDATE`, `COMMIT`), on the same connection: one server backend for both sides, so that where the
+/// system places it counts the same for each. The body writes nothing of its own: its writes
+/// would be the same on both sides.
 async fn tx_rows(
     report: &mut Report,
     plan: &Plan,
-    server: &PostgresServer,
+    sql: Prepared,
     mut call: impl AsyncFnMut(u64) -> Receipt,
+    mut raw: impl AsyncFnMut(RawTx),
 ) {
-    let mut raw = client(server).await;
-    let select = raw
-        .prepare("SELECT payload FROM idem_records WHERE key = $1")
-        .await
-        .expect("prepare the SELECT");
-    let insert = raw
-        .prepare(
-            "INSERT INTO idem_records (key, state, token, expires_at) \
-             VALUES ($1, 'in_progress', $2, now() + interval '30 seconds')",
-        )
-        .await
-        .expect("prepare the INSERT");
-    let update = raw
-        .prepare(
-            "UPDATE idem_records SET state = 'completed', payload = $2, \
-             expires_at = now() + interval '1 hour' WHERE key = $1",
-        )
-        .await
-        .expect("prepare the UPDATE");
     // The key replayed (the scope is `bench::tx` on both sides), stored first; the raw side
     // reads its row.
     let replayed = 7;
@@ -116,12 +178,7 @@ async fn tx_rows(
     let key = "idem:bench.tx:7".to_owned();
     let pair = latency_pair(
         plan,
-        async || {
-            let tx = raw.transaction().await.expect("BEGIN");
-            let row = tx.query_opt(&select, &[&key]).await.expect("SELECT");
-            assert!(black_box(row).is_some(), "the key is stored");
-            tx.commit().await.expect("COMMIT");
-        },
+        async || raw(RawTx::Replay(sql.clone(), key.clone())).await,
         async || {
             black_box(call(replayed).await);
         },
@@ -136,19 +193,7 @@ async fn tx_rows(
     );
     let pair = latency_pair(
         plan,
-        async || {
-            let order = fresh();
-            let key = format!("raw:tx:{order}");
-            let payload = serde_json::to_vec(&receipt(order)).expect("JSON");
-            let tx = raw.transaction().await.expect("BEGIN");
-            tx.execute(&insert, &[&key, &&[7_u8; 16][..]])
-                .await
-                .expect("INSERT");
-            tx.execute(&update, &[&key, &payload])
-                .await
-                .expect("UPDATE");
-            tx.commit().await.expect("COMMIT");
-        },
+        async || raw(RawTx::First(sql.clone())).await,
         async || {
             black_box(call(fresh()).await);
         },
