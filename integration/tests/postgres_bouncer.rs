@@ -178,6 +178,46 @@ async fn statements_are_sent_unprepared(server: &PostgresServer, bouncer: &PgBou
     // The key is in the statement's text, as a literal.
     assert!(replay_sent[0].contains(":k'::text)"), "{replay_sent:#?}");
 
+    // A store that reads first (the order one of mostly replays learns): the read is sent the
+    // same way, and a first call is the read, the claim, the completion.
+    let options = PostgresOptions::default()
+        .application_name(COUNTED)
+        .reaper_interval(None)
+        .pool_size(2)
+        .claim_order(idem::store::ClaimOrder::ReadFirst);
+    let reading = self::store(bouncer, options).await;
+    let (again, read_sent) = sent_during(
+        server,
+        COUNTED,
+        Call::new(scope, "k")
+            .store(reading.clone())
+            .run(async { 9_u32 }),
+    )
+    .await;
+    let again = again.unwrap();
+    assert_eq!((again.value, again.status), (7, Status::Replayed));
+    assert_eq!(read_sent.len(), 1, "the read alone: {read_sent:#?}");
+    assert!(
+        read_sent[0].starts_with("SELECT false, state"),
+        "{read_sent:#?}"
+    );
+    assert!(read_sent[0].contains(":k'::text)"), "{read_sent:#?}");
+    let (first, first_sent) = sent_during(
+        server,
+        COUNTED,
+        Call::new(scope, "k2")
+            .store(reading.clone())
+            .run(async { 10_u32 }),
+    )
+    .await;
+    assert_eq!(first.unwrap().status, Status::Executed);
+    assert_eq!(
+        first_sent.len(),
+        3,
+        "read, claim, complete: {first_sent:#?}"
+    );
+    assert!(first_sent[1].starts_with("WITH live AS"), "{first_sent:#?}");
+
     let log = server.log();
     let ours: Vec<&str> = log
         .lines()
