@@ -677,7 +677,7 @@ async fn a_first_call_adds_two_statements_or_four_with_the_savepoint_and_a_repla
     assert_eq!(body_sent(&plain), 1);
     assert_eq!(plain.len() - 1, 2, "claim + complete: {plain:#?}");
     assert!(plain[0].starts_with("WITH cfg AS"), "{plain:#?}");
-    assert!(plain[2].starts_with("WITH done AS"), "{plain:#?}");
+    assert!(plain[2].starts_with("UPDATE "), "{plain:#?}");
     assert_eq!(replay.len(), 1, "a replay is the claim alone: {replay:#?}");
     assert!(replay[0].starts_with("WITH cfg AS"), "{replay:#?}");
     assert_eq!(
@@ -715,7 +715,7 @@ async fn a_first_call_adds_two_statements_or_four_with_the_savepoint_and_a_repla
     assert_eq!(sent.len() - 1, 3, "read, claim, complete: {sent:#?}");
     assert!(sent[0].starts_with("SELECT false, state"), "{sent:#?}");
     assert!(sent[1].starts_with("WITH cfg AS"), "{sent:#?}");
-    assert!(sent[3].starts_with("WITH done AS"), "{sent:#?}");
+    assert!(sent[3].starts_with("UPDATE "), "{sent:#?}");
 }
 
 /// `cache_err = true` through the attribute's runner: every error stored, no savepoint.

@@ -9,10 +9,11 @@ use idem::{Config, Idem, PostgresOptions, PostgresStore};
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::measure::{Plan, latency_pair};
+use crate::measure::{Plan, latency_pair, throughput_pair};
+use crate::on_redis::CALLERS;
 use crate::postgres_server::PostgresServer;
 use crate::report::{Quantity, Report, Target};
-use crate::workload::{Receipt, TTL, charge, fresh, receipt};
+use crate::workload::{Receipt, TTL, below, charge, fresh, receipt};
 
 /// Records written for the bytes row.
 const RECORDS: u64 = 10_000;
@@ -28,6 +29,7 @@ pub async fn rows(report: &mut Report, plan: &Plan, server: &PostgresServer) {
     let idem = Idem::with_settings(store, &Config::default());
     crate::on_sql::rows(report, plan, "PostgreSQL", idem, pool).await;
     tokio_postgres_tx(report, plan, server).await;
+    deadpool_tx_callers(report, plan, server).await;
     bytes(report, server).await;
 }
 
@@ -205,6 +207,128 @@ async fn tx_rows(
         pair,
         Quantity::Nanos,
         Some(Target::RatioAtMost(1.3)),
+    );
+}
+
+/// Keys stored before the 64-caller rows replay a random one of them.
+const REPLAYED: u64 = 1_024;
+
+/// The scope of the 64-caller transactional rows.
+const CALLERS_SCOPE: &str = "bench::txc";
+
+/// `tx = conn` on an `Object` of `pool` for `order`.
+async fn pooled_call(pool: &deadpool_postgres::Pool, order: u64) -> Receipt {
+    let mut object = pool.get().await.expect("a pool's connection");
+    let outcome = idem::Call::new(CALLERS_SCOPE, order)
+        .ttl(TTL)
+        .run_tx(&mut object, async |_: &mut Client| receipt(order))
+        .await
+        .expect("a transactional call");
+    outcome.value
+}
+
+/// 64 callers of `tx = conn` on the `Object`s of a deadpool-postgres pool of 10 connections
+/// (the plain store's pool size), each call on a connection of its own from the pool, against
+/// the same transactions by hand on the same pool's connections with statements prepared in
+/// their caches: replays of a random one of [`REPLAYED`] keys, and first calls.
+async fn deadpool_tx_callers(report: &mut Report, plan: &Plan, server: &PostgresServer) {
+    report.section(
+        "PostgreSQL, transactional mode on deadpool-postgres (`tx = conn` on an `Object`), 64 concurrent callers (calls/s)",
+    );
+    let config: tokio_postgres::Config = server.url().parse().expect("the server's URL");
+    let manager = deadpool_postgres::Manager::new(config, NoTls);
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(10)
+        .build()
+        .expect("a deadpool-postgres pool");
+    for order in 0..REPLAYED {
+        pooled_call(&pool, order).await;
+    }
+    let base = {
+        let pool = pool.clone();
+        move || {
+            let pool = pool.clone();
+            async move {
+                let key = format!("idem:bench.txc:{}", below(REPLAYED));
+                let mut object = pool.get().await.expect("a pool's connection");
+                let select = object
+                    .prepare_cached("SELECT payload FROM idem_records WHERE key = $1")
+                    .await
+                    .expect("prepare the SELECT");
+                let tx = object.transaction().await.expect("BEGIN");
+                let row = tx.query_opt(&select, &[&key]).await.expect("SELECT");
+                assert!(black_box(row).is_some(), "the key is stored");
+                tx.commit().await.expect("COMMIT");
+            }
+        }
+    };
+    let replay = {
+        let pool = pool.clone();
+        move || {
+            let pool = pool.clone();
+            async move {
+                black_box(pooled_call(&pool, below(REPLAYED)).await);
+            }
+        }
+    };
+    let pair = throughput_pair(plan, CALLERS, base, replay).await;
+    report.add_pair(
+        "replays/s",
+        "BEGIN, raw SELECT, COMMIT /s",
+        pair,
+        Quantity::PerSecond,
+        None,
+    );
+    let base = {
+        let pool = pool.clone();
+        move || {
+            let pool = pool.clone();
+            async move {
+                let order = fresh();
+                let key = format!("raw:txc:{order}");
+                let payload = serde_json::to_vec(&receipt(order)).expect("JSON");
+                let mut object = pool.get().await.expect("a pool's connection");
+                let insert = object
+                    .prepare_cached(
+                        "INSERT INTO idem_records (key, state, token, expires_at) \
+                         VALUES ($1, 'in_progress', $2, now() + interval '30 seconds')",
+                    )
+                    .await
+                    .expect("prepare the INSERT");
+                let update = object
+                    .prepare_cached(
+                        "UPDATE idem_records SET state = 'completed', payload = $2, \
+                         expires_at = now() + interval '1 hour' WHERE key = $1",
+                    )
+                    .await
+                    .expect("prepare the UPDATE");
+                let tx = object.transaction().await.expect("BEGIN");
+                tx.execute(&insert, &[&key, &&[7_u8; 16][..]])
+                    .await
+                    .expect("INSERT");
+                tx.execute(&update, &[&key, &payload])
+                    .await
+                    .expect("UPDATE");
+                tx.commit().await.expect("COMMIT");
+            }
+        }
+    };
+    let first = {
+        let pool = pool.clone();
+        move || {
+            let pool = pool.clone();
+            async move {
+                black_box(pooled_call(&pool, fresh()).await);
+            }
+        }
+    };
+    let pair = throughput_pair(plan, CALLERS, base, first).await;
+    report.add_pair(
+        "first calls/s",
+        "BEGIN, raw INSERT + UPDATE, COMMIT /s",
+        pair,
+        Quantity::PerSecond,
+        None,
     );
 }
 

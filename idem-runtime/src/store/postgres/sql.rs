@@ -27,7 +27,7 @@
 //! |---|---|
 //! | read the record (a claim that reads first) | the plain store's read of the live row, as the caller's transaction sees it |
 //! | claim (or read the record), waiting at most `wait` on a concurrent transaction's uncommitted claim | `WITH cfg AS MATERIALIZED (SELECT current_setting('lock_timeout'), set_config('lock_timeout', wait, true)), live AS (…), claimed AS (INSERT … SELECT … FROM cfg WHERE NOT EXISTS live ON CONFLICT … RETURNING 1), answer AS (claimed UNION ALL live) SELECT answer.*, set_config('lock_timeout', old, true) FROM cfg LEFT JOIN answer ON true` |
-//! | complete | `WITH done AS (UPDATE … WHERE key, token, in progress RETURNING 1) SELECT pg_notify(…) FROM done` |
+//! | complete | `UPDATE … WHERE key, token, in progress RETURNING true` (no notification: no one waits for it) |
 //! | release (a released error, after the rollback to the savepoint) | `DELETE … WHERE key, token, in progress` |
 
 use std::sync::atomic::AtomicBool;
@@ -232,13 +232,17 @@ impl Statements {
                  FROM cfg LEFT JOIN answer ON true"
             )),
             // No expiry in the condition: the row is invisible to other transactions until the
-            // caller commits, so no one else can take the key however long the body ran.
+            // caller commits, so no one else can take the key however long the body ran. No
+            // `pg_notify` either: no one can be waiting for this claim's notification. A claim
+            // made in a transaction is never seen in progress by anyone else (committed, it is
+            // completed); a duplicate waits on its row lock instead, and a waiter of the
+            // expired claim it took over stops at that claim's lease. A notification would
+            // only cost every commit PostgreSQL's notification queue lock, which serializes
+            // all the committing transactions that notify.
             tx_complete: sql(format!(
-                "WITH done AS (\
-                    UPDATE {t} SET state = 'completed', payload = $3, \
-                        expires_at = clock_timestamp() + $4 * interval '1 millisecond' \
-                    WHERE key = $1 AND token = $2 AND state = 'in_progress' RETURNING 1) \
-                 SELECT pg_notify({channel}, $5)::text FROM done"
+                "UPDATE {t} SET state = 'completed', payload = $3, \
+                    expires_at = clock_timestamp() + $4 * interval '1 millisecond' \
+                 WHERE key = $1 AND token = $2 AND state = 'in_progress' RETURNING true"
             )),
             tx_release: sql(format!(
                 "DELETE FROM {t} WHERE key = $1 AND token = $2 AND state = 'in_progress'"
@@ -646,17 +650,21 @@ pub(super) async fn tx_complete<S: Session>(
     claim: &Claim,
     payload: &[u8],
     ttl: Duration,
-    tag: &str,
 ) -> Result<bool, S::Error> {
     let token = claim.token.to_bytes();
-    let values = result_values(key, &token, payload, ttl, tag);
+    let values = [
+        Value::Text(key),
+        Value::Bytes(&token),
+        Value::Bytes(payload),
+        Value::Int(millis(ttl)),
+    ];
     let row = conn
         .query_opt(&sql.tx_complete, &values, sql.inline)
         .await?;
     Ok(row.is_some())
 }
 
-/// The values of a completion statement (`complete` and `tx_complete` bind the same).
+/// The values of the plain store's completion statement.
 fn result_values<'a>(
     key: &'a str,
     token: &'a [u8],

@@ -20,7 +20,7 @@ use sqlx::{Postgres, Transaction};
 use super::session::{Failure, Session};
 use super::sql::{self, Statements};
 use super::table::Table;
-use super::{PostgresStore, check_key, listen};
+use super::{PostgresStore, check_key};
 use crate::error::Error;
 use crate::record::Claim;
 use crate::store::tx::{Claimed, Transactional, TxFuture, TxStore, tx_connections};
@@ -173,8 +173,7 @@ impl<C: Session> TxStore<C> for PgTxStore {
         ttl: Duration,
     ) -> TxFuture<'a, bool> {
         Box::pin(async move {
-            let tag = listen::tag(key);
-            sql::tx_complete(conn, &self.sql, key, claim, payload, ttl, &tag)
+            sql::tx_complete(conn, &self.sql, key, claim, payload, ttl)
                 .await
                 .map_err(|error| self.failed(key, error))
         })
