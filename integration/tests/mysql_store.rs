@@ -178,53 +178,9 @@ async fn a_store_of_mostly_first_calls_inserts_before_it_reads() {
     assert!(replay[1].starts_with("SELECT"), "{replay:#?}");
 
     // A key held by a claim is reported held, with its holder; an expired claim is taken over.
-    let holder = Claim::new(None);
-    assert_eq!(
-        store
-            .claim("idem:order:held", &holder, Duration::from_secs(60))
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        store
-            .claim(
-                "idem:order:held",
-                &Claim::new(None),
-                Duration::from_secs(60)
-            )
-            .await
-            .unwrap(),
-        Some(Record::InProgress(holder))
-    );
-    let lapsed = Claim::new(None);
-    assert_eq!(
-        store
-            .claim("idem:order:lapsed", &lapsed, Duration::from_millis(1))
-            .await
-            .unwrap(),
-        None
-    );
-    // Expiry is the server's clock: no event to wait on.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let taker = Claim::new(None);
-    assert_eq!(
-        store
-            .claim("idem:order:lapsed", &taker, Duration::from_secs(60))
-            .await
-            .unwrap(),
-        None,
-        "the expired claim is taken over"
-    );
-    assert_eq!(
-        store
-            .claim(
-                "idem:order:lapsed",
-                &Claim::new(None),
-                Duration::from_secs(60)
-            )
-            .await
-            .unwrap(),
-        Some(Record::InProgress(taker))
-    );
+    support::calls::a_claim_reports_the_holder_and_takes_over_an_expired_claim(
+        &store,
+        "idem:order",
+    )
+    .await;
 }

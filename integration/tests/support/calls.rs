@@ -65,3 +65,45 @@ pub fn plain_duplicate(
         (outcome, start.elapsed())
     }))
 }
+
+/// On a store whose claim sends its statements in an order of its own: a key held by a claim
+/// is reported held, with its holder, and an expired claim is taken over. `prefix` starts the keys.
+pub async fn a_claim_reports_the_holder_and_takes_over_an_expired_claim(
+    store: &impl idem::Store,
+    prefix: &str,
+) {
+    use idem::store::{Claim, Record};
+    let lease = Duration::from_secs(60);
+    let held = format!("{prefix}:held");
+    let holder = Claim::new(None);
+    assert_eq!(store.claim(&held, &holder, lease).await.unwrap(), None);
+    assert_eq!(
+        store.claim(&held, &Claim::new(None), lease).await.unwrap(),
+        Some(Record::InProgress(holder.clone())),
+        "the holder is reported"
+    );
+    let lapsed = format!("{prefix}:lapsed");
+    assert_eq!(
+        store
+            .claim(&lapsed, &Claim::new(None), Duration::from_millis(1))
+            .await
+            .unwrap(),
+        None
+    );
+    // Expiry is the server's clock: no event to wait on.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let taker = Claim::new(None);
+    assert_eq!(
+        store.claim(&lapsed, &taker, lease).await.unwrap(),
+        None,
+        "the expired claim is taken over"
+    );
+    assert_eq!(
+        store
+            .claim(&lapsed, &Claim::new(None), lease)
+            .await
+            .unwrap(),
+        Some(Record::InProgress(taker)),
+        "the taker holds it"
+    );
+}
