@@ -103,28 +103,37 @@ struct Prepared {
     update: Statement,
 }
 
+/// The raw side's read of a replay.
+const RAW_SELECT: &str = "SELECT payload FROM idem_records WHERE key = $1";
+/// The raw side's insert of a first call's claim.
+const RAW_INSERT: &str = "INSERT INTO idem_records (key, state, token, expires_at) \
+     VALUES ($1, 'in_progress', $2, now() + interval '30 seconds')";
+/// The raw side's update of a first call's result.
+const RAW_UPDATE: &str = "UPDATE idem_records SET state = 'completed', payload = $2, \
+     expires_at = now() + interval '1 hour' WHERE key = $1";
+
 impl Prepared {
     /// The raw side's statements, prepared on `conn`.
     async fn on(conn: &Client) -> Prepared {
+        let prepare = async |sql: &str| conn.prepare(sql).await.expect("prepare a raw statement");
         Prepared {
-            select: conn
-                .prepare("SELECT payload FROM idem_records WHERE key = $1")
+            select: prepare(RAW_SELECT).await,
+            insert: prepare(RAW_INSERT).await,
+            update: prepare(RAW_UPDATE).await,
+        }
+    }
+
+    /// The raw side's statements, from the statement cache of a pool's connection.
+    async fn cached(conn: &deadpool_postgres::ClientWrapper) -> Prepared {
+        let prepare = async |sql: &str| {
+            conn.prepare_cached(sql)
                 .await
-                .expect("prepare the SELECT"),
-            insert: conn
-                .prepare(
-                    "INSERT INTO idem_records (key, state, token, expires_at) \
-                     VALUES ($1, 'in_progress', $2, now() + interval '30 seconds')",
-                )
-                .await
-                .expect("prepare the INSERT"),
-            update: conn
-                .prepare(
-                    "UPDATE idem_records SET state = 'completed', payload = $2, \
-                     expires_at = now() + interval '1 hour' WHERE key = $1",
-                )
-                .await
-                .expect("prepare the UPDATE"),
+                .expect("prepare a raw statement")
+        };
+        Prepared {
+            select: prepare(RAW_SELECT).await,
+            insert: prepare(RAW_INSERT).await,
+            update: prepare(RAW_UPDATE).await,
         }
     }
 }
@@ -251,14 +260,8 @@ async fn deadpool_tx_callers(report: &mut Report, plan: &Plan, server: &Postgres
             async move {
                 let key = format!("idem:bench.txc:{}", below(REPLAYED));
                 let mut object = pool.get().await.expect("a pool's connection");
-                let select = object
-                    .prepare_cached("SELECT payload FROM idem_records WHERE key = $1")
-                    .await
-                    .expect("prepare the SELECT");
-                let tx = object.transaction().await.expect("BEGIN");
-                let row = tx.query_opt(&select, &[&key]).await.expect("SELECT");
-                assert!(black_box(row).is_some(), "the key is stored");
-                tx.commit().await.expect("COMMIT");
+                let sql = Prepared::cached(&object).await;
+                RawTx::Replay(sql, key).run(&mut object).await;
             }
         }
     };
@@ -284,32 +287,9 @@ async fn deadpool_tx_callers(report: &mut Report, plan: &Plan, server: &Postgres
         move || {
             let pool = pool.clone();
             async move {
-                let order = fresh();
-                let key = format!("raw:txc:{order}");
-                let payload = serde_json::to_vec(&receipt(order)).expect("JSON");
                 let mut object = pool.get().await.expect("a pool's connection");
-                let insert = object
-                    .prepare_cached(
-                        "INSERT INTO idem_records (key, state, token, expires_at) \
-                         VALUES ($1, 'in_progress', $2, now() + interval '30 seconds')",
-                    )
-                    .await
-                    .expect("prepare the INSERT");
-                let update = object
-                    .prepare_cached(
-                        "UPDATE idem_records SET state = 'completed', payload = $2, \
-                         expires_at = now() + interval '1 hour' WHERE key = $1",
-                    )
-                    .await
-                    .expect("prepare the UPDATE");
-                let tx = object.transaction().await.expect("BEGIN");
-                tx.execute(&insert, &[&key, &&[7_u8; 16][..]])
-                    .await
-                    .expect("INSERT");
-                tx.execute(&update, &[&key, &payload])
-                    .await
-                    .expect("UPDATE");
-                tx.commit().await.expect("COMMIT");
+                let sql = Prepared::cached(&object).await;
+                RawTx::First(sql).run(&mut object).await;
             }
         }
     };

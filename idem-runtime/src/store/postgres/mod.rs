@@ -4,11 +4,11 @@
 //! operation is one statement in its own implicit transaction (no `BEGIN`/`COMMIT`), prepared
 //! once per connection (see `sql.rs`): a replay costs one statement, a first call two (claim,
 //! complete); while replays clearly outnumber first calls, a claim reads the key first
-//! (`order.rs`): a replay is then a bare read, a first call three statements. Expiry is decided by the database's clock. Waiters are woken by
-//! `LISTEN`/`NOTIFY` (see `listen.rs`), and poll where that does not work; expired rows are
-//! deleted in the background in bounded batches (see `reaper.rs`). Behind a pooler in
-//! transaction mode, statements are sent with their values written in instead of prepared
-//! (see `sent.rs`). Server-issued tokens have a table of their own beside it (see
+//! (`order.rs`): a replay is then a bare read, a first call three statements. Expiry is
+//! decided by the database's clock. Waiters are woken by `LISTEN`/`NOTIFY` (see `listen.rs`),
+//! and poll where that does not work; expired rows are deleted in the background in bounded
+//! batches (see `reaper.rs`). Behind a pooler in transaction mode, statements are sent with
+//! their values written in instead of prepared (see `sent.rs`). Server-issued tokens have a table of their own beside it (see
 //! `tokens.rs`).
 //!
 //! The transactional mode (`tx = conn`) writes the same rows through the caller's connection

@@ -310,15 +310,15 @@ pub(super) async fn claim<'e>(
     record(&row).map(Claimed::Found)
 }
 
-/// The live record of `key`, if any: a read, claiming nothing.
-pub(super) async fn live<'e>(
-    executor: impl PgExecutor<'e>,
+/// The live record of `key`, if any, as `conn` sees it: a read, claiming nothing (the plain
+/// store's and the transactional mode's claim that reads first).
+pub(super) async fn live<S: Session>(
+    conn: &mut S,
     sql: &Statements,
     key: &str,
-) -> Result<Option<Record>, sqlx::Error> {
-    let row = sql
-        .send(&sql.live, &[Value::Text(key)])
-        .fetch_optional(executor)
+) -> Result<Option<Record>, S::Error> {
+    let row = conn
+        .query_opt(&sql.live, &[Value::Text(key)], sql.inline)
         .await?;
     row.as_ref().map(record).transpose()
 }
@@ -607,14 +607,11 @@ pub(super) async fn tx_claim<S: Session>(
     // as this transaction sees it, committed or its own, as the claim's `live` reads it; a
     // claim of a transaction that has not committed is invisible to both, and the claim that
     // follows waits on its lock.
-    if !sql.order.insert_first() {
-        let row = conn
-            .query_opt(&sql.live, &[Value::Text(key)], sql.inline)
-            .await?;
-        if let Some(row) = row {
-            sql.order.found(true);
-            return record(&row).map(Claimed::Found);
-        }
+    if !sql.order.insert_first()
+        && let Some(record) = live(conn, sql, key).await?
+    {
+        sql.order.found(true);
+        return Ok(Claimed::Found(record));
     }
     let token = claim.token.to_bytes();
     let wait = millis(wait).to_string();
