@@ -1,6 +1,6 @@
 //! The store conformance suite of `idem::testing`, unchanged, against `PostgresStore`: each
 //! case on a PostgreSQL of its own; and again on a store that reads before it claims on every
-//! claim.
+//! claim, and on one whose every claim is the bare upsert.
 
 mod support;
 
@@ -29,3 +29,17 @@ async fn read_first_store() -> (idem::PostgresStore, PostgresServer) {
 }
 
 idem::conformance_tests!(postgres_read_first, read_first_store());
+
+/// The same store, claiming by the bare upsert on every claim (the read follows when it meets
+/// a live row): the order a store of mostly first calls learns.
+async fn insert_first_store() -> (idem::PostgresStore, PostgresServer) {
+    let server = PostgresServer::start();
+    let options =
+        idem::PostgresOptions::default().claim_order(idem::store::ClaimOrder::InsertFirst);
+    let store = idem::PostgresStore::connect_with(&server.url(), options)
+        .await
+        .expect("connect to the test's PostgreSQL");
+    (store, server)
+}
+
+idem::conformance_tests!(postgres_insert_first, insert_first_store());

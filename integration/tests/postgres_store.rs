@@ -156,8 +156,59 @@ async fn a_replay_is_one_statement_and_a_first_call_two() {
         first_sent[0].starts_with("SELECT false, state"),
         "{first_sent:#?}"
     );
-    assert!(first_sent[1].starts_with("WITH live AS"), "{first_sent:#?}");
+    // After the read found nothing, the bare upsert claims.
+    assert!(
+        first_sent[1].starts_with("WITH cfg AS MATERIALIZED (SELECT set_config('lock_timeout'")
+            && first_sent[1].contains("INSERT INTO")
+            && !first_sent[1].contains("WITH live AS"),
+        "{first_sent:#?}"
+    );
     assert!(first_sent[2].starts_with("WITH done AS"), "{first_sent:#?}");
+
+    // Once first calls clearly outnumber the rest, a claim is the bare upsert alone: a first
+    // call two statements (the upsert, the completion), a replay two (the upsert that meets
+    // the live row, the read).
+    for order in 0..100 {
+        let first = Call::new(scope.clone(), format!("many-{order}"))
+            .store(store.clone())
+            .run(async { 12_u32 })
+            .await
+            .unwrap();
+        assert_eq!(first.status, Status::Executed);
+    }
+    let (first, first_sent) = sent_during(
+        &server,
+        Call::new(scope.clone(), "k3")
+            .store(store.clone())
+            .run(async { 13_u32 }),
+    )
+    .await;
+    assert_eq!(first.unwrap().status, Status::Executed);
+    assert_eq!(first_sent.len(), 2, "upsert, complete: {first_sent:#?}");
+    assert!(
+        first_sent[0].starts_with("WITH cfg AS MATERIALIZED (SELECT set_config('lock_timeout'")
+            && first_sent[0].contains("INSERT INTO"),
+        "{first_sent:#?}"
+    );
+    assert!(first_sent[1].starts_with("WITH done AS"), "{first_sent:#?}");
+    let (again, replay_sent) = sent_during(
+        &server,
+        Call::new(scope.clone(), "k3")
+            .store(store.clone())
+            .run(async { 14_u32 }),
+    )
+    .await;
+    let again = again.unwrap();
+    assert_eq!((again.value, again.status), (13, Status::Replayed));
+    assert_eq!(replay_sent.len(), 2, "upsert, read: {replay_sent:#?}");
+    assert!(
+        replay_sent[0].starts_with("WITH cfg AS MATERIALIZED"),
+        "{replay_sent:#?}"
+    );
+    assert!(
+        replay_sent[1].starts_with("SELECT false, state"),
+        "{replay_sent:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,6 +231,31 @@ async fn a_claim_that_reads_first_reports_the_holder_and_takes_over_an_expired_c
     );
     assert_eq!(
         store.claim("idem:rf:own", &holder, lease).await.unwrap(),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_inserts_first_reports_the_holder_and_takes_over_an_expired_claim() {
+    let server = PostgresServer::start();
+    let options = PostgresOptions::default()
+        .reaper_interval(None)
+        .claim_order(idem::store::ClaimOrder::InsertFirst);
+    let store = PostgresStore::connect_with(&server.url(), options)
+        .await
+        .unwrap();
+    support::calls::a_claim_reports_the_holder_and_takes_over_an_expired_claim(&store, "idem:if")
+        .await;
+    // A claim asked again by its holder (its first answer lost) finds the key its own: the
+    // upsert meets the row, and the read finds the holder's own claim.
+    let holder = idem::store::Claim::new(None);
+    let lease = Duration::from_secs(60);
+    assert_eq!(
+        store.claim("idem:if:own", &holder, lease).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.claim("idem:if:own", &holder, lease).await.unwrap(),
         None
     );
 }

@@ -1,5 +1,6 @@
 //! Which statement a claim sends first, learnt from the store's own claims: shared by the
-//! SQL stores whose claim is two statements in one order or the other.
+//! SQL stores, whose claim is a read and an insert in one order or the other, or (PostgreSQL)
+//! one statement that does both.
 //!
 //! **MySQL** has no statement that inserts a row or returns the one in its place, so a claim is
 //! a read and an insert. Reading first makes a replay one statement and a first call three (the
@@ -7,19 +8,21 @@
 //! (the insert that meets the row, the read; an expired row is taken over after the read found
 //! nothing). `BENCHMARKS.md`, "SQLite and MySQL", measures every shape, one-query ones included.
 //!
-//! **PostgreSQL** claims in one statement that reads the live row and inserts only without one
-//! (a replay one statement, a first call two); that statement costs more on the server than a
-//! bare read by key. Reading first makes a replay that bare read, and a first call three
-//! statements (the read, the claim, the completion).
+//! **PostgreSQL** has all three. Its one-statement claim reads the live row and inserts only
+//! without one (a replay one statement, a first call two), but costs the server more than
+//! either part alone: more than a bare read by key for a replay, more than a bare upsert for a
+//! first call. Reading first makes a replay that bare read and a first call three statements;
+//! inserting first (the upsert that takes an absent or expired key, then the read when it met a
+//! live row) makes a first call the upsert and the completion, a replay two statements.
 //!
 //! Each order is the better one for the workload where most claims are of its kind, so a store
-//! keeps a count of what its claims found and reads first only while claims that found a record
-//! outnumber first calls enough: MySQL, whose insert-first replay costs a statement more, reads
-//! first unless first calls clearly outnumber the rest; PostgreSQL, whose claim-first replay is
-//! still one statement, claims first unless replays clearly outnumber first calls.
+//! keeps a count of what its claims found: it reads first while claims that found a record
+//! outnumber first calls by [`LEAN`], inserts first while first calls outnumber the rest by as
+//! much, and sends its own middle order in between (MySQL reads first, PostgreSQL sends its one
+//! statement, whose replay and first call are both one statement short of the worst).
 //!
-//! Both orders are the same statements with the same outcomes (a read that finds nothing leads
-//! to the claim; a claim that meets a live row reads it): only the number of statements
+//! Every order is the same statements with the same outcomes (a read that finds nothing leads
+//! to the insert; an insert that meets a live row reads it): only the number of statements
 //! differs.
 
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -30,19 +33,33 @@ use std::sync::atomic::{AtomicI32, Ordering};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClaimOrder {
-    /// Learnt from the store's own claims (the default). A new store starts in the order that
-    /// suits a mix of both kinds of claims (MySQL reads first, PostgreSQL claims first) and
-    /// takes the other while claims of the other kind outnumber the rest by 32 or more of late:
-    /// MySQL inserts first while first calls do, PostgreSQL reads first while replays and
-    /// duplicates do.
+    /// Learnt from the store's own claims (the default). A store reads first while claims that
+    /// found a record (replays and duplicates) outnumber first calls by 32 or more of late,
+    /// inserts first while first calls outnumber the rest as much, and otherwise sends the
+    /// order that suits a mix of both: MySQL reads first, PostgreSQL sends
+    /// [`OneStatement`](ClaimOrder::OneStatement).
     #[default]
     Learnt,
     /// Always read first: a replay 1 statement, a first call 3 (with the completion).
     ReadFirst,
-    /// Always insert (claim) first. MySQL: a replay 2 statements (the insert that meets the
-    /// row, the read), a first call 2 (with the completion). PostgreSQL: a replay 1 statement
-    /// (the claim that reads the live row), a first call 2.
+    /// Always insert (claim) first, then read the live row the insert met: a first call 2
+    /// statements (with the completion), a replay 2 (the insert that meets the row, the read).
     InsertFirst,
+    /// PostgreSQL: always the one statement that claims the key or reads its live row: a
+    /// replay 1 statement, a first call 2 (with the completion); each costs the server more
+    /// than the bare read or the bare insert. MySQL has no such statement and reads first.
+    OneStatement,
+}
+
+/// What a claim sends first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum First {
+    /// A read of the live row; the insert follows when it finds none.
+    Read,
+    /// The insert; a read of the live row follows when it meets one.
+    Insert,
+    /// PostgreSQL's one statement that claims or reads.
+    OneStatement,
 }
 
 /// How far the count goes either way: about as many recent claims as it remembers.
@@ -51,16 +68,15 @@ const BOUND: i32 = 64;
 /// How far the count must lean away from a store's start before it takes the other order.
 const LEAN: i32 = 32;
 
-/// The order a store with a learnt order starts in, and keeps until its claims lean the other
-/// way by [`LEAN`].
+/// The order a store with a learnt order sends while neither kind of claim clearly
+/// outnumbers the other (and a new store starts in).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) enum Start {
-    /// Reads first; inserts first while first calls outnumber the rest by [`LEAN`] (MySQL).
+    /// Reads first (MySQL, which has no one-statement claim).
     #[default]
     ReadFirst,
-    /// Claims first; reads first while the claims that found a record outnumber first calls by
-    /// [`LEAN`] (PostgreSQL).
-    InsertFirst,
+    /// The one statement that claims or reads (PostgreSQL).
+    OneStatement,
 }
 
 /// The order of one store's claims: fixed, or learnt from a count of them, +1 for each that
@@ -74,7 +90,7 @@ pub(crate) struct Order {
 }
 
 impl Order {
-    /// The order `chosen`, starting from `start` when it is learnt.
+    /// The order `chosen`, in `start` while a learnt count leans neither way.
     pub(crate) fn new(chosen: ClaimOrder, start: Start) -> Order {
         Order {
             chosen,
@@ -83,18 +99,21 @@ impl Order {
         }
     }
 
-    /// Whether the next claim inserts before it reads.
-    pub(crate) fn insert_first(&self) -> bool {
+    /// What the next claim sends first.
+    pub(crate) fn first(&self) -> First {
+        let middle = match self.start {
+            Start::ReadFirst => First::Read,
+            Start::OneStatement => First::OneStatement,
+        };
         match self.chosen {
-            ClaimOrder::Learnt => {
-                let count = self.count.load(Ordering::Relaxed);
-                match self.start {
-                    Start::ReadFirst => count <= -LEAN,
-                    Start::InsertFirst => count < LEAN,
-                }
-            }
-            ClaimOrder::ReadFirst => false,
-            ClaimOrder::InsertFirst => true,
+            ClaimOrder::Learnt => match self.count.load(Ordering::Relaxed) {
+                count if count >= LEAN => First::Read,
+                count if count <= -LEAN => First::Insert,
+                _ => middle,
+            },
+            ClaimOrder::ReadFirst => First::Read,
+            ClaimOrder::InsertFirst => First::Insert,
+            ClaimOrder::OneStatement => middle,
         }
     }
 
@@ -120,13 +139,21 @@ mod tests {
     #[test]
     fn a_store_reads_first_until_first_calls_clearly_outnumber_the_rest() {
         let order = Order::default();
-        assert!(!order.insert_first(), "a new store reads first");
+        assert_eq!(order.first(), First::Read, "a new store reads first");
         for _ in 0..31 {
             order.found(false);
         }
-        assert!(!order.insert_first(), "31 first calls are not yet enough");
+        assert_eq!(
+            order.first(),
+            First::Read,
+            "31 first calls are not yet enough"
+        );
         order.found(false);
-        assert!(order.insert_first(), "32 first calls more than replays");
+        assert_eq!(
+            order.first(),
+            First::Insert,
+            "32 first calls more than replays"
+        );
         // Bounded: after many first calls, a few dozen replays turn it back.
         for _ in 0..10_000 {
             order.found(false);
@@ -134,54 +161,91 @@ mod tests {
         for _ in 0..32 {
             order.found(true);
         }
-        assert!(order.insert_first(), "64 − 32 is still at the threshold");
+        assert_eq!(
+            order.first(),
+            First::Insert,
+            "64 − 32 is still at the threshold"
+        );
         order.found(true);
-        assert!(
-            !order.insert_first(),
+        assert_eq!(
+            order.first(),
+            First::Read,
             "33 replays after the bound read first again"
         );
         for _ in 0..10_000 {
             order.found(true);
         }
         assert_eq!(order.count.load(Ordering::Relaxed), BOUND);
+        assert_eq!(order.first(), First::Read, "many replays read first");
     }
 
     #[test]
-    fn a_store_that_starts_claiming_first_reads_first_once_replays_clearly_outnumber_the_rest() {
-        let order = Order::new(ClaimOrder::Learnt, Start::InsertFirst);
-        assert!(order.insert_first(), "a new store claims first");
+    fn a_store_with_a_one_statement_claim_sends_it_while_neither_kind_clearly_outnumbers() {
+        let order = Order::new(ClaimOrder::Learnt, Start::OneStatement);
+        assert_eq!(order.first(), First::OneStatement, "a new store");
         for _ in 0..31 {
             order.found(true);
         }
-        assert!(order.insert_first(), "31 replays are not yet enough");
+        assert_eq!(
+            order.first(),
+            First::OneStatement,
+            "31 replays are not yet enough"
+        );
         order.found(true);
-        assert!(!order.insert_first(), "32 replays more than first calls");
+        assert_eq!(
+            order.first(),
+            First::Read,
+            "32 replays more than first calls"
+        );
         for _ in 0..10_000 {
             order.found(true);
         }
         for _ in 0..32 {
             order.found(false);
         }
-        assert!(!order.insert_first(), "64 − 32 is still at the threshold");
-        order.found(false);
-        assert!(
-            order.insert_first(),
-            "33 first calls after the bound claim first again"
+        assert_eq!(
+            order.first(),
+            First::Read,
+            "64 − 32 is still at the threshold"
         );
+        order.found(false);
+        assert_eq!(
+            order.first(),
+            First::OneStatement,
+            "33 first calls after the bound: a mix again"
+        );
+        for _ in 0..63 {
+            order.found(false);
+        }
+        assert_eq!(order.count.load(Ordering::Relaxed), -32);
+        assert_eq!(
+            order.first(),
+            First::Insert,
+            "32 first calls more than replays"
+        );
+        order.found(true);
+        assert_eq!(order.first(), First::OneStatement, "a mix again");
     }
 
     #[test]
     fn a_chosen_order_is_kept_whatever_the_claims_found() {
-        for (chosen, inserts) in [
-            (ClaimOrder::ReadFirst, false),
-            (ClaimOrder::InsertFirst, true),
-        ] {
-            let order = Order::new(chosen, Start::ReadFirst);
-            for found in [false, true] {
-                for _ in 0..100 {
-                    order.found(found);
+        for start in [Start::ReadFirst, Start::OneStatement] {
+            let middle = match start {
+                Start::ReadFirst => First::Read,
+                Start::OneStatement => First::OneStatement,
+            };
+            for (chosen, first) in [
+                (ClaimOrder::ReadFirst, First::Read),
+                (ClaimOrder::InsertFirst, First::Insert),
+                (ClaimOrder::OneStatement, middle),
+            ] {
+                let order = Order::new(chosen, start);
+                for found in [false, true] {
+                    for _ in 0..100 {
+                        order.found(found);
+                    }
+                    assert_eq!(order.first(), first, "{chosen:?} on {start:?}");
                 }
-                assert_eq!(order.insert_first(), inserts, "{chosen:?}");
             }
         }
     }

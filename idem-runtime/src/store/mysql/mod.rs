@@ -57,7 +57,7 @@ use self::sql::Statements;
 use self::table::Table;
 use self::tokens::TokenStatements;
 use self::waiters::Waiters;
-use crate::store::order::{Order, Start};
+use crate::store::order::{First, Order, Start};
 
 /// How long after the holder's lease ends a waiter looks again, for the row to have expired.
 const LEASE_GRACE: Duration = Duration::from_millis(2);
@@ -340,7 +340,7 @@ impl Store for MySqlStore {
         lease: Duration,
     ) -> Result<Option<Record>, StoreError> {
         let shared = &self.shared;
-        let insert_first = shared.order.insert_first();
+        let insert_first = shared.order.first() == First::Insert;
         for tried in 0..CLAIM_TRIES {
             // Inserting first, a key that holds a row is read before anything else is tried:
             // it is most likely live (a replay, a duplicate), and an expired one is taken over

@@ -63,10 +63,12 @@ pub struct PostgresOptions {
     /// listening server connection to other clients): its waiters poll. Without it, the
     /// store still checks that a notification reaches its listener before relying on it.
     pub pooler: bool,
-    /// Whether a claim reads the key before it claims it, learnt from the store's own claims by
-    /// default ([`ClaimOrder::Learnt`]): the one statement that claims or reads the live row
-    /// first, and a bare read first while replays and duplicates clearly outnumber first
-    /// calls (a replay is then the cheapest statement, a first call one statement more).
+    /// Which statement a claim sends first, learnt from the store's own claims by default
+    /// ([`ClaimOrder::Learnt`]): the one statement that claims or reads the live row while
+    /// claims are a mix; a bare read first while replays and duplicates clearly outnumber
+    /// first calls (a replay is then the cheapest statement, a first call one statement more);
+    /// a bare upsert first while first calls clearly outnumber the rest (a first call is then
+    /// the cheapest claim, a replay one statement more).
     pub claim_order: ClaimOrder,
 }
 

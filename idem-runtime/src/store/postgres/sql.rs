@@ -8,6 +8,7 @@
 //! | operation | statement |
 //! |---|---|
 //! | read the record (a claim that reads first, see `order.rs`) | `SELECT … WHERE key, live` |
+//! | claim, without the read (a claim that inserts first, see `order.rs`) | `WITH cfg AS MATERIALIZED (SELECT set_config('lock_timeout', …, true)) INSERT … SELECT … FROM cfg ON CONFLICT (key) DO UPDATE … WHERE expired RETURNING true` |
 //! | claim (or read the record) | `WITH live AS (SELECT the live row), cfg AS MATERIALIZED (SELECT set_config('lock_timeout', …, true)), claimed AS (INSERT … SELECT … FROM cfg WHERE NOT EXISTS live ON CONFLICT (key) DO UPDATE … WHERE expired RETURNING …) SELECT … FROM claimed UNION ALL SELECT … FROM live` |
 //! | complete | `WITH done AS (UPDATE … WHERE key, token, in progress, live RETURNING …) SELECT pg_notify(…) FROM done` |
 //! | release | `WITH gone AS (DELETE … WHERE key, token, in progress, live RETURNING …) SELECT pg_notify(…) FROM gone` |
@@ -42,7 +43,7 @@ use super::session::{Columns, Failure, Session};
 use super::table::Table;
 use crate::record::{Claim, Fingerprint, Record, Token};
 use crate::store::ClaimOrder;
-use crate::store::order::{Order, Start};
+use crate::store::order::{First, Order, Start};
 use crate::store::tx::Claimed;
 use crate::store::{Inspection, Stats};
 
@@ -67,6 +68,7 @@ pub(super) struct Statements {
     table_exists: SqlStr,
     live: SqlStr,
     claim: SqlStr,
+    insert: SqlStr,
     complete: SqlStr,
     release: SqlStr,
     renew: SqlStr,
@@ -99,7 +101,7 @@ impl Statements {
         Statements {
             inline,
             table_found: AtomicBool::new(false),
-            order: Order::new(order, Start::InsertFirst),
+            order: Order::new(order, Start::OneStatement),
             table_exists: sql(format!("SELECT to_regclass({}) IS NOT NULL", literal(&t))),
             // The live row alone, in the columns of the claim's answer (its `held` false): what
             // a claim that reads first sends before it claims.
@@ -136,6 +138,21 @@ impl Statements {
                  SELECT true, NULL::text, NULL::bytea, NULL::bytea, NULL::bytea, NULL::int8 FROM claimed \
                  UNION ALL \
                  SELECT false, state, token, fingerprint, payload, left_ms FROM live"
+            )),
+            // The claim alone, without the read of the live row: the upsert takes an absent
+            // or expired key and returns nothing when a live row holds it (which it locks, as
+            // every `ON CONFLICT DO UPDATE` does, until the statement ends), and the read
+            // follows. A first call's claim in a workload of mostly first calls (`order.rs`):
+            // it costs the server less than the one-statement claim. The same `lock_timeout`
+            // as the claim's.
+            insert: sql(format!(
+                "WITH cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $5, true)) \
+                 INSERT INTO {t} AS r (key, state, token, fingerprint, payload, expires_at) \
+                 SELECT $1, 'in_progress', $2, $3, NULL, clock_timestamp() + $4 * interval '1 millisecond' FROM cfg \
+                 ON CONFLICT (key) DO UPDATE SET state = 'in_progress', token = excluded.token, \
+                     fingerprint = excluded.fingerprint, payload = NULL, expires_at = excluded.expires_at \
+                 WHERE r.expires_at <= clock_timestamp() \
+                 RETURNING true"
             )),
             complete: sql(format!(
                 "WITH done AS (\
@@ -287,13 +304,7 @@ pub(super) async fn claim<'e>(
     let row = sql
         .send(
             &sql.claim,
-            &[
-                Value::Text(key),
-                Value::Bytes(&token),
-                Value::OptBytes(claim.fingerprint.as_ref().map(|fp| &fp.as_bytes()[..])),
-                Value::Int(millis(lease)),
-                Value::Text(&lock_wait),
-            ],
+            &claim_values(key, &token, claim, lease, &lock_wait),
         )
         .fetch_optional(executor)
         .await;
@@ -308,6 +319,53 @@ pub(super) async fn claim<'e>(
         return Ok(Claimed::Held);
     }
     record(&row).map(Claimed::Found)
+}
+
+/// Claims `key` for `claim` with expiry `lease` when it is absent or expired, waiting at most
+/// `lock_wait` for a transaction that holds the key's row to end: [`Claimed::Held`], or
+/// [`Claimed::Locked`], or [`Claimed::Unseen`] when a live row holds the key (the insert
+/// cannot return it: [`live`] reads it).
+pub(super) async fn insert<'e>(
+    executor: impl PgExecutor<'e>,
+    sql: &Statements,
+    key: &str,
+    claim: &Claim,
+    lease: Duration,
+    lock_wait: Duration,
+) -> Result<Claimed, sqlx::Error> {
+    let token = claim.token.to_bytes();
+    let lock_wait = millis(lock_wait).to_string();
+    let row = sql
+        .send(
+            &sql.insert,
+            &claim_values(key, &token, claim, lease, &lock_wait),
+        )
+        .fetch_optional(executor)
+        .await;
+    match row {
+        Err(error) if failure::lock_timed_out(&error) => Ok(Claimed::Locked),
+        Err(error) => Err(error),
+        Ok(Some(_)) => Ok(Claimed::Held),
+        Ok(None) => Ok(Claimed::Unseen),
+    }
+}
+
+/// The values of a claim statement: the key, the claim's token and fingerprint, the lease and
+/// the lock wait.
+fn claim_values<'v>(
+    key: &'v str,
+    token: &'v [u8],
+    claim: &'v Claim,
+    lease: Duration,
+    lock_wait: &'v str,
+) -> [Value<'v>; 5] {
+    [
+        Value::Text(key),
+        Value::Bytes(token),
+        Value::OptBytes(claim.fingerprint.as_ref().map(|fp| &fp.as_bytes()[..])),
+        Value::Int(millis(lease)),
+        Value::Text(lock_wait),
+    ]
 }
 
 /// The live record of `key`, if any, as `conn` sees it: a read, claiming nothing (the plain
@@ -606,8 +664,9 @@ pub(super) async fn tx_claim<S: Session>(
     // Reading first (while replays clearly outnumber first calls, `order.rs`): the live row
     // as this transaction sees it, committed or its own, as the claim's `live` reads it; a
     // claim of a transaction that has not committed is invisible to both, and the claim that
-    // follows waits on its lock.
-    if !sql.order.insert_first()
+    // follows waits on its lock. Otherwise the one statement, inserting first or not: a bare
+    // upsert in a caller's transaction would lock a live row it met until the caller commits.
+    if sql.order.first() == First::Read
         && let Some(record) = live(conn, sql, key).await?
     {
         sql.order.found(true);
@@ -615,13 +674,7 @@ pub(super) async fn tx_claim<S: Session>(
     }
     let token = claim.token.to_bytes();
     let wait = millis(wait).to_string();
-    let values = [
-        Value::Text(key),
-        Value::Bytes(&token),
-        Value::OptBytes(claim.fingerprint.as_ref().map(|fp| &fp.as_bytes()[..])),
-        Value::Int(millis(lease)),
-        Value::Text(&wait),
-    ];
+    let values = claim_values(key, &token, claim, lease, &wait);
     let Some(row) = conn.query_opt(&sql.tx_claim, &values, sql.inline).await? else {
         return Err(S::Error::corrupt("no answer to a claim".to_owned()));
     };
