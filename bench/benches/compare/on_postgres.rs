@@ -27,7 +27,13 @@ pub async fn rows(report: &mut Report, plan: &Plan, server: &PostgresServer) {
         .expect("connect to the benchmark's PostgreSQL");
     let pool = store.pool().clone();
     let idem = Idem::with_settings(store, &Config::default());
-    crate::on_sql::rows(report, plan, "PostgreSQL", idem, pool).await;
+    // Issue 23's: a replay and a first call within 1.25× the raw statements, 64 callers at
+    // least 0.8× their rate.
+    let targets = crate::on_sql::Targets {
+        latency: 1.25,
+        rate: Some(0.8),
+    };
+    crate::on_sql::rows(report, plan, ("PostgreSQL", targets), idem, pool).await;
     tokio_postgres_tx(report, plan, server).await;
     deadpool_tx_callers(report, plan, server).await;
     bytes(report, server).await;

@@ -149,7 +149,7 @@ pub async fn sqlite(report: &mut Report, plan: &Plan) {
     rows(
         report,
         plan,
-        "SQLite",
+        ("SQLite", EMBEDDED_AND_MYSQL),
         Idem::with_settings(store, &Config::default()),
         pool,
     )
@@ -173,16 +173,36 @@ pub async fn mysql(report: &mut Report, plan: &Plan) {
     rows(
         report,
         plan,
-        "MySQL",
+        ("MySQL", EMBEDDED_AND_MYSQL),
         Idem::with_settings(store, &Config::default()),
         pool,
     )
     .await;
 }
 
+/// What the rows of one database must reach: idem / raw at most `latency` on one caller, at
+/// least `rate` with 64 (none for the databases whose issue set no rate target).
+#[derive(Debug, Clone, Copy)]
+pub struct Targets {
+    pub latency: f64,
+    pub rate: Option<f64>,
+}
+
+/// SQLite's and MySQL's: the one-caller ratio of the issue that brought them.
+pub const EMBEDDED_AND_MYSQL: Targets = Targets {
+    latency: 1.3,
+    rate: None,
+};
+
 /// One caller, then 64: replays and first calls against the raw statements, in sections named
 /// after `name` (the database).
-pub async fn rows<P: Raw>(report: &mut Report, plan: &Plan, name: &str, idem: Idem, raw: P) {
+pub async fn rows<P: Raw>(
+    report: &mut Report,
+    plan: &Plan,
+    (name, targets): (&str, Targets),
+    idem: Idem,
+    raw: P,
+) {
     for order in 0..REPLAYED {
         idem.scope(charge(order)).await.unwrap();
     }
@@ -202,7 +222,7 @@ pub async fn rows<P: Raw>(report: &mut Report, plan: &Plan, name: &str, idem: Id
         "raw SELECT by key",
         pair,
         Quantity::Nanos,
-        Some(Target::RatioAtMost(1.3)),
+        Some(Target::RatioAtMost(targets.latency)),
     );
     let pair = idem
         .scope(latency_pair(
@@ -218,7 +238,7 @@ pub async fn rows<P: Raw>(report: &mut Report, plan: &Plan, name: &str, idem: Id
         "raw INSERT + UPDATE",
         pair,
         Quantity::Nanos,
-        Some(Target::RatioAtMost(1.3)),
+        Some(Target::RatioAtMost(targets.latency)),
     );
 
     report.section(&format!("{name}, 64 concurrent callers (calls/s)"));
@@ -244,7 +264,7 @@ pub async fn rows<P: Raw>(report: &mut Report, plan: &Plan, name: &str, idem: Id
         "raw SELECTs/s",
         pair,
         Quantity::PerSecond,
-        None,
+        targets.rate.map(Target::RatioAtLeast),
     );
     let base = {
         let raw = raw.clone();
@@ -268,6 +288,6 @@ pub async fn rows<P: Raw>(report: &mut Report, plan: &Plan, name: &str, idem: Id
         "raw INSERT + UPDATE pairs/s",
         pair,
         Quantity::PerSecond,
-        None,
+        targets.rate.map(Target::RatioAtLeast),
     );
 }
