@@ -60,10 +60,11 @@ struct Inner {
 }
 
 /// One record, held in its table's slot. The key and the completed payload share one
-/// allocation, so a replay reads two places: the slot, then these bytes.
+/// allocation, so a replay reads two places: the slot, then these bytes; shared, so that the
+/// engine's replay takes the payload without copying it (see [`MemoryStore::claim_shared`]).
 struct Entry {
     /// The key's bytes, followed by the payload once the call completed.
-    bytes: Box<[u8]>,
+    bytes: Arc<[u8]>,
     key_len: usize,
     expires_at: Instant,
     /// The claim and its waiters while the call is in progress; `None` once it completed.
@@ -74,6 +75,36 @@ struct Entry {
 struct Pending {
     claim: Claim,
     waiters: Option<Arc<Notify>>,
+}
+
+/// What a claim of a [`MemoryStore`] found, as the engine takes it: a completed payload
+/// shared with the store (a reference counted, not a copy made under the shard's lock).
+pub(crate) enum Shared {
+    /// A call holds the key.
+    InProgress(Claim),
+    /// A completed record: its payload is `bytes[start..]`.
+    Completed {
+        bytes: Arc<[u8]>,
+        start: usize,
+        expires_in: Duration,
+    },
+}
+
+impl Shared {
+    /// The [`Record`] a store answers with (the payload copied).
+    pub(crate) fn into_record(self) -> Record {
+        match self {
+            Shared::InProgress(claim) => Record::InProgress(claim),
+            Shared::Completed {
+                bytes,
+                start,
+                expires_in,
+            } => Record::Completed {
+                payload: bytes[start..].to_vec(),
+                expires_in: Some(expires_in),
+            },
+        }
+    }
 }
 
 impl Entry {
@@ -101,13 +132,14 @@ impl Entry {
         self.live(now) && self.pending.as_ref().is_some_and(|p| p.claim == *claim)
     }
 
-    /// What a claim of this live entry finds.
-    fn record(&self, now: Instant) -> Record {
+    /// What a claim of this live entry finds, its payload shared.
+    fn shared(&self, now: Instant) -> Shared {
         match &self.pending {
-            Some(pending) => Record::InProgress(pending.claim.clone()),
-            None => Record::Completed {
-                payload: self.bytes[self.key_len..].to_vec(),
-                expires_in: Some(self.expires_at - now),
+            Some(pending) => Shared::InProgress(pending.claim.clone()),
+            None => Shared::Completed {
+                bytes: Arc::clone(&self.bytes),
+                start: self.key_len,
+                expires_in: self.expires_at - now,
             },
         }
     }
@@ -128,7 +160,7 @@ impl Entry {
     fn claim_anew(&mut self, claim: &Claim, expires_at: Instant) {
         self.wake();
         if self.bytes.len() > self.key_len {
-            self.bytes = self.key().into();
+            self.bytes = Arc::from(self.key());
         }
         self.expires_at = expires_at;
         self.pending = Some(Box::new(Pending {
@@ -139,10 +171,8 @@ impl Entry {
 
     /// Replaces the claim by the completed `payload`, and wakes the waiters.
     fn complete(&mut self, payload: &[u8], expires_at: Instant) {
-        let mut bytes = Vec::with_capacity(self.key_len + payload.len());
-        bytes.extend_from_slice(self.key());
-        bytes.extend_from_slice(payload);
-        self.bytes = bytes.into_boxed_slice();
+        // One allocation of the exact size (the iterator knows its length).
+        self.bytes = self.key().iter().chain(payload).copied().collect();
         self.expires_at = expires_at;
         self.wake();
         self.pending = None;
@@ -259,18 +289,34 @@ impl MemoryStore {
         }
     }
 
+    /// [`Store::claim`], answering with the completed payload shared, not copied: the engine's
+    /// claim on the in-process store, which it calls as itself (no boxed future, no copy).
+    pub(crate) fn claim_shared(
+        &self,
+        key: &str,
+        claim: &Claim,
+        lease: Duration,
+    ) -> Result<Option<Shared>, StoreError> {
+        match self.try_claim(key, claim, lease) {
+            Err(full) if full.kind() == StoreErrorKind::Full && self.sweep_if_due() => {
+                self.try_claim(key, claim, lease)
+            }
+            result => result,
+        }
+    }
+
     /// Claims `key` if it is free and the store has room.
     fn try_claim(
         &self,
         key: &str,
         claim: &Claim,
         lease: Duration,
-    ) -> Result<Option<Record>, StoreError> {
+    ) -> Result<Option<Shared>, StoreError> {
         let now = Instant::now();
         let hash = self.hash(key.as_bytes());
         let mut shard = self.shard(hash);
         match shard.find_mut(hash, |e| e.key() == key.as_bytes()) {
-            Some(entry) if entry.live(now) => Ok(Some(entry.record(now))),
+            Some(entry) if entry.live(now) => Ok(Some(entry.shared(now))),
             Some(expired) => {
                 // The lease or ttl ended: the key is free, and whoever waited on the old
                 // holder looks again. (The sweep's bound is at or before the old expiry
@@ -360,12 +406,8 @@ impl Store for MemoryStore {
         claim: &Claim,
         lease: Duration,
     ) -> Result<Option<Record>, StoreError> {
-        match self.try_claim(key, claim, lease) {
-            Err(full) if full.kind() == StoreErrorKind::Full && self.sweep_if_due() => {
-                self.try_claim(key, claim, lease)
-            }
-            result => result,
-        }
+        let found = self.claim_shared(key, claim, lease)?;
+        Ok(found.map(Shared::into_record))
     }
 
     async fn complete(
@@ -741,6 +783,34 @@ mod tests {
             now(store.claim("k", &Claim::new(None), lease)).unwrap(),
             None
         );
+    }
+
+    /// The engine's claim shares the completed payload with the store instead of copying it:
+    /// every replay holds the record's own allocation, and the store's answer through
+    /// [`Store::claim`] is the same bytes.
+    #[test]
+    fn a_shared_claim_answers_with_the_record_s_own_bytes() {
+        let store = MemoryStore::with_capacity(4);
+        let (key, claim, lease) = ("idem:s:k", Claim::new(None), Duration::from_secs(60));
+        assert!(matches!(now(store.claim(key, &claim, lease)), Ok(None)));
+        let payload = b"{\"v\":1,\"ok\":7}";
+        now(store.complete(key, &claim, payload, lease)).unwrap();
+        let shared = |store: &MemoryStore| match store.claim_shared(key, &Claim::new(None), lease) {
+            Ok(Some(Shared::Completed { bytes, start, .. })) => (bytes, start),
+            _ => panic!("a completed record"),
+        };
+        let ((first, start), (second, _)) = (shared(&store), shared(&store));
+        assert!(Arc::ptr_eq(&first, &second), "one allocation, shared");
+        assert_eq!(&first[start..], payload);
+        assert_eq!(&first[..start], key.as_bytes());
+        // Held by the store and by both answers.
+        assert_eq!(Arc::strong_count(&first), 3);
+        match claim_now(&store, key, lease) {
+            Ok(Some(Record::Completed {
+                payload: copied, ..
+            })) => assert_eq!(copied, payload),
+            other => panic!("a completed record: {other:?}"),
+        }
     }
 
     /// A completed record expires at its ttl's instant too; a claim then starts anew with no
