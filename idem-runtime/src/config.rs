@@ -113,6 +113,9 @@ pub struct Config {
     /// Whether the PostgreSQL store is reached through a transaction-mode pooler (PgBouncer):
     /// no prepared statements. See [`Config::pg_pooler`].
     pub pg_pooler: bool,
+    /// Whether the time of each store operation is recorded in the `idem_store_seconds`
+    /// histogram; `true` by default. See [`Config::store_latency`].
+    pub store_latency: bool,
 }
 
 /// The one place the defaults are written: `RedisOptions::default()`,
@@ -138,6 +141,7 @@ impl Default for Config {
             allow_eviction: false,
             pg_schema: "public".to_owned(),
             pg_table: "idem_records".to_owned(),
+            store_latency: true,
             pg_create_table: true,
             pg_pooler: false,
         }
@@ -330,6 +334,17 @@ impl Config {
     /// default; `IDEM_PG_POOLER`.
     pub fn pg_pooler(mut self, pooler: bool) -> Self {
         self.pg_pooler = pooler;
+        self
+    }
+
+    /// Whether the time of each store operation is recorded in the `idem_store_seconds`
+    /// histogram (`true` by default; `IDEM_STORE_LATENCY`). Off, a store operation reads no
+    /// clock and touches no histogram: for a service that installs no `metrics` recorder (the
+    /// `metrics` crate cannot tell idem whether one is installed, so idem would time every
+    /// operation for nothing) or does not read this histogram. The `idem_calls_total` counter
+    /// is kept either way.
+    pub fn store_latency(mut self, on: bool) -> Self {
+        self.store_latency = on;
         self
     }
 }
@@ -528,6 +543,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("IDEM_PG_CREATE_TABLE"), "{error}");
+    }
+
+    #[test]
+    fn the_store_latency_is_on_by_default_and_set_by_env_file_or_code() {
+        assert!(Config::default().store_latency);
+        assert!(
+            !from(&[("IDEM_STORE_LATENCY", "false")])
+                .unwrap()
+                .store_latency
+        );
+        assert!(from(&[("IDEM_STORE_LATENCY", "on")]).unwrap().store_latency);
+        let error = from(&[("IDEM_STORE_LATENCY", "sometimes")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("IDEM_STORE_LATENCY"), "{error}");
+        let file: Config = serde_json::from_str(r#"{"store_latency":false}"#).unwrap();
+        assert!(!file.store_latency);
+        assert!(!Config::default().store_latency(false).store_latency);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub(crate) struct Settings {
     pub(crate) lease: Duration,
     pub(crate) wait: Duration,
     pub(crate) abandoned: Option<crate::Abandoned>,
+    /// Whether store operations are timed into `idem_store_seconds`.
+    pub(crate) store_latency: bool,
 }
 
 impl Settings {
@@ -35,6 +37,7 @@ impl Settings {
             lease: config.lease,
             wait: config.wait,
             abandoned: config.abandoned,
+            store_latency: config.store_latency,
         }
     }
 }

@@ -152,7 +152,7 @@ impl PlainCall<'_> {
                 // shard's lock, would cost as much as the claim.
                 Some(memory) => {
                     let claimed = async { memory.claim_shared(key, claim, frame.lease) };
-                    match timed(StoreOp::Claim, claimed).await {
+                    match timed(frame.store_latency, StoreOp::Claim, claimed).await {
                         Ok(Some(Shared::Completed {
                             bytes,
                             start,
@@ -174,7 +174,7 @@ impl PlainCall<'_> {
                         Some(_) => store.claim_with_expiry(key, claim, frame.lease),
                         None => store.claim(key, claim, frame.lease),
                     };
-                    timed(StoreOp::Claim, claimed).await
+                    timed(frame.store_latency, StoreOp::Claim, claimed).await
                 }
             };
             let holder = match found {
@@ -201,7 +201,12 @@ impl PlainCall<'_> {
             if now >= deadline {
                 return Err(frame.in_progress());
             }
-            if let Err(error) = timed(StoreOp::Wait, store.wait(key, &holder, deadline - now)).await
+            if let Err(error) = timed(
+                frame.store_latency,
+                StoreOp::Wait,
+                store.wait(key, &holder, deadline - now),
+            )
+            .await
             {
                 return self.unavailable(error);
             }
@@ -280,6 +285,7 @@ impl PlainCall<'_> {
             loop {
                 tokio::time::sleep(period).await;
                 match timed(
+                    frame.store_latency,
                     StoreOp::Renew,
                     target.store.renew(&frame.key, claim, frame.lease),
                 )
@@ -317,6 +323,7 @@ impl PlainCall<'_> {
         loop {
             let sent = target.local.as_ref().map(|_| Instant::now());
             match timed(
+                frame.store_latency,
                 StoreOp::Complete,
                 target.store.complete(key, claim, &payload, frame.ttl),
             )
@@ -345,7 +352,14 @@ impl PlainCall<'_> {
 
     /// Releases the claim, so that a retry runs the body again.
     async fn release(&self) {
-        release(&self.target.store, &self.frame.key, &self.claim).await;
+        let frame = self.frame;
+        release(
+            &self.target.store,
+            &frame.key,
+            &self.claim,
+            frame.store_latency,
+        )
+        .await;
     }
 }
 
@@ -358,9 +372,10 @@ fn took_over(status: Status, attempt: Option<u32>) -> Status {
     }
 }
 
-/// Deletes `claim` on `key`; a failure is logged, and the claim ends with its lease.
-async fn release(store: &StoreHandle, key: &str, claim: &Claim) {
-    match timed(StoreOp::Release, store.release(key, claim)).await {
+/// Deletes `claim` on `key` (timed when `timed`); a failure is logged, and the claim ends with
+/// its lease.
+async fn release(store: &StoreHandle, key: &str, claim: &Claim, timed_on: bool) {
+    match timed(timed_on, StoreOp::Release, store.release(key, claim)).await {
         Ok(_) => {}
         Err(error) => {
             tracing::warn!(key = %key, %error, "idem could not release its claim; it ends with its lease")
@@ -382,7 +397,8 @@ impl Drop for Holding<'_, '_> {
             Ok(runtime) => {
                 let (store, key, claim) =
                     (run.target.store.clone(), key.clone(), run.claim.clone());
-                runtime.spawn(async move { release(&store, &key, &claim).await });
+                let timed_on = run.frame.store_latency;
+                runtime.spawn(async move { release(&store, &key, &claim, timed_on).await });
             }
             Err(_) => {
                 tracing::warn!(key = %key, "idem call dropped outside a tokio runtime; its claim ends with its lease")

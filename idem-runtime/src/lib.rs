@@ -16,7 +16,8 @@
 //!   `abandoned` ([`Error::Abandoned`]).
 //! - `idem_forget_total{scope}`: a counter of [`forget`]s the store answered.
 //! - `idem_store_seconds{op}`: a histogram of store round-trip time per operation (`claim`,
-//!   `complete`, `release`, `renew`, `wait`).
+//!   `complete`, `release`, `renew`, `wait`); off with
+//!   [`Config::store_latency`](Config::store_latency).
 //!
 //! Every call also runs in a `tracing` span `idem` (level DEBUG) with the scope, the key as
 //! stored (hashed when long or unprintable, always with `hash_keys`) and the outcome.

@@ -194,8 +194,13 @@ impl StoreOp {
     }
 }
 
-/// Runs one store operation and records its latency.
-pub(crate) async fn timed<T>(op: StoreOp, future: impl Future<Output = T>) -> T {
+/// Runs one store operation and, when `on` ([`Config::store_latency`]), records its latency.
+///
+/// [`Config::store_latency`]: crate::Config::store_latency
+pub(crate) async fn timed<T>(on: bool, op: StoreOp, future: impl Future<Output = T>) -> T {
+    if !on {
+        return future.await;
+    }
     let start = Instant::now();
     let out = future.await;
     let seconds = start.elapsed().as_secs_f64();

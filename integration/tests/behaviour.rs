@@ -233,6 +233,43 @@ fn metrics_tell_each_failure_apart() {
     assert_eq!(counts, expect);
 }
 
+/// `store_latency(false)`: no store operation is timed into `idem_store_seconds`, and the
+/// calls are counted all the same; the same calls with it on (the default) record one sample
+/// per store operation.
+#[test]
+fn the_store_latency_setting_turns_the_histogram_off_and_keeps_the_counter() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    for on in [false, true] {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let idem = Idem::with_settings(MemoryStore::new(), &Config::default().store_latency(on));
+        metrics::with_local_recorder(&recorder, || {
+            runtime.block_on(idem.scope(async {
+                for _ in 0..3 {
+                    Call::new("latency", "a").run(async { 1 }).await.unwrap();
+                }
+            }));
+        });
+        let (mut calls, mut samples) = (0, 0);
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            match (key.key().name(), value) {
+                ("idem_calls_total", DebugValue::Counter(n)) => calls += n,
+                ("idem_store_seconds", DebugValue::Histogram(s)) => samples += s.len(),
+                _ => {}
+            }
+        }
+        assert_eq!(calls, 3, "every call counted (store_latency {on})");
+        // A first call's claim and completion, two replays' claims.
+        let expected = if on { 4 } else { 0 };
+        assert_eq!(samples, expected, "store_latency {on}");
+    }
+}
+
 #[test]
 fn metrics_count_every_outcome() {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};

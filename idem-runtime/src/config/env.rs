@@ -28,6 +28,7 @@ impl Config {
         "IDEM_PG_TABLE",
         "IDEM_PG_CREATE_TABLE",
         "IDEM_PG_POOLER",
+        "IDEM_STORE_LATENCY",
     ];
 
     /// Reads the `IDEM_*` environment variables over the defaults:
@@ -49,6 +50,7 @@ impl Config {
     /// | `IDEM_ALLOW_EVICTION` | `true` to accept a Redis that can evict records | `false` |
     /// | `IDEM_PG_SCHEMA`, `IDEM_PG_TABLE` | the PostgreSQL store's table | `public`, `idem_records` |
     /// | `IDEM_PG_CREATE_TABLE` | `false` to refuse a missing table instead of creating it | `true` |
+    /// | `IDEM_STORE_LATENCY` | `false` to record no `idem_store_seconds` (no clock read per store operation) | `true` |
     /// | `IDEM_PG_POOLER` | `true` when PostgreSQL is reached through a transaction-mode pooler (PgBouncer): no prepared statements | `false` |
     ///
     /// A malformed value is [`Error::Config`] naming the variable and what it accepts.
@@ -92,6 +94,9 @@ impl Config {
         }
         if let Some(v) = get("IDEM_PG_CREATE_TABLE") {
             config.pg_create_table = flag("IDEM_PG_CREATE_TABLE", v)?;
+        }
+        if let Some(v) = get("IDEM_STORE_LATENCY") {
+            config.store_latency = flag("IDEM_STORE_LATENCY", v)?;
         }
         if let Some(v) = get("IDEM_PG_POOLER") {
             config.pg_pooler = flag("IDEM_PG_POOLER", v)?;

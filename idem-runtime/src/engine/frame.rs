@@ -88,6 +88,9 @@ pub(crate) struct Frame<'c> {
     /// What the call does when it finds an abandoned attempt (the call's, else the
     /// settings'); `None`: it marks no attempt. Never for a step.
     pub(crate) abandoned: Option<crate::Abandoned>,
+    /// Whether its store operations are timed into `idem_store_seconds`
+    /// ([`Config::store_latency`](crate::Config::store_latency)).
+    pub(crate) store_latency: bool,
     /// The call's span (see [`span_of`]).
     pub(crate) span: tracing::Span,
     /// Where the call's record is.
@@ -150,14 +153,15 @@ impl<'c> Frame<'c> {
             let lease = call.lease.unwrap_or(settings.lease);
             let wait = call.wait.unwrap_or(settings.wait);
             let abandoned = call.abandoned.or(settings.abandoned);
-            (key, ttl, lease, wait, abandoned, source)
+            let timed = settings.store_latency;
+            (key, ttl, lease, wait, abandoned, timed, source)
         };
         let current = if call.store.is_some() || lookup == Lookup::Tx {
             Ok(Idem::with_current_or_unconfigured(resolve))
         } else {
             Idem::with_current(resolve)
         };
-        let (key, ttl, lease, wait, abandoned, source) = match current {
+        let (key, ttl, lease, wait, abandoned, store_latency, source) = match current {
             Ok(current) => current,
             Err(error) => {
                 observe::count(&call.scope, counted_error(&error));
@@ -182,6 +186,7 @@ impl<'c> Frame<'c> {
             heartbeat: call.heartbeat,
             step: call.step,
             abandoned: abandoned.filter(|_| !call.step),
+            store_latency,
             span,
             source,
         })

@@ -215,7 +215,7 @@ impl<T> TxRun<'_, T> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             // The checks before the first claim are timed as part of it.
-            let claimed = timed(StoreOp::Claim, async {
+            let claimed = timed(frame.store_latency, StoreOp::Claim, async {
                 if !prepared {
                     store.prepare(conn, key).await?;
                     prepared = true;
@@ -253,7 +253,13 @@ impl<T> TxRun<'_, T> {
             if now >= deadline {
                 return Err(frame.in_progress());
             }
-            if !timed(StoreOp::Wait, store.wait(key, &holder, deadline - now)).await {
+            if !timed(
+                frame.store_latency,
+                StoreOp::Wait,
+                store.wait(key, &holder, deadline - now),
+            )
+            .await
+            {
                 return Err(frame.in_progress());
             }
             waited = true;
@@ -273,6 +279,7 @@ impl<T> TxRun<'_, T> {
     {
         let key = &self.frame.key;
         let held = timed(
+            self.frame.store_latency,
             StoreOp::Complete,
             self.store
                 .complete(conn, key, &self.claim, &sealed.bytes, self.frame.ttl),
@@ -292,6 +299,7 @@ impl<T> TxRun<'_, T> {
         T: TxStore<C>,
     {
         timed(
+            self.frame.store_latency,
             StoreOp::Release,
             self.store.release(conn, &self.frame.key, &self.claim),
         )
