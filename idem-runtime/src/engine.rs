@@ -372,7 +372,7 @@ fn took_over(status: Status, attempt: Option<u32>) -> Status {
     }
 }
 
-/// Deletes `claim` on `key` (timed when `timed`); a failure is logged, and the claim ends with
+/// Deletes `claim` on `key` (timed when `timed_on`); a failure is logged, and the claim ends with
 /// its lease.
 async fn release(store: &StoreHandle, key: &str, claim: &Claim, timed_on: bool) {
     match timed(timed_on, StoreOp::Release, store.release(key, claim)).await {

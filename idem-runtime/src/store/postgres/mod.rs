@@ -430,34 +430,27 @@ impl Store for PostgresStore {
         let sql = &self.shared.sql;
         let order = &sql.order;
         let first = order.first();
+        let one_statement = first == First::OneStatement;
         // Reading first (while replays clearly outnumber first calls, `order.rs`): a key that
-        // holds a live record is answered by the bare read; without one, the insert follows.
-        if first == First::Read {
-            let found = on_connection!(self, |conn| sql::live(conn, sql, key))?;
-            if let Some(record) = found {
-                order.found(true);
-                return Ok(own_or(record, claim));
-            }
-        }
+        // holds a live record is answered by the bare read; without one, the upsert follows.
+        let mut read = first == First::Read;
         for _ in 0..UNSEEN_RETRIES {
-            let claimed = match first {
-                First::OneStatement => on_connection!(self, |conn| sql::claim(
-                    conn,
-                    sql,
-                    key,
-                    claim,
-                    lease,
-                    CLAIM_LOCK_WAIT
-                ))?,
-                First::Read | First::Insert => on_connection!(self, |conn| sql::insert(
-                    conn,
-                    sql,
-                    key,
-                    claim,
-                    lease,
-                    CLAIM_LOCK_WAIT
-                ))?,
-            };
+            if read {
+                let found = on_connection!(self, |conn| sql::live(conn, sql, key))?;
+                if let Some(record) = found {
+                    order.found(true);
+                    return Ok(own_or(record, claim));
+                }
+            }
+            let claimed = on_connection!(self, |conn| sql::claim(
+                conn,
+                sql,
+                one_statement,
+                key,
+                claim,
+                lease,
+                CLAIM_LOCK_WAIT
+            ))?;
             match claimed {
                 Claimed::Held => {
                     order.found(false);
@@ -476,15 +469,9 @@ impl Store for PostgresStore {
                     order.found(true);
                     return Ok(own_or(record, claim));
                 }
-                // The insert met a live row, which it cannot return: read it (gone by then,
-                // it expired or was released in between, and the insert is tried again).
-                Claimed::Unseen if first != First::OneStatement => {
-                    let found = on_connection!(self, |conn| sql::live(conn, sql, key))?;
-                    if let Some(record) = found {
-                        order.found(true);
-                        return Ok(own_or(record, claim));
-                    }
-                }
+                // The upsert met a live row, which it cannot return: read it (gone by then, it
+                // expired or was released in between, and the upsert is tried again).
+                Claimed::Unseen if !one_statement => read = true,
                 // A claim committed after the one statement's snapshot: asking again sees it.
                 Claimed::Unseen => tokio::task::yield_now().await,
             }

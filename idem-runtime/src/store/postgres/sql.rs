@@ -289,11 +289,16 @@ pub(super) fn millis(duration: Duration) -> i64 {
         .max(1)
 }
 
-/// Claims `key` for `claim` with expiry `lease`, or reads the live record that holds it,
-/// waiting at most `lock_wait` for a transaction that holds the key's row to end.
+/// Claims `key` for `claim` with expiry `lease`, waiting at most `lock_wait` for a transaction
+/// that holds the key's row to end. With `one_statement`, the claim statement, which also reads
+/// the live record that holds the key ([`Claimed::Found`]; [`Claimed::Unseen`]: a claim
+/// committed after its snapshot); else the bare upsert, which reads nothing
+/// ([`Claimed::Unseen`]: a live row holds the key, which [`live`] reads). Both answer a claim
+/// they made with `true` in their first column.
 pub(super) async fn claim<'e>(
     executor: impl PgExecutor<'e>,
     sql: &Statements,
+    one_statement: bool,
     key: &str,
     claim: &Claim,
     lease: Duration,
@@ -301,9 +306,14 @@ pub(super) async fn claim<'e>(
 ) -> Result<Claimed, sqlx::Error> {
     let token = claim.token.to_bytes();
     let lock_wait = millis(lock_wait).to_string();
+    let statement = if one_statement {
+        &sql.claim
+    } else {
+        &sql.insert
+    };
     let row = sql
         .send(
-            &sql.claim,
+            statement,
             &claim_values(key, &token, claim, lease, &lock_wait),
         )
         .fetch_optional(executor)
@@ -319,35 +329,6 @@ pub(super) async fn claim<'e>(
         return Ok(Claimed::Held);
     }
     record(&row).map(Claimed::Found)
-}
-
-/// Claims `key` for `claim` with expiry `lease` when it is absent or expired, waiting at most
-/// `lock_wait` for a transaction that holds the key's row to end: [`Claimed::Held`], or
-/// [`Claimed::Locked`], or [`Claimed::Unseen`] when a live row holds the key (the insert
-/// cannot return it: [`live`] reads it).
-pub(super) async fn insert<'e>(
-    executor: impl PgExecutor<'e>,
-    sql: &Statements,
-    key: &str,
-    claim: &Claim,
-    lease: Duration,
-    lock_wait: Duration,
-) -> Result<Claimed, sqlx::Error> {
-    let token = claim.token.to_bytes();
-    let lock_wait = millis(lock_wait).to_string();
-    let row = sql
-        .send(
-            &sql.insert,
-            &claim_values(key, &token, claim, lease, &lock_wait),
-        )
-        .fetch_optional(executor)
-        .await;
-    match row {
-        Err(error) if failure::lock_timed_out(&error) => Ok(Claimed::Locked),
-        Err(error) => Err(error),
-        Ok(Some(_)) => Ok(Claimed::Held),
-        Ok(None) => Ok(Claimed::Unseen),
-    }
 }
 
 /// The values of a claim statement: the key, the claim's token and fingerprint, the lease and
